@@ -1,0 +1,310 @@
+//! The gRPC admin service: a thin adapter from protobuf to [`Issuer`] calls.
+//! Errors become `tonic::Status` in exactly one function, [`status`].
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::issuer::{Caller, Credentials, GenerateRequest, Issuer, IssuerError, MintRequest, SignRequest};
+use crate::proto::admin::v1 as pb;
+use crate::store::{AuditFilter, CaRecord, CaRole, CertFilter, CertRecord, CertStatus};
+
+use super::PeerCertificate;
+
+pub struct AdminService {
+    issuer: Arc<Issuer>,
+}
+
+impl AdminService {
+    pub fn new(issuer: Arc<Issuer>) -> Self {
+        Self { issuer }
+    }
+
+    async fn caller<T>(&self, request: &Request<T>, action: &str) -> Result<Caller, Status> {
+        let bearer = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(|v| v.trim().to_string());
+        let peer_cert_der = request
+            .extensions()
+            .get::<PeerCertificate>()
+            .and_then(|p| p.0.clone());
+        let creds = Credentials { bearer, peer_cert_der };
+        self.issuer.authenticate(&creds, action).await.map_err(status)
+    }
+}
+
+/// The one mapping from service errors to gRPC status codes.
+pub fn status(err: IssuerError) -> Status {
+    let msg = err.to_string();
+    match err {
+        IssuerError::Unauthenticated(_) => Status::unauthenticated(msg),
+        IssuerError::PermissionDenied(_) | IssuerError::Denied { .. } => Status::permission_denied(msg),
+        IssuerError::InvalidArgument(_) => Status::invalid_argument(msg),
+        IssuerError::NotFound(_) => Status::not_found(msg),
+        IssuerError::FailedPrecondition(_) => Status::failed_precondition(msg),
+        IssuerError::Store(_) => Status::unavailable(msg),
+        _ => Status::internal(msg),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let caller = self.caller(&request, "read_status").await?;
+        let s = self.issuer.status(&caller).await.map_err(status)?;
+        let mut root = None;
+        let mut intermediates = Vec::new();
+        for ca in s.cas {
+            let info = pb::CaInfo {
+                role: ca.role.as_str().into(),
+                common_name: ca.common_name,
+                fingerprint: ca.fingerprint,
+                algorithm: ca.algorithm,
+                not_before: ca.not_before,
+                not_after: ca.not_after,
+                active: ca.active,
+                key_online: ca.key_online,
+            };
+            if ca.role == CaRole::Root {
+                root = Some(info);
+            } else {
+                intermediates.push(info);
+            }
+        }
+        Ok(Response::new(pb::StatusResponse {
+            health: if s.healthy { "HEALTHY" } else { "DEGRADED" }.into(),
+            trust_domain: self.issuer.trust_domain().to_string(),
+            root,
+            intermediates,
+            active_certificates: s.active_certificates,
+            denied_identities: s.denied_identities,
+            warnings: s.warnings,
+        }))
+    }
+
+    async fn create_intermediary(
+        &self,
+        request: Request<pb::CreateIntermediaryRequest>,
+    ) -> Result<Response<pb::CaInfo>, Status> {
+        let caller = self.caller(&request, "create_intermediary").await?;
+        let req = request.into_inner();
+        let role = match req.role.as_str() {
+            "" | "services" => CaRole::Services,
+            "transport" => CaRole::Transport,
+            other => return Err(Status::invalid_argument(format!("role {other:?} is not services or transport"))),
+        };
+        let record = self
+            .issuer
+            .create_intermediary(&caller, role, &req.common_name, req.ttl_days)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ca_info(&record)))
+    }
+
+    async fn bundle(&self, request: Request<pb::BundleRequest>) -> Result<Response<pb::BundleResponse>, Status> {
+        let caller = self.caller(&request, "read_bundle").await?;
+        let pem = self.issuer.bundle(&caller).await.map_err(status)?;
+        Ok(Response::new(pb::BundleResponse { pem }))
+    }
+
+    async fn generate_certificate(
+        &self,
+        request: Request<pb::GenerateCertificateRequest>,
+    ) -> Result<Response<pb::GenerateCertificateResponse>, Status> {
+        let caller = self.caller(&request, "issue_certificate").await?;
+        let req = request.into_inner();
+        let issued = self
+            .issuer
+            .generate(
+                &caller,
+                &GenerateRequest {
+                    common_name: req.common_name,
+                    spiffe_id: req.spiffe_id,
+                    dns_names: req.dns_names,
+                    ttl_seconds: req.ttl_seconds,
+                },
+            )
+            .await
+            .map_err(status)?;
+        let private_key_pem = issued
+            .private_key
+            .as_ref()
+            .map(|k| k.to_pem().to_string())
+            .unwrap_or_default();
+        Ok(Response::new(pb::GenerateCertificateResponse {
+            certificate_pem: issued.chain_pem,
+            private_key_pem,
+            certificate: Some(cert_info(&issued.record, self.issuer.now().unix_timestamp())),
+        }))
+    }
+
+    async fn sign_csr(&self, request: Request<pb::SignCsrRequest>) -> Result<Response<pb::SignCsrResponse>, Status> {
+        let caller = self.caller(&request, "sign_csr").await?;
+        let req = request.into_inner();
+        let issued = self
+            .issuer
+            .sign_csr(&caller, &SignRequest { csr: req.csr, spiffe_id: req.spiffe_id, ttl_seconds: req.ttl_seconds })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::SignCsrResponse {
+            certificate_pem: issued.chain_pem,
+            certificate: Some(cert_info(&issued.record, self.issuer.now().unix_timestamp())),
+        }))
+    }
+
+    async fn list_certificates(
+        &self,
+        request: Request<pb::ListCertificatesRequest>,
+    ) -> Result<Response<pb::ListCertificatesResponse>, Status> {
+        let caller = self.caller(&request, "read_certificates").await?;
+        let req = request.into_inner();
+        let now = self.issuer.now().unix_timestamp();
+        let filter = CertFilter {
+            spiffe_id: (!req.spiffe_id.is_empty()).then_some(req.spiffe_id),
+            expiring_before: (req.expiring_within_seconds > 0).then(|| now.saturating_add(req.expiring_within_seconds)),
+            unexpired_at: (!req.include_expired).then_some(now),
+            limit: (req.limit > 0).then_some(req.limit),
+        };
+        let certs = self.issuer.list_certificates(&caller, &filter).await.map_err(status)?;
+        Ok(Response::new(pb::ListCertificatesResponse {
+            certificates: certs.iter().map(|c| cert_info(c, now)).collect(),
+        }))
+    }
+
+    async fn revoke_certificate(
+        &self,
+        request: Request<pb::RevokeCertificateRequest>,
+    ) -> Result<Response<pb::RevokeCertificateResponse>, Status> {
+        let caller = self.caller(&request, "revoke_certificate").await?;
+        let req = request.into_inner();
+        let (record, already) = self.issuer.revoke(&caller, &req.serial, &req.reason).await.map_err(status)?;
+        Ok(Response::new(pb::RevokeCertificateResponse {
+            certificate: Some(cert_info(&record, self.issuer.now().unix_timestamp())),
+            already_revoked: already,
+        }))
+    }
+
+    async fn deny_identity(
+        &self,
+        request: Request<pb::DenyIdentityRequest>,
+    ) -> Result<Response<pb::DenyIdentityResponse>, Status> {
+        let caller = self.caller(&request, "deny_identity").await?;
+        let req = request.into_inner();
+        let revoked_serials = self.issuer.deny(&caller, &req.spiffe_id, &req.reason).await.map_err(status)?;
+        Ok(Response::new(pb::DenyIdentityResponse { revoked_serials }))
+    }
+
+    async fn allow_identity(
+        &self,
+        request: Request<pb::AllowIdentityRequest>,
+    ) -> Result<Response<pb::AllowIdentityResponse>, Status> {
+        let caller = self.caller(&request, "allow_identity").await?;
+        let req = request.into_inner();
+        let was_denied = self.issuer.allow(&caller, &req.spiffe_id).await.map_err(status)?;
+        Ok(Response::new(pb::AllowIdentityResponse { was_denied }))
+    }
+
+    async fn list_denied(
+        &self,
+        request: Request<pb::ListDeniedRequest>,
+    ) -> Result<Response<pb::ListDeniedResponse>, Status> {
+        let caller = self.caller(&request, "read_denied").await?;
+        let list = self.issuer.deny_list(&caller).await.map_err(status)?;
+        Ok(Response::new(pb::ListDeniedResponse {
+            identities: list
+                .into_iter()
+                .map(|d| pb::DeniedIdentity {
+                    spiffe_id: d.spiffe_id,
+                    reason: d.reason,
+                    denied_at: d.denied_at,
+                    denied_by: d.denied_by,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn mint_token(&self, request: Request<pb::MintTokenRequest>) -> Result<Response<pb::MintTokenResponse>, Status> {
+        let caller = self.caller(&request, "mint_token").await?;
+        let req = request.into_inner();
+        let kind = req.kind.parse().map_err(|e: crate::domain::DomainError| Status::invalid_argument(e.to_string()))?;
+        let minted = self
+            .issuer
+            .mint_token(
+                &caller,
+                &MintRequest {
+                    kind,
+                    subject: req.subject,
+                    expires_in_seconds: req.expires_in_seconds,
+                    single_use: req.single_use,
+                    spiffe_ids: req.spiffe_ids,
+                    cert_fingerprint: (!req.cert_fingerprint.is_empty()).then_some(req.cert_fingerprint),
+                },
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::MintTokenResponse { token: minted.token, expires_at: minted.expires_at, jti: minted.jti }))
+    }
+
+    async fn list_audit(&self, request: Request<pb::ListAuditRequest>) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let caller = self.caller(&request, "read_audit").await?;
+        let req = request.into_inner();
+        let filter = AuditFilter {
+            since: (req.since > 0).then_some(req.since),
+            target: (!req.spiffe_id.is_empty()).then_some(req.spiffe_id),
+            limit: (req.limit > 0).then_some(req.limit),
+        };
+        let entries = self.issuer.audit_log(&caller, &filter).await.map_err(status)?;
+        Ok(Response::new(pb::ListAuditResponse {
+            entries: entries
+                .into_iter()
+                .map(|a| pb::AuditEntry {
+                    id: a.id,
+                    at: a.at,
+                    actor: a.actor,
+                    action: a.action,
+                    target: a.target,
+                    outcome: a.outcome,
+                    reason: a.reason,
+                })
+                .collect(),
+        }))
+    }
+}
+
+fn ca_info(r: &CaRecord) -> pb::CaInfo {
+    let algorithm = crate::ca::CaCertificate::from_der(&r.cert_der)
+        .map(|c| c.algorithm)
+        .unwrap_or_default();
+    pb::CaInfo {
+        role: r.role.as_str().into(),
+        common_name: r.common_name.clone(),
+        fingerprint: r.id.clone(),
+        algorithm,
+        not_before: r.not_before,
+        not_after: r.not_after,
+        active: r.active,
+        key_online: r.sealed_key.is_some(),
+    }
+}
+
+fn cert_info(c: &CertRecord, now: i64) -> pb::CertificateInfo {
+    let status = match c.status {
+        CertStatus::Revoked => "revoked",
+        CertStatus::Active if c.not_after <= now => "expired",
+        CertStatus::Active => "active",
+    };
+    pb::CertificateInfo {
+        serial: c.serial.clone(),
+        spiffe_id: c.spiffe_id.clone(),
+        fingerprint: c.fingerprint.clone(),
+        issuer: c.issuer_id.clone(),
+        not_before: c.not_before,
+        not_after: c.not_after,
+        status: status.into(),
+        revoked_at: c.revoked_at.unwrap_or_default(),
+        revocation_reason: c.revocation_reason.clone().unwrap_or_default(),
+    }
+}

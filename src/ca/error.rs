@@ -1,0 +1,128 @@
+//! The one error type of the CA core.
+//!
+//! Messages are lowercase, name the offending value (a subject, a label, a
+//! serial, a size) and never contain key material: a sealed blob, a PEM body
+//! or a key byte never reaches a `format!` here.
+
+use time::OffsetDateTime;
+
+use crate::domain::DomainError;
+
+use super::KeyAlgorithm;
+
+/// Everything that can go wrong in the CA core.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaError {
+    // --- keys -------------------------------------------------------------
+    #[error("unknown key algorithm {value:?} (expected EC-P256 or EC-P384)")]
+    UnknownAlgorithm { value: String },
+    #[error("generating an {algorithm} key failed")]
+    KeyGeneration { algorithm: KeyAlgorithm },
+    #[error("invalid private key: {reason}")]
+    InvalidKey { reason: String },
+    #[error("the private key does not match the certificate {subject:?}")]
+    KeyMismatch { subject: String },
+
+    // --- key-encryption key -------------------------------------------------
+    #[error("invalid key-encryption key: {reason}")]
+    InvalidKek { reason: String },
+    #[error("cannot seal data: {reason}")]
+    Seal { reason: &'static str },
+    #[error("cannot open sealed data: {reason}")]
+    Unseal { reason: &'static str },
+
+    // --- certificates and chains -------------------------------------------
+    #[error("invalid PEM: {reason}")]
+    Pem { reason: String },
+    #[error("no CERTIFICATE block found in the PEM input")]
+    NoCertificates,
+    #[error("invalid certificate: {reason}")]
+    InvalidCertificate { reason: String },
+    #[error("certificate {subject:?} cannot act as a CA: {reason}")]
+    NotACa { subject: String, reason: String },
+    #[error("invalid CA chain: {reason}")]
+    Chain { reason: String },
+
+    // --- CSRs -------------------------------------------------------------
+    #[error("csr is {size} bytes, more than the {limit} bytes accepted")]
+    CsrTooLarge { size: usize, limit: usize },
+    #[error("csr is not valid PEM or DER: {reason}")]
+    CsrEncoding { reason: String },
+    #[error("expected a CERTIFICATE REQUEST PEM block, found {found}")]
+    CsrPemLabel { found: String },
+    #[error("key type {key_type} is not accepted ({reason}); use EC P-256, EC P-384, Ed25519 or RSA >= 2048")]
+    UnsupportedKey { key_type: String, reason: String },
+    #[error("csr signature does not verify (proof of possession failed): {reason}")]
+    CsrSignature { reason: String },
+    #[error("csr must carry exactly one URI SAN (the SPIFFE ID), found {count}")]
+    CsrUriSanCount { count: usize },
+    #[error("csr URI SAN is not a valid SPIFFE ID: {source}")]
+    CsrSpiffeId {
+        #[source]
+        source: DomainError,
+    },
+    #[error("csr subjectAltName is not accepted: {reason}")]
+    CsrSan { reason: String },
+    #[error("SPIFFE ID {spiffe_id} belongs to trust domain {found}, not to {expected}")]
+    ForeignTrustDomain {
+        spiffe_id: String,
+        found: String,
+        expected: String,
+    },
+
+    #[error("CA {subject:?} serves trust domain {found}, not {expected}")]
+    TrustDomainMismatch {
+        subject: String,
+        found: String,
+        expected: String,
+    },
+
+    // --- issuance ---------------------------------------------------------
+    #[error("invalid DNS name {name:?}: {reason}")]
+    DnsName { name: String, reason: &'static str },
+    #[error("invalid common name {name:?}: {reason}")]
+    CommonName { name: String, reason: &'static str },
+    #[error("serial {serial} has {bits} significant bits; at least 128 are required")]
+    SerialTooShort { serial: String, bits: usize },
+    #[error("lifetime must be positive, got {seconds} s")]
+    Lifetime { seconds: i64 },
+    #[error("issuer {subject:?} expired at {not_after}")]
+    IssuerExpired {
+        subject: String,
+        not_after: OffsetDateTime,
+    },
+    #[error("time {value} cannot be written into a certificate")]
+    Time { value: OffsetDateTime },
+    #[error("signing failed: {reason}")]
+    Signing { reason: String },
+    #[error("the certificate just signed (serial {serial}) failed validation: {reason}")]
+    SelfCheck { serial: String, reason: String },
+
+    // --- revocation -------------------------------------------------------
+    #[error("unknown revocation reason {value:?} (expected one of: {expected})")]
+    UnknownRevocationReason {
+        value: String,
+        expected: &'static str,
+    },
+    #[error("invalid CRL request: {reason}")]
+    Crl { reason: String },
+
+    #[error("the system random number generator failed")]
+    Randomness,
+}
+
+impl CaError {
+    /// An rcgen failure while building or signing; rcgen errors carry no key bytes.
+    pub(crate) fn signing(e: rcgen::Error) -> Self {
+        Self::Signing {
+            reason: e.to_string(),
+        }
+    }
+
+    pub(crate) fn certificate(reason: impl Into<String>) -> Self {
+        Self::InvalidCertificate {
+            reason: reason.into(),
+        }
+    }
+}

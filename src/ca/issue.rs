@@ -1,0 +1,205 @@
+//! Issuing leaves: X.509-SVIDs (SPIFFE X509-SVID profile, SPEC §4) and the
+//! server's own TLS certificate. Every certificate is validated after
+//! signing ([`super::check::validate_leaf`]) before it is returned.
+
+use std::net::IpAddr;
+
+use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyUsagePurpose, SanType};
+use time::{Duration, OffsetDateTime};
+use x509_parser::prelude::FromDer;
+use x509_parser::x509::SubjectPublicKeyInfo;
+
+use crate::domain::{Serial, SpiffeId};
+
+use super::asn1::KeyKind;
+use super::check::{LeafExpectation, validate_leaf};
+use super::encoding::{fingerprint, to_pem};
+use super::template::{
+    LEAF_BACKDATE, cert_time, dedup, dns_san, end_of, leaf_serial, spiffe_san, subject,
+};
+use super::{CaError, KeyAlgorithm, PrivateKey, Signer};
+
+/// One X.509-SVID to sign.
+#[derive(Debug, Clone)]
+pub struct SvidRequest<'a> {
+    pub spiffe_id: &'a SpiffeId,
+    pub dns_names: &'a [String],
+    /// SubjectPublicKeyInfo DER of the subject key (from a CSR or a generated key).
+    pub public_key_der: &'a [u8],
+    /// Requested lifetime; notAfter = min(now + lifetime, issuer notAfter).
+    pub lifetime: Duration,
+    /// At least 128 significant bits.
+    pub serial: Serial,
+    pub common_name: Option<&'a str>,
+}
+
+/// A signed and validated leaf certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCertificate {
+    pub der: Vec<u8>,
+    pub serial: Serial,
+    pub fingerprint: String,
+    pub spiffe_id: SpiffeId,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl IssuedCertificate {
+    /// PEM ("CERTIFICATE").
+    pub fn to_pem(&self) -> String {
+        to_pem("CERTIFICATE", &self.der)
+    }
+}
+
+/// Signs an X.509-SVID: one URI SAN (the SPIFFE ID) then the DNS SANs,
+/// CA:FALSE, keyUsage digitalSignature (+keyEncipherment for RSA), EKU
+/// serverAuth + clientAuth, AKI + SKI, notBefore now - 30 s.
+pub fn issue_svid(
+    issuer: &Signer,
+    request: &SvidRequest<'_>,
+    now: OffsetDateTime,
+) -> Result<IssuedCertificate, CaError> {
+    let dns_names = dedup(request.dns_names);
+    issue_leaf(
+        issuer,
+        &Leaf {
+            spiffe_id: request.spiffe_id,
+            dns_names: &dns_names,
+            ips: &[],
+            spki: request.public_key_der,
+            lifetime: request.lifetime,
+            serial: &request.serial,
+            common_name: request.common_name,
+        },
+        now,
+    )
+}
+
+/// The server's own TLS certificate: a fresh P-256 key and the SVID profile,
+/// with `names` split into DNS SANs and IP SANs ("127.0.0.1", "::1").
+pub fn issue_server_certificate(
+    issuer: &Signer,
+    spiffe_id: &SpiffeId,
+    names: &[String],
+    lifetime: Duration,
+    serial: Serial,
+    now: OffsetDateTime,
+) -> Result<(IssuedCertificate, PrivateKey), CaError> {
+    let mut dns_names = Vec::new();
+    let mut ips = Vec::new();
+    for name in dedup(names) {
+        match name.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => dns_names.push(name),
+        }
+    }
+    let key = PrivateKey::generate(KeyAlgorithm::EcP256)?;
+    let spki = key.public_key_der();
+    let issued = issue_leaf(
+        issuer,
+        &Leaf {
+            spiffe_id,
+            dns_names: &dns_names,
+            ips: &ips,
+            spki: &spki,
+            lifetime,
+            serial: &serial,
+            common_name: None,
+        },
+        now,
+    )?;
+    Ok((issued, key))
+}
+
+struct Leaf<'a> {
+    spiffe_id: &'a SpiffeId,
+    dns_names: &'a [String],
+    ips: &'a [IpAddr],
+    spki: &'a [u8],
+    lifetime: Duration,
+    serial: &'a Serial,
+    common_name: Option<&'a str>,
+}
+
+fn issue_leaf(issuer: &Signer, leaf: &Leaf<'_>, now: OffsetDateTime) -> Result<IssuedCertificate, CaError> {
+    let serial_number = leaf_serial(leaf.serial)?;
+    if let Some(td) = issuer.cert.trust_domain() {
+        if !leaf.spiffe_id.is_member_of(td) {
+            return Err(CaError::ForeignTrustDomain {
+                spiffe_id: leaf.spiffe_id.to_string(),
+                found: leaf.spiffe_id.trust_domain().to_string(),
+                expected: td.to_string(),
+            });
+        }
+    }
+    let requested_end = end_of(now, leaf.lifetime)?;
+    if issuer.cert.not_after <= now {
+        return Err(CaError::IssuerExpired {
+            subject: issuer.cert.label(),
+            not_after: issuer.cert.not_after,
+        });
+    }
+    let not_before = cert_time((now - LEAF_BACKDATE).max(issuer.cert.not_before))?;
+    let not_after = cert_time(requested_end.min(issuer.cert.not_after))?;
+
+    let (_, spki) = SubjectPublicKeyInfo::from_der(leaf.spki).map_err(|e| CaError::UnsupportedKey {
+        key_type: "unknown".to_string(),
+        reason: format!("the public key is not a valid SubjectPublicKeyInfo: {e}"),
+    })?;
+    let kind = KeyKind::of(&spki);
+    kind.check_subject_key()?;
+    let public_key = rcgen::SubjectPublicKeyInfo::from_der(leaf.spki).map_err(|e| CaError::UnsupportedKey {
+        key_type: kind.to_string(),
+        reason: e.to_string(),
+    })?;
+
+    let mut sans: Vec<SanType> = Vec::with_capacity(1 + leaf.dns_names.len() + leaf.ips.len());
+    sans.push(spiffe_san(leaf.spiffe_id)?);
+    for name in leaf.dns_names {
+        sans.push(dns_san(name)?);
+    }
+    sans.extend(leaf.ips.iter().map(|ip| SanType::IpAddress(*ip)));
+
+    let mut p = CertificateParams::default();
+    p.distinguished_name = subject(leaf.common_name)?;
+    p.serial_number = Some(serial_number);
+    p.not_before = not_before;
+    p.not_after = not_after;
+    p.subject_alt_names = sans;
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = if kind.is_rsa() {
+        vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment]
+    } else {
+        vec![KeyUsagePurpose::DigitalSignature]
+    };
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.use_authority_key_identifier_extension = true;
+    p.key_identifier_method = KeyIdMethod::Sha256;
+
+    let cert = p
+        .signed_by(&public_key, &issuer.rcgen_issuer()?)
+        .map_err(CaError::signing)?;
+    let der = cert.der().to_vec();
+    validate_leaf(
+        issuer,
+        &der,
+        &LeafExpectation {
+            spiffe_id: leaf.spiffe_id,
+            dns_names: leaf.dns_names,
+            ips: leaf.ips,
+            spki: leaf.spki,
+            serial: leaf.serial,
+            not_before,
+            not_after,
+            rsa: kind.is_rsa(),
+        },
+    )?;
+    Ok(IssuedCertificate {
+        fingerprint: fingerprint(&der),
+        der,
+        serial: leaf.serial.clone(),
+        spiffe_id: leaf.spiffe_id.clone(),
+        not_before,
+        not_after,
+    })
+}

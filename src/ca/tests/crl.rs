@@ -1,0 +1,83 @@
+//! CRLs: round trip through x509-parser, reasons, numbers, signature.
+
+use time::Duration;
+use x509_parser::prelude::FromDer;
+use x509_parser::revocation_list::CertificateRevocationList;
+
+use super::{hierarchy, now, now_s, serial, x509};
+use crate::ca::cert::authority_key_id;
+use crate::ca::{CaError, CrlEntry, RevocationReason, build_crl};
+
+#[test]
+fn crl_round_trip() {
+    let h = hierarchy();
+    let entries = [
+        CrlEntry { serial: serial(30), revoked_at: now() - Duration::minutes(5), reason: Some(RevocationReason::KeyCompromise) },
+        CrlEntry { serial: serial(31), revoked_at: now(), reason: None },
+        CrlEntry { serial: serial(30), revoked_at: now(), reason: None },
+    ];
+    let crl = build_crl(&h.services, &entries, 42, now(), Duration::hours(24)).unwrap();
+    assert_eq!(crl.number, 42);
+    assert_eq!(crl.issuer_fingerprint, h.services.cert.fingerprint);
+    assert_eq!(crl.this_update, now_s() - Duration::seconds(60));
+    assert_eq!(crl.next_update, now_s() + Duration::hours(24));
+    assert!(crl.to_pem().starts_with("-----BEGIN X509 CRL-----\n"));
+
+    let (rest, parsed) = CertificateRevocationList::from_der(&crl.der).unwrap();
+    assert!(rest.is_empty());
+    assert_eq!(parsed.version().map(|v| v.0), Some(1), "v2");
+    assert_eq!(parsed.last_update().to_datetime(), now_s() - Duration::seconds(60));
+    assert_eq!(parsed.next_update().map(|t| t.to_datetime()), Some(now_s() + Duration::hours(24)));
+    assert_eq!(parsed.crl_number().map(|n| n.to_u64_digits()), Some(vec![42]));
+    let ca = x509(&h.services.cert.der);
+    parsed.verify_signature(ca.public_key()).unwrap();
+    assert_eq!(parsed.issuer().as_raw(), ca.subject().as_raw());
+
+    let revoked: Vec<_> = parsed.iter_revoked_certificates().collect();
+    assert_eq!(revoked.len(), 2, "the duplicate serial is listed once");
+    assert_eq!(revoked[0].raw_serial(), serial(30).as_bytes());
+    assert_eq!(revoked[0].reason_code().map(|(_, r)| r.0), Some(1));
+    assert_eq!(revoked[0].revocation_date.to_datetime(), now_s() - Duration::minutes(5));
+    assert_eq!(revoked[1].raw_serial(), serial(31).as_bytes());
+    assert!(revoked[1].reason_code().is_none());
+
+    let aki = parsed.extensions().iter().find_map(|e| match e.parsed_extension() {
+        x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0),
+        _ => None,
+    });
+    assert_eq!(aki, h.services.cert.subject_key_id());
+    assert_eq!(authority_key_id(&ca), h.root.cert.subject_key_id());
+}
+
+#[test]
+fn empty_crl_and_refusals() {
+    let h = hierarchy();
+    let crl = build_crl(&h.root, &[], 0, now(), Duration::days(7)).unwrap();
+    let (_, parsed) = CertificateRevocationList::from_der(&crl.der).unwrap();
+    assert_eq!(parsed.iter_revoked_certificates().count(), 0);
+    let err = build_crl(&h.root, &[], 1, now(), Duration::ZERO).unwrap_err();
+    assert!(matches!(err, CaError::Lifetime { .. }), "{err}");
+}
+
+#[test]
+fn revocation_reason_names() {
+    for r in [
+        RevocationReason::Unspecified,
+        RevocationReason::KeyCompromise,
+        RevocationReason::CaCompromise,
+        RevocationReason::AffiliationChanged,
+        RevocationReason::Superseded,
+        RevocationReason::CessationOfOperation,
+        RevocationReason::CertificateHold,
+        RevocationReason::PrivilegeWithdrawn,
+    ] {
+        assert_eq!(r.to_string().parse::<RevocationReason>().unwrap(), r);
+    }
+    assert_eq!(RevocationReason::KeyCompromise.to_string(), "keyCompromise");
+    assert_eq!(RevocationReason::CaCompromise.to_string(), "cACompromise");
+    assert_eq!(RevocationReason::PrivilegeWithdrawn.code(), 9);
+    assert_eq!("key-compromise".parse::<RevocationReason>().unwrap(), RevocationReason::KeyCompromise);
+    assert_eq!("caCompromise".parse::<RevocationReason>().unwrap(), RevocationReason::CaCompromise);
+    let err = "stolen".parse::<RevocationReason>().unwrap_err().to_string();
+    assert!(err.contains("\"stolen\"") && err.contains("keyCompromise") && err.contains("privilegeWithdrawn"), "{err}");
+}

@@ -1,0 +1,517 @@
+//! The commands that talk to a server.
+
+use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use serde::Serialize;
+
+use super::client::{Context, status_line};
+use super::output::{days_left, parse_duration, rfc3339};
+use super::{fail, local};
+use crate::proto::admin::v1 as pb;
+
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Create the CA hierarchy in the database (the production ceremony), or import one.
+    Init(local::InitArgs),
+    /// PKI health, the CA hierarchy and counts.
+    Status,
+    /// Certificate authorities.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// End-entity certificates.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+    /// The deny list.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create an intermediate CA that becomes the active signer of its role.
+    CreateIntermediary {
+        #[arg(long)]
+        common_name: String,
+        #[arg(long, default_value_t = 730)]
+        ttl_days: u32,
+        /// services (signs workload SVIDs) or transport (server and node certificates).
+        #[arg(long, default_value = "services")]
+        role: String,
+    },
+    /// Print the trust bundle (PEM): root and intermediates.
+    Bundle,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Generate a key and a certificate for an identity.
+    Generate {
+        #[arg(long, default_value = "")]
+        common_name: String,
+        #[arg(long)]
+        spiffe_id: String,
+        #[arg(long = "dns-name")]
+        dns_names: Vec<String>,
+        /// Lifetime in hours (decimals allowed) [default: the server's SVID lifetime].
+        #[arg(long)]
+        ttl_hours: Option<f64>,
+        #[arg(long)]
+        output_cert: PathBuf,
+        #[arg(long)]
+        output_key: PathBuf,
+    },
+    /// Sign a PKCS#10 CSR (PEM or DER) whose URI SAN is the SPIFFE ID.
+    SignCsr {
+        #[arg(long)]
+        csr: PathBuf,
+        #[arg(long)]
+        spiffe_id: String,
+        #[arg(long)]
+        ttl_hours: Option<f64>,
+        /// Where to write the leaf followed by its intermediate.
+        #[arg(long)]
+        output_cert: PathBuf,
+    },
+    /// List issued certificates (unexpired by default).
+    List {
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// Only certificates expiring within this duration (e.g. 2h).
+        #[arg(long)]
+        expiring_within: Option<String>,
+        #[arg(long)]
+        include_expired: bool,
+    },
+    /// Revoke one certificate by serial (hex, colons allowed).
+    Revoke {
+        serial: String,
+        /// RFC 5280 reason: keyCompromise, superseded, cessationOfOperation, …
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Deny an identity: nothing more is issued to it and its certificates are revoked.
+    Deny {
+        spiffe_id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift a denial (revoked certificates stay revoked).
+    Allow { spiffe_id: String },
+    /// List denied identities.
+    ListDenied,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Mint an ES256 token: admin, node or bootstrap.
+    Mint {
+        kind: String,
+        subject: String,
+        /// Lifetime, e.g. 1h, 7d [default: bootstrap 24 h (TRUSTMESH_BOOTSTRAP_TTL), others 24 h].
+        #[arg(long)]
+        expires_in: Option<String>,
+        #[arg(long)]
+        single_use: bool,
+        /// SPIFFE IDs a bootstrap token may have signed.
+        #[arg(long = "spiffe-id")]
+        spiffe_ids: Vec<String>,
+        /// Bind to a certificate: base64url SHA-256 of its DER (cnf x5t#S256).
+        #[arg(long)]
+        cert_fingerprint: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List audit records, oldest first.
+    List {
+        /// Only records newer than this: a duration (1h) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+}
+
+/// Runs an admin call and prints its result, or the one-line failure.
+macro_rules! call {
+    ($ctx:expr, $method:ident, $msg:expr) => {{
+        let mut admin = match $ctx.connect().await {
+            Ok(a) => a,
+            Err(e) => return fail(&e),
+        };
+        let request = admin.request($msg);
+        match admin.client.$method(request).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return fail(&status_line(&s)),
+        }
+    }};
+}
+
+pub async fn pki(ctx: Context, command: PkiCommand) -> i32 {
+    match command {
+        PkiCommand::Init(args) => local::init(&ctx, args).await,
+        PkiCommand::Status => {
+            let s = call!(ctx, status, pb::StatusRequest {});
+            ctx.output.print(&StatusView::from(&s), render_status);
+            0
+        }
+        PkiCommand::Ca { command: CaCommand::CreateIntermediary { common_name, ttl_days, role } } => {
+            let ca = call!(ctx, create_intermediary, pb::CreateIntermediaryRequest { common_name, ttl_days, role });
+            let view = CaView::from(&ca);
+            ctx.output.print(&view, |c| {
+                format!("[ok] Intermediate CA created and active for {}:\n  {} ({}) expires {}\n", c.role, c.common_name, c.fingerprint, c.expires)
+            });
+            0
+        }
+        PkiCommand::Ca { command: CaCommand::Bundle } => {
+            let b = call!(ctx, bundle, pb::BundleRequest {});
+            print!("{}", b.pem);
+            0
+        }
+        PkiCommand::Cert { command } => cert(ctx, command).await,
+        PkiCommand::Identity { command } => identity(ctx, command).await,
+    }
+}
+
+async fn cert(ctx: Context, command: CertCommand) -> i32 {
+    match command {
+        CertCommand::Generate { common_name, spiffe_id, dns_names, ttl_hours, output_cert, output_key } => {
+            let ttl_seconds = match hours(ttl_hours) {
+                Ok(t) => t,
+                Err(e) => return fail(&e),
+            };
+            let r = call!(ctx, generate_certificate, pb::GenerateCertificateRequest { common_name, spiffe_id, dns_names, ttl_seconds });
+            if let Err(e) = write_out(&output_key, r.private_key_pem.as_bytes(), 0o600)
+                .and_then(|_| write_out(&output_cert, r.certificate_pem.as_bytes(), 0o644))
+            {
+                return fail(&e);
+            }
+            let view = IssuedView::new(r.certificate.as_ref(), &output_cert, Some(&output_key));
+            ctx.output.print(&view, |v| format!("[ok] Certificate generated:\n{}", v.text()));
+            0
+        }
+        CertCommand::SignCsr { csr, spiffe_id, ttl_hours, output_cert } => {
+            let ttl_seconds = match hours(ttl_hours) {
+                Ok(t) => t,
+                Err(e) => return fail(&e),
+            };
+            let csr = match fs::read(&csr) {
+                Ok(b) => b,
+                Err(e) => return fail(&format!("cannot read {}: {e}", csr.display())),
+            };
+            let r = call!(ctx, sign_csr, pb::SignCsrRequest { csr, spiffe_id, ttl_seconds });
+            if let Err(e) = write_out(&output_cert, r.certificate_pem.as_bytes(), 0o644) {
+                return fail(&e);
+            }
+            let view = IssuedView::new(r.certificate.as_ref(), &output_cert, None);
+            ctx.output.print(&view, |v| format!("[ok] CSR signed:\n{}", v.text()));
+            0
+        }
+        CertCommand::List { spiffe_id, expiring_within, include_expired } => {
+            let expiring_within_seconds = match expiring_within.as_deref().map(parse_duration).transpose() {
+                Ok(v) => v.unwrap_or(0),
+                Err(e) => return fail(&format!("--expiring-within: {e}")),
+            };
+            let r = call!(ctx, list_certificates, pb::ListCertificatesRequest {
+                spiffe_id: spiffe_id.unwrap_or_default(),
+                expiring_within_seconds,
+                include_expired,
+                limit: 0,
+            });
+            let views: Vec<CertView> = r.certificates.iter().map(CertView::from).collect();
+            ctx.output.print(&views, |list| {
+                let mut out = format!("{:<36} {:<60} {:<8} {}\n", "SERIAL", "SPIFFE ID", "STATUS", "EXPIRES");
+                for c in list {
+                    out.push_str(&format!("{:<36} {:<60} {:<8} {}\n", c.serial, c.spiffe_id, c.status, c.expires));
+                }
+                out
+            });
+            0
+        }
+        CertCommand::Revoke { serial, reason } => {
+            let r = call!(ctx, revoke_certificate, pb::RevokeCertificateRequest { serial, reason });
+            let view = r.certificate.as_ref().map(CertView::from);
+            ctx.output.print(&view, |c| match c {
+                Some(c) if r.already_revoked => format!("[ok] {} was already revoked ({})\n", c.serial, c.spiffe_id),
+                Some(c) => format!("[ok] Revoked {} ({})\n", c.serial, c.spiffe_id),
+                None => "[ok] Revoked\n".into(),
+            });
+            0
+        }
+    }
+}
+
+async fn identity(ctx: Context, command: IdentityCommand) -> i32 {
+    match command {
+        IdentityCommand::Deny { spiffe_id, reason } => {
+            let r = call!(ctx, deny_identity, pb::DenyIdentityRequest { spiffe_id: spiffe_id.clone(), reason });
+            ctx.output.print(&r.revoked_serials, |s| {
+                format!("[ok] {spiffe_id} denied; {} certificate(s) revoked\n", s.len())
+            });
+            0
+        }
+        IdentityCommand::Allow { spiffe_id } => {
+            let r = call!(ctx, allow_identity, pb::AllowIdentityRequest { spiffe_id: spiffe_id.clone() });
+            ctx.output.print(&r.was_denied, |w| {
+                if *w { format!("[ok] {spiffe_id} allowed again\n") } else { format!("[ok] {spiffe_id} was not denied\n") }
+            });
+            0
+        }
+        IdentityCommand::ListDenied => {
+            let r = call!(ctx, list_denied, pb::ListDeniedRequest {});
+            let views: Vec<DeniedView> = r
+                .identities
+                .iter()
+                .map(|d| DeniedView { spiffe_id: d.spiffe_id.clone(), reason: d.reason.clone(), denied_at: rfc3339(d.denied_at), denied_by: d.denied_by.clone() })
+                .collect();
+            ctx.output.print(&views, |list| {
+                let mut out = format!("{:<60} {:<32} {}\n", "SPIFFE ID", "Reason", "Denied At");
+                for d in list {
+                    out.push_str(&format!("{:<60} {:<32} {}\n", d.spiffe_id, d.reason, d.denied_at));
+                }
+                out
+            });
+            0
+        }
+    }
+}
+
+pub async fn token(ctx: Context, command: TokenCommand) -> i32 {
+    let TokenCommand::Mint { kind, subject, expires_in, single_use, spiffe_ids, cert_fingerprint } = command;
+    let expires_in_seconds = match expires_in.as_deref().map(parse_duration).transpose() {
+        Ok(v) => v.unwrap_or(0).max(0) as u64,
+        Err(e) => return fail(&format!("--expires-in: {e}")),
+    };
+    let r = call!(ctx, mint_token, pb::MintTokenRequest {
+        kind,
+        subject,
+        expires_in_seconds,
+        single_use,
+        spiffe_ids,
+        cert_fingerprint: cert_fingerprint.unwrap_or_default(),
+    });
+    #[derive(Serialize)]
+    struct Minted<'a> { token: &'a str, jti: &'a str, expires_at: String }
+    let view = Minted { token: &r.token, jti: &r.jti, expires_at: rfc3339(r.expires_at) };
+    ctx.output.print(&view, |m| format!("{}\n", m.token));
+    0
+}
+
+pub async fn audit(ctx: Context, command: AuditCommand) -> i32 {
+    let AuditCommand::List { since, spiffe_id, limit } = command;
+    let since = match since.as_deref().map(parse_since).transpose() {
+        Ok(v) => v.unwrap_or(0),
+        Err(e) => return fail(&format!("--since: {e}")),
+    };
+    let r = call!(ctx, list_audit, pb::ListAuditRequest { since, spiffe_id: spiffe_id.unwrap_or_default(), limit });
+    #[derive(Serialize)]
+    struct Entry<'a> { id: i64, at: String, actor: &'a str, action: &'a str, target: &'a str, outcome: &'a str, reason: &'a str }
+    let entries: Vec<Entry> = r
+        .entries
+        .iter()
+        .map(|e| Entry { id: e.id, at: rfc3339(e.at), actor: &e.actor, action: &e.action, target: &e.target, outcome: &e.outcome, reason: &e.reason })
+        .collect();
+    ctx.output.print(&entries, |list| {
+        list.iter()
+            .map(|e| format!("{} {:<8} {:<20} {:<22} {} {}\n", e.at, e.outcome, e.actor, e.action, e.target, e.reason))
+            .collect()
+    });
+    0
+}
+
+fn parse_since(text: &str) -> Result<i64, String> {
+    if let Ok(t) = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
+        return Ok(t.unix_timestamp());
+    }
+    Ok(time::OffsetDateTime::now_utc().unix_timestamp() - parse_duration(text)?)
+}
+
+fn hours(h: Option<f64>) -> Result<u64, String> {
+    match h {
+        None => Ok(0),
+        Some(h) if h.is_finite() && h > 0.0 && h <= 87_600.0 => Ok((h * 3600.0).round().max(1.0) as u64),
+        Some(h) => Err(format!("--ttl-hours {h} must be more than 0 and at most 87600")),
+    }
+}
+
+fn write_out(path: &Path, contents: &[u8], mode: u32) -> Result<(), String> {
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    f.write_all(contents).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[derive(Serialize)]
+struct CaView {
+    role: String,
+    common_name: String,
+    fingerprint: String,
+    algorithm: String,
+    expires: String,
+    days_remaining: i64,
+    active: bool,
+    key_online: bool,
+}
+
+impl From<&pb::CaInfo> for CaView {
+    fn from(c: &pb::CaInfo) -> Self {
+        Self {
+            role: c.role.clone(),
+            common_name: c.common_name.clone(),
+            fingerprint: c.fingerprint.clone(),
+            algorithm: c.algorithm.clone(),
+            expires: rfc3339(c.not_after),
+            days_remaining: days_left(c.not_after),
+            active: c.active,
+            key_online: c.key_online,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct StatusView {
+    health: String,
+    trust_domain: String,
+    root: Option<CaView>,
+    intermediates: Vec<CaView>,
+    active_certificates: u64,
+    denied_identities: u64,
+    warnings: Vec<String>,
+}
+
+impl From<&pb::StatusResponse> for StatusView {
+    fn from(s: &pb::StatusResponse) -> Self {
+        Self {
+            health: s.health.clone(),
+            trust_domain: s.trust_domain.clone(),
+            root: s.root.as_ref().map(CaView::from),
+            intermediates: s.intermediates.iter().map(CaView::from).collect(),
+            active_certificates: s.active_certificates,
+            denied_identities: s.denied_identities,
+            warnings: s.warnings.clone(),
+        }
+    }
+}
+
+fn render_status(s: &StatusView) -> String {
+    let mut out = format!("PKI Status: {}\nTrust Domain: {}\n", s.health, s.trust_domain);
+    if let Some(r) = &s.root {
+        out.push_str(&format!(
+            "Root CA:\n  Fingerprint: {}\n  Common Name: {}\n  Algorithm:   {}\n  Expires:     {} ({} days remaining){}\n",
+            r.fingerprint,
+            r.common_name,
+            r.algorithm,
+            r.expires,
+            r.days_remaining,
+            if r.key_online { "" } else { "\n  Key:         offline" }
+        ));
+    }
+    out.push_str(&format!("Intermediate CAs: {}\n", s.intermediates.len()));
+    for i in &s.intermediates {
+        out.push_str(&format!(
+            "  - {} ({}) {} expires {} ({} days){}\n",
+            i.common_name,
+            i.fingerprint,
+            i.role,
+            i.expires.get(..10).unwrap_or(&i.expires),
+            i.days_remaining,
+            if i.active { " active" } else { "" }
+        ));
+    }
+    out.push_str(&format!("Active Certificates: {}\nDenied Identities:   {}\n", s.active_certificates, s.denied_identities));
+    for w in &s.warnings {
+        out.push_str(&format!("Warning: {w}\n"));
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct CertView {
+    serial: String,
+    spiffe_id: String,
+    fingerprint: String,
+    issuer: String,
+    not_before: String,
+    expires: String,
+    status: String,
+    revoked_at: Option<String>,
+    revocation_reason: Option<String>,
+}
+
+impl From<&pb::CertificateInfo> for CertView {
+    fn from(c: &pb::CertificateInfo) -> Self {
+        Self {
+            serial: c.serial.clone(),
+            spiffe_id: c.spiffe_id.clone(),
+            fingerprint: c.fingerprint.clone(),
+            issuer: c.issuer.clone(),
+            not_before: rfc3339(c.not_before),
+            expires: rfc3339(c.not_after),
+            status: c.status.clone(),
+            revoked_at: (c.revoked_at > 0).then(|| rfc3339(c.revoked_at)),
+            revocation_reason: (!c.revocation_reason.is_empty()).then(|| c.revocation_reason.clone()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct IssuedView {
+    #[serde(flatten)]
+    certificate: Option<CertView>,
+    cert_file: String,
+    key_file: Option<String>,
+}
+
+impl IssuedView {
+    fn new(c: Option<&pb::CertificateInfo>, cert: &Path, key: Option<&Path>) -> Self {
+        Self {
+            certificate: c.map(CertView::from),
+            cert_file: cert.display().to_string(),
+            key_file: key.map(|k| k.display().to_string()),
+        }
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        if let Some(c) = &self.certificate {
+            out.push_str(&format!(
+                "  Serial:      {}\n  Fingerprint: {}\n  SPIFFE ID:   {}\n  Expires:     {}\n",
+                c.serial, c.fingerprint, c.spiffe_id, c.expires
+            ));
+        }
+        out.push_str(&format!("  Cert:        {}\n", self.cert_file));
+        if let Some(k) = &self.key_file {
+            out.push_str(&format!("  Key:         {k}\n"));
+        }
+        out
+    }
+}
+
+#[derive(Serialize)]
+struct DeniedView {
+    spiffe_id: String,
+    reason: String,
+    denied_at: String,
+    denied_by: String,
+}

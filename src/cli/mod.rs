@@ -1,0 +1,118 @@
+//! The command line: `serve`, and the admin commands that talk to a server
+//! over gRPC (`pki …`, `token mint`, `audit list`), plus the local ones
+//! (`pki init`, `policy check`). Human text by default, `--output json` for
+//! scripts; every failure is one line on stderr and a non-zero exit.
+
+mod client;
+mod commands;
+mod local;
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{EXIT_CONFIG, ServeArgs, ServeConfig};
+use crate::telemetry::{LogFormat, init_logging};
+
+pub use output::OutputFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "trustmesh", version, about = "SPIFFE CA, Envoy SDS control plane and Workload API in one binary")]
+pub struct Cli {
+    /// Data directory (database, key-encryption key, admin token; mode 0700).
+    #[arg(long, global = true, env = "TRUSTMESH_DATA_DIR", default_value = "./trustmesh-data")]
+    pub data_dir: PathBuf,
+    /// Output format of admin commands: text or json.
+    #[arg(long, global = true, env = "TRUSTMESH_OUTPUT", default_value = "text")]
+    pub output: String,
+    /// Log format: auto (pretty on a terminal, JSON otherwise), pretty or json.
+    #[arg(long, global = true, env = "TRUSTMESH_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    #[command(flatten)]
+    pub client: client::ClientArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the CA, the API port and the HTTP port.
+    Serve(ServeArgs),
+    /// Certificate authority administration.
+    Pki {
+        #[command(subcommand)]
+        command: commands::PkiCommand,
+    },
+    /// Mint tokens.
+    Token {
+        #[command(subcommand)]
+        command: commands::TokenCommand,
+    },
+    /// Evaluate the Cedar policy locally.
+    Policy {
+        #[command(subcommand)]
+        command: local::PolicyCommand,
+    },
+    /// Read the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: commands::AuditCommand,
+    },
+}
+
+/// Runs the parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    let log_format = match LogFormat::parse(cli.log_format.as_deref()) {
+        Ok(f) => f,
+        Err(e) => return fail_config(&e.to_string()),
+    };
+    let output = match OutputFormat::parse(&cli.output) {
+        Ok(o) => o,
+        Err(e) => return fail_config(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            let cfg = match ServeConfig::from_args(&cli.data_dir, &args) {
+                Ok(c) => c,
+                Err(e) => return fail_config(&e.to_string()),
+            };
+            init_logging(log_format);
+            match runtime.block_on(crate::app::serve(cfg)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "trustmesh stopped");
+                    fail(&format!("{e:#}"))
+                }
+            }
+        }
+        Command::Pki { command } => {
+            let ctx = client::Context { args: cli.client, data_dir: cli.data_dir, output };
+            runtime.block_on(commands::pki(ctx, command))
+        }
+        Command::Token { command } => {
+            let ctx = client::Context { args: cli.client, data_dir: cli.data_dir, output };
+            runtime.block_on(commands::token(ctx, command))
+        }
+        Command::Audit { command } => {
+            let ctx = client::Context { args: cli.client, data_dir: cli.data_dir, output };
+            runtime.block_on(commands::audit(ctx, command))
+        }
+        Command::Policy { command } => local::policy(command, output),
+    }
+}
+
+/// Prints the one-line reason of a failure; returns exit code 1.
+pub(crate) fn fail(reason: &str) -> i32 {
+    eprintln!("error: {}", reason.replace('\n', " "));
+    1
+}
+
+fn fail_config(reason: &str) -> i32 {
+    eprintln!("error: {}", reason.replace('\n', " "));
+    EXIT_CONFIG
+}

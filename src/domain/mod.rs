@@ -1,0 +1,29 @@
+//! Pure domain types: identities, serials, principals and time.
+//!
+//! Everything here can only hold valid values ("parse, don't validate"); nothing
+//! here performs I/O. Time and randomness are injected through [`Clock`] and
+//! [`SerialSource`].
+
+mod clock;
+mod id;
+mod principal;
+mod serial;
+
+pub use clock::{Clock, ManualClock, SystemClock, unix_seconds};
+pub use id::{SpiffeId, TrustDomain};
+pub use principal::{Principal, TokenKind};
+pub use serial::{RandomSerials, Serial, SerialSource};
+
+/// Errors raised when text from outside does not parse into a domain type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DomainError {
+    #[error("invalid SPIFFE ID {value:?}: {reason}")]
+    SpiffeId { value: String, reason: String },
+    #[error("invalid trust domain {value:?}: {reason}")]
+    TrustDomain { value: String, reason: String },
+    #[error("invalid serial {value:?}: {reason}")]
+    Serial { value: String, reason: &'static str },
+    #[error("unknown token kind {0:?} (expected admin, node or bootstrap)")]
+    TokenKind(String),
+}

@@ -1,0 +1,416 @@
+//! Start-up: load the CA hierarchy from the store, or create it once.
+//!
+//! With several replicas on one database the first to commit the hierarchy
+//! wins; the others find `init_hierarchy` returned `false` and load the
+//! winner's CAs. Nothing is ever regenerated on restart.
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use time::{Duration, OffsetDateTime};
+use tokio::sync::watch;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::{Issuer, IssuerConfig, IssuerError, Metrics, Signers, TokenKeys, TrustSnapshot};
+use crate::ca::{
+    self, CaCertificate, IntermediateParams, KeyAlgorithm, Kek, PrivateKey, RootParams, Signer,
+};
+use crate::domain::{Clock, SerialSource};
+use crate::policy::PolicyEngine;
+use crate::store::{CaRecord, CaRole, SigningKeyRecord, Store};
+use crate::token::{Es256Signer, VerifyingKey};
+
+/// Purpose of a signing key that signs trustmesh's own tokens.
+pub(crate) const PURPOSE_TOKEN: &str = "token";
+/// Purpose of a signing key that signs JWT-SVIDs.
+pub(crate) const PURPOSE_JWT_SVID: &str = "jwt-svid";
+const SIGNING_KEY_LIFETIME: Duration = Duration::days(365);
+
+/// How to create the hierarchy: generated (`serve` on an empty store, or
+/// `pki init` with flags) or imported from PEM (`pki init --import-cert/--import-key`).
+#[derive(Debug, Clone)]
+pub struct InitParams {
+    pub root_common_name: String,
+    pub algorithm: KeyAlgorithm,
+    pub root_ttl_days: u32,
+    pub intermediate_ttl_days: u32,
+    /// (certificate chain PEM, private key PEM) of an existing CA.
+    pub import: Option<(String, String)>,
+}
+
+impl Default for InitParams {
+    fn default() -> Self {
+        Self {
+            root_common_name: "trustmesh Root CA".into(),
+            algorithm: KeyAlgorithm::EcP384,
+            root_ttl_days: 3650,
+            intermediate_ttl_days: 730,
+            import: None,
+        }
+    }
+}
+
+/// What start-up found or made.
+#[derive(Debug, Clone)]
+pub struct InitReport {
+    pub created: bool,
+    pub root_fingerprint: String,
+}
+
+impl Issuer {
+    /// Loads the PKI from the store, creating it first with `init` when the
+    /// store holds none.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        cfg: IssuerConfig,
+        store: Arc<dyn Store>,
+        kek: Kek,
+        clock: Arc<dyn Clock>,
+        serials: Arc<dyn SerialSource>,
+        policy: PolicyEngine,
+        init: &InitParams,
+    ) -> Result<(Arc<Self>, InitReport), IssuerError> {
+        check_trust_domain(&cfg, store.as_ref()).await?;
+        let mut created = false;
+        if !has_root(store.as_ref()).await? {
+            let (cas, keys) = create_hierarchy(&cfg, init, &kek, serials.as_ref(), clock.now())?;
+            created = store.init_hierarchy(&cas, &keys).await?;
+        }
+        let cas = store.cas().await?;
+        let signers = load_signers(&cas, &kek)?;
+        let tokens = load_token_keys(store.as_ref(), &kek, clock.now().unix_timestamp()).await?;
+        let root_fingerprint = signers
+            .services
+            .root()
+            .fingerprint
+            .clone();
+        if created {
+            log_created(&cas, &cfg);
+        }
+        let metrics = Metrics::new();
+        let (snapshot, _) = watch::channel(Arc::new(TrustSnapshot::empty(&cfg.trust_domain)));
+        let issuer = Arc::new(Self {
+            cfg,
+            store,
+            kek,
+            clock,
+            serials,
+            policy,
+            signers: RwLock::new(Arc::new(signers)),
+            tokens: RwLock::new(Arc::new(tokens)),
+            snapshot,
+            metrics,
+            crl_lock: tokio::sync::Mutex::new(()),
+        });
+        issuer.rebuild_crls().await?;
+        issuer.metrics.refresh_counts(&issuer).await;
+        Ok((issuer, InitReport { created, root_fingerprint }))
+    }
+
+    /// `pki init`: creates the hierarchy in the store; refuses when one exists.
+    pub async fn init_offline(
+        cfg: &IssuerConfig,
+        store: &dyn Store,
+        kek: &Kek,
+        clock: &dyn Clock,
+        serials: &dyn SerialSource,
+        params: &InitParams,
+    ) -> Result<InitReport, IssuerError> {
+        check_trust_domain(cfg, store).await?;
+        if has_root(store).await? {
+            return Err(IssuerError::FailedPrecondition(
+                "the PKI is already initialized (a root CA exists in the database)".into(),
+            ));
+        }
+        let (cas, keys) = create_hierarchy(cfg, params, kek, serials, clock.now())?;
+        if !store.init_hierarchy(&cas, &keys).await? {
+            return Err(IssuerError::FailedPrecondition(
+                "another process initialized the PKI concurrently".into(),
+            ));
+        }
+        log_created(&cas, cfg);
+        let root = cas
+            .iter()
+            .find(|c| c.role == CaRole::Root)
+            .map(|c| c.id.clone())
+            .unwrap_or_default();
+        Ok(InitReport { created: true, root_fingerprint: root })
+    }
+
+    /// `pki ca create-intermediary`: a new intermediate signed by the root
+    /// that becomes the active signer of its role. The previous one stays in
+    /// the bundle until it expires.
+    pub(crate) async fn add_intermediate(
+        &self,
+        role: CaRole,
+        common_name: &str,
+        ttl_days: u32,
+    ) -> Result<CaRecord, IssuerError> {
+        let signers = self.signers();
+        let root = signers.root.clone().ok_or_else(|| {
+            IssuerError::FailedPrecondition(
+                "the root key is offline: create intermediates where the root key is kept".into(),
+            )
+        })?;
+        let params = IntermediateParams {
+            common_name: common_name.to_string(),
+            lifetime: Duration::days(i64::from(ttl_days)),
+            trust_domain: self.cfg.trust_domain.clone(),
+        };
+        let now = self.clock.now();
+        let signer = ca::create_intermediate(&root, &params, self.serials.next_serial(), now)?;
+        let record = ca_record(&signer, role, true, &self.kek, now)?;
+        self.store.insert_ca(&record).await?;
+        let cas = self.store.cas().await?;
+        *self.signers.write() = Arc::new(load_signers(&cas, &self.kek)?);
+        tracing::info!(
+            ca_name = %record.common_name,
+            fingerprint = %record.id,
+            role = role.as_str(),
+            signed_by = %root.cert.fingerprint,
+            "CA initialized"
+        );
+        self.rebuild_crls().await?;
+        Ok(record)
+    }
+}
+
+async fn check_trust_domain(cfg: &IssuerConfig, store: &dyn Store) -> Result<(), IssuerError> {
+    let stored = store
+        .init_setting("trust_domain", cfg.trust_domain.as_str())
+        .await?;
+    if stored != cfg.trust_domain.as_str() {
+        return Err(IssuerError::FailedPrecondition(format!(
+            "the database belongs to trust domain {stored:?}, not {:?}",
+            cfg.trust_domain.as_str()
+        )));
+    }
+    Ok(())
+}
+
+async fn has_root(store: &dyn Store) -> Result<bool, IssuerError> {
+    Ok(store.cas().await?.iter().any(|c| c.role == CaRole::Root))
+}
+
+/// Builds every record of a new hierarchy (CAs and JWT keys), keys sealed.
+fn create_hierarchy(
+    cfg: &IssuerConfig,
+    params: &InitParams,
+    kek: &Kek,
+    serials: &dyn SerialSource,
+    now: OffsetDateTime,
+) -> Result<(Vec<CaRecord>, Vec<SigningKeyRecord>), IssuerError> {
+    let intermediate = |name: &str| IntermediateParams {
+        common_name: name.to_string(),
+        lifetime: Duration::days(i64::from(params.intermediate_ttl_days)),
+        trust_domain: cfg.trust_domain.clone(),
+    };
+    let mut cas = Vec::new();
+    match &params.import {
+        Some((cert_pem, key_pem)) => {
+            let imported = ca::import_ca(cert_pem, key_pem)?.signer;
+            for parent in &imported.parents {
+                cas.push(public_ca_record(parent, CaRole::Root, now));
+            }
+            if imported.cert.self_signed {
+                let services =
+                    ca::create_intermediate(&imported, &intermediate("trustmesh Services CA"), serials.next_serial(), now)?;
+                let transport =
+                    ca::create_intermediate(&imported, &intermediate("trustmesh Transport CA"), serials.next_serial(), now)?;
+                cas.push(ca_record(&imported, CaRole::Root, true, kek, now)?);
+                cas.push(ca_record(&services, CaRole::Services, true, kek, now)?);
+                cas.push(ca_record(&transport, CaRole::Transport, true, kek, now)?);
+            } else {
+                // An imported intermediate signs for both roles; the root stays offline.
+                cas.push(ca_record(&imported, CaRole::Services, true, kek, now)?);
+            }
+        }
+        None => {
+            let root = ca::create_root(
+                &RootParams {
+                    common_name: params.root_common_name.clone(),
+                    algorithm: params.algorithm,
+                    lifetime: Duration::days(i64::from(params.root_ttl_days)),
+                    trust_domain: cfg.trust_domain.clone(),
+                },
+                serials.next_serial(),
+                now,
+            )?;
+            let services =
+                ca::create_intermediate(&root, &intermediate("trustmesh Services CA"), serials.next_serial(), now)?;
+            let transport =
+                ca::create_intermediate(&root, &intermediate("trustmesh Transport CA"), serials.next_serial(), now)?;
+            cas.push(ca_record(&root, CaRole::Root, true, kek, now)?);
+            cas.push(ca_record(&services, CaRole::Services, true, kek, now)?);
+            cas.push(ca_record(&transport, CaRole::Transport, true, kek, now)?);
+        }
+    }
+    let keys = vec![
+        signing_key_record(PURPOSE_TOKEN, kek, now)?,
+        signing_key_record(PURPOSE_JWT_SVID, kek, now)?,
+    ];
+    Ok((cas, keys))
+}
+
+fn ca_record(
+    signer: &Signer,
+    role: CaRole,
+    active: bool,
+    kek: &Kek,
+    now: OffsetDateTime,
+) -> Result<CaRecord, IssuerError> {
+    let mut record = public_ca_record(&signer.cert, role, now);
+    record.active = active;
+    record.sealed_key = Some(kek.seal(signer.key().pkcs8_der(), record.id.as_bytes())?);
+    Ok(record)
+}
+
+fn public_ca_record(cert: &CaCertificate, role: CaRole, now: OffsetDateTime) -> CaRecord {
+    CaRecord {
+        id: cert.fingerprint.clone(),
+        role,
+        common_name: cert.common_name.clone(),
+        cert_der: cert.der.clone(),
+        sealed_key: None,
+        not_before: cert.not_before.unix_timestamp(),
+        not_after: cert.not_after.unix_timestamp(),
+        active: role == CaRole::Root,
+        created_at: now.unix_timestamp(),
+    }
+}
+
+fn signing_key_record(
+    purpose: &str,
+    kek: &Kek,
+    now: OffsetDateTime,
+) -> Result<SigningKeyRecord, IssuerError> {
+    let key = PrivateKey::generate(KeyAlgorithm::EcP256)?;
+    let public = key.public_key_der();
+    let kid = format!("{purpose}-{}", &ca::fingerprint(&public)[..16]);
+    Ok(SigningKeyRecord {
+        sealed_key: kek.seal(key.pkcs8_der(), kid.as_bytes())?,
+        kid,
+        purpose: purpose.to_string(),
+        public_key_der: public,
+        created_at: now.unix_timestamp(),
+        not_after: (now + SIGNING_KEY_LIFETIME).unix_timestamp(),
+    })
+}
+
+/// Opens the sealed keys of the active CAs and links each to its parents.
+pub(crate) fn load_signers(cas: &[CaRecord], kek: &Kek) -> Result<Signers, IssuerError> {
+    let certs: Vec<(&CaRecord, CaCertificate)> = cas
+        .iter()
+        .map(|r| CaCertificate::from_der(&r.cert_der).map(|c| (r, c)))
+        .collect::<Result<_, _>>()?;
+    let open = |record: &CaRecord, cert: &CaCertificate| -> Result<Option<Arc<Signer>>, IssuerError> {
+        let Some(sealed) = &record.sealed_key else { return Ok(None) };
+        let der = kek.open(sealed, record.id.as_bytes()).map_err(|e| {
+            IssuerError::FailedPrecondition(format!(
+                "cannot open the key of CA {} ({e}); is this the KEK the database was created with?",
+                record.common_name
+            ))
+        })?;
+        let key = PrivateKey::from_pkcs8_der(&der)?;
+        let parents = parents_of(cert, &certs);
+        Ok(Some(Arc::new(Signer::new(cert.clone(), key, parents)?)))
+    };
+    let mut services = None;
+    let mut transport = None;
+    let mut root = None;
+    let mut crl_signers = Vec::new();
+    for (record, cert) in &certs {
+        let Some(signer) = open(record, cert)? else { continue };
+        crl_signers.push(signer.clone());
+        if !record.active {
+            continue;
+        }
+        match record.role {
+            CaRole::Root => root = Some(signer),
+            CaRole::Services => services = Some(signer),
+            CaRole::Transport => transport = Some(signer),
+        }
+    }
+    let services = services.ok_or_else(|| {
+        IssuerError::FailedPrecondition("no active Services CA with an online key".into())
+    })?;
+    let transport = transport.unwrap_or_else(|| services.clone());
+    Ok(Signers { services, transport, root, crl_signers })
+}
+
+/// The chain above `cert` (issuer first, root last), found by name and signature.
+fn parents_of(cert: &CaCertificate, pool: &[(&CaRecord, CaCertificate)]) -> Vec<CaCertificate> {
+    let mut chain = Vec::new();
+    let mut current = cert.clone();
+    while !current.self_signed && chain.len() < 8 {
+        let Some(parent) = pool
+            .iter()
+            .map(|(_, c)| c)
+            .find(|candidate| candidate.fingerprint != current.fingerprint && issued_by(&current, candidate))
+        else {
+            break;
+        };
+        chain.push(parent.clone());
+        current = parent.clone();
+    }
+    chain
+}
+
+fn issued_by(child: &CaCertificate, parent: &CaCertificate) -> bool {
+    let (Ok((_, c)), Ok((_, p))) =
+        (X509Certificate::from_der(&child.der), X509Certificate::from_der(&parent.der))
+    else {
+        return false;
+    };
+    c.issuer().as_raw() == p.subject().as_raw() && c.verify_signature(Some(p.public_key())).is_ok()
+}
+
+pub(crate) async fn load_token_keys(
+    store: &dyn Store,
+    kek: &Kek,
+    now: i64,
+) -> Result<TokenKeys, IssuerError> {
+    let records = store.signing_keys().await?;
+    let mut verifying = Vec::new();
+    let mut jwt_svid_keys = Vec::new();
+    let mut newest: Option<&SigningKeyRecord> = None;
+    for r in records.iter().filter(|r| r.not_after > now) {
+        let key = VerifyingKey::from_spki_der(r.kid.clone(), &r.public_key_der)
+            .map_err(|e| IssuerError::Internal(format!("stored key {}: {e}", r.kid)))?;
+        if r.purpose == PURPOSE_TOKEN {
+            verifying.push(key);
+            if newest.is_none_or(|n| n.created_at <= r.created_at) {
+                newest = Some(r);
+            }
+        } else if r.purpose == PURPOSE_JWT_SVID {
+            jwt_svid_keys.push(key);
+        }
+    }
+    let newest = newest.ok_or_else(|| {
+        IssuerError::FailedPrecondition("no unexpired token signing key in the database".into())
+    })?;
+    let der = kek.open(&newest.sealed_key, newest.kid.as_bytes())?;
+    let signer = Es256Signer::from_pkcs8(newest.kid.clone(), &der)
+        .map_err(|e| IssuerError::Internal(format!("token key {}: {e}", newest.kid)))?;
+    Ok(TokenKeys { signer, verifying, jwt_svid_keys })
+}
+
+fn log_created(cas: &[CaRecord], cfg: &IssuerConfig) {
+    let root = cas.iter().find(|c| c.role == CaRole::Root);
+    for ca in cas.iter().filter(|c| c.sealed_key.is_some()) {
+        tracing::info!(
+            ca_name = %ca.common_name,
+            fingerprint = %ca.id,
+            role = ca.role.as_str(),
+            signed_by = %root.map(|r| r.id.as_str()).unwrap_or("(imported chain)"),
+            not_after = ca.not_after,
+            "CA initialized"
+        );
+    }
+    tracing::info!(
+        root = %root.map(|r| r.id.as_str()).unwrap_or_default(),
+        intermediates = cas.iter().filter(|c| c.role != CaRole::Root).count(),
+        trust_domain = %cfg.trust_domain,
+        "PKI initialized"
+    );
+}

@@ -1,0 +1,233 @@
+//! Issuance: CSR signing and server-generated certificates share one path
+//! (policy, deny list, profile, post-sign validation, durable record).
+
+use std::time::Instant;
+
+use time::Duration;
+
+use super::auth::{Caller, audit};
+use super::{Issuer, IssuerError, MAX_REQUEST_BYTES};
+use crate::ca::{self, IssuedCertificate, KeyAlgorithm, PrivateKey, SvidRequest};
+use crate::domain::SpiffeId;
+use crate::policy::{Action, Resource};
+use crate::store::{CaRole, CertFilter, CertRecord, CertStatus};
+
+/// `SignCsr`: the caller keeps its key.
+#[derive(Debug, Clone)]
+pub struct SignRequest {
+    pub csr: Vec<u8>,
+    /// Must equal the CSR's URI SAN.
+    pub spiffe_id: String,
+    /// 0 = the default SVID lifetime.
+    pub ttl_seconds: u64,
+}
+
+/// `GenerateCertificate`: the server makes the key.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub common_name: String,
+    pub spiffe_id: String,
+    pub dns_names: Vec<String>,
+    pub ttl_seconds: u64,
+}
+
+/// A certificate just issued, with the chain to present after it.
+#[derive(Debug)]
+pub struct Issued {
+    pub certificate: IssuedCertificate,
+    pub record: CertRecord,
+    /// Leaf followed by its issuing intermediate.
+    pub chain_pem: String,
+    /// Only for server-generated keys.
+    pub private_key: Option<PrivateKey>,
+}
+
+/// What the subject key of a new certificate is.
+enum SubjectKey {
+    Csr { spki: Vec<u8>, algorithm: String },
+    Generated(PrivateKey),
+}
+
+impl Issuer {
+    pub async fn sign_csr(&self, caller: &Caller, req: &SignRequest) -> Result<Issued, IssuerError> {
+        const ACTION: &str = "sign_csr";
+        let started = Instant::now();
+        let target: String = req.spiffe_id.chars().take(256).collect();
+        if req.csr.len() > MAX_REQUEST_BYTES {
+            let err = IssuerError::InvalidArgument(format!(
+                "csr of {} bytes is larger than the 1 MiB limit",
+                req.csr.len()
+            ));
+            return self.refuse(caller, ACTION, &target, err).await;
+        }
+        let id = self.parse_id_audited(caller, ACTION, &req.spiffe_id).await?;
+        let csr = self
+            .audited(caller, ACTION, &target, async {
+                ca::parse_csr(&req.csr, &self.cfg.trust_domain).map_err(|e| {
+                    tracing::warn!(spiffe_id = %target, error = %e, "CSR validation failed");
+                    IssuerError::InvalidArgument(e.to_string())
+                })
+            })
+            .await?;
+        if csr.spiffe_id != id {
+            let err = IssuerError::InvalidArgument(format!(
+                "the CSR asks for {} but the request names {id}",
+                csr.spiffe_id
+            ));
+            return self.refuse(caller, ACTION, &target, err).await;
+        }
+        let key = SubjectKey::Csr { spki: csr.public_key_der.clone(), algorithm: csr.key_algorithm.clone() };
+        let issued = self
+            .issue(caller, ACTION, Action::SignCsr, &id, key, &csr.dns_names, None, req.ttl_seconds)
+            .await?;
+        self.metrics.sign_duration(started.elapsed().as_secs_f64());
+        Ok(issued)
+    }
+
+    pub async fn generate(&self, caller: &Caller, req: &GenerateRequest) -> Result<Issued, IssuerError> {
+        const ACTION: &str = "issue_certificate";
+        let id = self.parse_id_audited(caller, ACTION, &req.spiffe_id).await?;
+        if req.common_name.len() > 64 {
+            let err = IssuerError::InvalidArgument("common name longer than 64 characters".into());
+            return self.refuse(caller, ACTION, &id.to_string(), err).await;
+        }
+        let key = PrivateKey::generate(KeyAlgorithm::EcP256)?;
+        let cn = (!req.common_name.is_empty()).then_some(req.common_name.as_str());
+        self.issue(caller, ACTION, Action::IssueCertificate, &id, SubjectKey::Generated(key), &req.dns_names, cn, req.ttl_seconds)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn issue(
+        &self,
+        caller: &Caller,
+        action_name: &str,
+        action: Action,
+        id: &SpiffeId,
+        key: SubjectKey,
+        dns_names: &[String],
+        common_name: Option<&str>,
+        ttl_seconds: u64,
+    ) -> Result<Issued, IssuerError> {
+        let target = id.to_string();
+        self.authorize(caller, action, &Resource::Identity(id.clone()), &target).await?;
+        if let Some(denial) = self.store.denied(&target).await? {
+            tracing::warn!(
+                spiffe_id = %target,
+                reason = %denial.reason,
+                denied_at = denial.denied_at,
+                "CSR signing denied — identity is on the deny list"
+            );
+            let err = IssuerError::Denied { spiffe_id: target.clone(), reason: denial.reason };
+            return self.refuse(caller, action_name, &target, err).await;
+        }
+        let lifetime = self.lifetime(ttl_seconds);
+        let (spki, algorithm, private_key) = match key {
+            SubjectKey::Csr { spki, algorithm } => (spki, algorithm, None),
+            SubjectKey::Generated(k) => (k.public_key_der(), k.algorithm().to_string(), Some(k)),
+        };
+        let signer = self.signers().services.clone();
+        let now = self.now();
+        let request = SvidRequest {
+            spiffe_id: id,
+            dns_names,
+            public_key_der: &spki,
+            lifetime,
+            serial: self.serials.next_serial(),
+            common_name,
+        };
+        let certificate = self
+            .audited(caller, action_name, &target, async {
+                ca::issue_svid(&signer, &request, now).map_err(|e| match e {
+                    ca::CaError::DnsName { .. } | ca::CaError::CommonName { .. } | ca::CaError::Lifetime { .. } => {
+                        IssuerError::InvalidArgument(e.to_string())
+                    }
+                    other => IssuerError::Ca(other),
+                })
+            })
+            .await?;
+        let record = cert_record(&certificate, &signer.cert.fingerprint);
+        let reason = format!("serial {} until {}", record.serial, record.not_after);
+        let log = audit(caller, action_name, &target, "ok", &reason, now.unix_timestamp());
+        self.store.record_issuance(&record, &log).await?;
+        self.metrics.issued(&signer.cert.common_name, &algorithm);
+        tracing::info!(
+            fingerprint = %certificate.fingerprint,
+            serial = %record.serial,
+            spiffe_id = %target,
+            ttl_seconds = (certificate.not_after - certificate.not_before).whole_seconds(),
+            issuer = %signer.cert.common_name,
+            algorithm = %algorithm,
+            actor = %caller.actor(),
+            "Certificate issued"
+        );
+        let chain_pem = format!("{}{}", certificate.to_pem(), signer.cert.to_pem());
+        Ok(Issued { certificate, record, chain_pem, private_key })
+    }
+
+    /// The requested lifetime, or the default; capped by the configured maximum.
+    fn lifetime(&self, ttl_seconds: u64) -> Duration {
+        let requested = if ttl_seconds == 0 {
+            self.cfg.svid_ttl
+        } else {
+            Duration::seconds(i64::try_from(ttl_seconds).unwrap_or(i64::MAX))
+        };
+        requested.min(self.cfg.max_cert_ttl)
+    }
+
+    pub async fn list_certificates(&self, caller: &Caller, filter: &CertFilter) -> Result<Vec<CertRecord>, IssuerError> {
+        self.authorize(caller, Action::ReadCertificates, &Resource::AuditLog, "").await?;
+        Ok(self.store.certificates(filter).await?)
+    }
+
+    pub async fn create_intermediary(
+        &self,
+        caller: &Caller,
+        role: CaRole,
+        common_name: &str,
+        ttl_days: u32,
+    ) -> Result<crate::store::CaRecord, IssuerError> {
+        const ACTION: &str = "create_intermediary";
+        self.authorize(caller, Action::CreateIntermediary, &Resource::Ca, common_name).await?;
+        if role == CaRole::Root || common_name.is_empty() || common_name.len() > 64 || !(1..=3650).contains(&ttl_days) {
+            let err = IssuerError::InvalidArgument(
+                "an intermediate needs role services or transport, a common name of 1-64 characters and 1-3650 days"
+                    .into(),
+            );
+            return self.refuse(caller, ACTION, common_name, err).await;
+        }
+        let record = self
+            .audited(caller, ACTION, common_name, self.add_intermediate(role, common_name, ttl_days))
+            .await?;
+        let log = audit(caller, ACTION, &record.id, "ok", common_name, self.now().unix_timestamp());
+        self.store.append_audit(&log).await?;
+        Ok(record)
+    }
+
+    /// The server's own TLS certificate from the Transport CA, with a fresh key.
+    pub fn server_certificate(&self) -> Result<(String, PrivateKey, time::OffsetDateTime), IssuerError> {
+        let signer = self.signers().transport.clone();
+        let id = SpiffeId::parse(&format!("spiffe://{}/trustmesh/server", self.cfg.trust_domain))?;
+        let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        names.extend(self.cfg.server_names.iter().cloned());
+        let lifetime = Duration::hours(24);
+        let (cert, key) = ca::issue_server_certificate(&signer, &id, &names, lifetime, self.serials.next_serial(), self.now())?;
+        let chain = format!("{}{}", cert.to_pem(), signer.cert.to_pem());
+        Ok((chain, key, cert.not_after))
+    }
+}
+
+fn cert_record(cert: &IssuedCertificate, issuer_id: &str) -> CertRecord {
+    CertRecord {
+        serial: cert.serial.to_string(),
+        spiffe_id: cert.spiffe_id.to_string(),
+        issuer_id: issuer_id.to_string(),
+        fingerprint: cert.fingerprint.clone(),
+        not_before: cert.not_before.unix_timestamp(),
+        not_after: cert.not_after.unix_timestamp(),
+        status: CertStatus::Active,
+        revoked_at: None,
+        revocation_reason: None,
+        cert_der: cert.der.clone(),
+    }
+}

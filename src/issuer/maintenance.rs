@@ -1,0 +1,61 @@
+//! Scheduled upkeep: purge expired records, re-sign CRLs well before their
+//! nextUpdate, refresh gauges. One pass is a plain function of the clock so
+//! tests drive it with a manual clock.
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use super::Issuer;
+
+/// How often [`Issuer::run_maintenance`] wakes up.
+pub const MAINTENANCE_INTERVAL: StdDuration = StdDuration::from_secs(60);
+
+/// What one maintenance pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    pub purged_certificates: u64,
+    pub crls_resigned: bool,
+}
+
+impl Issuer {
+    /// One pass. CRLs are re-signed when less than half of their validity is
+    /// left, so a published CRL never lapses while the server runs.
+    pub async fn maintain(&self) -> MaintenanceReport {
+        let mut report = MaintenanceReport::default();
+        let now = self.now();
+        match self.store.purge_expired(now.unix_timestamp(), 0).await {
+            Ok(0) => {}
+            Ok(n) => {
+                report.purged_certificates = n;
+                self.metrics.purged(n);
+                tracing::info!(count = n, "Expired certificates purged");
+            }
+            Err(e) => tracing::warn!(error = %e, "purging expired certificates failed"),
+        }
+        let snapshot = self.snapshot();
+        let due = match snapshot.earliest_next_update() {
+            Some(next) => next - now < self.cfg.crl_validity / 2,
+            None => true,
+        };
+        // A CA that expired since the last build must leave the bundle too.
+        let ca_expired = snapshot.cas.iter().any(|c| c.not_after <= now.unix_timestamp());
+        if due || ca_expired {
+            match self.rebuild_crls().await {
+                Ok(_) => report.crls_resigned = true,
+                Err(e) => tracing::error!(error = %e, "re-signing CRLs failed; will retry"),
+            }
+        }
+        self.metrics.refresh_counts(self).await;
+        report
+    }
+
+    /// Runs [`Issuer::maintain`] forever on the real timer.
+    pub async fn run_maintenance(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.maintain().await;
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Issuance metrics (OpenTelemetry API; the telemetry module exports them as
+//! Prometheus text and over OTLP). Names follow seed 002 §4.3 under the
+//! `trustmesh.` prefix.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram};
+use parking_lot::Mutex;
+
+use super::Issuer;
+
+#[derive(Clone)]
+pub struct Metrics {
+    issued: Counter<u64>,
+    failures: Counter<u64>,
+    revoked: Counter<u64>,
+    purged: Counter<u64>,
+    sign_duration: Histogram<f64>,
+    gauges: Arc<Gauges>,
+}
+
+#[derive(Default)]
+struct Gauges {
+    active: AtomicU64,
+    denied: AtomicU64,
+    /// (CA name, role, notAfter unix seconds)
+    cas: Mutex<Vec<(String, String, i64)>>,
+    /// Earliest CRL nextUpdate, unix seconds (0 = none).
+    crl_next_update: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let meter = opentelemetry::global::meter("trustmesh");
+        let gauges = Arc::new(Gauges::default());
+        let g = gauges.clone();
+        meter
+            .u64_observable_gauge("trustmesh.pki.active_cert_count")
+            .with_description("Number of unexpired, unrevoked certificates in the store")
+            .with_callback(move |o| o.observe(g.active.load(Ordering::Relaxed), &[]))
+            .build();
+        let g = gauges.clone();
+        meter
+            .u64_observable_gauge("trustmesh.pki.deny_list_size")
+            .with_description("Number of identities on the deny list")
+            .with_callback(move |o| o.observe(g.denied.load(Ordering::Relaxed), &[]))
+            .build();
+        let g = gauges.clone();
+        meter
+            .i64_observable_gauge("trustmesh.pki.ca_expiry")
+            .with_unit("s")
+            .with_description("Seconds until each CA certificate expires")
+            .with_callback(move |o| {
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                for (name, role, not_after) in g.cas.lock().iter() {
+                    o.observe(not_after - now, &[KeyValue::new("ca_name", name.clone()), KeyValue::new("role", role.clone())]);
+                }
+            })
+            .build();
+        let g = gauges.clone();
+        meter
+            .i64_observable_gauge("trustmesh.pki.crl_next_update")
+            .with_unit("s")
+            .with_description("Seconds until the earliest nextUpdate of the published CRLs")
+            .with_callback(move |o| {
+                let next = g.crl_next_update.load(Ordering::Relaxed);
+                if next > 0 {
+                    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                    o.observe(i64::try_from(next).unwrap_or(i64::MAX) - now, &[]);
+                }
+            })
+            .build();
+        Self {
+            issued: meter
+                .u64_counter("trustmesh.pki.cert_issued")
+                .with_description("Certificates issued, by issuer, algorithm and type")
+                .build(),
+            failures: meter
+                .u64_counter("trustmesh.pki.request_failure")
+                .with_description("Refused or failed requests, by error type")
+                .build(),
+            revoked: meter
+                .u64_counter("trustmesh.pki.cert_revoked")
+                .with_description("Certificates revoked (one by one or by a denial)")
+                .build(),
+            purged: meter
+                .u64_counter("trustmesh.pki.purged_cert_count")
+                .with_description("Expired certificate records purged")
+                .build(),
+            sign_duration: meter
+                .f64_histogram("trustmesh.pki.csr_sign_duration")
+                .with_unit("s")
+                .with_description("Time to process a CSR signing request")
+                .with_boundaries(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0])
+                .build(),
+            gauges,
+        }
+    }
+
+    pub(crate) fn issued(&self, issuer: &str, algorithm: &str) {
+        self.issued.add(
+            1,
+            &[
+                KeyValue::new("issuer", issuer.to_string()),
+                KeyValue::new("algorithm", algorithm.to_string()),
+                KeyValue::new("type", "end-entity"),
+            ],
+        );
+        self.gauges.active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn failure(&self, error_type: &'static str) {
+        self.failures.add(1, &[KeyValue::new("error_type", error_type)]);
+    }
+
+    pub(crate) fn revoked(&self, n: u64) {
+        self.revoked.add(n, &[]);
+    }
+
+    pub(crate) fn purged(&self, n: u64) {
+        self.purged.add(n, &[]);
+    }
+
+    pub(crate) fn sign_duration(&self, seconds: f64) {
+        self.sign_duration.record(seconds, &[]);
+    }
+
+    /// Re-reads the counts from the store and the CA list from the snapshot.
+    pub(crate) async fn refresh_counts(&self, issuer: &Issuer) {
+        let now = issuer.now().unix_timestamp();
+        if let Ok(n) = issuer.store.active_certificate_count(now).await {
+            self.gauges.active.store(n, Ordering::Relaxed);
+        }
+        if let Ok(list) = issuer.store.deny_list().await {
+            self.gauges.denied.store(list.len() as u64, Ordering::Relaxed);
+        }
+        let snapshot = issuer.snapshot();
+        *self.gauges.cas.lock() = snapshot
+            .cas
+            .iter()
+            .map(|c| (c.common_name.clone(), c.role.as_str().to_string(), c.not_after))
+            .collect();
+        let next = snapshot.earliest_next_update().map_or(0, |t| t.unix_timestamp());
+        self.gauges.crl_next_update.store(u64::try_from(next).unwrap_or(0), Ordering::Relaxed);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

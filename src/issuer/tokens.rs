@@ -1,0 +1,169 @@
+//! Minting trustmesh tokens, and the read-only admin queries.
+
+use time::Duration;
+
+use super::auth::{Caller, audit};
+use super::{CaView, Issuer, IssuerError};
+use crate::domain::{SpiffeId, TokenKind};
+use crate::policy::{Action, Resource};
+use crate::store::{AuditFilter, AuditRecord};
+use crate::token::{self, TokenClaims};
+
+/// Longest lifetime of any minted token.
+const MAX_TOKEN_LIFETIME: Duration = Duration::days(366);
+
+#[derive(Debug, Clone)]
+pub struct MintRequest {
+    pub kind: TokenKind,
+    pub subject: String,
+    /// 0 = the default for the kind (bootstrap: the configured bootstrap TTL; others 24 h).
+    pub expires_in_seconds: u64,
+    pub single_use: bool,
+    pub spiffe_ids: Vec<String>,
+    /// base64url SHA-256 of the certificate the token is bound to.
+    pub cert_fingerprint: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Minted {
+    pub token: String,
+    pub jti: String,
+    pub expires_at: i64,
+}
+
+/// PKI health as `pki status` shows it.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub healthy: bool,
+    pub warnings: Vec<String>,
+    pub cas: Vec<CaView>,
+    pub active_certificates: u64,
+    pub denied_identities: u64,
+}
+
+impl Issuer {
+    pub async fn mint_token(&self, caller: &Caller, req: &MintRequest) -> Result<Minted, IssuerError> {
+        const ACTION: &str = "mint_token";
+        let target = format!("{}:{}", req.kind, req.subject.chars().take(128).collect::<String>());
+        self.authorize(caller, Action::MintToken, &Resource::Token(req.kind), &target).await?;
+        let claims = self.audited(caller, ACTION, &target, async { self.token_claims(req) }).await?;
+        let token = self.mint_unchecked(&claims)?;
+        let reason = format!("jti {} expires {}", claims.jti, claims.exp);
+        let log = audit(caller, ACTION, &target, "ok", &reason, claims.iat);
+        self.store.append_audit(&log).await?;
+        tracing::info!(kind = %req.kind, subject = %req.subject, jti = %claims.jti, expires_at = claims.exp, single_use = req.single_use, actor = %caller.actor(), "Token minted");
+        Ok(Minted { token, jti: claims.jti, expires_at: claims.exp })
+    }
+
+    /// Mints without a caller: the admin token written at first start.
+    pub(crate) fn mint_unchecked(&self, claims: &TokenClaims) -> Result<String, IssuerError> {
+        token::mint(&self.token_keys().signer, claims).map_err(|e| IssuerError::Internal(e.to_string()))
+    }
+
+    /// Claims for a new token, validated.
+    pub(crate) fn token_claims(&self, req: &MintRequest) -> Result<TokenClaims, IssuerError> {
+        let subject = req.subject.trim();
+        if subject.is_empty() || subject.len() > 256 || subject.chars().any(char::is_control) {
+            return Err(IssuerError::InvalidArgument(
+                "token subject must be 1-256 printable characters".into(),
+            ));
+        }
+        let spiffe_ids = req
+            .spiffe_ids
+            .iter()
+            .map(|s| {
+                let id = SpiffeId::parse(s)?;
+                if !id.is_member_of(&self.cfg.trust_domain) {
+                    return Err(IssuerError::InvalidArgument(format!(
+                        "{id} is not in trust domain {}",
+                        self.cfg.trust_domain
+                    )));
+                }
+                Ok(id.to_string())
+            })
+            .collect::<Result<Vec<_>, IssuerError>>()?;
+        if req.kind == TokenKind::Bootstrap && spiffe_ids.is_empty() {
+            return Err(IssuerError::InvalidArgument(
+                "a bootstrap token needs at least one --spiffe-id it may sign".into(),
+            ));
+        }
+        if let Some(fp) = &req.cert_fingerprint {
+            let ok = fp.len() == 43 && fp.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                return Err(IssuerError::InvalidArgument(
+                    "--cert-fingerprint must be the base64url SHA-256 of a certificate (43 characters)".into(),
+                ));
+            }
+        }
+        let lifetime = match (req.expires_in_seconds, req.kind) {
+            (0, TokenKind::Bootstrap) => self.cfg.bootstrap_ttl,
+            (0, _) => Duration::hours(24),
+            (s, _) => Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX)),
+        };
+        if lifetime > MAX_TOKEN_LIFETIME {
+            return Err(IssuerError::InvalidArgument("token lifetime longer than 366 days".into()));
+        }
+        let rules = self.cfg.token_rules();
+        let now = self.now().unix_timestamp();
+        Ok(TokenClaims {
+            iss: rules.issuer,
+            sub: subject.to_string(),
+            aud: rules.audience,
+            exp: now + lifetime.whole_seconds(),
+            iat: now,
+            nbf: Some(now),
+            jti: token::new_jti(),
+            kind: req.kind,
+            single_use: req.single_use,
+            spiffe_ids,
+            cnf_x5t_s256: req.cert_fingerprint.clone(),
+        })
+    }
+
+    pub async fn status(&self, caller: &Caller) -> Result<Status, IssuerError> {
+        self.authorize(caller, Action::ReadStatus, &Resource::Ca, "").await?;
+        let snapshot = self.snapshot();
+        let now = self.now().unix_timestamp();
+        let mut warnings = Vec::new();
+        for ca in &snapshot.cas {
+            let left = ca.not_after - now;
+            if ca.active && ca.role != crate::store::CaRole::Root && left < 180 * 86_400 {
+                warnings.push(format!("{} expires in {} days: rotate it", ca.common_name, left / 86_400));
+            }
+        }
+        if let Some(next) = snapshot.earliest_next_update() {
+            if next.unix_timestamp() <= now {
+                warnings.push("a published CRL has passed its nextUpdate".into());
+            }
+        }
+        Ok(Status {
+            healthy: warnings.is_empty(),
+            warnings,
+            cas: snapshot.cas.clone(),
+            active_certificates: self.store.active_certificate_count(now).await?,
+            denied_identities: self.store.deny_list().await?.len() as u64,
+        })
+    }
+
+    pub async fn audit_log(&self, caller: &Caller, filter: &AuditFilter) -> Result<Vec<AuditRecord>, IssuerError> {
+        self.authorize(caller, Action::ReadAudit, &Resource::AuditLog, "").await?;
+        Ok(self.store.audit(filter).await?)
+    }
+
+    pub async fn bundle(&self, caller: &Caller) -> Result<String, IssuerError> {
+        self.authorize(caller, Action::ReadBundle, &Resource::Ca, "").await?;
+        Ok(self.snapshot().bundle_pem.clone())
+    }
+}
+
+impl Issuer {
+    /// The admin token written at first start: minted by the server itself,
+    /// audited, never logged.
+    pub async fn mint_initial_admin_token(&self, req: &MintRequest) -> Result<Minted, IssuerError> {
+        let claims = self.token_claims(req)?;
+        let token = self.mint_unchecked(&claims)?;
+        let log = audit(&Caller::system(), "mint_token", &format!("admin:{}", claims.sub), "ok", &format!("jti {} (admin.token)", claims.jti), claims.iat);
+        self.store.append_audit(&log).await?;
+        Ok(Minted { token, jti: claims.jti, expires_at: claims.exp })
+    }
+}

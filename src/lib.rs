@@ -1,0 +1,24 @@
+//! trustmesh: a SPIFFE certificate authority, Envoy SDS control plane and
+//! Workload API server in one binary. See `docs/ARCHITECTURE.md` for the map.
+
+// pure: no I/O crates (enforced by tests/tidy.rs)
+pub mod ca;
+pub mod domain;
+pub mod policy;
+pub mod token;
+
+// state
+pub mod store;
+
+// loop
+pub mod issuer;
+
+// servers
+pub mod admin;
+pub mod telemetry;
+
+// wiring and entry points
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod proto;

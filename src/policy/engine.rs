@@ -1,0 +1,192 @@
+//! Loading, validating and evaluating the policy set.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Entities, PolicyId, PolicySet, Request, RestrictedExpression,
+    Schema, ValidationMode, Validator,
+};
+
+use super::model::{self, Action, Resource};
+use super::{Decision, PolicyError, chain};
+use crate::domain::{Principal, SpiffeId, TokenKind, TrustDomain};
+
+const SCHEMA_FILE: &str = "schema.cedarschema";
+const DEFAULT_FILE: &str = "default.cedar";
+const EMBEDDED_SCHEMA: &str = include_str!("schema.cedarschema");
+const EMBEDDED_POLICIES: &str = include_str!("default.cedar");
+
+/// A validated policy set and its schema. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct PolicyEngine {
+    schema: Schema,
+    policies: PolicySet,
+    authorizer: Authorizer,
+}
+
+impl PolicyEngine {
+    /// The embedded schema and default policies, parsed and validated.
+    pub fn embedded() -> Result<Self, PolicyError> {
+        Self::from_sources(None, &[(DEFAULT_FILE.to_string(), EMBEDDED_POLICIES.to_string())])
+    }
+
+    /// The `--policy-dir` override: `policies` are `(file name, text)` of
+    /// every `*.cedar` file; `schema` is the directory's `schema.cedarschema`
+    /// if it has one, else the embedded schema is used. Every policy is
+    /// validated against the schema (strict mode); errors name the file and
+    /// the policy. A policy's id is its `@id("…")` annotation, or
+    /// `<file>#<n>` when it has none; ids must be unique across files.
+    pub fn from_sources(schema: Option<&str>, policies: &[(String, String)]) -> Result<Self, PolicyError> {
+        let schema = parse_schema(schema.unwrap_or(EMBEDDED_SCHEMA))?;
+        check_schema_fits(&schema)?;
+        let mut set = PolicySet::new();
+        let mut origin: HashMap<String, String> = HashMap::new();
+        for (file, text) in policies {
+            let parsed = PolicySet::from_str(text).map_err(|errs| PolicyError::Parse {
+                file: file.clone(),
+                reason: errs.iter().map(|e| chain(e)).collect::<Vec<_>>().join("; "),
+            })?;
+            if let Some(template) = parsed.templates().next() {
+                let id = template.annotation("id").map_or_else(|| template.id().to_string(), str::to_string);
+                return Err(PolicyError::Template { file: file.clone(), id });
+            }
+            for (n, policy) in parsed.policies().enumerate() {
+                let id = match policy.annotation("id") {
+                    Some(id) if !id.trim().is_empty() => id.to_string(),
+                    _ => format!("{file}#{n}"),
+                };
+                if let Some(first) = origin.get(&id) {
+                    let (first, second) = (first.clone(), file.clone());
+                    return Err(PolicyError::DuplicateId { id, first, second });
+                }
+                set.add(policy.new_id(PolicyId::new(&id))).map_err(|e| PolicyError::Parse {
+                    file: file.clone(),
+                    reason: e.to_string(),
+                })?;
+                origin.insert(id, file.clone());
+            }
+        }
+        if set.is_empty() {
+            return Err(PolicyError::NoPolicies);
+        }
+        let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+        if !result.validation_passed() {
+            let problems = result
+                .validation_errors()
+                .map(|e| {
+                    let id = e.policy_id().to_string();
+                    let file = origin.get(&id).map_or("?", String::as_str);
+                    format!("{file}: policy {id:?}: {}", chain(e))
+                })
+                .collect();
+            return Err(PolicyError::Invalid { problems });
+        }
+        Ok(Self { schema, policies: set, authorizer: Authorizer::new() })
+    }
+
+    /// Decides whether `principal` may do `action` on `resource`, in the
+    /// server's own `trust_domain` (Cedar context `{ trust_domain }`).
+    ///
+    /// Default deny: nothing permits → refused with empty `policy_ids`. A
+    /// request that cannot be built (the schema does not allow this resource
+    /// type for the action, …) is refused with the reason in `errors`.
+    pub fn decide(
+        &self,
+        principal: &Principal,
+        action: Action,
+        resource: &Resource,
+        trust_domain: &TrustDomain,
+    ) -> Decision {
+        let (request, entities) = match self.request(principal, action, resource, trust_domain) {
+            Ok(built) => built,
+            Err(reason) => {
+                return Decision { allowed: false, policy_ids: Vec::new(), errors: vec![reason] };
+            }
+        };
+        let response = self.authorizer.is_authorized(&request, &self.policies, &entities);
+        let mut policy_ids: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
+        policy_ids.sort();
+        let mut errors: Vec<String> = response.diagnostics().errors().map(|e| chain(e)).collect();
+        errors.sort();
+        Decision {
+            allowed: response.decision() == cedar_policy::Decision::Allow,
+            policy_ids,
+            errors,
+        }
+    }
+
+    /// The ids of every policy in force, sorted.
+    pub fn policy_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.policies.policies().map(|p| p.id().to_string()).collect();
+        ids.sort();
+        ids
+    }
+
+    fn request(
+        &self,
+        principal: &Principal,
+        action: Action,
+        resource: &Resource,
+        trust_domain: &TrustDomain,
+    ) -> Result<(Request, Entities), String> {
+        let p = model::principal_entity(principal)?;
+        let r = model::resource_entity(resource)?;
+        let (p_uid, r_uid) = (p.uid(), r.uid());
+        let entities = Entities::from_entities([p, r], Some(&self.schema))
+            .map_err(|e| format!("entities do not fit the schema: {}", chain(&e)))?;
+        let context = context(trust_domain)?;
+        let request = Request::new(p_uid, model::action_uid(action)?, r_uid, context, Some(&self.schema))
+            .map_err(|e| format!("request {action} on {resource} does not fit the schema: {}", chain(&e)))?;
+        Ok((request, entities))
+    }
+}
+
+fn parse_schema(text: &str) -> Result<Schema, PolicyError> {
+    Schema::from_cedarschema_str(text)
+        .map(|(schema, _warnings)| schema)
+        .map_err(|e| PolicyError::Schema { file: SCHEMA_FILE.into(), reason: chain(&e) })
+}
+
+fn context(trust_domain: &TrustDomain) -> Result<Context, String> {
+    let td = RestrictedExpression::new_string(trust_domain.as_str().to_string());
+    Context::from_pairs([("trust_domain".to_string(), td)]).map_err(|e| format!("context: {e}"))
+}
+
+/// Fails fast when an operator's schema cannot describe trustmesh's
+/// requests: every action must exist and every entity trustmesh builds must
+/// conform (types and attributes).
+fn check_schema_fits(schema: &Schema) -> Result<(), PolicyError> {
+    let mismatch = PolicyError::SchemaMismatch;
+    let actions: Vec<_> = schema.actions().cloned().collect();
+    for action in Action::ALL {
+        let uid = model::action_uid(action).map_err(mismatch)?;
+        if !actions.contains(&uid) {
+            return Err(mismatch(format!("action {uid} is not declared")));
+        }
+    }
+    let id = SpiffeId::parse("spiffe://example.org/probe/p").map_err(|e| mismatch(e.to_string()))?;
+    let principals = [
+        Principal::Admin { name: "probe".into() },
+        Principal::Node { id: "probe".into() },
+        Principal::Workload { selectors: vec!["unix:uid:0".into()] },
+        Principal::Bootstrap { subject: "probe".into(), spiffe_ids: vec![id.clone()] },
+    ];
+    let resources = [
+        Resource::Identity(id),
+        Resource::Ca,
+        Resource::Certificate("01".into()),
+        Resource::Token(TokenKind::Node),
+        Resource::AuditLog,
+        Resource::Entry("probe".into()),
+    ];
+    let mut probe = Vec::new();
+    for p in &principals {
+        probe.push(model::principal_entity(p).map_err(mismatch)?);
+    }
+    for r in &resources {
+        probe.push(model::resource_entity(r).map_err(mismatch)?);
+    }
+    Entities::from_entities(probe, Some(schema)).map_err(|e| mismatch(chain(&e)))?;
+    Ok(())
+}

@@ -1,0 +1,271 @@
+//! Durable state: one [`Store`] trait, two implementations.
+//!
+//! * [`sqlite::SqliteStore`] — the embedded default (WAL, `synchronous=FULL`:
+//!   every call that returns `Ok` has reached the disk).
+//! * [`postgres::PostgresStore`] — for replicas sharing one database.
+//!
+//! Both run the same conformance suite (`tests/store_conformance.rs`).
+//! Instants are Unix seconds (`i64`); identities and serials are stored in
+//! their canonical text form (`SpiffeId::to_string`, `Serial::to_string`).
+//!
+//! Invariant: a write that returned `Ok` is durable, and every multi-row change
+//! (issuance + audit, deny + revocations + audit) is one transaction.
+
+use async_trait::async_trait;
+
+pub mod postgres;
+pub mod sqlite;
+
+mod migrations;
+
+/// What a certificate authority is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CaRole {
+    Root,
+    /// Signs workload SVIDs.
+    Services,
+    /// Signs the server's own TLS certificate and node certificates.
+    Transport,
+}
+
+impl CaRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Root => "root",
+            Self::Services => "services",
+            Self::Transport => "transport",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "root" => Some(Self::Root),
+            "services" => Some(Self::Services),
+            "transport" => Some(Self::Transport),
+            _ => None,
+        }
+    }
+}
+
+/// A CA certificate and its private key, sealed under the KEK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaRecord {
+    /// SHA-256 fingerprint of the certificate DER, lowercase hex. Primary key.
+    pub id: String,
+    pub role: CaRole,
+    pub common_name: String,
+    pub cert_der: Vec<u8>,
+    /// `None` when the key is kept offline (an imported root).
+    pub sealed_key: Option<Vec<u8>>,
+    pub not_before: i64,
+    pub not_after: i64,
+    /// The signer currently used for its role (one active per role).
+    pub active: bool,
+    pub created_at: i64,
+}
+
+/// A JWT signing key (token signing or JWT-SVID signing), sealed under the KEK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKeyRecord {
+    pub kid: String,
+    /// `token` or `jwt-svid`.
+    pub purpose: String,
+    /// SubjectPublicKeyInfo DER.
+    pub public_key_der: Vec<u8>,
+    pub sealed_key: Vec<u8>,
+    pub created_at: i64,
+    pub not_after: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertStatus {
+    Active,
+    Revoked,
+}
+
+/// An issued end-entity certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertRecord {
+    /// Lowercase hex serial. Primary key.
+    pub serial: String,
+    pub spiffe_id: String,
+    /// `CaRecord::id` of the issuer.
+    pub issuer_id: String,
+    /// SHA-256 of the DER, lowercase hex.
+    pub fingerprint: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub status: CertStatus,
+    pub revoked_at: Option<i64>,
+    /// RFC 5280 reason name (`keyCompromise`, …) when revoked.
+    pub revocation_reason: Option<String>,
+    pub cert_der: Vec<u8>,
+}
+
+/// A revoked, still unexpired certificate: one CRL entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedEntry {
+    pub serial: String,
+    pub revoked_at: i64,
+    pub reason: Option<String>,
+    pub not_after: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenyRecord {
+    pub spiffe_id: String,
+    pub reason: String,
+    pub denied_at: i64,
+    pub denied_by: String,
+}
+
+/// One audit log line: who did what to what, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Assigned by the store; ignored on append.
+    pub id: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    /// SPIFFE ID, serial or other object acted on ("" when none).
+    pub target: String,
+    /// `ok`, `denied` or `error`.
+    pub outcome: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CertFilter {
+    pub spiffe_id: Option<String>,
+    /// Only certificates with `not_after` in `(now, before]`.
+    pub expiring_before: Option<i64>,
+    /// Exclude certificates with `not_after <= now`.
+    pub unexpired_at: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub since: Option<i64>,
+    /// Matches `target`.
+    pub target: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// What a revocation changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeOutcome {
+    Revoked,
+    AlreadyRevoked,
+    NotFound,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Backend(String),
+    #[error("{what} already exists")]
+    Conflict { what: String },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("invalid database URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("database schema version {found} is newer than this binary understands ({supported})")]
+    SchemaTooNew { found: i64, supported: i64 },
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap liveness probe for `/ready`.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Returns the stored value, if any, of a settings key (e.g. `trust_domain`).
+    async fn setting(&self, key: &str) -> StoreResult<Option<String>>;
+    /// Sets a key only if it is absent; returns the value now stored (the
+    /// existing one when another replica won the race).
+    async fn init_setting(&self, key: &str, value: &str) -> StoreResult<String>;
+
+    /// Inserts the CA hierarchy created at start-up in one transaction, unless
+    /// a root already exists; returns `false` (and writes nothing) if one does.
+    async fn init_hierarchy(&self, cas: &[CaRecord], keys: &[SigningKeyRecord]) -> StoreResult<bool>;
+    /// Adds one CA (a new intermediate); when `active`, every other CA of the
+    /// same role becomes inactive in the same transaction.
+    async fn insert_ca(&self, ca: &CaRecord) -> StoreResult<()>;
+    /// Every CA, oldest first.
+    async fn cas(&self) -> StoreResult<Vec<CaRecord>>;
+
+    async fn insert_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<()>;
+    async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>>;
+
+    /// Stores an issued certificate and its audit record in one transaction.
+    /// A duplicate serial is a `Conflict`.
+    async fn record_issuance(&self, cert: &CertRecord, audit: &AuditRecord) -> StoreResult<()>;
+    async fn certificate(&self, serial: &str) -> StoreResult<Option<CertRecord>>;
+    /// Newest `not_before` first.
+    async fn certificates(&self, filter: &CertFilter) -> StoreResult<Vec<CertRecord>>;
+    async fn active_certificate_count(&self, now: i64) -> StoreResult<u64>;
+
+    /// Marks one certificate revoked, with its audit record, in one transaction.
+    async fn revoke(&self, serial: &str, reason: &str, at: i64, audit: &AuditRecord) -> StoreResult<RevokeOutcome>;
+    /// Revoked certificates of one issuer with `not_after > now`.
+    async fn revoked_unexpired(&self, issuer_id: &str, now: i64) -> StoreResult<Vec<RevokedEntry>>;
+
+    /// Adds (or updates the reason of) a deny-list entry and revokes every
+    /// unexpired active certificate of that identity (reason
+    /// `cessationOfOperation` unless given), with the audit record, in one
+    /// transaction. Returns the serials it revoked.
+    async fn deny(&self, entry: &DenyRecord, now: i64, audit: &AuditRecord) -> StoreResult<Vec<String>>;
+    /// Removes a deny-list entry; `false` if there was none. Writes the audit record.
+    async fn allow(&self, spiffe_id: &str, audit: &AuditRecord) -> StoreResult<bool>;
+    async fn denied(&self, spiffe_id: &str) -> StoreResult<Option<DenyRecord>>;
+    /// Oldest first.
+    async fn deny_list(&self) -> StoreResult<Vec<DenyRecord>>;
+
+    /// Remembers a single-use token id until `expires_at`. Returns `false` when
+    /// the id was already used (a replay); the check and insert are atomic.
+    async fn consume_token_id(&self, jti: &str, expires_at: i64) -> StoreResult<bool>;
+
+    /// Deletes certificate records with `not_after <= now - grace` and used
+    /// token ids with `expires_at <= now`. Returns the number of certificates deleted.
+    async fn purge_expired(&self, now: i64, grace: i64) -> StoreResult<u64>;
+
+    async fn append_audit(&self, record: &AuditRecord) -> StoreResult<()>;
+    /// Oldest first, at most `limit` (default 1000), the newest ones.
+    async fn audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>>;
+}
+
+/// Opens the store named by a database URL (`sqlite://PATH` or `postgres://…`).
+pub async fn open(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err(StoreError::Url { url: url.to_string(), reason: "missing file path".into() });
+        }
+        Ok(std::sync::Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path)).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(postgres::PostgresStore::connect(url).await?))
+    } else {
+        Err(StoreError::Url {
+            url: redact_url(url),
+            reason: "expected sqlite://PATH or postgres://…".into(),
+        })
+    }
+}
+
+/// A database URL with any password replaced, safe for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}://{}:***{}", &url[..scheme_end], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

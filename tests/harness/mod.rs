@@ -1,0 +1,238 @@
+//! Runs the real `trustmesh` binary for end-to-end tests: a server on
+//! ephemeral loopback ports in a temp data directory, the CLI against it, and
+//! `openssl` as an independent verifier. Servers are stopped on drop, also
+//! when a test fails.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_trustmesh");
+
+pub struct Server {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub api: SocketAddr,
+    pub http: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `trustmesh serve` on `data_dir` and waits for its `ready` line.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Self::try_start(data_dir, extra).unwrap_or_else(|(log, why)| panic!("server did not start: {why}\n{log}"))
+    }
+
+    /// Like `start`, but returns the log and reason when the server exits or hangs.
+    pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Server, (String, String)> {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--log-format", "json"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env_remove("TRUSTMESH_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn trustmesh serve");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<(SocketAddr, SocketAddr)>();
+        for stream in [Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stdout.take().unwrap())] {
+            let log = log.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                        if v["message"] == "ready" {
+                            let api = v["listen"].as_str().and_then(|s| s.parse().ok());
+                            let http = v["http_listen"].as_str().and_then(|s| s.parse().ok());
+                            if let (Some(a), Some(h)) = (api, http) {
+                                let _ = tx.send((a, h));
+                            }
+                        }
+                    }
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        drop(tx);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((api, http)) = rx.recv_timeout(Duration::from_millis(50)) {
+                return Ok(Server { child: Some(child), data_dir: data_dir.to_path_buf(), api, http, log });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                let text = log.lock().unwrap().clone();
+                return Err((text, format!("exited with {status}")));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let text = log.lock().unwrap().clone();
+                return Err((text, "no ready line within 60 s".into()));
+            }
+        }
+    }
+
+    /// The CLI pointed at this server and data directory.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_cmd().args(args).output().expect("run trustmesh cli")
+    }
+
+    pub fn cli_cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--server")
+            .arg(format!("https://{}", self.api))
+            .env_remove("TRUSTMESH_TOKEN")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs the CLI, asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "trustmesh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs the CLI with `--output json` and parses the result.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+
+    /// Runs the CLI, asserts a non-zero exit and a one-line reason; returns it.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(!out.status.success(), "trustmesh {args:?} unexpectedly succeeded");
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        assert_eq!(err.lines().count(), 1, "one-line reason expected, got: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+        err
+    }
+
+    /// GET on the plaintext HTTP port: (status, body).
+    pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        http_get(self.http, path)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn bundle_path(&self) -> PathBuf {
+        self.data_dir.join("ca-bundle.pem")
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A minimal HTTP/1.0 GET, enough for the read-only endpoints.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("http response");
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, buf[split + 4..].to_vec())
+}
+
+/// Runs openssl; panics (failing the test, never skipping) when it is missing.
+pub fn openssl(args: &[&str]) -> Output {
+    Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl must be installed (the README's test command installs it)")
+}
+
+pub fn openssl_ok(args: &[&str]) -> String {
+    let out = openssl(args);
+    assert!(out.status.success(), "openssl {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Makes a key (`ec`, `ec384`, `rsa2048`, `rsa1024`, `ed25519`) and a CSR with the given URI SANs.
+pub fn make_csr(dir: &Path, name: &str, kind: &str, uris: &[&str]) -> PathBuf {
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let key_s = key.to_str().unwrap();
+    match kind {
+        "ec" => openssl_ok(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key_s]),
+        "ec384" => openssl_ok(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384", "-out", key_s]),
+        "rsa2048" => openssl_ok(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key_s]),
+        "rsa1024" => openssl_ok(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024", "-out", key_s]),
+        "ed25519" => openssl_ok(&["genpkey", "-algorithm", "ED25519", "-out", key_s]),
+        other => panic!("unknown key kind {other}"),
+    };
+    let mut args = vec!["req", "-new", "-key", key_s, "-subj", "/O=test", "-out", csr.to_str().unwrap()];
+    let san;
+    if !uris.is_empty() {
+        san = format!("subjectAltName={}", uris.iter().map(|u| format!("URI:{u}")).collect::<Vec<_>>().join(","));
+        args.push("-addext");
+        args.push(&san);
+    }
+    openssl_ok(&args);
+    csr
+}
+
+/// Splits a PEM bundle into its blocks of the given label.
+pub fn pem_blocks(pem: &str, label: &str) -> Vec<String> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let mut out = Vec::new();
+    let mut rest = pem;
+    while let Some(start) = rest.find(&begin) {
+        let Some(stop) = rest[start..].find(&end) else { break };
+        out.push(format!("{}\n", &rest[start..start + stop + end.len()]));
+        rest = &rest[start + stop + end.len()..];
+    }
+    out
+}
+
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}

@@ -1,0 +1,172 @@
+//! The issuing service in-process with a manual clock: lifetimes, CRL
+//! schedule and the offline ceremony, without sleeping.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use trustmesh::ca::Kek;
+use trustmesh::domain::{ManualClock, RandomSerials, TrustDomain};
+use trustmesh::issuer::{Caller, GenerateRequest, InitParams, Issuer, IssuerConfig};
+use trustmesh::policy::PolicyEngine;
+use trustmesh::store::Store;
+
+const START: i64 = 1_800_000_000;
+
+async fn issuer(dir: &std::path::Path, clock: &ManualClock) -> (Arc<Issuer>, Arc<dyn Store>) {
+    let store = trustmesh::store::open(&format!("sqlite://{}", dir.join("t.db").display())).await.unwrap();
+    let kek_text = match std::fs::read_to_string(dir.join("kek")) {
+        Ok(t) => t,
+        Err(_) => {
+            let (_, text) = Kek::generate().unwrap();
+            std::fs::write(dir.join("kek"), text.as_bytes()).unwrap();
+            text.to_string()
+        }
+    };
+    let kek = Kek::from_file_contents(&kek_text).unwrap();
+    let cfg = IssuerConfig::new(TrustDomain::parse("example.org").unwrap());
+    let (issuer, _) = Issuer::start(
+        cfg,
+        store.clone(),
+        kek,
+        Arc::new(clock.clone()),
+        Arc::new(RandomSerials::default()),
+        PolicyEngine::embedded().unwrap(),
+        &InitParams::default(),
+    )
+    .await
+    .unwrap();
+    (issuer, store)
+}
+
+fn serials_in(issuer: &Issuer) -> Vec<String> {
+    let mut out = Vec::new();
+    for crl in &issuer.snapshot().crls {
+        let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(&crl.der).unwrap();
+        for r in parsed.iter_revoked_certificates() {
+            out.push(trustmesh::domain::Serial::from_bytes(r.raw_serial()).unwrap().to_string());
+        }
+    }
+    out
+}
+
+use x509_parser::prelude::FromDer;
+
+async fn generate(issuer: &Issuer, id: &str, ttl: u64) -> String {
+    let issued = issuer
+        .generate(&Caller::system(), &GenerateRequest { common_name: String::new(), spiffe_id: id.into(), dns_names: vec![], ttl_seconds: ttl })
+        .await
+        .unwrap();
+    issued.record.serial
+}
+
+#[tokio::test]
+async fn an_expired_revoked_certificate_drops_out_of_the_next_crl() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(START);
+    let (issuer, _) = issuer(dir.path(), &clock).await;
+    let short = generate(&issuer, "spiffe://example.org/svc/short", 120).await;
+    let long = generate(&issuer, "spiffe://example.org/svc/long", 7200).await;
+    issuer.revoke(&Caller::system(), &short, "keyCompromise").await.unwrap();
+    issuer.revoke(&Caller::system(), &long, "superseded").await.unwrap();
+    let listed = serials_in(&issuer);
+    assert!(listed.contains(&short) && listed.contains(&long), "{listed:?}");
+
+    clock.advance(600); // past the short certificate's notAfter, not the long one's
+    issuer.rebuild_crls().await.unwrap();
+    let listed = serials_in(&issuer);
+    assert!(!listed.contains(&short), "expired serial still listed");
+    assert!(listed.contains(&long));
+}
+
+#[tokio::test]
+async fn crls_are_resigned_before_next_update_and_never_lapse() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(START);
+    let (issuer, _) = issuer(dir.path(), &clock).await;
+    let first = issuer.snapshot();
+    let this_update = first.crls[0].this_update.unix_timestamp();
+    assert_eq!(this_update, START - 60, "thisUpdate backdated 60 s");
+    // An idle server for 30 days, one maintenance pass an hour.
+    for _ in 0..(30 * 24) {
+        clock.advance(3600);
+        issuer.maintain().await;
+        let snap = issuer.snapshot();
+        let now = START + (snap.built_at.unix_timestamp() - START).max(0);
+        let next = snap.earliest_next_update().unwrap().unix_timestamp();
+        let current = trustmesh::domain::Clock::now(&clock).unix_timestamp();
+        assert!(next > current + 3 * 86_400, "a CRL is within 3 days of lapsing at {current} (built {now})");
+    }
+    assert!(issuer.snapshot().revision > first.revision + 5, "CRLs were re-signed along the way");
+}
+
+#[tokio::test]
+async fn expired_records_are_purged_on_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(START);
+    let (issuer, store) = issuer(dir.path(), &clock).await;
+    generate(&issuer, "spiffe://example.org/svc/a", 120).await;
+    generate(&issuer, "spiffe://example.org/svc/b", 86_400).await;
+    assert_eq!(issuer.maintain().await.purged_certificates, 0);
+    clock.advance(3600);
+    assert_eq!(issuer.maintain().await.purged_certificates, 1);
+    assert_eq!(store.certificates(&Default::default()).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn restart_loads_the_same_hierarchy() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(START);
+    let root = {
+        let (issuer, _) = issuer(dir.path(), &clock).await;
+        issuer.snapshot().root().unwrap().fingerprint.clone()
+    };
+    let (again, _) = issuer(dir.path(), &clock).await;
+    assert_eq!(again.snapshot().root().unwrap().fingerprint, root);
+}
+
+#[tokio::test]
+async fn a_database_of_another_trust_domain_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(START);
+    let (_, store) = issuer(dir.path(), &clock).await;
+    let (kek, _) = Kek::generate().unwrap();
+    let cfg = IssuerConfig::new(TrustDomain::parse("other.org").unwrap());
+    let err = Issuer::start(cfg, store, kek, Arc::new(clock), Arc::new(RandomSerials::default()), PolicyEngine::embedded().unwrap(), &InitParams::default())
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(err.to_string().contains("belongs to trust domain"), "{err}");
+}
+
+#[tokio::test]
+async fn a_wrong_kek_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(START);
+    let (_, store) = issuer(dir.path(), &clock).await;
+    let (other, _) = Kek::generate().unwrap();
+    let cfg = IssuerConfig::new(TrustDomain::parse("example.org").unwrap());
+    let err = Issuer::start(cfg, store, other, Arc::new(clock), Arc::new(RandomSerials::default()), PolicyEngine::embedded().unwrap(), &InitParams::default())
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(err.to_string().contains("KEK"), "{err}");
+}
+
+#[tokio::test]
+async fn a_new_intermediate_becomes_the_signer_and_the_old_stays_in_the_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(START);
+    let (issuer, _) = issuer(dir.path(), &clock).await;
+    let old = issuer.snapshot().services().unwrap().fingerprint.clone();
+    let created = issuer
+        .create_intermediary(&Caller::system(), trustmesh::store::CaRole::Services, "trustmesh Services CA v2", 730)
+        .await
+        .unwrap();
+    let snap = issuer.snapshot();
+    assert_eq!(snap.services().unwrap().fingerprint, created.id);
+    assert!(snap.cas.iter().any(|c| c.fingerprint == old && !c.active), "old intermediate stays in the bundle");
+    assert_eq!(snap.bundle_pem.matches("BEGIN CERTIFICATE").count(), 4);
+    let serial = generate(&issuer, "spiffe://example.org/svc/after-rotation", 600).await;
+    let cert = issuer.store().certificate(&serial).await.unwrap().unwrap();
+    assert_eq!(cert.issuer_id, created.id, "new certificates come from the new intermediate");
+}

@@ -1,0 +1,120 @@
+//! Keeps the architecture true without review: the pure modules import no I/O
+//! crates, the servers never import each other, and generated code stays in
+//! `src/proto`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Modules that must stay free of I/O: time, randomness and keys come in as values.
+const PURE: &[&str] = &["domain", "ca", "policy", "token"];
+/// Crates (and std paths) a pure module must not name.
+const IO_CRATES: &[&str] = &[
+    "tokio", "tonic", "hyper", "axum", "rusqlite", "tokio_postgres", "deadpool_postgres", "std::fs", "std::net",
+    "std::process", "opentelemetry", "tracing_subscriber", "crate::store", "crate::issuer", "crate::admin",
+];
+/// Server modules: none may import another.
+const SERVERS: &[&str] = &["admin", "telemetry", "sds", "workload"];
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(rust_files(&p));
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn module_files(module: &str) -> Vec<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = rust_files(&src.join(module));
+    let single = src.join(format!("{module}.rs"));
+    if single.exists() {
+        files.push(single);
+    }
+    files
+}
+
+/// Code lines only: comments are allowed to mention anything.
+fn code(path: &Path) -> String {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn names(text: &str, name: &str) -> bool {
+    text.match_indices(name).any(|(i, _)| {
+        let before = text[..i].chars().last();
+        let after = text[i + name.len()..].chars().next();
+        let boundary_before = before.is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
+        let boundary_after = after.is_none_or(|c| c == ':' || c == ';' || c == ' ' || c == '{' || c == ',' || c == ')');
+        boundary_before && boundary_after
+    })
+}
+
+#[test]
+fn pure_modules_import_no_io() {
+    let mut violations = Vec::new();
+    for module in PURE {
+        let files = module_files(module);
+        assert!(!files.is_empty(), "pure module src/{module} not found");
+        for f in files {
+            let text = code(&f);
+            for io in IO_CRATES {
+                if names(&text, io) {
+                    violations.push(format!("{} uses {io}", f.display()));
+                }
+            }
+        }
+    }
+    assert!(violations.is_empty(), "pure modules must not do I/O:\n{}", violations.join("\n"));
+}
+
+#[test]
+fn servers_do_not_import_each_other() {
+    let mut violations = Vec::new();
+    for server in SERVERS {
+        for f in module_files(server) {
+            let text = code(&f);
+            for other in SERVERS.iter().filter(|o| *o != server) {
+                if names(&text, &format!("crate::{other}")) {
+                    violations.push(format!("{} imports crate::{other}", f.display()));
+                }
+            }
+        }
+    }
+    assert!(violations.is_empty(), "servers must not import each other:\n{}", violations.join("\n"));
+}
+
+#[test]
+fn generated_code_is_imported_only_by_servers_and_cli() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let allowed = ["admin", "cli", "proto", "sds", "workload"];
+    let mut violations = Vec::new();
+    for f in rust_files(&src) {
+        let rel = f.strip_prefix(&src).unwrap_or(&f).to_string_lossy().to_string();
+        let top = rel.split(['/', '.']).next().unwrap_or_default().to_string();
+        if allowed.contains(&top.as_str()) || rel == "lib.rs" {
+            continue;
+        }
+        if names(&code(&f), "crate::proto") {
+            violations.push(rel);
+        }
+    }
+    assert!(violations.is_empty(), "only servers and the CLI may import crate::proto: {violations:?}");
+}
+
+#[test]
+fn the_checker_catches_a_violation() {
+    assert!(names("use tokio::sync;", "tokio"));
+    assert!(names("let x = std::fs::read(p);", "std::fs"));
+    assert!(!names("use tokio_rustls::x;", "tokio"));
+    assert!(!names("let tokio_like = 1;", "tokio"));
+}
