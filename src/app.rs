@@ -162,8 +162,12 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (--http-listen)", cfg.http_listen))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let tls_router = admin::tls_router(issuer.clone(), telemetry.clone());
-    let http_router = admin::http_router(issuer.clone(), telemetry.clone());
+    let renderer: admin::MetricsRenderer = {
+        let telemetry = telemetry.clone();
+        Arc::new(move || telemetry.render())
+    };
+    let tls_router = admin::tls_router(issuer.clone(), renderer.clone());
+    let http_router = admin::http_router(issuer.clone(), renderer);
     let api_addr = api.local_addr()?;
     let http_addr = http.local_addr()?;
     let servers = [

@@ -398,7 +398,7 @@ fn bad_tokens_are_refused_and_audited() {
     };
     let cases = vec![
         (forge(&data, with(json!({"exp": now - 3600, "iat": now - 7200, "nbf": now - 7200}))), "expired"),
-        (forge(&data, with(json!({"nbf": now + 3600, "iat": now + 3600}))), "not yet valid"),
+        (forge(&data, with(json!({"nbf": now + 3600, "iat": now + 3600}))), "not valid before"),
         (tampered, "signature"),
         (alg_none, "none"),
         (hs256, "hs256"),

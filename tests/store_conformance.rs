@@ -452,6 +452,15 @@ async fn postgres_replicas_migrate_together() {
 }
 
 #[tokio::test]
+async fn postgres_test_server_has_no_tcp_listener() {
+    let url = support::postgres::fresh_database().await;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let row = client.query_one("SHOW listen_addresses", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "");
+}
+
+#[tokio::test]
 async fn postgres_unreachable_hides_password() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("postgres://someone:hunter2@/db?host={}", dir.path().display());

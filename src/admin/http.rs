@@ -11,13 +11,16 @@ use axum::routing::get;
 use serde::Deserialize;
 
 use crate::issuer::Issuer;
-use crate::telemetry::Telemetry;
 
 #[derive(Clone)]
 pub struct HttpState {
     pub issuer: Arc<Issuer>,
-    pub telemetry: Arc<Telemetry>,
+    /// Renders the Prometheus text of `/metrics` (the telemetry pipeline, wired by `app`).
+    pub metrics: MetricsRenderer,
 }
+
+/// Produces the Prometheus text exposition.
+pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
 
 pub fn routes(state: HttpState) -> Router {
     Router::new()
@@ -43,7 +46,7 @@ async fn ready(State(s): State<HttpState>) -> Response {
 async fn metrics(State(s): State<HttpState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        s.telemetry.render(),
+        (s.metrics)(),
     )
         .into_response()
 }

@@ -16,10 +16,9 @@ use tokio::sync::watch;
 
 use crate::issuer::{Issuer, MAX_REQUEST_BYTES};
 use crate::proto::admin::v1::admin_server::AdminServer;
-use crate::telemetry::Telemetry;
 
 pub use grpc::status;
-pub use http::HttpState;
+pub use http::{HttpState, MetricsRenderer};
 pub use tls::ServerTls;
 
 /// The DER client certificate of a TLS connection, as a request extension.
@@ -31,16 +30,16 @@ pub struct PeerCertificate(pub Option<Vec<u8>>);
 const MAX_GRPC_MESSAGE: usize = 4 * MAX_REQUEST_BYTES;
 
 /// The router of the TLS port: the admin gRPC service and the HTTP endpoints.
-pub fn tls_router(issuer: Arc<Issuer>, telemetry: Arc<Telemetry>) -> Router {
+pub fn tls_router(issuer: Arc<Issuer>, metrics: MetricsRenderer) -> Router {
     let admin = AdminServer::new(grpc::AdminService::new(issuer.clone()))
         .max_decoding_message_size(MAX_GRPC_MESSAGE);
     let grpc = tonic::service::Routes::new(admin).prepare().into_axum_router();
-    grpc.merge(http::routes(HttpState { issuer, telemetry }))
+    grpc.merge(http::routes(HttpState { issuer, metrics }))
 }
 
 /// The router of the plaintext port.
-pub fn http_router(issuer: Arc<Issuer>, telemetry: Arc<Telemetry>) -> Router {
-    http::routes(HttpState { issuer, telemetry })
+pub fn http_router(issuer: Arc<Issuer>, metrics: MetricsRenderer) -> Router {
+    http::routes(HttpState { issuer, metrics })
 }
 
 /// Serves the TLS port until `shutdown` turns true.

@@ -253,9 +253,8 @@ Rz6ZEJm/yeSBI0ckzIxAY7SnPJk5KE1j6g==
     fn reads_sec1_without_parameters() {
         // ring's PKCS#8 holds a SEC1 key without curve parameters; unwrap it.
         let key = PrivateKey::generate(KeyAlgorithm::EcP384).unwrap();
-        let der = key.pkcs8_der();
-        let sec1_start = der.len() - sec1_len(der);
-        let sec1 = &der[sec1_start..];
+        let (_, pkcs8) = x509_parser::der_parser::der::parse_der_sequence(key.pkcs8_der()).unwrap();
+        let sec1 = pkcs8.as_sequence().unwrap()[2].as_slice().unwrap();
         let pem = secret_to_pem("EC PRIVATE KEY", sec1);
         let back = PrivateKey::from_pem(&pem).unwrap();
         assert_eq!(back.public_key_der(), key.public_key_der());
@@ -270,16 +269,5 @@ Rz6ZEJm/yeSBI0ckzIxAY7SnPJk5KE1j6g==
         assert!(err.contains("found CERTIFICATE"), "{err}");
         let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
         assert!(PrivateKey::from_pem(&ed.serialize_pem()).is_err());
-    }
-
-    /// Length of the SEC1 OCTET STRING content at the end of ring's PKCS#8.
-    fn sec1_len(der: &[u8]) -> usize {
-        // ring's documents end with OCTET STRING { ECPrivateKey } whose
-        // length fits in one byte (P-256/P-384): find `04 len 30 len2`.
-        (0..der.len() - 3)
-            .rev()
-            .find(|&i| der[i] == 0x04 && der[i + 2] == 0x30 && i + 2 + usize::from(der[i + 1]) == der.len())
-            .map(|i| der.len() - i - 2)
-            .unwrap()
     }
 }

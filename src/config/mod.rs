@@ -91,7 +91,7 @@ impl ServeConfig {
             .map_err(|e| ConfigError::new("--trust-domain/TRUSTMESH_TRUST_DOMAIN", e.to_string()))?;
         let listen = socket_addr("--listen/TRUSTMESH_LISTEN", &args.listen)?;
         let http_listen = socket_addr("--http-listen/TRUSTMESH_HTTP_LISTEN", &args.http_listen)?;
-        if listen == http_listen {
+        if listen == http_listen && listen.port() != 0 {
             return Err(ConfigError::new("--http-listen/TRUSTMESH_HTTP_LISTEN", "must differ from --listen"));
         }
         let database_url = match &args.database_url {

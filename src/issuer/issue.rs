@@ -91,10 +91,14 @@ impl Issuer {
             let err = IssuerError::InvalidArgument("common name longer than 64 characters".into());
             return self.refuse(caller, ACTION, &id.to_string(), err).await;
         }
+        let started = Instant::now();
         let key = PrivateKey::generate(KeyAlgorithm::EcP256)?;
         let cn = (!req.common_name.is_empty()).then_some(req.common_name.as_str());
-        self.issue(caller, ACTION, Action::IssueCertificate, &id, SubjectKey::Generated(key), &req.dns_names, cn, req.ttl_seconds)
-            .await
+        let issued = self
+            .issue(caller, ACTION, Action::IssueCertificate, &id, SubjectKey::Generated(key), &req.dns_names, cn, req.ttl_seconds)
+            .await?;
+        self.metrics.sign_duration(started.elapsed().as_secs_f64());
+        Ok(issued)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -48,17 +48,27 @@ pub struct TokenRules {
 impl TokenRules {
     /// Rules with the usual 30 s leeway.
     pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
-        Self { issuer: issuer.into(), audience: audience.into(), leeway_seconds: 30 }
+        Self {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            leeway_seconds: 30,
+        }
     }
 }
 
 /// Signs `claims` as an ES256 JWT.
 pub fn mint(signer: &Es256Signer, claims: &TokenClaims) -> Result<String, TokenError> {
     if claims.jti.is_empty() {
-        return Err(TokenError::Claim { claim: "jti", reason: "must not be empty".into() });
+        return Err(TokenError::Claim {
+            claim: "jti",
+            reason: "must not be empty".into(),
+        });
     }
     if claims.exp <= claims.iat {
-        return Err(TokenError::Claim { claim: "exp", reason: "must be after iat".into() });
+        return Err(TokenError::Claim {
+            claim: "exp",
+            reason: "must be after iat".into(),
+        });
     }
     signer.sign(&claims.to_json())
 }
@@ -89,7 +99,7 @@ pub fn verify(
         });
     }
     let audiences = audiences(&value)?;
-    if !audiences.iter().any(|a| *a == rules.audience) {
+    if !audiences.contains(&rules.audience) {
         return Err(TokenError::WrongAudience {
             expected: shorten(&rules.audience),
             found: audiences.iter().take(8).map(|a| shorten(a)).collect(),
@@ -223,7 +233,10 @@ impl TokenClaims {
 }
 
 fn bad(claim: &'static str, reason: &str) -> TokenError {
-    TokenError::Claim { claim, reason: reason.into() }
+    TokenError::Claim {
+        claim,
+        reason: reason.into(),
+    }
 }
 
 fn string(value: &Value, claim: &'static str) -> Result<String, TokenError> {

@@ -95,7 +95,10 @@ impl Es256Signer {
             .map_err(|_| TokenError::Signing("ECDSA P-256 signing failed".into()))?;
         let token = format!("{signing_input}.{}", B64.encode(sig.as_ref()));
         if token.len() > MAX_TOKEN_LEN {
-            return Err(TokenError::TooLarge { len: token.len(), max: MAX_TOKEN_LEN });
+            return Err(TokenError::TooLarge {
+                len: token.len(),
+                max: MAX_TOKEN_LEN,
+            });
         }
         Ok(token)
     }
@@ -113,10 +116,12 @@ impl fmt::Debug for Es256Signer {
 impl VerifyingKey {
     /// Loads a P-256 public key from SubjectPublicKeyInfo DER.
     pub fn from_spki_der(kid: String, spki: &[u8]) -> Result<Self, TokenError> {
-        let point = spki.strip_prefix(SPKI_P256_PREFIX.as_slice()).ok_or_else(|| TokenError::Key {
-            kid: shorten(&kid),
-            reason: "not a P-256 SubjectPublicKeyInfo".into(),
-        })?;
+        let point = spki
+            .strip_prefix(SPKI_P256_PREFIX.as_slice())
+            .ok_or_else(|| TokenError::Key {
+                kid: shorten(&kid),
+                reason: "not a P-256 SubjectPublicKeyInfo".into(),
+            })?;
         Self::from_point(kid, point)
     }
 
@@ -124,7 +129,10 @@ impl VerifyingKey {
     pub fn from_jwk(jwk: &Value) -> Result<Self, TokenError> {
         let field = |name: &str| jwk.get(name).and_then(Value::as_str);
         let kid = field("kid").ok_or(TokenError::MissingKid)?.to_string();
-        let fail = |reason: &str| TokenError::Key { kid: shorten(&kid), reason: reason.into() };
+        let fail = |reason: &str| TokenError::Key {
+            kid: shorten(&kid),
+            reason: reason.into(),
+        };
         if field("kty") != Some("EC") || field("crv") != Some("P-256") {
             return Err(fail("JWK is not kty EC with crv P-256"));
         }
@@ -190,7 +198,10 @@ pub fn jwks(keys: &[VerifyingKey]) -> Value {
 /// that is not a JSON object. Claims are not looked at: see [`super::verify`].
 pub fn verify_es256(token: &str, keys: &[VerifyingKey]) -> Result<Value, TokenError> {
     if token.len() > MAX_TOKEN_LEN {
-        return Err(TokenError::TooLarge { len: token.len(), max: MAX_TOKEN_LEN });
+        return Err(TokenError::TooLarge {
+            len: token.len(),
+            max: MAX_TOKEN_LEN,
+        });
     }
     let parts: Vec<&str> = token.split('.').collect();
     let [header_b64, payload_b64, sig_b64] = parts.as_slice() else {
@@ -201,7 +212,11 @@ pub fn verify_es256(token: &str, keys: &[VerifyingKey]) -> Result<Value, TokenEr
         None => return Err(TokenError::MissingAlg),
         Some(Value::String(alg)) if alg == ALG => {}
         Some(Value::String(alg)) => return Err(TokenError::AlgRefused { alg: shorten(alg) }),
-        Some(other) => return Err(TokenError::AlgRefused { alg: shorten(&other.to_string()) }),
+        Some(other) => {
+            return Err(TokenError::AlgRefused {
+                alg: shorten(&other.to_string()),
+            });
+        }
     }
     if header.contains_key("crit") {
         return Err(TokenError::CritRefused);
@@ -209,13 +224,19 @@ pub fn verify_es256(token: &str, keys: &[VerifyingKey]) -> Result<Value, TokenEr
     let kid = match header.get("kid") {
         None => return Err(TokenError::MissingKid),
         Some(Value::String(kid)) => kid.as_str(),
-        Some(_) => return Err(TokenError::UnknownKid { kid: "<not a string>".into() }),
+        Some(_) => {
+            return Err(TokenError::UnknownKid {
+                kid: "<not a string>".into(),
+            });
+        }
     };
     let key = keys
         .iter()
         .find(|k| k.kid == kid)
         .ok_or_else(|| TokenError::UnknownKid { kid: shorten(kid) })?;
-    let sig = B64.decode(sig_b64).map_err(|_| TokenError::Base64 { part: "signature" })?;
+    let sig = B64
+        .decode(sig_b64)
+        .map_err(|_| TokenError::Base64 { part: "signature" })?;
     let signing_input_len = header_b64.len() + 1 + payload_b64.len();
     let signing_input = &token.as_bytes()[..signing_input_len];
     signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, &key.point)
@@ -225,11 +246,19 @@ pub fn verify_es256(token: &str, keys: &[VerifyingKey]) -> Result<Value, TokenEr
 }
 
 fn decode_object(part_b64: &str, part: &'static str) -> Result<Map<String, Value>, TokenError> {
-    let bytes = B64.decode(part_b64).map_err(|_| TokenError::Base64 { part })?;
+    let bytes = B64
+        .decode(part_b64)
+        .map_err(|_| TokenError::Base64 { part })?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(TokenError::Json { part, reason: "not an object".into() }),
-        Err(e) => Err(TokenError::Json { part, reason: format!("invalid JSON at column {}", e.column()) }),
+        Ok(_) => Err(TokenError::Json {
+            part,
+            reason: "not an object".into(),
+        }),
+        Err(e) => Err(TokenError::Json {
+            part,
+            reason: format!("invalid JSON at column {}", e.column()),
+        }),
     }
 }
 

@@ -26,9 +26,7 @@ mod claims;
 mod jws;
 
 pub use claims::{TokenClaims, TokenRules, mint, new_jti, verify};
-pub use jws::{
-    Es256Signer, MAX_TOKEN_LEN, VerifyingKey, generate_es256_pkcs8, jwks, verify_es256,
-};
+pub use jws::{Es256Signer, MAX_TOKEN_LEN, VerifyingKey, generate_es256_pkcs8, jwks, verify_es256};
 
 /// Everything that can be wrong with a token or a token key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,7 +69,10 @@ pub enum TokenError {
     #[error("token issuer {found:?} is not the expected {expected:?}")]
     WrongIssuer { expected: String, found: String },
     #[error("token audience {found:?} does not contain {expected:?}")]
-    WrongAudience { expected: String, found: Vec<String> },
+    WrongAudience {
+        expected: String,
+        found: Vec<String>,
+    },
     #[error("token principal {0:?} is unknown (expected admin, node or bootstrap)")]
     UnknownKind(String),
     #[error("token is bound to a certificate but none was presented")]

@@ -24,8 +24,24 @@ use std::time::Duration;
 
 const USER: &str = "trustmesh-test";
 const READY: &str = "database system is ready to accept connections";
-const EXITED: &str = "trustmesh-harness: postgres exited";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Run as `sh -c WATCHDOG _ DIR BIN_DIR` with stdin piped from this process:
+/// creates the cluster, starts the server, and once stdin closes (this
+/// process exited) stops it and removes `DIR`. The log pipe (stderr) is left
+/// to initdb and postgres, so its end of file means the server is gone.
+/// Settings: Unix socket in `DIR` only; no durability (a throwaway server —
+/// durability is tested on SQLite).
+const WATCHDOG: &str = r#"dir=$1 bin=$2
+"$bin/initdb" -U postgres -A trust -E UTF8 --no-locale --no-sync -D "$dir/data" >&2 || { rm -rf "$dir"; exit 1; }
+"$bin/postgres" -D "$dir/data" -k "$dir" -c listen_addresses= -c max_connections=300 -c lc_messages=C \
+    -c fsync=off -c synchronous_commit=off -c full_page_writes=off &
+pid=$!
+exec 2>/dev/null
+read -r _ || true
+kill -TERM "$pid"
+wait "$pid"
+rm -rf "$dir"
+"#;
 const SETUP_HINT: &str = "run scripts/install-test-deps.sh (as root) first";
 
 /// The running server: its socket directory and the pipe that keeps it alive.
@@ -89,40 +105,10 @@ impl Server {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
                 .map_err(|e| format!("cannot chown {} to {USER}: {e}", dir.display()))?;
         }
-        let data = dir.join("data");
-        let initdb = as_owner(owner, &bin.join("initdb"))
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync", "-D"])
-            .arg(&data)
-            .output()
-            .map_err(|e| format!("cannot run initdb: {e}"))?;
-        if !initdb.status.success() {
-            return Err(format!(
-                "initdb failed ({}):\n{}{}",
-                initdb.status,
-                String::from_utf8_lossy(&initdb.stdout),
-                String::from_utf8_lossy(&initdb.stderr)
-            ));
-        }
-        // `$1` = the directory, the rest = the postgres command line.
-        let watchdog = format!(
-            r#"dir=$1; shift
-{{ "$@"; echo "{EXITED} with status $?" >&2; }} &
-read -r _ || true
-pid=$(head -n 1 "$dir/data/postmaster.pid" 2>/dev/null) && kill -INT "$pid" 2>/dev/null
-wait
-rm -rf "$dir""#
-        );
         let mut child = as_owner(owner, Path::new("/bin/sh"))
-            .args(["-c", &watchdog, "trustmesh-pg-watchdog"])
+            .args(["-c", WATCHDOG, "trustmesh-pg-watchdog"])
             .arg(&dir)
-            .arg(bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-k")
-            .arg(&dir)
-            .args(["-c", "listen_addresses=", "-c", "max_connections=300", "-c", "lc_messages=C"])
-            // A throwaway server: durability is tested on SQLite, not here.
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+            .arg(&bin)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -138,7 +124,7 @@ rm -rf "$dir""#
         let server = Server { socket_dir: dir, _keepalive: Mutex::new((child, stdin)), log };
         match ready_rx.recv_timeout(START_TIMEOUT) {
             Ok(true) => Ok(server),
-            Ok(false) => Err(format!("postgres exited during start-up:\n{}", server.log())),
+            Ok(false) => Err(format!("initdb or postgres failed:\n{}", server.log())),
             Err(_) => Err(format!("postgres not ready after {START_TIMEOUT:?}:\n{}", server.log())),
         }
     }
@@ -157,10 +143,10 @@ fn drain(stderr: impl BufRead, log: &Mutex<String>, ready: &mpsc::Sender<bool>) 
         }
         if line.contains(READY) {
             let _ = ready.send(true);
-        } else if line.contains(EXITED) {
-            let _ = ready.send(false);
         }
     }
+    // Only postgres (and initdb before it) write to the pipe: end of file
+    // means it exited.
     let _ = ready.send(false);
 }
 
