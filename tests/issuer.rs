@@ -170,3 +170,17 @@ async fn a_new_intermediate_becomes_the_signer_and_the_old_stays_in_the_bundle()
     let cert = issuer.store().certificate(&serial).await.unwrap().unwrap();
     assert_eq!(cert.issuer_id, created.id, "new certificates come from the new intermediate");
 }
+
+#[tokio::test]
+async fn the_status_warns_six_months_before_an_intermediate_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(START);
+    let (issuer, _) = issuer(dir.path(), &clock).await;
+    let status = issuer.status(&Caller::system()).await.unwrap();
+    assert!(status.healthy, "{:?}", status.warnings);
+    clock.advance(560 * 86_400); // the intermediates live 730 days
+    issuer.maintain().await;
+    let status = issuer.status(&Caller::system()).await.unwrap();
+    assert!(!status.healthy);
+    assert!(status.warnings.iter().any(|w| w.contains("Services CA") && w.contains("rotate")), "{:?}", status.warnings);
+}

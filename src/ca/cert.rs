@@ -69,8 +69,8 @@ impl CaCertificate {
             Ok(_) => return Err(not_a_ca("keyUsage keyCertSign is missing")),
             Err(e) => return Err(CaError::certificate(format!("{subject}: keyUsage: {e}"))),
         }
-        let self_signed = x.subject().as_raw() == x.issuer().as_raw()
-            && x.verify_signature(None).is_ok();
+        let self_signed =
+            x.subject().as_raw() == x.issuer().as_raw() && x.verify_signature(None).is_ok();
         Ok(Self {
             der: der.to_vec(),
             fingerprint: fingerprint(der),
@@ -150,11 +150,9 @@ impl Signer {
     /// rcgen's view of this CA: subject, key identifier, key usages and key.
     pub(crate) fn rcgen_issuer(&self) -> Result<rcgen::Issuer<'static, RcgenKey<'_>>, CaError> {
         let der = rustls_pki_types::CertificateDer::from(self.cert.der.as_slice());
-        rcgen::Issuer::from_ca_cert_der(&der, self.key.rcgen()).map_err(|e| {
-            CaError::NotACa {
-                subject: self.cert.label(),
-                reason: format!("its subject cannot be re-encoded for issuing ({e})"),
-            }
+        rcgen::Issuer::from_ca_cert_der(&der, self.key.rcgen()).map_err(|e| CaError::NotACa {
+            subject: self.cert.label(),
+            reason: format!("its subject cannot be re-encoded for issuing ({e})"),
         })
     }
 }
@@ -212,13 +210,13 @@ pub(crate) fn verify_issued_by(child_der: &[u8], parent: &CaCertificate) -> Resu
             p.subject()
         ));
     }
-    if let (Some(aki), Some(ski)) = (authority_key_id(&child), parent.subject_key_id()) {
-        if aki != ski {
-            return Err(format!(
-                "the authorityKeyIdentifier of {child_name} does not match the subjectKeyIdentifier of {}",
-                parent.label()
-            ));
-        }
+    if let (Some(aki), Some(ski)) = (authority_key_id(&child), parent.subject_key_id())
+        && aki != ski
+    {
+        return Err(format!(
+            "the authorityKeyIdentifier of {child_name} does not match the subjectKeyIdentifier of {}",
+            parent.label()
+        ));
     }
     child.verify_signature(Some(p.public_key())).map_err(|e| {
         format!(
@@ -254,17 +252,19 @@ fn display_name(x: &X509Certificate<'_>) -> String {
 }
 
 pub(crate) fn subject_key_id(x: &X509Certificate<'_>) -> Option<Vec<u8>> {
-    x.iter_extensions().find_map(|ext| match ext.parsed_extension() {
-        ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
-        _ => None,
-    })
+    x.iter_extensions()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        })
 }
 
 pub(crate) fn authority_key_id<'a>(x: &'a X509Certificate<'_>) -> Option<&'a [u8]> {
-    x.iter_extensions().find_map(|ext| match ext.parsed_extension() {
-        ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0),
-        _ => None,
-    })
+    x.iter_extensions()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0),
+            _ => None,
+        })
 }
 
 /// All URI SANs of a certificate (empty without a SAN extension).

@@ -12,7 +12,9 @@ use x509_parser::x509::X509Version;
 
 use crate::domain::{Serial, SpiffeId, TrustDomain};
 
-use super::cert::{authority_key_id, parse, subject_key_id, uri_sans, verify_chain, verify_issued_by};
+use super::cert::{
+    authority_key_id, parse, subject_key_id, uri_sans, verify_chain, verify_issued_by,
+};
 use super::{CaCertificate, CaError, Signer};
 
 /// What a leaf (X.509-SVID or server certificate) must contain.
@@ -38,7 +40,11 @@ pub(crate) struct CaExpectation<'a> {
 }
 
 /// Checks a freshly signed leaf against its issuer and the request.
-pub(crate) fn validate_leaf(issuer: &Signer, der: &[u8], want: &LeafExpectation<'_>) -> Result<(), CaError> {
+pub(crate) fn validate_leaf(
+    issuer: &Signer,
+    der: &[u8],
+    want: &LeafExpectation<'_>,
+) -> Result<(), CaError> {
     let fail = |reason: String| CaError::SelfCheck {
         serial: want.serial.to_string(),
         reason,
@@ -46,21 +52,39 @@ pub(crate) fn validate_leaf(issuer: &Signer, der: &[u8], want: &LeafExpectation<
     let x = parse(der).map_err(|e| fail(e.to_string()))?;
     verify_issued_by(der, &issuer.cert).map_err(fail)?;
     verify_chain(&issuer.cert, &issuer.parents).map_err(|e| fail(e.to_string()))?;
-    common(&x, want.serial, want.not_before, want.not_after, &issuer.cert).map_err(fail)?;
+    common(
+        &x,
+        want.serial,
+        want.not_before,
+        want.not_after,
+        &issuer.cert,
+    )
+    .map_err(fail)?;
 
     if x.public_key().raw != want.spki {
-        return Err(fail("the subject public key is not the requested one".into()));
+        return Err(fail(
+            "the subject public key is not the requested one".into(),
+        ));
     }
     let names = sans(&x).map_err(fail)?;
     let want_uri = want.spiffe_id.to_string();
     if names.uris != [want_uri.as_str()] {
-        return Err(fail(format!("URI SANs are {:?}, expected exactly [{want_uri:?}]", names.uris)));
+        return Err(fail(format!(
+            "URI SANs are {:?}, expected exactly [{want_uri:?}]",
+            names.uris
+        )));
     }
     if names.dns != want.dns_names {
-        return Err(fail(format!("DNS SANs are {:?}, expected {:?}", names.dns, want.dns_names)));
+        return Err(fail(format!(
+            "DNS SANs are {:?}, expected {:?}",
+            names.dns, want.dns_names
+        )));
     }
     if names.ips != want.ips {
-        return Err(fail(format!("IP SANs are {:?}, expected {:?}", names.ips, want.ips)));
+        return Err(fail(format!(
+            "IP SANs are {:?}, expected {:?}",
+            names.ips, want.ips
+        )));
     }
     match x.basic_constraints() {
         Ok(Some(bc)) if bc.critical && !bc.value.ca => {}
@@ -77,7 +101,11 @@ pub(crate) fn validate_leaf(issuer: &Signer, der: &[u8], want: &LeafExpectation<
     }
     match x.extended_key_usage() {
         Ok(Some(eku)) if eku.value.server_auth && eku.value.client_auth && !eku.value.any => {}
-        _ => return Err(fail("extendedKeyUsage is not serverAuth + clientAuth".into())),
+        _ => {
+            return Err(fail(
+                "extendedKeyUsage is not serverAuth + clientAuth".into(),
+            ));
+        }
     }
     if authority_key_id(&x).is_none() || subject_key_id(&x).is_none() {
         return Err(fail("authority or subject key identifier missing".into()));
@@ -97,18 +125,38 @@ pub(crate) fn validate_ca(
         reason,
     };
     let x = parse(&cert.der).map_err(|e| fail(e.to_string()))?;
-    common(&x, want.serial, want.not_before, want.not_after, parent.unwrap_or(cert)).map_err(fail)?;
+    common(
+        &x,
+        want.serial,
+        want.not_before,
+        want.not_after,
+        parent.unwrap_or(cert),
+    )
+    .map_err(fail)?;
     match x.basic_constraints() {
-        Ok(Some(bc)) if bc.critical && bc.value.ca && bc.value.path_len_constraint == want.path_len => {}
-        _ => return Err(fail(format!("basicConstraints is not a critical CA:TRUE, pathlen {:?}", want.path_len))),
+        Ok(Some(bc))
+            if bc.critical && bc.value.ca && bc.value.path_len_constraint == want.path_len => {}
+        _ => {
+            return Err(fail(format!(
+                "basicConstraints is not a critical CA:TRUE, pathlen {:?}",
+                want.path_len
+            )));
+        }
     }
     match x.key_usage() {
         Ok(Some(ku)) if ku.critical && ku.value.key_cert_sign() && ku.value.crl_sign() => {}
-        _ => return Err(fail("keyUsage is not a critical keyCertSign + cRLSign".into())),
+        _ => {
+            return Err(fail(
+                "keyUsage is not a critical keyCertSign + cRLSign".into(),
+            ));
+        }
     }
     let want_uri = want.trust_domain.id_string();
     if uri_sans(&x) != [want_uri.as_str()] {
-        return Err(fail(format!("URI SANs are {:?}, expected [{want_uri:?}]", uri_sans(&x))));
+        return Err(fail(format!(
+            "URI SANs are {:?}, expected [{want_uri:?}]",
+            uri_sans(&x)
+        )));
     }
     if subject_key_id(&x).is_none() || (parent.is_some() && authority_key_id(&x).is_none()) {
         return Err(fail("authority or subject key identifier missing".into()));
@@ -130,12 +178,20 @@ fn common(
     let raw = x.raw_serial();
     let trimmed = &raw[raw.iter().take_while(|b| **b == 0).count()..];
     if trimmed != serial.as_bytes() {
-        return Err(format!("serial is {}, expected {serial}", hex::encode(trimmed)));
+        return Err(format!(
+            "serial is {}, expected {serial}",
+            hex::encode(trimmed)
+        ));
     }
     let validity = x.validity();
-    let (nb, na) = (validity.not_before.to_datetime(), validity.not_after.to_datetime());
+    let (nb, na) = (
+        validity.not_before.to_datetime(),
+        validity.not_after.to_datetime(),
+    );
     if nb != not_before || na != not_after {
-        return Err(format!("validity is {nb} .. {na}, expected {not_before} .. {not_after}"));
+        return Err(format!(
+            "validity is {nb} .. {na}, expected {not_before} .. {not_after}"
+        ));
     }
     if nb < issuer.not_before || na > issuer.not_after {
         return Err(format!(

@@ -40,7 +40,11 @@ pub struct ImportedCa {
 /// A new self-signed root: CA:TRUE pathlen 1 (critical), keyUsage
 /// keyCertSign + cRLSign (critical), SKI, URI SAN `spiffe://<td>`,
 /// subject CN + O=trustmesh, notBefore backdated 60 s.
-pub fn create_root(params: &RootParams, serial: Serial, now: OffsetDateTime) -> Result<Signer, CaError> {
+pub fn create_root(
+    params: &RootParams,
+    serial: Serial,
+    now: OffsetDateTime,
+) -> Result<Signer, CaError> {
     let not_before = cert_time(now - CA_BACKDATE)?;
     let not_after = cert_time(end_of(now, params.lifetime)?)?;
     let key = PrivateKey::generate(params.algorithm)?;
@@ -52,7 +56,9 @@ pub fn create_root(params: &RootParams, serial: Serial, now: OffsetDateTime) -> 
         not_before,
         not_after,
     )?;
-    let cert = template.self_signed(&key.rcgen()).map_err(CaError::signing)?;
+    let cert = template
+        .self_signed(&key.rcgen())
+        .map_err(CaError::signing)?;
     let cert = CaCertificate::from_der(cert.der())?;
     validate_ca(
         &cert,
@@ -77,14 +83,14 @@ pub fn create_intermediate(
     serial: Serial,
     now: OffsetDateTime,
 ) -> Result<Signer, CaError> {
-    if let Some(td) = parent.cert.trust_domain() {
-        if *td != params.trust_domain {
-            return Err(CaError::TrustDomainMismatch {
-                subject: parent.cert.label(),
-                found: td.to_string(),
-                expected: params.trust_domain.to_string(),
-            });
-        }
+    if let Some(td) = parent.cert.trust_domain()
+        && *td != params.trust_domain
+    {
+        return Err(CaError::TrustDomainMismatch {
+            subject: parent.cert.label(),
+            found: td.to_string(),
+            expected: params.trust_domain.to_string(),
+        });
     }
     if parent.cert.not_after <= now {
         return Err(CaError::IssuerExpired {

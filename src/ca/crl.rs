@@ -61,7 +61,10 @@ const NAMES: [(RevocationReason, &str); 8] = [
     (RevocationReason::CaCompromise, "cACompromise"),
     (RevocationReason::AffiliationChanged, "affiliationChanged"),
     (RevocationReason::Superseded, "superseded"),
-    (RevocationReason::CessationOfOperation, "cessationOfOperation"),
+    (
+        RevocationReason::CessationOfOperation,
+        "cessationOfOperation",
+    ),
     (RevocationReason::CertificateHold, "certificateHold"),
     (RevocationReason::PrivilegeWithdrawn, "privilegeWithdrawn"),
 ];
@@ -92,7 +95,10 @@ impl RevocationReason {
 
 impl fmt::Display for RevocationReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = NAMES.iter().find(|(r, _)| r == self).map_or("unspecified", |(_, n)| n);
+        let name = NAMES
+            .iter()
+            .find(|(r, _)| r == self)
+            .map_or("unspecified", |(_, n)| n);
         f.write_str(name)
     }
 }
@@ -199,7 +205,10 @@ fn validate_crl(
     if crl.last_update().to_datetime() != this_update {
         return Err("thisUpdate differs".to_string());
     }
-    let listed: Vec<&[u8]> = crl.iter_revoked_certificates().map(|r| r.raw_serial()).collect();
+    let listed: Vec<&[u8]> = crl
+        .iter_revoked_certificates()
+        .map(|r| r.raw_serial())
+        .collect();
     if listed.len() != serials.len()
         || serials
             .iter()

@@ -7,7 +7,9 @@ use std::borrow::Cow;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::cri_attributes::ParsedCriAttribute;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
-use x509_parser::oid_registry::{OID_PKCS1_SHA1WITHRSA, OID_SHA1_WITH_RSA, OID_X509_EXT_SUBJECT_ALT_NAME};
+use x509_parser::oid_registry::{
+    OID_PKCS1_SHA1WITHRSA, OID_SHA1_WITH_RSA, OID_X509_EXT_SUBJECT_ALT_NAME,
+};
 use x509_parser::prelude::FromDer;
 
 use crate::domain::{SpiffeId, TrustDomain};
@@ -46,9 +48,13 @@ pub fn parse_csr(input: &[u8], trust_domain: &TrustDomain) -> Result<Csr, CaErro
         });
     }
     let der = csr_der(input)?;
-    let (rest, req) = X509CertificationRequest::from_der(&der).map_err(|e| encoding(&der, &e.to_string()))?;
+    let (rest, req) =
+        X509CertificationRequest::from_der(&der).map_err(|e| encoding(&der, &e.to_string()))?;
     if !rest.is_empty() {
-        return Err(encoding_error(format!("{} trailing bytes after the csr", rest.len())));
+        return Err(encoding_error(format!(
+            "{} trailing bytes after the csr",
+            rest.len()
+        )));
     }
     let info = &req.certification_request_info;
 
@@ -90,7 +96,10 @@ pub fn parse_csr(input: &[u8], trust_domain: &TrustDomain) -> Result<Csr, CaErro
 
 /// The DER of the CSR: the one CSR block of PEM input, or the input itself.
 fn csr_der(input: &[u8]) -> Result<Cow<'_, [u8]>, CaError> {
-    let start = input.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(input.len());
+    let start = input
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(input.len());
     if !input[start..].starts_with(b"-----BEGIN") {
         return match input.first() {
             Some(0x30) => Ok(Cow::Borrowed(input)),
@@ -102,15 +111,23 @@ fn csr_der(input: &[u8]) -> Result<Cow<'_, [u8]>, CaError> {
     }
     let blocks = ::pem::parse_many(input).map_err(|e| encoding_error(e.to_string()))?;
     if blocks.is_empty() {
-        return Err(encoding_error("no complete PEM block (missing END line?)".to_string()));
+        return Err(encoding_error(
+            "no complete PEM block (missing END line?)".to_string(),
+        ));
     }
-    let labels: Vec<String> = blocks.iter().map(|b| b.tag().chars().take(64).collect()).collect();
+    let labels: Vec<String> = blocks
+        .iter()
+        .map(|b| b.tag().chars().take(64).collect())
+        .collect();
     let mut csrs: Vec<::pem::Pem> = blocks
         .into_iter()
         .filter(|b| CSR_LABELS.contains(&b.tag()))
         .collect();
     if csrs.len() > 1 {
-        return Err(encoding_error(format!("{} CERTIFICATE REQUEST blocks, expected one", csrs.len())));
+        return Err(encoding_error(format!(
+            "{} CERTIFICATE REQUEST blocks, expected one",
+            csrs.len()
+        )));
     }
     let Some(first) = csrs.pop() else {
         return Err(CaError::CsrPemLabel {
@@ -121,7 +138,9 @@ fn csr_der(input: &[u8]) -> Result<Cow<'_, [u8]>, CaError> {
 }
 
 /// URI SANs and DNS SANs requested in the extensionRequest attribute.
-fn requested_names(req: &X509CertificationRequest<'_>) -> Result<(Vec<String>, Vec<String>), CaError> {
+fn requested_names(
+    req: &X509CertificationRequest<'_>,
+) -> Result<(Vec<String>, Vec<String>), CaError> {
     let san_error = |reason: String| CaError::CsrSan { reason };
     let mut uris = Vec::new();
     let mut dns = Vec::new();
@@ -130,13 +149,21 @@ fn requested_names(req: &X509CertificationRequest<'_>) -> Result<(Vec<String>, V
         let ParsedCriAttribute::ExtensionRequest(ext_req) = attr.parsed_attribute() else {
             continue;
         };
-        for ext in ext_req.extensions.iter().filter(|e| e.oid == OID_X509_EXT_SUBJECT_ALT_NAME) {
+        for ext in ext_req
+            .extensions
+            .iter()
+            .filter(|e| e.oid == OID_X509_EXT_SUBJECT_ALT_NAME)
+        {
             if seen {
-                return Err(san_error("more than one subjectAltName extension".to_string()));
+                return Err(san_error(
+                    "more than one subjectAltName extension".to_string(),
+                ));
             }
             seen = true;
             let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() else {
-                return Err(san_error("the subjectAltName extension is malformed".to_string()));
+                return Err(san_error(
+                    "the subjectAltName extension is malformed".to_string(),
+                ));
             };
             for name in &san.general_names {
                 match name {

@@ -92,7 +92,10 @@ pub(crate) fn secret_blocks(text: &str) -> Result<Vec<SecretBlock>, CaError> {
                     "encrypted private keys are not supported; decrypt it first (openssl pkcs8 -in key.pem -out plain.pem)",
                 ));
             }
-            current = Some((label.to_string(), Zeroizing::new(String::with_capacity(text.len()))));
+            current = Some((
+                label.to_string(),
+                Zeroizing::new(String::with_capacity(text.len())),
+            ));
         } else if let Some(label) = end_label(line) {
             let Some((open, body)) = current.take() else {
                 return Err(fail("PEM END line without a BEGIN line"));
@@ -172,10 +175,23 @@ mod tests {
 
     #[test]
     fn secret_pem_refusals() {
-        let enc = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
-        assert!(secret_blocks(enc).err().unwrap().to_string().contains("encrypted"));
+        let enc =
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        assert!(
+            secret_blocks(enc)
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("encrypted")
+        );
         let legacy = "-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nAAAA\n-----END EC PRIVATE KEY-----\n";
-        assert!(secret_blocks(legacy).err().unwrap().to_string().contains("encrypted"));
+        assert!(
+            secret_blocks(legacy)
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("encrypted")
+        );
         let bad = "-----BEGIN PRIVATE KEY-----\n!!!!\n-----END PRIVATE KEY-----\n";
         let err = secret_blocks(bad).err().unwrap().to_string();
         assert!(err.contains("base64") && !err.contains("!!!!"), "{err}");
@@ -185,7 +201,14 @@ mod tests {
     #[test]
     fn certs_from_pem_needs_one() {
         assert!(matches!(certs_from_pem(""), Err(CaError::NoCertificates)));
-        let two = format!("{}{}", to_pem("CERTIFICATE", b"a"), to_pem("CERTIFICATE", b"b"));
-        assert_eq!(certs_from_pem(&two).unwrap(), vec![b"a".to_vec(), b"b".to_vec()]);
+        let two = format!(
+            "{}{}",
+            to_pem("CERTIFICATE", b"a"),
+            to_pem("CERTIFICATE", b"b")
+        );
+        assert_eq!(
+            certs_from_pem(&two).unwrap(),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
     }
 }

@@ -51,7 +51,9 @@ pub enum CaError {
     CsrEncoding { reason: String },
     #[error("expected a CERTIFICATE REQUEST PEM block, found {found}")]
     CsrPemLabel { found: String },
-    #[error("key type {key_type} is not accepted ({reason}); use EC P-256, EC P-384, Ed25519 or RSA >= 2048")]
+    #[error(
+        "key type {key_type} is not accepted ({reason}); use EC P-256, EC P-384, Ed25519 or RSA >= 2048"
+    )]
     UnsupportedKey { key_type: String, reason: String },
     #[error("csr signature does not verify (proof of possession failed): {reason}")]
     CsrSignature { reason: String },

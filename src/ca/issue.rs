@@ -4,7 +4,9 @@
 
 use std::net::IpAddr;
 
-use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyUsagePurpose, SanType};
+use rcgen::{
+    CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyUsagePurpose, SanType,
+};
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
@@ -121,16 +123,20 @@ struct Leaf<'a> {
     common_name: Option<&'a str>,
 }
 
-fn issue_leaf(issuer: &Signer, leaf: &Leaf<'_>, now: OffsetDateTime) -> Result<IssuedCertificate, CaError> {
+fn issue_leaf(
+    issuer: &Signer,
+    leaf: &Leaf<'_>,
+    now: OffsetDateTime,
+) -> Result<IssuedCertificate, CaError> {
     let serial_number = leaf_serial(leaf.serial)?;
-    if let Some(td) = issuer.cert.trust_domain() {
-        if !leaf.spiffe_id.is_member_of(td) {
-            return Err(CaError::ForeignTrustDomain {
-                spiffe_id: leaf.spiffe_id.to_string(),
-                found: leaf.spiffe_id.trust_domain().to_string(),
-                expected: td.to_string(),
-            });
-        }
+    if let Some(td) = issuer.cert.trust_domain()
+        && !leaf.spiffe_id.is_member_of(td)
+    {
+        return Err(CaError::ForeignTrustDomain {
+            spiffe_id: leaf.spiffe_id.to_string(),
+            found: leaf.spiffe_id.trust_domain().to_string(),
+            expected: td.to_string(),
+        });
     }
     let requested_end = end_of(now, leaf.lifetime)?;
     if issuer.cert.not_after <= now {
@@ -142,16 +148,18 @@ fn issue_leaf(issuer: &Signer, leaf: &Leaf<'_>, now: OffsetDateTime) -> Result<I
     let not_before = cert_time((now - LEAF_BACKDATE).max(issuer.cert.not_before))?;
     let not_after = cert_time(requested_end.min(issuer.cert.not_after))?;
 
-    let (_, spki) = SubjectPublicKeyInfo::from_der(leaf.spki).map_err(|e| CaError::UnsupportedKey {
-        key_type: "unknown".to_string(),
-        reason: format!("the public key is not a valid SubjectPublicKeyInfo: {e}"),
-    })?;
+    let (_, spki) =
+        SubjectPublicKeyInfo::from_der(leaf.spki).map_err(|e| CaError::UnsupportedKey {
+            key_type: "unknown".to_string(),
+            reason: format!("the public key is not a valid SubjectPublicKeyInfo: {e}"),
+        })?;
     let kind = KeyKind::of(&spki);
     kind.check_subject_key()?;
-    let public_key = rcgen::SubjectPublicKeyInfo::from_der(leaf.spki).map_err(|e| CaError::UnsupportedKey {
-        key_type: kind.to_string(),
-        reason: e.to_string(),
-    })?;
+    let public_key =
+        rcgen::SubjectPublicKeyInfo::from_der(leaf.spki).map_err(|e| CaError::UnsupportedKey {
+            key_type: kind.to_string(),
+            reason: e.to_string(),
+        })?;
 
     let mut sans: Vec<SanType> = Vec::with_capacity(1 + leaf.dns_names.len() + leaf.ips.len());
     sans.push(spiffe_san(leaf.spiffe_id)?);
@@ -168,11 +176,17 @@ fn issue_leaf(issuer: &Signer, leaf: &Leaf<'_>, now: OffsetDateTime) -> Result<I
     p.subject_alt_names = sans;
     p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = if kind.is_rsa() {
-        vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment]
+        vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ]
     } else {
         vec![KeyUsagePurpose::DigitalSignature]
     };
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     p.use_authority_key_identifier_extension = true;
     p.key_identifier_method = KeyIdMethod::Sha256;
 

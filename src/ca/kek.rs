@@ -143,7 +143,10 @@ mod tests {
         assert_eq!(&sealed[..4], b"tmk1");
         assert_eq!(sealed.len(), 4 + 12 + 16 + 16);
         let reread = Kek::from_file_contents(&format!("  {}  \n", file.trim())).unwrap();
-        assert_eq!(reread.open(&sealed, b"ca-1").unwrap().as_slice(), b"secret key bytes");
+        assert_eq!(
+            reread.open(&sealed, b"ca-1").unwrap().as_slice(),
+            b"secret key bytes"
+        );
         // Fresh nonce every time.
         assert_ne!(kek.seal(b"x", b"").unwrap(), kek.seal(b"x", b"").unwrap());
         assert_eq!(format!("{kek:?}"), "Kek(AES-256-GCM, redacted)");
@@ -168,14 +171,31 @@ mod tests {
         }
         let mut v = sealed.clone();
         v[3] = b'9';
-        assert!(kek.open(&v, b"ca-1").unwrap_err().to_string().contains("tmk1"));
-        assert!(kek.open(&sealed[..20], b"ca-1").unwrap_err().to_string().contains("short"));
+        assert!(
+            kek.open(&v, b"ca-1")
+                .unwrap_err()
+                .to_string()
+                .contains("tmk1")
+        );
+        assert!(
+            kek.open(&sealed[..20], b"ca-1")
+                .unwrap_err()
+                .to_string()
+                .contains("short")
+        );
     }
 
     #[test]
     fn file_form_is_checked() {
-        assert!(Kek::from_file_contents("").unwrap_err().to_string().contains("empty"));
-        let err = Kek::from_file_contents("not base64 !!!").unwrap_err().to_string();
+        assert!(
+            Kek::from_file_contents("")
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        let err = Kek::from_file_contents("not base64 !!!")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("base64") && !err.contains("!!!"), "{err}");
         let short = STANDARD.encode([7u8; 16]);
         let err = Kek::from_file_contents(&short).unwrap_err().to_string();

@@ -226,7 +226,10 @@ Rz6ZEJm/yeSBI0ckzIxAY7SnPJk5KE1j6g==
         for alg in [KeyAlgorithm::EcP256, KeyAlgorithm::EcP384] {
             assert_eq!(alg.to_string().parse::<KeyAlgorithm>().unwrap(), alg);
         }
-        assert_eq!("ec-p384".parse::<KeyAlgorithm>().unwrap(), KeyAlgorithm::EcP384);
+        assert_eq!(
+            "ec-p384".parse::<KeyAlgorithm>().unwrap(),
+            KeyAlgorithm::EcP384
+        );
         let err = "RSA-2048".parse::<KeyAlgorithm>().unwrap_err().to_string();
         assert!(err.contains("RSA-2048") && err.contains("EC-P256"), "{err}");
     }

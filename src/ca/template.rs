@@ -23,7 +23,9 @@ const MAX_COMMON_NAME: usize = 64;
 /// `t` in UTC, whole seconds, and representable in a certificate.
 pub(crate) fn cert_time(t: OffsetDateTime) -> Result<OffsetDateTime, CaError> {
     let utc = t.to_offset(time::UtcOffset::UTC);
-    let whole = utc.replace_nanosecond(0).map_err(|_| CaError::Time { value: t })?;
+    let whole = utc
+        .replace_nanosecond(0)
+        .map_err(|_| CaError::Time { value: t })?;
     if !(1950..=9999).contains(&whole.year()) {
         return Err(CaError::Time { value: t });
     }
@@ -37,7 +39,8 @@ pub(crate) fn end_of(now: OffsetDateTime, lifetime: Duration) -> Result<OffsetDa
             seconds: lifetime.whole_seconds(),
         });
     }
-    now.checked_add(lifetime).ok_or(CaError::Time { value: now })
+    now.checked_add(lifetime)
+        .ok_or(CaError::Time { value: now })
 }
 
 /// O = trustmesh, plus CN when given (checked: non-empty, at most 64 characters).
@@ -70,9 +73,12 @@ fn check_common_name(cn: &str) -> Result<(), CaError> {
 
 /// The URI SAN of a SPIFFE ID.
 pub(crate) fn uri_san(uri: &str) -> Result<SanType, CaError> {
-    let value = uri.to_string().try_into().map_err(|e: rcgen::Error| CaError::Signing {
-        reason: format!("URI SAN {uri:?}: {e}"),
-    })?;
+    let value = uri
+        .to_string()
+        .try_into()
+        .map_err(|e: rcgen::Error| CaError::Signing {
+            reason: format!("URI SAN {uri:?}: {e}"),
+        })?;
     Ok(SanType::URI(value))
 }
 
@@ -118,13 +124,17 @@ pub fn check_dns_name(name: &str) -> Result<(), CaError> {
             return Err(fail("a label is longer than 63 characters"));
         }
         if label == "*" || label.contains('*') {
-            return Err(fail("a wildcard is only allowed as the whole first label (*.)"));
+            return Err(fail(
+                "a wildcard is only allowed as the whole first label (*.)",
+            ));
         }
         if !label
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
-            return Err(fail("only lowercase letters, digits, '-' and '.' are allowed"));
+            return Err(fail(
+                "only lowercase letters, digits, '-' and '.' are allowed",
+            ));
         }
         if label.starts_with('-') || label.ends_with('-') {
             return Err(fail("a label starts or ends with '-'"));
@@ -162,7 +172,13 @@ mod tests {
 
     #[test]
     fn dns_names() {
-        for ok in ["a", "svc.ns.svc.cluster.local", "*.example.org", "x-1.y2", &"a".repeat(63)] {
+        for ok in [
+            "a",
+            "svc.ns.svc.cluster.local",
+            "*.example.org",
+            "x-1.y2",
+            &"a".repeat(63),
+        ] {
             check_dns_name(ok).unwrap();
         }
         let long = format!("{}.org", vec!["a".repeat(60); 5].join("."));
@@ -186,7 +202,12 @@ mod tests {
             assert!(err.contains(needle), "{name}: {err}");
         }
         let label = format!("{}.org", "a".repeat(64));
-        assert!(check_dns_name(&label).unwrap_err().to_string().contains("63"));
+        assert!(
+            check_dns_name(&label)
+                .unwrap_err()
+                .to_string()
+                .contains("63")
+        );
     }
 
     #[test]
@@ -195,7 +216,12 @@ mod tests {
         assert_eq!(cert_time(t).unwrap().unix_timestamp(), 1_700_000_000);
         assert_eq!(cert_time(t).unwrap().nanosecond(), 0);
         assert!(end_of(t, Duration::ZERO).is_err());
-        assert!(end_of(t, Duration::seconds(-5)).unwrap_err().to_string().contains("-5"));
+        assert!(
+            end_of(t, Duration::seconds(-5))
+                .unwrap_err()
+                .to_string()
+                .contains("-5")
+        );
         assert!(cert_time(OffsetDateTime::UNIX_EPOCH - Duration::days(365 * 30)).is_err());
     }
 

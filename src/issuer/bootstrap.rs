@@ -101,6 +101,7 @@ impl Issuer {
             snapshot,
             metrics,
             crl_lock: tokio::sync::Mutex::new(()),
+            last_expiry_warning: parking_lot::Mutex::new(None),
         });
         issuer.rebuild_crls().await?;
         issuer.metrics.refresh_counts(&issuer).await;

@@ -45,8 +45,34 @@ impl Issuer {
                 Err(e) => tracing::error!(error = %e, "re-signing CRLs failed; will retry"),
             }
         }
+        self.warn_expiring_cas(now);
         self.metrics.refresh_counts(self).await;
         report
+    }
+
+    /// Seed 002 §4.1: an intermediate less than six months from expiry is
+    /// logged at WARN, at most once a day.
+    fn warn_expiring_cas(&self, now: time::OffsetDateTime) {
+        let mut last = self.last_expiry_warning.lock();
+        if last.is_some_and(|t| now - t < time::Duration::days(1)) {
+            return;
+        }
+        let mut warned = false;
+        for ca in self.snapshot().cas.iter().filter(|c| c.active && c.role != crate::store::CaRole::Root) {
+            let left = ca.not_after - now.unix_timestamp();
+            if left < 180 * 86_400 {
+                warned = true;
+                tracing::warn!(
+                    ca_name = %ca.common_name,
+                    fingerprint = %ca.fingerprint,
+                    days_remaining = left / 86_400,
+                    "CA certificate approaching expiry: run `trustmesh pki ca create-intermediary`"
+                );
+            }
+        }
+        if warned {
+            *last = Some(now);
+        }
     }
 
     /// Runs [`Issuer::maintain`] forever on the real timer.

@@ -113,6 +113,7 @@ pub struct Issuer {
     metrics: Metrics,
     /// Serialises CRL rebuilds so snapshots publish in order.
     crl_lock: tokio::sync::Mutex<()>,
+    last_expiry_warning: parking_lot::Mutex<Option<time::OffsetDateTime>>,
 }
 
 impl Issuer {

@@ -1,16 +1,19 @@
-//! The schema and the SQL both backends run against it.
+//! The schema, and every statement both backends run against it.
 //!
-//! Boundary: this file holds the only table list and the only copy of every
-//! statement. Statements are written once with PostgreSQL placeholders (`$1`);
-//! the SQLite backend rewrites them to `?1` (see `sqlite::positional`). Both
-//! dialects accept `TRUE`/`FALSE`, `ON CONFLICT … DO NOTHING`, `RETURNING` and
-//! partial indexes, so only column types differ (`BLOB`/`BYTEA`, the audit id).
+//! Boundary: this file holds the only table list and the only copy of each
+//! statement with its bound values ([`Stmt`]); a backend only executes them.
+//! Statements use PostgreSQL placeholders (`$1`); the SQLite backend rewrites
+//! them to `?1`. Both dialects accept `TRUE`/`FALSE`, `ON CONFLICT`,
+//! `RETURNING` and partial indexes, so only the DDL's column types differ
+//! (`BLOB`/`BYTEA`, the audit id).
 //!
 //! Invariant: migrations are append-only. A released migration is never
 //! edited; a schema change is a new entry at the end of [`MIGRATIONS`].
 
-use super::{AuditFilter, CaRecord, CaRole, CertFilter, CertRecord, CertStatus, DenyRecord};
-use super::{AuditRecord, RevokedEntry, SigningKeyRecord, StoreError, StoreResult};
+use std::borrow::Cow;
+
+use super::{AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, CertStatus, DenyRecord};
+use super::{SigningKeyRecord, StoreError, StoreResult};
 
 /// One schema step, in both dialects.
 pub(super) struct Migration {
@@ -22,8 +25,14 @@ pub(super) struct Migration {
 /// Every migration, oldest first; the last version is what this binary writes.
 pub(super) const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
-    sqlite: schema_v1!(blob = "BLOB", audit_id = "INTEGER PRIMARY KEY AUTOINCREMENT"),
-    postgres: schema_v1!(blob = "BYTEA", audit_id = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
+    sqlite: schema_v1!(
+        blob = "BLOB",
+        audit_id = "INTEGER PRIMARY KEY AUTOINCREMENT"
+    ),
+    postgres: schema_v1!(
+        blob = "BYTEA",
+        audit_id = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+    ),
 }];
 
 /// The schema version this binary understands.
@@ -42,10 +51,19 @@ pub(super) fn pending(found: i64) -> StoreResult<impl Iterator<Item = &'static M
 }
 
 /// Created before anything else, so the version can be read on any database.
-pub(super) const CREATE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)";
-pub(super) const SELECT_VERSION: &str = "SELECT COALESCE(MAX(version), 0) FROM schema_version";
-pub(super) const CLEAR_VERSION: &str = "DELETE FROM schema_version";
-pub(super) const INSERT_VERSION: &str = "INSERT INTO schema_version (version) VALUES ($1)";
+pub(super) const CREATE_VERSION_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)";
+
+pub(super) fn select_version() -> Stmt {
+    stmt!("SELECT COALESCE(MAX(version), 0) AS version FROM schema_version")
+}
+
+pub(super) fn set_version(version: i64) -> [Stmt; 2] {
+    [
+        stmt!("DELETE FROM schema_version"),
+        stmt!("INSERT INTO schema_version (version) VALUES ($1)", version),
+    ]
+}
 
 /// Version 1: one table per record type of `store::mod`.
 macro_rules! schema_v1 {
@@ -82,191 +100,206 @@ macro_rules! schema_v1 {
 }
 use schema_v1;
 
-// Column lists, in the order the `*_from_row` decoders read them.
-macro_rules! ca_cols { () => { "id, role, common_name, cert_der, sealed_key, not_before, not_after, active, created_at" }; }
-macro_rules! key_cols { () => { "kid, purpose, public_key_der, sealed_key, created_at, not_after" }; }
-macro_rules! cert_cols { () => { "serial, spiffe_id, issuer_id, fingerprint, not_before, not_after, status, revoked_at, revocation_reason, cert_der" }; }
-macro_rules! deny_cols { () => { "spiffe_id, reason, denied_at, denied_by" }; }
-macro_rules! audit_cols { () => { "id, at, actor, action, target, outcome, reason" }; }
 
-pub(super) const PING: &str = "SELECT 1";
-pub(super) const SELECT_SETTING: &str = "SELECT value FROM settings WHERE key = $1";
-pub(super) const INSERT_SETTING: &str = "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
+/// One statement and the values bound to `$1`, `$2`, ….
+pub(super) struct Stmt {
+    pub sql: Cow<'static, str>,
+    pub params: Vec<Param>,
+    /// What a unique-key violation collided with, for `StoreError::Conflict`.
+    pub conflict: Option<String>,
+}
 
-pub(super) const COUNT_ROOTS: &str = "SELECT COUNT(*) FROM cas WHERE role = 'root'";
-pub(super) const DEACTIVATE_ROLE: &str = "UPDATE cas SET active = FALSE WHERE role = $1 AND active AND id <> $2";
-pub(super) const INSERT_CA: &str = concat!("INSERT INTO cas (", ca_cols!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)");
-pub(super) const SELECT_CAS: &str = concat!("SELECT ", ca_cols!(), " FROM cas ORDER BY created_at, id");
-
-pub(super) const INSERT_KEY: &str = concat!("INSERT INTO signing_keys (", key_cols!(), ") VALUES ($1, $2, $3, $4, $5, $6)");
-pub(super) const SELECT_KEYS: &str = concat!("SELECT ", key_cols!(), " FROM signing_keys ORDER BY created_at, kid");
-
-pub(super) const INSERT_CERT: &str =
-    concat!("INSERT INTO certificates (", cert_cols!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)");
-pub(super) const SELECT_CERT: &str = concat!("SELECT ", cert_cols!(), " FROM certificates WHERE serial = $1");
-pub(super) const COUNT_ACTIVE: &str = "SELECT COUNT(*) FROM certificates WHERE status = 'active' AND not_after > $1";
-pub(super) const REVOKE_ONE: &str = "UPDATE certificates SET status = 'revoked', revoked_at = $2, revocation_reason = $3 \
-     WHERE serial = $1 AND status = 'active'";
-pub(super) const CERT_EXISTS: &str = "SELECT COUNT(*) FROM certificates WHERE serial = $1";
-pub(super) const SELECT_REVOKED: &str = "SELECT serial, revoked_at, revocation_reason, not_after FROM certificates \
-     WHERE issuer_id = $1 AND status = 'revoked' AND not_after > $2 ORDER BY revoked_at, serial";
-pub(super) const REVOKE_IDENTITY: &str = "UPDATE certificates SET status = 'revoked', revoked_at = $2, revocation_reason = $3 \
-     WHERE spiffe_id = $1 AND status = 'active' AND not_after > $2 RETURNING serial";
-pub(super) const PURGE_CERTS: &str = "DELETE FROM certificates WHERE not_after <= $1";
-
-pub(super) const UPSERT_DENY: &str = concat!(
-    "INSERT INTO deny_list (",
-    deny_cols!(),
-    ") VALUES ($1, $2, $3, $4) ON CONFLICT (spiffe_id) DO UPDATE SET reason = excluded.reason"
-);
-pub(super) const DELETE_DENY: &str = "DELETE FROM deny_list WHERE spiffe_id = $1";
-pub(super) const SELECT_DENY: &str = concat!("SELECT ", deny_cols!(), " FROM deny_list WHERE spiffe_id = $1");
-pub(super) const SELECT_DENY_LIST: &str = concat!("SELECT ", deny_cols!(), " FROM deny_list ORDER BY denied_at, spiffe_id");
-
-pub(super) const INSERT_TOKEN: &str = "INSERT INTO used_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING";
-pub(super) const PURGE_TOKENS: &str = "DELETE FROM used_tokens WHERE expires_at <= $1";
-
-pub(super) const INSERT_AUDIT: &str =
-    "INSERT INTO audit (at, actor, action, target, outcome, reason) VALUES ($1, $2, $3, $4, $5, $6)";
-
-/// A bound value of a query built at run time (the list filters).
+/// A bound value; the `Opt*` variants carry SQL `NULL`s with their type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Param {
     Int(i64),
+    OptInt(Option<i64>),
     Text(String),
+    OptText(Option<String>),
+    Bytes(Vec<u8>),
+    OptBytes(Option<Vec<u8>>),
+    Bool(bool),
 }
 
-/// `certificates(filter)`: newest `not_before` first.
-pub(super) fn certificates_query(f: &CertFilter) -> (String, Vec<Param>) {
-    let mut q = Query::new(concat!("SELECT ", cert_cols!(), " FROM certificates"));
-    if let Some(id) = &f.spiffe_id {
-        q.and("spiffe_id =", Param::Text(id.clone()));
+impl Stmt {
+    /// The error to return for a backend error: a `Conflict` is named after
+    /// the colliding record.
+    pub(super) fn error(&self, e: StoreError) -> StoreError {
+        match (e, &self.conflict) {
+            (StoreError::Conflict { .. }, Some(what)) => StoreError::Conflict { what: what.clone() },
+            (e, _) => e,
+        }
     }
-    if let Some(before) = f.expiring_before {
-        q.and("not_after <=", Param::Int(before));
+
+    fn on_conflict(mut self, what: String) -> Self {
+        self.conflict = Some(what);
+        self
     }
-    if let Some(now) = f.unexpired_at {
-        q.and("not_after >", Param::Int(now));
-    }
+}
+
+macro_rules! stmt {
+    ($sql:expr $(, $value:expr)* $(,)?) => {
+        Stmt { sql: Cow::Borrowed($sql), params: vec![$(Param::from($value)),*], conflict: None }
+    };
+}
+use stmt;
+
+pub(super) fn ping() -> Stmt {
+    stmt!("SELECT 1")
+}
+
+pub(super) fn select_setting(key: &str) -> Stmt {
+    stmt!("SELECT value FROM settings WHERE key = $1", key)
+}
+
+pub(super) fn insert_setting(key: &str, value: &str) -> Stmt {
+    stmt!("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", key, value)
+}
+
+pub(super) fn count_roots() -> Stmt {
+    stmt!("SELECT COUNT(*) AS n FROM cas WHERE role = 'root'")
+}
+
+/// Deactivates every other CA of `ca`'s role.
+pub(super) fn deactivate_role(ca: &CaRecord) -> Stmt {
+    let sql = "UPDATE cas SET active = FALSE WHERE role = $1 AND active AND id <> $2";
+    stmt!(sql, ca.role.as_str(), &ca.id)
+}
+
+pub(super) fn insert_ca(ca: &CaRecord) -> Stmt {
+    let sql = "INSERT INTO cas (id, role, common_name, cert_der, sealed_key, not_before, not_after, \
+               active, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+    let (id, role) = (&ca.id, ca.role.as_str());
+    stmt!(sql, id, role, &ca.common_name, &ca.cert_der, &ca.sealed_key, ca.not_before, ca.not_after, ca.active, ca.created_at)
+        .on_conflict(format!("CA {id} (or a second active {role} CA)"))
+}
+
+pub(super) fn select_cas() -> Stmt {
+    stmt!("SELECT * FROM cas ORDER BY created_at, id")
+}
+
+pub(super) fn insert_key(k: &SigningKeyRecord) -> Stmt {
+    let sql = "INSERT INTO signing_keys (kid, purpose, public_key_der, sealed_key, created_at, not_after) \
+               VALUES ($1, $2, $3, $4, $5, $6)";
+    stmt!(sql, &k.kid, &k.purpose, &k.public_key_der, &k.sealed_key, k.created_at, k.not_after)
+        .on_conflict(format!("signing key {}", k.kid))
+}
+
+pub(super) fn select_keys() -> Stmt {
+    stmt!("SELECT * FROM signing_keys ORDER BY created_at, kid")
+}
+
+pub(super) fn insert_cert(c: &CertRecord) -> Stmt {
+    let sql = "INSERT INTO certificates (serial, spiffe_id, issuer_id, fingerprint, not_before, not_after, \
+               status, revoked_at, revocation_reason, cert_der) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+    let status = status_str(c.status);
+    stmt!(sql, &c.serial, &c.spiffe_id, &c.issuer_id, &c.fingerprint, c.not_before, c.not_after, status, c.revoked_at, &c.revocation_reason, &c.cert_der)
+        .on_conflict(format!("certificate serial {}", c.serial))
+}
+
+pub(super) fn select_cert(serial: &str) -> Stmt {
+    stmt!("SELECT * FROM certificates WHERE serial = $1", serial)
+}
+
+pub(super) fn count_active(now: i64) -> Stmt {
+    stmt!("SELECT COUNT(*) AS n FROM certificates WHERE status = 'active' AND not_after > $1", now)
+}
+
+/// Revokes one active certificate: one row changed, or none.
+pub(super) fn revoke_one(serial: &str, reason: &str, at: i64) -> Stmt {
+    let sql = "UPDATE certificates SET status = 'revoked', revoked_at = $2, revocation_reason = $3 \
+               WHERE serial = $1 AND status = 'active'";
+    stmt!(sql, serial, at, reason)
+}
+
+pub(super) fn count_cert(serial: &str) -> Stmt {
+    stmt!("SELECT COUNT(*) AS n FROM certificates WHERE serial = $1", serial)
+}
+
+pub(super) fn select_revoked(issuer_id: &str, now: i64) -> Stmt {
+    let sql = "SELECT serial, revoked_at, revocation_reason, not_after FROM certificates \
+               WHERE issuer_id = $1 AND status = 'revoked' AND not_after > $2 ORDER BY revoked_at, serial";
+    stmt!(sql, issuer_id, now)
+}
+
+/// Revokes every unexpired active certificate of `e`'s identity, returning
+/// their `serial`s. The reason is the deny reason when that is an RFC 5280
+/// reason name, `cessationOfOperation` otherwise.
+pub(super) fn revoke_identity(e: &DenyRecord, now: i64) -> Stmt {
+    let sql = "UPDATE certificates SET status = 'revoked', revoked_at = $2, revocation_reason = $3 \
+               WHERE spiffe_id = $1 AND status = 'active' AND not_after > $2 RETURNING serial";
+    let given = e.reason.as_str();
+    let reason = if RFC5280_REASONS.contains(&given) { given } else { "cessationOfOperation" };
+    stmt!(sql, &e.spiffe_id, now, reason)
+}
+
+const RFC5280_REASONS: [&str; 10] = [
+    "unspecified",
+    "keyCompromise",
+    "cACompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "certificateHold",
+    "removeFromCRL",
+    "privilegeWithdrawn",
+    "aACompromise",
+];
+
+pub(super) fn purge_certs(not_after_before: i64) -> Stmt {
+    stmt!("DELETE FROM certificates WHERE not_after <= $1", not_after_before)
+}
+
+/// Adds a deny-list entry, or updates only the reason of an existing one.
+pub(super) fn upsert_deny(e: &DenyRecord) -> Stmt {
+    let sql = "INSERT INTO deny_list (spiffe_id, reason, denied_at, denied_by) VALUES ($1, $2, $3, $4) \
+               ON CONFLICT (spiffe_id) DO UPDATE SET reason = excluded.reason";
+    stmt!(sql, &e.spiffe_id, &e.reason, e.denied_at, &e.denied_by)
+}
+
+pub(super) fn delete_deny(spiffe_id: &str) -> Stmt {
+    stmt!("DELETE FROM deny_list WHERE spiffe_id = $1", spiffe_id)
+}
+
+pub(super) fn select_deny(spiffe_id: &str) -> Stmt {
+    stmt!("SELECT * FROM deny_list WHERE spiffe_id = $1", spiffe_id)
+}
+
+pub(super) fn select_deny_list() -> Stmt {
+    stmt!("SELECT * FROM deny_list ORDER BY denied_at, spiffe_id")
+}
+
+/// Changes one row when `jti` is new, none when it was used (a replay).
+pub(super) fn insert_token(jti: &str, expires_at: i64) -> Stmt {
+    let sql = "INSERT INTO used_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING";
+    stmt!(sql, jti, expires_at)
+}
+
+pub(super) fn purge_tokens(now: i64) -> Stmt {
+    stmt!("DELETE FROM used_tokens WHERE expires_at <= $1", now)
+}
+
+/// The store assigns the id.
+pub(super) fn insert_audit(a: &AuditRecord) -> Stmt {
+    let sql = "INSERT INTO audit (at, actor, action, target, outcome, reason) VALUES ($1, $2, $3, $4, $5, $6)";
+    stmt!(sql, a.at, &a.actor, &a.action, &a.target, &a.outcome, &a.reason)
+}
+
+/// Newest `not_before` first.
+pub(super) fn certificates(f: &CertFilter) -> Stmt {
+    let mut q = Filtered::new("SELECT * FROM certificates");
+    q.and("spiffe_id =", f.spiffe_id.as_ref());
+    q.and("not_after <=", f.expiring_before);
+    q.and("not_after >", f.unexpired_at);
     q.finish("not_before DESC, serial DESC", f.limit)
 }
 
-/// `audit(filter)`: the newest `limit` records, newest first (callers reverse).
-pub(super) fn audit_query(f: &AuditFilter) -> (String, Vec<Param>) {
-    let mut q = Query::new(concat!("SELECT ", audit_cols!(), " FROM audit"));
-    if let Some(since) = f.since {
-        q.and("at >=", Param::Int(since));
-    }
-    if let Some(target) = &f.target {
-        q.and("target =", Param::Text(target.clone()));
-    }
-    q.finish("at DESC, id DESC", Some(f.limit.unwrap_or(DEFAULT_AUDIT_LIMIT)))
-}
-
-const DEFAULT_AUDIT_LIMIT: u32 = 1000;
-
-/// The revocation reason `deny` writes: the deny reason when it is an RFC 5280
-/// reason name, `cessationOfOperation` otherwise.
-pub(super) fn deny_revocation_reason(reason: &str) -> &str {
-    const RFC5280: [&str; 10] = [
-        "unspecified",
-        "keyCompromise",
-        "cACompromise",
-        "affiliationChanged",
-        "superseded",
-        "cessationOfOperation",
-        "certificateHold",
-        "removeFromCRL",
-        "privilegeWithdrawn",
-        "aACompromise",
-    ];
-    if RFC5280.contains(&reason) { reason } else { "cessationOfOperation" }
-}
-
-/// Names a `Conflict` after the record that collided (the backends only know
-/// the constraint).
-pub(super) fn conflict_on(what: impl FnOnce() -> String) -> impl FnOnce(StoreError) -> StoreError {
-    move |e| match e {
-        StoreError::Conflict { .. } => StoreError::Conflict { what: what() },
-        other => other,
-    }
-}
-
-/// Column access both drivers provide; decode failures are `Corrupt`.
-pub(super) trait Row {
-    fn int(&self, i: usize) -> StoreResult<i64>;
-    fn opt_int(&self, i: usize) -> StoreResult<Option<i64>>;
-    fn text(&self, i: usize) -> StoreResult<String>;
-    fn opt_text(&self, i: usize) -> StoreResult<Option<String>>;
-    fn bytes(&self, i: usize) -> StoreResult<Vec<u8>>;
-    fn opt_bytes(&self, i: usize) -> StoreResult<Option<Vec<u8>>>;
-    fn boolean(&self, i: usize) -> StoreResult<bool>;
-}
-
-pub(super) fn ca_from_row(r: &dyn Row) -> StoreResult<CaRecord> {
-    let role = r.text(1)?;
-    Ok(CaRecord {
-        id: r.text(0)?,
-        role: CaRole::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("unknown CA role {role:?}")))?,
-        common_name: r.text(2)?,
-        cert_der: r.bytes(3)?,
-        sealed_key: r.opt_bytes(4)?,
-        not_before: r.int(5)?,
-        not_after: r.int(6)?,
-        active: r.boolean(7)?,
-        created_at: r.int(8)?,
-    })
-}
-
-pub(super) fn key_from_row(r: &dyn Row) -> StoreResult<SigningKeyRecord> {
-    Ok(SigningKeyRecord {
-        kid: r.text(0)?,
-        purpose: r.text(1)?,
-        public_key_der: r.bytes(2)?,
-        sealed_key: r.bytes(3)?,
-        created_at: r.int(4)?,
-        not_after: r.int(5)?,
-    })
-}
-
-pub(super) fn cert_from_row(r: &dyn Row) -> StoreResult<CertRecord> {
-    Ok(CertRecord {
-        serial: r.text(0)?,
-        spiffe_id: r.text(1)?,
-        issuer_id: r.text(2)?,
-        fingerprint: r.text(3)?,
-        not_before: r.int(4)?,
-        not_after: r.int(5)?,
-        status: status_from_str(&r.text(6)?)?,
-        revoked_at: r.opt_int(7)?,
-        revocation_reason: r.opt_text(8)?,
-        cert_der: r.bytes(9)?,
-    })
-}
-
-pub(super) fn revoked_from_row(r: &dyn Row) -> StoreResult<RevokedEntry> {
-    Ok(RevokedEntry {
-        serial: r.text(0)?,
-        revoked_at: r.opt_int(1)?.unwrap_or_default(),
-        reason: r.opt_text(2)?,
-        not_after: r.int(3)?,
-    })
-}
-
-pub(super) fn deny_from_row(r: &dyn Row) -> StoreResult<DenyRecord> {
-    Ok(DenyRecord { spiffe_id: r.text(0)?, reason: r.text(1)?, denied_at: r.int(2)?, denied_by: r.text(3)? })
-}
-
-pub(super) fn audit_from_row(r: &dyn Row) -> StoreResult<AuditRecord> {
-    Ok(AuditRecord {
-        id: r.int(0)?,
-        at: r.int(1)?,
-        actor: r.text(2)?,
-        action: r.text(3)?,
-        target: r.text(4)?,
-        outcome: r.text(5)?,
-        reason: r.text(6)?,
-    })
+/// The newest `limit` (default 1000) records, newest first: callers reverse.
+pub(super) fn audit(f: &AuditFilter) -> Stmt {
+    let mut q = Filtered::new("SELECT * FROM audit");
+    q.and("at >=", f.since);
+    q.and("target =", f.target.as_ref());
+    q.finish("at DESC, id DESC", Some(f.limit.unwrap_or(1000)))
 }
 
 pub(super) fn status_str(status: CertStatus) -> &'static str {
@@ -276,38 +309,47 @@ pub(super) fn status_str(status: CertStatus) -> &'static str {
     }
 }
 
-fn status_from_str(s: &str) -> StoreResult<CertStatus> {
-    match s {
-        "active" => Ok(CertStatus::Active),
-        "revoked" => Ok(CertStatus::Revoked),
-        other => Err(StoreError::Corrupt(format!("unknown certificate status {other:?}"))),
-    }
-}
+/// A `SELECT … WHERE … ORDER BY … LIMIT` built from optional conditions.
+struct Filtered(Stmt);
 
-/// A `SELECT … WHERE … ORDER BY … LIMIT` with numbered placeholders.
-struct Query {
-    sql: String,
-    params: Vec<Param>,
-}
-
-impl Query {
+impl Filtered {
     fn new(select: &str) -> Self {
-        Self { sql: select.to_string(), params: Vec::new() }
+        Self(Stmt { sql: Cow::Owned(select.to_string()), params: Vec::new(), conflict: None })
     }
 
-    fn and(&mut self, condition: &str, value: Param) {
-        self.params.push(value);
-        let keyword = if self.params.len() == 1 { "WHERE" } else { "AND" };
-        self.sql.push_str(&format!(" {keyword} {condition} ${}", self.params.len()));
+    /// Adds `AND <condition> $n` when `value` is given.
+    fn and<T: Into<Param>>(&mut self, condition: &str, value: Option<T>) {
+        let Some(value) = value else { return };
+        self.0.params.push(value.into());
+        let keyword = if self.0.params.len() == 1 { "WHERE" } else { "AND" };
+        let n = self.0.params.len();
+        self.0.sql.to_mut().push_str(&format!(" {keyword} {condition} ${n}"));
     }
 
-    fn finish(mut self, order: &str, limit: Option<u32>) -> (String, Vec<Param>) {
-        self.sql.push_str(" ORDER BY ");
-        self.sql.push_str(order);
+    fn finish(mut self, order: &str, limit: Option<u32>) -> Stmt {
+        self.0.sql.to_mut().push_str(&format!(" ORDER BY {order}"));
         if let Some(limit) = limit {
-            self.params.push(Param::Int(i64::from(limit)));
-            self.sql.push_str(&format!(" LIMIT ${}", self.params.len()));
+            self.0.params.push(Param::Int(i64::from(limit)));
+            let n = self.0.params.len();
+            self.0.sql.to_mut().push_str(&format!(" LIMIT ${n}"));
         }
-        (self.sql, self.params)
+        self.0
     }
+}
+
+macro_rules! param_from {
+    ($($t:ty => |$v:ident| $e:expr),* $(,)?) => {
+        $(impl From<$t> for Param { fn from($v: $t) -> Self { $e } })*
+    };
+}
+
+param_from! {
+    i64 => |v| Param::Int(v),
+    Option<i64> => |v| Param::OptInt(v),
+    bool => |v| Param::Bool(v),
+    &str => |v| Param::Text(v.to_string()),
+    &String => |v| Param::Text(v.clone()),
+    &Option<String> => |v| Param::OptText(v.clone()),
+    &Vec<u8> => |v| Param::Bytes(v.clone()),
+    &Option<Vec<u8>> => |v| Param::OptBytes(v.clone()),
 }

@@ -269,3 +269,99 @@ pub fn redact_url(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+// ---- helpers shared by the backends ----------------------------------------
+
+/// Column access by name. Each backend implements it for its row type; a
+/// value of the wrong type is `StoreError::Corrupt`.
+trait Row {
+    fn int(&self, col: &str) -> StoreResult<i64>;
+    fn opt_int(&self, col: &str) -> StoreResult<Option<i64>>;
+    fn text(&self, col: &str) -> StoreResult<String>;
+    fn opt_text(&self, col: &str) -> StoreResult<Option<String>>;
+    fn bytes(&self, col: &str) -> StoreResult<Vec<u8>>;
+    fn opt_bytes(&self, col: &str) -> StoreResult<Option<Vec<u8>>>;
+    fn boolean(&self, col: &str) -> StoreResult<bool>;
+}
+
+fn ca_from_row(r: &dyn Row) -> StoreResult<CaRecord> {
+    let role = r.text("role")?;
+    Ok(CaRecord {
+        id: r.text("id")?,
+        role: CaRole::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("unknown CA role {role:?}")))?,
+        common_name: r.text("common_name")?,
+        cert_der: r.bytes("cert_der")?,
+        sealed_key: r.opt_bytes("sealed_key")?,
+        not_before: r.int("not_before")?,
+        not_after: r.int("not_after")?,
+        active: r.boolean("active")?,
+        created_at: r.int("created_at")?,
+    })
+}
+
+fn key_from_row(r: &dyn Row) -> StoreResult<SigningKeyRecord> {
+    Ok(SigningKeyRecord {
+        kid: r.text("kid")?,
+        purpose: r.text("purpose")?,
+        public_key_der: r.bytes("public_key_der")?,
+        sealed_key: r.bytes("sealed_key")?,
+        created_at: r.int("created_at")?,
+        not_after: r.int("not_after")?,
+    })
+}
+
+fn cert_from_row(r: &dyn Row) -> StoreResult<CertRecord> {
+    let status = match r.text("status")?.as_str() {
+        "active" => CertStatus::Active,
+        "revoked" => CertStatus::Revoked,
+        other => return Err(StoreError::Corrupt(format!("unknown certificate status {other:?}"))),
+    };
+    Ok(CertRecord {
+        serial: r.text("serial")?,
+        spiffe_id: r.text("spiffe_id")?,
+        issuer_id: r.text("issuer_id")?,
+        fingerprint: r.text("fingerprint")?,
+        not_before: r.int("not_before")?,
+        not_after: r.int("not_after")?,
+        status,
+        revoked_at: r.opt_int("revoked_at")?,
+        revocation_reason: r.opt_text("revocation_reason")?,
+        cert_der: r.bytes("cert_der")?,
+    })
+}
+
+fn revoked_from_row(r: &dyn Row) -> StoreResult<RevokedEntry> {
+    Ok(RevokedEntry {
+        serial: r.text("serial")?,
+        revoked_at: r.opt_int("revoked_at")?.unwrap_or_default(),
+        reason: r.opt_text("revocation_reason")?,
+        not_after: r.int("not_after")?,
+    })
+}
+
+fn deny_from_row(r: &dyn Row) -> StoreResult<DenyRecord> {
+    Ok(DenyRecord {
+        spiffe_id: r.text("spiffe_id")?,
+        reason: r.text("reason")?,
+        denied_at: r.int("denied_at")?,
+        denied_by: r.text("denied_by")?,
+    })
+}
+
+fn audit_from_row(r: &dyn Row) -> StoreResult<AuditRecord> {
+    Ok(AuditRecord {
+        id: r.int("id")?,
+        at: r.int("at")?,
+        actor: r.text("actor")?,
+        action: r.text("action")?,
+        target: r.text("target")?,
+        outcome: r.text("outcome")?,
+        reason: r.text("reason")?,
+    })
+}
+
+/// A `COUNT(*) AS n` result.
+fn count_from_row(r: &dyn Row) -> StoreResult<u64> {
+    let n = r.int("n")?;
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative count {n}")))
+}

@@ -9,15 +9,17 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime,
+};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::migrations::{self as m, Param};
 use super::{
-    AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, DenyRecord, RevokeOutcome, RevokedEntry,
-    SigningKeyRecord, Store, StoreError, StoreResult, redact_url,
+    AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, DenyRecord, RevokeOutcome,
+    RevokedEntry, SigningKeyRecord, Store, StoreError, StoreResult, redact_url,
 };
 
 const POOL_SIZE: usize = 16;
@@ -36,9 +38,17 @@ impl PostgresStore {
     /// Connects (`postgres://user[:password]@host[:port]/db` or
     /// `postgres://user@/db?host=/socket/dir`) and migrates the schema.
     pub async fn connect(url: &str) -> StoreResult<Self> {
-        let config: tokio_postgres::Config =
-            url.parse().map_err(|e| StoreError::Url { url: redact_url(url), reason: format!("{e}") })?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Url {
+            url: redact_url(url),
+            reason: format!("{e}"),
+        })?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
@@ -47,27 +57,37 @@ impl PostgresStore {
             .recycle_timeout(Some(POOL_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Backend(format!("cannot build connection pool: {e}")))?;
-        let mut client = pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot connect to {}: {e}", redact_url(url))))?;
+        let mut client = pool.get().await.map_err(|e| {
+            StoreError::Unavailable(format!("cannot connect to {}: {e}", redact_url(url)))
+        })?;
         migrate(&mut client).await?;
         Ok(Self { pool })
     }
 
     async fn client(&self) -> StoreResult<Object> {
-        self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("no database connection: {e}")))
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("no database connection: {e}")))
     }
 }
 
 #[async_trait]
 impl Store for PostgresStore {
     async fn ping(&self) -> StoreResult<()> {
-        self.client().await?.simple_query(m::PING).await.map(drop).map_err(pg_err)
+        self.client()
+            .await?
+            .simple_query(m::PING)
+            .await
+            .map(drop)
+            .map_err(pg_err)
     }
 
     async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
-        one(&self.client().await?, m::SELECT_SETTING, &[&key], |r| r.text(0)).await
+        one(&self.client().await?, m::SELECT_SETTING, &[&key], |r| {
+            r.text(0)
+        })
+        .await
     }
 
     async fn init_setting(&self, key: &str, value: &str) -> StoreResult<String> {
@@ -80,7 +100,11 @@ impl Store for PostgresStore {
             .ok_or_else(|| StoreError::Backend(format!("setting {key:?} vanished after insert")))
     }
 
-    async fn init_hierarchy(&self, cas: &[CaRecord], keys: &[SigningKeyRecord]) -> StoreResult<bool> {
+    async fn init_hierarchy(
+        &self,
+        cas: &[CaRecord],
+        keys: &[SigningKeyRecord],
+    ) -> StoreResult<bool> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg_err)?;
         exec(&tx, "SELECT pg_advisory_xact_lock($1)", &[&CA_LOCK]).await?;
@@ -125,30 +149,58 @@ impl Store for PostgresStore {
         let tx = client.transaction().await.map_err(pg_err)?;
         let status = m::status_str(c.status);
         let values: Params<'_> = &[
-            &c.serial, &c.spiffe_id, &c.issuer_id, &c.fingerprint, &c.not_before, &c.not_after, &status, &c.revoked_at,
-            &c.revocation_reason, &c.cert_der,
+            &c.serial,
+            &c.spiffe_id,
+            &c.issuer_id,
+            &c.fingerprint,
+            &c.not_before,
+            &c.not_after,
+            &status,
+            &c.revoked_at,
+            &c.revocation_reason,
+            &c.cert_der,
         ];
         exec(&tx, m::INSERT_CERT, values)
             .await
-            .map_err(m::conflict_on(|| format!("certificate serial {}", c.serial)))?;
+            .map_err(m::conflict_on(|| {
+                format!("certificate serial {}", c.serial)
+            }))?;
         insert_audit(&tx, audit).await?;
         tx.commit().await.map_err(pg_err)
     }
 
     async fn certificate(&self, serial: &str) -> StoreResult<Option<CertRecord>> {
-        one(&self.client().await?, m::SELECT_CERT, &[&serial], m::cert_from_row).await
+        one(
+            &self.client().await?,
+            m::SELECT_CERT,
+            &[&serial],
+            m::cert_from_row,
+        )
+        .await
     }
 
     async fn certificates(&self, filter: &CertFilter) -> StoreResult<Vec<CertRecord>> {
         let (sql, values) = m::certificates_query(filter);
-        all(&self.client().await?, &sql, &bind(&values), m::cert_from_row).await
+        all(
+            &self.client().await?,
+            &sql,
+            &bind(&values),
+            m::cert_from_row,
+        )
+        .await
     }
 
     async fn active_certificate_count(&self, now: i64) -> StoreResult<u64> {
         count(&self.client().await?, m::COUNT_ACTIVE, &[&now]).await
     }
 
-    async fn revoke(&self, serial: &str, reason: &str, at: i64, audit: &AuditRecord) -> StoreResult<RevokeOutcome> {
+    async fn revoke(
+        &self,
+        serial: &str,
+        reason: &str,
+        at: i64,
+        audit: &AuditRecord,
+    ) -> StoreResult<RevokeOutcome> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg_err)?;
         let outcome = if exec(&tx, m::REVOKE_ONE, &[&serial, &at, &reason]).await? == 1 {
@@ -164,15 +216,37 @@ impl Store for PostgresStore {
     }
 
     async fn revoked_unexpired(&self, issuer_id: &str, now: i64) -> StoreResult<Vec<RevokedEntry>> {
-        all(&self.client().await?, m::SELECT_REVOKED, &[&issuer_id, &now], m::revoked_from_row).await
+        all(
+            &self.client().await?,
+            m::SELECT_REVOKED,
+            &[&issuer_id, &now],
+            m::revoked_from_row,
+        )
+        .await
     }
 
-    async fn deny(&self, e: &DenyRecord, now: i64, audit: &AuditRecord) -> StoreResult<Vec<String>> {
+    async fn deny(
+        &self,
+        e: &DenyRecord,
+        now: i64,
+        audit: &AuditRecord,
+    ) -> StoreResult<Vec<String>> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg_err)?;
-        exec(&tx, m::UPSERT_DENY, &[&e.spiffe_id, &e.reason, &e.denied_at, &e.denied_by]).await?;
+        exec(
+            &tx,
+            m::UPSERT_DENY,
+            &[&e.spiffe_id, &e.reason, &e.denied_at, &e.denied_by],
+        )
+        .await?;
         let reason = m::deny_revocation_reason(&e.reason);
-        let mut serials = all(&tx, m::REVOKE_IDENTITY, &[&e.spiffe_id, &now, &reason], |r| r.text(0)).await?;
+        let mut serials = all(
+            &tx,
+            m::REVOKE_IDENTITY,
+            &[&e.spiffe_id, &now, &reason],
+            |r| r.text(0),
+        )
+        .await?;
         serials.sort();
         insert_audit(&tx, audit).await?;
         tx.commit().await.map_err(pg_err)?;
@@ -189,11 +263,23 @@ impl Store for PostgresStore {
     }
 
     async fn denied(&self, spiffe_id: &str) -> StoreResult<Option<DenyRecord>> {
-        one(&self.client().await?, m::SELECT_DENY, &[&spiffe_id], m::deny_from_row).await
+        one(
+            &self.client().await?,
+            m::SELECT_DENY,
+            &[&spiffe_id],
+            m::deny_from_row,
+        )
+        .await
     }
 
     async fn deny_list(&self) -> StoreResult<Vec<DenyRecord>> {
-        all(&self.client().await?, m::SELECT_DENY_LIST, &[], m::deny_from_row).await
+        all(
+            &self.client().await?,
+            m::SELECT_DENY_LIST,
+            &[],
+            m::deny_from_row,
+        )
+        .await
     }
 
     async fn consume_token_id(&self, jti: &str, expires_at: i64) -> StoreResult<bool> {
@@ -215,7 +301,13 @@ impl Store for PostgresStore {
 
     async fn audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
         let (sql, values) = m::audit_query(filter);
-        let mut records = all(&self.client().await?, &sql, &bind(&values), m::audit_from_row).await?;
+        let mut records = all(
+            &self.client().await?,
+            &sql,
+            &bind(&values),
+            m::audit_from_row,
+        )
+        .await?;
         records.reverse();
         Ok(records)
     }
@@ -226,8 +318,12 @@ impl Store for PostgresStore {
 async fn migrate(client: &mut Object) -> StoreResult<()> {
     let tx = client.transaction().await.map_err(pg_err)?;
     exec(&tx, "SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
-    tx.batch_execute(m::CREATE_VERSION_TABLE).await.map_err(pg_err)?;
-    let found = one(&tx, m::SELECT_VERSION, &[], |r| r.int(0)).await?.unwrap_or_default();
+    tx.batch_execute(m::CREATE_VERSION_TABLE)
+        .await
+        .map_err(pg_err)?;
+    let found = one(&tx, m::SELECT_VERSION, &[], |r| r.int(0))
+        .await?
+        .unwrap_or_default();
     let mut version = found;
     for migration in m::pending(found)? {
         tx.batch_execute(migration.postgres).await.map_err(pg_err)?;
@@ -243,22 +339,47 @@ async fn migrate(client: &mut Object) -> StoreResult<()> {
 async fn insert_ca(c: &impl GenericClient, ca: &CaRecord) -> StoreResult<()> {
     let role = ca.role.as_str();
     let values: Params<'_> = &[
-        &ca.id, &role, &ca.common_name, &ca.cert_der, &ca.sealed_key, &ca.not_before, &ca.not_after, &ca.active,
+        &ca.id,
+        &role,
+        &ca.common_name,
+        &ca.cert_der,
+        &ca.sealed_key,
+        &ca.not_before,
+        &ca.not_after,
+        &ca.active,
         &ca.created_at,
     ];
     exec(c, m::INSERT_CA, values)
         .await
         .map(drop)
-        .map_err(m::conflict_on(|| format!("CA {} (or a second active {role} CA)", ca.id)))
+        .map_err(m::conflict_on(|| {
+            format!("CA {} (or a second active {role} CA)", ca.id)
+        }))
 }
 
 async fn insert_key(c: &impl GenericClient, k: &SigningKeyRecord) -> StoreResult<()> {
-    let values: Params<'_> = &[&k.kid, &k.purpose, &k.public_key_der, &k.sealed_key, &k.created_at, &k.not_after];
-    exec(c, m::INSERT_KEY, values).await.map(drop).map_err(m::conflict_on(|| format!("signing key {}", k.kid)))
+    let values: Params<'_> = &[
+        &k.kid,
+        &k.purpose,
+        &k.public_key_der,
+        &k.sealed_key,
+        &k.created_at,
+        &k.not_after,
+    ];
+    exec(c, m::INSERT_KEY, values)
+        .await
+        .map(drop)
+        .map_err(m::conflict_on(|| format!("signing key {}", k.kid)))
 }
 
 async fn insert_audit(c: &impl GenericClient, a: &AuditRecord) -> StoreResult<()> {
-    exec(c, m::INSERT_AUDIT, &[&a.at, &a.actor, &a.action, &a.target, &a.outcome, &a.reason]).await.map(drop)
+    exec(
+        c,
+        m::INSERT_AUDIT,
+        &[&a.at, &a.actor, &a.action, &a.target, &a.outcome, &a.reason],
+    )
+    .await
+    .map(drop)
 }
 
 fn bind(values: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
@@ -297,7 +418,12 @@ async fn all<T>(
     decode: impl Fn(&dyn m::Row) -> StoreResult<T> + Send,
 ) -> StoreResult<Vec<T>> {
     let stmt = c.prepare_cached(sql).await.map_err(pg_err)?;
-    c.query(&stmt, values).await.map_err(pg_err)?.iter().map(|r| decode(r)).collect()
+    c.query(&stmt, values)
+        .await
+        .map_err(pg_err)?
+        .iter()
+        .map(|r| decode(r))
+        .collect()
 }
 
 impl m::Row for tokio_postgres::Row {
@@ -332,7 +458,9 @@ fn decode_err(e: tokio_postgres::Error) -> StoreError {
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
         if *db.code() == SqlState::UNIQUE_VIOLATION {
-            return StoreError::Conflict { what: db.constraint().unwrap_or("row").to_string() };
+            return StoreError::Conflict {
+                what: db.constraint().unwrap_or("row").to_string(),
+            };
         }
         // Connection exceptions, insufficient resources, operator intervention.
         return match db.code().code().get(..2) {
@@ -341,5 +469,9 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
         };
     }
     let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
-    if e.is_closed() || io { StoreError::Unavailable(e.to_string()) } else { StoreError::Backend(e.to_string()) }
+    if e.is_closed() || io {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Backend(e.to_string())
+    }
 }

@@ -10,12 +10,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior, params, params_from_iter};
+use rusqlite::{
+    Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior, params, params_from_iter,
+};
 
 use super::migrations::{self as m, Param};
 use super::{
-    AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, DenyRecord, RevokeOutcome, RevokedEntry,
-    SigningKeyRecord, Store, StoreError, StoreResult,
+    AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, DenyRecord, RevokeOutcome,
+    RevokedEntry, SigningKeyRecord, Store, StoreError, StoreResult,
 };
 
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -31,19 +33,24 @@ impl SqliteStore {
         let conn = tokio::task::spawn_blocking(move || {
             create_private(&path)?;
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-            let conn = Connection::open_with_flags(&path, flags)
-                .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+            let conn = Connection::open_with_flags(&path, flags).map_err(|e| {
+                StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
+            })?;
             prepare(conn, "wal")
         })
         .await
         .map_err(join_err)??;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     /// A private in-memory database, for unit tests.
     pub fn open_in_memory() -> StoreResult<Self> {
         let conn = Connection::open_in_memory().map_err(sql_err)?;
-        Ok(Self { conn: Arc::new(Mutex::new(prepare(conn, "memory")?)) })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(prepare(conn, "memory")?)),
+        })
     }
 
     /// Runs `f` on the connection on the blocking pool.
@@ -53,7 +60,9 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
         let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || f(&mut conn.lock())).await.map_err(join_err)?
+        tokio::task::spawn_blocking(move || f(&mut conn.lock()))
+            .await
+            .map_err(join_err)?
     }
 
     /// Runs `f` in one `IMMEDIATE` transaction, committed when it returns `Ok`.
@@ -63,7 +72,9 @@ impl SqliteStore {
         F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
     {
         self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_err)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql_err)?;
             let out = f(&tx)?;
             tx.commit().map_err(sql_err)?;
             Ok(out)
@@ -75,25 +86,32 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
-        self.run(|c| c.query_row(m::PING, [], |_| Ok(())).map_err(sql_err)).await
+        self.run(|c| c.query_row(m::PING, [], |_| Ok(())).map_err(sql_err))
+            .await
     }
 
     async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
         let key = key.to_string();
-        self.run(move |c| one(c, m::SELECT_SETTING, params![key], |r| r.text(0))).await
+        self.run(move |c| one(c, m::SELECT_SETTING, params![key], |r| r.text(0)))
+            .await
     }
 
     async fn init_setting(&self, key: &str, value: &str) -> StoreResult<String> {
         let (key, value) = (key.to_string(), value.to_string());
         self.write(move |tx| {
             exec(tx, m::INSERT_SETTING, params![key, value])?;
-            one(tx, m::SELECT_SETTING, params![key], |r| r.text(0))?
-                .ok_or_else(|| StoreError::Backend(format!("setting {key:?} vanished after insert")))
+            one(tx, m::SELECT_SETTING, params![key], |r| r.text(0))?.ok_or_else(|| {
+                StoreError::Backend(format!("setting {key:?} vanished after insert"))
+            })
         })
         .await
     }
 
-    async fn init_hierarchy(&self, cas: &[CaRecord], keys: &[SigningKeyRecord]) -> StoreResult<bool> {
+    async fn init_hierarchy(
+        &self,
+        cas: &[CaRecord],
+        keys: &[SigningKeyRecord],
+    ) -> StoreResult<bool> {
         let (cas, keys) = (cas.to_vec(), keys.to_vec());
         self.write(move |tx| {
             if count(tx, m::COUNT_ROOTS, params![])? > 0 {
@@ -118,7 +136,8 @@ impl Store for SqliteStore {
     }
 
     async fn cas(&self) -> StoreResult<Vec<CaRecord>> {
-        self.run(|c| all(c, m::SELECT_CAS, params![], m::ca_from_row)).await
+        self.run(|c| all(c, m::SELECT_CAS, params![], m::ca_from_row))
+            .await
     }
 
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<()> {
@@ -127,7 +146,8 @@ impl Store for SqliteStore {
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
-        self.run(|c| all(c, m::SELECT_KEYS, params![], m::key_from_row)).await
+        self.run(|c| all(c, m::SELECT_KEYS, params![], m::key_from_row))
+            .await
     }
 
     async fn record_issuance(&self, cert: &CertRecord, audit: &AuditRecord) -> StoreResult<()> {
@@ -138,11 +158,21 @@ impl Store for SqliteStore {
                 tx,
                 m::INSERT_CERT,
                 params![
-                    c.serial, c.spiffe_id, c.issuer_id, c.fingerprint, c.not_before, c.not_after, status, c.revoked_at,
-                    c.revocation_reason, c.cert_der
+                    c.serial,
+                    c.spiffe_id,
+                    c.issuer_id,
+                    c.fingerprint,
+                    c.not_before,
+                    c.not_after,
+                    status,
+                    c.revoked_at,
+                    c.revocation_reason,
+                    c.cert_der
                 ],
             )
-            .map_err(m::conflict_on(|| format!("certificate serial {}", c.serial)))?;
+            .map_err(m::conflict_on(|| {
+                format!("certificate serial {}", c.serial)
+            }))?;
             insert_audit(tx, &audit)
         })
         .await
@@ -150,19 +180,35 @@ impl Store for SqliteStore {
 
     async fn certificate(&self, serial: &str) -> StoreResult<Option<CertRecord>> {
         let serial = serial.to_string();
-        self.run(move |c| one(c, m::SELECT_CERT, params![serial], m::cert_from_row)).await
+        self.run(move |c| one(c, m::SELECT_CERT, params![serial], m::cert_from_row))
+            .await
     }
 
     async fn certificates(&self, filter: &CertFilter) -> StoreResult<Vec<CertRecord>> {
         let (sql, values) = m::certificates_query(filter);
-        self.run(move |c| all(c, &sql, params_from_iter(values.iter().map(sql_value)), m::cert_from_row)).await
+        self.run(move |c| {
+            all(
+                c,
+                &sql,
+                params_from_iter(values.iter().map(sql_value)),
+                m::cert_from_row,
+            )
+        })
+        .await
     }
 
     async fn active_certificate_count(&self, now: i64) -> StoreResult<u64> {
-        self.run(move |c| count(c, m::COUNT_ACTIVE, params![now])).await
+        self.run(move |c| count(c, m::COUNT_ACTIVE, params![now]))
+            .await
     }
 
-    async fn revoke(&self, serial: &str, reason: &str, at: i64, audit: &AuditRecord) -> StoreResult<RevokeOutcome> {
+    async fn revoke(
+        &self,
+        serial: &str,
+        reason: &str,
+        at: i64,
+        audit: &AuditRecord,
+    ) -> StoreResult<RevokeOutcome> {
         let (serial, reason, audit) = (serial.to_string(), reason.to_string(), audit.clone());
         self.write(move |tx| {
             if exec(tx, m::REVOKE_ONE, params![serial, at, reason])? == 1 {
@@ -179,15 +225,37 @@ impl Store for SqliteStore {
 
     async fn revoked_unexpired(&self, issuer_id: &str, now: i64) -> StoreResult<Vec<RevokedEntry>> {
         let issuer_id = issuer_id.to_string();
-        self.run(move |c| all(c, m::SELECT_REVOKED, params![issuer_id, now], m::revoked_from_row)).await
+        self.run(move |c| {
+            all(
+                c,
+                m::SELECT_REVOKED,
+                params![issuer_id, now],
+                m::revoked_from_row,
+            )
+        })
+        .await
     }
 
-    async fn deny(&self, entry: &DenyRecord, now: i64, audit: &AuditRecord) -> StoreResult<Vec<String>> {
+    async fn deny(
+        &self,
+        entry: &DenyRecord,
+        now: i64,
+        audit: &AuditRecord,
+    ) -> StoreResult<Vec<String>> {
         let (e, audit) = (entry.clone(), audit.clone());
         self.write(move |tx| {
-            exec(tx, m::UPSERT_DENY, params![e.spiffe_id, e.reason, e.denied_at, e.denied_by])?;
+            exec(
+                tx,
+                m::UPSERT_DENY,
+                params![e.spiffe_id, e.reason, e.denied_at, e.denied_by],
+            )?;
             let reason = m::deny_revocation_reason(&e.reason);
-            let mut serials = all(tx, m::REVOKE_IDENTITY, params![e.spiffe_id, now, reason], |r| r.text(0))?;
+            let mut serials = all(
+                tx,
+                m::REVOKE_IDENTITY,
+                params![e.spiffe_id, now, reason],
+                |r| r.text(0),
+            )?;
             serials.sort();
             insert_audit(tx, &audit)?;
             Ok(serials)
@@ -207,16 +275,19 @@ impl Store for SqliteStore {
 
     async fn denied(&self, spiffe_id: &str) -> StoreResult<Option<DenyRecord>> {
         let spiffe_id = spiffe_id.to_string();
-        self.run(move |c| one(c, m::SELECT_DENY, params![spiffe_id], m::deny_from_row)).await
+        self.run(move |c| one(c, m::SELECT_DENY, params![spiffe_id], m::deny_from_row))
+            .await
     }
 
     async fn deny_list(&self) -> StoreResult<Vec<DenyRecord>> {
-        self.run(|c| all(c, m::SELECT_DENY_LIST, params![], m::deny_from_row)).await
+        self.run(|c| all(c, m::SELECT_DENY_LIST, params![], m::deny_from_row))
+            .await
     }
 
     async fn consume_token_id(&self, jti: &str, expires_at: i64) -> StoreResult<bool> {
         let jti = jti.to_string();
-        self.run(move |c| Ok(exec(c, m::INSERT_TOKEN, params![jti, expires_at])? == 1)).await
+        self.run(move |c| Ok(exec(c, m::INSERT_TOKEN, params![jti, expires_at])? == 1))
+            .await
     }
 
     async fn purge_expired(&self, now: i64, grace: i64) -> StoreResult<u64> {
@@ -235,8 +306,16 @@ impl Store for SqliteStore {
 
     async fn audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
         let (sql, values) = m::audit_query(filter);
-        let mut records =
-            self.run(move |c| all(c, &sql, params_from_iter(values.iter().map(sql_value)), m::audit_from_row)).await?;
+        let mut records = self
+            .run(move |c| {
+                all(
+                    c,
+                    &sql,
+                    params_from_iter(values.iter().map(sql_value)),
+                    m::audit_from_row,
+                )
+            })
+            .await?;
         records.reverse();
         Ok(records)
     }
@@ -246,31 +325,48 @@ impl Store for SqliteStore {
 /// gives its `-wal` and `-shm` files the same mode.
 fn create_private(path: &Path) -> StoreResult<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(StoreError::Unavailable(format!("cannot create {}: {e}", path.display()))),
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "cannot create {}: {e}",
+            path.display()
+        ))),
     }
 }
 
 /// Sets the pragmas and migrates; `journal` is the journal mode expected back.
 fn prepare(mut conn: Connection, journal: &str) -> StoreResult<Connection> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sql_err)?;
-    let mode: String =
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).map_err(sql_err)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(sql_err)?;
     if !mode.eq_ignore_ascii_case(journal) {
-        return Err(StoreError::Backend(format!("journal_mode is {mode:?}, expected {journal:?}")));
+        return Err(StoreError::Backend(format!(
+            "journal_mode is {mode:?}, expected {journal:?}"
+        )));
     }
-    conn.pragma_update(None, "synchronous", "FULL").map_err(sql_err)?;
-    conn.pragma_update(None, "foreign_keys", "ON").map_err(sql_err)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(sql_err)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(sql_err)?;
     migrate(&mut conn)?;
     Ok(conn)
 }
 
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_err)?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_err)?;
     tx.execute_batch(m::CREATE_VERSION_TABLE).map_err(sql_err)?;
-    let found: i64 = tx.query_row(m::SELECT_VERSION, [], |r| r.get(0)).map_err(sql_err)?;
+    let found: i64 = tx
+        .query_row(m::SELECT_VERSION, [], |r| r.get(0))
+        .map_err(sql_err)?;
     let mut version = found;
     for migration in m::pending(found)? {
         tx.execute_batch(migration.sqlite).map_err(sql_err)?;
@@ -288,22 +384,47 @@ fn insert_ca(tx: &Connection, ca: &CaRecord) -> StoreResult<()> {
         tx,
         m::INSERT_CA,
         params![
-            ca.id, ca.role.as_str(), ca.common_name, ca.cert_der, ca.sealed_key, ca.not_before, ca.not_after, ca.active,
+            ca.id,
+            ca.role.as_str(),
+            ca.common_name,
+            ca.cert_der,
+            ca.sealed_key,
+            ca.not_before,
+            ca.not_after,
+            ca.active,
             ca.created_at
         ],
     )
     .map(drop)
-    .map_err(m::conflict_on(|| format!("CA {} (or a second active {} CA)", ca.id, ca.role.as_str())))
+    .map_err(m::conflict_on(|| {
+        format!("CA {} (or a second active {} CA)", ca.id, ca.role.as_str())
+    }))
 }
 
 fn insert_key(tx: &Connection, k: &SigningKeyRecord) -> StoreResult<()> {
-    exec(tx, m::INSERT_KEY, params![k.kid, k.purpose, k.public_key_der, k.sealed_key, k.created_at, k.not_after])
-        .map(drop)
-        .map_err(m::conflict_on(|| format!("signing key {}", k.kid)))
+    exec(
+        tx,
+        m::INSERT_KEY,
+        params![
+            k.kid,
+            k.purpose,
+            k.public_key_der,
+            k.sealed_key,
+            k.created_at,
+            k.not_after
+        ],
+    )
+    .map(drop)
+    .map_err(m::conflict_on(|| format!("signing key {}", k.kid)))
 }
 
 fn insert_audit(c: &Connection, a: &AuditRecord) -> StoreResult<()> {
-    exec(c, m::INSERT_AUDIT, params![a.at, a.actor, a.action, a.target, a.outcome, a.reason]).map(drop)
+    exec(
+        c,
+        m::INSERT_AUDIT,
+        params![a.at, a.actor, a.action, a.target, a.outcome, a.reason],
+    )
+    .map(drop)
 }
 
 /// The shared SQL with `$N` placeholders rewritten to SQLite's `?N`.
@@ -312,7 +433,10 @@ fn positional(sql: &str) -> String {
 }
 
 fn exec(c: &Connection, sql: &str, p: impl rusqlite::Params) -> StoreResult<u64> {
-    let n = c.prepare_cached(&positional(sql)).and_then(|mut s| s.execute(p)).map_err(sql_err)?;
+    let n = c
+        .prepare_cached(&positional(sql))
+        .and_then(|mut s| s.execute(p))
+        .map_err(sql_err)?;
     Ok(n as u64)
 }
 
@@ -384,10 +508,13 @@ fn sql_err(e: rusqlite::Error) -> StoreError {
             ErrorCode::ConstraintViolation
                 if matches!(
                     f.extended_code,
-                    rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY | rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                        | rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
                 ) =>
             {
-                StoreError::Conflict { what: e.to_string() }
+                StoreError::Conflict {
+                    what: e.to_string(),
+                }
             }
             ErrorCode::DatabaseBusy
             | ErrorCode::DatabaseLocked
@@ -395,12 +522,14 @@ fn sql_err(e: rusqlite::Error) -> StoreError {
             | ErrorCode::DiskFull
             | ErrorCode::SystemIoFailure
             | ErrorCode::ReadOnly => StoreError::Unavailable(e.to_string()),
-            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => StoreError::Corrupt(e.to_string()),
+            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
+                StoreError::Corrupt(e.to_string())
+            }
             _ => StoreError::Backend(e.to_string()),
         },
-        E::FromSqlConversionFailure(..) | E::InvalidColumnType(..) | E::IntegralValueOutOfRange(..) => {
-            StoreError::Corrupt(e.to_string())
-        }
+        E::FromSqlConversionFailure(..)
+        | E::InvalidColumnType(..)
+        | E::IntegralValueOutOfRange(..) => StoreError::Corrupt(e.to_string()),
         _ => StoreError::Backend(e.to_string()),
     }
 }

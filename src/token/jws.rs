@@ -237,10 +237,12 @@ pub fn verify_es256(token: &str, keys: &[VerifyingKey]) -> Result<Value, TokenEr
     let sig = B64
         .decode(sig_b64)
         .map_err(|_| TokenError::Base64 { part: "signature" })?;
-    let signing_input_len = header_b64.len() + 1 + payload_b64.len();
-    let signing_input = &token.as_bytes()[..signing_input_len];
+    // "header.payload": everything before the last dot (there are exactly two).
+    let (signing_input, _) = token
+        .rsplit_once('.')
+        .ok_or(TokenError::Segments { count: parts.len() })?;
     signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, &key.point)
-        .verify(signing_input, &sig)
+        .verify(signing_input.as_bytes(), &sig)
         .map_err(|_| TokenError::BadSignature)?;
     Ok(Value::Object(decode_object(payload_b64, "payload")?))
 }

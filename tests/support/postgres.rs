@@ -62,7 +62,12 @@ pub async fn fresh_database() -> String {
     let admin = server.url("postgres");
     let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
         .await
-        .unwrap_or_else(|e| panic!("cannot connect to the test server at {admin}: {e}\n{}", server.log()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to the test server at {admin}: {e}\n{}",
+                server.log()
+            )
+        });
     let task = tokio::spawn(connection);
     client
         .batch_execute(&format!("CREATE DATABASE {name}"))
@@ -85,7 +90,10 @@ pub fn server() -> &'static Server {
 impl Server {
     /// The URL of database `db` over the Unix socket.
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@/{db}?host={}", self.socket_dir.display())
+        format!(
+            "postgres://postgres@/{db}?host={}",
+            self.socket_dir.display()
+        )
     }
 
     /// What the server printed so far (for failure messages).
@@ -100,7 +108,11 @@ impl Server {
             .tempdir()
             .map_err(|e| format!("cannot create a temp directory: {e}"))?
             .keep();
-        let owner = if running_as_root()? { Some(unprivileged_user()?) } else { None };
+        let owner = if running_as_root()? {
+            Some(unprivileged_user()?)
+        } else {
+            None
+        };
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
                 .map_err(|e| format!("cannot chown {} to {USER}: {e}", dir.display()))?;
@@ -121,11 +133,18 @@ impl Server {
         let (ready_tx, ready_rx) = mpsc::channel();
         let sink = Arc::clone(&log);
         std::thread::spawn(move || drain(BufReader::new(stderr), &sink, &ready_tx));
-        let server = Server { socket_dir: dir, _keepalive: Mutex::new((child, stdin)), log };
+        let server = Server {
+            socket_dir: dir,
+            _keepalive: Mutex::new((child, stdin)),
+            log,
+        };
         match ready_rx.recv_timeout(START_TIMEOUT) {
             Ok(true) => Ok(server),
             Ok(false) => Err(format!("initdb or postgres failed:\n{}", server.log())),
-            Err(_) => Err(format!("postgres not ready after {START_TIMEOUT:?}:\n{}", server.log())),
+            Err(_) => Err(format!(
+                "postgres not ready after {START_TIMEOUT:?}:\n{}",
+                server.log()
+            )),
         }
     }
 }
@@ -136,10 +155,10 @@ fn drain(stderr: impl BufRead, log: &Mutex<String>, ready: &mpsc::Sender<bool>) 
     const KEEP: usize = 64 * 1024;
     for line in stderr.lines() {
         let Ok(line) = line else { break };
-        if let Ok(mut log) = log.lock() {
-            if log.len() < KEEP {
-                let _ = writeln!(log, "{line}");
-            }
+        if let Ok(mut log) = log.lock()
+            && log.len() < KEEP
+        {
+            let _ = writeln!(log, "{line}");
         }
         if line.contains(READY) {
             let _ = ready.send(true);
@@ -153,14 +172,20 @@ fn drain(stderr: impl BufRead, log: &Mutex<String>, ready: &mpsc::Sender<bool>) 
 /// The newest `/usr/lib/postgresql/<ver>/bin` with `initdb` and `postgres`.
 fn bin_dir() -> Result<PathBuf, String> {
     let root = Path::new("/usr/lib/postgresql");
-    let missing = || format!("PostgreSQL server binaries not found in {}/<version>/bin; {SETUP_HINT}", root.display());
+    let missing = || {
+        format!(
+            "PostgreSQL server binaries not found in {}/<version>/bin; {SETUP_HINT}",
+            root.display()
+        )
+    };
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(root)
         .map_err(|_| missing())?
         .filter_map(|entry| {
             let entry = entry.ok()?;
             let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
             let bin = entry.path().join("bin");
-            (bin.join("initdb").is_file() && bin.join("postgres").is_file()).then_some((version, bin))
+            (bin.join("initdb").is_file() && bin.join("postgres").is_file())
+                .then_some((version, bin))
         })
         .collect();
     versions.sort();
@@ -168,14 +193,20 @@ fn bin_dir() -> Result<PathBuf, String> {
 }
 
 fn running_as_root() -> Result<bool, String> {
-    let out = Command::new("id").arg("-u").output().map_err(|e| format!("cannot run id: {e}"))?;
+    let out = Command::new("id")
+        .arg("-u")
+        .output()
+        .map_err(|e| format!("cannot run id: {e}"))?;
     Ok(String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
 /// The uid and gid of `trustmesh-test`.
 fn unprivileged_user() -> Result<(u32, u32), String> {
     let id = |flag: &str| -> Result<u32, String> {
-        let out = Command::new("id").args([flag, USER]).output().map_err(|e| format!("cannot run id: {e}"))?;
+        let out = Command::new("id")
+            .args([flag, USER])
+            .output()
+            .map_err(|e| format!("cannot run id: {e}"))?;
         let text = String::from_utf8_lossy(&out.stdout);
         text.trim()
             .parse()
@@ -190,11 +221,17 @@ fn as_owner(owner: Option<(u32, u32)>, program: &Path) -> Command {
     let mut cmd = match owner {
         Some((uid, gid)) => {
             let mut cmd = Command::new("setpriv");
-            cmd.arg(format!("--reuid={uid}")).arg(format!("--regid={gid}")).arg("--clear-groups").arg(program);
+            cmd.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={gid}"))
+                .arg("--clear-groups")
+                .arg(program);
             cmd
         }
         None => Command::new(program),
     };
-    cmd.env_clear().env("PATH", "/usr/bin:/bin").env("LC_ALL", "C").current_dir("/");
+    cmd.env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("LC_ALL", "C")
+        .current_dir("/");
     cmd
 }
