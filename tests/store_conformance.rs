@@ -129,7 +129,7 @@ async fn init_hierarchy_once(s: Arc<dyn Store>) {
 }
 
 async fn init_hierarchy_race(s: Arc<dyn Store>) {
-    let results = join_all(["a", "b", "c", "d"].map(|prefix| {
+    let results = join_all(["a", "b", "c", "d", "e", "f", "g", "h"].map(|prefix| {
         let s = s.clone();
         async move {
             (
@@ -996,4 +996,24 @@ fn deny_record(spiffe_id: &str, reason: &str, at: i64) -> DenyRecord {
         denied_at: at,
         denied_by: "admin".into(),
     }
+}
+
+#[tokio::test]
+async fn zz_measure_sqlite_rate() {
+    let (s, _dir) = sqlite_store().await;
+    seed(&s).await;
+    let t = std::time::Instant::now();
+    for i in 0..300 {
+        let c = cert(&format!("{i:04x}"), "spiffe://example.org/m", "a-services", NOW, NOW + 60);
+        s.record_issuance(&c, &audit("issue", "x", NOW)).await.unwrap();
+    }
+    let e = t.elapsed();
+    eprintln!("sequential: 300 issuances in {e:?} = {:.0}/s", 300.0 / e.as_secs_f64());
+    let t = std::time::Instant::now();
+    join_all((0..300).map(|i| { let s = s.clone(); async move {
+        let c = cert(&format!("c{i:04x}"), "spiffe://example.org/m", "a-services", NOW, NOW + 60);
+        s.record_issuance(&c, &audit("issue", "x", NOW)).await.unwrap();
+    }})).await;
+    let e = t.elapsed();
+    eprintln!("concurrent: 300 issuances in {e:?} = {:.0}/s", 300.0 / e.as_secs_f64());
 }

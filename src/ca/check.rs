@@ -15,6 +15,7 @@ use crate::domain::{Serial, SpiffeId, TrustDomain};
 use super::cert::{
     authority_key_id, parse, subject_key_id, uri_sans, verify_chain, verify_issued_by,
 };
+use super::error::rfc3339;
 use super::{CaCertificate, CaError, Signer};
 
 /// What a leaf (X.509-SVID or server certificate) must contain.
@@ -190,13 +191,20 @@ fn common(
     );
     if nb != not_before || na != not_after {
         return Err(format!(
-            "validity is {nb} .. {na}, expected {not_before} .. {not_after}"
+            "validity is {} .. {}, expected {} .. {}",
+            rfc3339(&nb),
+            rfc3339(&na),
+            rfc3339(&not_before),
+            rfc3339(&not_after)
         ));
     }
     if nb < issuer.not_before || na > issuer.not_after {
         return Err(format!(
-            "validity {nb} .. {na} is not inside the issuer's {} .. {}",
-            issuer.not_before, issuer.not_after
+            "validity {} .. {} is not inside the issuer's {} .. {}",
+            rfc3339(&nb),
+            rfc3339(&na),
+            rfc3339(&issuer.not_before),
+            rfc3339(&issuer.not_after)
         ));
     }
     Ok(())

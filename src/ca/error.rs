@@ -5,6 +5,7 @@
 //! or a key byte never reaches a `format!` here.
 
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::domain::DomainError;
 
@@ -89,12 +90,12 @@ pub enum CaError {
     SerialTooShort { serial: String, bits: usize },
     #[error("lifetime must be positive, got {seconds} s")]
     Lifetime { seconds: i64 },
-    #[error("issuer {subject:?} expired at {not_after}")]
+    #[error("issuer {subject:?} expired at {}", rfc3339(.not_after))]
     IssuerExpired {
         subject: String,
         not_after: OffsetDateTime,
     },
-    #[error("time {value} cannot be written into a certificate")]
+    #[error("time {} cannot be written into a certificate", rfc3339(.value))]
     Time { value: OffsetDateTime },
     #[error("signing failed: {reason}")]
     Signing { reason: String },
@@ -127,4 +128,10 @@ impl CaError {
             reason: reason.into(),
         }
     }
+}
+
+/// An instant as RFC 3339 (`2025-01-01T00:00:00Z`), for messages.
+pub(crate) fn rfc3339(t: &OffsetDateTime) -> String {
+    t.format(&Rfc3339)
+        .unwrap_or_else(|_| format!("unix {}", t.unix_timestamp()))
 }

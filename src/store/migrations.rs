@@ -100,7 +100,6 @@ macro_rules! schema_v1 {
 }
 use schema_v1;
 
-
 /// One statement and the values bound to `$1`, `$2`, ….
 pub(super) struct Stmt {
     pub sql: Cow<'static, str>,
@@ -126,7 +125,9 @@ impl Stmt {
     /// the colliding record.
     pub(super) fn error(&self, e: StoreError) -> StoreError {
         match (e, &self.conflict) {
-            (StoreError::Conflict { .. }, Some(what)) => StoreError::Conflict { what: what.clone() },
+            (StoreError::Conflict { .. }, Some(what)) => {
+                StoreError::Conflict { what: what.clone() }
+            }
             (e, _) => e,
         }
     }
@@ -153,7 +154,11 @@ pub(super) fn select_setting(key: &str) -> Stmt {
 }
 
 pub(super) fn insert_setting(key: &str, value: &str) -> Stmt {
-    stmt!("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", key, value)
+    stmt!(
+        "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        key,
+        value
+    )
 }
 
 pub(super) fn count_roots() -> Stmt {
@@ -170,8 +175,19 @@ pub(super) fn insert_ca(ca: &CaRecord) -> Stmt {
     let sql = "INSERT INTO cas (id, role, common_name, cert_der, sealed_key, not_before, not_after, \
                active, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
     let (id, role) = (&ca.id, ca.role.as_str());
-    stmt!(sql, id, role, &ca.common_name, &ca.cert_der, &ca.sealed_key, ca.not_before, ca.not_after, ca.active, ca.created_at)
-        .on_conflict(format!("CA {id} (or a second active {role} CA)"))
+    stmt!(
+        sql,
+        id,
+        role,
+        &ca.common_name,
+        &ca.cert_der,
+        &ca.sealed_key,
+        ca.not_before,
+        ca.not_after,
+        ca.active,
+        ca.created_at
+    )
+    .on_conflict(format!("CA {id} (or a second active {role} CA)"))
 }
 
 pub(super) fn select_cas() -> Stmt {
@@ -181,8 +197,16 @@ pub(super) fn select_cas() -> Stmt {
 pub(super) fn insert_key(k: &SigningKeyRecord) -> Stmt {
     let sql = "INSERT INTO signing_keys (kid, purpose, public_key_der, sealed_key, created_at, not_after) \
                VALUES ($1, $2, $3, $4, $5, $6)";
-    stmt!(sql, &k.kid, &k.purpose, &k.public_key_der, &k.sealed_key, k.created_at, k.not_after)
-        .on_conflict(format!("signing key {}", k.kid))
+    stmt!(
+        sql,
+        &k.kid,
+        &k.purpose,
+        &k.public_key_der,
+        &k.sealed_key,
+        k.created_at,
+        k.not_after
+    )
+    .on_conflict(format!("signing key {}", k.kid))
 }
 
 pub(super) fn select_keys() -> Stmt {
@@ -193,8 +217,20 @@ pub(super) fn insert_cert(c: &CertRecord) -> Stmt {
     let sql = "INSERT INTO certificates (serial, spiffe_id, issuer_id, fingerprint, not_before, not_after, \
                status, revoked_at, revocation_reason, cert_der) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
     let status = status_str(c.status);
-    stmt!(sql, &c.serial, &c.spiffe_id, &c.issuer_id, &c.fingerprint, c.not_before, c.not_after, status, c.revoked_at, &c.revocation_reason, &c.cert_der)
-        .on_conflict(format!("certificate serial {}", c.serial))
+    stmt!(
+        sql,
+        &c.serial,
+        &c.spiffe_id,
+        &c.issuer_id,
+        &c.fingerprint,
+        c.not_before,
+        c.not_after,
+        status,
+        c.revoked_at,
+        &c.revocation_reason,
+        &c.cert_der
+    )
+    .on_conflict(format!("certificate serial {}", c.serial))
 }
 
 pub(super) fn select_cert(serial: &str) -> Stmt {
@@ -202,7 +238,10 @@ pub(super) fn select_cert(serial: &str) -> Stmt {
 }
 
 pub(super) fn count_active(now: i64) -> Stmt {
-    stmt!("SELECT COUNT(*) AS n FROM certificates WHERE status = 'active' AND not_after > $1", now)
+    stmt!(
+        "SELECT COUNT(*) AS n FROM certificates WHERE status = 'active' AND not_after > $1",
+        now
+    )
 }
 
 /// Revokes one active certificate: one row changed, or none.
@@ -213,7 +252,10 @@ pub(super) fn revoke_one(serial: &str, reason: &str, at: i64) -> Stmt {
 }
 
 pub(super) fn count_cert(serial: &str) -> Stmt {
-    stmt!("SELECT COUNT(*) AS n FROM certificates WHERE serial = $1", serial)
+    stmt!(
+        "SELECT COUNT(*) AS n FROM certificates WHERE serial = $1",
+        serial
+    )
 }
 
 pub(super) fn select_revoked(issuer_id: &str, now: i64) -> Stmt {
@@ -229,7 +271,11 @@ pub(super) fn revoke_identity(e: &DenyRecord, now: i64) -> Stmt {
     let sql = "UPDATE certificates SET status = 'revoked', revoked_at = $2, revocation_reason = $3 \
                WHERE spiffe_id = $1 AND status = 'active' AND not_after > $2 RETURNING serial";
     let given = e.reason.as_str();
-    let reason = if RFC5280_REASONS.contains(&given) { given } else { "cessationOfOperation" };
+    let reason = if RFC5280_REASONS.contains(&given) {
+        given
+    } else {
+        "cessationOfOperation"
+    };
     stmt!(sql, &e.spiffe_id, now, reason)
 }
 
@@ -247,7 +293,10 @@ const RFC5280_REASONS: [&str; 10] = [
 ];
 
 pub(super) fn purge_certs(not_after_before: i64) -> Stmt {
-    stmt!("DELETE FROM certificates WHERE not_after <= $1", not_after_before)
+    stmt!(
+        "DELETE FROM certificates WHERE not_after <= $1",
+        not_after_before
+    )
 }
 
 /// Adds a deny-list entry, or updates only the reason of an existing one.
@@ -271,7 +320,8 @@ pub(super) fn select_deny_list() -> Stmt {
 
 /// Changes one row when `jti` is new, none when it was used (a replay).
 pub(super) fn insert_token(jti: &str, expires_at: i64) -> Stmt {
-    let sql = "INSERT INTO used_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING";
+    let sql =
+        "INSERT INTO used_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING";
     stmt!(sql, jti, expires_at)
 }
 
@@ -282,7 +332,9 @@ pub(super) fn purge_tokens(now: i64) -> Stmt {
 /// The store assigns the id.
 pub(super) fn insert_audit(a: &AuditRecord) -> Stmt {
     let sql = "INSERT INTO audit (at, actor, action, target, outcome, reason) VALUES ($1, $2, $3, $4, $5, $6)";
-    stmt!(sql, a.at, &a.actor, &a.action, &a.target, &a.outcome, &a.reason)
+    stmt!(
+        sql, a.at, &a.actor, &a.action, &a.target, &a.outcome, &a.reason
+    )
 }
 
 /// Newest `not_before` first.
@@ -314,16 +366,27 @@ struct Filtered(Stmt);
 
 impl Filtered {
     fn new(select: &str) -> Self {
-        Self(Stmt { sql: Cow::Owned(select.to_string()), params: Vec::new(), conflict: None })
+        Self(Stmt {
+            sql: Cow::Owned(select.to_string()),
+            params: Vec::new(),
+            conflict: None,
+        })
     }
 
     /// Adds `AND <condition> $n` when `value` is given.
     fn and<T: Into<Param>>(&mut self, condition: &str, value: Option<T>) {
         let Some(value) = value else { return };
         self.0.params.push(value.into());
-        let keyword = if self.0.params.len() == 1 { "WHERE" } else { "AND" };
+        let keyword = if self.0.params.len() == 1 {
+            "WHERE"
+        } else {
+            "AND"
+        };
         let n = self.0.params.len();
-        self.0.sql.to_mut().push_str(&format!(" {keyword} {condition} ${n}"));
+        self.0
+            .sql
+            .to_mut()
+            .push_str(&format!(" {keyword} {condition} ${n}"));
     }
 
     fn finish(mut self, order: &str, limit: Option<u32>) -> Stmt {

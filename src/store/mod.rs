@@ -284,11 +284,43 @@ trait Row {
     fn boolean(&self, col: &str) -> StoreResult<bool>;
 }
 
+/// Implements [`Row`] for a backend's row type with its `get` method and
+/// error mapping.
+macro_rules! impl_row {
+    ($row:ty, $get:ident, $err:expr) => {
+        impl super::Row for $row {
+            fn int(&self, col: &str) -> StoreResult<i64> {
+                self.$get(col).map_err($err)
+            }
+            fn opt_int(&self, col: &str) -> StoreResult<Option<i64>> {
+                self.$get(col).map_err($err)
+            }
+            fn text(&self, col: &str) -> StoreResult<String> {
+                self.$get(col).map_err($err)
+            }
+            fn opt_text(&self, col: &str) -> StoreResult<Option<String>> {
+                self.$get(col).map_err($err)
+            }
+            fn bytes(&self, col: &str) -> StoreResult<Vec<u8>> {
+                self.$get(col).map_err($err)
+            }
+            fn opt_bytes(&self, col: &str) -> StoreResult<Option<Vec<u8>>> {
+                self.$get(col).map_err($err)
+            }
+            fn boolean(&self, col: &str) -> StoreResult<bool> {
+                self.$get(col).map_err($err)
+            }
+        }
+    };
+}
+use impl_row;
+
 fn ca_from_row(r: &dyn Row) -> StoreResult<CaRecord> {
     let role = r.text("role")?;
+    let unknown = || StoreError::Corrupt(format!("unknown CA role {role:?}"));
     Ok(CaRecord {
         id: r.text("id")?,
-        role: CaRole::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("unknown CA role {role:?}")))?,
+        role: CaRole::parse(&role).ok_or_else(unknown)?,
         common_name: r.text("common_name")?,
         cert_der: r.bytes("cert_der")?,
         sealed_key: r.opt_bytes("sealed_key")?,
@@ -314,7 +346,7 @@ fn cert_from_row(r: &dyn Row) -> StoreResult<CertRecord> {
     let status = match r.text("status")?.as_str() {
         "active" => CertStatus::Active,
         "revoked" => CertStatus::Revoked,
-        other => return Err(StoreError::Corrupt(format!("unknown certificate status {other:?}"))),
+        other => return Err(StoreError::Corrupt(format!("unknown status {other:?}"))),
     };
     Ok(CertRecord {
         serial: r.text("serial")?,

@@ -3,24 +3,24 @@
 //! One connection behind a `parking_lot::Mutex`; every call runs on tokio's
 //! blocking pool. WAL with `synchronous=FULL`, so a call that returned `Ok`
 //! has reached the disk. Write transactions start `IMMEDIATE`, so they never
-//! fail half-way on a lock upgrade.
+//! fail half-way on a lock upgrade. The statements come from `migrations`.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use rusqlite::{
-    Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior, params, params_from_iter,
-};
+use rusqlite::types::ToSqlOutput;
+use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
-use super::migrations::{self as m, Param};
+use super::migrations::{self as sql, Param, Stmt};
 use super::{
     AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, DenyRecord, RevokeOutcome,
-    RevokedEntry, SigningKeyRecord, Store, StoreError, StoreResult,
+    RevokedEntry, Row, SigningKeyRecord, Store, StoreError, StoreResult,
 };
 
-const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
@@ -47,13 +47,13 @@ impl SqliteStore {
 
     /// A private in-memory database, for unit tests.
     pub fn open_in_memory() -> StoreResult<Self> {
-        let conn = Connection::open_in_memory().map_err(sql_err)?;
+        let conn = Connection::open_in_memory().map_err(sqlite_err)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(prepare(conn, "memory")?)),
         })
     }
 
-    /// Runs `f` on the connection on the blocking pool.
+    /// Runs `f` on the connection, on the blocking pool.
     async fn run<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
@@ -72,37 +72,47 @@ impl SqliteStore {
         F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
     {
         self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql_err)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate);
+            let tx = tx.map_err(sqlite_err)?;
             let out = f(&tx)?;
-            tx.commit().map_err(sql_err)?;
+            tx.commit().map_err(sqlite_err)?;
             Ok(out)
         })
         .await
+    }
+
+    /// Executes every statement in one transaction.
+    async fn write_all(&self, stmts: Vec<Stmt>) -> StoreResult<()> {
+        self.write(move |tx| stmts.iter().try_for_each(|s| exec(tx, s).map(drop)))
+            .await
+    }
+
+    async fn all<T: Send + 'static>(&self, s: Stmt, decode: Decoder<T>) -> StoreResult<Vec<T>> {
+        self.run(move |c| all(c, &s, decode)).await
+    }
+
+    async fn one<T: Send + 'static>(&self, s: Stmt, decode: Decoder<T>) -> StoreResult<Option<T>> {
+        self.run(move |c| one(c, &s, decode)).await
     }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
-        self.run(|c| c.query_row(m::PING, [], |_| Ok(())).map_err(sql_err))
-            .await
+        self.one(sql::ping(), |_| Ok(())).await.map(drop)
     }
 
     async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
-        let key = key.to_string();
-        self.run(move |c| one(c, m::SELECT_SETTING, params![key], |r| r.text(0)))
+        self.one(sql::select_setting(key), |r| r.text("value"))
             .await
     }
 
     async fn init_setting(&self, key: &str, value: &str) -> StoreResult<String> {
-        let (key, value) = (key.to_string(), value.to_string());
+        let (insert, select) = (sql::insert_setting(key, value), sql::select_setting(key));
+        let missing = StoreError::Backend(format!("setting {key:?} vanished after insert"));
         self.write(move |tx| {
-            exec(tx, m::INSERT_SETTING, params![key, value])?;
-            one(tx, m::SELECT_SETTING, params![key], |r| r.text(0))?.ok_or_else(|| {
-                StoreError::Backend(format!("setting {key:?} vanished after insert"))
-            })
+            exec(tx, &insert)?;
+            one(tx, &select, |r| r.text("value"))?.ok_or(missing)
         })
         .await
     }
@@ -112,94 +122,62 @@ impl Store for SqliteStore {
         cas: &[CaRecord],
         keys: &[SigningKeyRecord],
     ) -> StoreResult<bool> {
-        let (cas, keys) = (cas.to_vec(), keys.to_vec());
+        let inserts: Vec<_> = cas
+            .iter()
+            .map(sql::insert_ca)
+            .chain(keys.iter().map(sql::insert_key))
+            .collect();
         self.write(move |tx| {
-            if count(tx, m::COUNT_ROOTS, params![])? > 0 {
+            if count(tx, &sql::count_roots())? > 0 {
                 return Ok(false);
             }
-            cas.iter().try_for_each(|ca| insert_ca(tx, ca))?;
-            keys.iter().try_for_each(|key| insert_key(tx, key))?;
+            inserts.iter().try_for_each(|s| exec(tx, s).map(drop))?;
             Ok(true)
         })
         .await
     }
 
     async fn insert_ca(&self, ca: &CaRecord) -> StoreResult<()> {
-        let ca = ca.clone();
+        let deactivate = ca.active.then(|| sql::deactivate_role(ca));
+        let insert = sql::insert_ca(ca);
         self.write(move |tx| {
-            if ca.active {
-                exec(tx, m::DEACTIVATE_ROLE, params![ca.role.as_str(), ca.id])?;
-            }
-            insert_ca(tx, &ca)
+            deactivate.iter().try_for_each(|s| exec(tx, s).map(drop))?;
+            exec(tx, &insert).map(drop)
         })
         .await
     }
 
     async fn cas(&self) -> StoreResult<Vec<CaRecord>> {
-        self.run(|c| all(c, m::SELECT_CAS, params![], m::ca_from_row))
-            .await
+        self.all(sql::select_cas(), super::ca_from_row).await
     }
 
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<()> {
-        let key = key.clone();
-        self.write(move |tx| insert_key(tx, &key)).await
+        let insert = sql::insert_key(key);
+        self.write(move |tx| exec(tx, &insert).map(drop)).await
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
-        self.run(|c| all(c, m::SELECT_KEYS, params![], m::key_from_row))
-            .await
+        self.all(sql::select_keys(), super::key_from_row).await
     }
 
     async fn record_issuance(&self, cert: &CertRecord, audit: &AuditRecord) -> StoreResult<()> {
-        let (c, audit) = (cert.clone(), audit.clone());
-        self.write(move |tx| {
-            let status = m::status_str(c.status);
-            exec(
-                tx,
-                m::INSERT_CERT,
-                params![
-                    c.serial,
-                    c.spiffe_id,
-                    c.issuer_id,
-                    c.fingerprint,
-                    c.not_before,
-                    c.not_after,
-                    status,
-                    c.revoked_at,
-                    c.revocation_reason,
-                    c.cert_der
-                ],
-            )
-            .map_err(m::conflict_on(|| {
-                format!("certificate serial {}", c.serial)
-            }))?;
-            insert_audit(tx, &audit)
-        })
-        .await
+        self.write_all(vec![sql::insert_cert(cert), sql::insert_audit(audit)])
+            .await
     }
 
     async fn certificate(&self, serial: &str) -> StoreResult<Option<CertRecord>> {
-        let serial = serial.to_string();
-        self.run(move |c| one(c, m::SELECT_CERT, params![serial], m::cert_from_row))
+        self.one(sql::select_cert(serial), super::cert_from_row)
             .await
     }
 
     async fn certificates(&self, filter: &CertFilter) -> StoreResult<Vec<CertRecord>> {
-        let (sql, values) = m::certificates_query(filter);
-        self.run(move |c| {
-            all(
-                c,
-                &sql,
-                params_from_iter(values.iter().map(sql_value)),
-                m::cert_from_row,
-            )
-        })
-        .await
+        self.all(sql::certificates(filter), super::cert_from_row)
+            .await
     }
 
     async fn active_certificate_count(&self, now: i64) -> StoreResult<u64> {
-        self.run(move |c| count(c, m::COUNT_ACTIVE, params![now]))
-            .await
+        let count_active = sql::count_active(now);
+        self.run(move |c| count(c, &count_active)).await
     }
 
     async fn revoke(
@@ -209,12 +187,16 @@ impl Store for SqliteStore {
         at: i64,
         audit: &AuditRecord,
     ) -> StoreResult<RevokeOutcome> {
-        let (serial, reason, audit) = (serial.to_string(), reason.to_string(), audit.clone());
+        let (revoke, log) = (
+            sql::revoke_one(serial, reason, at),
+            sql::insert_audit(audit),
+        );
+        let exists = sql::count_cert(serial);
         self.write(move |tx| {
-            if exec(tx, m::REVOKE_ONE, params![serial, at, reason])? == 1 {
-                insert_audit(tx, &audit)?;
+            if exec(tx, &revoke)? == 1 {
+                exec(tx, &log)?;
                 Ok(RevokeOutcome::Revoked)
-            } else if count(tx, m::CERT_EXISTS, params![serial])? > 0 {
+            } else if count(tx, &exists)? > 0 {
                 Ok(RevokeOutcome::AlreadyRevoked)
             } else {
                 Ok(RevokeOutcome::NotFound)
@@ -224,16 +206,8 @@ impl Store for SqliteStore {
     }
 
     async fn revoked_unexpired(&self, issuer_id: &str, now: i64) -> StoreResult<Vec<RevokedEntry>> {
-        let issuer_id = issuer_id.to_string();
-        self.run(move |c| {
-            all(
-                c,
-                m::SELECT_REVOKED,
-                params![issuer_id, now],
-                m::revoked_from_row,
-            )
-        })
-        .await
+        self.all(sql::select_revoked(issuer_id, now), super::revoked_from_row)
+            .await
     }
 
     async fn deny(
@@ -242,95 +216,77 @@ impl Store for SqliteStore {
         now: i64,
         audit: &AuditRecord,
     ) -> StoreResult<Vec<String>> {
-        let (e, audit) = (entry.clone(), audit.clone());
+        let (upsert, revoke) = (sql::upsert_deny(entry), sql::revoke_identity(entry, now));
+        let log = sql::insert_audit(audit);
         self.write(move |tx| {
-            exec(
-                tx,
-                m::UPSERT_DENY,
-                params![e.spiffe_id, e.reason, e.denied_at, e.denied_by],
-            )?;
-            let reason = m::deny_revocation_reason(&e.reason);
-            let mut serials = all(
-                tx,
-                m::REVOKE_IDENTITY,
-                params![e.spiffe_id, now, reason],
-                |r| r.text(0),
-            )?;
+            exec(tx, &upsert)?;
+            let mut serials = all(tx, &revoke, |r| r.text("serial"))?;
+            exec(tx, &log)?;
             serials.sort();
-            insert_audit(tx, &audit)?;
             Ok(serials)
         })
         .await
     }
 
     async fn allow(&self, spiffe_id: &str, audit: &AuditRecord) -> StoreResult<bool> {
-        let (spiffe_id, audit) = (spiffe_id.to_string(), audit.clone());
+        let (delete, log) = (sql::delete_deny(spiffe_id), sql::insert_audit(audit));
         self.write(move |tx| {
-            let removed = exec(tx, m::DELETE_DENY, params![spiffe_id])? > 0;
-            insert_audit(tx, &audit)?;
+            let removed = exec(tx, &delete)? > 0;
+            exec(tx, &log)?;
             Ok(removed)
         })
         .await
     }
 
     async fn denied(&self, spiffe_id: &str) -> StoreResult<Option<DenyRecord>> {
-        let spiffe_id = spiffe_id.to_string();
-        self.run(move |c| one(c, m::SELECT_DENY, params![spiffe_id], m::deny_from_row))
+        self.one(sql::select_deny(spiffe_id), super::deny_from_row)
             .await
     }
 
     async fn deny_list(&self) -> StoreResult<Vec<DenyRecord>> {
-        self.run(|c| all(c, m::SELECT_DENY_LIST, params![], m::deny_from_row))
+        self.all(sql::select_deny_list(), super::deny_from_row)
             .await
     }
 
     async fn consume_token_id(&self, jti: &str, expires_at: i64) -> StoreResult<bool> {
-        let jti = jti.to_string();
-        self.run(move |c| Ok(exec(c, m::INSERT_TOKEN, params![jti, expires_at])? == 1))
-            .await
+        let insert = sql::insert_token(jti, expires_at);
+        self.run(move |c| Ok(exec(c, &insert)? == 1)).await
     }
 
     async fn purge_expired(&self, now: i64, grace: i64) -> StoreResult<u64> {
+        let certs = sql::purge_certs(now.saturating_sub(grace));
+        let tokens = sql::purge_tokens(now);
         self.write(move |tx| {
-            let certs = exec(tx, m::PURGE_CERTS, params![now.saturating_sub(grace)])?;
-            exec(tx, m::PURGE_TOKENS, params![now])?;
-            Ok(certs)
+            let purged = exec(tx, &certs)?;
+            exec(tx, &tokens)?;
+            Ok(purged)
         })
         .await
     }
 
     async fn append_audit(&self, record: &AuditRecord) -> StoreResult<()> {
-        let record = record.clone();
-        self.run(move |c| insert_audit(c, &record)).await
+        self.write_all(vec![sql::insert_audit(record)]).await
     }
 
     async fn audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
-        let (sql, values) = m::audit_query(filter);
-        let mut records = self
-            .run(move |c| {
-                all(
-                    c,
-                    &sql,
-                    params_from_iter(values.iter().map(sql_value)),
-                    m::audit_from_row,
-                )
-            })
-            .await?;
+        let mut records = self.all(sql::audit(filter), super::audit_from_row).await?;
         records.reverse();
         Ok(records)
     }
 }
 
+type Decoder<T> = fn(&dyn Row) -> StoreResult<T>;
+
 /// Creates the database file with mode 0600 if it does not exist yet; SQLite
 /// gives its `-wal` and `-shm` files the same mode.
 fn create_private(path: &Path) -> StoreResult<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new()
+    let created = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-    {
+        .open(path);
+    match created {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(StoreError::Unavailable(format!(
@@ -342,195 +298,122 @@ fn create_private(path: &Path) -> StoreResult<()> {
 
 /// Sets the pragmas and migrates; `journal` is the journal mode expected back.
 fn prepare(mut conn: Connection, journal: &str) -> StoreResult<Connection> {
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(sql_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_err)?;
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-        .map_err(sql_err)?;
+        .map_err(sqlite_err)?;
     if !mode.eq_ignore_ascii_case(journal) {
         return Err(StoreError::Backend(format!(
-            "journal_mode is {mode:?}, expected {journal:?}"
+            "journal_mode is {mode:?}, not {journal:?}"
         )));
     }
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(sql_err)?;
-    conn.pragma_update(None, "foreign_keys", "ON")
-        .map_err(sql_err)?;
+    for (pragma, value) in [("synchronous", "FULL"), ("foreign_keys", "ON")] {
+        conn.pragma_update(None, pragma, value)
+            .map_err(sqlite_err)?;
+    }
     migrate(&mut conn)?;
     Ok(conn)
 }
 
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(sql_err)?;
-    tx.execute_batch(m::CREATE_VERSION_TABLE).map_err(sql_err)?;
-    let found: i64 = tx
-        .query_row(m::SELECT_VERSION, [], |r| r.get(0))
-        .map_err(sql_err)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate);
+    let tx = tx.map_err(sqlite_err)?;
+    tx.execute_batch(sql::CREATE_VERSION_TABLE)
+        .map_err(sqlite_err)?;
+    let found = one(&tx, &sql::select_version(), |r| r.int("version"))?.unwrap_or_default();
     let mut version = found;
-    for migration in m::pending(found)? {
-        tx.execute_batch(migration.sqlite).map_err(sql_err)?;
+    for migration in sql::pending(found)? {
+        tx.execute_batch(migration.sqlite).map_err(sqlite_err)?;
         version = migration.version;
     }
     if version != found {
-        exec(&tx, m::CLEAR_VERSION, params![])?;
-        exec(&tx, m::INSERT_VERSION, params![version])?;
+        sql::set_version(version)
+            .iter()
+            .try_for_each(|s| exec(&tx, s).map(drop))?;
     }
-    tx.commit().map_err(sql_err)
+    tx.commit().map_err(sqlite_err)
 }
 
-fn insert_ca(tx: &Connection, ca: &CaRecord) -> StoreResult<()> {
-    exec(
-        tx,
-        m::INSERT_CA,
-        params![
-            ca.id,
-            ca.role.as_str(),
-            ca.common_name,
-            ca.cert_der,
-            ca.sealed_key,
-            ca.not_before,
-            ca.not_after,
-            ca.active,
-            ca.created_at
-        ],
-    )
-    .map(drop)
-    .map_err(m::conflict_on(|| {
-        format!("CA {} (or a second active {} CA)", ca.id, ca.role.as_str())
-    }))
+/// Runs a statement; returns the number of rows it changed.
+fn exec(c: &Connection, s: &Stmt) -> StoreResult<u64> {
+    let mut stmt = c.prepare_cached(&positional(&s.sql)).map_err(sqlite_err)?;
+    let changed = stmt.execute(rusqlite::params_from_iter(&s.params));
+    changed
+        .map(|n| n as u64)
+        .map_err(|e| s.error(sqlite_err(e)))
 }
 
-fn insert_key(tx: &Connection, k: &SigningKeyRecord) -> StoreResult<()> {
-    exec(
-        tx,
-        m::INSERT_KEY,
-        params![
-            k.kid,
-            k.purpose,
-            k.public_key_der,
-            k.sealed_key,
-            k.created_at,
-            k.not_after
-        ],
-    )
-    .map(drop)
-    .map_err(m::conflict_on(|| format!("signing key {}", k.kid)))
+fn count(c: &Connection, s: &Stmt) -> StoreResult<u64> {
+    Ok(one(c, s, super::count_from_row)?.unwrap_or_default())
 }
 
-fn insert_audit(c: &Connection, a: &AuditRecord) -> StoreResult<()> {
-    exec(
-        c,
-        m::INSERT_AUDIT,
-        params![a.at, a.actor, a.action, a.target, a.outcome, a.reason],
-    )
-    .map(drop)
+fn one<T>(c: &Connection, s: &Stmt, decode: Decoder<T>) -> StoreResult<Option<T>> {
+    Ok(all(c, s, decode)?.into_iter().next())
 }
 
-/// The shared SQL with `$N` placeholders rewritten to SQLite's `?N`.
-fn positional(sql: &str) -> String {
-    sql.replace('$', "?")
-}
-
-fn exec(c: &Connection, sql: &str, p: impl rusqlite::Params) -> StoreResult<u64> {
-    let n = c
-        .prepare_cached(&positional(sql))
-        .and_then(|mut s| s.execute(p))
-        .map_err(sql_err)?;
-    Ok(n as u64)
-}
-
-fn count(c: &Connection, sql: &str, p: impl rusqlite::Params) -> StoreResult<u64> {
-    let n = one(c, sql, p, |r| r.int(0))?.unwrap_or_default();
-    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative count {n}")))
-}
-
-fn one<T>(
-    c: &Connection,
-    sql: &str,
-    p: impl rusqlite::Params,
-    decode: impl Fn(&dyn m::Row) -> StoreResult<T>,
-) -> StoreResult<Option<T>> {
-    Ok(all(c, sql, p, decode)?.into_iter().next())
-}
-
-fn all<T>(
-    c: &Connection,
-    sql: &str,
-    p: impl rusqlite::Params,
-    decode: impl Fn(&dyn m::Row) -> StoreResult<T>,
-) -> StoreResult<Vec<T>> {
-    let mut stmt = c.prepare_cached(&positional(sql)).map_err(sql_err)?;
-    let mut rows = stmt.query(p).map_err(sql_err)?;
+fn all<T>(c: &Connection, s: &Stmt, decode: Decoder<T>) -> StoreResult<Vec<T>> {
+    let mut stmt = c.prepare_cached(&positional(&s.sql)).map_err(sqlite_err)?;
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(&s.params))
+        .map_err(|e| s.error(sqlite_err(e)))?;
     let mut out = Vec::new();
-    while let Some(row) = rows.next().map_err(sql_err)? {
+    while let Some(row) = rows.next().map_err(|e| s.error(sqlite_err(e)))? {
         out.push(decode(row)?);
     }
     Ok(out)
 }
 
-fn sql_value(p: &Param) -> rusqlite::types::Value {
-    match p {
-        Param::Int(i) => rusqlite::types::Value::Integer(*i),
-        Param::Text(s) => rusqlite::types::Value::Text(s.clone()),
+/// The shared SQL's `$N` placeholders in SQLite's `?N` spelling (the
+/// statements contain no other `$`).
+fn positional(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
+impl rusqlite::ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Param::Int(v) => ToSqlOutput::from(*v),
+            Param::OptInt(v) => v.to_sql()?,
+            Param::Text(v) => ToSqlOutput::from(v.as_str()),
+            Param::OptText(v) => v.to_sql()?,
+            Param::Bytes(v) => ToSqlOutput::from(v.as_slice()),
+            Param::OptBytes(v) => v.to_sql()?,
+            Param::Bool(v) => ToSqlOutput::from(*v),
+        })
     }
 }
 
-impl m::Row for rusqlite::Row<'_> {
-    fn int(&self, i: usize) -> StoreResult<i64> {
-        self.get(i).map_err(sql_err)
-    }
-    fn opt_int(&self, i: usize) -> StoreResult<Option<i64>> {
-        self.get(i).map_err(sql_err)
-    }
-    fn text(&self, i: usize) -> StoreResult<String> {
-        self.get(i).map_err(sql_err)
-    }
-    fn opt_text(&self, i: usize) -> StoreResult<Option<String>> {
-        self.get(i).map_err(sql_err)
-    }
-    fn bytes(&self, i: usize) -> StoreResult<Vec<u8>> {
-        self.get(i).map_err(sql_err)
-    }
-    fn opt_bytes(&self, i: usize) -> StoreResult<Option<Vec<u8>>> {
-        self.get(i).map_err(sql_err)
-    }
-    fn boolean(&self, i: usize) -> StoreResult<bool> {
-        self.get(i).map_err(sql_err)
-    }
-}
+super::impl_row!(rusqlite::Row<'_>, get, sqlite_err);
 
 /// The one mapping from rusqlite errors to `StoreError`.
-fn sql_err(e: rusqlite::Error) -> StoreError {
+fn sqlite_err(e: rusqlite::Error) -> StoreError {
     use rusqlite::Error as E;
-    match &e {
+    use rusqlite::ffi::{SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE};
+    let message = e.to_string();
+    match e {
         E::SqliteFailure(f, _) => match f.code {
             ErrorCode::ConstraintViolation
                 if matches!(
                     f.extended_code,
-                    rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
-                        | rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    SQLITE_CONSTRAINT_PRIMARYKEY | SQLITE_CONSTRAINT_UNIQUE
                 ) =>
             {
-                StoreError::Conflict {
-                    what: e.to_string(),
-                }
+                StoreError::Conflict { what: message }
             }
             ErrorCode::DatabaseBusy
             | ErrorCode::DatabaseLocked
             | ErrorCode::CannotOpen
             | ErrorCode::DiskFull
             | ErrorCode::SystemIoFailure
-            | ErrorCode::ReadOnly => StoreError::Unavailable(e.to_string()),
-            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
-                StoreError::Corrupt(e.to_string())
-            }
-            _ => StoreError::Backend(e.to_string()),
+            | ErrorCode::ReadOnly => StoreError::Unavailable(message),
+            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => StoreError::Corrupt(message),
+            _ => StoreError::Backend(message),
         },
         E::FromSqlConversionFailure(..)
         | E::InvalidColumnType(..)
-        | E::IntegralValueOutOfRange(..) => StoreError::Corrupt(e.to_string()),
-        _ => StoreError::Backend(e.to_string()),
+        | E::IntegralValueOutOfRange(..)
+        | E::InvalidColumnName(..) => StoreError::Corrupt(message),
+        _ => StoreError::Backend(message),
     }
 }
 

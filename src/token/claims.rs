@@ -126,35 +126,14 @@ pub fn verify(
     Ok(claims)
 }
 
-/// A fresh token id: 128 random bits from `ring`'s `SystemRandom`, base64url.
-///
-/// If the system generator ever fails, the id is derived (SHA-256) from a
-/// process-wide counter, the process id and the wall clock instead: still
-/// unique, only not unpredictable — and a `jti` is an identifier, not a
-/// secret (the signature protects the token). A collision could only make a
-/// fresh single-use token look replayed, which fails closed.
-pub fn new_jti() -> String {
+/// A fresh token id: 128 random bits, base64url. Fails only when the system
+/// random number generator does, and then no token is minted.
+pub fn new_jti() -> Result<String, TokenError> {
     let mut bytes = [0u8; 16];
-    if SystemRandom::new().fill(&mut bytes).is_err() {
-        bytes = fallback_jti_bytes();
-    }
-    B64.encode(bytes)
-}
-
-pub(super) fn fallback_jti_bytes() -> [u8; 16] {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-    ctx.update(&std::process::id().to_be_bytes());
-    ctx.update(&nanos.to_be_bytes());
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&ctx.finish().as_ref()[..16]);
-    out
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| TokenError::Signing("the system random number generator failed".into()))?;
+    Ok(B64.encode(bytes))
 }
 
 impl TokenClaims {

@@ -1,0 +1,116 @@
+//! Raw rates of the crypto library trustmesh signs and verifies with (ring 0.17)
+//! on this machine: the ceiling any issuance path can reach.
+//!
+//!     cargo bench --bench crypto                 # 2 s per figure
+//!     BENCH_SECS=5 cargo bench --bench crypto
+//!
+//! Every figure is ops/s over `BENCH_SECS` (default 2) after a 0.5 s warm-up,
+//! once on 1 thread and once on as many threads as there are CPUs (2 here).
+//! The last lines are `RESULT <name> <threads> <ops/s>` for scripts.
+
+#[path = "common.rs"]
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair};
+
+struct Row {
+    name: &'static str,
+    what: &'static str,
+    rates: Vec<(usize, f64)>,
+}
+
+fn main() {
+    let measure = env_secs("BENCH_SECS", 2.0).max(Duration::from_millis(100));
+    let warmup = env_secs("BENCH_WARMUP_SECS", 0.5);
+    let ncpu = cpus();
+    let mut threads = vec![1];
+    if ncpu > 1 {
+        threads.push(ncpu);
+    }
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` probes harness=false benches
+    }
+    eprintln!(
+        "ring 0.17 ECDSA, {measure:?} per figure after {warmup:?} warm-up, threads {threads:?}, load {}",
+        loadavg()
+    );
+
+    let mut rows = Vec::new();
+    let mut run = |name: &'static str, what: &'static str, f: &dyn Fn(usize) -> f64| {
+        let rates: Vec<(usize, f64)> = threads.iter().map(|&t| (t, f(t))).collect();
+        eprintln!("  {name}: {}", rates.iter().map(|(t, r)| format!("{t}t {}", fmt_rate(*r))).collect::<Vec<_>>().join(", "));
+        rows.push(Row { name, what, rates });
+    };
+
+    run("p256_sign", "ECDSA P-256/SHA-256 sign, 450-byte message", &|t| {
+        rate(t, warmup, measure, |_| (p256_key(), SystemRandom::new()), |(k, rng), i| {
+            let _ = sign(k, rng, &tbs_like(i));
+        })
+    });
+    run("p256_verify", "ECDSA P-256/SHA-256 verify, 450-byte message", &|t| {
+        rate(t, warmup, measure, |_| signed(p256_key()), |(point, msg, sig), _| verify_p256(point, msg, sig))
+    });
+    run("p256_keygen", "P-256 key generation (EcdsaKeyPair::generate_pkcs8)", &|t| {
+        rate(t, warmup, measure, |_| SystemRandom::new(), |rng, _| {
+            let _ = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, rng)
+                .unwrap_or_else(|e| fatal(&format!("keygen: {e}")));
+        })
+    });
+    run("p384_sign", "ECDSA P-384/SHA-384 sign (the root's algorithm)", &|t| {
+        rate(t, warmup, measure, |_| (p384_key(), SystemRandom::new()), |(k, rng), i| {
+            let _ = sign(k, rng, &tbs_like(i));
+        })
+    });
+    run("p384_verify", "ECDSA P-384/SHA-384 verify (checking a cert the root signed)", &|t| {
+        rate(t, warmup, measure, |_| signed(p384_key()), |(point, msg, sig), _| verify_p384(point, msg, sig))
+    });
+    run("p256_verify_sign", "one P-256 verify + one P-256 sign (a CSR signed)", &|t| {
+        rate(
+            t,
+            warmup,
+            measure,
+            |_| (signed(p256_key()), p256_key(), SystemRandom::new()),
+            |((point, msg, sig), ca, rng), i| {
+                verify_p256(point, msg, sig);
+                let _ = sign(ca, rng, &tbs_like(i));
+            },
+        )
+    });
+
+    println!();
+    print!("| operation | ");
+    for t in &threads {
+        print!("{t} thread{} (ops/s) | ", if *t == 1 { "" } else { "s" });
+    }
+    println!("µs/op, 1 thread |");
+    print!("|---|");
+    for _ in &threads {
+        print!("---:|");
+    }
+    println!("---:|");
+    for row in &rows {
+        print!("| {} | ", row.what);
+        for (_, r) in &row.rates {
+            print!("{} | ", fmt_rate(*r));
+        }
+        let single = row.rates.first().map(|(_, r)| *r).unwrap_or(0.0);
+        println!("{:.1} |", if single > 0.0 { 1e6 / single } else { 0.0 });
+    }
+    println!();
+    for row in &rows {
+        for (t, r) in &row.rates {
+            println!("RESULT {} {} {:.0}", row.name, t, r);
+        }
+    }
+}
+
+/// A public key, a message and its signature, ready to verify.
+fn signed(key: EcdsaKeyPair) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let msg = tbs_like(7);
+    let sig = sign(&key, &SystemRandom::new(), &msg);
+    (public(&key), msg, sig)
+}
