@@ -210,13 +210,11 @@ fn create_hierarchy(
     match &params.import {
         Some((cert_pem, key_pem)) => {
             let imported = ca::import_ca(cert_pem, key_pem)?.signer;
-            if let Some(td) = imported.cert.trust_domain() {
-                if td != &cfg.trust_domain {
-                    return Err(IssuerError::InvalidArgument(format!(
-                        "the imported CA serves trust domain {td}, not {}",
-                        cfg.trust_domain
-                    )));
-                }
+            if let Some(td) = imported.cert.trust_domain().filter(|td| *td != &cfg.trust_domain) {
+                return Err(IssuerError::InvalidArgument(format!(
+                    "the imported CA serves trust domain {td}, not {}",
+                    cfg.trust_domain
+                )));
             }
             if imported.cert.not_after <= now {
                 return Err(IssuerError::InvalidArgument(format!(

@@ -131,10 +131,8 @@ impl Issuer {
                 warnings.push(format!("{} expires in {} days: rotate it", ca.common_name, left / 86_400));
             }
         }
-        if let Some(next) = snapshot.earliest_next_update() {
-            if next.unix_timestamp() <= now {
-                warnings.push("a published CRL has passed its nextUpdate".into());
-            }
+        if snapshot.earliest_next_update().is_some_and(|next| next.unix_timestamp() <= now) {
+            warnings.push("a published CRL has passed its nextUpdate".into());
         }
         Ok(Status {
             healthy: warnings.is_empty(),

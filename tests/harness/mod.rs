@@ -8,7 +8,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_trustmesh");
@@ -48,16 +50,16 @@ impl Server {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                        if v["message"] == "ready" {
-                            let api = v["listen"].as_str().and_then(|s| s.parse().ok());
-                            let http = v["http_listen"].as_str().and_then(|s| s.parse().ok());
-                            if let (Some(a), Some(h)) = (api, http) {
-                                let _ = tx.send((a, h));
-                            }
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                        && v["message"] == "ready"
+                    {
+                        let api = v["listen"].as_str().and_then(|s| s.parse().ok());
+                        let http = v["http_listen"].as_str().and_then(|s| s.parse().ok());
+                        if let (Some(a), Some(h)) = (api, http) {
+                            let _ = tx.send((a, h));
                         }
                     }
-                    let mut l = log.lock().unwrap();
+                    let mut l = log.lock();
                     l.push_str(&line);
                     l.push('\n');
                 }
@@ -71,12 +73,12 @@ impl Server {
             }
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
-                let text = log.lock().unwrap().clone();
+                let text = log.lock().clone();
                 return Err((text, format!("exited with {status}")));
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                let text = log.lock().unwrap().clone();
+                let text = log.lock().clone();
                 return Err((text, "no ready line within 60 s".into()));
             }
         }
@@ -128,7 +130,7 @@ impl Server {
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.log.lock().clone()
     }
 
     pub fn bundle_path(&self) -> PathBuf {
