@@ -155,9 +155,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     write_file(&bundle_path, issuer.snapshot().bundle_pem.as_bytes(), 0o644)?;
 
     let tls = Arc::new(ServerTls::new(&issuer)?);
-    let api = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (--listen)", cfg.listen))?;
+    let api =
+        TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {} (--listen)", cfg.listen))?;
     let http = TcpListener::bind(cfg.http_listen)
         .await
         .with_context(|| format!("cannot listen on {} (--http-listen)", cfg.http_listen))?;
@@ -194,15 +193,16 @@ async fn write_admin_token(issuer: &Issuer, data_dir: &Path) -> anyhow::Result<(
     if path.exists() {
         return Ok(());
     }
-    let minted = issuer.mint_initial_admin_token(&MintRequest {
-        kind: TokenKind::Admin,
-        subject: "admin".into(),
-        expires_in_seconds: ADMIN_TOKEN_SECONDS,
-        single_use: false,
-        spiffe_ids: Vec::new(),
-        cert_fingerprint: None,
-    })
-    .await?;
+    let minted = issuer
+        .mint_initial_admin_token(&MintRequest {
+            kind: TokenKind::Admin,
+            subject: "admin".into(),
+            expires_in_seconds: ADMIN_TOKEN_SECONDS,
+            single_use: false,
+            spiffe_ids: Vec::new(),
+            cert_fingerprint: None,
+        })
+        .await?;
     write_secret(&path, format!("{}\n", minted.token).as_bytes())?;
     tracing::info!(path = %path.display(), jti = %minted.jti, expires_at = minted.expires_at, "admin token written");
     Ok(())

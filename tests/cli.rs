@@ -32,10 +32,7 @@ fn audit(s: &Server) -> Vec<Value> {
 fn assert_refusal_audited(s: &Server, needle: &str) {
     let records = audit(s);
     let last = records.last().expect("an audit record");
-    assert!(
-        last["outcome"] == "denied" || last["outcome"] == "error",
-        "last audit record is not a refusal: {last}"
-    );
+    assert!(last["outcome"] == "denied" || last["outcome"] == "error", "last audit record is not a refusal: {last}");
     assert!(
         last["reason"].as_str().unwrap().to_lowercase().contains(&needle.to_lowercase()),
         "audit reason {:?} does not mention {needle:?}",
@@ -138,7 +135,8 @@ fn assert_svid_profile(cert: &std::path::Path, spiffe_id: &str) {
 fn not_after_within(cert: &std::path::Path, max_seconds: i64) {
     let out = openssl(&["x509", "-in", cert.to_str().unwrap(), "-noout", "-checkend", &max_seconds.to_string()]);
     assert!(!out.status.success(), "notAfter is later than {max_seconds}s from now");
-    let out = openssl(&["x509", "-in", cert.to_str().unwrap(), "-noout", "-checkend", &(max_seconds - 120).to_string()]);
+    let out =
+        openssl(&["x509", "-in", cert.to_str().unwrap(), "-noout", "-checkend", &(max_seconds - 120).to_string()]);
     assert!(out.status.success(), "notAfter is earlier than expected");
 }
 
@@ -176,7 +174,20 @@ fn signed_and_generated_certificates_pass_openssl() {
     let (cert, key) = (dir.path().join("gw.pem"), dir.path().join("gw.key"));
     let out = s
         .cli_cmd()
-        .args(["pki", "cert", "generate", "--common-name", "gateway-a", "--spiffe-id", &id, "--dns-name", "gw.example.org", "--ttl-hours", "24", "--output-cert"])
+        .args([
+            "pki",
+            "cert",
+            "generate",
+            "--common-name",
+            "gateway-a",
+            "--spiffe-id",
+            &id,
+            "--dns-name",
+            "gw.example.org",
+            "--ttl-hours",
+            "24",
+            "--output-cert",
+        ])
         .arg(&cert)
         .arg("--output-key")
         .arg(&key)
@@ -205,7 +216,19 @@ fn revoked_serial_is_listed_in_a_verifiable_crl() {
     let s = Server::start(&dir.path().join("data"), &[]);
     let id = format!("spiffe://{TD}/svc/revoke-me");
     let (cert, key) = (dir.path().join("c.pem"), dir.path().join("c.key"));
-    s.ok(&["pki", "cert", "generate", "--spiffe-id", &id, "--ttl-hours", "1", "--output-cert", cert.to_str().unwrap(), "--output-key", key.to_str().unwrap()]);
+    s.ok(&[
+        "pki",
+        "cert",
+        "generate",
+        "--spiffe-id",
+        &id,
+        "--ttl-hours",
+        "1",
+        "--output-cert",
+        cert.to_str().unwrap(),
+        "--output-key",
+        key.to_str().unwrap(),
+    ]);
     let serial = s.json(&["pki", "cert", "list", "--spiffe-id", &id])[0]["serial"].as_str().unwrap().to_string();
     let before = String::from_utf8(s.get("/pki/crl").1).unwrap();
     assert!(!before.to_lowercase().contains(&serial));
@@ -220,7 +243,16 @@ fn revoked_serial_is_listed_in_a_verifiable_crl() {
     for (i, crl) in crls.iter().enumerate() {
         let f = dir.path().join(format!("crl{i}.pem"));
         fs::write(&f, crl).unwrap();
-        let out = openssl(&["crl", "-in", f.to_str().unwrap(), "-CAfile", bundle.to_str().unwrap(), "-verify", "-noout", "-text"]);
+        let out = openssl(&[
+            "crl",
+            "-in",
+            f.to_str().unwrap(),
+            "-CAfile",
+            bundle.to_str().unwrap(),
+            "-verify",
+            "-noout",
+            "-text",
+        ]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success() && stderr.contains("verify OK"), "CRL {i} does not verify: {stderr}");
         let text = String::from_utf8_lossy(&out.stdout).to_uppercase();
@@ -264,7 +296,17 @@ fn http_endpoints_answer() {
     assert_eq!(s.get("/nope").0, 404);
     // Issue something so the issuance metrics exist.
     let dirp = dir.path();
-    s.ok(&["pki", "cert", "generate", "--spiffe-id", "spiffe://example.org/m/one", "--output-cert", dirp.join("m.pem").to_str().unwrap(), "--output-key", dirp.join("m.key").to_str().unwrap()]);
+    s.ok(&[
+        "pki",
+        "cert",
+        "generate",
+        "--spiffe-id",
+        "spiffe://example.org/m/one",
+        "--output-cert",
+        dirp.join("m.pem").to_str().unwrap(),
+        "--output-key",
+        dirp.join("m.key").to_str().unwrap(),
+    ]);
     let metrics = String::from_utf8(s.get("/metrics").1).unwrap();
     for name in [
         "trustmesh_pki_cert_issued_total",
@@ -323,7 +365,17 @@ fn bad_csrs_are_refused_audited_and_the_server_keeps_serving() {
     ];
     for (csr, want_id, needle) in cases {
         let out = d.join("never.pem");
-        let err = s.fails(&["pki", "cert", "sign-csr", "--csr", csr.to_str().unwrap(), "--spiffe-id", want_id, "--output-cert", out.to_str().unwrap()]);
+        let err = s.fails(&[
+            "pki",
+            "cert",
+            "sign-csr",
+            "--csr",
+            csr.to_str().unwrap(),
+            "--spiffe-id",
+            want_id,
+            "--output-cert",
+            out.to_str().unwrap(),
+        ]);
         assert!(err.to_lowercase().contains(&needle.to_lowercase()), "{csr:?}: {err}");
         assert!(!out.exists(), "nothing written on failure");
         assert_refusal_audited(&s, needle);
@@ -331,7 +383,17 @@ fn bad_csrs_are_refused_audited_and_the_server_keeps_serving() {
     }
     // After all that, the good CSR still signs.
     let out = d.join("good.pem");
-    s.ok(&["pki", "cert", "sign-csr", "--csr", good.to_str().unwrap(), "--spiffe-id", &id, "--output-cert", out.to_str().unwrap()]);
+    s.ok(&[
+        "pki",
+        "cert",
+        "sign-csr",
+        "--csr",
+        good.to_str().unwrap(),
+        "--spiffe-id",
+        &id,
+        "--output-cert",
+        out.to_str().unwrap(),
+    ]);
     openssl_ok(&["verify", "-CAfile", s.bundle_path().to_str().unwrap(), out.to_str().unwrap()]);
 }
 
@@ -341,7 +403,17 @@ fn oversized_request_is_refused() {
     let s = Server::start(&dir.path().join("data"), &[]);
     let big = dir.path().join("big.csr");
     fs::write(&big, vec![b'A'; 1024 * 1024 + 512]).unwrap();
-    let err = s.fails(&["pki", "cert", "sign-csr", "--csr", big.to_str().unwrap(), "--spiffe-id", "spiffe://example.org/a/b", "--output-cert", "/dev/null"]);
+    let err = s.fails(&[
+        "pki",
+        "cert",
+        "sign-csr",
+        "--csr",
+        big.to_str().unwrap(),
+        "--spiffe-id",
+        "spiffe://example.org/a/b",
+        "--output-cert",
+        "/dev/null",
+    ]);
     assert!(err.contains("1 MiB"), "{err}");
     assert_refusal_audited(&s, "1 MiB");
     still_serving(&s);
@@ -388,11 +460,17 @@ fn bad_tokens_are_refused_and_audited() {
     assert!(s.cli_cmd().args(["--token", &good, "pki", "status"]).output().unwrap().status.success());
 
     let parts: Vec<&str> = good.split('.').collect();
-    let tampered = format!("{}.{}.{}", parts[0], b64(serde_json::to_vec(&with(json!({"sub": "root"}))).unwrap().as_slice()), parts[2]);
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(serde_json::to_vec(&with(json!({"sub": "root"}))).unwrap().as_slice()),
+        parts[2]
+    );
     let alg_none = format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), parts[1]);
     let hs256 = {
         let header = b64(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, fs::read_to_string(s.bundle_path()).unwrap().as_bytes());
+        let key =
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, fs::read_to_string(s.bundle_path()).unwrap().as_bytes());
         let tag = ring::hmac::sign(&key, format!("{header}.{}", parts[1]).as_bytes());
         format!("{header}.{}.{}", parts[1], b64(tag.as_ref()))
     };
@@ -404,7 +482,10 @@ fn bad_tokens_are_refused_and_audited() {
         (hs256, "hs256"),
         (forge(&data, with(json!({"aud": "someone-else"}))), "audience"),
         (forge(&data, with(json!({"iss": "evil"}))), "issuer"),
-        (forge(&data, with(json!({"cnf": {"x5t#S256": "Rvc6LtXrtcjJsf0zZacc2MCETnUOWu59cz3H4ohh4-o"}}))), "certificate"),
+        (
+            forge(&data, with(json!({"cnf": {"x5t#S256": "Rvc6LtXrtcjJsf0zZacc2MCETnUOWu59cz3H4ohh4-o"}}))),
+            "certificate",
+        ),
         ("not.a.jwt".to_string(), "token"),
     ];
     for (token, needle) in cases {
@@ -424,7 +505,19 @@ fn bad_tokens_are_refused_and_audited() {
     let token = bootstrap_token(&s, "once", &[&id], &["--single-use"]);
     let sign = |t: &str| {
         s.cli_cmd()
-            .args(["--token", t, "pki", "cert", "sign-csr", "--csr", csr.to_str().unwrap(), "--spiffe-id", &id, "--output-cert", dir.path().join("once.pem").to_str().unwrap()])
+            .args([
+                "--token",
+                t,
+                "pki",
+                "cert",
+                "sign-csr",
+                "--csr",
+                csr.to_str().unwrap(),
+                "--spiffe-id",
+                &id,
+                "--output-cert",
+                dir.path().join("once.pem").to_str().unwrap(),
+            ])
             .output()
             .unwrap()
     };
@@ -436,15 +529,40 @@ fn bad_tokens_are_refused_and_audited() {
 
     // A token bound to another certificate, presented with a real client certificate.
     let (cert, key) = (dir.path().join("client.pem"), dir.path().join("client.key"));
-    s.ok(&["pki", "cert", "generate", "--spiffe-id", "spiffe://example.org/ops/laptop", "--output-cert", cert.to_str().unwrap(), "--output-key", key.to_str().unwrap()]);
-    let bound_elsewhere = s.ok(&["token", "mint", "admin", "ops", "--cert-fingerprint", "Rvc6LtXrtcjJsf0zZacc2MCETnUOWu59cz3H4ohh4-o"]);
+    s.ok(&[
+        "pki",
+        "cert",
+        "generate",
+        "--spiffe-id",
+        "spiffe://example.org/ops/laptop",
+        "--output-cert",
+        cert.to_str().unwrap(),
+        "--output-key",
+        key.to_str().unwrap(),
+    ]);
+    let bound_elsewhere =
+        s.ok(&["token", "mint", "admin", "ops", "--cert-fingerprint", "Rvc6LtXrtcjJsf0zZacc2MCETnUOWu59cz3H4ohh4-o"]);
     let out = s
         .cli_cmd()
-        .args(["--token", bound_elsewhere.trim(), "--client-cert", cert.to_str().unwrap(), "--client-key", key.to_str().unwrap(), "pki", "status"])
+        .args([
+            "--token",
+            bound_elsewhere.trim(),
+            "--client-cert",
+            cert.to_str().unwrap(),
+            "--client-key",
+            key.to_str().unwrap(),
+            "pki",
+            "status",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("mismatch") || String::from_utf8_lossy(&out.stderr).to_lowercase().contains("does not match"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).to_lowercase().contains("mismatch")
+            || String::from_utf8_lossy(&out.stderr).to_lowercase().contains("does not match"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Bound to the certificate actually presented: accepted.
     let der = openssl_ok(&["x509", "-in", cert.to_str().unwrap(), "-outform", "DER"]);
     let _ = der;
@@ -453,7 +571,16 @@ fn bad_tokens_are_refused_and_audited() {
     let bound_here = s.ok(&["token", "mint", "admin", "ops", "--cert-fingerprint", &thumb]);
     let out = s
         .cli_cmd()
-        .args(["--token", bound_here.trim(), "--client-cert", cert.to_str().unwrap(), "--client-key", key.to_str().unwrap(), "pki", "status"])
+        .args([
+            "--token",
+            bound_here.trim(),
+            "--client-cert",
+            cert.to_str().unwrap(),
+            "--client-key",
+            key.to_str().unwrap(),
+            "pki",
+            "status",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -472,7 +599,19 @@ fn policy_and_deny_list_are_enforced_at_issuance() {
     let out_cert = d.join("node-a.pem");
     let sign_with = |token: &str, want: &str| {
         s.cli_cmd()
-            .args(["--token", token, "pki", "cert", "sign-csr", "--csr", csr.to_str().unwrap(), "--spiffe-id", want, "--output-cert", out_cert.to_str().unwrap()])
+            .args([
+                "--token",
+                token,
+                "pki",
+                "cert",
+                "sign-csr",
+                "--csr",
+                csr.to_str().unwrap(),
+                "--spiffe-id",
+                want,
+                "--output-cert",
+                out_cert.to_str().unwrap(),
+            ])
             .output()
             .unwrap()
     };
@@ -521,10 +660,36 @@ fn server_log_never_contains_keys_or_tokens() {
     let d = dir.path();
     let id = format!("spiffe://{TD}/svc/secret-check");
     let (cert, key) = (d.join("s.pem"), d.join("s.key"));
-    s.ok(&["pki", "cert", "generate", "--spiffe-id", &id, "--output-cert", cert.to_str().unwrap(), "--output-key", key.to_str().unwrap()]);
+    s.ok(&[
+        "pki",
+        "cert",
+        "generate",
+        "--spiffe-id",
+        &id,
+        "--output-cert",
+        cert.to_str().unwrap(),
+        "--output-key",
+        key.to_str().unwrap(),
+    ]);
     let token = bootstrap_token(&s, "secret-check", &[&id], &[]);
     let csr = make_csr(d, "sc", "ec", &[&id]);
-    let out = s.cli_cmd().args(["--token", &token, "pki", "cert", "sign-csr", "--csr", csr.to_str().unwrap(), "--spiffe-id", &id, "--output-cert", d.join("sc.pem").to_str().unwrap()]).output().unwrap();
+    let out = s
+        .cli_cmd()
+        .args([
+            "--token",
+            &token,
+            "pki",
+            "cert",
+            "sign-csr",
+            "--csr",
+            csr.to_str().unwrap(),
+            "--spiffe-id",
+            &id,
+            "--output-cert",
+            d.join("sc.pem").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let serial = s.json(&["pki", "cert", "list", "--spiffe-id", &id])[0]["serial"].as_str().unwrap().to_string();
     s.ok(&["pki", "cert", "revoke", &serial]);
@@ -556,18 +721,50 @@ fn server_log_never_contains_keys_or_tokens() {
 fn policy_check_explains_allow_and_deny() {
     let run = |args: &[&str]| {
         let out = std::process::Command::new(harness::BIN).args(["policy", "check"]).args(args).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
-    let (ok, out, _) = run(&["--principal", "Node::\"node-a\"", "--action", "sign_csr", "--resource", "spiffe://example.org/orchestrator/node-a"]);
+    let (ok, out, _) = run(&[
+        "--principal",
+        "Node::\"node-a\"",
+        "--action",
+        "sign_csr",
+        "--resource",
+        "spiffe://example.org/orchestrator/node-a",
+    ]);
     assert!(ok);
     assert!(out.contains("ALLOW") && out.contains("node-own-identity"), "{out}");
-    let (ok, out, _) = run(&["--principal", "Node::\"node-a\"", "--action", "sign_csr", "--resource", "spiffe://example.org/orchestrator/node-b"]);
+    let (ok, out, _) = run(&[
+        "--principal",
+        "Node::\"node-a\"",
+        "--action",
+        "sign_csr",
+        "--resource",
+        "spiffe://example.org/orchestrator/node-b",
+    ]);
     assert!(ok);
     assert!(out.contains("DENY"), "{out}");
-    let (ok, out, _) = run(&["--principal", "Admin::\"ops\"", "--action", "deny_identity", "--resource", "spiffe://example.org/x/y"]);
+    let (ok, out, _) =
+        run(&["--principal", "Admin::\"ops\"", "--action", "deny_identity", "--resource", "spiffe://example.org/x/y"]);
     assert!(ok && out.contains("ALLOW") && out.contains("admin-all"), "{out}");
     let out = std::process::Command::new(harness::BIN)
-        .args(["--output", "json", "policy", "check", "--principal", "Bootstrap::\"svc\"", "--spiffe-id", "spiffe://example.org/svc/a", "--action", "sign_csr", "--resource", "spiffe://example.org/svc/a"])
+        .args([
+            "--output",
+            "json",
+            "policy",
+            "check",
+            "--principal",
+            "Bootstrap::\"svc\"",
+            "--spiffe-id",
+            "spiffe://example.org/svc/a",
+            "--action",
+            "sign_csr",
+            "--resource",
+            "spiffe://example.org/svc/a",
+        ])
         .output()
         .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -576,9 +773,19 @@ fn policy_check_explains_allow_and_deny() {
     // A custom policy directory changes the decision.
     let dir = tmp();
     fs::write(dir.path().join("only.cedar"), "@id(\"nodes-never\")\nforbid(principal is Trustmesh::Node, action, resource);\n@id(\"admins\")\npermit(principal is Trustmesh::Admin, action, resource);\n").unwrap();
-    let (ok, out, _) = run(&["--policy-dir", dir.path().to_str().unwrap(), "--principal", "Node::\"node-a\"", "--action", "sign_csr", "--resource", "spiffe://example.org/orchestrator/node-a"]);
+    let (ok, out, _) = run(&[
+        "--policy-dir",
+        dir.path().to_str().unwrap(),
+        "--principal",
+        "Node::\"node-a\"",
+        "--action",
+        "sign_csr",
+        "--resource",
+        "spiffe://example.org/orchestrator/node-a",
+    ]);
     assert!(ok && out.contains("DENY") && out.contains("nodes-never"), "{out}");
-    let (ok, _, err) = run(&["--principal", "Nobody::\"x\"", "--action", "sign_csr", "--resource", "spiffe://example.org/a"]);
+    let (ok, _, err) =
+        run(&["--principal", "Nobody::\"x\"", "--action", "sign_csr", "--resource", "spiffe://example.org/a"]);
     assert!(!ok && err.starts_with("error: "), "{err}");
 }
 
@@ -586,10 +793,27 @@ fn policy_check_explains_allow_and_deny() {
 fn openssl_root(d: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let (cert, key) = (d.join("offline-root.pem"), d.join("offline-root.key"));
     openssl_ok(&[
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", key.to_str().unwrap(), "-out", cert.to_str().unwrap(), "-subj", "/CN=Offline Root",
-        "-days", "3650", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        "-addext", "subjectAltName=URI:spiffe://example.org",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+        "-subj",
+        "/CN=Offline Root",
+        "-days",
+        "3650",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-addext",
+        "subjectAltName=URI:spiffe://example.org",
     ]);
     (cert, key)
 }
@@ -617,8 +841,25 @@ fn pki_init_imports_a_root_and_refuses_a_second_init() {
     let status = s.json(&["pki", "status"]);
     assert_eq!(status["root"]["fingerprint"].as_str().unwrap(), fingerprint_of(&cert));
     let (leaf, leaf_key) = (d.join("leaf.pem"), d.join("leaf.key"));
-    s.ok(&["pki", "cert", "generate", "--spiffe-id", "spiffe://example.org/svc/x", "--output-cert", leaf.to_str().unwrap(), "--output-key", leaf_key.to_str().unwrap()]);
-    openssl_ok(&["verify", "-CAfile", cert.to_str().unwrap(), "-untrusted", leaf.to_str().unwrap(), leaf.to_str().unwrap()]);
+    s.ok(&[
+        "pki",
+        "cert",
+        "generate",
+        "--spiffe-id",
+        "spiffe://example.org/svc/x",
+        "--output-cert",
+        leaf.to_str().unwrap(),
+        "--output-key",
+        leaf_key.to_str().unwrap(),
+    ]);
+    openssl_ok(&[
+        "verify",
+        "-CAfile",
+        cert.to_str().unwrap(),
+        "-untrusted",
+        leaf.to_str().unwrap(),
+        leaf.to_str().unwrap(),
+    ]);
 }
 
 #[test]
@@ -628,18 +869,57 @@ fn pki_init_imports_an_intermediate_and_keeps_the_root_offline() {
     let data = d.join("data");
     let (root, root_key) = openssl_root(d);
     let (ikey, icsr, icert) = (d.join("int.key"), d.join("int.csr"), d.join("int.pem"));
-    openssl_ok(&["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", ikey.to_str().unwrap(), "-out", icsr.to_str().unwrap(), "-subj", "/CN=Imported Issuing CA"]);
+    openssl_ok(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        ikey.to_str().unwrap(),
+        "-out",
+        icsr.to_str().unwrap(),
+        "-subj",
+        "/CN=Imported Issuing CA",
+    ]);
     let ext = d.join("ext.cnf");
     fs::write(&ext, "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectAltName=URI:spiffe://example.org\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n").unwrap();
-    openssl_ok(&["x509", "-req", "-in", icsr.to_str().unwrap(), "-CA", root.to_str().unwrap(), "-CAkey", root_key.to_str().unwrap(), "-CAcreateserial", "-days", "365", "-extfile", ext.to_str().unwrap(), "-out", icert.to_str().unwrap()]);
+    openssl_ok(&[
+        "x509",
+        "-req",
+        "-in",
+        icsr.to_str().unwrap(),
+        "-CA",
+        root.to_str().unwrap(),
+        "-CAkey",
+        root_key.to_str().unwrap(),
+        "-CAcreateserial",
+        "-days",
+        "365",
+        "-extfile",
+        ext.to_str().unwrap(),
+        "-out",
+        icert.to_str().unwrap(),
+    ]);
     let chain = d.join("chain.pem");
-    fs::write(&chain, format!("{}{}", fs::read_to_string(&icert).unwrap(), fs::read_to_string(&root).unwrap())).unwrap();
+    fs::write(&chain, format!("{}{}", fs::read_to_string(&icert).unwrap(), fs::read_to_string(&root).unwrap()))
+        .unwrap();
     // A key that does not match is refused.
-    let out = std::process::Command::new(harness::BIN).arg("--data-dir").arg(&data)
-        .args(["pki", "init", "--import-cert", chain.to_str().unwrap(), "--import-key", root_key.to_str().unwrap()]).output().unwrap();
+    let out = std::process::Command::new(harness::BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["pki", "init", "--import-cert", chain.to_str().unwrap(), "--import-key", root_key.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "a mismatched key was accepted");
-    let out = std::process::Command::new(harness::BIN).arg("--data-dir").arg(&data)
-        .args(["pki", "init", "--import-cert", chain.to_str().unwrap(), "--import-key", ikey.to_str().unwrap()]).output().unwrap();
+    let out = std::process::Command::new(harness::BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["pki", "init", "--import-cert", chain.to_str().unwrap(), "--import-key", ikey.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s = Server::start(&data, &[]);
     let status = s.json(&["pki", "status"]);
@@ -648,6 +928,16 @@ fn pki_init_imports_an_intermediate_and_keeps_the_root_offline() {
     let err = s.fails(&["pki", "ca", "create-intermediary", "--common-name", "New CA"]);
     assert!(err.contains("offline"), "{err}");
     let (leaf, leaf_key) = (d.join("leaf.pem"), d.join("leaf.key"));
-    s.ok(&["pki", "cert", "generate", "--spiffe-id", "spiffe://example.org/svc/x", "--output-cert", leaf.to_str().unwrap(), "--output-key", leaf_key.to_str().unwrap()]);
+    s.ok(&[
+        "pki",
+        "cert",
+        "generate",
+        "--spiffe-id",
+        "spiffe://example.org/svc/x",
+        "--output-cert",
+        leaf.to_str().unwrap(),
+        "--output-key",
+        leaf_key.to_str().unwrap(),
+    ]);
     openssl_ok(&["verify", "-CAfile", s.bundle_path().to_str().unwrap(), leaf.to_str().unwrap()]);
 }

@@ -53,7 +53,10 @@ use x509_parser::prelude::FromDer;
 
 async fn generate(issuer: &Issuer, id: &str, ttl: u64) -> String {
     let issued = issuer
-        .generate(&Caller::system(), &GenerateRequest { common_name: String::new(), spiffe_id: id.into(), dns_names: vec![], ttl_seconds: ttl })
+        .generate(
+            &Caller::system(),
+            &GenerateRequest { common_name: String::new(), spiffe_id: id.into(), dns_names: vec![], ttl_seconds: ttl },
+        )
         .await
         .unwrap();
     issued.record.serial
@@ -131,10 +134,18 @@ async fn a_database_of_another_trust_domain_is_refused() {
     let (_, store) = issuer(dir.path(), &clock).await;
     let (kek, _) = Kek::generate().unwrap();
     let cfg = IssuerConfig::new(TrustDomain::parse("other.org").unwrap());
-    let err = Issuer::start(cfg, store, kek, Arc::new(clock), Arc::new(RandomSerials::default()), PolicyEngine::embedded().unwrap(), &InitParams::default())
-        .await
-        .err()
-        .expect("must refuse");
+    let err = Issuer::start(
+        cfg,
+        store,
+        kek,
+        Arc::new(clock),
+        Arc::new(RandomSerials::default()),
+        PolicyEngine::embedded().unwrap(),
+        &InitParams::default(),
+    )
+    .await
+    .err()
+    .expect("must refuse");
     assert!(err.to_string().contains("belongs to trust domain"), "{err}");
 }
 
@@ -145,10 +156,18 @@ async fn a_wrong_kek_is_refused_with_a_clear_message() {
     let (_, store) = issuer(dir.path(), &clock).await;
     let (other, _) = Kek::generate().unwrap();
     let cfg = IssuerConfig::new(TrustDomain::parse("example.org").unwrap());
-    let err = Issuer::start(cfg, store, other, Arc::new(clock), Arc::new(RandomSerials::default()), PolicyEngine::embedded().unwrap(), &InitParams::default())
-        .await
-        .err()
-        .expect("must refuse");
+    let err = Issuer::start(
+        cfg,
+        store,
+        other,
+        Arc::new(clock),
+        Arc::new(RandomSerials::default()),
+        PolicyEngine::embedded().unwrap(),
+        &InitParams::default(),
+    )
+    .await
+    .err()
+    .expect("must refuse");
     assert!(err.to_string().contains("KEK"), "{err}");
 }
 

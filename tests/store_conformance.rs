@@ -12,8 +12,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use trustmesh::store::{
-    AuditFilter, AuditRecord, CaRecord, CaRole, CertFilter, CertRecord, CertStatus, DenyRecord,
-    RevokeOutcome, RevokedEntry, SigningKeyRecord, Store, StoreError,
+    AuditFilter, AuditRecord, CaRecord, CaRole, CertFilter, CertRecord, CertStatus, DenyRecord, RevokeOutcome,
+    RevokedEntry, SigningKeyRecord, Store, StoreError,
 };
 
 macro_rules! conformance {
@@ -55,25 +55,20 @@ conformance!(
     purge_expired,
     audit_log,
     concurrent_issuance,
+    concurrent_duplicate_fails_alone,
 );
 
 const NOW: i64 = 1_700_000_000;
 
 async fn sqlite_store() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = trustmesh::store::sqlite::SqliteStore::open(&dir.path().join("trustmesh.db"))
-        .await
-        .unwrap();
+    let store = trustmesh::store::sqlite::SqliteStore::open(&dir.path().join("trustmesh.db")).await.unwrap();
     (Arc::new(store), dir)
 }
 
 async fn postgres_store() -> Arc<dyn Store> {
     let url = support::postgres::fresh_database().await;
-    Arc::new(
-        trustmesh::store::postgres::PostgresStore::connect(&url)
-            .await
-            .unwrap(),
-    )
+    Arc::new(trustmesh::store::postgres::PostgresStore::connect(&url).await.unwrap())
 }
 
 // ---- the cases -------------------------------------------------------------
@@ -81,18 +76,9 @@ async fn postgres_store() -> Arc<dyn Store> {
 async fn ping_and_settings(s: Arc<dyn Store>) {
     s.ping().await.unwrap();
     assert_eq!(s.setting("trust_domain").await.unwrap(), None);
-    assert_eq!(
-        s.init_setting("trust_domain", "example.org").await.unwrap(),
-        "example.org"
-    );
-    assert_eq!(
-        s.init_setting("trust_domain", "other.org").await.unwrap(),
-        "example.org"
-    );
-    assert_eq!(
-        s.setting("trust_domain").await.unwrap().as_deref(),
-        Some("example.org")
-    );
+    assert_eq!(s.init_setting("trust_domain", "example.org").await.unwrap(), "example.org");
+    assert_eq!(s.init_setting("trust_domain", "other.org").await.unwrap(), "example.org");
+    assert_eq!(s.setting("trust_domain").await.unwrap().as_deref(), Some("example.org"));
     assert_eq!(s.setting("other").await.unwrap(), None);
 }
 
@@ -105,10 +91,7 @@ async fn init_setting_race(s: Arc<dyn Store>) {
         }))
         .await;
         let stored = s.setting(&key).await.unwrap().unwrap();
-        assert!(
-            winners.iter().all(|w| *w == stored),
-            "{winners:?} vs stored {stored}"
-        );
+        assert!(winners.iter().all(|w| *w == stored), "{winners:?} vs stored {stored}");
     }
 }
 
@@ -121,31 +104,16 @@ async fn init_hierarchy_once(s: Arc<dyn Store>) {
     let (other_cas, other_keys) = hierarchy("b");
     assert!(!s.init_hierarchy(&other_cas, &other_keys).await.unwrap());
     assert_eq!(s.cas().await.unwrap(), cas, "a second init writes no CA");
-    assert_eq!(
-        s.signing_keys().await.unwrap(),
-        keys,
-        "a second init writes no key"
-    );
+    assert_eq!(s.signing_keys().await.unwrap(), keys, "a second init writes no key");
 }
 
 async fn init_hierarchy_race(s: Arc<dyn Store>) {
     let results = join_all(["a", "b", "c", "d", "e", "f", "g", "h"].map(|prefix| {
         let s = s.clone();
-        async move {
-            (
-                prefix,
-                s.init_hierarchy(&hierarchy(prefix).0, &hierarchy(prefix).1)
-                    .await
-                    .unwrap(),
-            )
-        }
+        async move { (prefix, s.init_hierarchy(&hierarchy(prefix).0, &hierarchy(prefix).1).await.unwrap()) }
     }))
     .await;
-    let won: Vec<_> = results
-        .iter()
-        .filter(|(_, won)| *won)
-        .map(|(p, _)| *p)
-        .collect();
+    let won: Vec<_> = results.iter().filter(|(_, won)| *won).map(|(p, _)| *p).collect();
     assert_eq!(won.len(), 1, "exactly one replica initializes: {results:?}");
     assert_eq!(s.cas().await.unwrap(), hierarchy(won[0]).0);
     assert_eq!(s.signing_keys().await.unwrap(), hierarchy(won[0]).1);
@@ -153,88 +121,43 @@ async fn init_hierarchy_race(s: Arc<dyn Store>) {
 
 async fn insert_ca_rotates_role(s: Arc<dyn Store>) {
     seed(&s).await;
-    s.insert_ca(&ca("svc-2", CaRole::Services, true, NOW + 10))
-        .await
-        .unwrap();
+    s.insert_ca(&ca("svc-2", CaRole::Services, true, NOW + 10)).await.unwrap();
     assert_eq!(active_ids(&s).await, ["a-root", "a-transport", "svc-2"]);
 
-    s.insert_ca(&ca("svc-3", CaRole::Services, false, NOW + 20))
-        .await
-        .unwrap();
-    assert_eq!(
-        active_ids(&s).await,
-        ["a-root", "a-transport", "svc-2"],
-        "an inactive CA deactivates nothing"
-    );
+    s.insert_ca(&ca("svc-3", CaRole::Services, false, NOW + 20)).await.unwrap();
+    assert_eq!(active_ids(&s).await, ["a-root", "a-transport", "svc-2"], "an inactive CA deactivates nothing");
 
-    let dup = s
-        .insert_ca(&ca("svc-2", CaRole::Services, true, NOW + 30))
-        .await;
+    let dup = s.insert_ca(&ca("svc-2", CaRole::Services, true, NOW + 30)).await;
     assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
-    assert_eq!(
-        active_ids(&s).await,
-        ["a-root", "a-transport", "svc-2"],
-        "a failed insert changes nothing"
-    );
+    assert_eq!(active_ids(&s).await, ["a-root", "a-transport", "svc-2"], "a failed insert changes nothing");
 
     let ids: Vec<_> = s.cas().await.unwrap().into_iter().map(|c| c.id).collect();
-    assert_eq!(
-        ids,
-        ["a-root", "a-services", "a-transport", "svc-2", "svc-3"],
-        "oldest first"
-    );
+    assert_eq!(ids, ["a-root", "a-services", "a-transport", "svc-2", "svc-3"], "oldest first");
 }
 
 async fn signing_keys_roundtrip(s: Arc<dyn Store>) {
     let (k1, k2) = (key("k1", "jwt-svid", NOW + 5), key("k2", "token", NOW + 1));
     s.insert_signing_key(&k1).await.unwrap();
     s.insert_signing_key(&k2).await.unwrap();
-    assert_eq!(
-        s.signing_keys().await.unwrap(),
-        [k2, k1.clone()],
-        "oldest first"
-    );
+    assert_eq!(s.signing_keys().await.unwrap(), [k2, k1.clone()], "oldest first");
     let dup = s.insert_signing_key(&k1).await;
     assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
 }
 
 async fn record_issuance_and_conflict(s: Arc<dyn Store>) {
     seed(&s).await;
-    let c = cert(
-        "0a",
-        "spiffe://example.org/web/1",
-        "a-services",
-        NOW - 30,
-        NOW + 3600,
-    );
-    s.record_issuance(&c, &audit("issue", &c.spiffe_id, NOW))
-        .await
-        .unwrap();
+    let c = cert("0a", "spiffe://example.org/web/1", "a-services", NOW - 30, NOW + 3600);
+    s.record_issuance(&c, &audit("issue", &c.spiffe_id, NOW)).await.unwrap();
     assert_eq!(s.certificate("0a").await.unwrap(), Some(c.clone()));
     assert_eq!(s.certificate("0b").await.unwrap(), None);
 
-    let mut again = cert(
-        "0a",
-        "spiffe://example.org/web/2",
-        "a-services",
-        NOW,
-        NOW + 60,
-    );
+    let mut again = cert("0a", "spiffe://example.org/web/2", "a-services", NOW, NOW + 60);
     again.fingerprint = "other".into();
-    let dup = s
-        .record_issuance(&again, &audit("issue", &again.spiffe_id, NOW))
-        .await;
-    assert!(
-        matches!(&dup, Err(StoreError::Conflict { what }) if what.contains("0a")),
-        "{dup:?}"
-    );
+    let dup = s.record_issuance(&again, &audit("issue", &again.spiffe_id, NOW)).await;
+    assert!(matches!(&dup, Err(StoreError::Conflict { what }) if what.contains("0a")), "{dup:?}");
     assert_eq!(s.certificate("0a").await.unwrap(), Some(c));
     let log = s.audit(&AuditFilter::default()).await.unwrap();
-    assert_eq!(
-        log.len(),
-        1,
-        "the failed issuance wrote no audit record: {log:?}"
-    );
+    assert_eq!(log.len(), 1, "the failed issuance wrote no audit record: {log:?}");
 }
 
 async fn certificate_filters(s: Arc<dyn Store>) {
@@ -247,88 +170,34 @@ async fn certificate_filters(s: Arc<dyn Store>) {
         cert("a4", a, "a-services", NOW - 400, NOW),
         cert("b1", b, "a-transport", NOW - 50, NOW + 500),
     ] {
-        s.record_issuance(&c, &audit("issue", a, NOW))
-            .await
-            .unwrap();
+        s.record_issuance(&c, &audit("issue", a, NOW)).await.unwrap();
     }
     let list = |f: CertFilter| {
         let s = s.clone();
-        async move {
-            s.certificates(&f)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|c| c.serial)
-                .collect::<Vec<_>>()
-        }
+        async move { s.certificates(&f).await.unwrap().into_iter().map(|c| c.serial).collect::<Vec<_>>() }
     };
-    assert_eq!(
-        list(CertFilter::default()).await,
-        ["b1", "a3", "a2", "a1", "a4"],
-        "newest not_before first"
-    );
-    let by_id = CertFilter {
-        spiffe_id: Some(a.into()),
-        ..Default::default()
-    };
+    assert_eq!(list(CertFilter::default()).await, ["b1", "a3", "a2", "a1", "a4"], "newest not_before first");
+    let by_id = CertFilter { spiffe_id: Some(a.into()), ..Default::default() };
     assert_eq!(list(by_id).await, ["a3", "a2", "a1", "a4"]);
-    let unexpired = CertFilter {
-        unexpired_at: Some(NOW),
-        ..Default::default()
-    };
-    assert_eq!(
-        list(unexpired).await,
-        ["b1", "a2", "a1"],
-        "not_after <= now excluded"
-    );
-    let expiring = CertFilter {
-        expiring_before: Some(NOW + 500),
-        unexpired_at: Some(NOW),
-        ..Default::default()
-    };
-    assert_eq!(
-        list(expiring).await,
-        ["b1", "a1"],
-        "not_after in (now, before]"
-    );
-    let limited = CertFilter {
-        limit: Some(2),
-        ..Default::default()
-    };
+    let unexpired = CertFilter { unexpired_at: Some(NOW), ..Default::default() };
+    assert_eq!(list(unexpired).await, ["b1", "a2", "a1"], "not_after <= now excluded");
+    let expiring = CertFilter { expiring_before: Some(NOW + 500), unexpired_at: Some(NOW), ..Default::default() };
+    assert_eq!(list(expiring).await, ["b1", "a1"], "not_after in (now, before]");
+    let limited = CertFilter { limit: Some(2), ..Default::default() };
     assert_eq!(list(limited).await, ["b1", "a3"]);
-    let all = CertFilter {
-        spiffe_id: Some(a.into()),
-        unexpired_at: Some(NOW),
-        limit: Some(1),
-        ..Default::default()
-    };
+    let all = CertFilter { spiffe_id: Some(a.into()), unexpired_at: Some(NOW), limit: Some(1), ..Default::default() };
     assert_eq!(list(all).await, ["a2"]);
 }
 
 async fn active_certificate_count(s: Arc<dyn Store>) {
     seed(&s).await;
     assert_eq!(s.active_certificate_count(NOW).await.unwrap(), 0);
-    for (serial, not_after) in [
-        ("01", NOW + 10),
-        ("02", NOW + 20),
-        ("03", NOW),
-        ("04", NOW - 5),
-    ] {
-        let c = cert(
-            serial,
-            "spiffe://example.org/x",
-            "a-services",
-            NOW - 60,
-            not_after,
-        );
-        s.record_issuance(&c, &audit("issue", serial, NOW))
-            .await
-            .unwrap();
+    for (serial, not_after) in [("01", NOW + 10), ("02", NOW + 20), ("03", NOW), ("04", NOW - 5)] {
+        let c = cert(serial, "spiffe://example.org/x", "a-services", NOW - 60, not_after);
+        s.record_issuance(&c, &audit("issue", serial, NOW)).await.unwrap();
     }
     assert_eq!(s.active_certificate_count(NOW).await.unwrap(), 2);
-    s.revoke("02", "superseded", NOW, &audit("revoke", "02", NOW))
-        .await
-        .unwrap();
+    s.revoke("02", "superseded", NOW, &audit("revoke", "02", NOW)).await.unwrap();
     assert_eq!(s.active_certificate_count(NOW).await.unwrap(), 1);
     assert_eq!(s.active_certificate_count(NOW - 100).await.unwrap(), 3);
 }
@@ -342,48 +211,23 @@ async fn revoke_outcomes(s: Arc<dyn Store>) {
         cert("c3", id, "a-services", NOW - 600, NOW - 1),
         cert("c4", id, "a-transport", NOW - 60, NOW + 600),
     ] {
-        s.record_issuance(&c, &audit("issue", id, NOW - 60))
-            .await
-            .unwrap();
+        s.record_issuance(&c, &audit("issue", id, NOW - 60)).await.unwrap();
     }
     let revoke = |serial: &'static str, reason: &'static str, at: i64| {
         let s = s.clone();
-        async move {
-            s.revoke(serial, reason, at, &audit("revoke", serial, at))
-                .await
-                .unwrap()
-        }
+        async move { s.revoke(serial, reason, at, &audit("revoke", serial, at)).await.unwrap() }
     };
-    assert_eq!(
-        revoke("c1", "keyCompromise", NOW).await,
-        RevokeOutcome::Revoked
-    );
+    assert_eq!(revoke("c1", "keyCompromise", NOW).await, RevokeOutcome::Revoked);
     let c1 = s.certificate("c1").await.unwrap().unwrap();
     assert_eq!(
         (c1.status, c1.revoked_at, c1.revocation_reason.as_deref()),
         (CertStatus::Revoked, Some(NOW), Some("keyCompromise"))
     );
-    assert_eq!(
-        revoke("c1", "superseded", NOW + 5).await,
-        RevokeOutcome::AlreadyRevoked
-    );
-    assert_eq!(
-        s.certificate("c1").await.unwrap(),
-        Some(c1),
-        "a second revocation changes nothing"
-    );
-    assert_eq!(
-        revoke("nope", "superseded", NOW).await,
-        RevokeOutcome::NotFound
-    );
-    assert_eq!(
-        revoke("c3", "superseded", NOW + 1).await,
-        RevokeOutcome::Revoked
-    );
-    assert_eq!(
-        revoke("c4", "superseded", NOW + 2).await,
-        RevokeOutcome::Revoked
-    );
+    assert_eq!(revoke("c1", "superseded", NOW + 5).await, RevokeOutcome::AlreadyRevoked);
+    assert_eq!(s.certificate("c1").await.unwrap(), Some(c1), "a second revocation changes nothing");
+    assert_eq!(revoke("nope", "superseded", NOW).await, RevokeOutcome::NotFound);
+    assert_eq!(revoke("c3", "superseded", NOW + 1).await, RevokeOutcome::Revoked);
+    assert_eq!(revoke("c4", "superseded", NOW + 2).await, RevokeOutcome::Revoked);
 
     let entry = |serial: &str, at: i64, reason: &str| RevokedEntry {
         serial: serial.into(),
@@ -391,29 +235,12 @@ async fn revoke_outcomes(s: Arc<dyn Store>) {
         reason: Some(reason.into()),
         not_after: NOW + 600,
     };
-    assert_eq!(
-        s.revoked_unexpired("a-services", NOW).await.unwrap(),
-        [entry("c1", NOW, "keyCompromise")]
-    );
-    assert_eq!(
-        s.revoked_unexpired("a-transport", NOW).await.unwrap(),
-        [entry("c4", NOW + 2, "superseded")]
-    );
-    assert_eq!(
-        s.revoked_unexpired("a-services", NOW + 600).await.unwrap(),
-        Vec::<RevokedEntry>::new()
-    );
+    assert_eq!(s.revoked_unexpired("a-services", NOW).await.unwrap(), [entry("c1", NOW, "keyCompromise")]);
+    assert_eq!(s.revoked_unexpired("a-transport", NOW).await.unwrap(), [entry("c4", NOW + 2, "superseded")]);
+    assert_eq!(s.revoked_unexpired("a-services", NOW + 600).await.unwrap(), Vec::<RevokedEntry>::new());
     let audited = s.audit(&AuditFilter::default()).await.unwrap();
-    let revokes: Vec<_> = audited
-        .iter()
-        .filter(|a| a.action == "revoke")
-        .map(|a| a.target.as_str())
-        .collect();
-    assert_eq!(
-        revokes,
-        ["c1", "c3", "c4"],
-        "only revocations that changed something are audited"
-    );
+    let revokes: Vec<_> = audited.iter().filter(|a| a.action == "revoke").map(|a| a.target.as_str()).collect();
+    assert_eq!(revokes, ["c1", "c3", "c4"], "only revocations that changed something are audited");
 }
 
 async fn deny_revokes_identity(s: Arc<dyn Store>) {
@@ -426,19 +253,12 @@ async fn deny_revokes_identity(s: Arc<dyn Store>) {
         cert("x4", x, "a-services", NOW - 90, NOW + 600),
         cert("y1", y, "a-services", NOW - 60, NOW + 600),
     ] {
-        s.record_issuance(&c, &audit("issue", &c.spiffe_id, NOW - 60))
-            .await
-            .unwrap();
+        s.record_issuance(&c, &audit("issue", &c.spiffe_id, NOW - 60)).await.unwrap();
     }
-    s.revoke("x4", "superseded", NOW - 5, &audit("revoke", "x4", NOW - 5))
-        .await
-        .unwrap();
+    s.revoke("x4", "superseded", NOW - 5, &audit("revoke", "x4", NOW - 5)).await.unwrap();
 
     let entry = deny_record(x, "compromised host", NOW);
-    assert_eq!(
-        s.deny(&entry, NOW, &audit("deny", x, NOW)).await.unwrap(),
-        ["x1", "x2"]
-    );
+    assert_eq!(s.deny(&entry, NOW, &audit("deny", x, NOW)).await.unwrap(), ["x1", "x2"]);
     let status = |serial: &'static str| {
         let s = s.clone();
         async move {
@@ -446,72 +266,26 @@ async fn deny_revokes_identity(s: Arc<dyn Store>) {
             (c.status, c.revoked_at, c.revocation_reason)
         }
     };
-    let cessation = (
-        CertStatus::Revoked,
-        Some(NOW),
-        Some("cessationOfOperation".to_string()),
-    );
+    let cessation = (CertStatus::Revoked, Some(NOW), Some("cessationOfOperation".to_string()));
     assert_eq!(status("x1").await, cessation);
     assert_eq!(status("x2").await, cessation);
-    assert_eq!(
-        status("x3").await,
-        (CertStatus::Active, None, None),
-        "expired certificates are left alone"
-    );
-    assert_eq!(
-        status("x4").await,
-        (
-            CertStatus::Revoked,
-            Some(NOW - 5),
-            Some("superseded".into())
-        )
-    );
+    assert_eq!(status("x3").await, (CertStatus::Active, None, None), "expired certificates are left alone");
+    assert_eq!(status("x4").await, (CertStatus::Revoked, Some(NOW - 5), Some("superseded".into())));
     assert_eq!(status("y1").await.0, CertStatus::Active);
     assert_eq!(s.denied(x).await.unwrap(), Some(entry.clone()));
     assert_eq!(s.denied(y).await.unwrap(), None);
 
     let again = deny_record(x, "keyCompromise", NOW + 60);
-    assert_eq!(
-        s.deny(&again, NOW + 60, &audit("deny", x, NOW + 60))
-            .await
-            .unwrap(),
-        Vec::<String>::new()
-    );
-    let updated = DenyRecord {
-        reason: "keyCompromise".into(),
-        ..entry.clone()
-    };
-    assert_eq!(
-        s.denied(x).await.unwrap(),
-        Some(updated.clone()),
-        "a second deny updates the reason"
-    );
+    assert_eq!(s.deny(&again, NOW + 60, &audit("deny", x, NOW + 60)).await.unwrap(), Vec::<String>::new());
+    let updated = DenyRecord { reason: "keyCompromise".into(), ..entry.clone() };
+    assert_eq!(s.denied(x).await.unwrap(), Some(updated.clone()), "a second deny updates the reason");
 
     let y_entry = deny_record(y, "keyCompromise", NOW + 100);
-    assert_eq!(
-        s.deny(&y_entry, NOW + 100, &audit("deny", y, NOW + 100))
-            .await
-            .unwrap(),
-        ["y1"]
-    );
+    assert_eq!(s.deny(&y_entry, NOW + 100, &audit("deny", y, NOW + 100)).await.unwrap(), ["y1"]);
     let y1 = s.certificate("y1").await.unwrap().unwrap();
-    assert_eq!(
-        y1.revocation_reason.as_deref(),
-        Some("keyCompromise"),
-        "an RFC 5280 reason given is used"
-    );
-    assert_eq!(
-        s.deny_list().await.unwrap(),
-        [updated, y_entry],
-        "oldest first"
-    );
-    let denies = s
-        .audit(&AuditFilter {
-            target: Some(x.into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    assert_eq!(y1.revocation_reason.as_deref(), Some("keyCompromise"), "an RFC 5280 reason given is used");
+    assert_eq!(s.deny_list().await.unwrap(), [updated, y_entry], "oldest first");
+    let denies = s.audit(&AuditFilter { target: Some(x.into()), ..Default::default() }).await.unwrap();
     assert_eq!(denies.iter().filter(|a| a.action == "deny").count(), 2);
 }
 
@@ -519,166 +293,80 @@ async fn allow_lifts_denial(s: Arc<dyn Store>) {
     seed(&s).await;
     let x = "spiffe://example.org/x";
     let c = cert("x1", x, "a-services", NOW - 60, NOW + 600);
-    s.record_issuance(&c, &audit("issue", x, NOW))
-        .await
-        .unwrap();
-    assert_eq!(
-        s.deny(&deny_record(x, "gone", NOW), NOW, &audit("deny", x, NOW))
-            .await
-            .unwrap(),
-        ["x1"]
-    );
+    s.record_issuance(&c, &audit("issue", x, NOW)).await.unwrap();
+    assert_eq!(s.deny(&deny_record(x, "gone", NOW), NOW, &audit("deny", x, NOW)).await.unwrap(), ["x1"]);
     assert!(s.allow(x, &audit("allow", x, NOW + 1)).await.unwrap());
     assert_eq!(s.denied(x).await.unwrap(), None);
     assert_eq!(s.deny_list().await.unwrap(), Vec::<DenyRecord>::new());
     assert!(!s.allow(x, &audit("allow", x, NOW + 2)).await.unwrap());
-    assert_eq!(
-        s.certificate("x1").await.unwrap().unwrap().status,
-        CertStatus::Revoked,
-        "revoked stays revoked"
-    );
-    let log = s
-        .audit(&AuditFilter {
-            target: Some(x.into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    assert_eq!(s.certificate("x1").await.unwrap().unwrap().status, CertStatus::Revoked, "revoked stays revoked");
+    let log = s.audit(&AuditFilter { target: Some(x.into()), ..Default::default() }).await.unwrap();
     let actions: Vec<_> = log.iter().map(|a| a.action.as_str()).collect();
     assert_eq!(actions, ["issue", "deny", "allow", "allow"]);
 }
 
 async fn consume_token_id_once(s: Arc<dyn Store>) {
     assert!(s.consume_token_id("jti-1", NOW + 60).await.unwrap());
-    assert!(
-        !s.consume_token_id("jti-1", NOW + 60).await.unwrap(),
-        "a replay"
-    );
+    assert!(!s.consume_token_id("jti-1", NOW + 60).await.unwrap(), "a replay");
     assert!(s.consume_token_id("jti-2", NOW + 60).await.unwrap());
     let results = join_all((0..16).map(|_| {
         let s = s.clone();
         async move { s.consume_token_id("jti-race", NOW + 60).await.unwrap() }
     }))
     .await;
-    assert_eq!(
-        results.iter().filter(|ok| **ok).count(),
-        1,
-        "exactly one concurrent use wins"
-    );
+    assert_eq!(results.iter().filter(|ok| **ok).count(), 1, "exactly one concurrent use wins");
 }
 
 async fn purge_expired(s: Arc<dyn Store>) {
     seed(&s).await;
     let id = "spiffe://example.org/p";
-    for (serial, not_after) in [
-        ("old", NOW - 7200),
-        ("edge", NOW - 3600),
-        ("grace", NOW - 100),
-        ("live", NOW + 100),
-    ] {
-        s.record_issuance(
-            &cert(serial, id, "a-services", NOW - 9000, not_after),
-            &audit("issue", id, NOW),
-        )
-        .await
-        .unwrap();
+    for (serial, not_after) in [("old", NOW - 7200), ("edge", NOW - 3600), ("grace", NOW - 100), ("live", NOW + 100)] {
+        s.record_issuance(&cert(serial, id, "a-services", NOW - 9000, not_after), &audit("issue", id, NOW))
+            .await
+            .unwrap();
     }
     for (jti, expires_at) in [("expired", NOW - 1), ("edge", NOW), ("live", NOW + 1)] {
         assert!(s.consume_token_id(jti, expires_at).await.unwrap());
     }
     assert_eq!(s.purge_expired(NOW, 3600).await.unwrap(), 2);
-    let left: BTreeSet<_> = s
-        .certificates(&CertFilter::default())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|c| c.serial)
-        .collect();
-    assert_eq!(
-        left,
-        BTreeSet::from(["grace".to_string(), "live".to_string()])
-    );
-    assert!(
-        s.consume_token_id("expired", NOW + 60).await.unwrap(),
-        "purged ids are forgotten"
-    );
-    assert!(
-        s.consume_token_id("edge", NOW + 60).await.unwrap(),
-        "expires_at <= now is purged"
-    );
-    assert!(
-        !s.consume_token_id("live", NOW + 60).await.unwrap(),
-        "unexpired ids are kept"
-    );
+    let left: BTreeSet<_> =
+        s.certificates(&CertFilter::default()).await.unwrap().into_iter().map(|c| c.serial).collect();
+    assert_eq!(left, BTreeSet::from(["grace".to_string(), "live".to_string()]));
+    assert!(s.consume_token_id("expired", NOW + 60).await.unwrap(), "purged ids are forgotten");
+    assert!(s.consume_token_id("edge", NOW + 60).await.unwrap(), "expires_at <= now is purged");
+    assert!(!s.consume_token_id("live", NOW + 60).await.unwrap(), "unexpired ids are kept");
     assert_eq!(s.purge_expired(NOW, 3600).await.unwrap(), 0);
 }
 
 async fn audit_log(s: Arc<dyn Store>) {
     for i in 0..10 {
         let target = if i % 2 == 0 { "even" } else { "odd" };
-        let record = AuditRecord {
-            id: 999,
-            reason: format!("r{i}"),
-            ..audit(&format!("a{i}"), target, NOW + i)
-        };
+        let record = AuditRecord { id: 999, reason: format!("r{i}"), ..audit(&format!("a{i}"), target, NOW + i) };
         s.append_audit(&record).await.unwrap();
     }
     let all = s.audit(&AuditFilter::default()).await.unwrap();
-    let actions =
-        |records: &[AuditRecord]| records.iter().map(|r| r.action.clone()).collect::<Vec<_>>();
-    assert_eq!(
-        actions(&all),
-        (0..10).map(|i| format!("a{i}")).collect::<Vec<_>>(),
-        "oldest first"
-    );
-    assert!(
-        all.windows(2).all(|w| w[0].id < w[1].id),
-        "ids are assigned by the store, increasing"
-    );
+    let actions = |records: &[AuditRecord]| records.iter().map(|r| r.action.clone()).collect::<Vec<_>>();
+    assert_eq!(actions(&all), (0..10).map(|i| format!("a{i}")).collect::<Vec<_>>(), "oldest first");
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "ids are assigned by the store, increasing");
     let first = &all[0];
-    assert_eq!(
-        (first.at, first.actor.as_str(), first.target.as_str()),
-        (NOW, "admin", "even")
-    );
-    assert_eq!(
-        (first.outcome.as_str(), first.reason.as_str()),
-        ("ok", "r0")
-    );
+    assert_eq!((first.at, first.actor.as_str(), first.target.as_str()), (NOW, "admin", "even"));
+    assert_eq!((first.outcome.as_str(), first.reason.as_str()), ("ok", "r0"));
 
     let query = |f: AuditFilter| {
         let s = s.clone();
         async move { actions(&s.audit(&f).await.unwrap()) }
     };
+    assert_eq!(query(AuditFilter { since: Some(NOW + 7), ..Default::default() }).await, ["a7", "a8", "a9"]);
     assert_eq!(
-        query(AuditFilter {
-            since: Some(NOW + 7),
-            ..Default::default()
-        })
-        .await,
-        ["a7", "a8", "a9"]
-    );
-    assert_eq!(
-        query(AuditFilter {
-            target: Some("odd".into()),
-            ..Default::default()
-        })
-        .await,
+        query(AuditFilter { target: Some("odd".into()), ..Default::default() }).await,
         ["a1", "a3", "a5", "a7", "a9"]
     );
     assert_eq!(
-        query(AuditFilter {
-            limit: Some(3),
-            ..Default::default()
-        })
-        .await,
+        query(AuditFilter { limit: Some(3), ..Default::default() }).await,
         ["a7", "a8", "a9"],
         "the newest ones"
     );
-    let combined = AuditFilter {
-        since: Some(NOW + 2),
-        target: Some("even".into()),
-        limit: Some(2),
-    };
+    let combined = AuditFilter { since: Some(NOW + 2), target: Some("even".into()), limit: Some(2) };
     assert_eq!(query(combined).await, ["a6", "a8"]);
 }
 
@@ -687,25 +375,39 @@ async fn concurrent_issuance(s: Arc<dyn Store>) {
     join_all((0..32).map(|i| {
         let s = s.clone();
         async move {
-            let c = cert(
-                &format!("{i:02x}"),
-                &format!("spiffe://example.org/w/{i}"),
-                "a-services",
-                NOW,
-                NOW + 3600,
-            );
-            s.record_issuance(&c, &audit("issue", &c.spiffe_id, NOW))
-                .await
-                .unwrap();
+            let c = cert(&format!("{i:02x}"), &format!("spiffe://example.org/w/{i}"), "a-services", NOW, NOW + 3600);
+            s.record_issuance(&c, &audit("issue", &c.spiffe_id, NOW)).await.unwrap();
         }
     }))
     .await;
-    assert_eq!(
-        s.certificates(&CertFilter::default()).await.unwrap().len(),
-        32
-    );
+    assert_eq!(s.certificates(&CertFilter::default()).await.unwrap().len(), 32);
     assert_eq!(s.active_certificate_count(NOW).await.unwrap(), 32);
     assert_eq!(s.audit(&AuditFilter::default()).await.unwrap().len(), 32);
+}
+
+/// Records submitted together (one SQLite group commit) succeed or fail one by
+/// one: a duplicate serial among them fails alone, with its audit record.
+async fn concurrent_duplicate_fails_alone(s: Arc<dyn Store>) {
+    seed(&s).await;
+    let results = join_all((0..40).map(|i| {
+        let s = s.clone();
+        async move {
+            // Tasks 0 and 20 both use serial "dup".
+            let serial = if i % 20 == 0 { "dup".to_string() } else { format!("s{i:02}") };
+            let c = cert(&serial, &format!("spiffe://example.org/w/{i}"), "a-services", NOW, NOW + 3600);
+            s.record_issuance(&c, &audit("issue", &c.spiffe_id, NOW)).await
+        }
+    }))
+    .await;
+    let conflicts = results.iter().filter(|r| matches!(r, Err(StoreError::Conflict { .. }))).count();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!((ok, conflicts), (39, 1), "{results:?}");
+    assert_eq!(s.certificates(&CertFilter::default()).await.unwrap().len(), 39);
+    assert_eq!(
+        s.audit(&AuditFilter::default()).await.unwrap().len(),
+        39,
+        "the loser's audit record is rolled back with it"
+    );
 }
 
 // ---- backend-specific ------------------------------------------------------
@@ -718,63 +420,35 @@ async fn sqlite_durable_across_reopen_and_private() {
     let store = trustmesh::store::open(&url).await.unwrap();
     seed(&store).await;
     let c = cert("01", "spiffe://example.org/d", "a-services", NOW, NOW + 60);
-    store
-        .record_issuance(&c, &audit("issue", "01", NOW))
-        .await
-        .unwrap();
-    store
-        .init_setting("trust_domain", "example.org")
-        .await
-        .unwrap();
+    store.record_issuance(&c, &audit("issue", "01", NOW)).await.unwrap();
+    store.init_setting("trust_domain", "example.org").await.unwrap();
     drop(store);
 
-    let mode = std::fs::metadata(dir.path().join("t.db"))
-        .unwrap()
-        .permissions()
-        .mode();
+    let mode = std::fs::metadata(dir.path().join("t.db")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     let store = trustmesh::store::open(&url).await.unwrap();
     assert_eq!(store.certificate("01").await.unwrap(), Some(c));
     assert_eq!(store.cas().await.unwrap(), hierarchy("a").0);
-    assert_eq!(
-        store.setting("trust_domain").await.unwrap().as_deref(),
-        Some("example.org")
-    );
+    assert_eq!(store.setting("trust_domain").await.unwrap().as_deref(), Some("example.org"));
 }
 
 #[tokio::test]
 async fn sqlite_refuses_newer_schema() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
-    drop(
-        trustmesh::store::sqlite::SqliteStore::open(&path)
-            .await
-            .unwrap(),
-    );
-    rusqlite::Connection::open(&path)
-        .unwrap()
-        .execute("UPDATE schema_version SET version = 999", [])
-        .unwrap();
-    let err = trustmesh::store::sqlite::SqliteStore::open(&path)
-        .await
-        .err();
-    assert!(
-        matches!(err, Some(StoreError::SchemaTooNew { found: 999, .. })),
-        "{err:?}"
-    );
+    drop(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
+    rusqlite::Connection::open(&path).unwrap().execute("UPDATE schema_version SET version = 999", []).unwrap();
+    let err = trustmesh::store::sqlite::SqliteStore::open(&path).await.err();
+    assert!(matches!(err, Some(StoreError::SchemaTooNew { found: 999, .. })), "{err:?}");
 }
 
 #[tokio::test]
 async fn sqlite_in_memory_and_bad_urls() {
-    let store: Arc<dyn Store> =
-        Arc::new(trustmesh::store::sqlite::SqliteStore::open_in_memory().unwrap());
+    let store: Arc<dyn Store> = Arc::new(trustmesh::store::sqlite::SqliteStore::open_in_memory().unwrap());
     ping_and_settings(store).await;
     for url in ["mysql://db", "sqlite://"] {
         let err = trustmesh::store::open(url).await.err();
-        assert!(
-            matches!(err, Some(StoreError::Url { .. })),
-            "{url}: {err:?}"
-        );
+        assert!(matches!(err, Some(StoreError::Url { .. })), "{url}: {err:?}");
     }
 }
 
@@ -791,26 +465,12 @@ async fn postgres_durable_across_reconnect() {
 #[tokio::test]
 async fn postgres_refuses_newer_schema() {
     let url = support::postgres::fresh_database().await;
-    drop(
-        trustmesh::store::postgres::PostgresStore::connect(&url)
-            .await
-            .unwrap(),
-    );
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    drop(trustmesh::store::postgres::PostgresStore::connect(&url).await.unwrap());
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
-    client
-        .batch_execute("UPDATE schema_version SET version = 999")
-        .await
-        .unwrap();
-    let err = trustmesh::store::postgres::PostgresStore::connect(&url)
-        .await
-        .err();
-    assert!(
-        matches!(err, Some(StoreError::SchemaTooNew { found: 999, .. })),
-        "{err:?}"
-    );
+    client.batch_execute("UPDATE schema_version SET version = 999").await.unwrap();
+    let err = trustmesh::store::postgres::PostgresStore::connect(&url).await.err();
+    assert!(matches!(err, Some(StoreError::SchemaTooNew { found: 999, .. })), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -824,49 +484,41 @@ async fn postgres_replicas_migrate_together() {
     assert!(
         stores.iter().all(Result::is_ok),
         "{:?}",
-        stores
-            .iter()
-            .filter_map(|s| s.as_ref().err())
-            .collect::<Vec<_>>()
+        stores.iter().filter_map(|s| s.as_ref().err()).collect::<Vec<_>>()
     );
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
-    let rows = client
-        .query("SELECT version FROM schema_version", &[])
-        .await
-        .unwrap();
+    let rows = client.query("SELECT version FROM schema_version", &[]).await.unwrap();
     assert_eq!(rows.len(), 1);
 }
 
 #[tokio::test]
 async fn postgres_test_server_has_no_tcp_listener() {
     let url = support::postgres::fresh_database().await;
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
-    let row = client
-        .query_one("SHOW listen_addresses", &[])
-        .await
-        .unwrap();
+    let row = client.query_one("SHOW listen_addresses", &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), "");
 }
 
 #[tokio::test]
 async fn postgres_unreachable_hides_password() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!(
-        "postgres://someone:hunter2@/db?host={}",
-        dir.path().display()
-    );
-    let err = trustmesh::store::open(&url).await.err();
-    let Some(StoreError::Unavailable(message)) = &err else {
-        panic!("expected Unavailable, got {err:?}")
-    };
-    assert!(!message.contains("hunter2"), "{message}");
-    assert!(message.contains("someone:***@"), "{message}");
+    let host = dir.path().display();
+    for url in [
+        format!("postgres://someone:hunter2@/db?host={host}"),
+        format!("postgres://someone@/db?password=hunter2&host={host}"),
+        "postgres://someone:hunter2@/db?password=hunter2&port=nope".to_string(),
+    ] {
+        let err = trustmesh::store::open(&url).await.err();
+        let message = match &err {
+            Some(StoreError::Unavailable(message)) => message.clone(),
+            Some(e @ StoreError::Url { .. }) => e.to_string(),
+            other => panic!("expected Unavailable or Url, got {other:?}"),
+        };
+        assert!(!message.contains("hunter2"), "{message}");
+        assert!(message.contains("someone"), "names the user: {message}");
+    }
 }
 
 // ---- fixtures --------------------------------------------------------------
@@ -891,26 +543,10 @@ fn hierarchy(prefix: &str) -> (Vec<CaRecord>, Vec<SigningKeyRecord>) {
     root.sealed_key = None;
     let cas = vec![
         root,
-        ca(
-            &format!("{prefix}-services"),
-            CaRole::Services,
-            true,
-            NOW + 1,
-        ),
-        ca(
-            &format!("{prefix}-transport"),
-            CaRole::Transport,
-            true,
-            NOW + 2,
-        ),
+        ca(&format!("{prefix}-services"), CaRole::Services, true, NOW + 1),
+        ca(&format!("{prefix}-transport"), CaRole::Transport, true, NOW + 2),
     ];
-    (
-        cas,
-        vec![
-            key(&format!("{prefix}-token"), "token", NOW),
-            key(&format!("{prefix}-jwt"), "jwt-svid", NOW + 1),
-        ],
-    )
+    (cas, vec![key(&format!("{prefix}-token"), "token", NOW), key(&format!("{prefix}-jwt"), "jwt-svid", NOW + 1)])
 }
 
 /// Initializes hierarchy "a": issuers `a-services` and `a-transport`.
@@ -920,15 +556,7 @@ async fn seed(s: &Arc<dyn Store>) {
 }
 
 async fn active_ids(s: &Arc<dyn Store>) -> Vec<String> {
-    s.cas()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|c| c.active)
-        .map(|c| c.id)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect()
+    s.cas().await.unwrap().into_iter().filter(|c| c.active).map(|c| c.id).collect::<BTreeSet<_>>().into_iter().collect()
 }
 
 fn ca(id: &str, role: CaRole, active: bool, created_at: i64) -> CaRecord {
@@ -956,13 +584,7 @@ fn key(kid: &str, purpose: &str, created_at: i64) -> SigningKeyRecord {
     }
 }
 
-fn cert(
-    serial: &str,
-    spiffe_id: &str,
-    issuer: &str,
-    not_before: i64,
-    not_after: i64,
-) -> CertRecord {
+fn cert(serial: &str, spiffe_id: &str, issuer: &str, not_before: i64, not_after: i64) -> CertRecord {
     CertRecord {
         serial: serial.into(),
         spiffe_id: spiffe_id.into(),
@@ -990,30 +612,5 @@ fn audit(action: &str, target: &str, at: i64) -> AuditRecord {
 }
 
 fn deny_record(spiffe_id: &str, reason: &str, at: i64) -> DenyRecord {
-    DenyRecord {
-        spiffe_id: spiffe_id.into(),
-        reason: reason.into(),
-        denied_at: at,
-        denied_by: "admin".into(),
-    }
-}
-
-#[tokio::test]
-async fn zz_measure_sqlite_rate() {
-    let (s, _dir) = sqlite_store().await;
-    seed(&s).await;
-    let t = std::time::Instant::now();
-    for i in 0..300 {
-        let c = cert(&format!("{i:04x}"), "spiffe://example.org/m", "a-services", NOW, NOW + 60);
-        s.record_issuance(&c, &audit("issue", "x", NOW)).await.unwrap();
-    }
-    let e = t.elapsed();
-    eprintln!("sequential: 300 issuances in {e:?} = {:.0}/s", 300.0 / e.as_secs_f64());
-    let t = std::time::Instant::now();
-    join_all((0..300).map(|i| { let s = s.clone(); async move {
-        let c = cert(&format!("c{i:04x}"), "spiffe://example.org/m", "a-services", NOW, NOW + 60);
-        s.record_issuance(&c, &audit("issue", "x", NOW)).await.unwrap();
-    }})).await;
-    let e = t.elapsed();
-    eprintln!("concurrent: 300 issuances in {e:?} = {:.0}/s", 300.0 / e.as_secs_f64());
+    DenyRecord { spiffe_id: spiffe_id.into(), reason: reason.into(), denied_at: at, denied_by: "admin".into() }
 }

@@ -9,8 +9,25 @@ use std::path::{Path, PathBuf};
 const PURE: &[&str] = &["domain", "ca", "policy", "token"];
 /// Crates (and std paths) a pure module must not name.
 const IO_CRATES: &[&str] = &[
-    "tokio", "tonic", "hyper", "axum", "rusqlite", "tokio_postgres", "deadpool_postgres", "std::fs", "std::net::TcpStream",
-    "std::net::TcpListener", "std::net::UdpSocket", "std::os::unix::net", "std::process", "std::env", "opentelemetry", "tracing_subscriber", "crate::store", "crate::issuer", "crate::admin",
+    "tokio",
+    "tonic",
+    "hyper",
+    "axum",
+    "rusqlite",
+    "tokio_postgres",
+    "deadpool_postgres",
+    "std::fs",
+    "std::net::TcpStream",
+    "std::net::TcpListener",
+    "std::net::UdpSocket",
+    "std::os::unix::net",
+    "std::process",
+    "std::env",
+    "opentelemetry",
+    "tracing_subscriber",
+    "crate::store",
+    "crate::issuer",
+    "crate::admin",
 ];
 /// Server modules: none may import another.
 const SERVERS: &[&str] = &["admin", "telemetry", "sds", "workload"];

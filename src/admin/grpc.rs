@@ -27,10 +27,7 @@ impl AdminService {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(|v| v.trim().to_string());
-        let peer_cert_der = request
-            .extensions()
-            .get::<PeerCertificate>()
-            .and_then(|p| p.0.clone());
+        let peer_cert_der = request.extensions().get::<PeerCertificate>().and_then(|p| p.0.clone());
         let creds = Credentials { bearer, peer_cert_der };
         self.issuer.authenticate(&creds, action).await.map_err(status)
     }
@@ -96,11 +93,8 @@ impl pb::admin_server::Admin for AdminService {
             "transport" => CaRole::Transport,
             other => return Err(Status::invalid_argument(format!("role {other:?} is not services or transport"))),
         };
-        let record = self
-            .issuer
-            .create_intermediary(&caller, role, &req.common_name, req.ttl_days)
-            .await
-            .map_err(status)?;
+        let record =
+            self.issuer.create_intermediary(&caller, role, &req.common_name, req.ttl_days).await.map_err(status)?;
         Ok(Response::new(ca_info(&record)))
     }
 
@@ -129,11 +123,7 @@ impl pb::admin_server::Admin for AdminService {
             )
             .await
             .map_err(status)?;
-        let private_key_pem = issued
-            .private_key
-            .as_ref()
-            .map(|k| k.to_pem().to_string())
-            .unwrap_or_default();
+        let private_key_pem = issued.private_key.as_ref().map(|k| k.to_pem().to_string()).unwrap_or_default();
         Ok(Response::new(pb::GenerateCertificateResponse {
             certificate_pem: issued.chain_pem,
             private_key_pem,
@@ -226,7 +216,10 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
-    async fn mint_token(&self, request: Request<pb::MintTokenRequest>) -> Result<Response<pb::MintTokenResponse>, Status> {
+    async fn mint_token(
+        &self,
+        request: Request<pb::MintTokenRequest>,
+    ) -> Result<Response<pb::MintTokenResponse>, Status> {
         let caller = self.caller(&request, "mint_token").await?;
         let req = request.into_inner();
         let kind = req.kind.parse().map_err(|e: crate::domain::DomainError| Status::invalid_argument(e.to_string()))?;
@@ -248,7 +241,10 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::MintTokenResponse { token: minted.token, expires_at: minted.expires_at, jti: minted.jti }))
     }
 
-    async fn list_audit(&self, request: Request<pb::ListAuditRequest>) -> Result<Response<pb::ListAuditResponse>, Status> {
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
         let caller = self.caller(&request, "read_audit").await?;
         let req = request.into_inner();
         let filter = AuditFilter {
@@ -275,9 +271,7 @@ impl pb::admin_server::Admin for AdminService {
 }
 
 fn ca_info(r: &CaRecord) -> pb::CaInfo {
-    let algorithm = crate::ca::CaCertificate::from_der(&r.cert_der)
-        .map(|c| c.algorithm)
-        .unwrap_or_default();
+    let algorithm = crate::ca::CaCertificate::from_der(&r.cert_der).map(|c| c.algorithm).unwrap_or_default();
     pb::CaInfo {
         role: r.role.as_str().into(),
         common_name: r.common_name.clone(),

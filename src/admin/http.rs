@@ -44,11 +44,7 @@ async fn ready(State(s): State<HttpState>) -> Response {
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        (s.metrics)(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], (s.metrics)()).into_response()
 }
 
 async fn bundle(State(s): State<HttpState>) -> Response {
@@ -67,10 +63,7 @@ async fn crl(State(s): State<HttpState>, Query(q): Query<CrlQuery>) -> Response 
     match q.format.as_deref() {
         None | Some("pem") => pem_response(snapshot.crl_pem.clone()),
         Some("der") => {
-            let wanted = q
-                .issuer
-                .or_else(|| snapshot.services().map(|c| c.fingerprint.clone()))
-                .unwrap_or_default();
+            let wanted = q.issuer.or_else(|| snapshot.services().map(|c| c.fingerprint.clone())).unwrap_or_default();
             match snapshot.crl_of(&wanted) {
                 Some(crl) => ([(header::CONTENT_TYPE, "application/pkix-crl")], crl.der.clone()).into_response(),
                 None => (StatusCode::NOT_FOUND, format!("no CRL for issuer {wanted:?}\n")).into_response(),

@@ -31,8 +31,7 @@ const MAX_GRPC_MESSAGE: usize = 4 * MAX_REQUEST_BYTES;
 
 /// The router of the TLS port: the admin gRPC service and the HTTP endpoints.
 pub fn tls_router(issuer: Arc<Issuer>, metrics: MetricsRenderer) -> Router {
-    let admin = AdminServer::new(grpc::AdminService::new(issuer.clone()))
-        .max_decoding_message_size(MAX_GRPC_MESSAGE);
+    let admin = AdminServer::new(grpc::AdminService::new(issuer.clone())).max_decoding_message_size(MAX_GRPC_MESSAGE);
     let grpc = tonic::service::Routes::new(admin).prepare().into_axum_router();
     grpc.merge(http::routes(HttpState { issuer, metrics }))
 }
@@ -43,7 +42,12 @@ pub fn http_router(issuer: Arc<Issuer>, metrics: MetricsRenderer) -> Router {
 }
 
 /// Serves the TLS port until `shutdown` turns true.
-pub async fn serve_tls(listener: TcpListener, tls: Arc<ServerTls>, router: Router, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -62,12 +66,7 @@ pub async fn serve_tls(listener: TcpListener, tls: Arc<ServerTls>, router: Route
                 }
                 Err(_) => return,
             };
-            let peer = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| c.as_ref().to_vec());
+            let peer = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
             let service = router.layer(axum::Extension(PeerCertificate(peer)));
             serve_connection(TokioIo::new(stream), service).await;
         });

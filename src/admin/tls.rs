@@ -71,10 +71,7 @@ fn certified_key(
 ) -> anyhow::Result<(Arc<CertifiedKey>, time::OffsetDateTime, time::OffsetDateTime)> {
     let now = issuer.now();
     let (chain_pem, key, not_after) = issuer.server_certificate()?;
-    let chain = crate::ca::certs_from_pem(&chain_pem)?
-        .into_iter()
-        .map(CertificateDer::from)
-        .collect::<Vec<_>>();
+    let chain = crate::ca::certs_from_pem(&chain_pem)?.into_iter().map(CertificateDer::from).collect::<Vec<_>>();
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
     let signing_key = provider.key_provider.load_private_key(key_der)?;
     Ok((Arc::new(CertifiedKey::new(chain, signing_key)), now, not_after))

@@ -5,8 +5,7 @@
 use std::fmt;
 
 use x509_parser::oid_registry::{
-    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
-    OID_SIG_ED25519,
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519,
 };
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
@@ -18,11 +17,9 @@ const MIN_RSA_BITS: usize = 2048;
 const MAX_RSA_BITS: usize = 8192;
 
 /// `id-ecPublicKey` (1.2.840.10045.2.1), DER-encoded with tag and length.
-pub(crate) const OID_EC_PUBLIC_KEY_DER: &[u8] =
-    &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+pub(crate) const OID_EC_PUBLIC_KEY_DER: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 /// `prime256v1` (1.2.840.10045.3.1.7).
-pub(crate) const OID_P256_DER: &[u8] =
-    &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+pub(crate) const OID_P256_DER: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 /// `secp384r1` (1.3.132.0.34).
 pub(crate) const OID_P384_DER: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
 
@@ -48,11 +45,7 @@ impl KeyKind {
     pub(crate) fn of(spki: &SubjectPublicKeyInfo<'_>) -> Self {
         let alg = &spki.algorithm.algorithm;
         if *alg == OID_KEY_TYPE_EC_PUBLIC_KEY {
-            let curve = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok());
+            let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
             match curve {
                 Some(c) if c == OID_EC_P256 => Self::EcP256,
                 Some(c) if c == OID_NIST_EC_P384 => Self::EcP384,
@@ -78,12 +71,8 @@ impl KeyKind {
     /// The subject keys trustmesh certifies: EC P-256, EC P-384, Ed25519 and
     /// RSA from 2048 to 8192 bits (what `ring` verifies).
     pub(crate) fn check_subject_key(&self) -> Result<(), CaError> {
-        let refuse = |reason: &str| {
-            Err(CaError::UnsupportedKey {
-                key_type: self.to_string(),
-                reason: reason.to_string(),
-            })
-        };
+        let refuse =
+            |reason: &str| Err(CaError::UnsupportedKey { key_type: self.to_string(), reason: reason.to_string() });
         match self {
             Self::EcP256 | Self::EcP384 | Self::Ed25519 => Ok(()),
             Self::Rsa(bits) if *bits < MIN_RSA_BITS => refuse("RSA keys need at least 2048 bits"),
@@ -130,9 +119,7 @@ pub(crate) fn announced_len(input: &[u8]) -> Option<usize> {
         return None;
     }
     let bytes = input.get(2..2 + n)?;
-    let len = bytes
-        .iter()
-        .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+    let len = bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
     Some(2 + n + len)
 }
 

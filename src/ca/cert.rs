@@ -53,13 +53,9 @@ impl CaCertificate {
     pub fn from_der(der: &[u8]) -> Result<Self, CaError> {
         let x = parse(der)?;
         let subject = display_name(&x);
-        let not_a_ca = |reason: &str| CaError::NotACa {
-            subject: subject.clone(),
-            reason: reason.to_string(),
-        };
-        let bc = x
-            .basic_constraints()
-            .map_err(|e| CaError::certificate(format!("{subject}: basicConstraints: {e}")))?;
+        let not_a_ca = |reason: &str| CaError::NotACa { subject: subject.clone(), reason: reason.to_string() };
+        let bc =
+            x.basic_constraints().map_err(|e| CaError::certificate(format!("{subject}: basicConstraints: {e}")))?;
         let path_len = match bc {
             Some(bc) if bc.value.ca => bc.value.path_len_constraint,
             _ => return Err(not_a_ca("basicConstraints CA:TRUE is missing")),
@@ -69,8 +65,7 @@ impl CaCertificate {
             Ok(_) => return Err(not_a_ca("keyUsage keyCertSign is missing")),
             Err(e) => return Err(CaError::certificate(format!("{subject}: keyUsage: {e}"))),
         }
-        let self_signed =
-            x.subject().as_raw() == x.issuer().as_raw() && x.verify_signature(None).is_ok();
+        let self_signed = x.subject().as_raw() == x.issuer().as_raw() && x.verify_signature(None).is_ok();
         Ok(Self {
             der: der.to_vec(),
             fingerprint: fingerprint(der),
@@ -107,27 +102,17 @@ impl CaCertificate {
 
     /// The CN, or the fingerprint when the certificate has no CN.
     pub(crate) fn label(&self) -> String {
-        if self.common_name.is_empty() {
-            format!("sha256:{}", self.fingerprint)
-        } else {
-            self.common_name.clone()
-        }
+        if self.common_name.is_empty() { format!("sha256:{}", self.fingerprint) } else { self.common_name.clone() }
     }
 }
 
 impl Signer {
     /// Checks that `key` matches `cert` and that `parents` link `cert` to a
     /// self-signed root (signatures, names, key identifiers, path lengths).
-    pub fn new(
-        cert: CaCertificate,
-        key: PrivateKey,
-        parents: Vec<CaCertificate>,
-    ) -> Result<Self, CaError> {
+    pub fn new(cert: CaCertificate, key: PrivateKey, parents: Vec<CaCertificate>) -> Result<Self, CaError> {
         let x = parse(&cert.der)?;
         if x.public_key().raw != key.public_key_der().as_slice() {
-            return Err(CaError::KeyMismatch {
-                subject: cert.label(),
-            });
+            return Err(CaError::KeyMismatch { subject: cert.label() });
         }
         verify_chain(&cert, &parents)?;
         Ok(Self { cert, key, parents })
@@ -171,10 +156,7 @@ pub(crate) fn verify_chain(cert: &CaCertificate, parents: &[CaCertificate]) -> R
     for (depth, pair) in chain.windows(2).enumerate() {
         let (child, parent) = (pair[0], pair[1]);
         if child.self_signed {
-            return Err(chain_error(format!(
-                "{} is self-signed but more certificates follow it",
-                child.label()
-            )));
+            return Err(chain_error(format!("{} is self-signed but more certificates follow it", child.label())));
         }
         verify_issued_by(&child.der, parent).map_err(chain_error)?;
         // `depth` CA certificates sit between `parent` and a leaf issued by `cert`.
@@ -218,32 +200,22 @@ pub(crate) fn verify_issued_by(child_der: &[u8], parent: &CaCertificate) -> Resu
             parent.label()
         ));
     }
-    child.verify_signature(Some(p.public_key())).map_err(|e| {
-        format!(
-            "the signature of {child_name} does not verify with the key of {} ({e})",
-            parent.label()
-        )
-    })
+    child
+        .verify_signature(Some(p.public_key()))
+        .map_err(|e| format!("the signature of {child_name} does not verify with the key of {} ({e})", parent.label()))
 }
 
 pub(crate) fn parse(der: &[u8]) -> Result<X509Certificate<'_>, CaError> {
-    let (rest, x) = X509Certificate::from_der(der)
-        .map_err(|e| CaError::certificate(format!("cannot parse DER: {e}")))?;
+    let (rest, x) =
+        X509Certificate::from_der(der).map_err(|e| CaError::certificate(format!("cannot parse DER: {e}")))?;
     if !rest.is_empty() {
-        return Err(CaError::certificate(format!(
-            "{} trailing bytes after the certificate",
-            rest.len()
-        )));
+        return Err(CaError::certificate(format!("{} trailing bytes after the certificate", rest.len())));
     }
     Ok(x)
 }
 
 pub(crate) fn common_name(x: &X509Certificate<'_>) -> Option<String> {
-    x.subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_string)
+    x.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_string)
 }
 
 /// The CN, or the whole subject when there is no CN.
@@ -252,19 +224,17 @@ fn display_name(x: &X509Certificate<'_>) -> String {
 }
 
 pub(crate) fn subject_key_id(x: &X509Certificate<'_>) -> Option<Vec<u8>> {
-    x.iter_extensions()
-        .find_map(|ext| match ext.parsed_extension() {
-            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
-            _ => None,
-        })
+    x.iter_extensions().find_map(|ext| match ext.parsed_extension() {
+        ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+        _ => None,
+    })
 }
 
 pub(crate) fn authority_key_id<'a>(x: &'a X509Certificate<'_>) -> Option<&'a [u8]> {
-    x.iter_extensions()
-        .find_map(|ext| match ext.parsed_extension() {
-            ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0),
-            _ => None,
-        })
+    x.iter_extensions().find_map(|ext| match ext.parsed_extension() {
+        ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0),
+        _ => None,
+    })
 }
 
 /// All URI SANs of a certificate (empty without a SAN extension).

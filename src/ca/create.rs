@@ -40,11 +40,7 @@ pub struct ImportedCa {
 /// A new self-signed root: CA:TRUE pathlen 1 (critical), keyUsage
 /// keyCertSign + cRLSign (critical), SKI, URI SAN `spiffe://<td>`,
 /// subject CN + O=trustmesh, notBefore backdated 60 s.
-pub fn create_root(
-    params: &RootParams,
-    serial: Serial,
-    now: OffsetDateTime,
-) -> Result<Signer, CaError> {
+pub fn create_root(params: &RootParams, serial: Serial, now: OffsetDateTime) -> Result<Signer, CaError> {
     let not_before = cert_time(now - CA_BACKDATE)?;
     let not_after = cert_time(end_of(now, params.lifetime)?)?;
     let key = PrivateKey::generate(params.algorithm)?;
@@ -56,9 +52,7 @@ pub fn create_root(
         not_before,
         not_after,
     )?;
-    let cert = template
-        .self_signed(&key.rcgen())
-        .map_err(CaError::signing)?;
+    let cert = template.self_signed(&key.rcgen()).map_err(CaError::signing)?;
     let cert = CaCertificate::from_der(cert.der())?;
     validate_ca(
         &cert,
@@ -93,10 +87,7 @@ pub fn create_intermediate(
         });
     }
     if parent.cert.not_after <= now {
-        return Err(CaError::IssuerExpired {
-            subject: parent.cert.label(),
-            not_after: parent.cert.not_after,
-        });
+        return Err(CaError::IssuerExpired { subject: parent.cert.label(), not_after: parent.cert.not_after });
     }
     let not_before = cert_time((now - CA_BACKDATE).max(parent.cert.not_before))?;
     let not_after = cert_time(end_of(now, params.lifetime)?.min(parent.cert.not_after))?;
@@ -111,9 +102,7 @@ pub fn create_intermediate(
     )?;
     template.use_authority_key_identifier_extension = true;
     let issuer = parent.rcgen_issuer()?;
-    let cert = template
-        .signed_by(&key.rcgen(), &issuer)
-        .map_err(CaError::signing)?;
+    let cert = template.signed_by(&key.rcgen(), &issuer).map_err(CaError::signing)?;
     let cert = CaCertificate::from_der(cert.der())?;
     validate_ca(
         &cert,

@@ -61,10 +61,7 @@ const NAMES: [(RevocationReason, &str); 8] = [
     (RevocationReason::CaCompromise, "cACompromise"),
     (RevocationReason::AffiliationChanged, "affiliationChanged"),
     (RevocationReason::Superseded, "superseded"),
-    (
-        RevocationReason::CessationOfOperation,
-        "cessationOfOperation",
-    ),
+    (RevocationReason::CessationOfOperation, "cessationOfOperation"),
     (RevocationReason::CertificateHold, "certificateHold"),
     (RevocationReason::PrivilegeWithdrawn, "privilegeWithdrawn"),
 ];
@@ -95,10 +92,7 @@ impl RevocationReason {
 
 impl fmt::Display for RevocationReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = NAMES
-            .iter()
-            .find(|(r, _)| r == self)
-            .map_or("unspecified", |(_, n)| n);
+        let name = NAMES.iter().find(|(r, _)| r == self).map_or("unspecified", |(_, n)| n);
         f.write_str(name)
     }
 }
@@ -110,20 +104,14 @@ impl FromStr for RevocationReason {
     /// ("key-compromise" and "KEY_COMPROMISE" are keyCompromise).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let norm = |v: &str| -> String {
-            v.chars()
-                .filter(|c| !matches!(c, '-' | '_' | ' '))
-                .map(|c| c.to_ascii_lowercase())
-                .collect()
+            v.chars().filter(|c| !matches!(c, '-' | '_' | ' ')).map(|c| c.to_ascii_lowercase()).collect()
         };
         let wanted = norm(s);
         NAMES
             .iter()
             .find(|(_, name)| norm(name) == wanted)
             .map(|(r, _)| *r)
-            .ok_or_else(|| CaError::UnknownRevocationReason {
-                value: s.chars().take(64).collect(),
-                expected: EXPECTED,
-            })
+            .ok_or_else(|| CaError::UnknownRevocationReason { value: s.chars().take(64).collect(), expected: EXPECTED })
     }
 }
 
@@ -166,20 +154,11 @@ pub fn build_crl(
     };
     let crl = params
         .signed_by(&issuer.rcgen_issuer()?)
-        .map_err(|e| CaError::Crl {
-            reason: format!("signing with {} failed: {e}", issuer.cert.label()),
-        })?;
+        .map_err(|e| CaError::Crl { reason: format!("signing with {} failed: {e}", issuer.cert.label()) })?;
     let der = crl.der().to_vec();
-    validate_crl(issuer, &der, &seen, number, this_update).map_err(|reason| CaError::Crl {
-        reason: format!("the CRL just signed failed validation: {reason}"),
-    })?;
-    Ok(Crl {
-        der,
-        issuer_fingerprint: issuer.cert.fingerprint.clone(),
-        this_update,
-        next_update,
-        number,
-    })
+    validate_crl(issuer, &der, &seen, number, this_update)
+        .map_err(|reason| CaError::Crl { reason: format!("the CRL just signed failed validation: {reason}") })?;
+    Ok(Crl { der, issuer_fingerprint: issuer.cert.fingerprint.clone(), this_update, next_update, number })
 }
 
 fn validate_crl(
@@ -197,23 +176,15 @@ fn validate_crl(
     if crl.issuer().as_raw() != ca.subject().as_raw() {
         return Err("issuer name differs from the CA subject".to_string());
     }
-    crl.verify_signature(ca.public_key())
-        .map_err(|e| format!("signature: {e}"))?;
+    crl.verify_signature(ca.public_key()).map_err(|e| format!("signature: {e}"))?;
     if crl.crl_number().map(|n| n.to_u64_digits()) != Some(number_digits(number)) {
         return Err(format!("CRL number is not {number}"));
     }
     if crl.last_update().to_datetime() != this_update {
         return Err("thisUpdate differs".to_string());
     }
-    let listed: Vec<&[u8]> = crl
-        .iter_revoked_certificates()
-        .map(|r| r.raw_serial())
-        .collect();
-    if listed.len() != serials.len()
-        || serials
-            .iter()
-            .any(|s| !listed.iter().any(|l| trim(l) == s.as_bytes()))
-    {
+    let listed: Vec<&[u8]> = crl.iter_revoked_certificates().map(|r| r.raw_serial()).collect();
+    if listed.len() != serials.len() || serials.iter().any(|s| !listed.iter().any(|l| trim(l) == s.as_bytes())) {
         return Err("revoked serials differ from the request".to_string());
     }
     Ok(())

@@ -7,9 +7,7 @@ use std::borrow::Cow;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::cri_attributes::ParsedCriAttribute;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
-use x509_parser::oid_registry::{
-    OID_PKCS1_SHA1WITHRSA, OID_SHA1_WITH_RSA, OID_X509_EXT_SUBJECT_ALT_NAME,
-};
+use x509_parser::oid_registry::{OID_PKCS1_SHA1WITHRSA, OID_SHA1_WITH_RSA, OID_X509_EXT_SUBJECT_ALT_NAME};
 use x509_parser::prelude::FromDer;
 
 use crate::domain::{SpiffeId, TrustDomain};
@@ -42,19 +40,12 @@ pub struct Csr {
 /// and valid DNS SANs (no other SAN types).
 pub fn parse_csr(input: &[u8], trust_domain: &TrustDomain) -> Result<Csr, CaError> {
     if input.len() > MAX_CSR_BYTES {
-        return Err(CaError::CsrTooLarge {
-            size: input.len(),
-            limit: MAX_CSR_BYTES,
-        });
+        return Err(CaError::CsrTooLarge { size: input.len(), limit: MAX_CSR_BYTES });
     }
     let der = csr_der(input)?;
-    let (rest, req) =
-        X509CertificationRequest::from_der(&der).map_err(|e| encoding(&der, &e.to_string()))?;
+    let (rest, req) = X509CertificationRequest::from_der(&der).map_err(|e| encoding(&der, &e.to_string()))?;
     if !rest.is_empty() {
-        return Err(encoding_error(format!(
-            "{} trailing bytes after the csr",
-            rest.len()
-        )));
+        return Err(encoding_error(format!("{} trailing bytes after the csr", rest.len())));
     }
     let info = &req.certification_request_info;
 
@@ -67,9 +58,7 @@ pub fn parse_csr(input: &[u8], trust_domain: &TrustDomain) -> Result<Csr, CaErro
             reason: "SHA-1 signatures are not accepted; sign the csr with SHA-256".to_string(),
         });
     }
-    req.verify_signature().map_err(|e| CaError::CsrSignature {
-        reason: e.to_string(),
-    })?;
+    req.verify_signature().map_err(|e| CaError::CsrSignature { reason: e.to_string() })?;
 
     let (uris, dns_names) = requested_names(&req)?;
     let [uri] = uris.as_slice() else {
@@ -86,61 +75,38 @@ pub fn parse_csr(input: &[u8], trust_domain: &TrustDomain) -> Result<Csr, CaErro
     for name in &dns_names {
         check_dns_name(name)?;
     }
-    Ok(Csr {
-        spiffe_id,
-        dns_names,
-        public_key_der: info.subject_pki.raw.to_vec(),
-        key_algorithm: kind.to_string(),
-    })
+    Ok(Csr { spiffe_id, dns_names, public_key_der: info.subject_pki.raw.to_vec(), key_algorithm: kind.to_string() })
 }
 
 /// The DER of the CSR: the one CSR block of PEM input, or the input itself.
 fn csr_der(input: &[u8]) -> Result<Cow<'_, [u8]>, CaError> {
-    let start = input
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(input.len());
+    let start = input.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(input.len());
     if !input[start..].starts_with(b"-----BEGIN") {
         return match input.first() {
             Some(0x30) => Ok(Cow::Borrowed(input)),
-            Some(b) => Err(encoding_error(format!(
-                "neither a PEM block nor DER (DER starts with 0x30, found 0x{b:02x})"
-            ))),
+            Some(b) => {
+                Err(encoding_error(format!("neither a PEM block nor DER (DER starts with 0x30, found 0x{b:02x})")))
+            }
             None => Err(encoding_error("empty input".to_string())),
         };
     }
     let blocks = ::pem::parse_many(input).map_err(|e| encoding_error(e.to_string()))?;
     if blocks.is_empty() {
-        return Err(encoding_error(
-            "no complete PEM block (missing END line?)".to_string(),
-        ));
+        return Err(encoding_error("no complete PEM block (missing END line?)".to_string()));
     }
-    let labels: Vec<String> = blocks
-        .iter()
-        .map(|b| b.tag().chars().take(64).collect())
-        .collect();
-    let mut csrs: Vec<::pem::Pem> = blocks
-        .into_iter()
-        .filter(|b| CSR_LABELS.contains(&b.tag()))
-        .collect();
+    let labels: Vec<String> = blocks.iter().map(|b| b.tag().chars().take(64).collect()).collect();
+    let mut csrs: Vec<::pem::Pem> = blocks.into_iter().filter(|b| CSR_LABELS.contains(&b.tag())).collect();
     if csrs.len() > 1 {
-        return Err(encoding_error(format!(
-            "{} CERTIFICATE REQUEST blocks, expected one",
-            csrs.len()
-        )));
+        return Err(encoding_error(format!("{} CERTIFICATE REQUEST blocks, expected one", csrs.len())));
     }
     let Some(first) = csrs.pop() else {
-        return Err(CaError::CsrPemLabel {
-            found: labels.join(", "),
-        });
+        return Err(CaError::CsrPemLabel { found: labels.join(", ") });
     };
     Ok(Cow::Owned(first.into_contents()))
 }
 
 /// URI SANs and DNS SANs requested in the extensionRequest attribute.
-fn requested_names(
-    req: &X509CertificationRequest<'_>,
-) -> Result<(Vec<String>, Vec<String>), CaError> {
+fn requested_names(req: &X509CertificationRequest<'_>) -> Result<(Vec<String>, Vec<String>), CaError> {
     let san_error = |reason: String| CaError::CsrSan { reason };
     let mut uris = Vec::new();
     let mut dns = Vec::new();
@@ -149,21 +115,13 @@ fn requested_names(
         let ParsedCriAttribute::ExtensionRequest(ext_req) = attr.parsed_attribute() else {
             continue;
         };
-        for ext in ext_req
-            .extensions
-            .iter()
-            .filter(|e| e.oid == OID_X509_EXT_SUBJECT_ALT_NAME)
-        {
+        for ext in ext_req.extensions.iter().filter(|e| e.oid == OID_X509_EXT_SUBJECT_ALT_NAME) {
             if seen {
-                return Err(san_error(
-                    "more than one subjectAltName extension".to_string(),
-                ));
+                return Err(san_error("more than one subjectAltName extension".to_string()));
             }
             seen = true;
             let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() else {
-                return Err(san_error(
-                    "the subjectAltName extension is malformed".to_string(),
-                ));
+                return Err(san_error("the subjectAltName extension is malformed".to_string()));
             };
             for name in &san.general_names {
                 match name {
@@ -199,10 +157,9 @@ fn kind_of(name: &GeneralName<'_>) -> &'static str {
 
 fn encoding(der: &[u8], parser_error: &str) -> CaError {
     match announced_len(der) {
-        Some(n) if n > der.len() => encoding_error(format!(
-            "truncated: the DER header announces {n} bytes, only {} are present",
-            der.len()
-        )),
+        Some(n) if n > der.len() => {
+            encoding_error(format!("truncated: the DER header announces {n} bytes, only {} are present", der.len()))
+        }
         _ => encoding_error(parser_error.to_string()),
     }
 }

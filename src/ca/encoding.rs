@@ -24,14 +24,9 @@ pub fn sha256_b64url(der: &[u8]) -> String {
 
 /// Every CERTIFICATE block of `pem`, in order; other blocks are skipped.
 pub fn certs_from_pem(pem: &str) -> Result<Vec<Vec<u8>>, CaError> {
-    let blocks = ::pem::parse_many(pem).map_err(|e| CaError::Pem {
-        reason: e.to_string(),
-    })?;
-    let certs: Vec<Vec<u8>> = blocks
-        .into_iter()
-        .filter(|b| b.tag() == "CERTIFICATE")
-        .map(::pem::Pem::into_contents)
-        .collect();
+    let blocks = ::pem::parse_many(pem).map_err(|e| CaError::Pem { reason: e.to_string() })?;
+    let certs: Vec<Vec<u8>> =
+        blocks.into_iter().filter(|b| b.tag() == "CERTIFICATE").map(::pem::Pem::into_contents).collect();
     if certs.is_empty() {
         return Err(CaError::NoCertificates);
     }
@@ -49,9 +44,7 @@ pub(crate) fn secret_to_pem(label: &str, der: &[u8]) -> Zeroizing<String> {
     const LINE: usize = 48; // 64 base64 characters
     let body_len = der.len().div_ceil(3) * 4;
     let lines = der.len().div_ceil(LINE);
-    let mut out = Zeroizing::new(String::with_capacity(
-        2 * (label.len() + 17) + body_len + lines,
-    ));
+    let mut out = Zeroizing::new(String::with_capacity(2 * (label.len() + 17) + body_len + lines));
     out.push_str("-----BEGIN ");
     out.push_str(label);
     out.push_str("-----\n");
@@ -77,9 +70,7 @@ pub(crate) struct SecretBlock {
 /// encrypted keys (PKCS#8 "ENCRYPTED PRIVATE KEY" or legacy `Proc-Type`
 /// headers) with a hint, and never echoes the block content.
 pub(crate) fn secret_blocks(text: &str) -> Result<Vec<SecretBlock>, CaError> {
-    let fail = |reason: &str| CaError::InvalidKey {
-        reason: reason.to_string(),
-    };
+    let fail = |reason: &str| CaError::InvalidKey { reason: reason.to_string() };
     let mut blocks = Vec::new();
     let mut current: Option<(String, Zeroizing<String>)> = None;
     for line in text.lines().map(str::trim) {
@@ -92,23 +83,15 @@ pub(crate) fn secret_blocks(text: &str) -> Result<Vec<SecretBlock>, CaError> {
                     "encrypted private keys are not supported; decrypt it first (openssl pkcs8 -in key.pem -out plain.pem)",
                 ));
             }
-            current = Some((
-                label.to_string(),
-                Zeroizing::new(String::with_capacity(text.len())),
-            ));
+            current = Some((label.to_string(), Zeroizing::new(String::with_capacity(text.len()))));
         } else if let Some(label) = end_label(line) {
             let Some((open, body)) = current.take() else {
                 return Err(fail("PEM END line without a BEGIN line"));
             };
             if open != label {
-                return Err(CaError::InvalidKey {
-                    reason: format!("PEM block {open} ends with END {label}"),
-                });
+                return Err(CaError::InvalidKey { reason: format!("PEM block {open} ends with END {label}") });
             }
-            blocks.push(SecretBlock {
-                der: decode_secret(&body, &open)?,
-                label: open,
-            });
+            blocks.push(SecretBlock { der: decode_secret(&body, &open)?, label: open });
         } else if let Some((_, body)) = current.as_mut() {
             if line.starts_with("Proc-Type:") {
                 return Err(fail(
@@ -130,9 +113,7 @@ fn decode_secret(body: &str, label: &str) -> Result<Zeroizing<Vec<u8>>, CaError>
     let mut der = Zeroizing::new(vec![0u8; base64::decoded_len_estimate(body.len())]);
     let n = STANDARD
         .decode_slice(body.as_bytes(), &mut der[..])
-        .map_err(|_| CaError::InvalidKey {
-            reason: format!("the {label} PEM block is not valid base64"),
-        })?;
+        .map_err(|_| CaError::InvalidKey { reason: format!("the {label} PEM block is not valid base64") })?;
     der.truncate(n);
     Ok(der)
 }
@@ -152,14 +133,8 @@ mod tests {
 
     #[test]
     fn fingerprints() {
-        assert_eq!(
-            fingerprint(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert_eq!(
-            sha256_b64url(b"abc"),
-            "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0"
-        );
+        assert_eq!(fingerprint(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(sha256_b64url(b"abc"), "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0");
     }
 
     #[test]
@@ -175,23 +150,10 @@ mod tests {
 
     #[test]
     fn secret_pem_refusals() {
-        let enc =
-            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
-        assert!(
-            secret_blocks(enc)
-                .err()
-                .unwrap()
-                .to_string()
-                .contains("encrypted")
-        );
+        let enc = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        assert!(secret_blocks(enc).err().unwrap().to_string().contains("encrypted"));
         let legacy = "-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nAAAA\n-----END EC PRIVATE KEY-----\n";
-        assert!(
-            secret_blocks(legacy)
-                .err()
-                .unwrap()
-                .to_string()
-                .contains("encrypted")
-        );
+        assert!(secret_blocks(legacy).err().unwrap().to_string().contains("encrypted"));
         let bad = "-----BEGIN PRIVATE KEY-----\n!!!!\n-----END PRIVATE KEY-----\n";
         let err = secret_blocks(bad).err().unwrap().to_string();
         assert!(err.contains("base64") && !err.contains("!!!!"), "{err}");
@@ -201,14 +163,7 @@ mod tests {
     #[test]
     fn certs_from_pem_needs_one() {
         assert!(matches!(certs_from_pem(""), Err(CaError::NoCertificates)));
-        let two = format!(
-            "{}{}",
-            to_pem("CERTIFICATE", b"a"),
-            to_pem("CERTIFICATE", b"b")
-        );
-        assert_eq!(
-            certs_from_pem(&two).unwrap(),
-            vec![b"a".to_vec(), b"b".to_vec()]
-        );
+        let two = format!("{}{}", to_pem("CERTIFICATE", b"a"), to_pem("CERTIFICATE", b"b"));
+        assert_eq!(certs_from_pem(&two).unwrap(), vec![b"a".to_vec(), b"b".to_vec()]);
     }
 }

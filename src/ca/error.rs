@@ -52,9 +52,7 @@ pub enum CaError {
     CsrEncoding { reason: String },
     #[error("expected a CERTIFICATE REQUEST PEM block, found {found}")]
     CsrPemLabel { found: String },
-    #[error(
-        "key type {key_type} is not accepted ({reason}); use EC P-256, EC P-384, Ed25519 or RSA >= 2048"
-    )]
+    #[error("key type {key_type} is not accepted ({reason}); use EC P-256, EC P-384, Ed25519 or RSA >= 2048")]
     UnsupportedKey { key_type: String, reason: String },
     #[error("csr signature does not verify (proof of possession failed): {reason}")]
     CsrSignature { reason: String },
@@ -68,18 +66,10 @@ pub enum CaError {
     #[error("csr subjectAltName is not accepted: {reason}")]
     CsrSan { reason: String },
     #[error("SPIFFE ID {spiffe_id} belongs to trust domain {found}, not to {expected}")]
-    ForeignTrustDomain {
-        spiffe_id: String,
-        found: String,
-        expected: String,
-    },
+    ForeignTrustDomain { spiffe_id: String, found: String, expected: String },
 
     #[error("CA {subject:?} serves trust domain {found}, not {expected}")]
-    TrustDomainMismatch {
-        subject: String,
-        found: String,
-        expected: String,
-    },
+    TrustDomainMismatch { subject: String, found: String, expected: String },
 
     // --- issuance ---------------------------------------------------------
     #[error("invalid DNS name {name:?}: {reason}")]
@@ -91,10 +81,7 @@ pub enum CaError {
     #[error("lifetime must be positive, got {seconds} s")]
     Lifetime { seconds: i64 },
     #[error("issuer {subject:?} expired at {}", rfc3339(.not_after))]
-    IssuerExpired {
-        subject: String,
-        not_after: OffsetDateTime,
-    },
+    IssuerExpired { subject: String, not_after: OffsetDateTime },
     #[error("time {} cannot be written into a certificate", rfc3339(.value))]
     Time { value: OffsetDateTime },
     #[error("signing failed: {reason}")]
@@ -104,10 +91,7 @@ pub enum CaError {
 
     // --- revocation -------------------------------------------------------
     #[error("unknown revocation reason {value:?} (expected one of: {expected})")]
-    UnknownRevocationReason {
-        value: String,
-        expected: &'static str,
-    },
+    UnknownRevocationReason { value: String, expected: &'static str },
     #[error("invalid CRL request: {reason}")]
     Crl { reason: String },
 
@@ -118,20 +102,15 @@ pub enum CaError {
 impl CaError {
     /// An rcgen failure while building or signing; rcgen errors carry no key bytes.
     pub(crate) fn signing(e: rcgen::Error) -> Self {
-        Self::Signing {
-            reason: e.to_string(),
-        }
+        Self::Signing { reason: e.to_string() }
     }
 
     pub(crate) fn certificate(reason: impl Into<String>) -> Self {
-        Self::InvalidCertificate {
-            reason: reason.into(),
-        }
+        Self::InvalidCertificate { reason: reason.into() }
     }
 }
 
 /// An instant as RFC 3339 (`2025-01-01T00:00:00Z`), for messages.
 pub(crate) fn rfc3339(t: &OffsetDateTime) -> String {
-    t.format(&Rfc3339)
-        .unwrap_or_else(|_| format!("unix {}", t.unix_timestamp()))
+    t.format(&Rfc3339).unwrap_or_else(|_| format!("unix {}", t.unix_timestamp()))
 }

@@ -4,9 +4,7 @@
 
 use std::net::IpAddr;
 
-use rcgen::{
-    CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyUsagePurpose, SanType,
-};
+use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyUsagePurpose, SanType};
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
@@ -16,9 +14,7 @@ use crate::domain::{Serial, SpiffeId};
 use super::asn1::KeyKind;
 use super::check::{LeafExpectation, validate_leaf};
 use super::encoding::{fingerprint, to_pem};
-use super::template::{
-    LEAF_BACKDATE, cert_time, dedup, dns_san, end_of, leaf_serial, spiffe_san, subject,
-};
+use super::template::{LEAF_BACKDATE, cert_time, dedup, dns_san, end_of, leaf_serial, spiffe_san, subject};
 use super::{CaError, KeyAlgorithm, PrivateKey, Signer};
 
 /// One X.509-SVID to sign.
@@ -123,11 +119,7 @@ struct Leaf<'a> {
     common_name: Option<&'a str>,
 }
 
-fn issue_leaf(
-    issuer: &Signer,
-    leaf: &Leaf<'_>,
-    now: OffsetDateTime,
-) -> Result<IssuedCertificate, CaError> {
+fn issue_leaf(issuer: &Signer, leaf: &Leaf<'_>, now: OffsetDateTime) -> Result<IssuedCertificate, CaError> {
     let serial_number = leaf_serial(leaf.serial)?;
     if let Some(td) = issuer.cert.trust_domain()
         && !leaf.spiffe_id.is_member_of(td)
@@ -140,26 +132,19 @@ fn issue_leaf(
     }
     let requested_end = end_of(now, leaf.lifetime)?;
     if issuer.cert.not_after <= now {
-        return Err(CaError::IssuerExpired {
-            subject: issuer.cert.label(),
-            not_after: issuer.cert.not_after,
-        });
+        return Err(CaError::IssuerExpired { subject: issuer.cert.label(), not_after: issuer.cert.not_after });
     }
     let not_before = cert_time((now - LEAF_BACKDATE).max(issuer.cert.not_before))?;
     let not_after = cert_time(requested_end.min(issuer.cert.not_after))?;
 
-    let (_, spki) =
-        SubjectPublicKeyInfo::from_der(leaf.spki).map_err(|e| CaError::UnsupportedKey {
-            key_type: "unknown".to_string(),
-            reason: format!("the public key is not a valid SubjectPublicKeyInfo: {e}"),
-        })?;
+    let (_, spki) = SubjectPublicKeyInfo::from_der(leaf.spki).map_err(|e| CaError::UnsupportedKey {
+        key_type: "unknown".to_string(),
+        reason: format!("the public key is not a valid SubjectPublicKeyInfo: {e}"),
+    })?;
     let kind = KeyKind::of(&spki);
     kind.check_subject_key()?;
-    let public_key =
-        rcgen::SubjectPublicKeyInfo::from_der(leaf.spki).map_err(|e| CaError::UnsupportedKey {
-            key_type: kind.to_string(),
-            reason: e.to_string(),
-        })?;
+    let public_key = rcgen::SubjectPublicKeyInfo::from_der(leaf.spki)
+        .map_err(|e| CaError::UnsupportedKey { key_type: kind.to_string(), reason: e.to_string() })?;
 
     let mut sans: Vec<SanType> = Vec::with_capacity(1 + leaf.dns_names.len() + leaf.ips.len());
     sans.push(spiffe_san(leaf.spiffe_id)?);
@@ -176,23 +161,15 @@ fn issue_leaf(
     p.subject_alt_names = sans;
     p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = if kind.is_rsa() {
-        vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ]
+        vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment]
     } else {
         vec![KeyUsagePurpose::DigitalSignature]
     };
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     p.use_authority_key_identifier_extension = true;
     p.key_identifier_method = KeyIdMethod::Sha256;
 
-    let cert = p
-        .signed_by(&public_key, &issuer.rcgen_issuer()?)
-        .map_err(CaError::signing)?;
+    let cert = p.signed_by(&public_key, &issuer.rcgen_issuer()?).map_err(CaError::signing)?;
     let der = cert.der().to_vec();
     validate_leaf(
         issuer,

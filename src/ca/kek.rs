@@ -40,16 +40,12 @@ impl Kek {
     pub fn from_file_contents(text: &str) -> Result<Self, CaError> {
         let trimmed = text.trim();
         if trimmed.is_empty() {
-            return Err(CaError::InvalidKek {
-                reason: "the file is empty".to_string(),
-            });
+            return Err(CaError::InvalidKek { reason: "the file is empty".to_string() });
         }
         let mut bytes = Zeroizing::new(vec![0u8; base64::decoded_len_estimate(trimmed.len())]);
         let n = STANDARD
             .decode_slice(trimmed.as_bytes(), &mut bytes[..])
-            .map_err(|_| CaError::InvalidKek {
-                reason: "the file is not valid base64".to_string(),
-            })?;
+            .map_err(|_| CaError::InvalidKek { reason: "the file is not valid base64".to_string() })?;
         if n != KEY_LEN {
             return Err(CaError::InvalidKek {
                 reason: format!("expected {KEY_LEN} bytes after base64 decoding, found {n}"),
@@ -75,9 +71,7 @@ impl Kek {
         );
         let Ok(tag) = sealed else {
             out.zeroize();
-            return Err(CaError::Seal {
-                reason: "encryption failed",
-            });
+            return Err(CaError::Seal { reason: "encryption failed" });
         };
         out.extend_from_slice(tag.as_ref());
         Ok(out)
@@ -86,20 +80,14 @@ impl Kek {
     /// Decrypts a blob made by [`Kek::seal`] with the same `aad`.
     pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, CaError> {
         if sealed.len() < MAGIC.len() + NONCE_LEN + TAG_LEN {
-            return Err(CaError::Unseal {
-                reason: "the sealed data is too short",
-            });
+            return Err(CaError::Unseal { reason: "the sealed data is too short" });
         }
         let (magic, rest) = sealed.split_at(MAGIC.len());
         if magic != MAGIC {
-            return Err(CaError::Unseal {
-                reason: "unknown sealed format (expected version tmk1)",
-            });
+            return Err(CaError::Unseal { reason: "unknown sealed format (expected version tmk1)" });
         }
         let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CaError::Unseal {
-            reason: "bad nonce",
-        })?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CaError::Unseal { reason: "bad nonce" })?;
         let mut buf = Zeroizing::new(ciphertext.to_vec());
         let len = self
             .key
@@ -113,13 +101,9 @@ impl Kek {
     }
 
     fn from_bytes(bytes: &[u8]) -> Result<Self, CaError> {
-        let key = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| CaError::InvalidKek {
-            reason: format!("expected {KEY_LEN} bytes"),
-        })?;
-        Ok(Self {
-            key: LessSafeKey::new(key),
-            rng: SystemRandom::new(),
-        })
+        let key = UnboundKey::new(&AES_256_GCM, bytes)
+            .map_err(|_| CaError::InvalidKek { reason: format!("expected {KEY_LEN} bytes") })?;
+        Ok(Self { key: LessSafeKey::new(key), rng: SystemRandom::new() })
     }
 }
 
@@ -143,10 +127,7 @@ mod tests {
         assert_eq!(&sealed[..4], b"tmk1");
         assert_eq!(sealed.len(), 4 + 12 + 16 + 16);
         let reread = Kek::from_file_contents(&format!("  {}  \n", file.trim())).unwrap();
-        assert_eq!(
-            reread.open(&sealed, b"ca-1").unwrap().as_slice(),
-            b"secret key bytes"
-        );
+        assert_eq!(reread.open(&sealed, b"ca-1").unwrap().as_slice(), b"secret key bytes");
         // Fresh nonce every time.
         assert_ne!(kek.seal(b"x", b"").unwrap(), kek.seal(b"x", b"").unwrap());
         assert_eq!(format!("{kek:?}"), "Kek(AES-256-GCM, redacted)");
@@ -157,10 +138,7 @@ mod tests {
         let (kek, _) = Kek::generate().unwrap();
         let (other, _) = Kek::generate().unwrap();
         let sealed = kek.seal(b"secret", b"ca-1").unwrap();
-        for (k, blob, aad) in [
-            (&other, sealed.clone(), &b"ca-1"[..]),
-            (&kek, sealed.clone(), &b"ca-2"[..]),
-        ] {
+        for (k, blob, aad) in [(&other, sealed.clone(), &b"ca-1"[..]), (&kek, sealed.clone(), &b"ca-2"[..])] {
             let err = k.open(&blob, aad).unwrap_err().to_string();
             assert!(err.contains("authentication failed"), "{err}");
         }
@@ -171,31 +149,14 @@ mod tests {
         }
         let mut v = sealed.clone();
         v[3] = b'9';
-        assert!(
-            kek.open(&v, b"ca-1")
-                .unwrap_err()
-                .to_string()
-                .contains("tmk1")
-        );
-        assert!(
-            kek.open(&sealed[..20], b"ca-1")
-                .unwrap_err()
-                .to_string()
-                .contains("short")
-        );
+        assert!(kek.open(&v, b"ca-1").unwrap_err().to_string().contains("tmk1"));
+        assert!(kek.open(&sealed[..20], b"ca-1").unwrap_err().to_string().contains("short"));
     }
 
     #[test]
     fn file_form_is_checked() {
-        assert!(
-            Kek::from_file_contents("")
-                .unwrap_err()
-                .to_string()
-                .contains("empty")
-        );
-        let err = Kek::from_file_contents("not base64 !!!")
-            .unwrap_err()
-            .to_string();
+        assert!(Kek::from_file_contents("").unwrap_err().to_string().contains("empty"));
+        let err = Kek::from_file_contents("not base64 !!!").unwrap_err().to_string();
         assert!(err.contains("base64") && !err.contains("!!!"), "{err}");
         let short = STANDARD.encode([7u8; 16]);
         let err = Kek::from_file_contents(&short).unwrap_err().to_string();

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use rcgen::{PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PublicKeyData, SignatureAlgorithm};
 use ring::rand::SystemRandom;
 use ring::signature::{
-    ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair,
-    EcdsaSigningAlgorithm, KeyPair as _,
+    ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair, EcdsaSigningAlgorithm, KeyPair as _,
 };
 use zeroize::Zeroizing;
 
@@ -52,38 +51,26 @@ impl PrivateKey {
         for alg in [KeyAlgorithm::EcP256, KeyAlgorithm::EcP384] {
             match EcdsaKeyPair::from_pkcs8(alg.ring_signing(), der, &rng) {
                 Ok(pair) => {
-                    return Ok(Self {
-                        algorithm: alg,
-                        pkcs8: Zeroizing::new(der.to_vec()),
-                        pair: Arc::new(pair),
-                    });
+                    return Ok(Self { algorithm: alg, pkcs8: Zeroizing::new(der.to_vec()), pair: Arc::new(pair) });
                 }
                 Err(e) => last = Some(e),
             }
         }
         let detail = last.map(|e| e.to_string()).unwrap_or_default();
-        Err(CaError::InvalidKey {
-            reason: format!("not an EC P-256 or P-384 PKCS#8 key ({detail})"),
-        })
+        Err(CaError::InvalidKey { reason: format!("not an EC P-256 or P-384 PKCS#8 key ({detail})") })
     }
 
     /// A key in PEM: "PRIVATE KEY" (PKCS#8) or "EC PRIVATE KEY" (SEC1, as
     /// `openssl ecparam -genkey` writes it, with or without its EC PARAMETERS block).
     pub fn from_pem(pem: &str) -> Result<Self, CaError> {
         let blocks = secret_blocks(pem)?;
-        let Some(block) = blocks
-            .iter()
-            .find(|b| b.label == "PRIVATE KEY" || b.label == "EC PRIVATE KEY")
-        else {
+        let Some(block) = blocks.iter().find(|b| b.label == "PRIVATE KEY" || b.label == "EC PRIVATE KEY") else {
             let found: Vec<&str> = blocks.iter().map(|b| b.label.as_str()).collect();
             return Err(CaError::InvalidKey {
                 reason: if found.is_empty() {
                     "no PEM block found".to_string()
                 } else {
-                    format!(
-                        "expected a PRIVATE KEY or EC PRIVATE KEY PEM block, found {}",
-                        found.join(", ")
-                    )
+                    format!("expected a PRIVATE KEY or EC PRIVATE KEY PEM block, found {}", found.join(", "))
                 },
             });
         };
@@ -98,8 +85,7 @@ impl PrivateKey {
             }
         }
         Err(CaError::InvalidKey {
-            reason: "the EC PRIVATE KEY is not a P-256 or P-384 key with its public key included"
-                .to_string(),
+            reason: "the EC PRIVATE KEY is not a P-256 or P-384 key with its public key included".to_string(),
         })
     }
 
@@ -130,9 +116,7 @@ impl PrivateKey {
 
 impl fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PrivateKey")
-            .field("algorithm", &self.algorithm)
-            .finish_non_exhaustive()
+        f.debug_struct("PrivateKey").field("algorithm", &self.algorithm).finish_non_exhaustive()
     }
 }
 
@@ -171,9 +155,7 @@ impl FromStr for KeyAlgorithm {
         match s.trim().to_ascii_uppercase().as_str() {
             "EC-P256" => Ok(Self::EcP256),
             "EC-P384" => Ok(Self::EcP384),
-            _ => Err(CaError::UnknownAlgorithm {
-                value: s.chars().take(64).collect(),
-            }),
+            _ => Err(CaError::UnknownAlgorithm { value: s.chars().take(64).collect() }),
         }
     }
 }
@@ -196,11 +178,7 @@ impl PublicKeyData for RcgenKey<'_> {
 impl rcgen::SigningKey for RcgenKey<'_> {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
         let rng = SystemRandom::new();
-        self.0
-            .pair
-            .sign(&rng, msg)
-            .map(|sig| sig.as_ref().to_vec())
-            .map_err(|_| rcgen::Error::RingUnspecified)
+        self.0.pair.sign(&rng, msg).map(|sig| sig.as_ref().to_vec()).map_err(|_| rcgen::Error::RingUnspecified)
     }
 }
 
@@ -226,10 +204,7 @@ Rz6ZEJm/yeSBI0ckzIxAY7SnPJk5KE1j6g==
         for alg in [KeyAlgorithm::EcP256, KeyAlgorithm::EcP384] {
             assert_eq!(alg.to_string().parse::<KeyAlgorithm>().unwrap(), alg);
         }
-        assert_eq!(
-            "ec-p384".parse::<KeyAlgorithm>().unwrap(),
-            KeyAlgorithm::EcP384
-        );
+        assert_eq!("ec-p384".parse::<KeyAlgorithm>().unwrap(), KeyAlgorithm::EcP384);
         let err = "RSA-2048".parse::<KeyAlgorithm>().unwrap_err().to_string();
         assert!(err.contains("RSA-2048") && err.contains("EC-P256"), "{err}");
     }

@@ -42,9 +42,7 @@ mod template;
 mod tests;
 
 pub use cert::{CaCertificate, Signer};
-pub use create::{
-    ImportedCa, IntermediateParams, RootParams, create_intermediate, create_root, import_ca,
-};
+pub use create::{ImportedCa, IntermediateParams, RootParams, create_intermediate, create_root, import_ca};
 pub use crl::{Crl, CrlEntry, RevocationReason, build_crl};
 pub use csr::{Csr, MAX_CSR_BYTES, parse_csr};
 pub use encoding::{certs_from_pem, fingerprint, sha256_b64url};

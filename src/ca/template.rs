@@ -23,9 +23,7 @@ const MAX_COMMON_NAME: usize = 64;
 /// `t` in UTC, whole seconds, and representable in a certificate.
 pub(crate) fn cert_time(t: OffsetDateTime) -> Result<OffsetDateTime, CaError> {
     let utc = t.to_offset(time::UtcOffset::UTC);
-    let whole = utc
-        .replace_nanosecond(0)
-        .map_err(|_| CaError::Time { value: t })?;
+    let whole = utc.replace_nanosecond(0).map_err(|_| CaError::Time { value: t })?;
     if !(1950..=9999).contains(&whole.year()) {
         return Err(CaError::Time { value: t });
     }
@@ -35,12 +33,9 @@ pub(crate) fn cert_time(t: OffsetDateTime) -> Result<OffsetDateTime, CaError> {
 /// `now + lifetime`, refusing a non-positive lifetime and overflow.
 pub(crate) fn end_of(now: OffsetDateTime, lifetime: Duration) -> Result<OffsetDateTime, CaError> {
     if !lifetime.is_positive() {
-        return Err(CaError::Lifetime {
-            seconds: lifetime.whole_seconds(),
-        });
+        return Err(CaError::Lifetime { seconds: lifetime.whole_seconds() });
     }
-    now.checked_add(lifetime)
-        .ok_or(CaError::Time { value: now })
+    now.checked_add(lifetime).ok_or(CaError::Time { value: now })
 }
 
 /// O = trustmesh, plus CN when given (checked: non-empty, at most 64 characters).
@@ -55,10 +50,7 @@ pub(crate) fn subject(common_name: Option<&str>) -> Result<DistinguishedName, Ca
 }
 
 fn check_common_name(cn: &str) -> Result<(), CaError> {
-    let fail = |reason| CaError::CommonName {
-        name: cn.chars().take(80).collect(),
-        reason,
-    };
+    let fail = |reason| CaError::CommonName { name: cn.chars().take(80).collect(), reason };
     if cn.trim().is_empty() {
         return Err(fail("must not be empty"));
     }
@@ -76,9 +68,7 @@ pub(crate) fn uri_san(uri: &str) -> Result<SanType, CaError> {
     let value = uri
         .to_string()
         .try_into()
-        .map_err(|e: rcgen::Error| CaError::Signing {
-            reason: format!("URI SAN {uri:?}: {e}"),
-        })?;
+        .map_err(|e: rcgen::Error| CaError::Signing { reason: format!("URI SAN {uri:?}: {e}") })?;
     Ok(SanType::URI(value))
 }
 
@@ -94,10 +84,8 @@ pub(crate) fn spiffe_san(id: &SpiffeId) -> Result<SanType, CaError> {
 /// A DNS SAN after [`check_dns_name`].
 pub(crate) fn dns_san(name: &str) -> Result<SanType, CaError> {
     check_dns_name(name)?;
-    let value = name.to_string().try_into().map_err(|_| CaError::DnsName {
-        name: name.to_string(),
-        reason: "not ASCII",
-    })?;
+    let value =
+        name.to_string().try_into().map_err(|_| CaError::DnsName { name: name.to_string(), reason: "not ASCII" })?;
     Ok(SanType::DnsName(value))
 }
 
@@ -105,10 +93,7 @@ pub(crate) fn dns_san(name: &str) -> Result<SanType, CaError> {
 /// digits, `-` and `.`, an optional `*.` prefix, labels of 1 to 63
 /// characters that neither start nor end with `-`, at most 253 characters.
 pub fn check_dns_name(name: &str) -> Result<(), CaError> {
-    let fail = |reason| CaError::DnsName {
-        name: name.chars().take(260).collect(),
-        reason,
-    };
+    let fail = |reason| CaError::DnsName { name: name.chars().take(260).collect(), reason };
     if name.is_empty() {
         return Err(fail("empty"));
     }
@@ -124,17 +109,10 @@ pub fn check_dns_name(name: &str) -> Result<(), CaError> {
             return Err(fail("a label is longer than 63 characters"));
         }
         if label == "*" || label.contains('*') {
-            return Err(fail(
-                "a wildcard is only allowed as the whole first label (*.)",
-            ));
+            return Err(fail("a wildcard is only allowed as the whole first label (*.)"));
         }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(fail(
-                "only lowercase letters, digits, '-' and '.' are allowed",
-            ));
+        if !label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(fail("only lowercase letters, digits, '-' and '.' are allowed"));
         }
         if label.starts_with('-') || label.ends_with('-') {
             return Err(fail("a label starts or ends with '-'"));
@@ -146,10 +124,7 @@ pub fn check_dns_name(name: &str) -> Result<(), CaError> {
 /// Leaf serials must carry at least 128 bits.
 pub(crate) fn leaf_serial(serial: &Serial) -> Result<SerialNumber, CaError> {
     if serial.bits() < 128 {
-        return Err(CaError::SerialTooShort {
-            serial: serial.to_string(),
-            bits: serial.bits(),
-        });
+        return Err(CaError::SerialTooShort { serial: serial.to_string(), bits: serial.bits() });
     }
     Ok(SerialNumber::from_slice(serial.as_bytes()))
 }
@@ -172,13 +147,7 @@ mod tests {
 
     #[test]
     fn dns_names() {
-        for ok in [
-            "a",
-            "svc.ns.svc.cluster.local",
-            "*.example.org",
-            "x-1.y2",
-            &"a".repeat(63),
-        ] {
+        for ok in ["a", "svc.ns.svc.cluster.local", "*.example.org", "x-1.y2", &"a".repeat(63)] {
             check_dns_name(ok).unwrap();
         }
         let long = format!("{}.org", vec!["a".repeat(60); 5].join("."));
@@ -202,12 +171,7 @@ mod tests {
             assert!(err.contains(needle), "{name}: {err}");
         }
         let label = format!("{}.org", "a".repeat(64));
-        assert!(
-            check_dns_name(&label)
-                .unwrap_err()
-                .to_string()
-                .contains("63")
-        );
+        assert!(check_dns_name(&label).unwrap_err().to_string().contains("63"));
     }
 
     #[test]
@@ -216,12 +180,7 @@ mod tests {
         assert_eq!(cert_time(t).unwrap().unix_timestamp(), 1_700_000_000);
         assert_eq!(cert_time(t).unwrap().nanosecond(), 0);
         assert!(end_of(t, Duration::ZERO).is_err());
-        assert!(
-            end_of(t, Duration::seconds(-5))
-                .unwrap_err()
-                .to_string()
-                .contains("-5")
-        );
+        assert!(end_of(t, Duration::seconds(-5)).unwrap_err().to_string().contains("-5"));
         assert!(cert_time(OffsetDateTime::UNIX_EPOCH - Duration::days(365 * 30)).is_err());
     }
 

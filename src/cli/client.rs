@@ -73,7 +73,9 @@ impl Context {
             ),
             None => None,
         };
-        let client = AdminClient::new(channel).max_decoding_message_size(16 * 1024 * 1024).max_encoding_message_size(16 * 1024 * 1024);
+        let client = AdminClient::new(channel)
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_encoding_message_size(16 * 1024 * 1024);
         Ok(Admin { client, token })
     }
 

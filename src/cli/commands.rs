@@ -1,8 +1,8 @@
 //! The commands that talk to a server.
 
 use std::fs;
-use std::os::unix::fs::OpenOptionsExt;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
@@ -176,7 +176,10 @@ pub async fn pki(ctx: Context, command: PkiCommand) -> i32 {
             let ca = call!(ctx, create_intermediary, pb::CreateIntermediaryRequest { common_name, ttl_days, role });
             let view = CaView::from(&ca);
             ctx.output.print(&view, |c| {
-                format!("[ok] Intermediate CA created and active for {}:\n  {} ({}) expires {}\n", c.role, c.common_name, c.fingerprint, c.expires)
+                format!(
+                    "[ok] Intermediate CA created and active for {}:\n  {} ({}) expires {}\n",
+                    c.role, c.common_name, c.fingerprint, c.expires
+                )
             });
             0
         }
@@ -197,7 +200,11 @@ async fn cert(ctx: Context, command: CertCommand) -> i32 {
                 Ok(t) => t,
                 Err(e) => return fail(&e),
             };
-            let r = call!(ctx, generate_certificate, pb::GenerateCertificateRequest { common_name, spiffe_id, dns_names, ttl_seconds });
+            let r = call!(
+                ctx,
+                generate_certificate,
+                pb::GenerateCertificateRequest { common_name, spiffe_id, dns_names, ttl_seconds }
+            );
             if let Err(e) = write_out(&output_key, r.private_key_pem.as_bytes(), 0o600)
                 .and_then(|_| write_out(&output_cert, r.certificate_pem.as_bytes(), 0o644))
             {
@@ -229,12 +236,16 @@ async fn cert(ctx: Context, command: CertCommand) -> i32 {
                 Ok(v) => v.unwrap_or(0),
                 Err(e) => return fail(&format!("--expiring-within: {e}")),
             };
-            let r = call!(ctx, list_certificates, pb::ListCertificatesRequest {
-                spiffe_id: spiffe_id.unwrap_or_default(),
-                expiring_within_seconds,
-                include_expired,
-                limit: 0,
-            });
+            let r = call!(
+                ctx,
+                list_certificates,
+                pb::ListCertificatesRequest {
+                    spiffe_id: spiffe_id.unwrap_or_default(),
+                    expiring_within_seconds,
+                    include_expired,
+                    limit: 0,
+                }
+            );
             let views: Vec<CertView> = r.certificates.iter().map(CertView::from).collect();
             ctx.output.print(&views, |list| {
                 let mut out = format!("{:<36} {:<60} {:<8} {}\n", "SERIAL", "SPIFFE ID", "STATUS", "EXPIRES");
@@ -270,7 +281,11 @@ async fn identity(ctx: Context, command: IdentityCommand) -> i32 {
         IdentityCommand::Allow { spiffe_id } => {
             let r = call!(ctx, allow_identity, pb::AllowIdentityRequest { spiffe_id: spiffe_id.clone() });
             ctx.output.print(&r.was_denied, |w| {
-                if *w { format!("[ok] {spiffe_id} allowed again\n") } else { format!("[ok] {spiffe_id} was not denied\n") }
+                if *w {
+                    format!("[ok] {spiffe_id} allowed again\n")
+                } else {
+                    format!("[ok] {spiffe_id} was not denied\n")
+                }
             });
             0
         }
@@ -279,7 +294,12 @@ async fn identity(ctx: Context, command: IdentityCommand) -> i32 {
             let views: Vec<DeniedView> = r
                 .identities
                 .iter()
-                .map(|d| DeniedView { spiffe_id: d.spiffe_id.clone(), reason: d.reason.clone(), denied_at: rfc3339(d.denied_at), denied_by: d.denied_by.clone() })
+                .map(|d| DeniedView {
+                    spiffe_id: d.spiffe_id.clone(),
+                    reason: d.reason.clone(),
+                    denied_at: rfc3339(d.denied_at),
+                    denied_by: d.denied_by.clone(),
+                })
                 .collect();
             ctx.output.print(&views, |list| {
                 let mut out = format!("{:<60} {:<32} {}\n", "SPIFFE ID", "Reason", "Denied At");
@@ -299,16 +319,24 @@ pub async fn token(ctx: Context, command: TokenCommand) -> i32 {
         Ok(v) => v.unwrap_or(0).max(0) as u64,
         Err(e) => return fail(&format!("--expires-in: {e}")),
     };
-    let r = call!(ctx, mint_token, pb::MintTokenRequest {
-        kind,
-        subject,
-        expires_in_seconds,
-        single_use,
-        spiffe_ids,
-        cert_fingerprint: cert_fingerprint.unwrap_or_default(),
-    });
+    let r = call!(
+        ctx,
+        mint_token,
+        pb::MintTokenRequest {
+            kind,
+            subject,
+            expires_in_seconds,
+            single_use,
+            spiffe_ids,
+            cert_fingerprint: cert_fingerprint.unwrap_or_default(),
+        }
+    );
     #[derive(Serialize)]
-    struct Minted<'a> { token: &'a str, jti: &'a str, expires_at: String }
+    struct Minted<'a> {
+        token: &'a str,
+        jti: &'a str,
+        expires_at: String,
+    }
     let view = Minted { token: &r.token, jti: &r.jti, expires_at: rfc3339(r.expires_at) };
     ctx.output.print(&view, |m| format!("{}\n", m.token));
     0
@@ -322,11 +350,27 @@ pub async fn audit(ctx: Context, command: AuditCommand) -> i32 {
     };
     let r = call!(ctx, list_audit, pb::ListAuditRequest { since, spiffe_id: spiffe_id.unwrap_or_default(), limit });
     #[derive(Serialize)]
-    struct Entry<'a> { id: i64, at: String, actor: &'a str, action: &'a str, target: &'a str, outcome: &'a str, reason: &'a str }
+    struct Entry<'a> {
+        id: i64,
+        at: String,
+        actor: &'a str,
+        action: &'a str,
+        target: &'a str,
+        outcome: &'a str,
+        reason: &'a str,
+    }
     let entries: Vec<Entry> = r
         .entries
         .iter()
-        .map(|e| Entry { id: e.id, at: rfc3339(e.at), actor: &e.actor, action: &e.action, target: &e.target, outcome: &e.outcome, reason: &e.reason })
+        .map(|e| Entry {
+            id: e.id,
+            at: rfc3339(e.at),
+            actor: &e.actor,
+            action: &e.action,
+            target: &e.target,
+            outcome: &e.outcome,
+            reason: &e.reason,
+        })
         .collect();
     ctx.output.print(&entries, |list| {
         list.iter()
@@ -439,7 +483,10 @@ fn render_status(s: &StatusView) -> String {
             if i.active { " active" } else { "" }
         ));
     }
-    out.push_str(&format!("Active Certificates: {}\nDenied Identities:   {}\n", s.active_certificates, s.denied_identities));
+    out.push_str(&format!(
+        "Active Certificates: {}\nDenied Identities:   {}\n",
+        s.active_certificates, s.denied_identities
+    ));
     for w in &s.warnings {
         out.push_str(&format!("Warning: {w}\n"));
     }

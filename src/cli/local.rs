@@ -69,7 +69,10 @@ pub async fn init(ctx: &Context, args: InitArgs) -> i32 {
     match run_init(ctx, args).await {
         Ok(report) => {
             ctx.output.print(&report, |r| {
-                format!("[ok] PKI initialized\n  Trust Domain: {}\n  Root:         {}\n", r.trust_domain, r.root_fingerprint)
+                format!(
+                    "[ok] PKI initialized\n  Trust Domain: {}\n  Root:         {}\n",
+                    r.trust_domain, r.root_fingerprint
+                )
             });
             0
         }
@@ -123,10 +126,8 @@ pub fn policy(command: PolicyCommand, output: OutputFormat) -> i32 {
     let PolicyCommand::Check { principal, action, resource, spiffe_ids, policy_dir, trust_domain } = command;
     let result = (|| -> Result<(policy::Decision, String), String> {
         let td = TrustDomain::parse(&trust_domain).map_err(|e| e.to_string())?;
-        let ids = spiffe_ids
-            .iter()
-            .map(|s| SpiffeId::parse(s).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let ids =
+            spiffe_ids.iter().map(|s| SpiffeId::parse(s).map_err(|e| e.to_string())).collect::<Result<Vec<_>, _>>()?;
         let engine = crate::app::load_policy(policy_dir.as_deref()).map_err(|e| format!("{e:#}"))?;
         let principal = policy::parse_principal(&principal, &ids).map_err(|e| e.to_string())?;
         let action: Action = action.parse().map_err(|e: policy::PolicyError| e.to_string())?;
@@ -137,7 +138,12 @@ pub fn policy(command: PolicyCommand, output: OutputFormat) -> i32 {
     match result {
         Ok((decision, who)) => {
             #[derive(Serialize)]
-            struct View<'a> { decision: &'a str, principal: String, policy_ids: &'a [String], errors: &'a [String] }
+            struct View<'a> {
+                decision: &'a str,
+                principal: String,
+                policy_ids: &'a [String],
+                errors: &'a [String],
+            }
             let view = View {
                 decision: if decision.allowed { "ALLOW" } else { "DENY" },
                 principal: who,

@@ -96,7 +96,8 @@ impl ServeConfig {
         }
         let database_url = match &args.database_url {
             Some(url) => {
-                if !(url.starts_with("sqlite://") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                if !(url.starts_with("sqlite://") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
+                {
                     return Err(ConfigError::new(
                         "--database-url/TRUSTMESH_DATABASE_URL",
                         format!("{:?} is neither sqlite://PATH nor postgres://…", crate::store::redact_url(url)),
@@ -111,7 +112,10 @@ impl ServeConfig {
                 && name.len() <= 253
                 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:*".contains(&b));
             if !ok {
-                return Err(ConfigError::new("--server-name/TRUSTMESH_SERVER_NAMES", format!("{name:?} is not a DNS name or IP")));
+                return Err(ConfigError::new(
+                    "--server-name/TRUSTMESH_SERVER_NAMES",
+                    format!("{name:?} is not a DNS name or IP"),
+                ));
             }
         }
         let svid_ttl = seconds("--svid-ttl/TRUSTMESH_SVID_TTL", &args.svid_ttl, 60, 30 * 86_400)?;
@@ -138,9 +142,7 @@ impl ServeConfig {
 }
 
 fn socket_addr(setting: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value
-        .parse()
-        .map_err(|_| ConfigError::new(setting, format!("{value:?} is not an IP:port address")))
+    value.parse().map_err(|_| ConfigError::new(setting, format!("{value:?} is not an IP:port address")))
 }
 
 /// A whole number of seconds within `[min, max]`.

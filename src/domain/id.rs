@@ -22,16 +22,12 @@ pub struct TrustDomain(spiffe::TrustDomain);
 
 impl SpiffeId {
     pub fn parse(value: &str) -> Result<Self, DomainError> {
-        let fail = |reason: &str| DomainError::SpiffeId {
-            value: truncate(value),
-            reason: reason.to_string(),
-        };
+        let fail = |reason: &str| DomainError::SpiffeId { value: truncate(value), reason: reason.to_string() };
         if value.len() > MAX_ID_LEN {
             return Err(fail("longer than 2048 bytes"));
         }
-        let rest = value
-            .strip_prefix("spiffe://")
-            .ok_or_else(|| fail("must start with \"spiffe://\" (lowercase scheme)"))?;
+        let rest =
+            value.strip_prefix("spiffe://").ok_or_else(|| fail("must start with \"spiffe://\" (lowercase scheme)"))?;
         let authority = rest.split('/').next().unwrap_or_default();
         if authority.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(fail("trust domain must be lowercase"));
@@ -63,19 +59,14 @@ impl SpiffeId {
 
 impl TrustDomain {
     pub fn parse(value: &str) -> Result<Self, DomainError> {
-        let fail = |reason: &str| DomainError::TrustDomain {
-            value: truncate(value),
-            reason: reason.to_string(),
-        };
+        let fail = |reason: &str| DomainError::TrustDomain { value: truncate(value), reason: reason.to_string() };
         if value.contains('/') || value.contains(':') {
             return Err(fail("give the bare name, e.g. example.org"));
         }
         if value.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(fail("must be lowercase"));
         }
-        spiffe::TrustDomain::new(value)
-            .map(Self)
-            .map_err(|e| fail(&e.to_string()))
+        spiffe::TrustDomain::new(value).map(Self).map_err(|e| fail(&e.to_string()))
     }
 
     pub fn as_str(&self) -> &str {

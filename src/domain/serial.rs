@@ -49,16 +49,10 @@ impl Serial {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DomainError> {
         let trimmed: Vec<u8> = bytes.iter().copied().skip_while(|b| *b == 0).collect();
         if trimmed.is_empty() {
-            return Err(DomainError::Serial {
-                value: hex::encode(bytes),
-                reason: "must not be zero",
-            });
+            return Err(DomainError::Serial { value: hex::encode(bytes), reason: "must not be zero" });
         }
         if trimmed.len() > 20 {
-            return Err(DomainError::Serial {
-                value: hex::encode(bytes),
-                reason: "longer than 20 bytes",
-            });
+            return Err(DomainError::Serial { value: hex::encode(bytes), reason: "longer than 20 bytes" });
         }
         Ok(Self(trimmed))
     }
@@ -82,15 +76,9 @@ impl FromStr for Serial {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let cleaned: String = s.trim().chars().filter(|c| *c != ':').collect();
         let cleaned = cleaned.strip_prefix("0x").unwrap_or(&cleaned);
-        let padded = if cleaned.len() % 2 == 1 {
-            format!("0{cleaned}")
-        } else {
-            cleaned.to_string()
-        };
-        let bytes = hex::decode(&padded).map_err(|_| DomainError::Serial {
-            value: s.chars().take(64).collect(),
-            reason: "not hexadecimal",
-        })?;
+        let padded = if cleaned.len() % 2 == 1 { format!("0{cleaned}") } else { cleaned.to_string() };
+        let bytes = hex::decode(&padded)
+            .map_err(|_| DomainError::Serial { value: s.chars().take(64).collect(), reason: "not hexadecimal" })?;
         Self::from_bytes(&bytes)
     }
 }

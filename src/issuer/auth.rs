@@ -77,21 +77,14 @@ impl Issuer {
         let keys = self.token_keys();
         let claims = token::verify(bearer, &keys.verifying, &self.cfg.token_rules(), now, thumbprint.as_deref())?;
         if claims.single_use && !self.store.consume_token_id(&claims.jti, claims.exp).await? {
-            return Err(IssuerError::Unauthenticated(format!(
-                "single-use token {} was already used",
-                claims.jti
-            )));
+            return Err(IssuerError::Unauthenticated(format!("single-use token {} was already used", claims.jti)));
         }
         let principal = match claims.kind {
             TokenKind::Admin => Principal::Admin { name: claims.sub },
             TokenKind::Node => Principal::Node { id: claims.sub },
             TokenKind::Bootstrap => Principal::Bootstrap {
                 subject: claims.sub,
-                spiffe_ids: claims
-                    .spiffe_ids
-                    .iter()
-                    .filter_map(|s| SpiffeId::parse(s).ok())
-                    .collect(),
+                spiffe_ids: claims.spiffe_ids.iter().filter_map(|s| SpiffeId::parse(s).ok()).collect(),
             },
         };
         Ok(Caller { principal })
@@ -105,9 +98,7 @@ impl Issuer {
         resource: &Resource,
         target: &str,
     ) -> Result<(), IssuerError> {
-        let decision = self
-            .policy
-            .decide(&caller.principal, action, resource, &self.cfg.trust_domain);
+        let decision = self.policy.decide(&caller.principal, action, resource, &self.cfg.trust_domain);
         if decision.allowed {
             return Ok(());
         }
@@ -118,8 +109,7 @@ impl Issuer {
             reasons = ?decision.policy_ids,
             "Permission denied for action"
         );
-        self.refuse(caller, &action.to_string(), target, IssuerError::PermissionDenied(decision.to_string()))
-            .await
+        self.refuse(caller, &action.to_string(), target, IssuerError::PermissionDenied(decision.to_string())).await
     }
 
     /// Runs a step; when it fails, the failure is audited and counted.
@@ -145,9 +135,7 @@ impl Issuer {
         err: IssuerError,
     ) -> Result<T, IssuerError> {
         let outcome = match err {
-            IssuerError::Unauthenticated(_) | IssuerError::PermissionDenied(_) | IssuerError::Denied { .. } => {
-                "denied"
-            }
+            IssuerError::Unauthenticated(_) | IssuerError::PermissionDenied(_) | IssuerError::Denied { .. } => "denied",
             _ => "error",
         };
         let record = audit(caller, action, target, outcome, &err.to_string(), self.now().unix_timestamp());

@@ -12,9 +12,7 @@ use tokio::sync::watch;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::{Issuer, IssuerConfig, IssuerError, Metrics, Signers, TokenKeys, TrustSnapshot};
-use crate::ca::{
-    self, CaCertificate, IntermediateParams, KeyAlgorithm, Kek, PrivateKey, RootParams, Signer,
-};
+use crate::ca::{self, CaCertificate, IntermediateParams, Kek, KeyAlgorithm, PrivateKey, RootParams, Signer};
 use crate::domain::{Clock, SerialSource};
 use crate::policy::PolicyEngine;
 use crate::store::{CaRecord, CaRole, SigningKeyRecord, Store};
@@ -79,11 +77,7 @@ impl Issuer {
         let cas = store.cas().await?;
         let signers = load_signers(&cas, &kek)?;
         let tokens = load_token_keys(store.as_ref(), &kek, clock.now().unix_timestamp()).await?;
-        let root_fingerprint = signers
-            .services
-            .root()
-            .fingerprint
-            .clone();
+        let root_fingerprint = signers.services.root().fingerprint.clone();
         if created {
             log_created(&cas, &cfg);
         }
@@ -125,16 +119,10 @@ impl Issuer {
         }
         let (cas, keys) = create_hierarchy(cfg, params, kek, serials, clock.now())?;
         if !store.init_hierarchy(&cas, &keys).await? {
-            return Err(IssuerError::FailedPrecondition(
-                "another process initialized the PKI concurrently".into(),
-            ));
+            return Err(IssuerError::FailedPrecondition("another process initialized the PKI concurrently".into()));
         }
         log_created(&cas, cfg);
-        let root = cas
-            .iter()
-            .find(|c| c.role == CaRole::Root)
-            .map(|c| c.id.clone())
-            .unwrap_or_default();
+        let root = cas.iter().find(|c| c.role == CaRole::Root).map(|c| c.id.clone()).unwrap_or_default();
         Ok(InitReport { created: true, root_fingerprint: root })
     }
 
@@ -177,9 +165,7 @@ impl Issuer {
 }
 
 async fn check_trust_domain(cfg: &IssuerConfig, store: &dyn Store) -> Result<(), IssuerError> {
-    let stored = store
-        .init_setting("trust_domain", cfg.trust_domain.as_str())
-        .await?;
+    let stored = store.init_setting("trust_domain", cfg.trust_domain.as_str()).await?;
     if stored != cfg.trust_domain.as_str() {
         return Err(IssuerError::FailedPrecondition(format!(
             "the database belongs to trust domain {stored:?}, not {:?}",
@@ -226,10 +212,18 @@ fn create_hierarchy(
                 cas.push(public_ca_record(parent, CaRole::Root, now));
             }
             if imported.cert.self_signed {
-                let services =
-                    ca::create_intermediate(&imported, &intermediate("trustmesh Services CA"), serials.next_serial(), now)?;
-                let transport =
-                    ca::create_intermediate(&imported, &intermediate("trustmesh Transport CA"), serials.next_serial(), now)?;
+                let services = ca::create_intermediate(
+                    &imported,
+                    &intermediate("trustmesh Services CA"),
+                    serials.next_serial(),
+                    now,
+                )?;
+                let transport = ca::create_intermediate(
+                    &imported,
+                    &intermediate("trustmesh Transport CA"),
+                    serials.next_serial(),
+                    now,
+                )?;
                 cas.push(ca_record(&imported, CaRole::Root, true, kek, now)?);
                 cas.push(ca_record(&services, CaRole::Services, true, kek, now)?);
                 cas.push(ca_record(&transport, CaRole::Transport, true, kek, now)?);
@@ -258,10 +252,7 @@ fn create_hierarchy(
             cas.push(ca_record(&transport, CaRole::Transport, true, kek, now)?);
         }
     }
-    let keys = vec![
-        signing_key_record(PURPOSE_TOKEN, kek, now)?,
-        signing_key_record(PURPOSE_JWT_SVID, kek, now)?,
-    ];
+    let keys = vec![signing_key_record(PURPOSE_TOKEN, kek, now)?, signing_key_record(PURPOSE_JWT_SVID, kek, now)?];
     Ok((cas, keys))
 }
 
@@ -292,11 +283,7 @@ fn public_ca_record(cert: &CaCertificate, role: CaRole, now: OffsetDateTime) -> 
     }
 }
 
-fn signing_key_record(
-    purpose: &str,
-    kek: &Kek,
-    now: OffsetDateTime,
-) -> Result<SigningKeyRecord, IssuerError> {
+fn signing_key_record(purpose: &str, kek: &Kek, now: OffsetDateTime) -> Result<SigningKeyRecord, IssuerError> {
     let key = PrivateKey::generate(KeyAlgorithm::EcP256)?;
     let public = key.public_key_der();
     let kid = format!("{purpose}-{}", &ca::fingerprint(&public)[..16]);
@@ -312,10 +299,8 @@ fn signing_key_record(
 
 /// Opens the sealed keys of the active CAs and links each to its parents.
 pub(crate) fn load_signers(cas: &[CaRecord], kek: &Kek) -> Result<Signers, IssuerError> {
-    let certs: Vec<(&CaRecord, CaCertificate)> = cas
-        .iter()
-        .map(|r| CaCertificate::from_der(&r.cert_der).map(|c| (r, c)))
-        .collect::<Result<_, _>>()?;
+    let certs: Vec<(&CaRecord, CaCertificate)> =
+        cas.iter().map(|r| CaCertificate::from_der(&r.cert_der).map(|c| (r, c))).collect::<Result<_, _>>()?;
     let open = |record: &CaRecord, cert: &CaCertificate| -> Result<Option<Arc<Signer>>, IssuerError> {
         let Some(sealed) = &record.sealed_key else { return Ok(None) };
         let der = kek.open(sealed, record.id.as_bytes()).map_err(|e| {
@@ -344,9 +329,8 @@ pub(crate) fn load_signers(cas: &[CaRecord], kek: &Kek) -> Result<Signers, Issue
             CaRole::Transport => transport = Some(signer),
         }
     }
-    let services = services.ok_or_else(|| {
-        IssuerError::FailedPrecondition("no active Services CA with an online key".into())
-    })?;
+    let services =
+        services.ok_or_else(|| IssuerError::FailedPrecondition("no active Services CA with an online key".into()))?;
     let transport = transport.unwrap_or_else(|| services.clone());
     Ok(Signers { services, transport, root, crl_signers })
 }
@@ -370,19 +354,14 @@ fn parents_of(cert: &CaCertificate, pool: &[(&CaRecord, CaCertificate)]) -> Vec<
 }
 
 fn issued_by(child: &CaCertificate, parent: &CaCertificate) -> bool {
-    let (Ok((_, c)), Ok((_, p))) =
-        (X509Certificate::from_der(&child.der), X509Certificate::from_der(&parent.der))
+    let (Ok((_, c)), Ok((_, p))) = (X509Certificate::from_der(&child.der), X509Certificate::from_der(&parent.der))
     else {
         return false;
     };
     c.issuer().as_raw() == p.subject().as_raw() && c.verify_signature(Some(p.public_key())).is_ok()
 }
 
-pub(crate) async fn load_token_keys(
-    store: &dyn Store,
-    kek: &Kek,
-    now: i64,
-) -> Result<TokenKeys, IssuerError> {
+pub(crate) async fn load_token_keys(store: &dyn Store, kek: &Kek, now: i64) -> Result<TokenKeys, IssuerError> {
     let records = store.signing_keys().await?;
     let mut verifying = Vec::new();
     let mut jwt_svid_keys = Vec::new();
@@ -399,9 +378,8 @@ pub(crate) async fn load_token_keys(
             jwt_svid_keys.push(key);
         }
     }
-    let newest = newest.ok_or_else(|| {
-        IssuerError::FailedPrecondition("no unexpired token signing key in the database".into())
-    })?;
+    let newest = newest
+        .ok_or_else(|| IssuerError::FailedPrecondition("no unexpired token signing key in the database".into()))?;
     let der = kek.open(&newest.sealed_key, newest.kid.as_bytes())?;
     let signer = Es256Signer::from_pkcs8(newest.kid.clone(), &der)
         .map_err(|e| IssuerError::Internal(format!("token key {}: {e}", newest.kid)))?;

@@ -54,10 +54,8 @@ impl Issuer {
         let started = Instant::now();
         let target: String = req.spiffe_id.chars().take(256).collect();
         if req.csr.len() > MAX_REQUEST_BYTES {
-            let err = IssuerError::InvalidArgument(format!(
-                "csr of {} bytes is larger than the 1 MiB limit",
-                req.csr.len()
-            ));
+            let err =
+                IssuerError::InvalidArgument(format!("csr of {} bytes is larger than the 1 MiB limit", req.csr.len()));
             return self.refuse(caller, ACTION, &target, err).await;
         }
         let id = self.parse_id_audited(caller, ACTION, &req.spiffe_id).await?;
@@ -70,16 +68,13 @@ impl Issuer {
             })
             .await?;
         if csr.spiffe_id != id {
-            let err = IssuerError::InvalidArgument(format!(
-                "the CSR asks for {} but the request names {id}",
-                csr.spiffe_id
-            ));
+            let err =
+                IssuerError::InvalidArgument(format!("the CSR asks for {} but the request names {id}", csr.spiffe_id));
             return self.refuse(caller, ACTION, &target, err).await;
         }
         let key = SubjectKey::Csr { spki: csr.public_key_der.clone(), algorithm: csr.key_algorithm.clone() };
-        let issued = self
-            .issue(caller, ACTION, Action::SignCsr, &id, key, &csr.dns_names, None, req.ttl_seconds)
-            .await?;
+        let issued =
+            self.issue(caller, ACTION, Action::SignCsr, &id, key, &csr.dns_names, None, req.ttl_seconds).await?;
         self.metrics.sign_duration(started.elapsed().as_secs_f64());
         Ok(issued)
     }
@@ -95,7 +90,16 @@ impl Issuer {
         let key = PrivateKey::generate(KeyAlgorithm::EcP256)?;
         let cn = (!req.common_name.is_empty()).then_some(req.common_name.as_str());
         let issued = self
-            .issue(caller, ACTION, Action::IssueCertificate, &id, SubjectKey::Generated(key), &req.dns_names, cn, req.ttl_seconds)
+            .issue(
+                caller,
+                ACTION,
+                Action::IssueCertificate,
+                &id,
+                SubjectKey::Generated(key),
+                &req.dns_names,
+                cn,
+                req.ttl_seconds,
+            )
             .await?;
         self.metrics.sign_duration(started.elapsed().as_secs_f64());
         Ok(issued)
@@ -179,7 +183,11 @@ impl Issuer {
         requested.min(self.cfg.max_cert_ttl)
     }
 
-    pub async fn list_certificates(&self, caller: &Caller, filter: &CertFilter) -> Result<Vec<CertRecord>, IssuerError> {
+    pub async fn list_certificates(
+        &self,
+        caller: &Caller,
+        filter: &CertFilter,
+    ) -> Result<Vec<CertRecord>, IssuerError> {
         self.authorize(caller, Action::ReadCertificates, &Resource::AuditLog, "").await?;
         Ok(self.store.certificates(filter).await?)
     }
@@ -200,9 +208,8 @@ impl Issuer {
             );
             return self.refuse(caller, ACTION, common_name, err).await;
         }
-        let record = self
-            .audited(caller, ACTION, common_name, self.add_intermediate(role, common_name, ttl_days))
-            .await?;
+        let record =
+            self.audited(caller, ACTION, common_name, self.add_intermediate(role, common_name, ttl_days)).await?;
         let log = audit(caller, ACTION, &record.id, "ok", common_name, self.now().unix_timestamp());
         self.store.append_audit(&log).await?;
         Ok(record)
@@ -215,7 +222,8 @@ impl Issuer {
         let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
         names.extend(self.cfg.server_names.iter().cloned());
         let lifetime = Duration::hours(24);
-        let (cert, key) = ca::issue_server_certificate(&signer, &id, &names, lifetime, self.serials.next_serial(), self.now())?;
+        let (cert, key) =
+            ca::issue_server_certificate(&signer, &id, &names, lifetime, self.serials.next_serial(), self.now())?;
         let chain = format!("{}{}", cert.to_pem(), signer.cert.to_pem());
         Ok((chain, key, cert.not_after))
     }

@@ -55,7 +55,10 @@ impl Metrics {
             .with_callback(move |o| {
                 let now = time::OffsetDateTime::now_utc().unix_timestamp();
                 for (name, role, not_after) in g.cas.lock().iter() {
-                    o.observe(not_after - now, &[KeyValue::new("ca_name", name.clone()), KeyValue::new("role", role.clone())]);
+                    o.observe(
+                        not_after - now,
+                        &[KeyValue::new("ca_name", name.clone()), KeyValue::new("role", role.clone())],
+                    );
                 }
             })
             .build();
@@ -137,11 +140,8 @@ impl Metrics {
             self.gauges.denied.store(list.len() as u64, Ordering::Relaxed);
         }
         let snapshot = issuer.snapshot();
-        *self.gauges.cas.lock() = snapshot
-            .cas
-            .iter()
-            .map(|c| (c.common_name.clone(), c.role.as_str().to_string(), c.not_after))
-            .collect();
+        *self.gauges.cas.lock() =
+            snapshot.cas.iter().map(|c| (c.common_name.clone(), c.role.as_str().to_string(), c.not_after)).collect();
         let next = snapshot.earliest_next_update().map_or(0, |t| t.unix_timestamp());
         self.gauges.crl_next_update.store(u64::try_from(next).unwrap_or(0), Ordering::Relaxed);
     }

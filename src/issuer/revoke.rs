@@ -14,25 +14,16 @@ use crate::store::{CaRole, CertRecord, DenyRecord, RevokeOutcome};
 impl Issuer {
     /// Revokes one certificate. Returns the record after the change and
     /// whether it had been revoked before.
-    pub async fn revoke(
-        &self,
-        caller: &Caller,
-        serial: &str,
-        reason: &str,
-    ) -> Result<(CertRecord, bool), IssuerError> {
-        let serial: Serial = self.audited(caller, "revoke_certificate", serial, async {
-            Ok(serial.parse::<Serial>()?)
-        }).await?;
+    pub async fn revoke(&self, caller: &Caller, serial: &str, reason: &str) -> Result<(CertRecord, bool), IssuerError> {
+        let serial: Serial =
+            self.audited(caller, "revoke_certificate", serial, async { Ok(serial.parse::<Serial>()?) }).await?;
         let target = serial.to_string();
         let reason = if reason.is_empty() { "unspecified" } else { reason };
         self.audited(caller, "revoke_certificate", &target, async {
-            reason
-                .parse::<RevocationReason>()
-                .map_err(|e| IssuerError::InvalidArgument(e.to_string()))
+            reason.parse::<RevocationReason>().map_err(|e| IssuerError::InvalidArgument(e.to_string()))
         })
         .await?;
-        self.authorize(caller, Action::RevokeCertificate, &Resource::Certificate(target.clone()), &target)
-            .await?;
+        self.authorize(caller, Action::RevokeCertificate, &Resource::Certificate(target.clone()), &target).await?;
         let at = self.now().unix_timestamp();
         let record = audit(caller, "revoke_certificate", &target, "ok", reason, at);
         let outcome = self.store.revoke(&target, reason, at, &record).await?;
@@ -61,9 +52,12 @@ impl Issuer {
         let target = id.to_string();
         if reason.trim().is_empty() || reason.len() > 1024 {
             return self
-                .refuse(caller, "deny_identity", &target, IssuerError::InvalidArgument(
-                    "a reason of 1 to 1024 characters is required".into(),
-                ))
+                .refuse(
+                    caller,
+                    "deny_identity",
+                    &target,
+                    IssuerError::InvalidArgument("a reason of 1 to 1024 characters is required".into()),
+                )
                 .await;
         }
         self.authorize(caller, Action::DenyIdentity, &Resource::Identity(id.clone()), &target).await?;
@@ -131,10 +125,7 @@ impl Issuer {
         }
         let mut cas = Vec::new();
         let mut bundle_pem = String::new();
-        let mut ordered: Vec<_> = records
-            .iter()
-            .filter(|r| r.not_after > now.unix_timestamp())
-            .collect();
+        let mut ordered: Vec<_> = records.iter().filter(|r| r.not_after > now.unix_timestamp()).collect();
         ordered.sort_by_key(|r| (r.role != CaRole::Root, r.created_at));
         for r in ordered {
             let cert = CaCertificate::from_der(&r.cert_der)?;
@@ -192,15 +183,15 @@ impl Issuer {
         spiffe_id: &str,
     ) -> Result<SpiffeId, IssuerError> {
         let target: String = spiffe_id.chars().take(256).collect();
-        let id = self
-            .audited(caller, action, &target, async { Ok(SpiffeId::parse(spiffe_id)?) })
-            .await?;
+        let id = self.audited(caller, action, &target, async { Ok(SpiffeId::parse(spiffe_id)?) }).await?;
         if !id.is_member_of(&self.cfg.trust_domain) {
             return self
-                .refuse(caller, action, &target, IssuerError::InvalidArgument(format!(
-                    "{id} is not in trust domain {}",
-                    self.cfg.trust_domain
-                )))
+                .refuse(
+                    caller,
+                    action,
+                    &target,
+                    IssuerError::InvalidArgument(format!("{id} is not in trust domain {}", self.cfg.trust_domain)),
+                )
                 .await;
         }
         Ok(id)

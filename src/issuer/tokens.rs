@@ -64,9 +64,7 @@ impl Issuer {
     pub(crate) fn token_claims(&self, req: &MintRequest) -> Result<TokenClaims, IssuerError> {
         let subject = req.subject.trim();
         if subject.is_empty() || subject.len() > 256 || subject.chars().any(char::is_control) {
-            return Err(IssuerError::InvalidArgument(
-                "token subject must be 1-256 printable characters".into(),
-            ));
+            return Err(IssuerError::InvalidArgument("token subject must be 1-256 printable characters".into()));
         }
         let spiffe_ids = req
             .spiffe_ids
@@ -160,7 +158,14 @@ impl Issuer {
     pub async fn mint_initial_admin_token(&self, req: &MintRequest) -> Result<Minted, IssuerError> {
         let claims = self.token_claims(req)?;
         let token = self.mint_unchecked(&claims)?;
-        let log = audit(&Caller::system(), "mint_token", &format!("admin:{}", claims.sub), "ok", &format!("jti {} (admin.token)", claims.jti), claims.iat);
+        let log = audit(
+            &Caller::system(),
+            "mint_token",
+            &format!("admin:{}", claims.sub),
+            "ok",
+            &format!("jti {} (admin.token)", claims.jti),
+            claims.iat,
+        );
         self.store.append_audit(&log).await?;
         Ok(Minted { token, jti: claims.jti, expires_at: claims.exp })
     }

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Context, Entities, PolicyId, PolicySet, Request, RestrictedExpression, Schema,
-    ValidationMode, Validator,
+    Authorizer, Context, Entities, PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
+    Validator,
 };
 
 use super::model::{self, Action, Resource};
@@ -28,10 +28,7 @@ pub struct PolicyEngine {
 impl PolicyEngine {
     /// The embedded schema and default policies, parsed and validated.
     pub fn embedded() -> Result<Self, PolicyError> {
-        Self::from_sources(
-            None,
-            &[(DEFAULT_FILE.to_string(), EMBEDDED_POLICIES.to_string())],
-        )
+        Self::from_sources(None, &[(DEFAULT_FILE.to_string(), EMBEDDED_POLICIES.to_string())])
     }
 
     /// The `--policy-dir` override: `policies` are `(file name, text)` of
@@ -40,10 +37,7 @@ impl PolicyEngine {
     /// validated against the schema (strict mode); errors name the file and
     /// the policy. A policy's id is its `@id("…")` annotation, or
     /// `<file>#<n>` when it has none; ids must be unique across files.
-    pub fn from_sources(
-        schema: Option<&str>,
-        policies: &[(String, String)],
-    ) -> Result<Self, PolicyError> {
+    pub fn from_sources(schema: Option<&str>, policies: &[(String, String)]) -> Result<Self, PolicyError> {
         let schema = parse_schema(schema.unwrap_or(EMBEDDED_SCHEMA))?;
         check_schema_fits(&schema)?;
         let mut set = PolicySet::new();
@@ -54,13 +48,8 @@ impl PolicyEngine {
                 reason: errs.iter().map(|e| chain(e)).collect::<Vec<_>>().join("; "),
             })?;
             if let Some(template) = parsed.templates().next() {
-                let id = template
-                    .annotation("id")
-                    .map_or_else(|| template.id().to_string(), str::to_string);
-                return Err(PolicyError::Template {
-                    file: file.clone(),
-                    id,
-                });
+                let id = template.annotation("id").map_or_else(|| template.id().to_string(), str::to_string);
+                return Err(PolicyError::Template { file: file.clone(), id });
             }
             for (n, policy) in parsed.policies().enumerate() {
                 let id = match policy.annotation("id") {
@@ -72,10 +61,7 @@ impl PolicyEngine {
                     return Err(PolicyError::DuplicateId { id, first, second });
                 }
                 set.add(policy.new_id(PolicyId::new(&id)))
-                    .map_err(|e| PolicyError::Parse {
-                        file: file.clone(),
-                        reason: e.to_string(),
-                    })?;
+                    .map_err(|e| PolicyError::Parse { file: file.clone(), reason: e.to_string() })?;
                 origin.insert(id, file.clone());
             }
         }
@@ -94,11 +80,7 @@ impl PolicyEngine {
                 .collect();
             return Err(PolicyError::Invalid { problems });
         }
-        Ok(Self {
-            schema,
-            policies: set,
-            authorizer: Authorizer::new(),
-        })
+        Ok(Self { schema, policies: set, authorizer: Authorizer::new() })
     }
 
     /// Decides whether `principal` may do `action` on `resource`, in the
@@ -117,38 +99,20 @@ impl PolicyEngine {
         let (request, entities) = match self.request(principal, action, resource, trust_domain) {
             Ok(built) => built,
             Err(reason) => {
-                return Decision {
-                    allowed: false,
-                    policy_ids: Vec::new(),
-                    errors: vec![reason],
-                };
+                return Decision { allowed: false, policy_ids: Vec::new(), errors: vec![reason] };
             }
         };
-        let response = self
-            .authorizer
-            .is_authorized(&request, &self.policies, &entities);
-        let mut policy_ids: Vec<String> = response
-            .diagnostics()
-            .reason()
-            .map(ToString::to_string)
-            .collect();
+        let response = self.authorizer.is_authorized(&request, &self.policies, &entities);
+        let mut policy_ids: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
         policy_ids.sort();
         let mut errors: Vec<String> = response.diagnostics().errors().map(|e| chain(e)).collect();
         errors.sort();
-        Decision {
-            allowed: response.decision() == cedar_policy::Decision::Allow,
-            policy_ids,
-            errors,
-        }
+        Decision { allowed: response.decision() == cedar_policy::Decision::Allow, policy_ids, errors }
     }
 
     /// The ids of every policy in force, sorted.
     pub fn policy_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .policies
-            .policies()
-            .map(|p| p.id().to_string())
-            .collect();
+        let mut ids: Vec<String> = self.policies.policies().map(|p| p.id().to_string()).collect();
         ids.sort();
         ids
     }
@@ -166,19 +130,8 @@ impl PolicyEngine {
         let entities = Entities::from_entities([p, r], Some(&self.schema))
             .map_err(|e| format!("entities do not fit the schema: {}", chain(&e)))?;
         let context = context(trust_domain)?;
-        let request = Request::new(
-            p_uid,
-            model::action_uid(action)?,
-            r_uid,
-            context,
-            Some(&self.schema),
-        )
-        .map_err(|e| {
-            format!(
-                "request {action} on {resource} does not fit the schema: {}",
-                chain(&e)
-            )
-        })?;
+        let request = Request::new(p_uid, model::action_uid(action)?, r_uid, context, Some(&self.schema))
+            .map_err(|e| format!("request {action} on {resource} does not fit the schema: {}", chain(&e)))?;
         Ok((request, entities))
     }
 }
@@ -186,10 +139,7 @@ impl PolicyEngine {
 fn parse_schema(text: &str) -> Result<Schema, PolicyError> {
     Schema::from_cedarschema_str(text)
         .map(|(schema, _warnings)| schema)
-        .map_err(|e| PolicyError::Schema {
-            file: SCHEMA_FILE.into(),
-            reason: chain(&e),
-        })
+        .map_err(|e| PolicyError::Schema { file: SCHEMA_FILE.into(), reason: chain(&e) })
 }
 
 fn context(trust_domain: &TrustDomain) -> Result<Context, String> {
@@ -209,20 +159,12 @@ fn check_schema_fits(schema: &Schema) -> Result<(), PolicyError> {
             return Err(mismatch(format!("action {uid} is not declared")));
         }
     }
-    let id =
-        SpiffeId::parse("spiffe://example.org/probe/p").map_err(|e| mismatch(e.to_string()))?;
+    let id = SpiffeId::parse("spiffe://example.org/probe/p").map_err(|e| mismatch(e.to_string()))?;
     let principals = [
-        Principal::Admin {
-            name: "probe".into(),
-        },
+        Principal::Admin { name: "probe".into() },
         Principal::Node { id: "probe".into() },
-        Principal::Workload {
-            selectors: vec!["unix:uid:0".into()],
-        },
-        Principal::Bootstrap {
-            subject: "probe".into(),
-            spiffe_ids: vec![id.clone()],
-        },
+        Principal::Workload { selectors: vec!["unix:uid:0".into()] },
+        Principal::Bootstrap { subject: "probe".into(), spiffe_ids: vec![id.clone()] },
     ];
     let resources = [
         Resource::Identity(id),

@@ -78,16 +78,10 @@ pub enum PolicyError {
     SchemaMismatch(String),
     #[error("{file}: cannot parse policies: {reason}")]
     Parse { file: String, reason: String },
-    #[error(
-        "{file}: policy {id:?} is a template (it has ?principal or ?resource slots); templates are not supported"
-    )]
+    #[error("{file}: policy {id:?} is a template (it has ?principal or ?resource slots); templates are not supported")]
     Template { file: String, id: String },
     #[error("policy id {id:?} is used twice: in {first} and in {second}")]
-    DuplicateId {
-        id: String,
-        first: String,
-        second: String,
-    },
+    DuplicateId { id: String, first: String, second: String },
     #[error("policies do not validate against the schema: {}", problems.join("; "))]
     Invalid { problems: Vec<String> },
     #[error("no policies given: an empty policy set denies everything")]

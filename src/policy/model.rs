@@ -93,15 +93,9 @@ impl FromStr for Action {
     type Err = PolicyError;
     /// The Cedar id (`sign_csr`); `sign-csr` and `Action::"sign_csr"` also work.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bare = s
-            .trim()
-            .trim_start_matches("Trustmesh::")
-            .trim_start_matches("Action::");
+        let bare = s.trim().trim_start_matches("Trustmesh::").trim_start_matches("Action::");
         let bare = bare.trim_matches('"').replace('-', "_");
-        Self::ALL
-            .into_iter()
-            .find(|a| a.as_str() == bare)
-            .ok_or_else(|| PolicyError::UnknownAction(shorten(s)))
+        Self::ALL.into_iter().find(|a| a.as_str() == bare).ok_or_else(|| PolicyError::UnknownAction(shorten(s)))
     }
 }
 
@@ -122,44 +116,28 @@ impl fmt::Display for Resource {
 /// `Admin::"ops"`, `Node::"node-a"`, `Bootstrap::"svc"` (its SPIFFE IDs are
 /// given separately) or `Workload::"unix:uid:1000,unix:gid:0"`. The type may
 /// carry the `Trustmesh::` prefix.
-pub fn parse_principal(
-    text: &str,
-    bootstrap_spiffe_ids: &[SpiffeId],
-) -> Result<Principal, PolicyError> {
-    let fail = |reason: &str| PolicyError::Principal {
-        value: shorten(text),
-        reason: reason.into(),
-    };
-    let (ty, id) = split_uid(text).ok_or_else(|| {
-        fail("expected Type::\"id\" with Type one of Admin, Node, Workload, Bootstrap")
-    })?;
+pub fn parse_principal(text: &str, bootstrap_spiffe_ids: &[SpiffeId]) -> Result<Principal, PolicyError> {
+    let fail = |reason: &str| PolicyError::Principal { value: shorten(text), reason: reason.into() };
+    let (ty, id) = split_uid(text)
+        .ok_or_else(|| fail("expected Type::\"id\" with Type one of Admin, Node, Workload, Bootstrap"))?;
     if id.is_empty() {
         return Err(fail("the quoted id is empty"));
     }
     let principal = match ty {
-        "Admin" => Principal::Admin {
-            name: id.to_string(),
-        },
+        "Admin" => Principal::Admin { name: id.to_string() },
         "Node" => Principal::Node { id: id.to_string() },
-        "Bootstrap" => Principal::Bootstrap {
-            subject: id.to_string(),
-            spiffe_ids: bootstrap_spiffe_ids.to_vec(),
-        },
+        "Bootstrap" => Principal::Bootstrap { subject: id.to_string(), spiffe_ids: bootstrap_spiffe_ids.to_vec() },
         "Workload" => {
             let selectors: Vec<String> = id.split(',').map(|s| s.trim().to_string()).collect();
             if selectors.iter().any(|s| s.is_empty() || !s.contains(':')) {
-                return Err(fail(
-                    "workload selectors are comma-separated type:value pairs, e.g. unix:uid:1000",
-                ));
+                return Err(fail("workload selectors are comma-separated type:value pairs, e.g. unix:uid:1000"));
             }
             Principal::Workload { selectors }
         }
         _ => return Err(fail("the type must be Admin, Node, Workload or Bootstrap")),
     };
     if !bootstrap_spiffe_ids.is_empty() && !matches!(principal, Principal::Bootstrap { .. }) {
-        return Err(fail(
-            "SPIFFE IDs can only be given for a Bootstrap principal",
-        ));
+        return Err(fail("SPIFFE IDs can only be given for a Bootstrap principal"));
     }
     Ok(principal)
 }
@@ -168,15 +146,10 @@ pub fn parse_principal(
 /// `Identity::"spiffe://…"`), `Ca`, `AuditLog`, `Certificate::"serial"`,
 /// `Token::"node"` or `Entry::"id"`.
 pub fn parse_resource(text: &str) -> Result<Resource, PolicyError> {
-    let fail = |reason: String| PolicyError::Resource {
-        value: shorten(text),
-        reason,
-    };
+    let fail = |reason: String| PolicyError::Resource { value: shorten(text), reason };
     let text = text.trim();
     if text.starts_with("spiffe://") {
-        return SpiffeId::parse(text)
-            .map(Resource::Identity)
-            .map_err(|e| fail(e.to_string()));
+        return SpiffeId::parse(text).map(Resource::Identity).map_err(|e| fail(e.to_string()));
     }
     match text.trim_start_matches("Trustmesh::") {
         "Ca" => return Ok(Resource::Ca),
@@ -190,20 +163,13 @@ pub fn parse_resource(text: &str) -> Result<Resource, PolicyError> {
         return Err(fail("the quoted id is empty".into()));
     }
     match ty {
-        "Identity" => SpiffeId::parse(id)
-            .map(Resource::Identity)
-            .map_err(|e| fail(e.to_string())),
+        "Identity" => SpiffeId::parse(id).map(Resource::Identity).map_err(|e| fail(e.to_string())),
         "Ca" => Ok(Resource::Ca),
         "AuditLog" => Ok(Resource::AuditLog),
         "Certificate" => Ok(Resource::Certificate(id.to_string())),
-        "Token" => id
-            .parse()
-            .map(Resource::Token)
-            .map_err(|e: crate::domain::DomainError| fail(e.to_string())),
+        "Token" => id.parse().map(Resource::Token).map_err(|e: crate::domain::DomainError| fail(e.to_string())),
         "Entry" => Ok(Resource::Entry(id.to_string())),
-        _ => Err(fail(
-            "the type must be Identity, Ca, Certificate, Token, AuditLog or Entry".into(),
-        )),
+        _ => Err(fail("the type must be Identity, Ca, Certificate, Token, AuditLog or Entry".into())),
     }
 }
 
@@ -228,17 +194,9 @@ pub(super) fn principal_entity(principal: &Principal) -> Result<Entity, String> 
             let set = RestrictedExpression::new_set(sorted.iter().map(|s| string(s)));
             entity("Workload", &sorted.join(","), [("selectors", set)])
         }
-        Principal::Bootstrap {
-            subject,
-            spiffe_ids,
-        } => {
-            let ids =
-                RestrictedExpression::new_set(spiffe_ids.iter().map(|id| string(&id.to_string())));
-            entity(
-                "Bootstrap",
-                subject,
-                [("subject", string(subject)), ("spiffe_ids", ids)],
-            )
+        Principal::Bootstrap { subject, spiffe_ids } => {
+            let ids = RestrictedExpression::new_set(spiffe_ids.iter().map(|id| string(&id.to_string())));
+            entity("Bootstrap", subject, [("subject", string(subject)), ("spiffe_ids", ids)])
         }
     }
 }
@@ -260,9 +218,7 @@ pub(super) fn resource_entity(resource: &Resource) -> Result<Entity, String> {
             )
         }
         Resource::Ca => entity("Ca", "ca", []),
-        Resource::Certificate(serial) => {
-            entity("Certificate", serial, [("serial", string(serial))])
-        }
+        Resource::Certificate(serial) => entity("Certificate", serial, [("serial", string(serial))]),
         Resource::Token(kind) => entity("Token", kind.as_str(), [("kind", string(kind.as_str()))]),
         Resource::AuditLog => entity("AuditLog", "audit", []),
         Resource::Entry(id) => entity("Entry", id, []),
@@ -279,14 +235,9 @@ pub(super) fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
     Ok(EntityUid::from_type_name_and_id(name, EntityId::new(id)))
 }
 
-fn entity<const N: usize>(
-    ty: &str,
-    id: &str,
-    attrs: [(&str, RestrictedExpression); N],
-) -> Result<Entity, String> {
+fn entity<const N: usize>(ty: &str, id: &str, attrs: [(&str, RestrictedExpression); N]) -> Result<Entity, String> {
     let attrs = attrs.into_iter().map(|(k, v)| (k.to_string(), v));
-    Entity::new_with_tags(uid(ty, id)?, attrs, [], [])
-        .map_err(|e| format!("entity Trustmesh::{ty}: {e}"))
+    Entity::new_with_tags(uid(ty, id)?, attrs, [], []).map_err(|e| format!("entity Trustmesh::{ty}: {e}"))
 }
 
 fn string(value: &str) -> RestrictedExpression {

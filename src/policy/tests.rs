@@ -24,16 +24,11 @@ fn node(n: &str) -> Principal {
 }
 
 fn bootstrap() -> Principal {
-    Principal::Bootstrap {
-        subject: "svc".into(),
-        spiffe_ids: vec![id("spiffe://example.org/svc/api")],
-    }
+    Principal::Bootstrap { subject: "svc".into(), spiffe_ids: vec![id("spiffe://example.org/svc/api")] }
 }
 
 fn workload() -> Principal {
-    Principal::Workload {
-        selectors: vec!["unix:uid:1000".into()],
-    }
+    Principal::Workload { selectors: vec!["unix:uid:1000".into()] }
 }
 
 /// The natural resource of each action.
@@ -57,13 +52,7 @@ fn embedded_policies_load_with_their_ids() {
     let engine = PolicyEngine::embedded().unwrap();
     assert_eq!(
         engine.policy_ids(),
-        [
-            "admin-all",
-            "any-read-bundle",
-            "bootstrap-minted-for",
-            "foreign-trust-domain",
-            "node-own-identity"
-        ]
+        ["admin-all", "any-read-bundle", "bootstrap-minted-for", "foreign-trust-domain", "node-own-identity"]
     );
     fn shareable<T: Send + Sync>() {}
     shareable::<PolicyEngine>();
@@ -76,20 +65,13 @@ fn admin_may_do_everything() {
         let d = engine.decide(&admin(), action, &resource_for(action), &td());
         assert!(d.allowed, "{action}: {d}");
         assert!(d.errors.is_empty(), "{action}: {d}");
-        let expected: &[&str] = if action == Action::ReadBundle {
-            &["admin-all", "any-read-bundle"]
-        } else {
-            &["admin-all"]
-        };
+        let expected: &[&str] =
+            if action == Action::ReadBundle { &["admin-all", "any-read-bundle"] } else { &["admin-all"] };
         assert_eq!(d.policy_ids, expected, "{action}");
     }
     // issuer code asks read_certificates / read_denied on the audit log and on the CA
     for resource in [Resource::AuditLog, Resource::Ca] {
-        assert!(
-            engine
-                .decide(&admin(), Action::ReadDenied, &resource, &td())
-                .allowed
-        );
+        assert!(engine.decide(&admin(), Action::ReadDenied, &resource, &td()).allowed);
     }
 }
 
@@ -127,16 +109,8 @@ fn decision_table() {
         assert_eq!(d.policy_ids, ids, "{what}");
         assert!(d.errors.is_empty(), "{what}");
     }
-    let foreign = Principal::Bootstrap {
-        subject: "svc".into(),
-        spiffe_ids: vec![id("spiffe://other.org/svc/api")],
-    };
-    let d = engine.decide(
-        &foreign,
-        Action::SignCsr,
-        &ident("spiffe://other.org/svc/api"),
-        &td(),
-    );
+    let foreign = Principal::Bootstrap { subject: "svc".into(), spiffe_ids: vec![id("spiffe://other.org/svc/api")] };
+    let d = engine.decide(&foreign, Action::SignCsr, &ident("spiffe://other.org/svc/api"), &td());
     assert_eq!(d.to_string(), "DENY by foreign-trust-domain");
 }
 
@@ -147,26 +121,14 @@ fn request_outside_the_schema_is_denied_with_a_reason() {
     assert!(!d.allowed);
     assert!(d.policy_ids.is_empty());
     assert!(d.errors[0].contains("sign_csr on Ca"), "{d}");
-    assert!(
-        d.to_string()
-            .starts_with("DENY (no policy permits); errors: "),
-        "{d}"
-    );
+    assert!(d.to_string().starts_with("DENY (no policy permits); errors: "), "{d}");
 }
 
 #[test]
 fn decision_display() {
-    let allow = Decision {
-        allowed: true,
-        policy_ids: vec!["admin-all".into()],
-        errors: vec![],
-    };
+    let allow = Decision { allowed: true, policy_ids: vec!["admin-all".into()], errors: vec![] };
     assert_eq!(allow.to_string(), "ALLOW by admin-all");
-    let deny = Decision {
-        allowed: false,
-        policy_ids: vec![],
-        errors: vec![],
-    };
+    let deny = Decision { allowed: false, policy_ids: vec![], errors: vec![] };
     assert_eq!(deny.to_string(), "DENY (no policy permits)");
     let engine = PolicyEngine::embedded().unwrap();
     let d = engine.decide(&node("node-a"), Action::ReadStatus, &Resource::Ca, &td());
@@ -186,81 +148,49 @@ fn policy_dir_override_changes_decisions() {
     let d = engine.decide(&node("n"), Action::ReadStatus, &Resource::Ca, &td());
     assert_eq!(d.to_string(), "ALLOW by nodes-read-status");
     // the defaults are replaced, not merged
-    assert!(
-        !engine
-            .decide(&admin(), Action::ReadStatus, &Resource::Ca, &td())
-            .allowed
-    );
+    assert!(!engine.decide(&admin(), Action::ReadStatus, &Resource::Ca, &td()).allowed);
 
     // several files, ids unique across them; a policy without @id is named by file
     let files = vec![
-        (
-            "a.cedar".to_string(),
-            include_str!("default.cedar").to_string(),
-        ),
+        ("a.cedar".to_string(), include_str!("default.cedar").to_string()),
         (
             "b.cedar".to_string(),
-            format!(
-                "{CUSTOM}\npermit (principal is Trustmesh::Workload, action, resource is Trustmesh::Ca);"
-            ),
+            format!("{CUSTOM}\npermit (principal is Trustmesh::Workload, action, resource is Trustmesh::Ca);"),
         ),
     ];
-    let engine =
-        PolicyEngine::from_sources(Some(include_str!("schema.cedarschema")), &files).unwrap();
+    let engine = PolicyEngine::from_sources(Some(include_str!("schema.cedarschema")), &files).unwrap();
     assert!(engine.policy_ids().contains(&"b.cedar#1".to_string()));
     let d = engine.decide(&workload(), Action::ReadStatus, &Resource::Ca, &td());
     assert_eq!(d.policy_ids, ["b.cedar#1"]);
 
-    let dup = vec![
-        ("a.cedar".into(), CUSTOM.into()),
-        ("b.cedar".into(), CUSTOM.into()),
-    ];
-    let err = PolicyEngine::from_sources(None, &dup)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("\"nodes-read-status\"") && err.contains("a.cedar") && err.contains("b.cedar"),
-        "{err}"
-    );
+    let dup = vec![("a.cedar".into(), CUSTOM.into()), ("b.cedar".into(), CUSTOM.into())];
+    let err = PolicyEngine::from_sources(None, &dup).unwrap_err().to_string();
+    assert!(err.contains("\"nodes-read-status\"") && err.contains("a.cedar") && err.contains("b.cedar"), "{err}");
 }
 
 #[test]
 fn bad_policies_name_the_file() {
-    let bad_syntax = vec![(
-        "broken.cedar".to_string(),
-        "permit (principal, action, resource".to_string(),
-    )];
+    let bad_syntax = vec![("broken.cedar".to_string(), "permit (principal, action, resource".to_string())];
     let err = PolicyEngine::from_sources(None, &bad_syntax).unwrap_err();
     assert!(matches!(err, PolicyError::Parse { .. }));
-    assert!(
-        err.to_string()
-            .starts_with("broken.cedar: cannot parse policies"),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with("broken.cedar: cannot parse policies"), "{err}");
 
     let invalid = r#"@id("typo")
 permit (principal is Trustmesh::Node, action == Trustmesh::Action::"sign_csr", resource is Trustmesh::Identity)
 when { resource.last_segmnt == principal.node_id };"#;
     let files = vec![("typo.cedar".to_string(), invalid.to_string())];
-    let err = PolicyEngine::from_sources(None, &files)
-        .unwrap_err()
-        .to_string();
+    let err = PolicyEngine::from_sources(None, &files).unwrap_err().to_string();
     assert!(err.contains("typo.cedar: policy \"typo\""), "{err}");
     assert!(err.contains("last_segmnt"), "{err}");
 
-    let unknown_action =
-        r#"@id("x") permit (principal, action == Trustmesh::Action::"fly", resource);"#;
+    let unknown_action = r#"@id("x") permit (principal, action == Trustmesh::Action::"fly", resource);"#;
     let files = vec![("x.cedar".to_string(), unknown_action.to_string())];
-    let err = PolicyEngine::from_sources(None, &files)
-        .unwrap_err()
-        .to_string();
+    let err = PolicyEngine::from_sources(None, &files).unwrap_err().to_string();
     assert!(err.contains("x.cedar: policy \"x\""), "{err}");
 
     let template = r#"@id("t") permit (principal == ?principal, action, resource);"#;
     let files = vec![("t.cedar".to_string(), template.to_string())];
-    let err = PolicyEngine::from_sources(None, &files)
-        .unwrap_err()
-        .to_string();
+    let err = PolicyEngine::from_sources(None, &files).unwrap_err().to_string();
     assert!(err.contains("t.cedar") && err.contains("template"), "{err}");
 
     let err = PolicyEngine::from_sources(None, &[]).unwrap_err();
@@ -271,25 +201,12 @@ when { resource.last_segmnt == principal.node_id };"#;
 fn bad_schemas_are_refused() {
     let files = vec![("ops.cedar".to_string(), CUSTOM.to_string())];
     let err = PolicyEngine::from_sources(Some("namespace Trustmesh { entity"), &files).unwrap_err();
-    assert!(
-        err.to_string()
-            .starts_with("policy schema schema.cedarschema:"),
-        "{err}"
-    );
-    let thin = include_str!("schema.cedarschema")
-        .replace("entity Node = { node_id: String };", "entity Node;");
-    let err = PolicyEngine::from_sources(Some(&thin), &files)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("does not fit") && err.contains("node_id"),
-        "{err}"
-    );
-    let fewer =
-        include_str!("schema.cedarschema").replace("action mint_token", "action mint_something");
-    let err = PolicyEngine::from_sources(Some(&fewer), &files)
-        .unwrap_err()
-        .to_string();
+    assert!(err.to_string().starts_with("policy schema schema.cedarschema:"), "{err}");
+    let thin = include_str!("schema.cedarschema").replace("entity Node = { node_id: String };", "entity Node;");
+    let err = PolicyEngine::from_sources(Some(&thin), &files).unwrap_err().to_string();
+    assert!(err.contains("does not fit") && err.contains("node_id"), "{err}");
+    let fewer = include_str!("schema.cedarschema").replace("action mint_token", "action mint_something");
+    let err = PolicyEngine::from_sources(Some(&fewer), &files).unwrap_err().to_string();
     assert!(err.contains("mint_token"), "{err}");
 }
 
@@ -297,60 +214,26 @@ fn bad_schemas_are_refused() {
 fn parse_cli_forms() {
     let ids = [id("spiffe://example.org/svc/api")];
     assert_eq!(parse_principal(r#"Admin::"ops""#, &[]).unwrap(), admin());
-    assert_eq!(
-        parse_principal(r#"Trustmesh::Node::"node-a""#, &[]).unwrap(),
-        node("node-a")
-    );
-    assert_eq!(
-        parse_principal(r#"Bootstrap::"svc""#, &ids).unwrap(),
-        bootstrap()
-    );
+    assert_eq!(parse_principal(r#"Trustmesh::Node::"node-a""#, &[]).unwrap(), node("node-a"));
+    assert_eq!(parse_principal(r#"Bootstrap::"svc""#, &ids).unwrap(), bootstrap());
     assert_eq!(
         parse_principal(r#"Workload::"unix:uid:1000,unix:gid:0""#, &[]).unwrap(),
-        Principal::Workload {
-            selectors: vec!["unix:uid:1000".into(), "unix:gid:0".into()]
-        }
+        Principal::Workload { selectors: vec!["unix:uid:1000".into(), "unix:gid:0".into()] }
     );
-    for bad in [
-        r#"Root::"x""#,
-        "Admin",
-        r#"Admin::"""#,
-        r#"Admin::ops"#,
-        r#"Workload::"uid""#,
-    ] {
+    for bad in [r#"Root::"x""#, "Admin", r#"Admin::"""#, r#"Admin::ops"#, r#"Workload::"uid""#] {
         let err = parse_principal(bad, &[]).unwrap_err().to_string();
         assert!(err.starts_with("invalid principal"), "{bad}: {err}");
     }
     assert!(parse_principal(r#"Admin::"ops""#, &ids).is_err());
 
-    assert_eq!(
-        parse_resource("spiffe://example.org/a/b").unwrap(),
-        ident("spiffe://example.org/a/b")
-    );
-    assert_eq!(
-        parse_resource(r#"Identity::"spiffe://example.org/a""#).unwrap(),
-        ident("spiffe://example.org/a")
-    );
+    assert_eq!(parse_resource("spiffe://example.org/a/b").unwrap(), ident("spiffe://example.org/a/b"));
+    assert_eq!(parse_resource(r#"Identity::"spiffe://example.org/a""#).unwrap(), ident("spiffe://example.org/a"));
     assert_eq!(parse_resource("Ca").unwrap(), Resource::Ca);
     assert_eq!(parse_resource("AuditLog").unwrap(), Resource::AuditLog);
-    assert_eq!(
-        parse_resource(r#"Certificate::"0a1b""#).unwrap(),
-        Resource::Certificate("0a1b".into())
-    );
-    assert_eq!(
-        parse_resource(r#"Token::"node""#).unwrap(),
-        Resource::Token(TokenKind::Node)
-    );
-    assert_eq!(
-        parse_resource(r#"Entry::"e1""#).unwrap(),
-        Resource::Entry("e1".into())
-    );
-    for bad in [
-        "spiffe://Example.org/a",
-        r#"Token::"root""#,
-        "Bucket",
-        r#"Entry::"""#,
-    ] {
+    assert_eq!(parse_resource(r#"Certificate::"0a1b""#).unwrap(), Resource::Certificate("0a1b".into()));
+    assert_eq!(parse_resource(r#"Token::"node""#).unwrap(), Resource::Token(TokenKind::Node));
+    assert_eq!(parse_resource(r#"Entry::"e1""#).unwrap(), Resource::Entry("e1".into()));
+    for bad in ["spiffe://Example.org/a", r#"Token::"root""#, "Bucket", r#"Entry::"""#] {
         let err = parse_resource(bad).unwrap_err().to_string();
         assert!(err.starts_with("invalid resource"), "{bad}: {err}");
     }
@@ -359,10 +242,7 @@ fn parse_cli_forms() {
         assert_eq!(action.to_string().parse::<Action>().unwrap(), action);
     }
     assert_eq!("sign-csr".parse::<Action>().unwrap(), Action::SignCsr);
-    assert_eq!(
-        r#"Action::"read_audit""#.parse::<Action>().unwrap(),
-        Action::ReadAudit
-    );
+    assert_eq!(r#"Action::"read_audit""#.parse::<Action>().unwrap(), Action::ReadAudit);
     let err = "fly".parse::<Action>().unwrap_err().to_string();
     assert!(err.contains("\"fly\"") && err.contains("sign_csr"), "{err}");
 }

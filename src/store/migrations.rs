@@ -25,14 +25,8 @@ pub(super) struct Migration {
 /// Every migration, oldest first; the last version is what this binary writes.
 pub(super) const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
-    sqlite: schema_v1!(
-        blob = "BLOB",
-        audit_id = "INTEGER PRIMARY KEY AUTOINCREMENT"
-    ),
-    postgres: schema_v1!(
-        blob = "BYTEA",
-        audit_id = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
-    ),
+    sqlite: schema_v1!(blob = "BLOB", audit_id = "INTEGER PRIMARY KEY AUTOINCREMENT"),
+    postgres: schema_v1!(blob = "BYTEA", audit_id = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
 }];
 
 /// The schema version this binary understands.
@@ -51,18 +45,14 @@ pub(super) fn pending(found: i64) -> StoreResult<impl Iterator<Item = &'static M
 }
 
 /// Created before anything else, so the version can be read on any database.
-pub(super) const CREATE_VERSION_TABLE: &str =
-    "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)";
+pub(super) const CREATE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)";
 
 pub(super) fn select_version() -> Stmt {
     stmt!("SELECT COALESCE(MAX(version), 0) AS version FROM schema_version")
 }
 
 pub(super) fn set_version(version: i64) -> [Stmt; 2] {
-    [
-        stmt!("DELETE FROM schema_version"),
-        stmt!("INSERT INTO schema_version (version) VALUES ($1)", version),
-    ]
+    [stmt!("DELETE FROM schema_version"), stmt!("INSERT INTO schema_version (version) VALUES ($1)", version)]
 }
 
 /// Version 1: one table per record type of `store::mod`.
@@ -72,18 +62,28 @@ macro_rules! schema_v1 {
             "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
             "CREATE TABLE cas (id TEXT PRIMARY KEY,",
             " role TEXT NOT NULL CHECK (role IN ('root', 'services', 'transport')),",
-            " common_name TEXT NOT NULL, cert_der ", $blob, " NOT NULL, sealed_key ", $blob, ",",
+            " common_name TEXT NOT NULL, cert_der ",
+            $blob,
+            " NOT NULL, sealed_key ",
+            $blob,
+            ",",
             " not_before BIGINT NOT NULL, not_after BIGINT NOT NULL, active BOOLEAN NOT NULL,",
             " created_at BIGINT NOT NULL);",
             "CREATE UNIQUE INDEX cas_one_active_per_role ON cas (role) WHERE active;",
             "CREATE TABLE signing_keys (kid TEXT PRIMARY KEY, purpose TEXT NOT NULL,",
-            " public_key_der ", $blob, " NOT NULL, sealed_key ", $blob, " NOT NULL,",
+            " public_key_der ",
+            $blob,
+            " NOT NULL, sealed_key ",
+            $blob,
+            " NOT NULL,",
             " created_at BIGINT NOT NULL, not_after BIGINT NOT NULL);",
             "CREATE TABLE certificates (serial TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL,",
             " issuer_id TEXT NOT NULL REFERENCES cas (id), fingerprint TEXT NOT NULL,",
             " not_before BIGINT NOT NULL, not_after BIGINT NOT NULL,",
             " status TEXT NOT NULL CHECK (status IN ('active', 'revoked')),",
-            " revoked_at BIGINT, revocation_reason TEXT, cert_der ", $blob, " NOT NULL);",
+            " revoked_at BIGINT, revocation_reason TEXT, cert_der ",
+            $blob,
+            " NOT NULL);",
             "CREATE INDEX certificates_spiffe_id ON certificates (spiffe_id);",
             "CREATE INDEX certificates_not_after ON certificates (not_after);",
             "CREATE INDEX certificates_issuer_status ON certificates (issuer_id, status);",
@@ -91,7 +91,9 @@ macro_rules! schema_v1 {
             " denied_at BIGINT NOT NULL, denied_by TEXT NOT NULL);",
             "CREATE TABLE used_tokens (jti TEXT PRIMARY KEY, expires_at BIGINT NOT NULL);",
             "CREATE INDEX used_tokens_expires_at ON used_tokens (expires_at);",
-            "CREATE TABLE audit (id ", $audit_id, ", at BIGINT NOT NULL, actor TEXT NOT NULL,",
+            "CREATE TABLE audit (id ",
+            $audit_id,
+            ", at BIGINT NOT NULL, actor TEXT NOT NULL,",
             " action TEXT NOT NULL, target TEXT NOT NULL, outcome TEXT NOT NULL, reason TEXT NOT NULL);",
             "CREATE INDEX audit_at ON audit (at);",
             "CREATE INDEX audit_target ON audit (target);",
@@ -125,9 +127,7 @@ impl Stmt {
     /// the colliding record.
     pub(super) fn error(&self, e: StoreError) -> StoreError {
         match (e, &self.conflict) {
-            (StoreError::Conflict { .. }, Some(what)) => {
-                StoreError::Conflict { what: what.clone() }
-            }
+            (StoreError::Conflict { .. }, Some(what)) => StoreError::Conflict { what: what.clone() },
             (e, _) => e,
         }
     }
@@ -154,11 +154,7 @@ pub(super) fn select_setting(key: &str) -> Stmt {
 }
 
 pub(super) fn insert_setting(key: &str, value: &str) -> Stmt {
-    stmt!(
-        "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-        key,
-        value
-    )
+    stmt!("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", key, value)
 }
 
 pub(super) fn count_roots() -> Stmt {
@@ -197,16 +193,8 @@ pub(super) fn select_cas() -> Stmt {
 pub(super) fn insert_key(k: &SigningKeyRecord) -> Stmt {
     let sql = "INSERT INTO signing_keys (kid, purpose, public_key_der, sealed_key, created_at, not_after) \
                VALUES ($1, $2, $3, $4, $5, $6)";
-    stmt!(
-        sql,
-        &k.kid,
-        &k.purpose,
-        &k.public_key_der,
-        &k.sealed_key,
-        k.created_at,
-        k.not_after
-    )
-    .on_conflict(format!("signing key {}", k.kid))
+    stmt!(sql, &k.kid, &k.purpose, &k.public_key_der, &k.sealed_key, k.created_at, k.not_after)
+        .on_conflict(format!("signing key {}", k.kid))
 }
 
 pub(super) fn select_keys() -> Stmt {
@@ -238,10 +226,7 @@ pub(super) fn select_cert(serial: &str) -> Stmt {
 }
 
 pub(super) fn count_active(now: i64) -> Stmt {
-    stmt!(
-        "SELECT COUNT(*) AS n FROM certificates WHERE status = 'active' AND not_after > $1",
-        now
-    )
+    stmt!("SELECT COUNT(*) AS n FROM certificates WHERE status = 'active' AND not_after > $1", now)
 }
 
 /// Revokes one active certificate: one row changed, or none.
@@ -252,10 +237,7 @@ pub(super) fn revoke_one(serial: &str, reason: &str, at: i64) -> Stmt {
 }
 
 pub(super) fn count_cert(serial: &str) -> Stmt {
-    stmt!(
-        "SELECT COUNT(*) AS n FROM certificates WHERE serial = $1",
-        serial
-    )
+    stmt!("SELECT COUNT(*) AS n FROM certificates WHERE serial = $1", serial)
 }
 
 pub(super) fn select_revoked(issuer_id: &str, now: i64) -> Stmt {
@@ -271,11 +253,7 @@ pub(super) fn revoke_identity(e: &DenyRecord, now: i64) -> Stmt {
     let sql = "UPDATE certificates SET status = 'revoked', revoked_at = $2, revocation_reason = $3 \
                WHERE spiffe_id = $1 AND status = 'active' AND not_after > $2 RETURNING serial";
     let given = e.reason.as_str();
-    let reason = if RFC5280_REASONS.contains(&given) {
-        given
-    } else {
-        "cessationOfOperation"
-    };
+    let reason = if RFC5280_REASONS.contains(&given) { given } else { "cessationOfOperation" };
     stmt!(sql, &e.spiffe_id, now, reason)
 }
 
@@ -293,10 +271,7 @@ const RFC5280_REASONS: [&str; 10] = [
 ];
 
 pub(super) fn purge_certs(not_after_before: i64) -> Stmt {
-    stmt!(
-        "DELETE FROM certificates WHERE not_after <= $1",
-        not_after_before
-    )
+    stmt!("DELETE FROM certificates WHERE not_after <= $1", not_after_before)
 }
 
 /// Adds a deny-list entry, or updates only the reason of an existing one.
@@ -320,8 +295,7 @@ pub(super) fn select_deny_list() -> Stmt {
 
 /// Changes one row when `jti` is new, none when it was used (a replay).
 pub(super) fn insert_token(jti: &str, expires_at: i64) -> Stmt {
-    let sql =
-        "INSERT INTO used_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING";
+    let sql = "INSERT INTO used_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING";
     stmt!(sql, jti, expires_at)
 }
 
@@ -332,9 +306,7 @@ pub(super) fn purge_tokens(now: i64) -> Stmt {
 /// The store assigns the id.
 pub(super) fn insert_audit(a: &AuditRecord) -> Stmt {
     let sql = "INSERT INTO audit (at, actor, action, target, outcome, reason) VALUES ($1, $2, $3, $4, $5, $6)";
-    stmt!(
-        sql, a.at, &a.actor, &a.action, &a.target, &a.outcome, &a.reason
-    )
+    stmt!(sql, a.at, &a.actor, &a.action, &a.target, &a.outcome, &a.reason)
 }
 
 /// Newest `not_before` first.
@@ -366,27 +338,16 @@ struct Filtered(Stmt);
 
 impl Filtered {
     fn new(select: &str) -> Self {
-        Self(Stmt {
-            sql: Cow::Owned(select.to_string()),
-            params: Vec::new(),
-            conflict: None,
-        })
+        Self(Stmt { sql: Cow::Owned(select.to_string()), params: Vec::new(), conflict: None })
     }
 
     /// Adds `AND <condition> $n` when `value` is given.
     fn and<T: Into<Param>>(&mut self, condition: &str, value: Option<T>) {
         let Some(value) = value else { return };
         self.0.params.push(value.into());
-        let keyword = if self.0.params.len() == 1 {
-            "WHERE"
-        } else {
-            "AND"
-        };
+        let keyword = if self.0.params.len() == 1 { "WHERE" } else { "AND" };
         let n = self.0.params.len();
-        self.0
-            .sql
-            .to_mut()
-            .push_str(&format!(" {keyword} {condition} ${n}"));
+        self.0.sql.to_mut().push_str(&format!(" {keyword} {condition} ${n}"));
     }
 
     fn finish(mut self, order: &str, limit: Option<u32>) -> Stmt {

@@ -16,6 +16,7 @@ use async_trait::async_trait;
 pub mod postgres;
 pub mod sqlite;
 
+mod group_commit;
 mod migrations;
 
 /// What a certificate authority is for.
@@ -249,24 +250,53 @@ pub async fn open(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(std::sync::Arc::new(postgres::PostgresStore::connect(url).await?))
     } else {
-        Err(StoreError::Url {
-            url: redact_url(url),
-            reason: "expected sqlite://PATH or postgres://…".into(),
-        })
+        Err(StoreError::Url { url: redact_url(url), reason: "expected sqlite://PATH or postgres://…".into() })
     }
 }
 
 /// A database URL with any password replaced, safe for logs and errors.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
+            let userinfo = &base[scheme_end + 3..at];
             match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}://{}:***{}", &url[..scheme_end], user, &url[at..]),
-                None => url.to_string(),
+                Some((user, _)) => format!("{}://{}:***{}", &base[..scheme_end], user, &base[at..]),
+                None => base.to_string(),
             }
         }
-        _ => url.to_string(),
+        _ => base.to_string(),
+    };
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_survive_redaction() {
+        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            redact_url("postgres://u@h/db?password=secret&sslmode=disable"),
+            "postgres://u@h/db?password=***&sslmode=disable"
+        );
+        assert_eq!(redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+        assert!(!redact_url("postgres://u:p%40ss@h/db?PASSWORD=x").contains("p%40ss"));
     }
 }
 

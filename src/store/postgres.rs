@@ -18,8 +18,8 @@ use tokio_postgres::types::ToSql;
 
 use super::migrations::{self as sql, Param, Stmt};
 use super::{
-    AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, DenyRecord, RevokeOutcome,
-    RevokedEntry, Row, SigningKeyRecord, Store, StoreError, StoreResult, redact_url,
+    AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, DenyRecord, RevokeOutcome, RevokedEntry, Row,
+    SigningKeyRecord, Store, StoreError, StoreResult, redact_url,
 };
 
 const POOL_SIZE: usize = 16;
@@ -36,13 +36,9 @@ impl PostgresStore {
     /// Connects (`postgres://user[:password]@host[:port]/db`, or
     /// `postgres://user@/db?host=/socket/dir`) and migrates the schema.
     pub async fn connect(url: &str) -> StoreResult<Self> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Url {
-            url: redact_url(url),
-            reason: format!("{e}"),
-        })?;
-        let manager_config = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        };
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e| StoreError::Url { url: safe_url(url), reason: causes(&e) })?;
+        let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
         let pool = Pool::builder(Manager::from_config(config, NoTls, manager_config))
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
@@ -51,16 +47,17 @@ impl PostgresStore {
             .recycle_timeout(Some(POOL_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Backend(format!("cannot build connection pool: {e}")))?;
-        let mut client = pool.get().await.map_err(|e| {
-            StoreError::Unavailable(format!("cannot connect to {}: {e}", redact_url(url)))
-        })?;
+        let mut client = pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot connect to {}: {}", safe_url(url), causes(&e))))?;
         migrate(&mut client).await?;
         Ok(Self { pool })
     }
 
     async fn client(&self) -> StoreResult<Object> {
         let client = self.pool.get().await;
-        client.map_err(|e| StoreError::Unavailable(format!("no database connection: {e}")))
+        client.map_err(|e| StoreError::Unavailable(format!("no database connection: {}", causes(&e))))
     }
 
     /// Executes every statement in one transaction.
@@ -89,8 +86,7 @@ impl Store for PostgresStore {
     }
 
     async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
-        self.one(sql::select_setting(key), |r| r.text("value"))
-            .await
+        self.one(sql::select_setting(key), |r| r.text("value")).await
     }
 
     async fn init_setting(&self, key: &str, value: &str) -> StoreResult<String> {
@@ -102,22 +98,14 @@ impl Store for PostgresStore {
         stored.ok_or_else(|| StoreError::Backend(format!("setting {key:?} vanished after insert")))
     }
 
-    async fn init_hierarchy(
-        &self,
-        cas: &[CaRecord],
-        keys: &[SigningKeyRecord],
-    ) -> StoreResult<bool> {
+    async fn init_hierarchy(&self, cas: &[CaRecord], keys: &[SigningKeyRecord]) -> StoreResult<bool> {
         let mut client = self.client().await?;
         let tx = begin(&mut client).await?;
         lock(&tx, CA_LOCK).await?;
         if count(&tx, &sql::count_roots()).await? > 0 {
             return Ok(false);
         }
-        for s in cas
-            .iter()
-            .map(sql::insert_ca)
-            .chain(keys.iter().map(sql::insert_key))
-        {
+        for s in cas.iter().map(sql::insert_ca).chain(keys.iter().map(sql::insert_key)) {
             exec(&tx, &s).await?;
         }
         tx.commit().await.map_err(pg_err)?;
@@ -140,9 +128,7 @@ impl Store for PostgresStore {
     }
 
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<()> {
-        exec(&self.client().await?, &sql::insert_key(key))
-            .await
-            .map(drop)
+        exec(&self.client().await?, &sql::insert_key(key)).await.map(drop)
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
@@ -150,31 +136,22 @@ impl Store for PostgresStore {
     }
 
     async fn record_issuance(&self, cert: &CertRecord, audit: &AuditRecord) -> StoreResult<()> {
-        self.write_all(&[sql::insert_cert(cert), sql::insert_audit(audit)])
-            .await
+        self.write_all(&[sql::insert_cert(cert), sql::insert_audit(audit)]).await
     }
 
     async fn certificate(&self, serial: &str) -> StoreResult<Option<CertRecord>> {
-        self.one(sql::select_cert(serial), super::cert_from_row)
-            .await
+        self.one(sql::select_cert(serial), super::cert_from_row).await
     }
 
     async fn certificates(&self, filter: &CertFilter) -> StoreResult<Vec<CertRecord>> {
-        self.all(sql::certificates(filter), super::cert_from_row)
-            .await
+        self.all(sql::certificates(filter), super::cert_from_row).await
     }
 
     async fn active_certificate_count(&self, now: i64) -> StoreResult<u64> {
         count(&self.client().await?, &sql::count_active(now)).await
     }
 
-    async fn revoke(
-        &self,
-        serial: &str,
-        reason: &str,
-        at: i64,
-        audit: &AuditRecord,
-    ) -> StoreResult<RevokeOutcome> {
+    async fn revoke(&self, serial: &str, reason: &str, at: i64, audit: &AuditRecord) -> StoreResult<RevokeOutcome> {
         let mut client = self.client().await?;
         let tx = begin(&mut client).await?;
         let outcome = if exec(&tx, &sql::revoke_one(serial, reason, at)).await? == 1 {
@@ -190,16 +167,10 @@ impl Store for PostgresStore {
     }
 
     async fn revoked_unexpired(&self, issuer_id: &str, now: i64) -> StoreResult<Vec<RevokedEntry>> {
-        self.all(sql::select_revoked(issuer_id, now), super::revoked_from_row)
-            .await
+        self.all(sql::select_revoked(issuer_id, now), super::revoked_from_row).await
     }
 
-    async fn deny(
-        &self,
-        entry: &DenyRecord,
-        now: i64,
-        audit: &AuditRecord,
-    ) -> StoreResult<Vec<String>> {
+    async fn deny(&self, entry: &DenyRecord, now: i64, audit: &AuditRecord) -> StoreResult<Vec<String>> {
         let mut client = self.client().await?;
         let tx = begin(&mut client).await?;
         exec(&tx, &sql::upsert_deny(entry)).await?;
@@ -220,13 +191,11 @@ impl Store for PostgresStore {
     }
 
     async fn denied(&self, spiffe_id: &str) -> StoreResult<Option<DenyRecord>> {
-        self.one(sql::select_deny(spiffe_id), super::deny_from_row)
-            .await
+        self.one(sql::select_deny(spiffe_id), super::deny_from_row).await
     }
 
     async fn deny_list(&self) -> StoreResult<Vec<DenyRecord>> {
-        self.all(sql::select_deny_list(), super::deny_from_row)
-            .await
+        self.all(sql::select_deny_list(), super::deny_from_row).await
     }
 
     async fn consume_token_id(&self, jti: &str, expires_at: i64) -> StoreResult<bool> {
@@ -244,9 +213,7 @@ impl Store for PostgresStore {
     }
 
     async fn append_audit(&self, record: &AuditRecord) -> StoreResult<()> {
-        exec(&self.client().await?, &sql::insert_audit(record))
-            .await
-            .map(drop)
+        exec(&self.client().await?, &sql::insert_audit(record)).await.map(drop)
     }
 
     async fn audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
@@ -258,14 +225,26 @@ impl Store for PostgresStore {
 
 type Decoder<T> = fn(&dyn Row) -> StoreResult<T>;
 
+/// [`redact_url`], with a `password=` query parameter masked as well.
+fn safe_url(url: &str) -> String {
+    let redacted = redact_url(url);
+    let Some((base, query)) = redacted.split_once('?') else {
+        return redacted;
+    };
+    let mask = |pair: &str| match pair.split_once('=') {
+        Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+        _ => pair.to_string(),
+    };
+    let query: Vec<String> = query.split('&').map(mask).collect();
+    format!("{base}?{}", query.join("&"))
+}
+
 /// Applies pending migrations under an advisory lock, so replicas starting
 /// together migrate once.
 async fn migrate(client: &mut Object) -> StoreResult<()> {
     let tx = begin(client).await?;
     lock(&tx, MIGRATION_LOCK).await?;
-    tx.batch_execute(sql::CREATE_VERSION_TABLE)
-        .await
-        .map_err(pg_err)?;
+    tx.batch_execute(sql::CREATE_VERSION_TABLE).await.map_err(pg_err)?;
     let found = one(&tx, &sql::select_version(), |r| r.int("version")).await?;
     let found = found.unwrap_or_default();
     let mut version = found;
@@ -294,9 +273,7 @@ async fn lock(tx: &Transaction<'_>, key: i64) -> StoreResult<()> {
 /// Runs a statement; returns the number of rows it changed.
 async fn exec(c: &impl GenericClient, s: &Stmt) -> StoreResult<u64> {
     let stmt = c.prepare_cached(&s.sql).await.map_err(pg_err)?;
-    c.execute(&stmt, &bind(&s.params))
-        .await
-        .map_err(|e| s.error(pg_err(e)))
+    c.execute(&stmt, &bind(&s.params)).await.map_err(|e| s.error(pg_err(e)))
 }
 
 async fn count(c: &impl GenericClient, s: &Stmt) -> StoreResult<u64> {
@@ -309,10 +286,7 @@ async fn one<T>(c: &impl GenericClient, s: &Stmt, decode: Decoder<T>) -> StoreRe
 
 async fn all<T>(c: &impl GenericClient, s: &Stmt, decode: Decoder<T>) -> StoreResult<Vec<T>> {
     let stmt = c.prepare_cached(&s.sql).await.map_err(pg_err)?;
-    let rows = c
-        .query(&stmt, &bind(&s.params))
-        .await
-        .map_err(|e| s.error(pg_err(e)))?;
+    let rows = c.query(&stmt, &bind(&s.params)).await.map_err(|e| s.error(pg_err(e)))?;
     rows.iter().map(|r| decode(r)).collect()
 }
 
@@ -338,6 +312,21 @@ fn decode_err(e: tokio_postgres::Error) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
+/// An error and its sources, `a: b: c`, skipping a source its parent already
+/// printed.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out = format!("{out}: {text}");
+        }
+        source = cause.source();
+    }
+    out
+}
+
 /// The one mapping from `tokio-postgres` errors to `StoreError`.
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
@@ -352,9 +341,5 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
         };
     }
     let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
-    if e.is_closed() || io {
-        StoreError::Unavailable(e.to_string())
-    } else {
-        StoreError::Backend(e.to_string())
-    }
+    if e.is_closed() || io { StoreError::Unavailable(causes(&e)) } else { StoreError::Backend(causes(&e)) }
 }

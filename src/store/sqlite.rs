@@ -14,16 +14,19 @@ use parking_lot::Mutex;
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
+use super::group_commit::GroupCommit;
 use super::migrations::{self as sql, Param, Stmt};
 use super::{
-    AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, DenyRecord, RevokeOutcome,
-    RevokedEntry, Row, SigningKeyRecord, Store, StoreError, StoreResult,
+    AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, DenyRecord, RevokeOutcome, RevokedEntry, Row,
+    SigningKeyRecord, Store, StoreError, StoreResult,
 };
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// Concurrent issuance records share one transaction and fsync.
+    issuance: GroupCommit,
 }
 
 impl SqliteStore {
@@ -33,24 +36,25 @@ impl SqliteStore {
         let conn = tokio::task::spawn_blocking(move || {
             create_private(&path)?;
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-            let conn = Connection::open_with_flags(&path, flags).map_err(|e| {
-                StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
-            })?;
+            let conn = Connection::open_with_flags(&path, flags)
+                .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
             prepare(conn, "wal")
         })
         .await
         .map_err(join_err)??;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        Ok(Self::with_connection(conn))
+    }
+
+    fn with_connection(conn: Connection) -> Self {
+        let conn = Arc::new(Mutex::new(conn));
+        let issuance = GroupCommit::start(Arc::clone(&conn));
+        Self { conn, issuance }
     }
 
     /// A private in-memory database, for unit tests.
     pub fn open_in_memory() -> StoreResult<Self> {
         let conn = Connection::open_in_memory().map_err(sqlite_err)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(prepare(conn, "memory")?)),
-        })
+        Ok(Self::with_connection(prepare(conn, "memory")?))
     }
 
     /// Runs `f` on the connection, on the blocking pool.
@@ -60,9 +64,7 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
         let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || f(&mut conn.lock()))
-            .await
-            .map_err(join_err)?
+        tokio::task::spawn_blocking(move || f(&mut conn.lock())).await.map_err(join_err)?
     }
 
     /// Runs `f` in one `IMMEDIATE` transaction, committed when it returns `Ok`.
@@ -83,8 +85,7 @@ impl SqliteStore {
 
     /// Executes every statement in one transaction.
     async fn write_all(&self, stmts: Vec<Stmt>) -> StoreResult<()> {
-        self.write(move |tx| stmts.iter().try_for_each(|s| exec(tx, s).map(drop)))
-            .await
+        self.write(move |tx| stmts.iter().try_for_each(|s| exec(tx, s).map(drop))).await
     }
 
     async fn all<T: Send + 'static>(&self, s: Stmt, decode: Decoder<T>) -> StoreResult<Vec<T>> {
@@ -103,8 +104,7 @@ impl Store for SqliteStore {
     }
 
     async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
-        self.one(sql::select_setting(key), |r| r.text("value"))
-            .await
+        self.one(sql::select_setting(key), |r| r.text("value")).await
     }
 
     async fn init_setting(&self, key: &str, value: &str) -> StoreResult<String> {
@@ -117,16 +117,8 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn init_hierarchy(
-        &self,
-        cas: &[CaRecord],
-        keys: &[SigningKeyRecord],
-    ) -> StoreResult<bool> {
-        let inserts: Vec<_> = cas
-            .iter()
-            .map(sql::insert_ca)
-            .chain(keys.iter().map(sql::insert_key))
-            .collect();
+    async fn init_hierarchy(&self, cas: &[CaRecord], keys: &[SigningKeyRecord]) -> StoreResult<bool> {
+        let inserts: Vec<_> = cas.iter().map(sql::insert_ca).chain(keys.iter().map(sql::insert_key)).collect();
         self.write(move |tx| {
             if count(tx, &sql::count_roots())? > 0 {
                 return Ok(false);
@@ -161,18 +153,15 @@ impl Store for SqliteStore {
     }
 
     async fn record_issuance(&self, cert: &CertRecord, audit: &AuditRecord) -> StoreResult<()> {
-        self.write_all(vec![sql::insert_cert(cert), sql::insert_audit(audit)])
-            .await
+        self.issuance.submit(vec![sql::insert_cert(cert), sql::insert_audit(audit)]).await
     }
 
     async fn certificate(&self, serial: &str) -> StoreResult<Option<CertRecord>> {
-        self.one(sql::select_cert(serial), super::cert_from_row)
-            .await
+        self.one(sql::select_cert(serial), super::cert_from_row).await
     }
 
     async fn certificates(&self, filter: &CertFilter) -> StoreResult<Vec<CertRecord>> {
-        self.all(sql::certificates(filter), super::cert_from_row)
-            .await
+        self.all(sql::certificates(filter), super::cert_from_row).await
     }
 
     async fn active_certificate_count(&self, now: i64) -> StoreResult<u64> {
@@ -180,17 +169,8 @@ impl Store for SqliteStore {
         self.run(move |c| count(c, &count_active)).await
     }
 
-    async fn revoke(
-        &self,
-        serial: &str,
-        reason: &str,
-        at: i64,
-        audit: &AuditRecord,
-    ) -> StoreResult<RevokeOutcome> {
-        let (revoke, log) = (
-            sql::revoke_one(serial, reason, at),
-            sql::insert_audit(audit),
-        );
+    async fn revoke(&self, serial: &str, reason: &str, at: i64, audit: &AuditRecord) -> StoreResult<RevokeOutcome> {
+        let (revoke, log) = (sql::revoke_one(serial, reason, at), sql::insert_audit(audit));
         let exists = sql::count_cert(serial);
         self.write(move |tx| {
             if exec(tx, &revoke)? == 1 {
@@ -206,16 +186,10 @@ impl Store for SqliteStore {
     }
 
     async fn revoked_unexpired(&self, issuer_id: &str, now: i64) -> StoreResult<Vec<RevokedEntry>> {
-        self.all(sql::select_revoked(issuer_id, now), super::revoked_from_row)
-            .await
+        self.all(sql::select_revoked(issuer_id, now), super::revoked_from_row).await
     }
 
-    async fn deny(
-        &self,
-        entry: &DenyRecord,
-        now: i64,
-        audit: &AuditRecord,
-    ) -> StoreResult<Vec<String>> {
+    async fn deny(&self, entry: &DenyRecord, now: i64, audit: &AuditRecord) -> StoreResult<Vec<String>> {
         let (upsert, revoke) = (sql::upsert_deny(entry), sql::revoke_identity(entry, now));
         let log = sql::insert_audit(audit);
         self.write(move |tx| {
@@ -239,13 +213,11 @@ impl Store for SqliteStore {
     }
 
     async fn denied(&self, spiffe_id: &str) -> StoreResult<Option<DenyRecord>> {
-        self.one(sql::select_deny(spiffe_id), super::deny_from_row)
-            .await
+        self.one(sql::select_deny(spiffe_id), super::deny_from_row).await
     }
 
     async fn deny_list(&self) -> StoreResult<Vec<DenyRecord>> {
-        self.all(sql::select_deny_list(), super::deny_from_row)
-            .await
+        self.all(sql::select_deny_list(), super::deny_from_row).await
     }
 
     async fn consume_token_id(&self, jti: &str, expires_at: i64) -> StoreResult<bool> {
@@ -281,35 +253,23 @@ type Decoder<T> = fn(&dyn Row) -> StoreResult<T>;
 /// gives its `-wal` and `-shm` files the same mode.
 fn create_private(path: &Path) -> StoreResult<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let created = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path);
+    let created = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
     match created {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(StoreError::Unavailable(format!(
-            "cannot create {}: {e}",
-            path.display()
-        ))),
+        Err(e) => Err(StoreError::Unavailable(format!("cannot create {}: {e}", path.display()))),
     }
 }
 
 /// Sets the pragmas and migrates; `journal` is the journal mode expected back.
 fn prepare(mut conn: Connection, journal: &str) -> StoreResult<Connection> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_err)?;
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-        .map_err(sqlite_err)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).map_err(sqlite_err)?;
     if !mode.eq_ignore_ascii_case(journal) {
-        return Err(StoreError::Backend(format!(
-            "journal_mode is {mode:?}, not {journal:?}"
-        )));
+        return Err(StoreError::Backend(format!("journal_mode is {mode:?}, not {journal:?}")));
     }
     for (pragma, value) in [("synchronous", "FULL"), ("foreign_keys", "ON")] {
-        conn.pragma_update(None, pragma, value)
-            .map_err(sqlite_err)?;
+        conn.pragma_update(None, pragma, value).map_err(sqlite_err)?;
     }
     migrate(&mut conn)?;
     Ok(conn)
@@ -318,8 +278,7 @@ fn prepare(mut conn: Connection, journal: &str) -> StoreResult<Connection> {
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate);
     let tx = tx.map_err(sqlite_err)?;
-    tx.execute_batch(sql::CREATE_VERSION_TABLE)
-        .map_err(sqlite_err)?;
+    tx.execute_batch(sql::CREATE_VERSION_TABLE).map_err(sqlite_err)?;
     let found = one(&tx, &sql::select_version(), |r| r.int("version"))?.unwrap_or_default();
     let mut version = found;
     for migration in sql::pending(found)? {
@@ -327,20 +286,16 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
         version = migration.version;
     }
     if version != found {
-        sql::set_version(version)
-            .iter()
-            .try_for_each(|s| exec(&tx, s).map(drop))?;
+        sql::set_version(version).iter().try_for_each(|s| exec(&tx, s).map(drop))?;
     }
     tx.commit().map_err(sqlite_err)
 }
 
 /// Runs a statement; returns the number of rows it changed.
-fn exec(c: &Connection, s: &Stmt) -> StoreResult<u64> {
+pub(super) fn exec(c: &Connection, s: &Stmt) -> StoreResult<u64> {
     let mut stmt = c.prepare_cached(&positional(&s.sql)).map_err(sqlite_err)?;
     let changed = stmt.execute(rusqlite::params_from_iter(&s.params));
-    changed
-        .map(|n| n as u64)
-        .map_err(|e| s.error(sqlite_err(e)))
+    changed.map(|n| n as u64).map_err(|e| s.error(sqlite_err(e)))
 }
 
 fn count(c: &Connection, s: &Stmt) -> StoreResult<u64> {
@@ -353,9 +308,7 @@ fn one<T>(c: &Connection, s: &Stmt, decode: Decoder<T>) -> StoreResult<Option<T>
 
 fn all<T>(c: &Connection, s: &Stmt, decode: Decoder<T>) -> StoreResult<Vec<T>> {
     let mut stmt = c.prepare_cached(&positional(&s.sql)).map_err(sqlite_err)?;
-    let mut rows = stmt
-        .query(rusqlite::params_from_iter(&s.params))
-        .map_err(|e| s.error(sqlite_err(e)))?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(&s.params)).map_err(|e| s.error(sqlite_err(e)))?;
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(|e| s.error(sqlite_err(e)))? {
         out.push(decode(row)?);
@@ -386,17 +339,14 @@ impl rusqlite::ToSql for Param {
 super::impl_row!(rusqlite::Row<'_>, get, sqlite_err);
 
 /// The one mapping from rusqlite errors to `StoreError`.
-fn sqlite_err(e: rusqlite::Error) -> StoreError {
+pub(super) fn sqlite_err(e: rusqlite::Error) -> StoreError {
     use rusqlite::Error as E;
     use rusqlite::ffi::{SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE};
     let message = e.to_string();
     match e {
         E::SqliteFailure(f, _) => match f.code {
             ErrorCode::ConstraintViolation
-                if matches!(
-                    f.extended_code,
-                    SQLITE_CONSTRAINT_PRIMARYKEY | SQLITE_CONSTRAINT_UNIQUE
-                ) =>
+                if matches!(f.extended_code, SQLITE_CONSTRAINT_PRIMARYKEY | SQLITE_CONSTRAINT_UNIQUE) =>
             {
                 StoreError::Conflict { what: message }
             }
@@ -417,6 +367,6 @@ fn sqlite_err(e: rusqlite::Error) -> StoreError {
     }
 }
 
-fn join_err(e: tokio::task::JoinError) -> StoreError {
+pub(super) fn join_err(e: tokio::task::JoinError) -> StoreError {
     StoreError::Backend(format!("database task failed: {e}"))
 }

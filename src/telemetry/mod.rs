@@ -37,9 +37,9 @@ pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
-        LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
-            .try_init(),
+        LogFormat::Pretty => {
+            registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false)).try_init()
+        }
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
@@ -65,10 +65,8 @@ impl Telemetry {
     /// instrument is created.
     pub fn init() -> anyhow::Result<Self> {
         let registry = prometheus::Registry::new();
-        let exporter = opentelemetry_prometheus::exporter()
-            .with_registry(registry.clone())
-            .without_target_info()
-            .build()?;
+        let exporter =
+            opentelemetry_prometheus::exporter().with_registry(registry.clone()).without_target_info().build()?;
         let mut builder = SdkMeterProvider::builder().with_reader(exporter);
         if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
             let otlp = opentelemetry_otlp::MetricExporter::builder().with_tonic().build()?;

@@ -48,27 +48,17 @@ pub struct TokenRules {
 impl TokenRules {
     /// Rules with the usual 30 s leeway.
     pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
-        Self {
-            issuer: issuer.into(),
-            audience: audience.into(),
-            leeway_seconds: 30,
-        }
+        Self { issuer: issuer.into(), audience: audience.into(), leeway_seconds: 30 }
     }
 }
 
 /// Signs `claims` as an ES256 JWT.
 pub fn mint(signer: &Es256Signer, claims: &TokenClaims) -> Result<String, TokenError> {
     if claims.jti.is_empty() {
-        return Err(TokenError::Claim {
-            claim: "jti",
-            reason: "must not be empty".into(),
-        });
+        return Err(TokenError::Claim { claim: "jti", reason: "must not be empty".into() });
     }
     if claims.exp <= claims.iat {
-        return Err(TokenError::Claim {
-            claim: "exp",
-            reason: "must be after iat".into(),
-        });
+        return Err(TokenError::Claim { claim: "exp", reason: "must be after iat".into() });
     }
     signer.sign(&claims.to_json())
 }
@@ -93,10 +83,7 @@ pub fn verify(
     let value = verify_es256(token, keys)?;
     let claims = TokenClaims::from_json(&value)?;
     if claims.iss != rules.issuer {
-        return Err(TokenError::WrongIssuer {
-            expected: shorten(&rules.issuer),
-            found: shorten(&claims.iss),
-        });
+        return Err(TokenError::WrongIssuer { expected: shorten(&rules.issuer), found: shorten(&claims.iss) });
     }
     let audiences = audiences(&value)?;
     if !audiences.contains(&rules.audience) {
@@ -212,10 +199,7 @@ impl TokenClaims {
 }
 
 fn bad(claim: &'static str, reason: &str) -> TokenError {
-    TokenError::Claim {
-        claim,
-        reason: reason.into(),
-    }
+    TokenError::Claim { claim, reason: reason.into() }
 }
 
 fn string(value: &Value, claim: &'static str) -> Result<String, TokenError> {
@@ -230,10 +214,7 @@ fn string(value: &Value, claim: &'static str) -> Result<String, TokenError> {
 fn seconds(value: &Value, claim: &'static str) -> Result<Option<i64>, TokenError> {
     match value.get(claim) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| bad(claim, "must be an integer number of unix seconds")),
+        Some(v) => v.as_i64().map(Some).ok_or_else(|| bad(claim, "must be an integer number of unix seconds")),
     }
 }
 

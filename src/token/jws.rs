@@ -19,8 +19,8 @@ const ALG: &str = "ES256";
 /// DER prefix of a P-256 SubjectPublicKeyInfo (id-ecPublicKey, prime256v1,
 /// BIT STRING of 66 bytes), followed by the 65-byte uncompressed point.
 const SPKI_P256_PREFIX: [u8; 26] = [
-    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
-    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce,
+    0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
 const POINT_LEN: usize = 65;
 
@@ -54,11 +54,9 @@ impl Es256Signer {
         check_kid(&kid)?;
         let rng = SystemRandom::new();
         let key =
-            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8_der, &rng)
-                .map_err(|e| TokenError::Key {
-                    kid: shorten(&kid),
-                    reason: format!("not a PKCS#8 P-256 private key ({e})"),
-                })?;
+            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8_der, &rng).map_err(|e| {
+                TokenError::Key { kid: shorten(&kid), reason: format!("not a PKCS#8 P-256 private key ({e})") }
+            })?;
         Ok(Self { kid, key, rng })
     }
 
@@ -80,10 +78,7 @@ impl Es256Signer {
     /// `{"alg":"ES256","kid":…,"typ":"JWT"}`.
     pub fn sign(&self, claims: &Value) -> Result<String, TokenError> {
         if !claims.is_object() {
-            return Err(TokenError::Json {
-                part: "payload",
-                reason: "claims must be a JSON object".into(),
-            });
+            return Err(TokenError::Json { part: "payload", reason: "claims must be a JSON object".into() });
         }
         let header = json!({ "alg": ALG, "kid": self.kid, "typ": "JWT" });
         let header = serde_json::to_vec(&header).map_err(|e| TokenError::Signing(e.to_string()))?;
@@ -95,10 +90,7 @@ impl Es256Signer {
             .map_err(|_| TokenError::Signing("ECDSA P-256 signing failed".into()))?;
         let token = format!("{signing_input}.{}", B64.encode(sig.as_ref()));
         if token.len() > MAX_TOKEN_LEN {
-            return Err(TokenError::TooLarge {
-                len: token.len(),
-                max: MAX_TOKEN_LEN,
-            });
+            return Err(TokenError::TooLarge { len: token.len(), max: MAX_TOKEN_LEN });
         }
         Ok(token)
     }
@@ -106,10 +98,7 @@ impl Es256Signer {
 
 impl fmt::Debug for Es256Signer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Es256Signer")
-            .field("kid", &self.kid)
-            .field("key", &"<redacted>")
-            .finish()
+        f.debug_struct("Es256Signer").field("kid", &self.kid).field("key", &"<redacted>").finish()
     }
 }
 
@@ -118,10 +107,7 @@ impl VerifyingKey {
     pub fn from_spki_der(kid: String, spki: &[u8]) -> Result<Self, TokenError> {
         let point = spki
             .strip_prefix(SPKI_P256_PREFIX.as_slice())
-            .ok_or_else(|| TokenError::Key {
-                kid: shorten(&kid),
-                reason: "not a P-256 SubjectPublicKeyInfo".into(),
-            })?;
+            .ok_or_else(|| TokenError::Key { kid: shorten(&kid), reason: "not a P-256 SubjectPublicKeyInfo".into() })?;
         Self::from_point(kid, point)
     }
 
@@ -129,10 +115,7 @@ impl VerifyingKey {
     pub fn from_jwk(jwk: &Value) -> Result<Self, TokenError> {
         let field = |name: &str| jwk.get(name).and_then(Value::as_str);
         let kid = field("kid").ok_or(TokenError::MissingKid)?.to_string();
-        let fail = |reason: &str| TokenError::Key {
-            kid: shorten(&kid),
-            reason: reason.into(),
-        };
+        let fail = |reason: &str| TokenError::Key { kid: shorten(&kid), reason: reason.into() };
         if field("kty") != Some("EC") || field("crv") != Some("P-256") {
             return Err(fail("JWK is not kty EC with crv P-256"));
         }
@@ -175,10 +158,7 @@ impl VerifyingKey {
             .try_into()
             .ok()
             .filter(|p: &[u8; POINT_LEN]| p[0] == 0x04)
-            .ok_or_else(|| TokenError::Key {
-                kid: shorten(&kid),
-                reason: "not an uncompressed P-256 point".into(),
-            })?;
+            .ok_or_else(|| TokenError::Key { kid: shorten(&kid), reason: "not an uncompressed P-256 point".into() })?;
         Ok(Self { kid, point })
     }
 }
@@ -198,10 +178,7 @@ pub fn jwks(keys: &[VerifyingKey]) -> Value {
 /// that is not a JSON object. Claims are not looked at: see [`super::verify`].
 pub fn verify_es256(token: &str, keys: &[VerifyingKey]) -> Result<Value, TokenError> {
     if token.len() > MAX_TOKEN_LEN {
-        return Err(TokenError::TooLarge {
-            len: token.len(),
-            max: MAX_TOKEN_LEN,
-        });
+        return Err(TokenError::TooLarge { len: token.len(), max: MAX_TOKEN_LEN });
     }
     let parts: Vec<&str> = token.split('.').collect();
     let [header_b64, payload_b64, sig_b64] = parts.as_slice() else {
@@ -213,9 +190,7 @@ pub fn verify_es256(token: &str, keys: &[VerifyingKey]) -> Result<Value, TokenEr
         Some(Value::String(alg)) if alg == ALG => {}
         Some(Value::String(alg)) => return Err(TokenError::AlgRefused { alg: shorten(alg) }),
         Some(other) => {
-            return Err(TokenError::AlgRefused {
-                alg: shorten(&other.to_string()),
-            });
+            return Err(TokenError::AlgRefused { alg: shorten(&other.to_string()) });
         }
     }
     if header.contains_key("crit") {
@@ -225,22 +200,13 @@ pub fn verify_es256(token: &str, keys: &[VerifyingKey]) -> Result<Value, TokenEr
         None => return Err(TokenError::MissingKid),
         Some(Value::String(kid)) => kid.as_str(),
         Some(_) => {
-            return Err(TokenError::UnknownKid {
-                kid: "<not a string>".into(),
-            });
+            return Err(TokenError::UnknownKid { kid: "<not a string>".into() });
         }
     };
-    let key = keys
-        .iter()
-        .find(|k| k.kid == kid)
-        .ok_or_else(|| TokenError::UnknownKid { kid: shorten(kid) })?;
-    let sig = B64
-        .decode(sig_b64)
-        .map_err(|_| TokenError::Base64 { part: "signature" })?;
+    let key = keys.iter().find(|k| k.kid == kid).ok_or_else(|| TokenError::UnknownKid { kid: shorten(kid) })?;
+    let sig = B64.decode(sig_b64).map_err(|_| TokenError::Base64 { part: "signature" })?;
     // "header.payload": everything before the last dot (there are exactly two).
-    let (signing_input, _) = token
-        .rsplit_once('.')
-        .ok_or(TokenError::Segments { count: parts.len() })?;
+    let (signing_input, _) = token.rsplit_once('.').ok_or(TokenError::Segments { count: parts.len() })?;
     signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, &key.point)
         .verify(signing_input.as_bytes(), &sig)
         .map_err(|_| TokenError::BadSignature)?;
@@ -248,19 +214,11 @@ pub fn verify_es256(token: &str, keys: &[VerifyingKey]) -> Result<Value, TokenEr
 }
 
 fn decode_object(part_b64: &str, part: &'static str) -> Result<Map<String, Value>, TokenError> {
-    let bytes = B64
-        .decode(part_b64)
-        .map_err(|_| TokenError::Base64 { part })?;
+    let bytes = B64.decode(part_b64).map_err(|_| TokenError::Base64 { part })?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(TokenError::Json {
-            part,
-            reason: "not an object".into(),
-        }),
-        Err(e) => Err(TokenError::Json {
-            part,
-            reason: format!("invalid JSON at column {}", e.column()),
-        }),
+        Ok(_) => Err(TokenError::Json { part, reason: "not an object".into() }),
+        Err(e) => Err(TokenError::Json { part, reason: format!("invalid JSON at column {}", e.column()) }),
     }
 }
 

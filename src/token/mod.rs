@@ -69,10 +69,7 @@ pub enum TokenError {
     #[error("token issuer {found:?} is not the expected {expected:?}")]
     WrongIssuer { expected: String, found: String },
     #[error("token audience {found:?} does not contain {expected:?}")]
-    WrongAudience {
-        expected: String,
-        found: Vec<String>,
-    },
+    WrongAudience { expected: String, found: Vec<String> },
     #[error("token principal {0:?} is unknown (expected admin, node or bootstrap)")]
     UnknownKind(String),
     #[error("token is bound to a certificate but none was presented")]
@@ -81,10 +78,7 @@ pub enum TokenError {
         "certificate binding mismatch: token cnf x5t#S256 is {token_thumbprint} \
          but the presented certificate is {presented_thumbprint}"
     )]
-    CertificateMismatch {
-        token_thumbprint: String,
-        presented_thumbprint: String,
-    },
+    CertificateMismatch { token_thumbprint: String, presented_thumbprint: String },
 }
 
 /// Keeps values named in errors short, whatever came in.

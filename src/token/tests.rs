@@ -48,9 +48,7 @@ fn forge(header: &Value, payload: &Value, sig: &[u8]) -> String {
 }
 
 fn verify_err(token: &str, keys: &[VerifyingKey]) -> String {
-    verify(token, keys, &rules(), NOW, None)
-        .unwrap_err()
-        .to_string()
+    verify(token, keys, &rules(), NOW, None).unwrap_err().to_string()
 }
 
 #[test]
@@ -65,8 +63,7 @@ fn round_trip() {
     let token = mint(&s, &c).unwrap();
     let got = verify(&token, &keys, &rules(), NOW + 10, c.cnf_x5t_s256.as_deref()).unwrap();
     assert_eq!(got, c);
-    let header: Value =
-        serde_json::from_slice(&B64.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
+    let header: Value = serde_json::from_slice(&B64.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
     assert_eq!(header, json!({"alg": "ES256", "kid": "k1", "typ": "JWT"}));
     assert!(format!("{s:?}").contains("redacted"));
     assert_ne!(new_jti().unwrap(), new_jti().unwrap());
@@ -82,10 +79,7 @@ fn audience_array_and_key_rotation() {
     payload["aud"] = json!(["other", "trustmesh-api"]);
     for s in [&old, &new] {
         let token = s.sign(&payload).unwrap();
-        assert_eq!(
-            verify(&token, &keys, &rules(), NOW, None).unwrap().sub,
-            "node-a"
-        );
+        assert_eq!(verify(&token, &keys, &rules(), NOW, None).unwrap().sub, "node-a");
     }
 }
 
@@ -94,15 +88,9 @@ fn refuses_lifetime_issuer_audience() {
     let (s, keys) = setup();
     let token = mint(&s, &claims()).unwrap();
     let at = |now: i64| verify(&token, &keys, &rules(), now, None);
-    assert_eq!(
-        at(NOW + 3600 + 30).unwrap_err(),
-        TokenError::Expired { at: NOW + 3600 }
-    );
+    assert_eq!(at(NOW + 3600 + 30).unwrap_err(), TokenError::Expired { at: NOW + 3600 });
     assert!(at(NOW + 3600 + 29).is_ok(), "leeway applies to exp");
-    assert_eq!(
-        at(NOW - 31).unwrap_err(),
-        TokenError::NotYetValid { at: NOW }
-    );
+    assert_eq!(at(NOW - 31).unwrap_err(), TokenError::NotYetValid { at: NOW });
     assert!(at(NOW - 30).is_ok(), "leeway applies to iat");
     let mut c = claims();
     c.nbf = Some(NOW + 600);
@@ -112,10 +100,7 @@ fn refuses_lifetime_issuer_audience() {
     let mut c = claims();
     c.aud = "someone-else".into();
     let err = verify_err(&mint(&s, &c).unwrap(), &keys);
-    assert!(
-        err.contains("audience") && err.contains("someone-else"),
-        "{err}"
-    );
+    assert!(err.contains("audience") && err.contains("someone-else"), "{err}");
     let mut c = claims();
     c.iss = "evil".into();
     let err = verify_err(&mint(&s, &c).unwrap(), &keys);
@@ -129,40 +114,22 @@ fn refuses_tampering() {
     let parts: Vec<&str> = token.split('.').collect();
     let mut payload = claims().to_json();
     payload["principal"] = json!("admin");
-    let tampered = format!(
-        "{}.{}.{}",
-        parts[0],
-        B64.encode(payload.to_string()),
-        parts[2]
-    );
-    assert_eq!(
-        verify(&tampered, &keys, &rules(), NOW, None).unwrap_err(),
-        TokenError::BadSignature
-    );
+    let tampered = format!("{}.{}.{}", parts[0], B64.encode(payload.to_string()), parts[2]);
+    assert_eq!(verify(&tampered, &keys, &rules(), NOW, None).unwrap_err(), TokenError::BadSignature);
     let mut sig = B64.decode(parts[2]).unwrap();
     sig[10] ^= 1;
     let tampered = format!("{}.{}.{}", parts[0], parts[1], B64.encode(&sig));
-    assert_eq!(
-        verify_err(&tampered, &keys),
-        "token signature does not verify"
-    );
+    assert_eq!(verify_err(&tampered, &keys), "token signature does not verify");
     let other = signer("k1");
     let forged = mint(&other, &claims()).unwrap();
-    assert_eq!(
-        verify(&forged, &keys, &rules(), NOW, None).unwrap_err(),
-        TokenError::BadSignature
-    );
+    assert_eq!(verify(&forged, &keys, &rules(), NOW, None).unwrap_err(), TokenError::BadSignature);
 }
 
 #[test]
 fn refuses_alg_none_and_hmac() {
     let (s, keys) = setup();
     let payload = claims().to_json();
-    let none = forge(
-        &json!({"alg": "none", "kid": "k1", "typ": "JWT"}),
-        &payload,
-        b"",
-    );
+    let none = forge(&json!({"alg": "none", "kid": "k1", "typ": "JWT"}), &payload, b"");
     assert!(none.ends_with('.'));
     let err = verify_err(&none, &keys);
     assert!(err.starts_with("alg none is refused"), "{err}");
@@ -189,10 +156,7 @@ fn refuses_alg_none_and_hmac() {
 fn refuses_bad_headers_and_shapes() {
     let (s, keys) = setup();
     let payload = claims().to_json();
-    let err = verify_err(
-        &forge(&json!({"alg": "ES256", "kid": "nope"}), &payload, b"x"),
-        &keys,
-    );
+    let err = verify_err(&forge(&json!({"alg": "ES256", "kid": "nope"}), &payload, b"x"), &keys);
     assert_eq!(err, "token key id \"nope\" is unknown");
     let err = verify_err(&forge(&json!({"alg": "ES256"}), &payload, b"x"), &keys);
     assert_eq!(err, "token header has no kid");
@@ -202,15 +166,9 @@ fn refuses_bad_headers_and_shapes() {
     let token = mint(&s, &claims()).unwrap();
     let parts: Vec<&str> = token.split('.').collect();
     let two = format!("{}.{}", parts[0], parts[1]);
-    assert_eq!(
-        verify(&two, &keys, &rules(), NOW, None).unwrap_err(),
-        TokenError::Segments { count: 2 }
-    );
+    assert_eq!(verify(&two, &keys, &rules(), NOW, None).unwrap_err(), TokenError::Segments { count: 2 });
     let four = format!("{token}.{}", parts[2]);
-    assert_eq!(
-        verify(&four, &keys, &rules(), NOW, None).unwrap_err(),
-        TokenError::Segments { count: 4 }
-    );
+    assert_eq!(verify(&four, &keys, &rules(), NOW, None).unwrap_err(), TokenError::Segments { count: 4 });
     let not_json = format!("{}.{}.{}", B64.encode("not json"), parts[1], parts[2]);
     assert!(verify_err(&not_json, &keys).starts_with("token header is not a JSON object"));
     let padded = format!("{}=.{}.{}", parts[0], parts[1], parts[2]);
@@ -220,19 +178,10 @@ fn refuses_bad_headers_and_shapes() {
 
     let huge = format!("{}.{}.{}", parts[0], "A".repeat(MAX_TOKEN_LEN), parts[2]);
     let err = verify(&huge, &keys, &rules(), NOW, None).unwrap_err();
-    assert!(matches!(
-        err,
-        TokenError::TooLarge {
-            max: MAX_TOKEN_LEN,
-            ..
-        }
-    ));
+    assert!(matches!(err, TokenError::TooLarge { max: MAX_TOKEN_LEN, .. }));
     let mut c = claims();
     c.spiffe_ids = vec!["spiffe://example.org/a".repeat(20); 30];
-    assert!(matches!(
-        mint(&s, &c).unwrap_err(),
-        TokenError::TooLarge { .. }
-    ));
+    assert!(matches!(mint(&s, &c).unwrap_err(), TokenError::TooLarge { .. }));
 }
 
 #[test]
@@ -263,13 +212,8 @@ fn certificate_binding() {
     c.cnf_x5t_s256 = Some(bound.into());
     let token = mint(&s, &c).unwrap();
     let err = verify(&token, &keys, &rules(), NOW, None).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "token is bound to a certificate but none was presented"
-    );
-    let err = verify(&token, &keys, &rules(), NOW, Some(other))
-        .unwrap_err()
-        .to_string();
+    assert_eq!(err.to_string(), "token is bound to a certificate but none was presented");
+    let err = verify(&token, &keys, &rules(), NOW, Some(other)).unwrap_err().to_string();
     assert!(err.contains(bound) && err.contains(other), "{err}");
     assert!(verify(&token, &keys, &rules(), NOW, Some(bound)).is_ok());
     // an unbound token does not care which certificate the connection has
@@ -306,9 +250,7 @@ fn refuses_bad_keys_without_leaking_them() {
     let secret = generate_es256_pkcs8().unwrap();
     let mut broken = secret.clone();
     broken.truncate(40);
-    let err = Es256Signer::from_pkcs8("k1".into(), &broken)
-        .unwrap_err()
-        .to_string();
+    let err = Es256Signer::from_pkcs8("k1".into(), &broken).unwrap_err().to_string();
     assert!(err.starts_with("invalid token key \"k1\""), "{err}");
     assert!(!err.contains(&hex::encode(&broken[30..40])));
     assert!(Es256Signer::from_pkcs8(String::new(), &secret).is_err());

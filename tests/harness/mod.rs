@@ -45,7 +45,9 @@ impl Server {
             .expect("spawn trustmesh serve");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel::<(SocketAddr, SocketAddr)>();
-        for stream in [Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stdout.take().unwrap())] {
+        for stream in
+            [Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stdout.take().unwrap())]
+        {
             let log = log.clone();
             let tx = tx.clone();
             std::thread::spawn(move || {
@@ -192,7 +194,12 @@ pub fn openssl(args: &[&str]) -> Output {
 
 pub fn openssl_ok(args: &[&str]) -> String {
     let out = openssl(args);
-    assert!(out.status.success(), "openssl {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 

@@ -12,19 +12,24 @@
 //! The server dies with the test process, also when a test fails or the
 //! process is killed: it is started by a small shell whose stdin is a pipe from
 //! this process. The kernel closes that pipe when the process exits; the shell
-//! then stops the server (fast shutdown) and removes the directory.
+//! then stops the server (SIGTERM: its clients died with this process) and
+//! removes the directory.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 const USER: &str = "trustmesh-test";
 const READY: &str = "database system is ready to accept connections";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+const SETUP_HINT: &str = "run scripts/install-test-deps.sh (as root) first";
+
 /// Run as `sh -c WATCHDOG _ DIR BIN_DIR` with stdin piped from this process:
 /// creates the cluster, starts the server, and once stdin closes (this
 /// process exited) stops it and removes `DIR`. The log pipe (stderr) is left
@@ -42,7 +47,6 @@ kill -TERM "$pid"
 wait "$pid"
 rm -rf "$dir"
 "#;
-const SETUP_HINT: &str = "run scripts/install-test-deps.sh (as root) first";
 
 /// The running server: its socket directory and the pipe that keeps it alive.
 pub struct Server {
@@ -62,12 +66,7 @@ pub async fn fresh_database() -> String {
     let admin = server.url("postgres");
     let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
         .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot connect to the test server at {admin}: {e}\n{}",
-                server.log()
-            )
-        });
+        .unwrap_or_else(|e| panic!("cannot connect to the test server at {admin}: {e}\n{}", server.log()));
     let task = tokio::spawn(connection);
     client
         .batch_execute(&format!("CREATE DATABASE {name}"))
@@ -90,15 +89,12 @@ pub fn server() -> &'static Server {
 impl Server {
     /// The URL of database `db` over the Unix socket.
     pub fn url(&self, db: &str) -> String {
-        format!(
-            "postgres://postgres@/{db}?host={}",
-            self.socket_dir.display()
-        )
+        format!("postgres://postgres@/{db}?host={}", self.socket_dir.display())
     }
 
     /// What the server printed so far (for failure messages).
     pub fn log(&self) -> String {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+        self.log.lock().clone()
     }
 
     fn start() -> Result<Server, String> {
@@ -108,11 +104,7 @@ impl Server {
             .tempdir()
             .map_err(|e| format!("cannot create a temp directory: {e}"))?
             .keep();
-        let owner = if running_as_root()? {
-            Some(unprivileged_user()?)
-        } else {
-            None
-        };
+        let owner = if running_as_root()? { Some(unprivileged_user()?) } else { None };
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
                 .map_err(|e| format!("cannot chown {} to {USER}: {e}", dir.display()))?;
@@ -133,18 +125,11 @@ impl Server {
         let (ready_tx, ready_rx) = mpsc::channel();
         let sink = Arc::clone(&log);
         std::thread::spawn(move || drain(BufReader::new(stderr), &sink, &ready_tx));
-        let server = Server {
-            socket_dir: dir,
-            _keepalive: Mutex::new((child, stdin)),
-            log,
-        };
+        let server = Server { socket_dir: dir, _keepalive: Mutex::new((child, stdin)), log };
         match ready_rx.recv_timeout(START_TIMEOUT) {
             Ok(true) => Ok(server),
             Ok(false) => Err(format!("initdb or postgres failed:\n{}", server.log())),
-            Err(_) => Err(format!(
-                "postgres not ready after {START_TIMEOUT:?}:\n{}",
-                server.log()
-            )),
+            Err(_) => Err(format!("postgres not ready after {START_TIMEOUT:?}:\n{}", server.log())),
         }
     }
 }
@@ -155,9 +140,8 @@ fn drain(stderr: impl BufRead, log: &Mutex<String>, ready: &mpsc::Sender<bool>) 
     const KEEP: usize = 64 * 1024;
     for line in stderr.lines() {
         let Ok(line) = line else { break };
-        if let Ok(mut log) = log.lock()
-            && log.len() < KEEP
-        {
+        let mut log = log.lock();
+        if log.len() < KEEP {
             let _ = writeln!(log, "{line}");
         }
         if line.contains(READY) {
@@ -172,20 +156,14 @@ fn drain(stderr: impl BufRead, log: &Mutex<String>, ready: &mpsc::Sender<bool>) 
 /// The newest `/usr/lib/postgresql/<ver>/bin` with `initdb` and `postgres`.
 fn bin_dir() -> Result<PathBuf, String> {
     let root = Path::new("/usr/lib/postgresql");
-    let missing = || {
-        format!(
-            "PostgreSQL server binaries not found in {}/<version>/bin; {SETUP_HINT}",
-            root.display()
-        )
-    };
+    let missing = || format!("PostgreSQL server binaries not found in {}/<version>/bin; {SETUP_HINT}", root.display());
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(root)
         .map_err(|_| missing())?
         .filter_map(|entry| {
             let entry = entry.ok()?;
             let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
             let bin = entry.path().join("bin");
-            (bin.join("initdb").is_file() && bin.join("postgres").is_file())
-                .then_some((version, bin))
+            (bin.join("initdb").is_file() && bin.join("postgres").is_file()).then_some((version, bin))
         })
         .collect();
     versions.sort();
@@ -193,24 +171,18 @@ fn bin_dir() -> Result<PathBuf, String> {
 }
 
 fn running_as_root() -> Result<bool, String> {
-    let out = Command::new("id")
-        .arg("-u")
-        .output()
-        .map_err(|e| format!("cannot run id: {e}"))?;
+    let out = Command::new("id").arg("-u").output().map_err(|e| format!("cannot run id: {e}"))?;
     Ok(String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
 /// The uid and gid of `trustmesh-test`.
 fn unprivileged_user() -> Result<(u32, u32), String> {
     let id = |flag: &str| -> Result<u32, String> {
-        let out = Command::new("id")
-            .args([flag, USER])
-            .output()
-            .map_err(|e| format!("cannot run id: {e}"))?;
+        let out = Command::new("id").args([flag, USER]).output().map_err(|e| format!("cannot run id: {e}"))?;
         let text = String::from_utf8_lossy(&out.stdout);
-        text.trim()
-            .parse()
-            .map_err(|_| format!("tests run as root, so PostgreSQL must run as user {USER}, which is missing; {SETUP_HINT}"))
+        text.trim().parse().map_err(|_| {
+            format!("tests run as root, so PostgreSQL must run as user {USER}, which is missing; {SETUP_HINT}")
+        })
     };
     Ok((id("-u")?, id("-g")?))
 }
@@ -221,17 +193,11 @@ fn as_owner(owner: Option<(u32, u32)>, program: &Path) -> Command {
     let mut cmd = match owner {
         Some((uid, gid)) => {
             let mut cmd = Command::new("setpriv");
-            cmd.arg(format!("--reuid={uid}"))
-                .arg(format!("--regid={gid}"))
-                .arg("--clear-groups")
-                .arg(program);
+            cmd.arg(format!("--reuid={uid}")).arg(format!("--regid={gid}")).arg("--clear-groups").arg(program);
             cmd
         }
         None => Command::new(program),
     };
-    cmd.env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("LC_ALL", "C")
-        .current_dir("/");
+    cmd.env_clear().env("PATH", "/usr/bin:/bin").env("LC_ALL", "C").current_dir("/");
     cmd
 }

@@ -6,8 +6,7 @@ use x509_parser::oid_registry::{OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SH
 use super::{INTERMEDIATE_DAYS, ROOT_DAYS, hierarchy, intermediate, now, now_s, serial, x509};
 use crate::ca::cert::{authority_key_id, uri_sans};
 use crate::ca::{
-    CaCertificate, CaError, IntermediateParams, KeyAlgorithm, PrivateKey, Signer,
-    create_intermediate, import_ca,
+    CaCertificate, CaError, IntermediateParams, KeyAlgorithm, PrivateKey, Signer, create_intermediate, import_ca,
 };
 use crate::domain::TrustDomain;
 
@@ -47,17 +46,11 @@ fn intermediate_profile() {
     assert_eq!(h.services.parents, vec![h.root.cert.clone()]);
     assert_eq!(h.services.root(), &h.root.cert);
     let x = x509(&c.der);
-    assert_eq!(
-        x.signature_algorithm.algorithm, OID_SIG_ECDSA_WITH_SHA384,
-        "signed by the P-384 root"
-    );
+    assert_eq!(x.signature_algorithm.algorithm, OID_SIG_ECDSA_WITH_SHA384, "signed by the P-384 root");
     assert_eq!(authority_key_id(&x), h.root.cert.subject_key_id());
     // A P-256 CA signs with ECDSA-SHA256.
     let below = create_intermediate(&h.services, &intermediate("x"), serial(5), now());
-    assert!(
-        matches!(below, Err(CaError::Chain { .. })),
-        "pathlen 0 forbids a CA below"
-    );
+    assert!(matches!(below, Err(CaError::Chain { .. })), "pathlen 0 forbids a CA below");
     let leaf_signer_alg = {
         let (issued, _) = crate::ca::issue_server_certificate(
             &h.services,
@@ -68,10 +61,7 @@ fn intermediate_profile() {
             now(),
         )
         .unwrap();
-        x509(&issued.der)
-            .signature_algorithm
-            .algorithm
-            .to_id_string()
+        x509(&issued.der).signature_algorithm.algorithm.to_id_string()
     };
     assert_eq!(leaf_signer_alg, OID_SIG_ECDSA_WITH_SHA256.to_id_string());
 }
@@ -79,16 +69,10 @@ fn intermediate_profile() {
 #[test]
 fn intermediate_is_capped_and_stays_in_its_trust_domain() {
     let h = hierarchy();
-    let long = IntermediateParams {
-        lifetime: Duration::days(ROOT_DAYS * 2),
-        ..intermediate("long")
-    };
+    let long = IntermediateParams { lifetime: Duration::days(ROOT_DAYS * 2), ..intermediate("long") };
     let c = create_intermediate(&h.root, &long, serial(7), now()).unwrap();
     assert_eq!(c.cert.not_after, h.root.cert.not_after);
-    let foreign = IntermediateParams {
-        trust_domain: TrustDomain::parse("other.org").unwrap(),
-        ..intermediate("f")
-    };
+    let foreign = IntermediateParams { trust_domain: TrustDomain::parse("other.org").unwrap(), ..intermediate("f") };
     let err = create_intermediate(&h.root, &foreign, serial(8), now()).unwrap_err();
     assert!(matches!(err, CaError::TrustDomainMismatch { .. }), "{err}");
 }
@@ -115,28 +99,15 @@ fn import_refusals() {
     assert!(err.to_string().contains("trustmesh Services CA"), "{err}");
 
     let err = import_ca(&h.services.cert.to_pem(), &h.services.key().to_pem()).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("chain does not end at a self-signed root"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("chain does not end at a self-signed root"), "{err}");
 
     let reversed = format!("{}{}", h.root.cert.to_pem(), h.services.cert.to_pem());
-    assert!(matches!(
-        import_ca(&reversed, &h.root.key().to_pem()),
-        Err(CaError::Chain { .. })
-    ));
+    assert!(matches!(import_ca(&reversed, &h.root.key().to_pem()), Err(CaError::Chain { .. })));
 
     let wrong_parent = format!("{}{}", h.services.cert.to_pem(), h.services.cert.to_pem());
-    assert!(matches!(
-        import_ca(&wrong_parent, &h.services.key().to_pem()),
-        Err(CaError::Chain { .. })
-    ));
+    assert!(matches!(import_ca(&wrong_parent, &h.services.key().to_pem()), Err(CaError::Chain { .. })));
 
-    assert!(matches!(
-        import_ca("", &h.root.key().to_pem()),
-        Err(CaError::NoCertificates)
-    ));
+    assert!(matches!(import_ca("", &h.root.key().to_pem()), Err(CaError::NoCertificates)));
 
     let (leaf, key) = crate::ca::issue_server_certificate(
         &h.services,
@@ -147,49 +118,25 @@ fn import_refusals() {
         now(),
     )
     .unwrap();
-    let err = import_ca(
-        &format!("{}{}", leaf.to_pem(), h.root.cert.to_pem()),
-        &key.to_pem(),
-    )
-    .unwrap_err();
+    let err = import_ca(&format!("{}{}", leaf.to_pem(), h.root.cert.to_pem()), &key.to_pem()).unwrap_err();
     assert!(matches!(err, CaError::NotACa { .. }), "{err}");
-    assert!(matches!(
-        CaCertificate::from_der(&leaf.der),
-        Err(CaError::NotACa { .. })
-    ));
+    assert!(matches!(CaCertificate::from_der(&leaf.der), Err(CaError::NotACa { .. })));
 }
 
 #[test]
 fn signer_new_checks_key_and_chain() {
     let h = hierarchy();
-    let err = Signer::new(
-        h.services.cert.clone(),
-        h.root.key().clone(),
-        vec![h.root.cert.clone()],
-    )
-    .unwrap_err();
+    let err = Signer::new(h.services.cert.clone(), h.root.key().clone(), vec![h.root.cert.clone()]).unwrap_err();
     assert!(matches!(err, CaError::KeyMismatch { .. }), "{err}");
     let err = Signer::new(h.services.cert.clone(), h.services.key().clone(), vec![]).unwrap_err();
     assert!(matches!(err, CaError::Chain { .. }), "{err}");
-    Signer::new(
-        h.services.cert.clone(),
-        h.services.key().clone(),
-        vec![h.root.cert.clone()],
-    )
-    .unwrap();
+    Signer::new(h.services.cert.clone(), h.services.key().clone(), vec![h.root.cert.clone()]).unwrap();
 }
 
 #[test]
 fn certs_from_pem_reads_a_bundle() {
     let h = hierarchy();
-    let bundle = format!(
-        "junk before\n{}{}",
-        h.root.cert.to_pem(),
-        h.services.cert.to_pem()
-    );
+    let bundle = format!("junk before\n{}{}", h.root.cert.to_pem(), h.services.cert.to_pem());
     let ders = crate::ca::certs_from_pem(&bundle).unwrap();
-    assert_eq!(
-        ders,
-        vec![h.root.cert.der.clone(), h.services.cert.der.clone()]
-    );
+    assert_eq!(ders, vec![h.root.cert.der.clone(), h.services.cert.der.clone()]);
 }

@@ -17,16 +17,8 @@ fn crl_round_trip() {
             revoked_at: now() - Duration::minutes(5),
             reason: Some(RevocationReason::KeyCompromise),
         },
-        CrlEntry {
-            serial: serial(31),
-            revoked_at: now(),
-            reason: None,
-        },
-        CrlEntry {
-            serial: serial(30),
-            revoked_at: now(),
-            reason: None,
-        },
+        CrlEntry { serial: serial(31), revoked_at: now(), reason: None },
+        CrlEntry { serial: serial(30), revoked_at: now(), reason: None },
     ];
     let crl = build_crl(&h.services, &entries, 42, now(), Duration::hours(24)).unwrap();
     assert_eq!(crl.number, 42);
@@ -38,18 +30,9 @@ fn crl_round_trip() {
     let (rest, parsed) = CertificateRevocationList::from_der(&crl.der).unwrap();
     assert!(rest.is_empty());
     assert_eq!(parsed.version().map(|v| v.0), Some(1), "v2");
-    assert_eq!(
-        parsed.last_update().to_datetime(),
-        now_s() - Duration::seconds(60)
-    );
-    assert_eq!(
-        parsed.next_update().map(|t| t.to_datetime()),
-        Some(now_s() + Duration::hours(24))
-    );
-    assert_eq!(
-        parsed.crl_number().map(|n| n.to_u64_digits()),
-        Some(vec![42])
-    );
+    assert_eq!(parsed.last_update().to_datetime(), now_s() - Duration::seconds(60));
+    assert_eq!(parsed.next_update().map(|t| t.to_datetime()), Some(now_s() + Duration::hours(24)));
+    assert_eq!(parsed.crl_number().map(|n| n.to_u64_digits()), Some(vec![42]));
     let ca = x509(&h.services.cert.der);
     parsed.verify_signature(ca.public_key()).unwrap();
     assert_eq!(parsed.issuer().as_raw(), ca.subject().as_raw());
@@ -58,22 +41,14 @@ fn crl_round_trip() {
     assert_eq!(revoked.len(), 2, "the duplicate serial is listed once");
     assert_eq!(revoked[0].raw_serial(), serial(30).as_bytes());
     assert_eq!(revoked[0].reason_code().map(|(_, r)| r.0), Some(1));
-    assert_eq!(
-        revoked[0].revocation_date.to_datetime(),
-        now_s() - Duration::minutes(5)
-    );
+    assert_eq!(revoked[0].revocation_date.to_datetime(), now_s() - Duration::minutes(5));
     assert_eq!(revoked[1].raw_serial(), serial(31).as_bytes());
     assert!(revoked[1].reason_code().is_none());
 
-    let aki = parsed
-        .extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
-                a.key_identifier.as_ref().map(|k| k.0)
-            }
-            _ => None,
-        });
+    let aki = parsed.extensions().iter().find_map(|e| match e.parsed_extension() {
+        x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0),
+        _ => None,
+    });
     assert_eq!(aki, h.services.cert.subject_key_id());
     assert_eq!(authority_key_id(&ca), h.root.cert.subject_key_id());
 }
@@ -105,22 +80,8 @@ fn revocation_reason_names() {
     assert_eq!(RevocationReason::KeyCompromise.to_string(), "keyCompromise");
     assert_eq!(RevocationReason::CaCompromise.to_string(), "cACompromise");
     assert_eq!(RevocationReason::PrivilegeWithdrawn.code(), 9);
-    assert_eq!(
-        "key-compromise".parse::<RevocationReason>().unwrap(),
-        RevocationReason::KeyCompromise
-    );
-    assert_eq!(
-        "caCompromise".parse::<RevocationReason>().unwrap(),
-        RevocationReason::CaCompromise
-    );
-    let err = "stolen"
-        .parse::<RevocationReason>()
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("\"stolen\"")
-            && err.contains("keyCompromise")
-            && err.contains("privilegeWithdrawn"),
-        "{err}"
-    );
+    assert_eq!("key-compromise".parse::<RevocationReason>().unwrap(), RevocationReason::KeyCompromise);
+    assert_eq!("caCompromise".parse::<RevocationReason>().unwrap(), RevocationReason::CaCompromise);
+    let err = "stolen".parse::<RevocationReason>().unwrap_err().to_string();
+    assert!(err.contains("\"stolen\"") && err.contains("keyCompromise") && err.contains("privilegeWithdrawn"), "{err}");
 }

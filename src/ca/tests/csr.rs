@@ -14,11 +14,7 @@ fn refuse(input: &[u8]) -> CaError {
 #[test]
 fn accepts_pem_new_label_and_der() {
     let key = p256();
-    let der = csr_der(
-        &key,
-        &["spiffe://example.org/a"],
-        &["a.example.org", "*.b.example.org"],
-    );
+    let der = csr_der(&key, &["spiffe://example.org/a"], &["a.example.org", "*.b.example.org"]);
     let from_der = parse_csr(&der, &td()).unwrap();
     assert_eq!(from_der.spiffe_id.to_string(), "spiffe://example.org/a");
     assert_eq!(from_der.dns_names, ["a.example.org", "*.b.example.org"]);
@@ -27,11 +23,7 @@ fn accepts_pem_new_label_and_der() {
     let legacy = format!("\n  {}", to_pem("NEW CERTIFICATE REQUEST", &der));
     assert_eq!(parse_csr(legacy.as_bytes(), &td()).unwrap(), from_der);
     let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
-    let csr = parse_csr(
-        csr_pem(&p384, &["spiffe://example.org/b"], &[]).as_bytes(),
-        &td(),
-    )
-    .unwrap();
+    let csr = parse_csr(csr_pem(&p384, &["spiffe://example.org/b"], &[]).as_bytes(), &td()).unwrap();
     assert_eq!(csr.key_algorithm, "EC-P384");
 }
 
@@ -39,18 +31,12 @@ fn accepts_pem_new_label_and_der() {
 fn refuses_garbage_truncation_and_size() {
     let err = refuse(b"hello, I am not a csr");
     assert!(matches!(err, CaError::CsrEncoding { .. }), "{err}");
-    assert!(
-        err.to_string().starts_with("csr is not valid PEM or DER: "),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with("csr is not valid PEM or DER: "), "{err}");
     assert!(matches!(refuse(b""), CaError::CsrEncoding { .. }));
 
     let der = csr_der(&p256(), &["spiffe://example.org/a"], &[]);
     let err = refuse(&der[..der.len() - 10]).to_string();
-    assert!(
-        err.contains("csr is not valid PEM or DER") && err.contains("truncated"),
-        "{err}"
-    );
+    assert!(err.contains("csr is not valid PEM or DER") && err.contains("truncated"), "{err}");
     let mut trailing = der.clone();
     trailing.extend_from_slice(b"xx");
     assert!(refuse(&trailing).to_string().contains("trailing"));
@@ -66,17 +52,11 @@ fn refuses_garbage_truncation_and_size() {
 fn refuses_the_wrong_pem_label() {
     let key = p256();
     let err = refuse(key.serialize_pem().as_bytes());
-    assert_eq!(
-        err.to_string(),
-        "expected a CERTIFICATE REQUEST PEM block, found PRIVATE KEY"
-    );
+    assert_eq!(err.to_string(), "expected a CERTIFICATE REQUEST PEM block, found PRIVATE KEY");
     assert!(!err.to_string().contains("MII"));
     let der = csr_der(&key, &["spiffe://example.org/a"], &[]);
     let two = format!("{0}{0}", to_pem("CERTIFICATE REQUEST", &der));
-    assert!(matches!(
-        refuse(two.as_bytes()),
-        CaError::CsrEncoding { .. }
-    ));
+    assert!(matches!(refuse(two.as_bytes()), CaError::CsrEncoding { .. }));
 }
 
 #[test]
@@ -96,10 +76,7 @@ fn refuses_weak_keys_and_sha1() {
     assert!(matches!(err, CaError::UnsupportedKey { .. }), "{err}");
     assert!(err.to_string().contains("RSA-1024"), "{err}");
     let err = refuse(RSA_SHA1_CSR.as_bytes());
-    assert!(
-        matches!(err, CaError::CsrSignature { .. }) && err.to_string().contains("SHA-1"),
-        "{err}"
-    );
+    assert!(matches!(err, CaError::CsrSignature { .. }) && err.to_string().contains("SHA-1"), "{err}");
 }
 
 #[test]
@@ -107,11 +84,7 @@ fn refuses_bad_uri_sans() {
     let key = p256();
     let err = refuse(&csr_der(&key, &[], &["a.example.org"]));
     assert!(matches!(err, CaError::CsrUriSanCount { count: 0 }), "{err}");
-    let err = refuse(&csr_der(
-        &key,
-        &["spiffe://example.org/a", "spiffe://example.org/b"],
-        &[],
-    ));
+    let err = refuse(&csr_der(&key, &["spiffe://example.org/a", "spiffe://example.org/b"], &[]));
     assert!(matches!(err, CaError::CsrUriSanCount { count: 2 }), "{err}");
     assert!(err.to_string().contains("exactly one URI SAN"), "{err}");
 
@@ -124,20 +97,13 @@ fn refuses_bad_uri_sans() {
     let err = refuse(&csr_der(&key, &["spiffe://other.org/a"], &[]));
     assert!(matches!(err, CaError::ForeignTrustDomain { .. }), "{err}");
     let text = err.to_string();
-    assert!(
-        text.contains("other.org") && text.contains("example.org"),
-        "{text}"
-    );
+    assert!(text.contains("other.org") && text.contains("example.org"), "{text}");
 }
 
 #[test]
 fn refuses_bad_dns_and_other_san_types() {
     let key = p256();
-    let err = refuse(&csr_der(
-        &key,
-        &["spiffe://example.org/a"],
-        &["UPPER.example.org"],
-    ));
+    let err = refuse(&csr_der(&key, &["spiffe://example.org/a"], &["UPPER.example.org"]));
     assert!(matches!(err, CaError::DnsName { .. }), "{err}");
 
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -147,8 +113,5 @@ fn refuses_bad_dns_and_other_san_types() {
     ];
     let der = params.serialize_request(&key).unwrap().der().to_vec();
     let err = refuse(&der);
-    assert!(
-        matches!(err, CaError::CsrSan { .. }) && err.to_string().contains("email"),
-        "{err}"
-    );
+    assert!(matches!(err, CaError::CsrSan { .. }) && err.to_string().contains("email"), "{err}");
 }

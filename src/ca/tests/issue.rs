@@ -11,18 +11,11 @@ use crate::domain::{Serial, SpiffeId};
 use super::{csr_der, hierarchy, id, now, now_s, p256, serial, td, x509};
 use crate::ca::cert::{authority_key_id, subject_key_id};
 use crate::ca::check::{LeafExpectation, validate_leaf};
-use crate::ca::{
-    CaError, IssuedCertificate, SvidRequest, issue_server_certificate, issue_svid, parse_csr,
-};
+use crate::ca::{CaError, IssuedCertificate, SvidRequest, issue_server_certificate, issue_svid, parse_csr};
 
 const RSA_2048_CSR: &str = include_str!("fixtures/rsa2048.csr");
 
-fn issue(
-    spki: &[u8],
-    spiffe_id: &str,
-    dns: &[String],
-    lifetime: Duration,
-) -> Result<IssuedCertificate, CaError> {
+fn issue(spki: &[u8], spiffe_id: &str, dns: &[String], lifetime: Duration) -> Result<IssuedCertificate, CaError> {
     let spiffe_id = id(spiffe_id);
     issue_svid(
         &hierarchy().services,
@@ -42,19 +35,9 @@ fn issue(
 fn p256_csr_to_svid_has_the_svid_profile() {
     let h = hierarchy();
     let key = p256();
-    let csr = parse_csr(
-        &csr_der(&key, &["spiffe://example.org/web"], &["web.example.org"]),
-        &td(),
-    )
-    .unwrap();
+    let csr = parse_csr(&csr_der(&key, &["spiffe://example.org/web"], &["web.example.org"]), &td()).unwrap();
     assert_eq!(csr.key_algorithm, "EC-P256");
-    let issued = issue(
-        &csr.public_key_der,
-        "spiffe://example.org/web",
-        &csr.dns_names,
-        Duration::hours(1),
-    )
-    .unwrap();
+    let issued = issue(&csr.public_key_der, "spiffe://example.org/web", &csr.dns_names, Duration::hours(1)).unwrap();
     assert_eq!(issued.spiffe_id.to_string(), "spiffe://example.org/web");
     assert_eq!(issued.fingerprint, crate::ca::fingerprint(&issued.der));
     assert!(issued.to_pem().starts_with("-----BEGIN CERTIFICATE-----\n"));
@@ -62,17 +45,9 @@ fn p256_csr_to_svid_has_the_svid_profile() {
     let x = x509(&issued.der);
     // Exactly one URI SAN, then the DNS SAN.
     let san = x.subject_alternative_name().unwrap().unwrap();
-    let uris: Vec<_> = san
-        .value
-        .general_names
-        .iter()
-        .filter(|n| matches!(n, GeneralName::URI(_)))
-        .collect();
+    let uris: Vec<_> = san.value.general_names.iter().filter(|n| matches!(n, GeneralName::URI(_))).collect();
     assert_eq!(uris, [&GeneralName::URI("spiffe://example.org/web")]);
-    assert_eq!(
-        san.value.general_names[1],
-        GeneralName::DNSName("web.example.org")
-    );
+    assert_eq!(san.value.general_names[1], GeneralName::DNSName("web.example.org"));
     // CA:FALSE, critical.
     let bc = x.basic_constraints().unwrap().unwrap();
     assert!(bc.critical && !bc.value.ca);
@@ -87,14 +62,8 @@ fn p256_csr_to_svid_has_the_svid_profile() {
     assert_eq!(x.raw_serial(), serial(10).as_bytes());
     assert!(serial(10).bits() >= 128);
     // notBefore now - 30 s, notAfter now + 1 h (whole seconds).
-    assert_eq!(
-        x.validity().not_before.to_datetime(),
-        now_s() - Duration::seconds(30)
-    );
-    assert_eq!(
-        x.validity().not_after.to_datetime(),
-        now_s() + Duration::hours(1)
-    );
+    assert_eq!(x.validity().not_before.to_datetime(), now_s() - Duration::seconds(30));
+    assert_eq!(x.validity().not_after.to_datetime(), now_s() + Duration::hours(1));
     assert_eq!(issued.not_before, now_s() - Duration::seconds(30));
     // AKI = issuer SKI; SKI present; signature verifies with the issuer key.
     assert_eq!(authority_key_id(&x), h.services.cert.subject_key_id());
@@ -110,18 +79,9 @@ fn not_after_is_capped_by_the_issuer() {
     let h = hierarchy();
     let key = p256();
     let spki = key.subject_public_key_info();
-    let issued = issue(
-        &spki,
-        "spiffe://example.org/long",
-        &[],
-        Duration::days(10_000),
-    )
-    .unwrap();
+    let issued = issue(&spki, "spiffe://example.org/long", &[], Duration::days(10_000)).unwrap();
     assert_eq!(issued.not_after, h.services.cert.not_after);
-    assert_eq!(
-        x509(&issued.der).validity().not_after.to_datetime(),
-        h.services.cert.not_after
-    );
+    assert_eq!(x509(&issued.der).validity().not_after.to_datetime(), h.services.cert.not_after);
 }
 
 #[test]
@@ -129,32 +89,13 @@ fn ed25519_and_rsa_csrs_are_issued() {
     let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let csr = parse_csr(&csr_der(&ed, &["spiffe://example.org/ed"], &[]), &td()).unwrap();
     assert_eq!(csr.key_algorithm, "Ed25519");
-    let issued = issue(
-        &csr.public_key_der,
-        "spiffe://example.org/ed",
-        &[],
-        Duration::hours(1),
-    )
-    .unwrap();
-    assert!(
-        !x509(&issued.der)
-            .key_usage()
-            .unwrap()
-            .unwrap()
-            .value
-            .key_encipherment()
-    );
+    let issued = issue(&csr.public_key_der, "spiffe://example.org/ed", &[], Duration::hours(1)).unwrap();
+    assert!(!x509(&issued.der).key_usage().unwrap().unwrap().value.key_encipherment());
 
     let csr = parse_csr(RSA_2048_CSR.as_bytes(), &td()).unwrap();
     assert_eq!(csr.key_algorithm, "RSA-2048");
     assert_eq!(csr.dns_names, ["rsa.example.org"]);
-    let issued = issue(
-        &csr.public_key_der,
-        "spiffe://example.org/rsa",
-        &csr.dns_names,
-        Duration::hours(1),
-    )
-    .unwrap();
+    let issued = issue(&csr.public_key_der, "spiffe://example.org/rsa", &csr.dns_names, Duration::hours(1)).unwrap();
     let ku = *x509(&issued.der).key_usage().unwrap().unwrap().value;
     assert!(ku.digital_signature() && ku.key_encipherment());
 }
@@ -166,14 +107,7 @@ fn request<'a>(
     lifetime: Duration,
     dns: &'a [String],
 ) -> SvidRequest<'a> {
-    SvidRequest {
-        spiffe_id,
-        dns_names: dns,
-        public_key_der: spki,
-        lifetime,
-        serial,
-        common_name: None,
-    }
+    SvidRequest { spiffe_id, dns_names: dns, public_key_der: spki, lifetime, serial, common_name: None }
 }
 
 #[test]
@@ -184,67 +118,24 @@ fn issuance_refusals() {
     let hour = Duration::hours(1);
     let short = Serial::from_bytes(&[0x7f; 15]).unwrap();
     let err = issue_svid(&h.services, &request(&ok, &spki, short, hour, &[]), now()).unwrap_err();
-    assert!(
-        matches!(err, CaError::SerialTooShort { bits: 119, .. }),
-        "{err}"
-    );
-    let err = issue_svid(
-        &h.services,
-        &request(&ok, &spki, serial(3), Duration::ZERO, &[]),
-        now(),
-    )
-    .unwrap_err();
+    assert!(matches!(err, CaError::SerialTooShort { bits: 119, .. }), "{err}");
+    let err = issue_svid(&h.services, &request(&ok, &spki, serial(3), Duration::ZERO, &[]), now()).unwrap_err();
     assert!(matches!(err, CaError::Lifetime { seconds: 0 }), "{err}");
     let bad_dns = vec!["Bad_Name".to_string()];
-    let err = issue_svid(
-        &h.services,
-        &request(&ok, &spki, serial(3), hour, &bad_dns),
-        now(),
-    )
-    .unwrap_err();
-    assert!(
-        matches!(err, CaError::DnsName { .. }) && err.to_string().contains("Bad_Name"),
-        "{err}"
-    );
+    let err = issue_svid(&h.services, &request(&ok, &spki, serial(3), hour, &bad_dns), now()).unwrap_err();
+    assert!(matches!(err, CaError::DnsName { .. }) && err.to_string().contains("Bad_Name"), "{err}");
     let late = h.services.cert.not_after + Duration::seconds(1);
-    let err = issue_svid(
-        &h.services,
-        &request(&ok, &spki, serial(3), hour, &[]),
-        late,
-    )
-    .unwrap_err();
+    let err = issue_svid(&h.services, &request(&ok, &spki, serial(3), hour, &[]), late).unwrap_err();
     assert!(matches!(err, CaError::IssuerExpired { .. }), "{err}");
     let foreign = id("spiffe://other.org/a");
-    let err = issue_svid(
-        &h.services,
-        &request(&foreign, &spki, serial(3), hour, &[]),
-        now(),
-    )
-    .unwrap_err();
+    let err = issue_svid(&h.services, &request(&foreign, &spki, serial(3), hour, &[]), now()).unwrap_err();
     let text = err.to_string();
-    assert!(
-        text.contains("other.org") && text.contains("example.org"),
-        "{text}"
-    );
-    let err = issue_svid(
-        &h.services,
-        &request(&ok, b"junk", serial(3), hour, &[]),
-        now(),
-    )
-    .unwrap_err();
+    assert!(text.contains("other.org") && text.contains("example.org"), "{text}");
+    let err = issue_svid(&h.services, &request(&ok, b"junk", serial(3), hour, &[]), now()).unwrap_err();
     assert!(matches!(err, CaError::UnsupportedKey { .. }), "{err}");
-    let req = SvidRequest {
-        common_name: Some(""),
-        ..request(&ok, &spki, serial(3), hour, &[])
-    };
-    assert!(matches!(
-        issue_svid(&h.services, &req, now()),
-        Err(CaError::CommonName { .. })
-    ));
-    let req = SvidRequest {
-        common_name: Some("web"),
-        ..request(&ok, &spki, serial(3), hour, &[])
-    };
+    let req = SvidRequest { common_name: Some(""), ..request(&ok, &spki, serial(3), hour, &[]) };
+    assert!(matches!(issue_svid(&h.services, &req, now()), Err(CaError::CommonName { .. })));
+    let req = SvidRequest { common_name: Some("web"), ..request(&ok, &spki, serial(3), hour, &[]) };
     let issued = issue_svid(&h.services, &req, now()).unwrap();
     let cn = crate::ca::cert::common_name(&x509(&issued.der));
     assert_eq!(cn.as_deref(), Some("web"));
@@ -253,9 +144,7 @@ fn issuance_refusals() {
 #[test]
 fn server_certificate_has_ip_sans_and_its_own_key() {
     let h = hierarchy();
-    let names: Vec<String> = ["localhost", "127.0.0.1", "::1", "localhost"]
-        .map(String::from)
-        .into();
+    let names: Vec<String> = ["localhost", "127.0.0.1", "::1", "localhost"].map(String::from).into();
     let (issued, key) = issue_server_certificate(
         &h.services,
         &id("spiffe://example.org/trustmesh/server"),
@@ -274,22 +163,14 @@ fn server_certificate_has_ip_sans_and_its_own_key() {
         .general_names
         .iter()
         .filter_map(|n| match n {
-            GeneralName::IPAddress(b) if b.len() == 4 => {
-                Some(IpAddr::from(<[u8; 4]>::try_from(*b).unwrap()))
-            }
+            GeneralName::IPAddress(b) if b.len() == 4 => Some(IpAddr::from(<[u8; 4]>::try_from(*b).unwrap())),
             GeneralName::IPAddress(b) => Some(IpAddr::from(<[u8; 16]>::try_from(*b).unwrap())),
             _ => None,
         })
         .collect();
     assert_eq!(ips, expected_ips);
-    assert_eq!(
-        san.value.general_names[0],
-        GeneralName::URI("spiffe://example.org/trustmesh/server")
-    );
-    assert_eq!(
-        san.value.general_names[1],
-        GeneralName::DNSName("localhost")
-    );
+    assert_eq!(san.value.general_names[0], GeneralName::URI("spiffe://example.org/trustmesh/server"));
+    assert_eq!(san.value.general_names[1], GeneralName::DNSName("localhost"));
     assert_eq!(san.value.general_names.len(), 4, "duplicates removed");
 }
 
@@ -318,11 +199,6 @@ fn the_post_sign_check_catches_a_profile_difference() {
     assert!(validate_leaf(&h.services, &issued.der, &want).is_err());
     want.rsa = false;
     // Signed by the Services CA, so it does not validate against the root.
-    let err = validate_leaf(&h.root, &issued.der, &want)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("is not the subject of") || err.contains("does not verify"),
-        "{err}"
-    );
+    let err = validate_leaf(&h.root, &issued.der, &want).unwrap_err().to_string();
+    assert!(err.contains("is not the subject of") || err.contains("does not verify"), "{err}");
 }

@@ -18,9 +18,7 @@ use x509_parser::prelude::FromDer;
 
 use crate::domain::{Serial, SpiffeId, TrustDomain};
 
-use super::{
-    IntermediateParams, KeyAlgorithm, RootParams, Signer, create_intermediate, create_root,
-};
+use super::{IntermediateParams, KeyAlgorithm, RootParams, Signer, create_intermediate, create_root};
 
 /// 2025-01-01T00:00:00.5Z: sub-second part on purpose (certificates hold whole seconds).
 pub(super) fn now() -> OffsetDateTime {
@@ -70,37 +68,23 @@ pub(super) fn hierarchy() -> &'static Hierarchy {
             now(),
         )
         .unwrap();
-        let services = create_intermediate(
-            &root,
-            &intermediate("trustmesh Services CA"),
-            serial(2),
-            now(),
-        )
-        .unwrap();
+        let services = create_intermediate(&root, &intermediate("trustmesh Services CA"), serial(2), now()).unwrap();
         Hierarchy { root, services }
     })
 }
 
 pub(super) fn intermediate(name: &str) -> IntermediateParams {
-    IntermediateParams {
-        common_name: name.into(),
-        lifetime: Duration::days(INTERMEDIATE_DAYS),
-        trust_domain: td(),
-    }
+    IntermediateParams { common_name: name.into(), lifetime: Duration::days(INTERMEDIATE_DAYS), trust_domain: td() }
 }
 
 /// A CSR signed by `key` with the given SANs (URIs then DNS names).
 pub(super) fn csr_der(key: &KeyPair, uris: &[&str], dns: &[&str]) -> Vec<u8> {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     for u in uris {
-        params
-            .subject_alt_names
-            .push(SanType::URI((*u).try_into().unwrap()));
+        params.subject_alt_names.push(SanType::URI((*u).try_into().unwrap()));
     }
     for d in dns {
-        params
-            .subject_alt_names
-            .push(SanType::DnsName((*d).try_into().unwrap()));
+        params.subject_alt_names.push(SanType::DnsName((*d).try_into().unwrap()));
     }
     params.serialize_request(key).unwrap().der().to_vec()
 }

@@ -1,0 +1,98 @@
+//! Group commit for the SQLite backend: concurrent issuance records share one
+//! transaction and one fsync, so durable issuance scales with concurrency
+//! instead of being capped by the disk's fsync rate.
+//!
+//! Each submission runs under its own savepoint, so one failing record (a
+//! duplicate serial) fails alone; a failing commit fails every record of the
+//! batch. Nobody is answered before the commit that holds their record.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+
+use super::migrations::Stmt;
+use super::sqlite::{exec, join_err, sqlite_err};
+use super::{StoreError, StoreResult};
+
+/// Most records in one transaction.
+const MAX_BATCH: usize = 256;
+
+struct Pending {
+    stmts: Vec<Stmt>,
+    done: oneshot::Sender<StoreResult<()>>,
+}
+
+pub(super) struct GroupCommit {
+    queue: mpsc::UnboundedSender<Pending>,
+}
+
+impl GroupCommit {
+    /// Starts the committing task on the current tokio runtime.
+    pub(super) fn start(conn: Arc<Mutex<Connection>>) -> Self {
+        let (queue, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(conn, rx));
+        Self { queue }
+    }
+
+    /// Writes `stmts` in the next batch; returns once that batch is durable.
+    pub(super) async fn submit(&self, stmts: Vec<Stmt>) -> StoreResult<()> {
+        let (done, result) = oneshot::channel();
+        self.queue
+            .send(Pending { stmts, done })
+            .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?;
+        result.await.map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?
+    }
+}
+
+async fn run(conn: Arc<Mutex<Connection>>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let conn = Arc::clone(&conn);
+        let outcome = tokio::task::spawn_blocking(move || {
+            let results = commit(&mut conn.lock(), &batch);
+            for (p, r) in batch.into_iter().zip(results) {
+                let _ = p.done.send(r);
+            }
+        })
+        .await;
+        if let Err(e) = outcome {
+            tracing::error!(error = %join_err(e), "SQLite group commit failed");
+        }
+    }
+}
+
+/// One transaction for the whole batch; one result per submission.
+fn commit(conn: &mut Connection, batch: &[Pending]) -> Vec<StoreResult<()>> {
+    let fail_all = |e: StoreError| batch.iter().map(|_| Err(clone_err(&e))).collect();
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return fail_all(sqlite_err(e)),
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for p in batch {
+        let one = tx.savepoint().map_err(sqlite_err).and_then(|sp| {
+            p.stmts.iter().try_for_each(|s| exec(&sp, s).map(drop))?;
+            sp.commit().map_err(sqlite_err)
+        });
+        results.push(one);
+    }
+    match tx.commit() {
+        Ok(()) => results,
+        Err(e) => fail_all(sqlite_err(e)),
+    }
+}
+
+fn clone_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        other => StoreError::Backend(other.to_string()),
+    }
+}
