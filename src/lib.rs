@@ -8,6 +8,7 @@ pub mod policy;
 pub mod token;
 
 // state
+pub mod cache;
 pub mod store;
 
 // loop

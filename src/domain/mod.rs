@@ -5,13 +5,17 @@
 //! [`SerialSource`].
 
 mod clock;
+mod entry;
 mod id;
 mod principal;
+mod selector;
 mod serial;
 
 pub use clock::{Clock, ManualClock, SystemClock, unix_seconds};
+pub use entry::{Entry, MAX_SELECTORS, entitled};
 pub use id::{SpiffeId, TrustDomain};
 pub use principal::{Principal, TokenKind};
+pub use selector::{Selector, SelectorKind};
 pub use serial::{RandomSerials, Serial, SerialSource};
 
 /// Errors raised when text from outside does not parse into a domain type.
@@ -26,4 +30,8 @@ pub enum DomainError {
     Serial { value: String, reason: &'static str },
     #[error("unknown token kind {0:?} (expected admin, node or bootstrap)")]
     TokenKind(String),
+    #[error("invalid selector {value:?}: {reason}")]
+    Selector { value: String, reason: String },
+    #[error("invalid entry: {reason}")]
+    Entry { reason: String },
 }

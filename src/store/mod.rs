@@ -135,6 +135,21 @@ pub struct AuditRecord {
     pub reason: String,
 }
 
+/// A registration entry as stored (the domain `Entry` in text form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRecord {
+    pub id: String,
+    pub spiffe_id: String,
+    /// Sorted selector texts (`unix:uid:1000`, …).
+    pub selectors: Vec<String>,
+    pub dns_names: Vec<String>,
+    pub ttl_seconds: Option<i64>,
+    pub jwt_ttl_seconds: Option<i64>,
+    pub hint: Option<String>,
+    pub federates_with: Vec<String>,
+    pub created_at: i64,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct CertFilter {
     pub spiffe_id: Option<String>,
@@ -234,6 +249,20 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes certificate records with `not_after <= now - grace` and used
     /// token ids with `expires_at <= now`. Returns the number of certificates deleted.
     async fn purge_expired(&self, now: i64, grace: i64) -> StoreResult<u64>;
+
+    /// Stores a new entry with its audit record in one transaction. The same
+    /// SPIFFE ID with the same selector set twice is a `Conflict`.
+    async fn insert_entry(&self, _entry: &EntryRecord, _audit: &AuditRecord) -> StoreResult<()> {
+        Err(StoreError::Backend("registration entries are not stored by this backend yet".into()))
+    }
+    /// Every entry, oldest first (by `created_at`, then `id`).
+    async fn entries(&self) -> StoreResult<Vec<EntryRecord>> {
+        Err(StoreError::Backend("registration entries are not stored by this backend yet".into()))
+    }
+    /// Deletes an entry with its audit record; `false` when there was none.
+    async fn delete_entry(&self, _id: &str, _audit: &AuditRecord) -> StoreResult<bool> {
+        Err(StoreError::Backend("registration entries are not stored by this backend yet".into()))
+    }
 
     async fn append_audit(&self, record: &AuditRecord) -> StoreResult<()>;
     /// Oldest first, at most `limit` (default 1000), the newest ones.

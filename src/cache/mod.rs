@@ -1,0 +1,99 @@
+//! The identity cache: the one source that the SDS server (and next the
+//! Workload API) read identities from.
+//!
+//! For every entry some connected caller holds, the cache keeps the current
+//! X.509-SVID with a fresh server-generated P-256 key, and replaces it at 50 %
+//! of its lifetime ±10 % jitter. Callers follow an [`IdentitySet`] through a
+//! `tokio::sync::watch`: one immutable value per change, shared by every
+//! stream of that caller. Entries no caller holds are not kept warm.
+//!
+//! Boundary: servers consume identities only through [`IdentitySource`], so a
+//! future node agent can serve the same sockets with identities it obtains
+//! from a remote trustmesh server.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::ca::PrivateKey;
+use crate::domain::{Selector, SpiffeId};
+use crate::issuer::TrustSnapshot;
+
+/// One X.509-SVID with its key.
+#[derive(Debug)]
+pub struct Svid {
+    pub entry_id: String,
+    pub spiffe_id: SpiffeId,
+    pub hint: Option<String>,
+    /// Leaf followed by its issuing intermediate, DER.
+    pub chain_der: Vec<Vec<u8>>,
+    /// The same chain, PEM.
+    pub chain_pem: String,
+    /// Never logged; leaves the process only inside SDS / Workload API responses.
+    pub key: PrivateKey,
+    pub serial: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+/// Everything one caller holds at one moment.
+#[derive(Debug, Clone)]
+pub struct IdentitySet {
+    /// Moves forward with every change of this set.
+    pub version: u64,
+    /// One per entitled entry, oldest entry first: `svids[0]` is `default`.
+    pub svids: Vec<Arc<Svid>>,
+    /// Entitled identities that currently get no SVID, with the reason
+    /// (denied identity, issuance failure).
+    pub withheld: Vec<(SpiffeId, String)>,
+    /// The trust bundle and CRLs.
+    pub trust: Arc<TrustSnapshot>,
+}
+
+impl IdentitySet {
+    /// The SVID named by `name`: `default` or a SPIFFE ID.
+    pub fn svid(&self, name: &str) -> Option<&Arc<Svid>> {
+        if name == "default" {
+            return self.svids.first();
+        }
+        self.svids.iter().find(|s| s.spiffe_id.to_string() == name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// The caller's selectors match no registration entry.
+    #[error("no registration entry matches the caller's selectors")]
+    NoEntry,
+    #[error("identities unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A caller's live view of its identities. Dropping it releases the caller's
+/// entries; when no caller holds an entry any more, its SVID is not renewed.
+pub struct IdentityWatch {
+    pub updates: watch::Receiver<Arc<IdentitySet>>,
+    /// Released on drop (implementation-defined).
+    pub guard: Box<dyn Send + Sync>,
+}
+
+impl IdentityWatch {
+    pub fn current(&self) -> Arc<IdentitySet> {
+        self.updates.borrow().clone()
+    }
+}
+
+/// Where servers get identities from.
+#[async_trait::async_trait]
+pub trait IdentitySource: Send + Sync + 'static {
+    /// Starts following the identities of a caller with these selectors. The
+    /// first set is complete when this returns (SVIDs minted if needed).
+    /// `NoEntry` when the selectors match no entry.
+    async fn watch(&self, selectors: BTreeSet<Selector>) -> Result<IdentityWatch, CacheError>;
+
+    /// The trust bundle and CRLs alone (for callers that hold no SVID).
+    fn trust(&self) -> watch::Receiver<Arc<TrustSnapshot>>;
+}
