@@ -158,7 +158,7 @@ echo "trustmesh pid $TM_PID ready: listen $API, http_listen $HTTP" >&2
 "$WORK/bench-signcsr" --target trustmesh --mode generate --addr "https://$API" \
     --ca-file "$DATA/ca-bundle.pem" --token-file "$DATA/admin.token" --server-pid "$TM_PID" \
     --duration "$DURATION" --warmup "$WARMUP" --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" \
-    | tee "$WORK/tm-generate.out"
+    --raw-secs 0 | tee "$WORK/tm-generate.out"
 # The records are durable: the server counts them from its database.
 "$TM" --data-dir "$DATA" --server "https://$API" --output json pki status > "$WORK/tm-status.json" \
     || die "trustmesh pki status failed"
@@ -224,7 +224,7 @@ if [ "${BENCH_SKIP_OPENBAO:-}" != 1 ]; then
         say "3. OpenBao pki/$mode/spiffe, $CONCURRENCY concurrent callers"
         "$WORK/bench-signcsr" --target openbao --mode "$mode" --addr "127.0.0.1:$BAO_PORT" --token root \
             --mount pki --role spiffe --server-pid "$BAO_PID" \
-            --duration "$DURATION" --warmup "$WARMUP" --concurrency "$CONCURRENCY" \
+            --duration "$DURATION" --warmup "$WARMUP" --concurrency "$CONCURRENCY" --raw-secs 0 \
             | tee "$WORK/bao-$mode.out"
     done
     BAO_STORED=$(bao list -format=json pki/certs 2>/dev/null | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))' || echo "?")

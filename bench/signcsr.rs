@@ -269,7 +269,7 @@ struct Shared {
     phase: AtomicU8,
     ok: AtomicU64,
     err: AtomicU64,
-    first_error: std::sync::Mutex<Option<String>>,
+    first_error: parking_lot::Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -293,9 +293,8 @@ impl Shared {
     }
 
     fn note_error(&self, e: String) {
-        if let Ok(mut first) = self.first_error.lock()
-            && first.is_none()
-        {
+        let mut first = self.first_error.lock();
+        if first.is_none() {
             *first = Some(e);
         }
     }
@@ -552,7 +551,7 @@ async fn run(a: Args) {
         phase: AtomicU8::new(WARMUP),
         ok: AtomicU64::new(0),
         err: AtomicU64::new(0),
-        first_error: std::sync::Mutex::new(None),
+        first_error: parking_lot::Mutex::new(None),
     });
     let mut tasks = Vec::new();
     if a.target == "trustmesh" {
@@ -657,9 +656,7 @@ async fn run(a: Args) {
             1e6 / raw1
         );
     }
-    if let Ok(first) = shared.first_error.lock()
-        && let Some(e) = first.as_ref()
-    {
+    if let Some(e) = shared.first_error.lock().as_ref() {
         println!("  first error: {e}");
     }
     println!(

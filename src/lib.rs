@@ -14,6 +14,9 @@ pub mod store;
 // loop
 pub mod issuer;
 
+// attestation of callers (reads /proc; used by the servers)
+pub mod attest;
+
 // servers
 pub mod admin;
 pub mod telemetry;

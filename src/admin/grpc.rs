@@ -9,7 +9,7 @@ use crate::issuer::{Caller, Credentials, GenerateRequest, Issuer, IssuerError, M
 use crate::proto::admin::v1 as pb;
 use crate::store::{AuditFilter, CaRecord, CaRole, CertFilter, CertRecord, CertStatus};
 
-use super::PeerCertificate;
+use crate::attest::TlsPeer;
 
 pub struct AdminService {
     issuer: Arc<Issuer>,
@@ -27,7 +27,7 @@ impl AdminService {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(|v| v.trim().to_string());
-        let peer_cert_der = request.extensions().get::<PeerCertificate>().and_then(|p| p.0.clone());
+        let peer_cert_der = request.extensions().get::<TlsPeer>().and_then(|p| p.certificate.clone());
         let creds = Credentials { bearer, peer_cert_der };
         self.issuer.authenticate(&creds, action).await.map_err(status)
     }

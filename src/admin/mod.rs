@@ -21,10 +21,6 @@ pub use grpc::status;
 pub use http::{HttpState, MetricsRenderer};
 pub use tls::ServerTls;
 
-/// The DER client certificate of a TLS connection, as a request extension.
-#[derive(Debug, Clone, Default)]
-pub struct PeerCertificate(pub Option<Vec<u8>>);
-
 /// gRPC messages above this are refused by the transport; CSRs above
 /// [`MAX_REQUEST_BYTES`] are refused (and audited) by the service.
 const MAX_GRPC_MESSAGE: usize = 4 * MAX_REQUEST_BYTES;
@@ -67,7 +63,7 @@ pub async fn serve_tls(
                 Err(_) => return,
             };
             let peer = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
-            let service = router.layer(axum::Extension(PeerCertificate(peer)));
+            let service = router.layer(axum::Extension(crate::attest::TlsPeer { certificate: peer }));
             serve_connection(TokioIo::new(stream), service).await;
         });
     }
