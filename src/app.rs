@@ -160,6 +160,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let http = TcpListener::bind(cfg.http_listen)
         .await
         .with_context(|| format!("cannot listen on {} (--http-listen)", cfg.http_listen))?;
+    let socket = crate::net::bind_unix(&cfg.socket)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let renderer: admin::MetricsRenderer = {
         let telemetry = telemetry.clone();
@@ -169,13 +170,21 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let http_router = admin::http_router(issuer.clone(), renderer);
     let api_addr = api.local_addr()?;
     let http_addr = http.local_addr()?;
+    let local_router = axum::Router::new();
     let servers = [
-        tokio::spawn(admin::serve_tls(api, tls.clone(), tls_router, stop_rx.clone())),
-        tokio::spawn(admin::serve_http(http, http_router, stop_rx.clone())),
+        tokio::spawn(crate::net::serve_tls(api, tls.acceptor(), tls_router, stop_rx.clone())),
+        tokio::spawn(crate::net::serve_tcp(http, http_router, stop_rx.clone())),
+        tokio::spawn(crate::net::serve_unix(socket, local_router, stop_rx.clone())),
     ];
     tokio::spawn(issuer.clone().run_maintenance());
     tokio::spawn(keep_files_current(issuer.clone(), tls, bundle_path));
-    tracing::info!(listen = %api_addr, http_listen = %http_addr, trust_domain = %cfg.trust_domain, "ready");
+    tracing::info!(
+        listen = %api_addr,
+        http_listen = %http_addr,
+        socket = %cfg.socket.display(),
+        trust_domain = %cfg.trust_domain,
+        "ready"
+    );
 
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -184,6 +193,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         let _ = s.await;
     }
     telemetry.shutdown();
+    let _ = std::fs::remove_file(&cfg.socket);
     Ok(())
 }
 

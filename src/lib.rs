@@ -21,6 +21,9 @@ pub mod attest;
 pub mod admin;
 pub mod telemetry;
 
+// transports: accept loops for the servers' routers
+pub mod net;
+
 // wiring and entry points
 pub mod app;
 pub mod cli;

@@ -941,3 +941,27 @@ fn pki_init_imports_an_intermediate_and_keeps_the_root_offline() {
     ]);
     openssl_ok(&["verify", "-CAfile", s.bundle_path().to_str().unwrap(), leaf.to_str().unwrap()]);
 }
+
+#[test]
+fn the_local_socket_has_the_spec_modes_and_survives_a_crash() {
+    let dir = tmp();
+    let data = dir.path().join("data");
+    let socket = Server::socket_path(&data);
+    let mut s = Server::start(&data, &[]);
+    assert_eq!(mode(&socket), 0o777);
+    assert_eq!(mode(socket.parent().unwrap()), 0o755);
+    assert!(s.log().contains(socket.to_str().unwrap()), "the ready line names the socket");
+    // Another server may not steal a live socket.
+    let other = dir.path().join("other");
+    let (log, _) = match Server::try_start(&other, &["--socket", socket.to_str().unwrap()]) {
+        Ok(_) => panic!("a second server took over a live socket"),
+        Err(e) => e,
+    };
+    assert!(log.contains("another process is listening"), "{log}");
+    // A crash leaves the socket file behind; the next start replaces it.
+    s.kill();
+    assert!(socket.exists());
+    let s = Server::start(&data, &[]);
+    assert_eq!(mode(&socket), 0o777);
+    assert!(s.log().contains("removing a stale socket"));
+}

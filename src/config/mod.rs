@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// Listen address of the plaintext read-only HTTP port (health, metrics, bundle, CRL, JWKS).
     #[arg(long, env = "TRUSTMESH_HTTP_LISTEN", default_value = "127.0.0.1:4021")]
     pub http_listen: String,
+    /// Local socket for the Workload API and SDS (mode 0777 in a 0755 folder, outside the data directory).
+    #[arg(long, env = "TRUSTMESH_SOCKET", default_value = "/tmp/trustmesh/public/api.sock")]
+    pub socket: PathBuf,
     /// Trust domain of this CA (lowercase, e.g. example.org).
     #[arg(long, env = "TRUSTMESH_TRUST_DOMAIN", default_value = "example.org")]
     pub trust_domain: String,
@@ -75,6 +78,7 @@ pub struct ServeConfig {
     pub kek_file: PathBuf,
     pub listen: SocketAddr,
     pub http_listen: SocketAddr,
+    pub socket: PathBuf,
     pub trust_domain: TrustDomain,
     pub server_names: Vec<String>,
     pub policy_dir: Option<PathBuf>,
@@ -118,7 +122,13 @@ impl ServeConfig {
                 ));
             }
         }
-        let svid_ttl = seconds("--svid-ttl/TRUSTMESH_SVID_TTL", &args.svid_ttl, 60, 30 * 86_400)?;
+        let svid_ttl = seconds("--svid-ttl/TRUSTMESH_SVID_TTL", &args.svid_ttl, 10, 30 * 86_400)?;
+        if !args.socket.is_absolute() || args.socket.starts_with(data_dir) {
+            return Err(ConfigError::new(
+                "--socket/TRUSTMESH_SOCKET",
+                format!("{} must be an absolute path outside the data directory", args.socket.display()),
+            ));
+        }
         let max_cert_ttl = seconds("--max-cert-ttl/TRUSTMESH_MAX_CERT_TTL", &args.max_cert_ttl, 60, 3650 * 86_400)?;
         if svid_ttl > max_cert_ttl {
             return Err(ConfigError::new("--svid-ttl/TRUSTMESH_SVID_TTL", "must not exceed --max-cert-ttl"));
@@ -129,6 +139,7 @@ impl ServeConfig {
             database_url,
             listen,
             http_listen,
+            socket: args.socket.clone(),
             trust_domain,
             server_names: args.server_names.clone(),
             policy_dir: args.policy_dir.clone(),
@@ -194,6 +205,8 @@ mod tests {
             (vec!["--listen", "nope"], "--listen"),
             (vec!["--svid-ttl", "abc"], "--svid-ttl"),
             (vec!["--svid-ttl", "5"], "--svid-ttl"),
+            (vec!["--socket", "relative.sock"], "--socket"),
+            (vec!["--socket", "/tmp/d/api.sock"], "--socket"),
             (vec!["--database-url", "mysql://x"], "--database-url"),
             (vec!["--http-listen", "127.0.0.1:4020"], "--http-listen"),
         ] {

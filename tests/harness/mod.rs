@@ -31,8 +31,13 @@ impl Server {
 
     /// Like `start`, but returns the log and reason when the server exits or hangs.
     pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Server, (String, String)> {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--log-format", "json"])
+        let socket = Self::socket_path(data_dir);
+        let mut command = Command::new(BIN);
+        command.args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--log-format", "json"]);
+        if !extra.contains(&"--socket") {
+            command.arg("--socket").arg(&socket);
+        }
+        let mut child = command
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
@@ -52,6 +57,11 @@ impl Server {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    {
+                        let mut l = log.lock();
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
                     if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                         && v["message"] == "ready"
                     {
@@ -61,9 +71,6 @@ impl Server {
                             let _ = tx.send((a, h));
                         }
                     }
-                    let mut l = log.lock();
-                    l.push_str(&line);
-                    l.push('\n');
                 }
             });
         }
@@ -84,6 +91,13 @@ impl Server {
                 return Err((text, "no ready line within 60 s".into()));
             }
         }
+    }
+
+    /// The local socket a test server uses by default: beside (not inside) its data directory.
+    pub fn socket_path(data_dir: &Path) -> PathBuf {
+        let mut name = data_dir.as_os_str().to_owned();
+        name.push("-socket");
+        PathBuf::from(name).join("api.sock")
     }
 
     /// The CLI pointed at this server and data directory.
