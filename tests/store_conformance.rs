@@ -12,8 +12,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use trustmesh::store::{
-    AuditFilter, AuditRecord, CaRecord, CaRole, CertFilter, CertRecord, CertStatus, DenyRecord, RevokeOutcome,
-    RevokedEntry, SigningKeyRecord, Store, StoreError,
+    AuditFilter, AuditRecord, CaRecord, CaRole, CertFilter, CertRecord, CertStatus, DenyRecord, EntryRecord,
+    RevokeOutcome, RevokedEntry, SigningKeyRecord, Store, StoreError,
 };
 
 macro_rules! conformance {
@@ -56,6 +56,10 @@ conformance!(
     audit_log,
     concurrent_issuance,
     concurrent_duplicate_fails_alone,
+    entries_roundtrip_oldest_first,
+    entry_conflicts,
+    delete_entry_outcomes,
+    concurrent_duplicate_entries,
 );
 
 const NOW: i64 = 1_700_000_000;
@@ -410,6 +414,85 @@ async fn concurrent_duplicate_fails_alone(s: Arc<dyn Store>) {
     );
 }
 
+async fn entries_roundtrip_oldest_first(s: Arc<dyn Store>) {
+    assert!(s.entries().await.unwrap().is_empty());
+    let mut full = entry("e2", "spiffe://example.org/web", &["unix:uid:1000", "unix:path:/usr/bin/envoy"], NOW);
+    full.dns_names = vec!["web.example.org".into(), "*.web.example.org".into()];
+    full.ttl_seconds = Some(600);
+    full.jwt_ttl_seconds = Some(120);
+    full.hint = Some("internal \"web\" ✓".into());
+    full.federates_with = vec!["other.org".into()];
+    let older = entry("e9", "spiffe://example.org/db", &["unix:uid:5"], NOW - 10);
+    let same_time = entry("e1", "spiffe://example.org/web", &["unix:uid:1001"], NOW);
+    for e in [&full, &older, &same_time] {
+        s.insert_entry(e, &audit("create_entry", &e.spiffe_id, NOW)).await.unwrap();
+    }
+    let stored = s.entries().await.unwrap();
+    let ids: Vec<_> = stored.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["e9", "e1", "e2"], "oldest first, then by id");
+    let mut expected = full.clone();
+    expected.selectors.sort();
+    assert_eq!(stored[2], expected, "every field survives; selectors come back sorted");
+    assert_eq!(stored[0], older, "absent optional fields stay absent");
+    let web = AuditFilter { target: Some("spiffe://example.org/web".into()), ..Default::default() };
+    assert_eq!(s.audit(&web).await.unwrap().len(), 2, "each insert wrote its audit record");
+}
+
+async fn entry_conflicts(s: Arc<dyn Store>) {
+    let first = entry("a1", "spiffe://example.org/web", &["unix:gid:1000", "unix:uid:1000"], NOW);
+    s.insert_entry(&first, &audit("create_entry", &first.spiffe_id, NOW)).await.unwrap();
+    // the same SPIFFE ID and selector set, in another order and with a duplicate
+    let again = entry("a2", "spiffe://example.org/web", &["unix:gid:1000", "unix:uid:1000", "unix:gid:1000"], NOW);
+    let dup = s.insert_entry(&again, &audit("create_entry", &again.spiffe_id, NOW)).await;
+    assert!(matches!(&dup, Err(StoreError::Conflict { what }) if what.contains("spiffe://example.org/web")), "{dup:?}");
+    let same_id = entry("a1", "spiffe://example.org/other", &["unix:uid:1"], NOW);
+    let dup = s.insert_entry(&same_id, &audit("create_entry", &same_id.spiffe_id, NOW)).await;
+    assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
+    assert_eq!(s.entries().await.unwrap(), std::slice::from_ref(&first), "failed inserts change nothing");
+    assert_eq!(s.audit(&AuditFilter::default()).await.unwrap().len(), 1, "and write no audit record");
+
+    // a subset, a superset or another identity with the same selectors are distinct entries
+    for (id, spiffe_id, sels) in [
+        ("b1", "spiffe://example.org/web", &["unix:uid:1000"][..]),
+        ("b2", "spiffe://example.org/web", &["unix:uid:1000", "unix:gid:1000", "unix:user:web"][..]),
+        ("b3", "spiffe://example.org/api", &["unix:uid:1000", "unix:gid:1000"][..]),
+    ] {
+        s.insert_entry(&entry(id, spiffe_id, sels, NOW), &audit("create_entry", spiffe_id, NOW)).await.unwrap();
+    }
+    assert_eq!(s.entries().await.unwrap().len(), 4);
+}
+
+async fn delete_entry_outcomes(s: Arc<dyn Store>) {
+    let e = entry("d1", "spiffe://example.org/web", &["unix:uid:1000"], NOW);
+    s.insert_entry(&e, &audit("create_entry", &e.spiffe_id, NOW)).await.unwrap();
+    assert!(s.delete_entry("d1", &audit("delete_entry", &e.spiffe_id, NOW + 1)).await.unwrap());
+    assert!(s.entries().await.unwrap().is_empty());
+    assert!(!s.delete_entry("d1", &audit("delete_entry", &e.spiffe_id, NOW + 2)).await.unwrap());
+    assert!(!s.delete_entry("never", &audit("delete_entry", "", NOW + 3)).await.unwrap());
+    let actions: Vec<_> = s.audit(&AuditFilter::default()).await.unwrap().into_iter().map(|a| a.action).collect();
+    assert_eq!(actions, ["create_entry", "delete_entry"], "only a real deletion is audited as one");
+    // the same identity and selectors may be registered again once deleted
+    let back = entry("d2", "spiffe://example.org/web", &["unix:uid:1000"], NOW + 4);
+    s.insert_entry(&back, &audit("create_entry", &back.spiffe_id, NOW + 4)).await.unwrap();
+    assert_eq!(s.entries().await.unwrap(), [back]);
+}
+
+async fn concurrent_duplicate_entries(s: Arc<dyn Store>) {
+    let results = join_all((0..8).map(|i| {
+        let s = s.clone();
+        async move {
+            let e = entry(&format!("c{i}"), "spiffe://example.org/race", &["token:sub:node-a"], NOW + i);
+            s.insert_entry(&e, &audit("create_entry", &e.spiffe_id, NOW)).await
+        }
+    }))
+    .await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let conflicts = results.iter().filter(|r| matches!(r, Err(StoreError::Conflict { .. }))).count();
+    assert_eq!((ok, conflicts), (1, 7), "{results:?}");
+    assert_eq!(s.entries().await.unwrap().len(), 1);
+    assert_eq!(s.audit(&AuditFilter::default()).await.unwrap().len(), 1);
+}
+
 // ---- backend-specific ------------------------------------------------------
 
 #[tokio::test]
@@ -450,6 +533,36 @@ async fn sqlite_in_memory_and_bad_urls() {
         let err = trustmesh::store::open(url).await.err();
         assert!(matches!(err, Some(StoreError::Url { .. })), "{url}: {err:?}");
     }
+}
+
+#[tokio::test]
+async fn sqlite_version_1_database_gains_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    drop(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("DROP TABLE entries; UPDATE schema_version SET version = 1").unwrap();
+    drop(conn);
+    let store: Arc<dyn Store> = Arc::new(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
+    let e = entry("m1", "spiffe://example.org/web", &["unix:uid:1000"], NOW);
+    store.insert_entry(&e, &audit("create_entry", &e.spiffe_id, NOW)).await.unwrap();
+    drop(store);
+    let store = trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.entries().await.unwrap(), [e], "entries survive a reopen");
+}
+
+#[tokio::test]
+async fn sqlite_corrupt_entry_lists_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap();
+    let e = entry("x1", "spiffe://example.org/web", &["unix:uid:1000"], NOW);
+    store.insert_entry(&e, &audit("create_entry", &e.spiffe_id, NOW)).await.unwrap();
+    drop(store);
+    rusqlite::Connection::open(&path).unwrap().execute("UPDATE entries SET dns_names = 'nope'", []).unwrap();
+    let store = trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap();
+    let err = store.entries().await.err();
+    assert!(matches!(&err, Some(StoreError::Corrupt(m)) if m.contains("x1") && m.contains("dns_names")), "{err:?}");
 }
 
 #[tokio::test]
@@ -608,6 +721,20 @@ fn audit(action: &str, target: &str, at: i64) -> AuditRecord {
         target: target.into(),
         outcome: "ok".into(),
         reason: String::new(),
+    }
+}
+
+fn entry(id: &str, spiffe_id: &str, selectors: &[&str], created_at: i64) -> EntryRecord {
+    EntryRecord {
+        id: id.into(),
+        spiffe_id: spiffe_id.into(),
+        selectors: selectors.iter().map(|s| s.to_string()).collect(),
+        dns_names: vec![],
+        ttl_seconds: None,
+        jwt_ttl_seconds: None,
+        hint: None,
+        federates_with: vec![],
+        created_at,
     }
 }
 

@@ -5,9 +5,12 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::issuer::{Caller, Credentials, GenerateRequest, Issuer, IssuerError, MintRequest, SignRequest};
+use crate::domain::Entry;
+use crate::issuer::{
+    Caller, Credentials, EntryRequest, GenerateRequest, Issuer, IssuerError, MintRequest, SignRequest,
+};
 use crate::proto::admin::v1 as pb;
-use crate::store::{AuditFilter, CaRecord, CaRole, CertFilter, CertRecord, CertStatus};
+use crate::store::{AuditFilter, CaRecord, CaRole, CertFilter, CertRecord, CertStatus, StoreError};
 
 use crate::attest::TlsPeer;
 
@@ -41,6 +44,7 @@ pub fn status(err: IssuerError) -> Status {
         IssuerError::PermissionDenied(_) | IssuerError::Denied { .. } => Status::permission_denied(msg),
         IssuerError::InvalidArgument(_) => Status::invalid_argument(msg),
         IssuerError::NotFound(_) => Status::not_found(msg),
+        IssuerError::Store(StoreError::Conflict { .. }) => Status::already_exists(msg),
         IssuerError::FailedPrecondition(_) => Status::failed_precondition(msg),
         IssuerError::Store(_) => Status::unavailable(msg),
         _ => Status::internal(msg),
@@ -267,6 +271,57 @@ impl pb::admin_server::Admin for AdminService {
                 })
                 .collect(),
         }))
+    }
+
+    async fn create_entry(&self, request: Request<pb::CreateEntryRequest>) -> Result<Response<pb::Entry>, Status> {
+        let caller = self.caller(&request, "create_entry").await?;
+        let req = request.into_inner();
+        let entry = EntryRequest {
+            spiffe_id: req.spiffe_id,
+            selectors: req.selectors,
+            dns_names: req.dns_names,
+            ttl_seconds: (req.ttl_seconds > 0).then_some(req.ttl_seconds),
+            jwt_ttl_seconds: (req.jwt_ttl_seconds > 0).then_some(req.jwt_ttl_seconds),
+            hint: (!req.hint.is_empty()).then_some(req.hint),
+            federates_with: req.federates_with,
+        };
+        let created = self.issuer.create_entry(&caller, entry).await.map_err(status)?;
+        Ok(Response::new(entry_info(&created)))
+    }
+
+    async fn list_entries(
+        &self,
+        request: Request<pb::ListEntriesRequest>,
+    ) -> Result<Response<pb::ListEntriesResponse>, Status> {
+        let caller = self.caller(&request, "list_entries").await?;
+        let entries = self.issuer.list_entries(&caller).await.map_err(status)?;
+        Ok(Response::new(pb::ListEntriesResponse { entries: entries.iter().map(entry_info).collect() }))
+    }
+
+    async fn show_entry(&self, request: Request<pb::ShowEntryRequest>) -> Result<Response<pb::Entry>, Status> {
+        let caller = self.caller(&request, "show_entry").await?;
+        let entry = self.issuer.show_entry(&caller, &request.into_inner().id).await.map_err(status)?;
+        Ok(Response::new(entry_info(&entry)))
+    }
+
+    async fn delete_entry(&self, request: Request<pb::DeleteEntryRequest>) -> Result<Response<pb::Entry>, Status> {
+        let caller = self.caller(&request, "delete_entry").await?;
+        let entry = self.issuer.delete_entry(&caller, &request.into_inner().id).await.map_err(status)?;
+        Ok(Response::new(entry_info(&entry)))
+    }
+}
+
+fn entry_info(e: &Entry) -> pb::Entry {
+    pb::Entry {
+        id: e.id.clone(),
+        spiffe_id: e.spiffe_id.to_string(),
+        selectors: e.selectors.iter().map(ToString::to_string).collect(),
+        dns_names: e.dns_names.clone(),
+        ttl_seconds: e.ttl_seconds.map_or(0, u64::from),
+        jwt_ttl_seconds: e.jwt_ttl_seconds.map_or(0, u64::from),
+        hint: e.hint.clone().unwrap_or_default(),
+        federates_with: e.federates_with.iter().map(|td| td.as_str().to_string()).collect(),
+        created_at: e.created_at,
     }
 }
 

@@ -10,6 +10,21 @@
 //! Boundary: servers consume identities only through [`IdentitySource`], so a
 //! future node agent can serve the same sockets with identities it obtains
 //! from a remote trustmesh server.
+//!
+//! Layout: `identity.rs` ([`IdentityCache`], the watch entry point),
+//! `state.rs` (sets, warm entries, publication), `driver.rs` (one rotation
+//! task per warm entry), `follow.rs` (entry and trust/deny-list changes),
+//! `timing.rs` (injected timer and jitter), `metrics.rs`.
+
+mod driver;
+mod follow;
+mod identity;
+mod metrics;
+mod state;
+mod timing;
+
+pub use identity::{CacheOptions, IdentityCache};
+pub use timing::{FixedJitter, Jitter, ManualTimer, RingJitter, Timer, TokioTimer, rotation_at};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

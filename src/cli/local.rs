@@ -58,6 +58,11 @@ pub enum PolicyCommand {
         /// SPIFFE IDs a Bootstrap principal was minted for.
         #[arg(long = "spiffe-id")]
         spiffe_ids: Vec<String>,
+        /// Ask as the server does for an SVID checked against the registration
+        /// entries: `--entry-matched` (or `true`) when an entry the principal
+        /// matches names the resource, `false` when none does.
+        #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+        entry_matched: Option<bool>,
         #[arg(long, env = "TRUSTMESH_POLICY_DIR")]
         policy_dir: Option<PathBuf>,
         #[arg(long, env = "TRUSTMESH_TRUST_DOMAIN", default_value = "example.org")]
@@ -123,7 +128,8 @@ async fn run_init(ctx: &Context, args: InitArgs) -> Result<InitView, String> {
 }
 
 pub fn policy(command: PolicyCommand, output: OutputFormat) -> i32 {
-    let PolicyCommand::Check { principal, action, resource, spiffe_ids, policy_dir, trust_domain } = command;
+    let PolicyCommand::Check { principal, action, resource, spiffe_ids, entry_matched, policy_dir, trust_domain } =
+        command;
     let result = (|| -> Result<(policy::Decision, String), String> {
         let td = TrustDomain::parse(&trust_domain).map_err(|e| e.to_string())?;
         let ids =
@@ -132,7 +138,8 @@ pub fn policy(command: PolicyCommand, output: OutputFormat) -> i32 {
         let principal = policy::parse_principal(&principal, &ids).map_err(|e| e.to_string())?;
         let action: Action = action.parse().map_err(|e: policy::PolicyError| e.to_string())?;
         let resource = policy::parse_resource(&resource).map_err(|e| e.to_string())?;
-        let decision = engine.decide(&principal, action, &resource, &td);
+        let ctx = policy::DecisionContext { entry_matched };
+        let decision = engine.decide_with(&principal, action, &resource, &td, &ctx);
         Ok((decision, principal.describe()))
     })();
     match result {
@@ -143,12 +150,15 @@ pub fn policy(command: PolicyCommand, output: OutputFormat) -> i32 {
                 principal: String,
                 policy_ids: &'a [String],
                 errors: &'a [String],
+                #[serde(skip_serializing_if = "Option::is_none")]
+                entry_matched: Option<bool>,
             }
             let view = View {
                 decision: if decision.allowed { "ALLOW" } else { "DENY" },
                 principal: who,
                 policy_ids: &decision.policy_ids,
                 errors: &decision.errors,
+                entry_matched,
             };
             output.print(&view, |_| format!("{decision}\n"));
             0

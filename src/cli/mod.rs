@@ -1,10 +1,12 @@
 //! The command line: `serve`, and the admin commands that talk to a server
-//! over gRPC (`pki …`, `token mint`, `audit list`), plus the local ones
+//! over gRPC (`pki …`, `token mint`, `entry …`, `audit list`), plus the local ones
 //! (`pki init`, `policy check`). Human text by default, `--output json` for
 //! scripts; every failure is one line on stderr and a non-zero exit.
 
 mod client;
 mod commands;
+mod entries;
+mod envoy;
 mod local;
 mod output;
 
@@ -49,6 +51,11 @@ pub enum Command {
         #[command(subcommand)]
         command: commands::TokenCommand,
     },
+    /// Registration entries: which callers get which SPIFFE ID.
+    Entry {
+        #[command(subcommand)]
+        command: entries::EntryCommand,
+    },
     /// Evaluate the Cedar policy locally.
     Policy {
         #[command(subcommand)]
@@ -58,6 +65,11 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: commands::AuditCommand,
+    },
+    /// Envoy integration: bootstrap configurations that use trustmesh's SDS.
+    Envoy {
+        #[command(subcommand)]
+        command: envoy::EnvoyCommand,
     },
 }
 
@@ -102,7 +114,12 @@ pub fn run(cli: Cli) -> i32 {
             let ctx = client::Context { args: cli.client, data_dir: cli.data_dir, output };
             runtime.block_on(commands::audit(ctx, command))
         }
+        Command::Entry { command } => {
+            let ctx = client::Context { args: cli.client, data_dir: cli.data_dir, output };
+            runtime.block_on(entries::entry(ctx, command))
+        }
         Command::Policy { command } => local::policy(command, output),
+        Command::Envoy { command } => envoy::run(command, &cli.client, &cli.data_dir, output),
     }
 }
 

@@ -85,6 +85,7 @@ impl Issuer {
         let (snapshot, _) = watch::channel(Arc::new(TrustSnapshot::empty(&cfg.trust_domain)));
         let issuer = Arc::new(Self {
             cfg,
+            entries: super::entries::load(store.as_ref()).await?,
             store,
             kek,
             clock,
@@ -366,6 +367,7 @@ pub(crate) async fn load_token_keys(store: &dyn Store, kek: &Kek, now: i64) -> R
     let mut verifying = Vec::new();
     let mut jwt_svid_keys = Vec::new();
     let mut newest: Option<&SigningKeyRecord> = None;
+    let mut newest_jwt_svid: Option<&SigningKeyRecord> = None;
     for r in records.iter().filter(|r| r.not_after > now) {
         let key = VerifyingKey::from_spki_der(r.kid.clone(), &r.public_key_der)
             .map_err(|e| IssuerError::Internal(format!("stored key {}: {e}", r.kid)))?;
@@ -376,6 +378,9 @@ pub(crate) async fn load_token_keys(store: &dyn Store, kek: &Kek, now: i64) -> R
             }
         } else if r.purpose == PURPOSE_JWT_SVID {
             jwt_svid_keys.push(key);
+            if newest_jwt_svid.is_none_or(|n| n.created_at <= r.created_at) {
+                newest_jwt_svid = Some(r);
+            }
         }
     }
     let newest = newest
@@ -383,7 +388,17 @@ pub(crate) async fn load_token_keys(store: &dyn Store, kek: &Kek, now: i64) -> R
     let der = kek.open(&newest.sealed_key, newest.kid.as_bytes())?;
     let signer = Es256Signer::from_pkcs8(newest.kid.clone(), &der)
         .map_err(|e| IssuerError::Internal(format!("token key {}: {e}", newest.kid)))?;
-    Ok(TokenKeys { signer, verifying, jwt_svid_keys })
+    let jwt_svid_signer = match newest_jwt_svid {
+        Some(r) => {
+            let der = kek.open(&r.sealed_key, r.kid.as_bytes())?;
+            Some(
+                Es256Signer::from_pkcs8(r.kid.clone(), &der)
+                    .map_err(|e| IssuerError::Internal(format!("jwt-svid key {}: {e}", r.kid)))?,
+            )
+        }
+        None => None,
+    };
+    Ok(TokenKeys { signer, verifying, jwt_svid_keys, jwt_svid_signer })
 }
 
 fn log_created(cas: &[CaRecord], cfg: &IssuerConfig) {

@@ -43,7 +43,7 @@ pub struct Issued {
 }
 
 /// What the subject key of a new certificate is.
-enum SubjectKey {
+pub(super) enum SubjectKey {
     Csr { spki: Vec<u8>, algorithm: String },
     Generated(PrivateKey),
 }
@@ -106,7 +106,7 @@ impl Issuer {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn issue(
+    pub(super) async fn issue(
         &self,
         caller: &Caller,
         action_name: &str,

@@ -13,12 +13,15 @@
 
 mod auth;
 mod bootstrap;
+mod entries;
 mod error;
 mod issue;
+mod jwt_svid;
 mod maintenance;
 mod metrics;
 mod revoke;
 mod snapshot;
+mod svid;
 mod tokens;
 
 use std::sync::Arc;
@@ -35,6 +38,7 @@ use crate::token::{Es256Signer, TokenRules, VerifyingKey};
 
 pub use auth::{Caller, Credentials};
 pub use bootstrap::{InitParams, InitReport};
+pub use entries::{EntryList, EntryRequest};
 pub use error::IssuerError;
 pub use issue::{GenerateRequest, Issued, SignRequest};
 pub use maintenance::MaintenanceReport;
@@ -98,6 +102,8 @@ pub(crate) struct TokenKeys {
     pub signer: Es256Signer,
     pub verifying: Vec<VerifyingKey>,
     pub jwt_svid_keys: Vec<VerifyingKey>,
+    /// The newest unexpired `jwt-svid` key; `None` when the store has none.
+    pub jwt_svid_signer: Option<Es256Signer>,
 }
 
 pub struct Issuer {
@@ -110,6 +116,8 @@ pub struct Issuer {
     signers: RwLock<Arc<Signers>>,
     tokens: RwLock<Arc<TokenKeys>>,
     snapshot: watch::Sender<Arc<TrustSnapshot>>,
+    /// The registration entries, oldest first (`entries.rs`).
+    entries: watch::Sender<EntryList>,
     metrics: Metrics,
     /// Serialises CRL rebuilds so snapshots publish in order.
     crl_lock: tokio::sync::Mutex<()>,

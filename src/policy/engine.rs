@@ -9,7 +9,7 @@ use cedar_policy::{
 };
 
 use super::model::{self, Action, Resource};
-use super::{Decision, PolicyError, chain};
+use super::{Decision, DecisionContext, PolicyError, chain};
 use crate::domain::{Principal, SpiffeId, TokenKind, TrustDomain};
 
 const SCHEMA_FILE: &str = "schema.cedarschema";
@@ -85,10 +85,7 @@ impl PolicyEngine {
 
     /// Decides whether `principal` may do `action` on `resource`, in the
     /// server's own `trust_domain` (Cedar context `{ trust_domain }`).
-    ///
-    /// Default deny: nothing permits → refused with empty `policy_ids`. A
-    /// request that cannot be built (the schema does not allow this resource
-    /// type for the action, …) is refused with the reason in `errors`.
+    /// The same as [`Self::decide_with`] and an empty [`DecisionContext`].
     pub fn decide(
         &self,
         principal: &Principal,
@@ -96,7 +93,24 @@ impl PolicyEngine {
         resource: &Resource,
         trust_domain: &TrustDomain,
     ) -> Decision {
-        let (request, entities) = match self.request(principal, action, resource, trust_domain) {
+        self.decide_with(principal, action, resource, trust_domain, &DecisionContext::default())
+    }
+
+    /// Decides with extra request context (`entry_matched` for svid requests
+    /// checked against the registration entries).
+    ///
+    /// Default deny: nothing permits → refused with empty `policy_ids`. A
+    /// request that cannot be built (the schema does not allow this resource
+    /// type for the action, …) is refused with the reason in `errors`.
+    pub fn decide_with(
+        &self,
+        principal: &Principal,
+        action: Action,
+        resource: &Resource,
+        trust_domain: &TrustDomain,
+        ctx: &DecisionContext,
+    ) -> Decision {
+        let (request, entities) = match self.request(principal, action, resource, trust_domain, ctx) {
             Ok(built) => built,
             Err(reason) => {
                 return Decision { allowed: false, policy_ids: Vec::new(), errors: vec![reason] };
@@ -123,13 +137,14 @@ impl PolicyEngine {
         action: Action,
         resource: &Resource,
         trust_domain: &TrustDomain,
+        ctx: &DecisionContext,
     ) -> Result<(Request, Entities), String> {
         let p = model::principal_entity(principal)?;
         let r = model::resource_entity(resource)?;
         let (p_uid, r_uid) = (p.uid(), r.uid());
         let entities = Entities::from_entities([p, r], Some(&self.schema))
             .map_err(|e| format!("entities do not fit the schema: {}", chain(&e)))?;
-        let context = context(trust_domain)?;
+        let context = context(trust_domain, ctx)?;
         let request = Request::new(p_uid, model::action_uid(action)?, r_uid, context, Some(&self.schema))
             .map_err(|e| format!("request {action} on {resource} does not fit the schema: {}", chain(&e)))?;
         Ok((request, entities))
@@ -142,9 +157,13 @@ fn parse_schema(text: &str) -> Result<Schema, PolicyError> {
         .map_err(|e| PolicyError::Schema { file: SCHEMA_FILE.into(), reason: chain(&e) })
 }
 
-fn context(trust_domain: &TrustDomain) -> Result<Context, String> {
+fn context(trust_domain: &TrustDomain, ctx: &DecisionContext) -> Result<Context, String> {
     let td = RestrictedExpression::new_string(trust_domain.as_str().to_string());
-    Context::from_pairs([("trust_domain".to_string(), td)]).map_err(|e| format!("context: {e}"))
+    let mut pairs = vec![("trust_domain".to_string(), td)];
+    if let Some(matched) = ctx.entry_matched {
+        pairs.push(("entry_matched".to_string(), RestrictedExpression::new_bool(matched)));
+    }
+    Context::from_pairs(pairs).map_err(|e| format!("context: {e}"))
 }
 
 /// Fails fast when an operator's schema cannot describe trustmesh's
@@ -182,5 +201,13 @@ fn check_schema_fits(schema: &Schema) -> Result<(), PolicyError> {
         probe.push(model::resource_entity(r).map_err(mismatch)?);
     }
     Entities::from_entities(probe, Some(schema)).map_err(|e| mismatch(chain(&e)))?;
+    let workload = model::principal_entity(&principals[2]).map_err(mismatch)?.uid();
+    let identity = model::resource_entity(&resources[0]).map_err(mismatch)?.uid();
+    let td = TrustDomain::parse("example.org").map_err(|e| mismatch(e.to_string()))?;
+    let full = context(&td, &DecisionContext { entry_matched: Some(true) }).map_err(mismatch)?;
+    let obtain = model::action_uid(Action::ObtainSvid).map_err(mismatch)?;
+    Request::new(workload, obtain, identity, full, Some(schema)).map_err(|e| {
+        mismatch(format!("the context of obtain_svid must declare entry_matched?: Bool: {}", chain(&e)))
+    })?;
     Ok(())
 }

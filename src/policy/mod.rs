@@ -15,14 +15,21 @@
 //! | `node-own-identity` | a `Node` may `sign_csr` / `obtain_svid` for an identity of the own trust domain whose last path segment is its node id |
 //! | `bootstrap-minted-for` | a `Bootstrap` token may `sign_csr` only for the SPIFFE IDs it was minted for |
 //! | `any-read-bundle` | every authenticated caller may `read_bundle` (the bundle is public on the HTTP listener anyway) |
+//! | `workload-entitled` | a `Workload` may `obtain_svid` an `Identity` when the context says `entry_matched` |
+//! | `node-entitled` | a `Node` may `obtain_svid` an `Identity` when the context says `entry_matched` |
 //! | `foreign-trust-domain` | forbid: nobody gets `sign_csr` / `obtain_svid` / `issue_certificate` for an identity outside the server's trust domain |
 //!
-//! Deliberately absent: a `workload-entitled` policy. Which SPIFFE IDs a
-//! workload may obtain follows from the registration entries whose selectors
-//! it matches (SPIRE semantics, SPEC §3), which live in the store; the SDS and
-//! Workload API servers match entries before asking here. A Cedar rule for
-//! it needs the entries as entities and is left for later. Until then a
-//! `Workload` principal is denied everything by default.
+//! Workload entitlement follows the registration entries (SPIRE semantics,
+//! SPEC §3), which live in the store, not in Cedar: the issuer matches the
+//! caller's selectors against the entries (`issuer::Issuer::decide_svid`) and
+//! puts the outcome in the request context as `entry_matched`
+//! ([`DecisionContext`], [`PolicyEngine::decide_with`]). A `Workload`'s
+//! selectors are its attested ones; a `Node`'s are `token:sub:<node id>`, so an
+//! entry with `--selector token:sub:node-a` entitles the node token of
+//! `node-a`. Policies can still restrict it (e.g. a `forbid` on a path), and
+//! `foreign-trust-domain` still applies. Requests without entry matching
+//! (admin calls, CSR signing) carry no `entry_matched`, so both policies
+//! guard with `context has entry_matched`.
 //!
 //! Boundary: pure. No I/O; the caller reads `--policy-dir` and hands over
 //! the texts. Default deny: a request no policy permits is refused, and a
@@ -65,6 +72,16 @@ impl fmt::Display for Decision {
         }
         Ok(())
     }
+}
+
+/// Request context beyond the server's trust domain. `Default` is what
+/// [`PolicyEngine::decide`] uses: nothing extra.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecisionContext {
+    /// `Some(true)` when a registration entry the caller matches names the
+    /// requested identity, `Some(false)` when the entries were checked and none
+    /// does, `None` when entries play no part in the request.
+    pub entry_matched: Option<bool>,
 }
 
 /// Everything that can be wrong with policies, schemas and the CLI forms of

@@ -52,7 +52,15 @@ fn embedded_policies_load_with_their_ids() {
     let engine = PolicyEngine::embedded().unwrap();
     assert_eq!(
         engine.policy_ids(),
-        ["admin-all", "any-read-bundle", "bootstrap-minted-for", "foreign-trust-domain", "node-own-identity"]
+        [
+            "admin-all",
+            "any-read-bundle",
+            "bootstrap-minted-for",
+            "foreign-trust-domain",
+            "node-entitled",
+            "node-own-identity",
+            "workload-entitled"
+        ]
     );
     fn shareable<T: Send + Sync>() {}
     shareable::<PolicyEngine>();
@@ -112,6 +120,43 @@ fn decision_table() {
     let foreign = Principal::Bootstrap { subject: "svc".into(), spiffe_ids: vec![id("spiffe://other.org/svc/api")] };
     let d = engine.decide(&foreign, Action::SignCsr, &ident("spiffe://other.org/svc/api"), &td());
     assert_eq!(d.to_string(), "DENY by foreign-trust-domain");
+}
+
+#[test]
+fn entitlement_follows_entry_matched() {
+    let engine = PolicyEngine::embedded().unwrap();
+    let api = "spiffe://example.org/svc/api";
+    let (yes, no, absent) = (
+        DecisionContext { entry_matched: Some(true) },
+        DecisionContext { entry_matched: Some(false) },
+        DecisionContext::default(),
+    );
+    #[rustfmt::skip]
+    let cases: Vec<(Principal, Action, &str, DecisionContext, &str)> = vec![
+        (workload(), Action::ObtainSvid, api, yes, "ALLOW by workload-entitled"),
+        (workload(), Action::ObtainSvid, api, no, "DENY (no policy permits)"),
+        (workload(), Action::ObtainSvid, api, absent, "DENY (no policy permits)"),
+        (workload(), Action::SignCsr, api, yes, "DENY (no policy permits)"),
+        (workload(), Action::IssueCertificate, api, yes, "DENY (no policy permits)"),
+        (workload(), Action::ObtainSvid, "spiffe://other.org/svc/api", yes, "DENY by foreign-trust-domain"),
+        (node("node-a"), Action::ObtainSvid, api, yes, "ALLOW by node-entitled"),
+        (node("node-a"), Action::ObtainSvid, api, no, "DENY (no policy permits)"),
+        (node("node-a"), Action::SignCsr, api, yes, "DENY (no policy permits)"),
+        (node("node-a"), Action::ObtainSvid, "spiffe://example.org/x/node-a", yes, "ALLOW by node-entitled, node-own-identity"),
+        (node("node-a"), Action::ObtainSvid, "spiffe://example.org/x/node-a", no, "ALLOW by node-own-identity"),
+        (bootstrap(), Action::ObtainSvid, api, yes, "DENY (no policy permits)"),
+        (admin(), Action::ObtainSvid, api, no, "ALLOW by admin-all"),
+    ];
+    for (principal, action, id, ctx, expected) in cases {
+        let d = engine.decide_with(&principal, action, &ident(id), &td(), &ctx);
+        assert_eq!(d.to_string(), expected, "{} {action} {id} {ctx:?}", principal.describe());
+    }
+    // decide is decide_with an empty context
+    let d = engine.decide(&workload(), Action::ObtainSvid, &ident(api), &td());
+    assert_eq!(d, engine.decide_with(&workload(), Action::ObtainSvid, &ident(api), &td(), &absent));
+    // other actions accept the context too
+    let d = engine.decide_with(&admin(), Action::ReadStatus, &Resource::Ca, &td(), &yes);
+    assert_eq!(d.to_string(), "ALLOW by admin-all");
 }
 
 #[test]
@@ -205,6 +250,10 @@ fn bad_schemas_are_refused() {
     let thin = include_str!("schema.cedarschema").replace("entity Node = { node_id: String };", "entity Node;");
     let err = PolicyEngine::from_sources(Some(&thin), &files).unwrap_err().to_string();
     assert!(err.contains("does not fit") && err.contains("node_id"), "{err}");
+    let no_context = include_str!("schema.cedarschema").replace(", entry_matched?: Bool", "");
+    assert_ne!(no_context, include_str!("schema.cedarschema"));
+    let err = PolicyEngine::from_sources(Some(&no_context), &files).unwrap_err().to_string();
+    assert!(err.contains("does not fit") && err.contains("entry_matched"), "{err}");
     let fewer = include_str!("schema.cedarschema").replace("action mint_token", "action mint_something");
     let err = PolicyEngine::from_sources(Some(&fewer), &files).unwrap_err().to_string();
     assert!(err.contains("mint_token"), "{err}");

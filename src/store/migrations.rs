@@ -1,7 +1,8 @@
 //! The schema, and every statement both backends run against it.
 //!
 //! Boundary: this file holds the only table list and the only copy of each
-//! statement with its bound values ([`Stmt`]); a backend only executes them.
+//! statement with its bound values ([`Stmt`]) — the registration-entry
+//! statements live next door in `entries.rs`; a backend only executes them.
 //! Statements use PostgreSQL placeholders (`$1`); the SQLite backend rewrites
 //! them to `?1`. Both dialects accept `TRUE`/`FALSE`, `ON CONFLICT`,
 //! `RETURNING` and partial indexes, so only the DDL's column types differ
@@ -23,11 +24,22 @@ pub(super) struct Migration {
 }
 
 /// Every migration, oldest first; the last version is what this binary writes.
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sqlite: schema_v1!(blob = "BLOB", audit_id = "INTEGER PRIMARY KEY AUTOINCREMENT"),
-    postgres: schema_v1!(blob = "BYTEA", audit_id = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
-}];
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sqlite: schema_v1!(blob = "BLOB", audit_id = "INTEGER PRIMARY KEY AUTOINCREMENT"),
+        postgres: schema_v1!(blob = "BYTEA", audit_id = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
+    },
+    Migration { version: 2, sqlite: SCHEMA_V2, postgres: SCHEMA_V2 },
+];
+
+/// Version 2: registration entries. Lists are JSON arrays of strings;
+/// `match_key` (SHA-256 of the SPIFFE ID and the sorted selector set) makes
+/// the same identity with the same selectors unique without indexing long text.
+const SCHEMA_V2: &str = "CREATE TABLE entries (id TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, \
+     match_key TEXT NOT NULL UNIQUE, selectors TEXT NOT NULL, dns_names TEXT NOT NULL, ttl_seconds BIGINT, \
+     jwt_ttl_seconds BIGINT, hint TEXT, federates_with TEXT NOT NULL, created_at BIGINT NOT NULL);\
+     CREATE INDEX entries_created_at ON entries (created_at, id);";
 
 /// The schema version this binary understands.
 pub(super) fn latest_version() -> i64 {
@@ -132,7 +144,7 @@ impl Stmt {
         }
     }
 
-    fn on_conflict(mut self, what: String) -> Self {
+    pub(super) fn on_conflict(mut self, what: String) -> Self {
         self.conflict = Some(what);
         self
     }
@@ -143,7 +155,7 @@ macro_rules! stmt {
         Stmt { sql: Cow::Borrowed($sql), params: vec![$(Param::from($value)),*], conflict: None }
     };
 }
-use stmt;
+pub(super) use stmt;
 
 pub(super) fn ping() -> Stmt {
     stmt!("SELECT 1")

@@ -16,6 +16,7 @@ use async_trait::async_trait;
 pub mod postgres;
 pub mod sqlite;
 
+mod entries;
 mod group_commit;
 mod migrations;
 
@@ -250,19 +251,16 @@ pub trait Store: Send + Sync + 'static {
     /// token ids with `expires_at <= now`. Returns the number of certificates deleted.
     async fn purge_expired(&self, now: i64, grace: i64) -> StoreResult<u64>;
 
-    /// Stores a new entry with its audit record in one transaction. The same
-    /// SPIFFE ID with the same selector set twice is a `Conflict`.
-    async fn insert_entry(&self, _entry: &EntryRecord, _audit: &AuditRecord) -> StoreResult<()> {
-        Err(StoreError::Backend("registration entries are not stored by this backend yet".into()))
-    }
+    /// Stores a new entry with its audit record in one transaction. The
+    /// selectors are stored sorted and without duplicates. The same SPIFFE ID
+    /// with the same selector set twice (in any order) is a `Conflict`, and
+    /// then no audit record is written.
+    async fn insert_entry(&self, entry: &EntryRecord, audit: &AuditRecord) -> StoreResult<()>;
     /// Every entry, oldest first (by `created_at`, then `id`).
-    async fn entries(&self) -> StoreResult<Vec<EntryRecord>> {
-        Err(StoreError::Backend("registration entries are not stored by this backend yet".into()))
-    }
-    /// Deletes an entry with its audit record; `false` when there was none.
-    async fn delete_entry(&self, _id: &str, _audit: &AuditRecord) -> StoreResult<bool> {
-        Err(StoreError::Backend("registration entries are not stored by this backend yet".into()))
-    }
+    async fn entries(&self) -> StoreResult<Vec<EntryRecord>>;
+    /// Deletes an entry and writes its audit record in one transaction;
+    /// `false` (and no audit record) when there was none.
+    async fn delete_entry(&self, id: &str, audit: &AuditRecord) -> StoreResult<bool>;
 
     async fn append_audit(&self, record: &AuditRecord) -> StoreResult<()>;
     /// Oldest first, at most `limit` (default 1000), the newest ones.
@@ -311,22 +309,6 @@ pub fn redact_url(url: &str) -> String {
         out.push_str(&params.join("&"));
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn passwords_never_survive_redaction() {
-        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
-        assert_eq!(
-            redact_url("postgres://u@h/db?password=secret&sslmode=disable"),
-            "postgres://u@h/db?password=***&sslmode=disable"
-        );
-        assert_eq!(redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
-        assert!(!redact_url("postgres://u:p%40ss@h/db?PASSWORD=x").contains("p%40ss"));
-    }
 }
 
 // ---- helpers shared by the backends ----------------------------------------
@@ -455,4 +437,20 @@ fn audit_from_row(r: &dyn Row) -> StoreResult<AuditRecord> {
 fn count_from_row(r: &dyn Row) -> StoreResult<u64> {
     let n = r.int("n")?;
     u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative count {n}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_survive_redaction() {
+        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            redact_url("postgres://u@h/db?password=secret&sslmode=disable"),
+            "postgres://u@h/db?password=***&sslmode=disable"
+        );
+        assert_eq!(redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+        assert!(!redact_url("postgres://u:p%40ss@h/db?PASSWORD=x").contains("p%40ss"));
+    }
 }

@@ -16,10 +16,11 @@ use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
+use super::entries as entry_sql;
 use super::migrations::{self as sql, Param, Stmt};
 use super::{
-    AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, DenyRecord, RevokeOutcome, RevokedEntry, Row,
-    SigningKeyRecord, Store, StoreError, StoreResult, redact_url,
+    AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, DenyRecord, EntryRecord, RevokeOutcome, RevokedEntry,
+    Row, SigningKeyRecord, Store, StoreError, StoreResult, redact_url,
 };
 
 const POOL_SIZE: usize = 16;
@@ -210,6 +211,25 @@ impl Store for PostgresStore {
         exec(&tx, &sql::purge_tokens(now)).await?;
         tx.commit().await.map_err(pg_err)?;
         Ok(purged)
+    }
+
+    async fn insert_entry(&self, entry: &EntryRecord, audit: &AuditRecord) -> StoreResult<()> {
+        self.write_all(&[entry_sql::insert_entry(entry)?, sql::insert_audit(audit)]).await
+    }
+
+    async fn entries(&self) -> StoreResult<Vec<EntryRecord>> {
+        self.all(entry_sql::select_entries(), entry_sql::entry_from_row).await
+    }
+
+    async fn delete_entry(&self, id: &str, audit: &AuditRecord) -> StoreResult<bool> {
+        let mut client = self.client().await?;
+        let tx = begin(&mut client).await?;
+        let deleted = exec(&tx, &entry_sql::delete_entry(id)).await? > 0;
+        if deleted {
+            exec(&tx, &sql::insert_audit(audit)).await?;
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(deleted)
     }
 
     async fn append_audit(&self, record: &AuditRecord) -> StoreResult<()> {

@@ -14,11 +14,12 @@ use parking_lot::Mutex;
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
+use super::entries as entry_sql;
 use super::group_commit::GroupCommit;
 use super::migrations::{self as sql, Param, Stmt};
 use super::{
-    AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, DenyRecord, RevokeOutcome, RevokedEntry, Row,
-    SigningKeyRecord, Store, StoreError, StoreResult,
+    AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, DenyRecord, EntryRecord, RevokeOutcome, RevokedEntry,
+    Row, SigningKeyRecord, Store, StoreError, StoreResult,
 };
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -232,6 +233,26 @@ impl Store for SqliteStore {
             let purged = exec(tx, &certs)?;
             exec(tx, &tokens)?;
             Ok(purged)
+        })
+        .await
+    }
+
+    async fn insert_entry(&self, entry: &EntryRecord, audit: &AuditRecord) -> StoreResult<()> {
+        self.write_all(vec![entry_sql::insert_entry(entry)?, sql::insert_audit(audit)]).await
+    }
+
+    async fn entries(&self) -> StoreResult<Vec<EntryRecord>> {
+        self.all(entry_sql::select_entries(), entry_sql::entry_from_row).await
+    }
+
+    async fn delete_entry(&self, id: &str, audit: &AuditRecord) -> StoreResult<bool> {
+        let (delete, log) = (entry_sql::delete_entry(id), sql::insert_audit(audit));
+        self.write(move |tx| {
+            let deleted = exec(tx, &delete)? > 0;
+            if deleted {
+                exec(tx, &log)?;
+            }
+            Ok(deleted)
         })
         .await
     }

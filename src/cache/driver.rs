@@ -1,0 +1,202 @@
+//! One task per warm entry (its "driver"): mints the first SVID, replaces it
+//! at 40–60 % of its lifetime, retries failures with backoff while the old
+//! SVID stays in use until it expires, and parks while the identity is
+//! denied. The task is aborted when the last set holding the entry goes.
+
+use std::sync::Arc;
+
+use time::{Duration, OffsetDateTime};
+use tokio::task::AbortHandle;
+
+use super::Svid;
+use super::state::Inner;
+use super::timing::rotation_at;
+use crate::ca::{self, IssuedCertificate, PrivateKey};
+use crate::domain::Entry;
+use crate::issuer::IssuerError;
+
+/// First retry delay after a failed issuance; doubles up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::seconds(1);
+const BACKOFF_MAX: Duration = Duration::seconds(30);
+/// Shortest wait before a rotation (a lifetime cut short by an expiring CA
+/// must not turn into a hot loop).
+const MIN_ROTATION_WAIT: Duration = Duration::seconds(5);
+
+pub(super) fn spawn(inner: Arc<Inner>, entry_id: String, generation: u64) -> AbortHandle {
+    tokio::spawn(drive(inner, entry_id, generation)).abort_handle()
+}
+
+/// What the driver does after an attempt.
+enum Next {
+    /// Sleep until then, or until woken.
+    Until(OffsetDateTime),
+    /// Only a wake (denial lifted, entry changed) moves it on.
+    Parked,
+    /// Try again at once.
+    Now,
+    /// The slot is gone.
+    Stop,
+}
+
+async fn drive(inner: Arc<Inner>, entry_id: String, generation: u64) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let (entry, wake, epoch, denied) = {
+            let mut state = inner.state.lock();
+            let epoch = state.deny_epoch;
+            let Some(slot) = state.slot_mut(&entry_id, generation) else { return };
+            (slot.entry.clone(), slot.wake.clone(), epoch, slot.denied)
+        };
+        if denied {
+            // Known denied (the trust follower wakes this driver when it is lifted):
+            // no refused issuance, and no audit record, at every rotation deadline.
+            wake.notified().await;
+            continue;
+        }
+        let next = match inner.issuer.issue_for_entry(&entry).await {
+            Ok(issued) => match inner.accept(&entry, generation, issued, epoch).await {
+                Ok(next) => {
+                    backoff = BACKOFF_MIN;
+                    next
+                }
+                Err(err) => inner.failed(&entry, generation, &err, &mut backoff),
+            },
+            Err(IssuerError::Denied { reason, .. }) => inner.withhold_denied(&entry, generation, &reason, epoch),
+            Err(err) => inner.failed(&entry, generation, &err, &mut backoff),
+        };
+        match next {
+            Next::Until(deadline) => {
+                tokio::select! {
+                    () = inner.timer.sleep_until(deadline) => {}
+                    () = wake.notified() => {}
+                }
+            }
+            Next::Parked => wake.notified().await,
+            Next::Now => {}
+            Next::Stop => return,
+        }
+    }
+}
+
+impl Inner {
+    /// Hands a freshly minted SVID to the sets holding its entry, unless the
+    /// identity was denied meanwhile. Returns when to rotate it.
+    async fn accept(
+        &self,
+        entry: &Entry,
+        generation: u64,
+        (cert, key, chain_pem): (IssuedCertificate, PrivateKey, String),
+        mut epoch: u64,
+    ) -> Result<Next, IssuerError> {
+        let chain_der = ca::certs_from_pem(&chain_pem)?;
+        let svid = Arc::new(Svid {
+            entry_id: entry.id.clone(),
+            spiffe_id: entry.spiffe_id.clone(),
+            hint: entry.hint.clone(),
+            chain_der,
+            chain_pem,
+            key,
+            serial: cert.serial.to_string(),
+            not_before: cert.not_before,
+            not_after: cert.not_after,
+        });
+        loop {
+            {
+                let mut state = self.state.lock();
+                let current_epoch = state.deny_epoch;
+                let Some(slot) = state.slot_mut(&entry.id, generation) else { return Ok(Next::Stop) };
+                if slot.entry != *entry {
+                    return Ok(Next::Now); // the entry changed while minting: mint for the new one
+                }
+                if current_epoch == epoch {
+                    let old = slot.svid.replace(svid.clone());
+                    slot.withheld = None;
+                    slot.denied = false;
+                    slot.settled.send_if_modified(|s| !std::mem::replace(s, true));
+                    state.publish_holding(&entry.id);
+                    drop(state);
+                    self.renewed(entry, old.as_deref(), &svid);
+                    let at = rotation_at(svid.not_before, svid.not_after, self.jitter.unit());
+                    return Ok(Next::Until(at.max(self.clock.now() + MIN_ROTATION_WAIT)));
+                }
+                epoch = current_epoch;
+            }
+            // A deny-list check ran while this SVID was minted: check again.
+            match self.issuer.store().denied(&entry.spiffe_id.to_string()).await {
+                Ok(Some(denial)) => return Ok(self.withhold_denied(entry, generation, &denial.reason, epoch)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(entry_id = %entry.id, error = %e, "could not re-check the deny list"),
+            }
+        }
+    }
+
+    fn renewed(&self, entry: &Entry, old: Option<&Svid>, new: &Svid) {
+        let Some(old) = old else { return };
+        self.metrics.rotated();
+        tracing::info!(
+            spiffe_id = %entry.spiffe_id,
+            entry_id = %entry.id,
+            old_serial = %old.serial,
+            serial = %new.serial,
+            not_after = %new.not_after,
+            "Certificate renewed"
+        );
+    }
+
+    /// The identity is denied: its SVID goes at once and the driver parks
+    /// until the denial is lifted — unless a deny-list check ran meanwhile,
+    /// which may have seen the lift already: then it tries again.
+    fn withhold_denied(&self, entry: &Entry, generation: u64, reason: &str, epoch: u64) -> Next {
+        let mut state = self.state.lock();
+        let current_epoch = state.deny_epoch;
+        let Some(slot) = state.slot_mut(&entry.id, generation) else { return Next::Stop };
+        let was_serving = slot.svid.take().is_some();
+        slot.withheld = Some(format!("identity {} is denied: {reason}", entry.spiffe_id));
+        slot.denied = true;
+        slot.settled.send_if_modified(|s| !std::mem::replace(s, true));
+        state.publish_holding(&entry.id);
+        if was_serving {
+            tracing::warn!(spiffe_id = %entry.spiffe_id, entry_id = %entry.id, reason, "SVID withdrawn: identity denied");
+        }
+        if current_epoch == epoch { Next::Parked } else { Next::Now }
+    }
+
+    /// An issuance failed: keep serving the old SVID until it expires, retry
+    /// with backoff (1 s doubling to 30 s, never later than the expiry).
+    fn failed(&self, entry: &Entry, generation: u64, err: &IssuerError, backoff: &mut Duration) -> Next {
+        let now = self.clock.now();
+        let mut state = self.state.lock();
+        let Some(slot) = state.slot_mut(&entry.id, generation) else { return Next::Stop };
+        let mut retry_at = now + *backoff;
+        match &slot.svid {
+            Some(old) if old.not_after > now => {
+                retry_at = retry_at.min(old.not_after);
+                tracing::warn!(
+                    spiffe_id = %entry.spiffe_id,
+                    entry_id = %entry.id,
+                    serial = %old.serial,
+                    error = %err,
+                    retry_in_seconds = (retry_at - now).whole_seconds(),
+                    "Certificate renewal failed"
+                );
+                slot.withheld = Some(format!("renewal failed: {err}"));
+            }
+            expired => {
+                let reason = if expired.is_some() { "svid expired; renewal failed" } else { "issuance failed" };
+                tracing::warn!(
+                    spiffe_id = %entry.spiffe_id,
+                    entry_id = %entry.id,
+                    error = %err,
+                    retry_in_seconds = (retry_at - now).whole_seconds(),
+                    "Certificate renewal failed"
+                );
+                slot.svid = None;
+                slot.withheld = Some(format!("{reason}: {err}"));
+            }
+        }
+        slot.settled.send_if_modified(|s| !std::mem::replace(s, true));
+        state.publish_holding(&entry.id);
+        *backoff = (*backoff * 2i32).min(BACKOFF_MAX);
+        Next::Until(retry_at)
+    }
+}

@@ -1,0 +1,154 @@
+//! The two inputs the cache follows besides its callers:
+//!
+//! * **entries** — on every new value, each live selector set is matched
+//!   again: entries that now match are minted and added, entries that no
+//!   longer match (deleted) are withdrawn in the next version at once;
+//! * **trust** — every new [`TrustSnapshot`] (bundle, CRLs; republished by
+//!   every revocation, deny, allow and CRL re-signing) goes to every live set
+//!   as a new version sharing the one `Arc`. The deny list is read once per
+//!   new snapshot: SVIDs of newly denied identities are withdrawn in that same
+//!   version, and drivers of identities whose denial was lifted are woken.
+//!
+//! Both followers hold the cache weakly and end when it is gone.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use time::Duration;
+use tokio::sync::watch;
+
+use super::state::{Inner, Key};
+use crate::domain::{Entry, entitled};
+use crate::issuer::TrustSnapshot;
+
+/// Retry delays of a failed deny-list read.
+const RETRY_MIN: Duration = Duration::seconds(1);
+const RETRY_MAX: Duration = Duration::seconds(30);
+
+pub(super) async fn follow_entries(cache: Weak<Inner>, mut entries: watch::Receiver<Arc<Vec<Entry>>>) {
+    loop {
+        let current = entries.borrow_and_update().clone();
+        let Some(inner) = cache.upgrade() else { return };
+        inner.on_entries(&current);
+        drop(inner);
+        if entries.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+pub(super) async fn follow_trust(cache: Weak<Inner>, mut trust: watch::Receiver<Arc<TrustSnapshot>>) {
+    let mut retry = RETRY_MIN;
+    loop {
+        let current = trust.borrow_and_update().clone();
+        let Some(inner) = cache.upgrade() else { return };
+        let complete = inner.on_trust(current).await;
+        let timer = inner.timer.clone();
+        let retry_at = inner.clock.now() + retry;
+        drop(inner);
+        if complete {
+            retry = RETRY_MIN;
+            if trust.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        retry = (retry * 2i32).min(RETRY_MAX);
+        tokio::select! {
+            changed = trust.changed() => if changed.is_err() { return },
+            () = timer.sleep_until(retry_at) => {}
+        }
+    }
+}
+
+impl Inner {
+    /// Re-matches every live set against `entries`.
+    fn on_entries(self: &Arc<Self>, entries: &[Entry]) {
+        let mut state = self.state.lock();
+        let by_id: HashMap<&str, &Entry> = entries.iter().map(|e| (e.id.as_str(), e)).collect();
+        for slot in state.slots.values_mut() {
+            let Some(&now) = by_id.get(slot.entry.id.as_str()) else { continue };
+            if *now != slot.entry {
+                if now.spiffe_id != slot.entry.spiffe_id {
+                    // Another identity now: neither the old SVID nor its denial applies.
+                    slot.svid = None;
+                    slot.withheld = None;
+                    slot.denied = false;
+                }
+                slot.entry = now.clone();
+                slot.wake.notify_one();
+            }
+        }
+        let keys: Vec<Key> = state.sets.keys().cloned().collect();
+        for key in keys {
+            let ids: Vec<String> = entitled(entries, &key).iter().map(|e| e.id.clone()).collect();
+            let Some(set) = state.sets.get_mut(&key) else { continue };
+            if set.entry_ids == ids {
+                continue;
+            }
+            let old = std::mem::replace(&mut set.entry_ids, ids.clone());
+            for id in ids.iter().filter(|id| !old.contains(id)) {
+                if let Some(&entry) = by_id.get(id.as_str()) {
+                    self.acquire(&mut state, entry);
+                }
+            }
+            for id in old.iter().filter(|id| !ids.contains(id)) {
+                self.release(&mut state, id);
+            }
+        }
+        state.publish_all();
+        self.record_sizes(&state);
+    }
+
+    /// Takes a new trust snapshot and re-reads the deny list. Returns `false`
+    /// when the deny list could not be read (the caller retries).
+    async fn on_trust(&self, trust: Arc<TrustSnapshot>) -> bool {
+        let any_warm = {
+            let mut state = self.state.lock();
+            state.deny_epoch += 1;
+            !state.slots.is_empty()
+        };
+        let denied: Option<HashMap<String, String>> = if any_warm {
+            match self.issuer.store().deny_list().await {
+                Ok(list) => Some(list.into_iter().map(|d| (d.spiffe_id, d.reason)).collect()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the deny list; SVIDs of denied identities stay until it can");
+                    None
+                }
+            }
+        } else {
+            Some(HashMap::new())
+        };
+        let mut state = self.state.lock();
+        state.trust = trust;
+        if let Some(denied) = &denied {
+            for slot in state.slots.values_mut() {
+                let id = slot.entry.spiffe_id.to_string();
+                match denied.get(&id) {
+                    Some(reason) => {
+                        if let Some(svid) = slot.svid.take() {
+                            tracing::warn!(
+                                spiffe_id = %id,
+                                entry_id = %slot.entry.id,
+                                serial = %svid.serial,
+                                reason = %reason,
+                                "SVID withdrawn: identity denied"
+                            );
+                        }
+                        slot.withheld = Some(format!("identity {id} is denied: {reason}"));
+                        slot.denied = true;
+                        // The outcome of a first issuance still to come is known now.
+                        slot.settled.send_if_modified(|s| !std::mem::replace(s, true));
+                    }
+                    None if slot.denied => {
+                        slot.denied = false;
+                        slot.wake.notify_one();
+                    }
+                    None => {}
+                }
+            }
+        }
+        state.publish_all();
+        denied.is_some()
+    }
+}

@@ -1,0 +1,131 @@
+//! The Envoy SDS/xDS server (SPEC §6): `SecretDiscoveryService` and
+//! `AggregatedDiscoveryService`, state of the world and delta, streaming each
+//! caller the certificates it is entitled to and the trust bundles with CRLs.
+//!
+//! Code map:
+//!
+//! - [`protocol`], [`sotw`], [`delta`]: the per-stream protocol as pure state
+//!   machines (requests and "state changed" in, replies and notices out),
+//!   tested as data.
+//! - [`resources`]: `Secret` protos from an [`IdentitySet`](crate::cache::IdentitySet);
+//!   [`memo`]: each secret encoded once, bytes shared by every stream.
+//! - [`wire`]: the xDS messages with the node left undecoded after the first request.
+//! - `service`, `stream`: the thin tonic adapter (routing, attestation, one
+//!   driver per stream).
+//! - [`bootstrap`]: the Envoy bootstrap generator behind `trustmesh envoy bootstrap`.
+//!
+//! Boundary: identities come only through [`IdentitySource`]; who the caller
+//! is comes only through [`CallerAttestor`] (implemented in `app.rs`). This
+//! module imports no other server.
+
+pub mod bootstrap;
+pub mod delta;
+pub mod memo;
+pub mod protocol;
+pub mod resources;
+pub mod sotw;
+pub mod wire;
+
+mod service;
+mod stream;
+mod yaml;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+
+use crate::cache::{CacheError, IdentitySource};
+use crate::domain::Selector;
+
+pub use protocol::{MAX_NAME_BYTES, MAX_NAMES, SECRET_TYPE};
+pub use resources::ValidatorMode;
+pub use service::{AggregatedDiscovery, SecretDiscovery};
+
+/// Largest gRPC message accepted from a client; larger ones are refused by
+/// the transport (`OutOfRange`) before they are decoded.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Turns how a caller connected into the selectors it holds. The request
+/// extensions carry [`crate::attest::UnixPeer`] (local socket) or
+/// [`crate::attest::TlsPeer`]; the metadata carries `authorization: Bearer …`
+/// on the TLS port. Errors are returned to the caller as they are
+/// (`Unauthenticated`, `PermissionDenied`, …) and end the stream.
+#[async_trait::async_trait]
+pub trait CallerAttestor: Send + Sync + 'static {
+    async fn selectors(
+        &self,
+        metadata: &MetadataMap,
+        extensions: &http::Extensions,
+    ) -> Result<BTreeSet<Selector>, Status>;
+}
+
+/// The SDS/ADS server. Cheap to clone; mount [`SdsServer::routes`] on every
+/// listener that serves SDS.
+#[derive(Clone)]
+pub struct SdsServer {
+    shared: Arc<service::Shared>,
+}
+
+impl SdsServer {
+    pub fn new(identities: Arc<dyn IdentitySource>, attest: Arc<dyn CallerAttestor>) -> Self {
+        Self { shared: Arc::new(service::Shared::new(identities, attest)) }
+    }
+
+    /// Both services, ready to serve (`Routes::into_axum_router` to merge
+    /// with other routes).
+    pub fn routes(&self) -> tonic::service::Routes {
+        tonic::service::Routes::new(self.secret_discovery()).add_service(self.aggregated_discovery())
+    }
+
+    /// `envoy.service.secret.v3.SecretDiscoveryService` alone.
+    pub fn secret_discovery(&self) -> SecretDiscovery {
+        SecretDiscovery::new(self.shared.clone())
+    }
+
+    /// `envoy.service.discovery.v3.AggregatedDiscoveryService` alone.
+    pub fn aggregated_discovery(&self) -> AggregatedDiscovery {
+        AggregatedDiscovery::new(self.shared.clone())
+    }
+}
+
+/// Why a stream or fetch fails as a whole.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SdsError {
+    #[error(transparent)]
+    Protocol(#[from] protocol::ProtocolError),
+    #[error("the node in the first request is not a valid envoy.config.core.v3.Node: {0}")]
+    Node(String),
+    #[error("no registration entry matches the caller's selectors")]
+    NoEntry,
+    #[error("identities unavailable: {0}")]
+    Unavailable(String),
+    #[error("the identity source closed the caller's identities")]
+    Closed,
+    #[error("none of the requested resources is available: {0}")]
+    NotFound(String),
+}
+
+impl From<CacheError> for SdsError {
+    fn from(e: CacheError) -> Self {
+        match e {
+            CacheError::NoEntry => SdsError::NoEntry,
+            CacheError::Unavailable(reason) => SdsError::Unavailable(reason),
+            #[allow(unreachable_patterns)]
+            other => SdsError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// The one mapping from SDS errors to gRPC status codes.
+pub fn status(err: SdsError) -> Status {
+    let msg = err.to_string();
+    match err {
+        SdsError::Protocol(_) | SdsError::Node(_) => Status::invalid_argument(msg),
+        SdsError::NoEntry => Status::permission_denied(msg),
+        SdsError::NotFound(_) => Status::not_found(msg),
+        SdsError::Unavailable(_) | SdsError::Closed => Status::unavailable(msg),
+    }
+}

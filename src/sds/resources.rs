@@ -1,0 +1,225 @@
+//! SDS secrets built from a caller's [`IdentitySet`] (SPEC §6), and the
+//! [`Catalog`] a stream reads them through.
+//!
+//! Names, as SPIRE's agent serves them so existing Envoy configs work:
+//!
+//! | name | secret |
+//! |---|---|
+//! | a SPIFFE ID | that identity's `tls_certificate` (chain + key inline), if the caller holds it |
+//! | `default` | the certificate of the caller's oldest entry, named `default` |
+//! | `ROOTCA` | the own trust domain's validation context |
+//! | `spiffe://<td>` | that trust domain's validation context |
+//! | `ALL` | one validation context with every trust domain |
+//!
+//! Validation contexts use the SPIFFE certificate validator with the CRLs
+//! appended to each trust domain's bundle PEM (the validator ignores the `crl`
+//! field), or — for nodes whose metadata says
+//! `disable_spiffe_cert_validation: true` — `trusted_ca` with every CRL (root
+//! and intermediates) concatenated in `crl`.
+//!
+//! Each secret is encoded once ([`SecretCache`]) and the bytes are shared by
+//! every stream that sends it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::{DataSource, TypedExtensionConfig, data_source::Specifier};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, Secret, SpiffeCertValidatorConfig, TlsCertificate, secret,
+    spiffe_cert_validator_config::TrustDomain as SpiffeTrustDomain,
+};
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use zeroize::Zeroize;
+
+use super::memo::{Key, SecretCache};
+use super::protocol::{Catalog, Encoded, Lookup, SECRET_TYPE};
+use crate::cache::{IdentitySet, Svid};
+use crate::domain::{SpiffeId, TrustDomain};
+use crate::issuer::TrustSnapshot;
+
+/// The name of Envoy's SPIFFE certificate validator extension.
+pub const SPIFFE_VALIDATOR: &str = "envoy.tls.cert_validator.spiffe";
+const SPIFFE_VALIDATOR_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig";
+
+/// How a node validates peer certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ValidatorMode {
+    /// `envoy.tls.cert_validator.spiffe`, CRLs inside the bundle PEM (default).
+    Spiffe,
+    /// The default validator: `trusted_ca` + `crl`.
+    TrustedCa,
+}
+
+/// The `tls_certificate` secret `name` holding `svid`'s chain and key.
+pub fn tls_certificate(name: &str, svid: &Svid) -> Secret {
+    let key = svid.key.to_pem();
+    Secret {
+        name: name.to_string(),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: Some(inline(svid.chain_pem.clone())),
+            private_key: Some(inline(key.as_str().to_string())),
+            ..Default::default()
+        })),
+    }
+}
+
+/// The validation-context secret `name` for the trust domains in `trust`.
+pub fn validation_context(name: &str, trust: &TrustSnapshot, mode: ValidatorMode) -> Secret {
+    let context = match mode {
+        ValidatorMode::Spiffe => {
+            let domains = [SpiffeTrustDomain {
+                name: trust.trust_domain.as_str().to_string(),
+                trust_bundle: Some(inline(bundle_with_crls(trust))),
+                workload_trust_domain: String::new(),
+            }];
+            spiffe_context(&domains)
+        }
+        ValidatorMode::TrustedCa => CertificateValidationContext {
+            trusted_ca: Some(inline(trust.bundle_pem.clone())),
+            crl: (!trust.crl_pem.is_empty()).then(|| inline(trust.crl_pem.clone())),
+            ..Default::default()
+        },
+    };
+    Secret { name: name.to_string(), r#type: Some(secret::Type::ValidationContext(context)) }
+}
+
+/// The bundle PEM followed by the CRL PEMs, as the SPIFFE validator reads them.
+pub fn bundle_with_crls(trust: &TrustSnapshot) -> String {
+    let mut pem = trust.bundle_pem.clone();
+    if !trust.crl_pem.is_empty() {
+        if !pem.is_empty() && !pem.ends_with('\n') {
+            pem.push('\n');
+        }
+        pem.push_str(&trust.crl_pem);
+    }
+    pem
+}
+
+fn spiffe_context(domains: &[SpiffeTrustDomain]) -> CertificateValidationContext {
+    let config = SpiffeCertValidatorConfig { trust_domains: domains.to_vec(), trust_bundles: None };
+    CertificateValidationContext {
+        custom_validator_config: Some(TypedExtensionConfig {
+            name: SPIFFE_VALIDATOR.to_string(),
+            typed_config: Some(Any { type_url: SPIFFE_VALIDATOR_TYPE.to_string(), value: config.encode_to_vec() }),
+        }),
+        ..Default::default()
+    }
+}
+
+fn inline(text: String) -> DataSource {
+    DataSource { watched_directory: None, specifier: Some(Specifier::InlineString(text)) }
+}
+
+/// Encodes a secret as `Any`, wiping the intermediate copies (they may hold a key).
+pub fn encode(mut secret: Secret) -> Encoded {
+    let mut any = Any { type_url: SECRET_TYPE.to_string(), value: secret.encode_to_vec() };
+    let bytes = any.encode_to_vec();
+    any.value.zeroize();
+    if let Some(secret::Type::TlsCertificate(cert)) = &mut secret.r#type
+        && let Some(DataSource { specifier: Some(Specifier::InlineString(key)), .. }) = &mut cert.private_key
+    {
+        key.zeroize();
+    }
+    Encoded::new(secret.name.clone(), bytes.into())
+}
+
+/// What one caller's stream can see: its identity set, read with its node's
+/// validator, through the shared encoding cache.
+pub struct SecretCatalog {
+    set: Arc<IdentitySet>,
+    mode: ValidatorMode,
+    cache: Arc<SecretCache>,
+    by_id: HashMap<String, usize>,
+}
+
+impl SecretCatalog {
+    pub fn new(set: Arc<IdentitySet>, mode: ValidatorMode, cache: Arc<SecretCache>) -> Self {
+        let by_id = set.svids.iter().enumerate().map(|(i, s)| (s.spiffe_id.to_string(), i)).collect();
+        Self { set, mode, cache, by_id }
+    }
+
+    fn certificate(&self, name: &str, svid: &Svid) -> Lookup {
+        let key = Key::Certificate { serial: svid.serial.clone(), name: name.to_string() };
+        Lookup::Found(self.cache.get_or_encode(key, || encode(tls_certificate(name, svid))))
+    }
+
+    fn validation(&self, name: &str) -> Lookup {
+        let trust = &self.set.trust;
+        if trust.bundle_pem.is_empty() {
+            return Lookup::Missing(format!("the trust bundle of {} is not published yet", trust.trust_domain));
+        }
+        let key = Key::Validation {
+            revision: trust.revision,
+            built_at: trust.built_at.unix_timestamp_nanos(),
+            name: name.to_string(),
+            mode: self.mode,
+        };
+        Lookup::Found(self.cache.get_or_encode(key, || encode(validation_context(name, trust, self.mode))))
+    }
+
+    fn spiffe_name(&self, name: &str) -> Lookup {
+        let own = &self.set.trust.trust_domain;
+        if let Ok(td) = TrustDomain::parse(&name["spiffe://".len()..]) {
+            if td == *own {
+                return self.validation(name);
+            }
+            return Lookup::Missing(format!("trust domain {td} is not known here (trustmesh serves {own})"));
+        }
+        let id = match SpiffeId::parse(name) {
+            Ok(id) => id,
+            Err(e) => return Lookup::Missing(format!("{e}")),
+        };
+        if let Some(&i) = self.by_id.get(name)
+            && let Some(svid) = self.set.svids.get(i)
+        {
+            return self.certificate(name, svid);
+        }
+        if let Some((_, reason)) = self.set.withheld.iter().find(|(w, _)| *w == id) {
+            return Lookup::Missing(format!("{id} is withheld: {reason}"));
+        }
+        Lookup::Missing(format!("the caller is not entitled to {id}"))
+    }
+}
+
+impl Catalog for SecretCatalog {
+    fn serves(&self, type_url: &str) -> bool {
+        type_url == SECRET_TYPE
+    }
+
+    fn lookup(&self, type_url: &str, name: &str) -> Lookup {
+        if type_url != SECRET_TYPE {
+            return Lookup::Missing(format!("type URL {type_url} is not served (trustmesh serves {SECRET_TYPE})"));
+        }
+        match name {
+            "default" => match self.set.svids.first() {
+                Some(svid) => self.certificate(name, svid),
+                None => Lookup::Missing(match self.set.withheld.first() {
+                    Some((id, reason)) => format!("the caller holds no SVID ({id} is withheld: {reason})"),
+                    None => "the caller holds no SVID".to_string(),
+                }),
+            },
+            "ROOTCA" | "ALL" => self.validation(name),
+            _ if name.starts_with("spiffe://") => self.spiffe_name(name),
+            _ => Lookup::Missing(format!(
+                "unknown resource name {:?}: expected a SPIFFE ID, spiffe://<trust-domain>, default, ROOTCA or ALL",
+                name.chars().take(128).collect::<String>()
+            )),
+        }
+    }
+
+    fn wildcard(&self, type_url: &str) -> Vec<String> {
+        if type_url != SECRET_TYPE {
+            return Vec::new();
+        }
+        let mut names: Vec<String> = self.set.svids.iter().map(|s| s.spiffe_id.to_string()).collect();
+        if !self.set.trust.bundle_pem.is_empty() {
+            names.push(self.set.trust.trust_domain.id_string());
+        }
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,180 @@
+//! The tonic services: routing by method, attestation, `FetchSecrets`. The
+//! streams themselves are driven in `stream.rs`; the protocol is in the
+//! state machines. Nothing here decides what a reply contains.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use tonic::body::Body;
+use tonic::server::{Grpc, NamedService};
+use tonic::{Request, Status};
+use tonic_prost::ProstCodec;
+
+use super::memo::SecretCache;
+use super::protocol::SECRET_TYPE;
+use super::resources::SecretCatalog;
+use super::sotw::SotwStream;
+use super::stream::{self, Kind};
+use super::{CallerAttestor, MAX_MESSAGE_BYTES, SdsError, status, wire};
+use crate::cache::{IdentitySource, IdentityWatch};
+
+const SDS: &str = "envoy.service.secret.v3.SecretDiscoveryService";
+const ADS: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+
+/// State shared by every stream of one server.
+pub(crate) struct Shared {
+    pub identities: Arc<dyn IdentitySource>,
+    pub attest: Arc<dyn CallerAttestor>,
+    pub cache: Arc<SecretCache>,
+}
+
+impl Shared {
+    pub fn new(identities: Arc<dyn IdentitySource>, attest: Arc<dyn CallerAttestor>) -> Self {
+        Self { identities, attest, cache: Arc::new(SecretCache::new()) }
+    }
+
+    /// Attests the caller and starts following its identities.
+    pub async fn caller<T>(&self, request: &Request<T>) -> Result<IdentityWatch, Status> {
+        let selectors = self.attest.selectors(request.metadata(), request.extensions()).await?;
+        match self.identities.watch(selectors).await {
+            Ok(watch) => Ok(watch),
+            Err(e) => {
+                let e = SdsError::from(e);
+                tracing::warn!(error = %e, "sds caller refused");
+                Err(status(e))
+            }
+        }
+    }
+}
+
+/// `envoy.service.secret.v3.SecretDiscoveryService`.
+#[derive(Clone)]
+pub struct SecretDiscovery {
+    shared: Arc<Shared>,
+}
+
+/// `envoy.service.discovery.v3.AggregatedDiscoveryService` (secrets only for
+/// now: other type URLs get a per-request error).
+#[derive(Clone)]
+pub struct AggregatedDiscovery {
+    shared: Arc<Shared>,
+}
+
+impl SecretDiscovery {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+impl AggregatedDiscovery {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+impl NamedService for SecretDiscovery {
+    const NAME: &'static str = SDS;
+}
+
+impl NamedService for AggregatedDiscovery {
+    const NAME: &'static str = ADS;
+}
+
+type Call = BoxFuture<'static, Result<http::Response<Body>, Infallible>>;
+
+impl tower::Service<http::Request<Body>> for SecretDiscovery {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Call;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let shared = self.shared.clone();
+        let method = method(&req, SDS);
+        Box::pin(async move {
+            Ok(match method.as_deref() {
+                Some("StreamSecrets") => stream::serve(shared, req, Kind::Sotw, Some(SECRET_TYPE)).await,
+                Some("DeltaSecrets") => stream::serve(shared, req, Kind::Delta, Some(SECRET_TYPE)).await,
+                Some("FetchSecrets") => fetch(shared, req).await,
+                _ => unimplemented(&req),
+            })
+        })
+    }
+}
+
+impl tower::Service<http::Request<Body>> for AggregatedDiscovery {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Call;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let shared = self.shared.clone();
+        let method = method(&req, ADS);
+        Box::pin(async move {
+            Ok(match method.as_deref() {
+                Some("StreamAggregatedResources") => stream::serve(shared, req, Kind::Sotw, None).await,
+                Some("DeltaAggregatedResources") => stream::serve(shared, req, Kind::Delta, None).await,
+                _ => unimplemented(&req),
+            })
+        })
+    }
+}
+
+/// The method name of `/<service>/<method>`.
+fn method(req: &http::Request<Body>, service: &str) -> Option<String> {
+    let path = req.uri().path().strip_prefix('/')?;
+    path.strip_prefix(service)?.strip_prefix('/').map(str::to_string)
+}
+
+fn unimplemented(req: &http::Request<Body>) -> http::Response<Body> {
+    let path: String = req.uri().path().chars().take(200).collect();
+    Status::unimplemented(format!("method {path} is not implemented")).into_http()
+}
+
+/// `FetchSecrets`: one state-of-the-world answer from the caller's current
+/// identities, `version_info` = the identity-set version.
+async fn fetch(shared: Arc<Shared>, req: http::Request<Body>) -> http::Response<Body> {
+    let codec = ProstCodec::<wire::DiscoveryResponse, wire::DiscoveryRequest>::default();
+    let mut grpc = Grpc::new(codec).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let svc = tower::service_fn(move |request: Request<wire::DiscoveryRequest>| {
+        let shared = shared.clone();
+        async move { fetch_secrets(&shared, request).await.map(tonic::Response::new) }
+    });
+    grpc.unary(svc, req).await
+}
+
+async fn fetch_secrets(
+    shared: &Shared,
+    request: Request<wire::DiscoveryRequest>,
+) -> Result<wire::DiscoveryResponse, Status> {
+    let watch = shared.caller(&request).await?;
+    let msg = request.into_inner();
+    let node = wire::parse_node(&msg.node).map_err(|e| status(SdsError::Node(e.to_string())))?;
+    let set = watch.current();
+    let version = set.version.to_string();
+    let catalog = Arc::new(SecretCatalog::new(set, node.validator, shared.cache.clone()));
+    let named = !msg.resource_names.is_empty();
+    let mut machine = SotwStream::new(catalog);
+    let step = machine.on_request(msg.into_input(Some(SECRET_TYPE))).map_err(|e| status(e.into()))?;
+    stream::log_notices(&node.id, &step.notices);
+    let Some(mut reply) = step.replies.into_iter().next() else {
+        return Err(Status::internal("no reply to a first request"));
+    };
+    if named && reply.resources.is_empty() && !reply.failures.is_empty() {
+        let reasons: Vec<String> = reply.failures.iter().take(3).map(|f| f.reason.clone()).collect();
+        return Err(status(SdsError::NotFound(reasons.join("; "))));
+    }
+    reply.version_info = version;
+    reply.nonce.clear();
+    tracing::debug!(node_id = %node.id, type_url = SECRET_TYPE, resources = reply.resources.len(), "sds fetch answered");
+    Ok(reply.into())
+}

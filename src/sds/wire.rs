@@ -1,0 +1,260 @@
+//! The xDS messages as trustmesh reads and writes them. Wire-compatible with
+//! `envoy.service.discovery.v3` (same field numbers), with two differences
+//! from the generated types:
+//!
+//! - requests keep the `node` as undecoded bytes: Envoy may send its whole
+//!   node (~61 KB, 516 extensions) on every request, ACKs included, and only
+//!   the first request's node is ever decoded ([`parse_node`]);
+//! - responses carry resources as already-encoded `Any` bytes shared by every
+//!   stream ([`Encoded`]), so a push costs one copy into the socket buffer.
+
+use prost::bytes::Bytes;
+
+use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+use envoy_types::pb::envoy::service::discovery::v3::{ResourceError, ResourceName};
+use envoy_types::pb::google::protobuf::{Struct, value::Kind};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+
+use super::delta::{DeltaReply, DeltaRequest as DeltaInput};
+use super::protocol::{ErrorDetail, ResourceFailure};
+use super::resources::ValidatorMode;
+use super::sotw::{SotwReply, SotwRequest as SotwInput};
+
+/// The node metadata key that switches a node to `trusted_ca` + `crl`.
+pub const DISABLE_SPIFFE_VALIDATION: &str = "disable_spiffe_cert_validation";
+
+/// `envoy.service.discovery.v3.DiscoveryRequest`, node undecoded.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DiscoveryRequest {
+    #[prost(string, tag = "1")]
+    pub version_info: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub node: Bytes,
+    #[prost(string, repeated, tag = "3")]
+    pub resource_names: Vec<String>,
+    #[prost(string, tag = "4")]
+    pub type_url: String,
+    #[prost(string, tag = "5")]
+    pub response_nonce: String,
+    #[prost(message, optional, tag = "6")]
+    pub error_detail: Option<RpcStatus>,
+}
+
+/// `envoy.service.discovery.v3.DeltaDiscoveryRequest`, node undecoded.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeltaDiscoveryRequest {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub node: Bytes,
+    #[prost(string, tag = "2")]
+    pub type_url: String,
+    #[prost(string, repeated, tag = "3")]
+    pub resource_names_subscribe: Vec<String>,
+    #[prost(string, repeated, tag = "4")]
+    pub resource_names_unsubscribe: Vec<String>,
+    #[prost(btree_map = "string, string", tag = "5")]
+    pub initial_resource_versions: std::collections::BTreeMap<String, String>,
+    #[prost(string, tag = "6")]
+    pub response_nonce: String,
+    #[prost(message, optional, tag = "7")]
+    pub error_detail: Option<RpcStatus>,
+}
+
+/// `envoy.service.discovery.v3.DiscoveryResponse`, resources pre-encoded.
+#[derive(Clone, PartialEq, prost::Message)]
+#[prost(skip_debug)]
+pub struct DiscoveryResponse {
+    #[prost(string, tag = "1")]
+    pub version_info: String,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub resources: Vec<Bytes>,
+    #[prost(string, tag = "4")]
+    pub type_url: String,
+    #[prost(string, tag = "5")]
+    pub nonce: String,
+    #[prost(message, optional, tag = "6")]
+    pub control_plane: Option<ControlPlane>,
+    #[prost(message, repeated, tag = "7")]
+    pub resource_errors: Vec<ResourceError>,
+}
+
+/// `envoy.service.discovery.v3.DeltaDiscoveryResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+#[prost(skip_debug)]
+pub struct DeltaDiscoveryResponse {
+    #[prost(string, tag = "1")]
+    pub system_version_info: String,
+    #[prost(message, repeated, tag = "2")]
+    pub resources: Vec<Resource>,
+    #[prost(string, tag = "4")]
+    pub type_url: String,
+    #[prost(string, tag = "5")]
+    pub nonce: String,
+    #[prost(string, repeated, tag = "6")]
+    pub removed_resources: Vec<String>,
+    #[prost(message, optional, tag = "7")]
+    pub control_plane: Option<ControlPlane>,
+    #[prost(message, repeated, tag = "9")]
+    pub resource_errors: Vec<ResourceError>,
+}
+
+/// `envoy.service.discovery.v3.Resource`, the `Any` pre-encoded.
+#[derive(Clone, PartialEq, prost::Message)]
+#[prost(skip_debug)]
+pub struct Resource {
+    #[prost(string, tag = "1")]
+    pub version: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub resource: Bytes,
+    #[prost(string, tag = "3")]
+    pub name: String,
+}
+
+macro_rules! debug_without_bytes {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(concat!(stringify!($t), " { .. }"))
+            }
+        }
+    )*};
+}
+debug_without_bytes!(DiscoveryResponse, DeltaDiscoveryResponse, Resource);
+
+/// The parts of `envoy.config.core.v3.Node` trustmesh reads; everything else
+/// (extensions, build version, …) is skipped unparsed.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NodeFields {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(string, tag = "2")]
+    cluster: String,
+    #[prost(message, optional, tag = "3")]
+    metadata: Option<Struct>,
+}
+
+/// What the first request says about the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: String,
+    pub cluster: String,
+    pub validator: ValidatorMode,
+    /// Metadata that was present but not understood (ignored), for the log.
+    pub ignored: Option<String>,
+}
+
+/// Decodes the node of a first request. No node is an anonymous node that
+/// gets the default (SPIFFE) validator.
+pub fn parse_node(bytes: &Bytes) -> Result<NodeInfo, prost::DecodeError> {
+    let node = <NodeFields as prost::Message>::decode(bytes.clone())?;
+    let mut validator = ValidatorMode::Spiffe;
+    let mut ignored = None;
+    if let Some(value) = node.metadata.as_ref().and_then(|m| m.fields.get(DISABLE_SPIFFE_VALIDATION)) {
+        match &value.kind {
+            Some(Kind::BoolValue(true)) => validator = ValidatorMode::TrustedCa,
+            Some(Kind::BoolValue(false)) => {}
+            Some(Kind::StringValue(s)) if s == "true" => validator = ValidatorMode::TrustedCa,
+            Some(Kind::StringValue(s)) if s == "false" => {}
+            _ => ignored = Some(format!("{DISABLE_SPIFFE_VALIDATION} is not a boolean; using the SPIFFE validator")),
+        }
+    }
+    Ok(NodeInfo { id: truncate(node.id), cluster: truncate(node.cluster), validator, ignored })
+}
+
+/// Node ids end up in logs: keep them bounded.
+fn truncate(mut s: String) -> String {
+    if s.len() > 256 {
+        let mut end = 256;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+impl DiscoveryRequest {
+    pub fn into_input(self, default_type: Option<&str>) -> SotwInput {
+        SotwInput {
+            type_url: typed(self.type_url, default_type),
+            version_info: self.version_info,
+            resource_names: self.resource_names,
+            response_nonce: self.response_nonce,
+            error_detail: self.error_detail.map(detail),
+        }
+    }
+}
+
+impl DeltaDiscoveryRequest {
+    pub fn into_input(self, default_type: Option<&str>) -> DeltaInput {
+        DeltaInput {
+            type_url: typed(self.type_url, default_type),
+            subscribe: self.resource_names_subscribe,
+            unsubscribe: self.resource_names_unsubscribe,
+            initial_resource_versions: self.initial_resource_versions,
+            response_nonce: self.response_nonce,
+            error_detail: self.error_detail.map(detail),
+        }
+    }
+}
+
+/// On the SDS endpoints the type URL is implicit.
+fn typed(type_url: String, default_type: Option<&str>) -> String {
+    match default_type {
+        Some(t) if type_url.is_empty() => t.to_string(),
+        _ => type_url,
+    }
+}
+
+fn detail(s: RpcStatus) -> ErrorDetail {
+    ErrorDetail { code: s.code, message: s.message }
+}
+
+pub fn control_plane() -> ControlPlane {
+    ControlPlane { identifier: concat!("trustmesh ", env!("CARGO_PKG_VERSION")).to_string() }
+}
+
+impl From<SotwReply> for DiscoveryResponse {
+    fn from(r: SotwReply) -> Self {
+        Self {
+            version_info: r.version_info,
+            resources: r.resources.iter().map(|e| e.any.clone()).collect(),
+            type_url: r.type_url,
+            nonce: r.nonce,
+            control_plane: Some(control_plane()),
+            resource_errors: errors(r.failures),
+        }
+    }
+}
+
+impl From<DeltaReply> for DeltaDiscoveryResponse {
+    fn from(r: DeltaReply) -> Self {
+        Self {
+            system_version_info: r.system_version_info,
+            resources: r
+                .resources
+                .iter()
+                .map(|e| Resource { version: e.version.clone(), resource: e.any.clone(), name: e.name.clone() })
+                .collect(),
+            type_url: r.type_url,
+            nonce: r.nonce,
+            removed_resources: r.removed,
+            control_plane: Some(control_plane()),
+            resource_errors: errors(r.failures),
+        }
+    }
+}
+
+/// `resource_errors`: code NOT_FOUND (5) with the reason, per name.
+pub fn errors(failures: Vec<ResourceFailure>) -> Vec<ResourceError> {
+    failures
+        .into_iter()
+        .map(|f| ResourceError {
+            resource_name: Some(ResourceName { name: f.name, dynamic_parameter_constraints: None }),
+            error_detail: Some(RpcStatus {
+                code: tonic::Code::NotFound as i32,
+                message: f.reason,
+                details: Vec::new(),
+            }),
+        })
+        .collect()
+}

@@ -1,0 +1,655 @@
+//! End-to-end with real Envoy 1.40 processes (from `.venv`, installed by
+//! `scripts/install-test-deps.sh`; or `$TRUSTMESH_ENVOY`): two Envoys that get
+//! their certificates and trust bundle from trustmesh over SDS serve mTLS
+//! between them, across rotations and a trustmesh restart. Loopback and Unix
+//! sockets only; every process is stopped on drop.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod envoy_support;
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use envoy_support::config::{self, CLIENT_LISTENER, SERVER_LISTENER, Tls};
+use envoy_support::http::{self, Upstream};
+use envoy_support::{Envoy, envoy_bin};
+use harness::{Server, openssl_ok};
+
+const SERVER_ID: &str = "spiffe://example.org/test/envoy-server";
+const CLIENT_ID: &str = "spiffe://example.org/test/envoy-client";
+
+/// The serial of a PEM certificate file, lower-case hex without leading
+/// zeros (as Envoy's `/certs` prints it).
+fn pem_serial(path: &Path) -> String {
+    let out = openssl_ok(&["x509", "-in", path.to_str().unwrap(), "-noout", "-serial"]);
+    envoy_support::normalize_serial(out.trim().trim_start_matches("serial="))
+}
+
+/// The `URI=` element of an `x-forwarded-client-cert` value as the upstream
+/// echoed it (`xfcc=By=…;Hash=…;URI=spiffe://…`).
+fn xfcc_uri(body: &str) -> Option<String> {
+    let v = body.trim().strip_prefix("xfcc=")?;
+    v.split(';').find_map(|kv| kv.strip_prefix("URI=")).map(|s| s.trim_matches('"').to_string())
+}
+
+/// One request through the client-side Envoy; asserts 200 and returns the
+/// client SPIFFE ID the upstream saw.
+fn request_ok(client: &Envoy, server: &Envoy) -> String {
+    let addr = client.listener_addr(CLIENT_LISTENER);
+    let r = http::get(addr, "/hello")
+        .unwrap_or_else(|e| panic!("{e}\nclient {}\nserver {}", client.diagnostics(), server.diagnostics()));
+    assert_eq!(r.status, 200, "body {:?}\nclient {}\nserver {}", r.body, client.diagnostics(), server.diagnostics());
+    xfcc_uri(&r.body).unwrap_or_else(|| panic!("no URI in the forwarded client certificate: {:?}", r.body))
+}
+
+#[test]
+fn envoy_harness_runs_a_static_envoy() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let pair = |name: &str, id: &str| -> (PathBuf, PathBuf) {
+        let cert = dir.path().join(format!("{name}.pem"));
+        let key = dir.path().join(format!("{name}.key"));
+        server.ok(&[
+            "pki",
+            "cert",
+            "generate",
+            "--spiffe-id",
+            id,
+            "--output-cert",
+            cert.to_str().unwrap(),
+            "--output-key",
+            key.to_str().unwrap(),
+        ]);
+        (cert, key)
+    };
+    let (server_cert, server_key) = pair("server", SERVER_ID);
+    let (client_cert, client_key) = pair("client", CLIENT_ID);
+    let ca = server.bundle_path();
+
+    let upstream = Upstream::start();
+    let server_tls = Tls::Files { cert: server_cert.clone(), key: server_key, ca: ca.clone() };
+    let envoy_server =
+        Envoy::start(&config::server_side("static-server", &server_tls, CLIENT_ID, upstream.port(), None));
+    let server_port = envoy_server.listener_port(SERVER_LISTENER);
+    assert_ne!(server_port, 0);
+
+    let client_tls = Tls::Files { cert: client_cert.clone(), key: client_key, ca };
+    let envoy_client = Envoy::start(&config::client_side("static-client", &client_tls, SERVER_ID, server_port, None));
+
+    // Requests through both Envoys reach the upstream with the client's ID.
+    for _ in 0..3 {
+        assert_eq!(request_ok(&envoy_client, &envoy_server), CLIENT_ID);
+    }
+    assert_eq!(upstream.requests(), 3);
+
+    // /certs shows exactly the certificates on disk.
+    assert_eq!(envoy_server.serials_of(SERVER_ID), vec![pem_serial(&server_cert)]);
+    assert_eq!(envoy_client.serials_of(CLIENT_ID), vec![pem_serial(&client_cert)]);
+    assert!(!envoy_server.ca_serials().is_empty());
+
+    // /stats: one handshake per request (max_requests_per_connection: 1).
+    let handshakes = envoy_server.sum("listener.127.0.0.1_", ".ssl.handshake");
+    assert_eq!(handshakes, 3, "{}", envoy_server.diagnostics());
+    assert_eq!(envoy_client.counter("cluster.to_server.upstream_cx_total"), 3);
+
+    // A client the server does not accept (its certificate has another SAN)
+    // is refused at the handshake: the client-side Envoy answers 503.
+    let (other_cert, other_key) = pair("other", "spiffe://example.org/test/someone-else");
+    let other_tls = Tls::Files { cert: other_cert, key: other_key, ca: server.bundle_path() };
+    let envoy_other = Envoy::start(&config::client_side("static-other", &other_tls, SERVER_ID, server_port, None));
+    let r = http::get(envoy_other.listener_addr(CLIENT_LISTENER), "/").unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    envoy_server.wait_until("a SAN verification failure", Duration::from_secs(5), |e| {
+        e.sum("listener.127.0.0.1_", ".ssl.fail_verify_san") >= 1
+    });
+    assert_eq!(upstream.requests(), 3);
+
+    // The SDS bootstraps the other tests use are valid Envoy configuration.
+    let servers = [
+        config::SdsServer::Socket(dir.path().join("api.sock")),
+        config::SdsServer::Tls { addr: server.api, token: "t.o.k".into(), ca_file: server.bundle_path() },
+    ];
+    for sds in &servers {
+        for delta in [false, true] {
+            let tls = Tls::Sds { cert: CLIENT_ID.into(), validation: "ROOTCA".into(), source: config::sds_source(sds, delta) };
+            for text in [
+                config::server_side("v", &tls, CLIENT_ID, 9, Some(sds)),
+                config::client_side("v", &tls, SERVER_ID, 9, Some(sds)),
+            ] {
+                if let Err(e) = envoy_support::validate(&text) {
+                    panic!("invalid bootstrap ({sds:?}, delta {delta}): {e}\n{text}");
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// SDS: both Envoys get their certificate and trust bundle from trustmesh.
+
+/// The uid this test runs as (0 in CI), for `unix:uid:` selectors.
+fn my_uid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// `trustmesh entry create` for an Envoy started through `bin`: selectors
+/// `unix:uid:<me>` and `unix:path:<bin>`, so Envoys started through different
+/// paths (see `envoy_alias`) get different identities.
+fn entry_for_binary(tm: &Server, spiffe_id: &str, bin: &Path) {
+    let uid = format!("unix:uid:{}", my_uid());
+    let path = format!("unix:path:{}", bin.display());
+    tm.ok(&["entry", "create", "--spiffe-id", spiffe_id, "--selector", &uid, "--selector", &path]);
+}
+
+/// Envoy's stat-name form of a secret name (`spiffe://example.org/x` →
+/// `spiffe_example.org/x`, as Envoy's stats sanitizer does).
+fn stat_name(secret: &str) -> String {
+    secret.replace("://", "_").replace(":/", "_").replace(':', "_")
+}
+
+/// An SDS counter of secret `secret` (`sds.<secret>.<stat>`).
+fn sds_stat(envoy: &Envoy, secret: &str, stat: &str) -> u64 {
+    envoy.counter(&format!("sds.{}.{stat}", stat_name(secret)))
+}
+
+/// The `version_text` of the secret Envoy holds.
+fn sds_version(envoy: &Envoy, secret: &str) -> String {
+    let key = format!("sds.{}.version_text", stat_name(secret));
+    envoy.stats().get(&key).cloned().unwrap_or_default()
+}
+
+#[derive(Clone, Copy)]
+struct MeshOptions {
+    svid_ttl_secs: Option<u32>,
+    server_delta: bool,
+    client_delta: bool,
+    /// The validation context secret each side asks for.
+    validation: &'static str,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        MeshOptions { svid_ttl_secs: None, server_delta: false, client_delta: false, validation: "spiffe://example.org" }
+    }
+}
+
+/// trustmesh + an upstream + a server-side Envoy (the `.venv` binary) + a
+/// client-side Envoy (a hard link at another path: another identity), both on
+/// trustmesh's local socket. Fields drop in order: Envoys first.
+struct Mesh {
+    client: Envoy,
+    server: Envoy,
+    upstream: Upstream,
+    tm: Server,
+    opts: MeshOptions,
+    dir: tempfile::TempDir,
+}
+
+impl Mesh {
+    fn start(opts: MeshOptions) -> Mesh {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let ttl = opts.svid_ttl_secs.map(|t| t.to_string());
+        let mut extra = vec![];
+        if let Some(t) = &ttl {
+            extra.extend(["--svid-ttl", t.as_str()]);
+        }
+        let tm = Server::start(&data, &extra);
+        let socket = Server::socket_path(&data);
+        let server_bin = envoy_bin();
+        let client_bin = envoy_support::envoy_alias(dir.path(), "client-envoy");
+        entry_for_binary(&tm, SERVER_ID, &server_bin);
+        entry_for_binary(&tm, CLIENT_ID, &client_bin);
+        let upstream = Upstream::start();
+        let server = Envoy::start_with(&server_bin, &Self::server_bootstrap(&socket, &opts, upstream.port()), &[]);
+        let server_port = server.listener_port(SERVER_LISTENER);
+        let client = Envoy::start_with(&client_bin, &Self::client_bootstrap(&socket, &opts, server_port), &[]);
+        Mesh { client, server, upstream, tm, opts, dir }
+    }
+
+    fn server_bootstrap(socket: &Path, opts: &MeshOptions, upstream_port: u16) -> String {
+        let sds = config::SdsServer::Socket(socket.to_path_buf());
+        let tls = Tls::Sds {
+            cert: SERVER_ID.into(),
+            validation: opts.validation.into(),
+            source: config::sds_source(&sds, opts.server_delta),
+        };
+        config::server_side("envoy-server", &tls, CLIENT_ID, upstream_port, Some(&sds))
+    }
+
+    fn client_bootstrap(socket: &Path, opts: &MeshOptions, server_port: u16) -> String {
+        let sds = config::SdsServer::Socket(socket.to_path_buf());
+        let tls = Tls::Sds {
+            cert: CLIENT_ID.into(),
+            validation: opts.validation.into(),
+            source: config::sds_source(&sds, opts.client_delta),
+        };
+        config::client_side("envoy-client", &tls, SERVER_ID, server_port, Some(&sds))
+    }
+
+    fn request_ok(&self) -> String {
+        request_ok(&self.client, &self.server)
+    }
+
+    fn traffic(&self) -> http::Traffic {
+        http::Traffic::start(self.client.listener_addr(CLIENT_LISTENER), "/traffic", Duration::from_millis(50))
+    }
+
+    /// Everything that helps to understand a failure.
+    fn diagnostics(&self) -> String {
+        let log = self.tm.log();
+        let lines: Vec<&str> = log.lines().collect();
+        format!(
+            "client {}\nserver {}\n--- trustmesh log tail ---\n{}",
+            self.client.diagnostics(),
+            self.server.diagnostics(),
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        )
+    }
+
+    /// The serials trustmesh lists as issued to `spiffe_id`.
+    fn issued_serials(&self, spiffe_id: &str) -> Vec<String> {
+        let list = self.tm.json(&["pki", "cert", "list", "--spiffe-id", spiffe_id]);
+        let items = list.as_array().cloned().unwrap_or_default();
+        items.iter().filter_map(|c| c["serial"].as_str()).map(envoy_support::normalize_serial).collect()
+    }
+}
+
+/// Adds the serials Envoy holds for `id` that `seen` lacks (in the order
+/// they appear). During a rotation Envoy may briefly list the old context too.
+fn note_serial(envoy: &Envoy, id: &str, seen: &mut Vec<String>) {
+    for s in envoy.serials_of(id) {
+        if !seen.contains(&s) {
+            seen.push(s);
+        }
+    }
+}
+
+#[test]
+fn two_envoys_get_everything_from_trustmesh() {
+    let mesh = Mesh::start(MeshOptions::default());
+    // A request through both Envoys: the upstream sees the client's SPIFFE ID
+    // as the server-side Envoy verified it.
+    for _ in 0..3 {
+        assert_eq!(mesh.request_ok(), CLIENT_ID);
+    }
+    // Each Envoy holds exactly one certificate for its own identity, issued by
+    // trustmesh, and none of the other's.
+    let server_serials = mesh.server.serials_of(SERVER_ID);
+    let client_serials = mesh.client.serials_of(CLIENT_ID);
+    assert_eq!(server_serials.len(), 1, "{}", mesh.diagnostics());
+    assert_eq!(client_serials.len(), 1, "{}", mesh.diagnostics());
+    assert!(mesh.server.serials_of(CLIENT_ID).is_empty());
+    assert!(mesh.client.serials_of(SERVER_ID).is_empty());
+    assert!(mesh.issued_serials(SERVER_ID).contains(&server_serials[0]), "{}", mesh.diagnostics());
+    assert!(mesh.issued_serials(CLIENT_ID).contains(&client_serials[0]), "{}", mesh.diagnostics());
+    // The validation contexts hold trustmesh's root.
+    let bundle = std::fs::read_to_string(mesh.tm.bundle_path()).unwrap();
+    let root = harness::pem_blocks(&bundle, "CERTIFICATE")[0].clone();
+    let root_file = mesh.dir.path().join("root.pem");
+    std::fs::write(&root_file, root).unwrap();
+    let root_serial = pem_serial(&root_file);
+    assert!(mesh.server.ca_serials().contains(&root_serial), "{}", mesh.diagnostics());
+    assert!(mesh.client.ca_serials().contains(&root_serial), "{}", mesh.diagnostics());
+    // SDS stats: every secret arrived and none was rejected.
+    for (envoy, cert) in [(&mesh.server, SERVER_ID), (&mesh.client, CLIENT_ID)] {
+        for secret in [cert, mesh.opts.validation] {
+            assert!(sds_stat(envoy, secret, "update_success") >= 1, "{secret}: {}", envoy.diagnostics());
+            assert_eq!(sds_stat(envoy, secret, "update_rejected"), 0, "{secret}: {}", envoy.diagnostics());
+        }
+    }
+    assert_eq!(mesh.server.sum("listener.127.0.0.1_", ".ssl.fail_verify_error"), 0);
+}
+
+#[test]
+fn rotation_under_traffic_has_zero_failures() {
+    // 20 s SVIDs rotate at ~10 s (50 % ± 10 %); the client side on delta SDS,
+    // the server side on state-of-the-world SDS.
+    let mesh = Mesh::start(MeshOptions {
+        svid_ttl_secs: Some(20),
+        client_delta: true,
+        validation: "ROOTCA",
+        ..Default::default()
+    });
+    assert_eq!(mesh.request_ok(), CLIENT_ID);
+    let traffic = mesh.traffic();
+    let (mut client_seen, mut server_seen) = (Vec::new(), Vec::new());
+    let start = std::time::Instant::now();
+    // Until both have rotated twice after their first certificate (~2.5 TTL/2).
+    while client_seen.len() < 3 || server_seen.len() < 3 {
+        note_serial(&mesh.client, CLIENT_ID, &mut client_seen);
+        note_serial(&mesh.server, SERVER_ID, &mut server_seen);
+        assert!(
+            start.elapsed() < Duration::from_secs(45),
+            "no second rotation within 45 s: client serials {client_seen:?}, server serials {server_seen:?}\n{}",
+            mesh.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Half a rotation more of traffic on the newest certificates.
+    std::thread::sleep(Duration::from_secs(3));
+    let report = traffic.stop();
+    assert!(report.failures.is_empty(), "{} failed requests: {:?}\n{}", report.failures.len(), report.failures, mesh.diagnostics());
+    assert!(report.ok > 200, "only {} requests went through", report.ok);
+    // Every rotated certificate was issued by trustmesh and presented on the wire.
+    for s in &client_seen {
+        assert!(mesh.issued_serials(CLIENT_ID).contains(s), "serial {s} not issued by trustmesh");
+    }
+    let hashes: std::collections::BTreeSet<String> = mesh
+        .upstream
+        .seen
+        .lock()
+        .iter()
+        .filter_map(|s| s.xfcc.clone())
+        .filter_map(|x| x.split(';').find_map(|kv| kv.strip_prefix("Hash=")).map(str::to_string))
+        .collect();
+    assert!(hashes.len() >= 3, "the upstream saw {} distinct client certificates", hashes.len());
+    for secret in [CLIENT_ID, SERVER_ID, "ROOTCA"] {
+        let envoy = if secret == SERVER_ID { &mesh.server } else { &mesh.client };
+        assert_eq!(sds_stat(envoy, secret, "update_rejected"), 0, "{secret}: {}", envoy.diagnostics());
+    }
+    assert!(sds_stat(&mesh.client, CLIENT_ID, "update_success") >= 3);
+}
+
+#[test]
+fn envoys_survive_a_trustmesh_restart() {
+    let mut mesh = Mesh::start(MeshOptions { svid_ttl_secs: Some(20), server_delta: true, ..Default::default() });
+    assert_eq!(mesh.request_ok(), CLIENT_ID);
+    let traffic = mesh.traffic();
+    std::thread::sleep(Duration::from_secs(1));
+    let before_client = mesh.client.serials_of(CLIENT_ID);
+    let before_server = mesh.server.serials_of(SERVER_ID);
+    let before_versions = (sds_version(&mesh.client, CLIENT_ID), sds_version(&mesh.server, SERVER_ID));
+    let before_success =
+        (sds_stat(&mesh.client, CLIENT_ID, "update_success"), sds_stat(&mesh.server, SERVER_ID, "update_success"));
+    let before_cx = (
+        mesh.client.counter("cluster.trustmesh_sds.upstream_cx_total"),
+        mesh.server.counter("cluster.trustmesh_sds.upstream_cx_total"),
+    );
+
+    // Outage: traffic keeps flowing on the certificates Envoy holds.
+    mesh.tm.stop();
+    let ok_at_stop = traffic.ok_count();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(traffic.ok_count() >= ok_at_stop + 20, "traffic stalled while trustmesh was down\n{}", mesh.diagnostics());
+    assert_eq!(traffic.failure_count(), 0, "failures during the outage: {:?}", traffic.failures.lock());
+
+    // Same data directory and socket: the Envoys reconnect by themselves.
+    let data = mesh.tm.data_dir.clone();
+    mesh.tm = Server::start(&data, &["--svid-ttl", "20"]);
+    for (envoy, before) in [(&mesh.client, before_cx.0), (&mesh.server, before_cx.1)] {
+        envoy.wait_until("a new connection to trustmesh", Duration::from_secs(10), |e| {
+            e.counter("cluster.trustmesh_sds.upstream_cx_total") > before
+                && e.counter("cluster.trustmesh_sds.upstream_cx_active") >= 1
+        });
+    }
+    // ... and receive certificates from the restarted server (the old process
+    // is gone, so any serial they did not hold before came from it): at the
+    // latest the next rotation, ~10 s after the last one.
+    mesh.client.wait_until("a client certificate from the restarted trustmesh", Duration::from_secs(25), |e| {
+        let s = e.serials_of(CLIENT_ID);
+        !s.is_empty() && s != before_client
+    });
+    mesh.server.wait_until("a server certificate from the restarted trustmesh", Duration::from_secs(25), |e| {
+        let s = e.serials_of(SERVER_ID);
+        !s.is_empty() && s != before_server
+    });
+    assert!(sds_stat(&mesh.client, CLIENT_ID, "update_success") > before_success.0);
+    assert!(sds_stat(&mesh.server, SERVER_ID, "update_success") > before_success.1);
+    assert_ne!(sds_version(&mesh.client, CLIENT_ID), before_versions.0);
+    assert_ne!(sds_version(&mesh.server, SERVER_ID), before_versions.1);
+    std::thread::sleep(Duration::from_secs(1));
+    let report = traffic.stop();
+    assert!(report.failures.is_empty(), "failed requests: {:?}\n{}", report.failures, mesh.diagnostics());
+    assert_eq!(mesh.request_ok(), CLIENT_ID);
+    let new_serial = mesh.client.serials_of(CLIENT_ID);
+    assert!(mesh.issued_serials(CLIENT_ID).contains(&new_serial[0]));
+}
+
+/// The lines of `log` that report an SDS stream closed by the server, with
+/// its gRPC status (Envoy logs them at debug level for the `config` component).
+fn stream_errors(log: &str) -> Vec<String> {
+    log.lines().filter(|l| l.contains("gRPC config stream") && l.contains("closed")).map(str::to_string).collect()
+}
+
+/// Asserts that `envoy` never got secret `cert`, stays not LIVE, and that
+/// trustmesh closed its SDS stream with gRPC status `code` and a message
+/// containing `needle`.
+fn assert_refused(what: &str, envoy: &Envoy, cert: &str, code: u32, needle: &str, tm: &Server) {
+    envoy.wait_until(&format!("{what}: an SDS stream error"), Duration::from_secs(15), |e| {
+        !stream_errors(&e.log()).is_empty()
+    });
+    let errors = stream_errors(&envoy.log());
+    let expected = format!(": {code}, ");
+    assert!(
+        errors.iter().any(|l| l.contains(&expected) && l.contains(needle)),
+        "{what}: expected gRPC status {code} with {needle:?}; Envoy logged {errors:#?}\n--- trustmesh log ---\n{}",
+        tm.log()
+    );
+    assert!(envoy.serials_of(cert).is_empty(), "{what}: got a certificate for {cert}");
+    assert_eq!(sds_stat(envoy, cert, "update_success"), 0, "{what}");
+    let ready = envoy.admin_get("/ready");
+    assert_ne!(ready.status, 200, "{what}: LIVE without its certificate");
+}
+
+#[test]
+fn bad_sds_callers_get_clear_errors() {
+    const NODE_A_ID: &str = "spiffe://example.org/envoy/node-a";
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let tm = Server::start(&data, &[]);
+    let socket = Server::socket_path(&data);
+    tm.ok(&["entry", "create", "--spiffe-id", NODE_A_ID, "--selector", "token:sub:node-a"]);
+    tm.ok(&["entry", "create", "--spiffe-id", "spiffe://example.org/envoy/node-b", "--selector", "token:sub:node-b"]);
+    entry_for_binary(&tm, CLIENT_ID, &envoy_bin());
+    let token = |node: &str| tm.ok(&["token", "mint", "node", node]).trim().to_string();
+    let over_tls = |token: String| config::SdsServer::Tls { addr: tm.api, token, ca_file: tm.bundle_path() };
+    let bootstrap = |node_id: &str, cert: &str, sds: &config::SdsServer| {
+        let tls = Tls::Sds {
+            cert: cert.into(),
+            validation: "spiffe://example.org".into(),
+            source: config::sds_source(sds, false),
+        };
+        // The cluster's peer port is never dialled: no request is sent.
+        config::client_side(node_id, &tls, SERVER_ID, 9, Some(sds))
+    };
+    let debug = ["--component-log-level", "config:debug"];
+
+    // Controls: node-a's own token over the TLS port, and the entry's binary
+    // over the local socket, get their certificates.
+    let good_tls = Envoy::start_with(&envoy_bin(), &bootstrap("node-a", NODE_A_ID, &over_tls(token("node-a"))), &debug);
+    assert_eq!(good_tls.serials_of(NODE_A_ID).len(), 1, "{}", good_tls.diagnostics());
+    let local = config::SdsServer::Socket(socket.clone());
+    let good_local = Envoy::start_with(&envoy_bin(), &bootstrap("local", CLIENT_ID, &local), &debug);
+    assert_eq!(good_local.serials_of(CLIENT_ID).len(), 1, "{}", good_local.diagnostics());
+
+    // A token for another node, asking for node-a's certificate.
+    let other_node =
+        Envoy::spawn(&envoy_bin(), &bootstrap("node-a", NODE_A_ID, &over_tls(token("node-b"))), &debug);
+    // A token trustmesh never minted.
+    let forged = Envoy::spawn(
+        &envoy_bin(),
+        &bootstrap("node-a", NODE_A_ID, &over_tls("eyJhbGciOiJFUzI1NiJ9.e30.AAAA".into())),
+        &debug,
+    );
+    // A local caller that no entry matches (another executable path).
+    let stranger_bin = envoy_support::envoy_alias(dir.path(), "stranger");
+    let stranger = Envoy::spawn(&stranger_bin, &bootstrap("stranger", CLIENT_ID, &local), &debug);
+
+    // NOT_FOUND naming the secret node-b may not have.
+    assert_refused("token of another node", &other_node, NODE_A_ID, 5, NODE_A_ID, &tm);
+    // PERMISSION_DENIED: nothing matches the caller at all.
+    assert_refused("caller without an entry", &stranger, CLIENT_ID, 7, "no registration entry", &tm);
+    // An unauthenticated caller gets UNAUTHENTICATED (gRPC 16).
+    forged.wait_until("forged token: an SDS stream error", Duration::from_secs(15), |e| {
+        !stream_errors(&e.log()).is_empty()
+    });
+    let errors = stream_errors(&forged.log());
+    assert!(errors.iter().any(|l| l.contains(": 16,")), "forged token: {errors:#?}");
+    assert!(forged.serials_of(NODE_A_ID).is_empty());
+
+    // The refused callers did not disturb anyone else, and trustmesh serves on.
+    assert_eq!(good_tls.serials_of(NODE_A_ID).len(), 1);
+    assert_eq!(good_local.serials_of(CLIENT_ID).len(), 1);
+    assert_eq!(sds_stat(&good_tls, NODE_A_ID, "update_rejected"), 0);
+    let status = tm.json(&["pki", "status"]);
+    assert_eq!(status["health"], "HEALTHY", "{status}");
+}
+
+// ---------------------------------------------------------------------------
+// Bootstraps: the generator's output and the examples in envoy/.
+
+const TLS_SERVER_ID: &str = "spiffe://example.org/tls/tls-server";
+const TLS_CLIENT_ID: &str = "spiffe://example.org/tls/tls-client";
+
+/// One way of generating a pair of bootstraps.
+struct Variant {
+    name: &'static str,
+    delta: bool,
+    /// The TLS port with a node token instead of the local socket.
+    tls: bool,
+    /// `--spiffe-id` (SPIRE-style secret names) instead of `default`/`ROOTCA`.
+    named: bool,
+}
+
+/// `trustmesh envoy bootstrap` with `args` plus the variant's flags.
+fn generate(tm: &Server, v: &Variant, node_id: &str, spiffe_id: &str, sds: &[String], args: &[String]) -> String {
+    let mut all: Vec<String> = ["envoy", "bootstrap", "--node-id", node_id, "--bind", "127.0.0.1"].map(String::from).to_vec();
+    all.extend_from_slice(sds);
+    if v.delta {
+        all.push("--delta".into());
+    }
+    if v.named {
+        all.extend(["--spiffe-id".to_string(), spiffe_id.to_string()]);
+    }
+    all.extend_from_slice(args);
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    eprintln!("[{}] trustmesh {}", v.name, refs.join(" "));
+    tm.ok(&refs)
+}
+
+#[test]
+fn every_example_and_generated_bootstrap_reaches_live_and_serves_mtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let tm = Server::start(&data, &[]);
+    let socket = Server::socket_path(&data);
+    let upstream = Upstream::start();
+
+    // Local socket: the Envoy binary's path tells the two sides apart.
+    let server_bin = envoy_bin();
+    let client_bin = envoy_support::envoy_alias(dir.path(), "client-envoy");
+    entry_for_binary(&tm, SERVER_ID, &server_bin);
+    entry_for_binary(&tm, CLIENT_ID, &client_bin);
+    // TLS port: node tokens; the IDs' last segment is the token's subject.
+    let token_file = |node: &str| {
+        let token = tm.ok(&["token", "mint", "node", node]).trim().to_string();
+        let f = dir.path().join(format!("{node}.token"));
+        std::fs::write(&f, token).unwrap();
+        f
+    };
+    tm.ok(&["entry", "create", "--spiffe-id", TLS_SERVER_ID, "--selector", "token:sub:tls-server"]);
+    tm.ok(&["entry", "create", "--spiffe-id", TLS_CLIENT_ID, "--selector", "token:sub:tls-client"]);
+    let (server_token, client_token) = (token_file("tls-server"), token_file("tls-client"));
+
+    let variants = [
+        Variant { name: "local socket, SotW, default + ROOTCA", delta: false, tls: false, named: false },
+        Variant { name: "local socket, delta, SPIFFE ID names", delta: true, tls: false, named: true },
+        Variant { name: "TLS port + token, SotW, SPIFFE ID names", delta: false, tls: true, named: true },
+        Variant { name: "TLS port + token, delta, default + ROOTCA", delta: true, tls: true, named: false },
+    ];
+    for v in &variants {
+        let (server_id, client_id, server_node, client_node) = if v.tls {
+            (TLS_SERVER_ID, TLS_CLIENT_ID, "tls-server", "tls-client")
+        } else {
+            (SERVER_ID, CLIENT_ID, "envoy-server", "envoy-client")
+        };
+        let sds = |token: &Path| -> Vec<String> {
+            if v.tls {
+                vec!["--token-file".into(), token.display().to_string()]
+            } else {
+                vec!["--socket".into(), socket.display().to_string()]
+            }
+        };
+        let server_text = generate(&tm, v, server_node, server_id, &sds(&server_token), &[
+            "--listener".into(),
+            format!("mtls_in:0:{client_id}"),
+            "--backend".into(),
+            format!("127.0.0.1:{}", upstream.port()),
+        ]);
+        let server = Envoy::start_with(&server_bin, &server_text, &[]);
+        let port = server.listener_port("mtls_in");
+        let client_text = generate(&tm, v, client_node, client_id, &sds(&client_token), &[
+            "--upstream".into(),
+            format!("plain_out:0:127.0.0.1:{port}:{server_id}"),
+            "--new-connection-per-request".into(),
+        ]);
+        let client = Envoy::start_with(if v.tls { &server_bin } else { &client_bin }, &client_text, &[]);
+        let r = http::get(client.listener_addr("plain_out"), "/generated")
+            .unwrap_or_else(|e| panic!("[{}] {e}\n{}\n{}", v.name, client.diagnostics(), server.diagnostics()));
+        assert_eq!(r.status, 200, "[{}] {}\n{}\n{}", v.name, r.body, client.diagnostics(), server.diagnostics());
+        assert_eq!(xfcc_uri(&r.body).as_deref(), Some(client_id), "[{}] {}", v.name, r.body);
+        assert_eq!(server.serials_of(server_id).len(), 1, "[{}]", v.name);
+        assert_eq!(client.serials_of(client_id).len(), 1, "[{}]", v.name);
+        eprintln!("[{}] ok", v.name);
+    }
+
+    run_examples(&tm, dir.path());
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Every `envoy/*.yaml` with its placeholders substituted as
+/// `envoy/README.md` says, run by a real Envoy: LIVE, and a request through
+/// its outbound listener reaches its own mTLS listener, which sees the
+/// example's SPIFFE ID.
+fn run_examples(tm: &Server, dir: &Path) {
+    const EXAMPLE_ID: &str = "spiffe://example.org/envoy/example";
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "expected the example bootstraps in {}: {files:?}", root.display());
+
+    let socket = Server::socket_path(&tm.data_dir);
+    let example_bin = envoy_support::envoy_alias(dir, "example-envoy");
+    entry_for_binary(tm, EXAMPLE_ID, &example_bin);
+    tm.ok(&["entry", "create", "--spiffe-id", EXAMPLE_ID, "--selector", "token:sub:example-tls"]);
+    let token = tm.ok(&["token", "mint", "node", "example-tls"]).trim().to_string();
+
+    for file in &files {
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        let original = std::fs::read_to_string(file).unwrap();
+        let mut text = original
+            .replace("/tmp/trustmesh/public/api.sock", socket.to_str().unwrap())
+            .replace("/tmp/trustmesh/ca-bundle.pem", tm.bundle_path().to_str().unwrap())
+            .replace("REPLACE_WITH_TOKEN", &token)
+            .replace("port_value: 4020", &format!("port_value: {}", tm.api.port()));
+        // The examples' fixed listener ports, each to a free one.
+        let fixed: std::collections::BTreeSet<&str> = original
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("port_value: "))
+            .filter(|p| *p != "0" && *p != "4020")
+            .collect();
+        for port in fixed {
+            text = text.replace(&format!("port_value: {port}"), &format!("port_value: {}", free_port()));
+        }
+        eprintln!("[{name}] starting");
+        let envoy = Envoy::start_with(&example_bin, &text, &[]);
+        let r = http::get(envoy.listener_addr("plain_out"), "/example")
+            .unwrap_or_else(|e| panic!("[{name}] {e}\n{}", envoy.diagnostics()));
+        assert_eq!(r.status, 200, "[{name}] {}\n{}", r.body, envoy.diagnostics());
+        assert_eq!(r.header("x-peer-spiffe-id"), Some(EXAMPLE_ID), "[{name}] {:?}", r.headers);
+        assert_eq!(envoy.serials_of(EXAMPLE_ID).len(), 1, "[{name}] {}", envoy.diagnostics());
+        eprintln!("[{name}] ok");
+    }
+}

@@ -1,0 +1,324 @@
+//! The SDS server in-process on a Unix socket in a temp dir, with a fake
+//! identity source (tests publish identity sets and choose their versions)
+//! and a fake attestor (the caller names itself in `x-test-caller`).
+#![allow(dead_code)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+use envoy_types::pb::google::protobuf::{Any, Struct, Value, value::Kind};
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use prost::Message;
+use time::OffsetDateTime;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status, Streaming};
+
+use trustmesh::ca::{KeyAlgorithm, PrivateKey};
+use trustmesh::cache::{CacheError, IdentitySet, IdentitySource, IdentityWatch, Svid};
+use trustmesh::domain::{Selector, SelectorKind, SpiffeId, TrustDomain};
+use trustmesh::issuer::TrustSnapshot;
+use trustmesh::sds::{CallerAttestor, SECRET_TYPE, SdsServer};
+
+pub const ALICE: &str = "spiffe://example.org/alice";
+pub const ALICE_ADMIN: &str = "spiffe://example.org/alice-admin";
+pub const BOB: &str = "spiffe://example.org/bob";
+pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+
+/// Identity sets by caller name; a caller nobody published has no entry.
+#[derive(Default)]
+pub struct FakeSource {
+    callers: Mutex<HashMap<String, watch::Sender<Arc<IdentitySet>>>>,
+}
+
+impl FakeSource {
+    /// Publishes `set` as the caller's current identities.
+    pub fn publish(&self, caller: &str, set: IdentitySet) {
+        let mut callers = self.callers.lock();
+        match callers.get(caller) {
+            Some(tx) => {
+                tx.send_replace(Arc::new(set));
+            }
+            None => {
+                callers.insert(caller.to_string(), watch::channel(Arc::new(set)).0);
+            }
+        }
+    }
+
+    /// The caller's current set, changed by `f`, with the next version.
+    pub fn update(&self, caller: &str, f: impl FnOnce(&mut IdentitySet)) {
+        let mut set = (*self.current(caller)).clone();
+        set.version += 1;
+        f(&mut set);
+        self.publish(caller, set);
+    }
+
+    pub fn current(&self, caller: &str) -> Arc<IdentitySet> {
+        self.callers.lock()[caller].borrow().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl IdentitySource for FakeSource {
+    async fn watch(&self, selectors: BTreeSet<Selector>) -> Result<IdentityWatch, CacheError> {
+        let name = selectors.iter().find(|s| s.kind() == SelectorKind::TokenSub).map(|s| s.value().to_string());
+        let callers = self.callers.lock();
+        match name.and_then(|n| callers.get(&n)) {
+            Some(tx) => Ok(IdentityWatch { updates: tx.subscribe(), guard: Box::new(()) }),
+            None => Err(CacheError::NoEntry),
+        }
+    }
+
+    fn trust(&self) -> watch::Receiver<Arc<TrustSnapshot>> {
+        watch::channel(trust(0, "none")).1
+    }
+}
+
+/// The caller is whoever `x-test-caller` names (`token:sub:<name>`).
+pub struct HeaderAttestor;
+
+#[async_trait::async_trait]
+impl CallerAttestor for HeaderAttestor {
+    async fn selectors(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        _extensions: &http::Extensions,
+    ) -> Result<BTreeSet<Selector>, Status> {
+        let caller = metadata
+            .get("x-test-caller")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::unauthenticated("no x-test-caller header"))?;
+        let selector =
+            Selector::new(SelectorKind::TokenSub, caller).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(BTreeSet::from([selector]))
+    }
+}
+
+pub fn trust(revision: u64, tag: &str) -> Arc<TrustSnapshot> {
+    Arc::new(TrustSnapshot {
+        revision,
+        trust_domain: TrustDomain::parse("example.org").unwrap(),
+        cas: Vec::new(),
+        bundle_pem: format!("-----BEGIN CERTIFICATE-----\n{tag}\n-----END CERTIFICATE-----\n"),
+        crls: Vec::new(),
+        crl_pem: format!("-----BEGIN X509 CRL-----\nCRL-{tag}\n-----END X509 CRL-----\n"),
+        jwks: serde_json::json!({"keys": []}),
+        built_at: OffsetDateTime::from_unix_timestamp(1_700_000_000 + revision as i64).unwrap(),
+    })
+}
+
+pub fn svid(id: &str, serial: &str) -> Arc<Svid> {
+    Arc::new(Svid {
+        entry_id: format!("entry-{id}"),
+        spiffe_id: SpiffeId::parse(id).unwrap(),
+        hint: None,
+        chain_der: Vec::new(),
+        chain_pem: format!("-----BEGIN CERTIFICATE-----\n{serial}\n-----END CERTIFICATE-----\n"),
+        key: PrivateKey::generate(KeyAlgorithm::EcP256).unwrap(),
+        serial: serial.into(),
+        not_before: OffsetDateTime::UNIX_EPOCH,
+        not_after: OffsetDateTime::UNIX_EPOCH,
+    })
+}
+
+pub fn identity_set(version: u64, svids: Vec<Arc<Svid>>, trust: Arc<TrustSnapshot>) -> IdentitySet {
+    IdentitySet { version, svids, withheld: Vec::new(), trust }
+}
+
+/// The server on a fresh socket; alice holds two SVIDs, bob one.
+pub struct Harness {
+    pub source: Arc<FakeSource>,
+    pub socket: PathBuf,
+    _dir: tempfile::TempDir,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Harness {
+    pub async fn start() -> Self {
+        let source = Arc::new(FakeSource::default());
+        let t = trust(1, "root-1");
+        source.publish("alice", identity_set(1, vec![svid(ALICE, "a1"), svid(ALICE_ADMIN, "aa1")], t.clone()));
+        source.publish("bob", identity_set(1, vec![svid(BOB, "b1")], t));
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("sds.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let routes = SdsServer::new(source.clone(), Arc::new(HeaderAttestor)).routes();
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming(UnixListenerStream::new(listener))
+                .await;
+        });
+        Self { source, socket, _dir: dir, server }
+    }
+
+    /// A new HTTP/2 connection to the socket.
+    pub async fn channel(&self) -> Channel {
+        let path = self.socket.clone();
+        Endpoint::try_from("http://sds.local")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+            }))
+            .await
+            .unwrap()
+    }
+
+    /// Publishes a new trust bundle into every caller's set.
+    pub fn publish_trust(&self, t: Arc<TrustSnapshot>) {
+        for caller in ["alice", "bob"] {
+            self.source.update(caller, |s| s.trust = t.clone());
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+pub fn with_caller<T>(caller: &str, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    if !caller.is_empty() {
+        r.metadata_mut().insert("x-test-caller", caller.parse().unwrap());
+    }
+    r
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A state-of-the-world stream (SDS or ADS).
+pub struct Sotw {
+    tx: mpsc::Sender<DiscoveryRequest>,
+    rx: Streaming<DiscoveryResponse>,
+}
+
+impl Sotw {
+    pub async fn sds(channel: Channel, caller: &str) -> Result<Self, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let mut client = SecretDiscoveryServiceClient::new(channel);
+        let rx = client.stream_secrets(with_caller(caller, ReceiverStream::new(rx))).await?.into_inner();
+        Ok(Self { tx, rx })
+    }
+
+    pub async fn ads(channel: Channel, caller: &str) -> Result<Self, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        let rx = client.stream_aggregated_resources(with_caller(caller, ReceiverStream::new(rx))).await?.into_inner();
+        Ok(Self { tx, rx })
+    }
+
+    pub async fn send(&self, r: DiscoveryRequest) {
+        self.tx.send(r).await.unwrap();
+    }
+
+    pub async fn recv(&mut self) -> DiscoveryResponse {
+        match tokio::time::timeout(WAIT, self.rx.message()).await {
+            Ok(Ok(Some(r))) => r,
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+
+    /// The status the server ended the stream with.
+    pub async fn status(&mut self) -> Status {
+        match tokio::time::timeout(WAIT, self.rx.message()).await {
+            Ok(Err(s)) => s,
+            other => panic!("expected an error status, got {other:?}"),
+        }
+    }
+}
+
+/// A delta stream (SDS or ADS).
+pub struct Delta {
+    tx: mpsc::Sender<DeltaDiscoveryRequest>,
+    rx: Streaming<DeltaDiscoveryResponse>,
+}
+
+impl Delta {
+    pub async fn sds(channel: Channel, caller: &str) -> Result<Self, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let mut client = SecretDiscoveryServiceClient::new(channel);
+        let rx = client.delta_secrets(with_caller(caller, ReceiverStream::new(rx))).await?.into_inner();
+        Ok(Self { tx, rx })
+    }
+
+    pub async fn ads(channel: Channel, caller: &str) -> Result<Self, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        let rx = client.delta_aggregated_resources(with_caller(caller, ReceiverStream::new(rx))).await?.into_inner();
+        Ok(Self { tx, rx })
+    }
+
+    pub async fn send(&self, r: DeltaDiscoveryRequest) {
+        self.tx.send(r).await.unwrap();
+    }
+
+    pub async fn recv(&mut self) -> DeltaDiscoveryResponse {
+        match tokio::time::timeout(WAIT, self.rx.message()).await {
+            Ok(Ok(Some(r))) => r,
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+
+    pub async fn status(&mut self) -> Status {
+        match tokio::time::timeout(WAIT, self.rx.message()).await {
+            Ok(Err(s)) => s,
+            other => panic!("expected an error status, got {other:?}"),
+        }
+    }
+}
+
+/// A SotW secrets request.
+pub fn req(names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        type_url: SECRET_TYPE.into(),
+        version_info: version.into(),
+        resource_names: names.iter().map(|s| s.to_string()).collect(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+/// A delta secrets request.
+pub fn delta(subscribe: &[&str], unsubscribe: &[&str], nonce: &str) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: SECRET_TYPE.into(),
+        resource_names_subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+        resource_names_unsubscribe: unsubscribe.iter().map(|s| s.to_string()).collect(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+/// A node with one metadata field.
+pub fn node(id: &str, key: &str, value: Kind) -> Node {
+    let fields = HashMap::from([(key.to_string(), Value { kind: Some(value) })]);
+    Node { id: id.into(), cluster: "test".into(), metadata: Some(Struct { fields }), ..Default::default() }
+}
+
+pub fn secret(any: &Any) -> Secret {
+    assert_eq!(any.type_url, SECRET_TYPE);
+    Secret::decode(any.value.as_slice()).unwrap()
+}
+
+pub fn names(r: &DiscoveryResponse) -> Vec<String> {
+    r.resources.iter().map(|a| secret(a).name).collect()
+}
+
+pub fn delta_names(r: &DeltaDiscoveryResponse) -> Vec<String> {
+    r.resources.iter().map(|x| x.name.clone()).collect()
+}

@@ -1,0 +1,45 @@
+"""py-spiffe follows the X.509 context stream and prints one line per
+update: the SPIFFE IDs and leaf serials (hex), space separated.
+
+Usage: SPIFFE_ENDPOINT_SOCKET=unix:///path stream_x509.py UPDATES
+Exits 0 after UPDATES updates, 1 on an error or after 30 s without them.
+"""
+import sys
+import threading
+
+import uds_authority  # noqa: F401  (first: see its docstring)
+from spiffe import WorkloadApiClient
+
+
+def main():
+    wanted = int(sys.argv[1])
+    seen = []
+    done = threading.Event()
+    failure = []
+
+    def on_success(ctx):
+        parts = [f"{s.spiffe_id}={s.leaf.serial_number:x}" for s in ctx.x509_svids]
+        print("update", " ".join(parts), flush=True)
+        seen.append(parts)
+        if len(seen) >= wanted:
+            done.set()
+
+    def on_error(err):
+        failure.append(err)
+        done.set()
+
+    with WorkloadApiClient() as client:
+        handler = client.stream_x509_contexts(on_success, on_error, retry_connect=False)
+        finished = done.wait(30)
+        handler.cancel()
+    if failure:
+        print("error", failure[0], flush=True)
+        sys.exit(1)
+    if not finished:
+        print("error: timed out after", len(seen), "updates", flush=True)
+        sys.exit(1)
+    print("ok stream", len(seen), flush=True)
+
+
+if __name__ == "__main__":
+    main()
