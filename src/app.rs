@@ -11,12 +11,16 @@ use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 
 use crate::admin::{self, ServerTls};
+use crate::attest::{Attestation, LocalAttestor};
 use crate::ca::Kek;
+use crate::cache::{IdentityCache, IdentitySource};
 use crate::config::ServeConfig;
 use crate::domain::{RandomSerials, SystemClock, TokenKind};
 use crate::issuer::{InitParams, Issuer, IssuerConfig, MintRequest};
 use crate::policy::PolicyEngine;
+use crate::sds::SdsServer;
 use crate::telemetry::Telemetry;
+use crate::workload::WorkloadApi;
 
 /// Lifetime of the admin token written at first start.
 const ADMIN_TOKEN_SECONDS: u64 = 365 * 86_400;
@@ -166,11 +170,18 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         let telemetry = telemetry.clone();
         Arc::new(move || telemetry.render())
     };
-    let tls_router = admin::tls_router(issuer.clone(), renderer.clone());
+    let clock: Arc<dyn crate::domain::Clock> = Arc::new(SystemClock);
+    let cache = IdentityCache::new(issuer.clone(), issuer.entries_watch(), clock);
+    let _cache_task = cache.spawn();
+    let identities: Arc<dyn IdentitySource> = cache;
+    let attestation = Arc::new(Attestation::new(issuer.clone()));
+    let sds = SdsServer::new(identities.clone(), attestation.clone());
+    let workload = WorkloadApi::new(identities, Arc::new(LocalAttestor), issuer.clone());
+    let tls_router = admin::tls_router(issuer.clone(), renderer.clone(), sds.add_to(tonic::service::Routes::default()));
     let http_router = admin::http_router(issuer.clone(), renderer);
     let api_addr = api.local_addr()?;
     let http_addr = http.local_addr()?;
-    let local_router = axum::Router::new();
+    let local_router = workload.add_to(sds.add_to(tonic::service::Routes::default())).prepare().into_axum_router();
     let servers = [
         tokio::spawn(crate::net::serve_tls(api, tls.acceptor(), tls_router, stop_rx.clone())),
         tokio::spawn(crate::net::serve_tcp(http, http_router, stop_rx.clone())),

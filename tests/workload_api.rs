@@ -32,7 +32,7 @@ use trustmesh::proto::spiffe::spiffe_workload_api_client::SpiffeWorkloadApiClien
 use trustmesh::proto::spiffe::{
     JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
 };
-use trustmesh::workload::{CallerSelectors, JwtSvidSource, LocalAttestor, WorkloadApi};
+use trustmesh::workload::{CallerAttestor, JwtSvidSource, LocalAttestor, WorkloadApi};
 
 const TD: &str = "spiffe://example.org";
 const WEB: &str = "spiffe://example.org/web/1";
@@ -64,7 +64,7 @@ impl IdentitySource for FakeIdentities {
 struct UidAttestor;
 
 #[async_trait::async_trait]
-impl CallerSelectors for UidAttestor {
+impl CallerAttestor for UidAttestor {
     async fn selectors(
         &self,
         _: &tonic::metadata::MetadataMap,

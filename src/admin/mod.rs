@@ -21,10 +21,11 @@ pub use tls::ServerTls;
 /// [`MAX_REQUEST_BYTES`] are refused (and audited) by the service.
 const MAX_GRPC_MESSAGE: usize = 4 * MAX_REQUEST_BYTES;
 
-/// The router of the TLS port: the admin gRPC service and the HTTP endpoints.
-pub fn tls_router(issuer: Arc<Issuer>, metrics: MetricsRenderer) -> Router {
+/// The router of the TLS port: the admin gRPC service, the other gRPC
+/// services given in `grpc` (SDS), and the HTTP endpoints.
+pub fn tls_router(issuer: Arc<Issuer>, metrics: MetricsRenderer, grpc: tonic::service::Routes) -> Router {
     let admin = AdminServer::new(grpc::AdminService::new(issuer.clone())).max_decoding_message_size(MAX_GRPC_MESSAGE);
-    let grpc = tonic::service::Routes::new(admin).prepare().into_axum_router();
+    let grpc = grpc.add_service(admin).prepare().into_axum_router();
     grpc.merge(http::routes(HttpState { issuer, metrics }))
 }
 

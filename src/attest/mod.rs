@@ -14,6 +14,7 @@
 //! Blocking: `/proc` reads and the (cached) executable hash run on the
 //! calling thread; async servers call from `spawn_blocking`.
 
+mod caller;
 mod hash;
 mod unix;
 
@@ -23,6 +24,7 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::domain::{Selector, SelectorKind, SpiffeId};
 
+pub use caller::{Attestation, CallerAttestor, LocalAttestor};
 pub use unix::{Attestor, unix_selectors};
 
 /// Kernel peer credentials of a local-socket connection (`SO_PEERCRED`),

@@ -30,6 +30,16 @@ impl Caller {
         Self { principal: Principal::Admin { name: "system".into() } }
     }
 
+    /// The subject the caller authenticated as (token `sub`).
+    pub fn subject(&self) -> String {
+        match &self.principal {
+            Principal::Admin { name } => name.clone(),
+            Principal::Node { id } => id.clone(),
+            Principal::Bootstrap { subject, .. } => subject.clone(),
+            Principal::Workload { selectors } => selectors.join(","),
+        }
+    }
+
     /// The log- and audit-safe name of the caller.
     pub fn actor(&self) -> String {
         self.principal.describe()

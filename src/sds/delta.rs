@@ -85,6 +85,7 @@ impl DeltaStream {
         }
         req.initial_resource_versions.keys().try_for_each(|n| check_name(n))?;
         let first = !self.types.contains_key(&req.type_url);
+        let ack_only = !first && req.subscribe.is_empty() && req.unsubscribe.is_empty();
         if first && self.types.len() >= MAX_TYPES {
             return Err(ProtocolError::TooManyTypes { limit: MAX_TYPES });
         }
@@ -98,6 +99,10 @@ impl DeltaStream {
                 Some(detail) => Notice::Nack { type_url, nonce, detail },
                 None => Notice::Ack { type_url, nonce, version: String::new() },
             });
+        }
+        if ack_only {
+            // Nothing to diff: the catalog has not changed since the last one.
+            return Ok(step);
         }
         if first {
             t.wildcard = req.subscribe.is_empty();

@@ -15,8 +15,8 @@
 //! - [`bootstrap`]: the Envoy bootstrap generator behind `trustmesh envoy bootstrap`.
 //!
 //! Boundary: identities come only through [`IdentitySource`]; who the caller
-//! is comes only through [`CallerAttestor`] (implemented in `app.rs`). This
-//! module imports no other server.
+//! is comes only through [`CallerAttestor`] (`crate::attest`, shared with the
+//! Workload API). This module imports no other server.
 
 pub mod bootstrap;
 pub mod delta;
@@ -30,15 +30,13 @@ mod service;
 mod stream;
 mod yaml;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tonic::Status;
-use tonic::metadata::MetadataMap;
 
 use crate::cache::{CacheError, IdentitySource};
-use crate::domain::Selector;
 
+pub use crate::attest::CallerAttestor;
 pub use protocol::{MAX_NAME_BYTES, MAX_NAMES, SECRET_TYPE};
 pub use resources::ValidatorMode;
 pub use service::{AggregatedDiscovery, SecretDiscovery};
@@ -46,20 +44,6 @@ pub use service::{AggregatedDiscovery, SecretDiscovery};
 /// Largest gRPC message accepted from a client; larger ones are refused by
 /// the transport (`OutOfRange`) before they are decoded.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
-
-/// Turns how a caller connected into the selectors it holds. The request
-/// extensions carry [`crate::attest::UnixPeer`] (local socket) or
-/// [`crate::attest::TlsPeer`]; the metadata carries `authorization: Bearer …`
-/// on the TLS port. Errors are returned to the caller as they are
-/// (`Unauthenticated`, `PermissionDenied`, …) and end the stream.
-#[async_trait::async_trait]
-pub trait CallerAttestor: Send + Sync + 'static {
-    async fn selectors(
-        &self,
-        metadata: &MetadataMap,
-        extensions: &http::Extensions,
-    ) -> Result<BTreeSet<Selector>, Status>;
-}
 
 /// The SDS/ADS server. Cheap to clone; mount [`SdsServer::routes`] on every
 /// listener that serves SDS.
@@ -77,6 +61,11 @@ impl SdsServer {
     /// with other routes).
     pub fn routes(&self) -> tonic::service::Routes {
         tonic::service::Routes::new(self.secret_discovery()).add_service(self.aggregated_discovery())
+    }
+
+    /// Adds both services to a listener's gRPC routes.
+    pub fn add_to(&self, routes: tonic::service::Routes) -> tonic::service::Routes {
+        routes.add_service(self.secret_discovery()).add_service(self.aggregated_discovery())
     }
 
     /// `envoy.service.secret.v3.SecretDiscoveryService` alone.

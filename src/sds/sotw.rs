@@ -112,8 +112,14 @@ impl SotwStream {
         if first && !self.catalog.serves(&req.type_url) {
             step.notices.push(Notice::UnknownType { type_url: req.type_url.clone() });
         }
-        let force = first || added;
-        if let Some(reply) = diff(&*self.catalog, &req.type_url, t, force, &mut self.nonces, &mut step.notices) {
+        if !first && !added {
+            // An ACK, a NACK or dropped names: the catalog has not changed
+            // since the last diff, so nothing is due. Keep per-ACK work small.
+            let TypeState { names, wildcard, held, .. } = t;
+            held.retain(|name, _| *wildcard || names.contains(name));
+            return Ok(step);
+        }
+        if let Some(reply) = diff(&*self.catalog, &req.type_url, t, true, &mut self.nonces, &mut step.notices) {
             step.replies.push(reply);
         }
         Ok(step)

@@ -3,7 +3,7 @@
 //!
 //! Every call must carry the security header `workload.spiffe.io: true`
 //! (`InvalidArgument` without it). The caller is attested by a
-//! [`CallerSelectors`] from what the transport put into the request
+//! [`CallerAttestor`] from what the transport put into the request
 //! extensions (`attest::UnixPeer` on the socket); its identities come from an
 //! [`IdentitySource`], JWT-SVIDs from a [`JwtSvidSource`].
 //!
@@ -18,43 +18,25 @@
 //! never imports another server. Status codes are chosen in one function,
 //! [`status`]. Tokens and keys are never logged.
 
-mod attest;
 mod jwt;
 mod messages;
 mod service;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::Router;
 use tonic::Status;
-use tonic::metadata::MetadataMap;
 
 use crate::cache::{CacheError, IdentitySource};
-use crate::domain::{Selector, SpiffeId};
+use crate::domain::SpiffeId;
 use crate::proto::spiffe::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 
-pub use attest::LocalAttestor;
+pub use crate::attest::{CallerAttestor, LocalAttestor};
 
 /// The security header every Workload API call must carry (value `true`).
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 /// Largest request message accepted (audiences, a JWT to validate).
 const MAX_REQUEST_MESSAGE: usize = 64 * 1024;
-
-/// Turns how a caller connected into the selectors it holds: the request
-/// extensions carry `attest::UnixPeer` on the local socket. Same shape as the
-/// SDS server's attestor (a server may not import another: the trait is to
-/// move to one shared place).
-#[async_trait::async_trait]
-pub trait CallerSelectors: Send + Sync + 'static {
-    /// The selectors the caller proved; a `Status` when it cannot be attested
-    /// (`PermissionDenied`, or `Unavailable` for a transient failure).
-    async fn selectors(
-        &self,
-        metadata: &MetadataMap,
-        extensions: &http::Extensions,
-    ) -> Result<BTreeSet<Selector>, Status>;
-}
 
 /// Signs and checks JWT-SVIDs (implemented by `issuer::Issuer`).
 pub trait JwtSvidSource: Send + Sync + 'static {
@@ -134,14 +116,14 @@ pub fn status(e: WorkloadError) -> Status {
 #[derive(Clone)]
 pub struct WorkloadApi {
     identities: Arc<dyn IdentitySource>,
-    attestor: Arc<dyn CallerSelectors>,
+    attestor: Arc<dyn CallerAttestor>,
     jwt: Arc<dyn JwtSvidSource>,
 }
 
 impl WorkloadApi {
     pub fn new(
         identities: Arc<dyn IdentitySource>,
-        attestor: Arc<dyn CallerSelectors>,
+        attestor: Arc<dyn CallerAttestor>,
         jwt: Arc<dyn JwtSvidSource>,
     ) -> Self {
         Self { identities, attestor, jwt }
@@ -150,10 +132,14 @@ impl WorkloadApi {
     /// The gRPC routes (`/SpiffeWorkloadAPI/*`), security header enforced.
     /// Merge with other routers of the local socket; serve with `net::serve_unix`.
     pub fn routes(self) -> Router {
+        self.add_to(tonic::service::Routes::default()).prepare().into_axum_router()
+    }
+
+    /// Adds the service to a listener's gRPC routes.
+    pub fn add_to(self, routes: tonic::service::Routes) -> tonic::service::Routes {
         let server =
             SpiffeWorkloadApiServer::new(service::Service::new(self)).max_decoding_message_size(MAX_REQUEST_MESSAGE);
-        let intercepted = tonic::service::interceptor::InterceptedService::new(server, require_security_header);
-        tonic::service::Routes::new(intercepted).prepare().into_axum_router()
+        routes.add_service(tonic::service::interceptor::InterceptedService::new(server, require_security_header))
     }
 }
 
