@@ -10,10 +10,55 @@ use std::time::{Duration, Instant};
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair as _, UnparsedPublicKey};
 
+/// One measurement: operations per wall-clock second over all threads, and
+/// CPU time per operation (the threads' own utime + stime, so time the
+/// kernel gave to other processes on a busy machine is not counted).
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    pub per_sec: f64,
+    pub cpu_us_per_op: f64,
+}
+
+impl Rate {
+    /// Best of several measurements: interference from other work on the
+    /// machine only ever makes a figure worse.
+    pub fn best(rates: &[Rate]) -> Rate {
+        Rate {
+            per_sec: rates.iter().map(|r| r.per_sec).fold(0.0, f64::max),
+            cpu_us_per_op: rates.iter().map(|r| r.cpu_us_per_op).fold(f64::INFINITY, f64::min),
+        }
+    }
+
+    /// What every CPU of the machine could do if nothing else ran.
+    pub fn ceiling(&self, cpus: usize) -> f64 {
+        cpus as f64 * 1e6 / self.cpu_us_per_op
+    }
+}
+
+/// utime + stime of the calling thread, in clock ticks (Linux).
+pub fn thread_cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 if unavailable).
+pub fn clk_tck() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|v| *v > 0.0)
+        .unwrap_or(100.0)
+}
+
 /// Runs `op` in a loop on `threads` OS threads for `warmup` then `measure`,
-/// and returns the operations per second counted over `measure` only.
-/// `make` builds each thread's own state (keys, buffers) before the clock starts.
-pub fn rate<S, M, F>(threads: usize, warmup: Duration, measure: Duration, make: M, op: F) -> f64
+/// and counts over `measure` only. `make` builds each thread's own state
+/// (keys, buffers) before the clock starts.
+pub fn rate<S, M, F>(threads: usize, warmup: Duration, measure: Duration, make: M, op: F) -> Rate
 where
     M: Fn(usize) -> S + Send + Sync + 'static,
     F: Fn(&mut S, u64) + Send + Sync + 'static,
@@ -33,14 +78,23 @@ where
                 barrier.wait();
                 let mut i = 0u64;
                 let mut counted = 0u64;
+                let mut cpu0 = None;
                 while !stop.load(Ordering::Relaxed) {
                     op(&mut state, i);
                     i += 1;
                     if counting.load(Ordering::Relaxed) {
-                        counted += 1;
+                        if cpu0.is_none() {
+                            cpu0 = thread_cpu_ticks();
+                        } else {
+                            counted += 1;
+                        }
                     }
                 }
-                counted
+                let cpu = match (cpu0, thread_cpu_ticks()) {
+                    (Some(a), Some(b)) => b.saturating_sub(a),
+                    _ => 0,
+                };
+                (counted, cpu)
             })
         })
         .collect();
@@ -53,8 +107,17 @@ where
     let elapsed = t0.elapsed().as_secs_f64();
     // Operations that were running when `stop` was set finish after `elapsed`;
     // at thousands of ops/s that is well under 0.1 %.
-    let total: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
-    total as f64 / elapsed
+    let (mut total, mut ticks) = (0u64, 0u64);
+    for h in handles {
+        let (n, cpu) = h.join().unwrap_or((0, 0));
+        total += n;
+        ticks += cpu;
+    }
+    let cpu_us = ticks as f64 / clk_tck() * 1e6;
+    Rate {
+        per_sec: total as f64 / elapsed,
+        cpu_us_per_op: if total > 0 && ticks > 0 { cpu_us / total as f64 } else { f64::NAN },
+    }
 }
 
 /// A P-256 ECDSA key pair (SHA-256, ASN.1 DER signatures), as the Services CA uses.

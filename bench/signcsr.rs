@@ -51,6 +51,21 @@ const WARMUP: u8 = 0;
 const MEASURE: u8 = 1;
 const STOP: u8 = 2;
 
+const USAGE: &str = "\
+signcsr: certificates/s, latency and server CPU per certificate of a running server.
+
+  --target trustmesh|openbao   (trustmesh)
+  --mode   sign|generate (trustmesh), sign|issue (openbao)   (sign)
+  --addr   https://HOST:PORT (trustmesh) or HOST:PORT (openbao)
+  --ca-file FILE               trustmesh's ca-bundle.pem
+  --token T | --token-file F   bearer token (trustmesh) or X-Vault-Token (openbao)
+  --server-pid PID             the server process, for its CPU time
+  --duration S (10)  --warmup S (2)  --concurrency N (64)  --connections N (4, trustmesh)
+  --csrs N (4096)  --raw-secs S (0: skip ring's verify+sign reference)
+  --mount pki  --role spiffe  --ttl-seconds 3600  --trust-domain example.org
+
+Every flag also reads BENCH_<FLAG> from the environment, e.g. BENCH_DURATION=20.";
+
 /// Settings, from `--flag value` or `BENCH_FLAG`.
 struct Args {
     target: String,
@@ -75,6 +90,10 @@ fn args() -> Args {
     let mut flags: HashMap<String, String> = HashMap::new();
     let mut it = std::env::args().skip(1).peekable();
     while let Some(a) = it.next() {
+        if a == "--help" || a == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
         if a == "--bench" || a == "--list" {
             // cargo bench passes --bench; `cargo bench -- --list` probes the binary
             if a == "--list" {
@@ -186,8 +205,8 @@ fn make_csr(i: usize, trust_domain: &str) -> Csr {
 
 /// ring doing what a CSR signing has to do at least: verify the CSR's
 /// signature (its real bytes) and sign a TBSCertificate-sized message with a
-/// P-256 CA key. Returns ops/s.
-fn raw_verify_sign(csrs: &Arc<Vec<Csr>>, threads: usize, secs: f64) -> f64 {
+/// P-256 CA key.
+fn raw_verify_sign(csrs: &Arc<Vec<Csr>>, threads: usize, secs: f64) -> Rate {
     let parsed: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = csrs
         .iter()
         .map(|c| {
@@ -231,17 +250,6 @@ fn machine_ticks() -> Option<(u64, u64)> {
     let total: u64 = v.iter().take(8).sum();
     let idle = v.get(3)? + v.get(4)?;
     Some((total - idle, total))
-}
-
-fn clk_tck() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|v| *v > 0.0)
-        .unwrap_or(100.0)
 }
 
 struct Snapshot {
@@ -534,17 +542,28 @@ async fn run(a: Args) {
     let csrs = Arc::new(make_csrs(a.csrs, &a.trust_domain));
     eprintln!("{} P-256 CSRs made in {:.1} s", csrs.len(), t.elapsed().as_secs_f64());
 
-    let (mut raw1, mut raw_n) = (0.0, 0.0);
+    // Best of 3: other work on the machine only ever lowers the figure.
+    let (mut raw_cpu_us, mut raw_n, mut raw_ceiling) = (f64::NAN, 0.0, 0.0);
     if a.raw_secs > 0.0 {
         let c = csrs.clone();
         let secs = a.raw_secs;
-        (raw1, raw_n) = tokio::task::spawn_blocking(move || (raw_verify_sign(&c, 1, secs), raw_verify_sign(&c, ncpu, secs)))
-            .await
-            .unwrap_or_else(|_| fatal("raw measurement failed"));
+        let (one, all) = tokio::task::spawn_blocking(move || {
+            let one: Vec<Rate> = (0..3).map(|_| raw_verify_sign(&c, 1, secs)).collect();
+            let all: Vec<Rate> = (0..3).map(|_| raw_verify_sign(&c, ncpu, secs)).collect();
+            (Rate::best(&one), Rate::best(&all))
+        })
+        .await
+        .unwrap_or_else(|_| fatal("raw measurement failed"));
+        raw_cpu_us = Rate::best(&[one, all]).cpu_us_per_op;
+        raw_n = all.per_sec;
+        raw_ceiling = ncpu as f64 * 1e6 / raw_cpu_us;
         eprintln!(
-            "ring verify+sign per CSR: {} /s on 1 thread, {} /s on {ncpu} threads",
-            fmt_rate(raw1),
-            fmt_rate(raw_n)
+            "ring verify+sign per CSR: {} /s on 1 thread, {} /s on {ncpu} threads, {raw_cpu_us:.1} µs CPU each \
+             (ceiling {} /s on {ncpu} CPUs); load {}",
+            fmt_rate(one.per_sec),
+            fmt_rate(raw_n),
+            fmt_rate(raw_ceiling),
+            loadavg()
         );
     }
 
@@ -649,18 +668,17 @@ async fn run(a: Args) {
     println!("  server CPU per cert   {server_us:>10.0} µs   ({server_cores:.2} cores busy)");
     println!("  client CPU per cert   {client_us:>10.0} µs   ({client_cores:.2} cores busy)");
     println!("  machine CPU busy      {machine_busy:>10.0} %    ({other_cores:.2} cores used by other processes; load {load})");
-    let mut pct = f64::NAN;
-    let mut cpu_pct = f64::NAN;
+    let (mut pct, mut pct_ceiling, mut cpu_pct) = (f64::NAN, f64::NAN, f64::NAN);
     if raw_n > 0.0 {
         pct = 100.0 * rate / raw_n;
-        cpu_pct = 100.0 * (1e6 / raw1) / server_us;
+        pct_ceiling = 100.0 * rate / raw_ceiling;
+        cpu_pct = 100.0 * raw_cpu_us / server_us;
+        println!("  raw ring verify+sign  {raw_n:>10.0} /s on {ncpu} threads -> this run is {pct:.1} % of it");
         println!(
-            "  raw ring verify+sign  {:>10.0} /s on {ncpu} threads -> this run is {pct:.1} % of it",
-            raw_n
+            "                        {raw_ceiling:>10.0} /s CPU ceiling   -> this run is {pct_ceiling:.1} % of it"
         );
         println!(
-            "                        {:>10.1} µs on 1 thread  -> {cpu_pct:.1} % of the server's CPU per cert",
-            1e6 / raw1
+            "                        {raw_cpu_us:>10.1} µs CPU each    -> {cpu_pct:.1} % of the server's CPU per cert"
         );
     }
     if let Some(e) = shared.first_error.lock().as_ref() {
@@ -670,8 +688,8 @@ async fn run(a: Args) {
         "RESULT target={} mode={} concurrency={} secs={secs:.1} ok={ok} err={err} certs_per_s={rate:.0} p50_ms={p50:.2} \
          p90_ms={p90:.2} p99_ms={p99:.2} server_cpu_us={server_us:.0} server_cores={server_cores:.2} \
          client_cpu_us={client_us:.0} client_cores={client_cores:.2} machine_busy_pct={machine_busy:.0} \
-         other_cores={other_cores:.2} raw1={raw1:.0} rawN={raw_n:.0} \
-         pct_of_raw={pct:.1} crypto_share_pct={cpu_pct:.1} load=\"{load}\"",
+         other_cores={other_cores:.2} raw_cpu_us={raw_cpu_us:.1} rawN={raw_n:.0} \
+         raw_ceiling={raw_ceiling:.0} pct_of_raw={pct:.1} pct_of_ceiling={pct_ceiling:.1} crypto_share_pct={cpu_pct:.1} load=\"{load}\"",
         a.target, a.mode, a.concurrency
     );
     if ok == 0 || err * 100 > ok + err {
