@@ -88,6 +88,8 @@ pub struct Upstream {
 pub enum BootstrapError {
     #[error("invalid {what} {value:?}: {reason}")]
     Invalid { what: &'static str, value: String, reason: String },
+    #[error(transparent)]
+    Id(#[from] crate::domain::DomainError),
     #[error("duplicate name {0:?}: listener and upstream names must be unique")]
     Duplicate(String),
 }

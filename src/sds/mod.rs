@@ -26,6 +26,7 @@ pub mod resources;
 pub mod sotw;
 pub mod wire;
 
+mod metrics;
 mod service;
 mod stream;
 mod yaml;

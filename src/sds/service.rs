@@ -13,6 +13,7 @@ use tonic::{Request, Status};
 use tonic_prost::ProstCodec;
 
 use super::memo::SecretCache;
+use super::metrics::SdsMetrics;
 use super::protocol::SECRET_TYPE;
 use super::resources::SecretCatalog;
 use super::sotw::SotwStream;
@@ -28,22 +29,31 @@ pub(crate) struct Shared {
     pub identities: Arc<dyn IdentitySource>,
     pub attest: Arc<dyn CallerAttestor>,
     pub cache: Arc<SecretCache>,
+    pub metrics: SdsMetrics,
 }
 
 impl Shared {
     pub fn new(identities: Arc<dyn IdentitySource>, attest: Arc<dyn CallerAttestor>) -> Self {
-        Self { identities, attest, cache: Arc::new(SecretCache::new()) }
+        Self { identities, attest, cache: Arc::new(SecretCache::new()), metrics: SdsMetrics::new() }
     }
 
     /// Attests the caller and starts following its identities.
     pub async fn caller<T>(&self, request: &Request<T>) -> Result<IdentityWatch, Status> {
-        let selectors = self.attest.selectors(request.metadata(), request.extensions()).await?;
+        let selectors = match self.attest.selectors(request.metadata(), request.extensions()).await {
+            Ok(s) => s,
+            Err(s) => {
+                self.metrics.refused(s.code());
+                return Err(s);
+            }
+        };
         match self.identities.watch(selectors).await {
             Ok(watch) => Ok(watch),
             Err(e) => {
                 let e = SdsError::from(e);
                 tracing::warn!(error = %e, "sds caller refused");
-                Err(status(e))
+                let s = status(e);
+                self.metrics.refused(s.code());
+                Err(s)
             }
         }
     }
@@ -175,6 +185,7 @@ async fn fetch_secrets(
     }
     reply.version_info = version;
     reply.nonce.clear();
+    shared.metrics.responses("fetch", 1);
     tracing::debug!(node_id = %node.id, type_url = SECRET_TYPE, resources = reply.resources.len(), "sds fetch answered");
     Ok(reply.into())
 }

@@ -18,6 +18,7 @@ use tonic::{Request, Status, Streaming};
 use tonic_prost::ProstCodec;
 
 use super::delta::DeltaStream;
+use super::metrics::SdsMetrics;
 use super::protocol::{Catalog, Notice, ProtocolError};
 use super::resources::SecretCatalog;
 use super::service::Shared;
@@ -180,9 +181,11 @@ impl<M: Machine> Driver<M> {
                 Event::Changed(false) => Err(SdsError::Closed),
             };
             if let Err(e) = outcome {
-                tracing::warn!(node_id = %self.node_id(), error = %e, "xds stream closed");
+                tracing::warn!(node_id = %self.node_id(), error = %e, "xds stream ended with an error");
                 self.done = true;
-                self.queue.push_back(Err(status(e)));
+                let s = status(e);
+                self.shared.metrics.refused(s.code());
+                self.queue.push_back(Err(s));
             }
         }
     }
@@ -195,12 +198,14 @@ impl<M: Machine> Driver<M> {
                 tracing::warn!(node_id = %node.id, "node metadata ignored: {why}");
             }
             tracing::info!(node_id = %node.id, cluster = %node.cluster, flavor = M::FLAVOR, validator = ?node.validator, "xds stream opened");
+            self.shared.metrics.stream_opened(M::FLAVOR);
             let catalog = self.catalog(node.validator);
             self.machine = Some((M::start(catalog), node));
         }
         let Some((machine, node)) = self.machine.as_mut() else { return Ok(()) };
         let (replies, notices) = machine.request(req, default_type)?;
         log_notices(&node.id, &notices);
+        count(&self.shared.metrics, &notices, "request", replies.len());
         self.queue.extend(replies.into_iter().map(Ok));
         Ok(())
     }
@@ -211,6 +216,7 @@ impl<M: Machine> Driver<M> {
         let Some((machine, node)) = self.machine.as_mut() else { return };
         let (replies, notices) = machine.state(catalog);
         log_notices(&node.id, &notices);
+        count(&self.shared.metrics, &notices, "push", replies.len());
         if !replies.is_empty() {
             tracing::debug!(node_id = %node.id, responses = replies.len(), "xds push");
         }
@@ -231,8 +237,14 @@ impl<M: Machine> Drop for Driver<M> {
     fn drop(&mut self) {
         if let Some((_, node)) = &self.machine {
             tracing::info!(node_id = %node.id, flavor = M::FLAVOR, "xds stream closed");
+            self.shared.metrics.stream_closed(M::FLAVOR);
         }
     }
+}
+
+fn count(m: &SdsMetrics, notices: &[Notice], cause: &'static str, replies: usize) {
+    m.responses(cause, replies);
+    notices.iter().filter(|n| matches!(n, Notice::Nack { .. })).for_each(|_| m.nack());
 }
 
 /// Logs what the state machine noticed, with the house field names.

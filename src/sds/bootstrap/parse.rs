@@ -70,7 +70,7 @@ fn ids_of(ids: &str) -> Result<Vec<SpiffeId>, BootstrapError> {
     let ids: Vec<SpiffeId> = ids
         .split(',')
         .filter(|s| !s.is_empty())
-        .map(|s| SpiffeId::parse(s).map_err(|e| invalid("SPIFFE ID", s, e.to_string())))
+        .map(|s| SpiffeId::parse(s).map_err(BootstrapError::Id))
         .collect::<Result<_, _>>()?;
     if ids.is_empty() {
         return Err(invalid("SPIFFE ID list", "", "allow at least one SPIFFE ID"));
