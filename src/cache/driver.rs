@@ -116,7 +116,11 @@ impl Inner {
                     state.publish_holding(&entry.id);
                     drop(state);
                     self.renewed(entry, old.as_deref(), &svid);
-                    let at = rotation_at(svid.not_before, svid.not_after, self.jitter.unit());
+                    // The lifetime runs from issuance (now), not from the notBefore
+                    // the CA backdates by 30 s for clock skew: a 20 s SVID is
+                    // replaced after 8-12 s, not after 5 s.
+                    let start = self.clock.now().clamp(svid.not_before, svid.not_after);
+                    let at = rotation_at(start, svid.not_after, self.jitter.unit());
                     return Ok(Next::Until(at.max(self.clock.now() + MIN_ROTATION_WAIT)));
                 }
                 epoch = current_epoch;

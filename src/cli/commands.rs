@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 use serde::Serialize;
 
-use super::client::{Context, status_line};
+use super::client::Context;
 use super::output::{days_left, parse_duration, rfc3339};
 use super::{fail, local};
 use crate::proto::admin::v1 as pb;
@@ -147,21 +147,6 @@ pub enum AuditCommand {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
-}
-
-/// Runs an admin call and prints its result, or the one-line failure.
-macro_rules! call {
-    ($ctx:expr, $method:ident, $msg:expr) => {{
-        let mut admin = match $ctx.connect().await {
-            Ok(a) => a,
-            Err(e) => return fail(&e),
-        };
-        let request = admin.request($msg);
-        match admin.client.$method(request).await {
-            Ok(r) => r.into_inner(),
-            Err(s) => return fail(&status_line(&s)),
-        }
-    }};
 }
 
 pub async fn pki(ctx: Context, command: PkiCommand) -> i32 {

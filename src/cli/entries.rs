@@ -6,7 +6,7 @@
 use clap::Subcommand;
 use serde::Serialize;
 
-use super::client::{Context, status_line};
+use super::client::Context;
 use super::fail;
 use super::output::{parse_duration, rfc3339};
 use crate::proto::admin::v1 as pb;
@@ -43,21 +43,6 @@ pub enum EntryCommand {
     Show { id: String },
     /// Delete one entry: its id, or a SPIFFE ID that names exactly one entry.
     Delete { id: String },
-}
-
-/// Runs an admin call and yields its result, or returns the one-line failure.
-macro_rules! call {
-    ($ctx:expr, $method:ident, $msg:expr) => {{
-        let mut admin = match $ctx.connect().await {
-            Ok(a) => a,
-            Err(e) => return fail(&e),
-        };
-        let request = admin.request($msg);
-        match admin.client.$method(request).await {
-            Ok(r) => r.into_inner(),
-            Err(s) => return fail(&status_line(&s)),
-        }
-    }};
 }
 
 pub async fn entry(ctx: Context, command: EntryCommand) -> i32 {

@@ -3,6 +3,21 @@
 //! (`pki init`, `policy check`). Human text by default, `--output json` for
 //! scripts; every failure is one line on stderr and a non-zero exit.
 
+/// Runs an admin call and yields its result, or returns the one-line failure.
+macro_rules! call {
+    ($ctx:expr, $method:ident, $msg:expr) => {{
+        let mut admin = match $ctx.connect().await {
+            Ok(a) => a,
+            Err(e) => return $crate::cli::fail(&e),
+        };
+        let request = admin.request($msg);
+        match admin.client.$method(request).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return $crate::cli::fail(&$crate::cli::client::status_line(&s)),
+        }
+    }};
+}
+
 mod client;
 mod commands;
 mod entries;

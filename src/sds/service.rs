@@ -59,85 +59,68 @@ impl Shared {
     }
 }
 
-/// `envoy.service.secret.v3.SecretDiscoveryService`.
-#[derive(Clone)]
-pub struct SecretDiscovery {
-    shared: Arc<Shared>,
-}
+/// One gRPC service of this module: a name, and a routing of its methods.
+macro_rules! xds_service {
+    ($(#[$doc:meta])* $name:ident, $service:expr, |$shared:ident, $req:ident, $method:ident| $route:expr) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $name {
+            shared: Arc<Shared>,
+        }
 
-/// `envoy.service.discovery.v3.AggregatedDiscoveryService` (secrets only for
-/// now: other type URLs get a per-request error).
-#[derive(Clone)]
-pub struct AggregatedDiscovery {
-    shared: Arc<Shared>,
-}
+        impl $name {
+            pub(crate) fn new(shared: Arc<Shared>) -> Self {
+                Self { shared }
+            }
+        }
 
-impl SecretDiscovery {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
-    }
-}
+        impl NamedService for $name {
+            const NAME: &'static str = $service;
+        }
 
-impl AggregatedDiscovery {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
-    }
-}
+        impl tower::Service<http::Request<Body>> for $name {
+            type Response = http::Response<Body>;
+            type Error = Infallible;
+            type Future = Call;
 
-impl NamedService for SecretDiscovery {
-    const NAME: &'static str = SDS;
-}
+            fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+                Poll::Ready(Ok(()))
+            }
 
-impl NamedService for AggregatedDiscovery {
-    const NAME: &'static str = ADS;
+            fn call(&mut self, $req: http::Request<Body>) -> Self::Future {
+                let $shared = self.shared.clone();
+                let $method = method(&$req, $service);
+                Box::pin(async move { Ok($route) })
+            }
+        }
+    };
 }
 
 type Call = BoxFuture<'static, Result<http::Response<Body>, Infallible>>;
 
-impl tower::Service<http::Request<Body>> for SecretDiscovery {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = Call;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+xds_service!(
+    /// `envoy.service.secret.v3.SecretDiscoveryService`.
+    SecretDiscovery,
+    SDS,
+    |shared, req, method| match method.as_deref() {
+        Some("StreamSecrets") => stream::serve(shared, req, Kind::Sotw, Some(SECRET_TYPE)).await,
+        Some("DeltaSecrets") => stream::serve(shared, req, Kind::Delta, Some(SECRET_TYPE)).await,
+        Some("FetchSecrets") => fetch(shared, req).await,
+        _ => unimplemented(&req),
     }
+);
 
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let shared = self.shared.clone();
-        let method = method(&req, SDS);
-        Box::pin(async move {
-            Ok(match method.as_deref() {
-                Some("StreamSecrets") => stream::serve(shared, req, Kind::Sotw, Some(SECRET_TYPE)).await,
-                Some("DeltaSecrets") => stream::serve(shared, req, Kind::Delta, Some(SECRET_TYPE)).await,
-                Some("FetchSecrets") => fetch(shared, req).await,
-                _ => unimplemented(&req),
-            })
-        })
+xds_service!(
+    /// `envoy.service.discovery.v3.AggregatedDiscoveryService` (secrets only for
+    /// now: other type URLs get a per-request error).
+    AggregatedDiscovery,
+    ADS,
+    |shared, req, method| match method.as_deref() {
+        Some("StreamAggregatedResources") => stream::serve(shared, req, Kind::Sotw, None).await,
+        Some("DeltaAggregatedResources") => stream::serve(shared, req, Kind::Delta, None).await,
+        _ => unimplemented(&req),
     }
-}
-
-impl tower::Service<http::Request<Body>> for AggregatedDiscovery {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = Call;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let shared = self.shared.clone();
-        let method = method(&req, ADS);
-        Box::pin(async move {
-            Ok(match method.as_deref() {
-                Some("StreamAggregatedResources") => stream::serve(shared, req, Kind::Sotw, None).await,
-                Some("DeltaAggregatedResources") => stream::serve(shared, req, Kind::Delta, None).await,
-                _ => unimplemented(&req),
-            })
-        })
-    }
-}
+);
 
 /// The method name of `/<service>/<method>`.
 fn method(req: &http::Request<Body>, service: &str) -> Option<String> {

@@ -83,47 +83,34 @@ pub(crate) trait Machine: Send + Sized + 'static {
 
 pub(crate) type Out<M> = (Vec<<M as Machine>::Response>, Vec<Notice>);
 
-impl Machine for SotwStream {
-    type Request = wire::DiscoveryRequest;
-    type Response = wire::DiscoveryResponse;
-    const FLAVOR: &'static str = "sotw";
+/// Both flavours drive the same loop; only their wire types differ.
+macro_rules! machine {
+    ($ty:ident, $req:ty, $resp:ty, $flavor:literal) => {
+        impl Machine for $ty {
+            type Request = $req;
+            type Response = $resp;
+            const FLAVOR: &'static str = $flavor;
 
-    fn node(req: &Self::Request) -> &Bytes {
-        &req.node
-    }
-    fn start(catalog: Arc<dyn Catalog>) -> Self {
-        SotwStream::new(catalog)
-    }
-    fn request(&mut self, req: Self::Request, default_type: Option<&str>) -> Result<Out<Self>, ProtocolError> {
-        let step = self.on_request(req.into_input(default_type))?;
-        Ok((step.replies.into_iter().map(Into::into).collect(), step.notices))
-    }
-    fn state(&mut self, catalog: Arc<dyn Catalog>) -> Out<Self> {
-        let step = self.on_state(catalog);
-        (step.replies.into_iter().map(Into::into).collect(), step.notices)
-    }
+            fn node(req: &Self::Request) -> &Bytes {
+                &req.node
+            }
+            fn start(catalog: Arc<dyn Catalog>) -> Self {
+                $ty::new(catalog)
+            }
+            fn request(&mut self, req: Self::Request, default_type: Option<&str>) -> Result<Out<Self>, ProtocolError> {
+                let step = self.on_request(req.into_input(default_type))?;
+                Ok((step.replies.into_iter().map(Into::into).collect(), step.notices))
+            }
+            fn state(&mut self, catalog: Arc<dyn Catalog>) -> Out<Self> {
+                let step = self.on_state(catalog);
+                (step.replies.into_iter().map(Into::into).collect(), step.notices)
+            }
+        }
+    };
 }
 
-impl Machine for DeltaStream {
-    type Request = wire::DeltaDiscoveryRequest;
-    type Response = wire::DeltaDiscoveryResponse;
-    const FLAVOR: &'static str = "delta";
-
-    fn node(req: &Self::Request) -> &Bytes {
-        &req.node
-    }
-    fn start(catalog: Arc<dyn Catalog>) -> Self {
-        DeltaStream::new(catalog)
-    }
-    fn request(&mut self, req: Self::Request, default_type: Option<&str>) -> Result<Out<Self>, ProtocolError> {
-        let step = self.on_request(req.into_input(default_type))?;
-        Ok((step.replies.into_iter().map(Into::into).collect(), step.notices))
-    }
-    fn state(&mut self, catalog: Arc<dyn Catalog>) -> Out<Self> {
-        let step = self.on_state(catalog);
-        (step.replies.into_iter().map(Into::into).collect(), step.notices)
-    }
-}
+machine!(SotwStream, wire::DiscoveryRequest, wire::DiscoveryResponse, "sotw");
+machine!(DeltaStream, wire::DeltaDiscoveryRequest, wire::DeltaDiscoveryResponse, "delta");
 
 struct Driver<M: Machine> {
     shared: Arc<Shared>,

@@ -41,10 +41,9 @@ pub fn request(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Respon
 }
 
 fn parse_response(buf: &[u8]) -> Result<Response, String> {
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("no complete HTTP response in {} bytes: {:?}", buf.len(), String::from_utf8_lossy(buf)))?;
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| {
+        format!("no complete HTTP response in {} bytes: {:?}", buf.len(), String::from_utf8_lossy(buf))
+    })?;
     let head = String::from_utf8_lossy(&buf[..split]).to_string();
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
@@ -172,9 +171,11 @@ fn serve_conn(conn: TcpStream, stop: &AtomicBool, seen: &Mutex<Vec<Seen>>) {
         }
         let path = head[0].split_whitespace().nth(1).unwrap_or("/").to_string();
         let header = |name: &str| {
-            head[1..].iter().filter_map(|l| l.split_once(':')).find(|(k, _)| k.trim().eq_ignore_ascii_case(name)).map(
-                |(_, v)| v.trim().to_string(),
-            )
+            head[1..]
+                .iter()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim().to_string())
         };
         let xfcc = header("x-forwarded-client-cert");
         if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
@@ -185,10 +186,8 @@ fn serve_conn(conn: TcpStream, stop: &AtomicBool, seen: &Mutex<Vec<Seen>>) {
         }
         let body = format!("xfcc={}\n", xfcc.clone().unwrap_or_default());
         seen.lock().push(Seen { path, xfcc });
-        let resp = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
+        let resp =
+            format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}", body.len());
         if writer.write_all(resp.as_bytes()).is_err() {
             return;
         }
@@ -238,7 +237,9 @@ impl Traffic {
                     Ok(r) if r.status == 200 => {
                         ok2.fetch_add(1, Ordering::SeqCst);
                     }
-                    Ok(r) => failures2.lock().push((start.elapsed(), format!("status {}: {}", r.status, r.body.trim()))),
+                    Ok(r) => {
+                        failures2.lock().push((start.elapsed(), format!("status {}: {}", r.status, r.body.trim())))
+                    }
                     Err(e) => failures2.lock().push((start.elapsed(), e)),
                 }
                 next += interval;
@@ -263,10 +264,7 @@ impl Traffic {
 
     pub fn stop(mut self) -> TrafficReport {
         self.halt();
-        TrafficReport {
-            ok: self.ok.load(Ordering::SeqCst),
-            failures: self.failures.lock().clone(),
-        }
+        TrafficReport { ok: self.ok.load(Ordering::SeqCst), failures: self.failures.lock().clone() }
     }
 
     fn halt(&mut self) {

@@ -137,8 +137,13 @@ impl Envoy {
             .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run Envoy {}: {e}", bin.display()));
-        let mut envoy =
-            Envoy { child: Mutex::new(Some(child)), dir, admin: "127.0.0.1:0".parse().unwrap(), bin: bin.to_path_buf(), log_path };
+        let mut envoy = Envoy {
+            child: Mutex::new(Some(child)),
+            dir,
+            admin: "127.0.0.1:0".parse().unwrap(),
+            bin: bin.to_path_buf(),
+            log_path,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(text) = std::fs::read_to_string(&admin_file)
