@@ -25,11 +25,9 @@ pub enum SocketError {
 /// Binds the local socket at `path`.
 pub fn bind_unix(path: &Path) -> Result<UnixListener, SocketError> {
     let io = |source| SocketError::Io { path: path.to_path_buf(), source };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            fs::create_dir_all(dir).map_err(io)?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(io)?;
-        }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        fs::create_dir_all(dir).map_err(io)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(io)?;
     }
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
