@@ -62,23 +62,41 @@ fn main() {
     };
 
     run("p256_sign", "ECDSA P-256/SHA-256 sign, 450-byte message", &|t| {
-        rate(t, warmup, measure, |_| (p256_key(), SystemRandom::new()), |(k, rng), i| {
-            let _ = sign(k, rng, &tbs_like(i));
-        })
+        rate(
+            t,
+            warmup,
+            measure,
+            |_| (p256_key(), SystemRandom::new()),
+            |(k, rng), i| {
+                let _ = sign(k, rng, &tbs_like(i));
+            },
+        )
     });
     run("p256_verify", "ECDSA P-256/SHA-256 verify, 450-byte message", &|t| {
         rate(t, warmup, measure, |_| signed(p256_key()), |(point, msg, sig), _| verify_p256(point, msg, sig))
     });
     run("p256_keygen", "P-256 key generation (EcdsaKeyPair::generate_pkcs8)", &|t| {
-        rate(t, warmup, measure, |_| SystemRandom::new(), |rng, _| {
-            let _ = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, rng)
-                .unwrap_or_else(|e| fatal(&format!("keygen: {e}")));
-        })
+        rate(
+            t,
+            warmup,
+            measure,
+            |_| SystemRandom::new(),
+            |rng, _| {
+                let _ = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, rng)
+                    .unwrap_or_else(|e| fatal(&format!("keygen: {e}")));
+            },
+        )
     });
     run("p384_sign", "ECDSA P-384/SHA-384 sign (the root's algorithm)", &|t| {
-        rate(t, warmup, measure, |_| (p384_key(), SystemRandom::new()), |(k, rng), i| {
-            let _ = sign(k, rng, &tbs_like(i));
-        })
+        rate(
+            t,
+            warmup,
+            measure,
+            |_| (p384_key(), SystemRandom::new()),
+            |(k, rng), i| {
+                let _ = sign(k, rng, &tbs_like(i));
+            },
+        )
     });
     run("p384_verify", "ECDSA P-384/SHA-384 verify (checking a cert the root signed)", &|t| {
         rate(t, warmup, measure, |_| signed(p384_key()), |(point, msg, sig), _| verify_p384(point, msg, sig))

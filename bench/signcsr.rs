@@ -131,10 +131,9 @@ fn args() -> Args {
     }
     let token = match (get("token"), get("token-file")) {
         (Some(t), _) => t,
-        (None, Some(f)) => std::fs::read_to_string(&f)
-            .unwrap_or_else(|e| fatal(&format!("--token-file {f}: {e}")))
-            .trim()
-            .to_string(),
+        (None, Some(f)) => {
+            std::fs::read_to_string(&f).unwrap_or_else(|e| fatal(&format!("--token-file {f}: {e}"))).trim().to_string()
+        }
         (None, None) => fatal("--token or --token-file is required"),
     };
     let addr = get("addr").unwrap_or_else(|| fatal("--addr is required"));
@@ -210,13 +209,10 @@ fn raw_verify_sign(csrs: &Arc<Vec<Csr>>, threads: usize, secs: f64) -> Rate {
     let parsed: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = csrs
         .iter()
         .map(|c| {
-            let (_, req) = X509CertificationRequest::from_der(&c.der).unwrap_or_else(|e| fatal(&format!("parse CSR: {e}")));
+            let (_, req) =
+                X509CertificationRequest::from_der(&c.der).unwrap_or_else(|e| fatal(&format!("parse CSR: {e}")));
             let info = &req.certification_request_info;
-            (
-                info.subject_pki.subject_public_key.data.to_vec(),
-                info.raw.to_vec(),
-                req.signature_value.data.to_vec(),
-            )
+            (info.subject_pki.subject_public_key.data.to_vec(), info.raw.to_vec(), req.signature_value.data.to_vec())
         })
         .collect();
     let parsed = Arc::new(parsed);
@@ -341,8 +337,11 @@ async fn trustmesh_task(
             req.metadata_mut().insert("authorization", token.clone());
             client.generate_certificate(req).await.map(|r| r.into_inner().certificate_pem)
         } else {
-            let mut req =
-                tonic::Request::new(SignCsrRequest { csr: csr.der.clone(), spiffe_id: csr.spiffe_id.clone(), ttl_seconds });
+            let mut req = tonic::Request::new(SignCsrRequest {
+                csr: csr.der.clone(),
+                spiffe_id: csr.spiffe_id.clone(),
+                ttl_seconds,
+            });
             req.metadata_mut().insert("authorization", token.clone());
             client.sign_csr(req).await.map(|r| r.into_inner().certificate_pem)
         };
@@ -536,7 +535,13 @@ async fn run(a: Args) {
     let ncpu = cpus();
     eprintln!(
         "target {} mode {} at {}; {} tasks, {} s warm-up + {} s measured; load {}",
-        a.target, a.mode, a.addr, a.concurrency, a.warmup, a.duration, loadavg()
+        a.target,
+        a.mode,
+        a.addr,
+        a.concurrency,
+        a.warmup,
+        a.duration,
+        loadavg()
     );
     let t = Instant::now();
     let csrs = Arc::new(make_csrs(a.csrs, &a.trust_domain));
@@ -667,7 +672,9 @@ async fn run(a: Args) {
     println!("  latency p50/p90/p99   {p50:.2} / {p90:.2} / {p99:.2} ms (max {max:.1} ms)");
     println!("  server CPU per cert   {server_us:>10.0} µs   ({server_cores:.2} cores busy)");
     println!("  client CPU per cert   {client_us:>10.0} µs   ({client_cores:.2} cores busy)");
-    println!("  machine CPU busy      {machine_busy:>10.0} %    ({other_cores:.2} cores used by other processes; load {load})");
+    println!(
+        "  machine CPU busy      {machine_busy:>10.0} %    ({other_cores:.2} cores used by other processes; load {load})"
+    );
     let (mut pct, mut pct_ceiling, mut cpu_pct) = (f64::NAN, f64::NAN, f64::NAN);
     if raw_n > 0.0 {
         pct = 100.0 * rate / raw_n;
