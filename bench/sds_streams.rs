@@ -1,0 +1,832 @@
+//! SDS load client: holds N concurrent SDS streams against a running
+//! `trustmesh serve` over its local socket and measures
+//!
+//! 1. the server's memory per open stream: (VmRSS with N streams open and
+//!    ACKed − VmRSS before) / N, from `/proc/<--server-pid>/status`;
+//! 2. the fan-out latency of one trust-bundle change: it runs `--trigger`
+//!    (e.g. `trustmesh pki cert revoke <serial>`, which republishes the CRLs
+//!    and so changes every `ROOTCA` validation context), notes when the
+//!    command returned, and when each stream received a `ROOTCA` with new
+//!    content; p50/p99/max over all N streams.
+//!
+//! ```text
+//! cargo bench --bench sds_streams -- --socket /tmp/x/api.sock --server-pid PID \
+//!     --streams 10000 --flavor delta -- trustmesh --data-dir D pki cert revoke SERIAL
+//! ```
+//!
+//! Each stream behaves like an Envoy: one stream subscribed to `default` and
+//! `ROOTCA` (SotW `StreamSecrets` or delta `DeltaSecrets`, or the ADS methods
+//! with `--api ads`), an Envoy-sized node (`--node-bytes`, ≈ 61 KB like Envoy
+//! 1.40's 516 extensions) on the first request only, every response ACKed with
+//! its nonce (SotW: version + names + nonce; delta: nonce only). Streams are
+//! spread over HTTP/2 connections (`--per-conn`, 100) and opened with at most
+//! `--open-concurrency` (100) openings in flight. Messages are the xDS wire
+//! format with the node pre-encoded once and resources left as bytes, so the
+//! client spends little CPU on the shared 2-core machine.
+//!
+//! The last line is `RESULT key=value ...` for `bench/sds.sh`.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::{BuildVersion, Extension, Locality, Node};
+use envoy_types::pb::envoy::r#type::v3::SemanticVersion;
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use hyper_util::rt::TokioIo;
+use prost::Message;
+use prost::bytes::Bytes;
+use tokio::net::UnixStream;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+const NAMES: [&str; 2] = ["default", "ROOTCA"];
+
+const USAGE: &str = "\
+sds_streams: memory per SDS stream and fan-out latency of a trust-bundle change.
+
+  --socket PATH            trustmesh's local socket (required)
+  --server-pid PID         the trustmesh serve process (required)
+  --streams N              concurrent streams (1000)
+  --flavor delta|sotw      (delta)
+  --api sds|ads            SecretDiscoveryService or AggregatedDiscoveryService methods (sds)
+  --per-conn K             streams per HTTP/2 connection (100)
+  --open-concurrency C     stream openings in flight at once (100)
+  --node-bytes B           encoded size of the node on the first request (61000; 0: id and cluster only)
+  --settle S               seconds to wait after the last ACK before reading RSS (3)
+  --timeout S              seconds to wait for every stream to see the change (60)
+  --client-threads T       tokio worker threads of this client (1)
+  --hold S                 seconds to keep the streams open after the measurement (0; for profiling)
+  -- CMD ARGS...           the trigger command (without it: memory only)
+
+Every flag also reads BENCH_<FLAG> (e.g. BENCH_STREAMS=10000).";
+
+struct Args {
+    socket: PathBuf,
+    server_pid: u32,
+    streams: usize,
+    delta: bool,
+    ads: bool,
+    per_conn: usize,
+    open_concurrency: usize,
+    node_bytes: usize,
+    settle: f64,
+    timeout: f64,
+    client_threads: usize,
+    hold: f64,
+    trigger: Vec<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` appends `--bench`; drop it.
+    argv.retain(|a| a != "--bench");
+    let mut trigger = Vec::new();
+    if let Some(i) = argv.iter().position(|a| a == "--") {
+        trigger = argv.split_off(i + 1);
+        argv.pop();
+    }
+    let mut get = |flag: &str| -> Option<String> {
+        if let Some(i) = argv.iter().position(|a| a == &format!("--{flag}")) {
+            let v = argv.get(i + 1).cloned();
+            argv.drain(i..(i + 2).min(argv.len()));
+            return v;
+        }
+        std::env::var(format!("BENCH_{}", flag.to_uppercase().replace('-', "_"))).ok()
+    };
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        return Err(USAGE.to_string());
+    }
+    fn num<T: std::str::FromStr>(v: Option<String>, default: T, flag: &str) -> Result<T, String> {
+        match v {
+            None => Ok(default),
+            Some(s) => s.parse().map_err(|_| format!("--{flag}: not a number: {s}")),
+        }
+    }
+    let socket = get("socket").ok_or("--socket is required")?.into();
+    let server_pid = num(get("server-pid"), 0u32, "server-pid")?;
+    if server_pid == 0 {
+        return Err("--server-pid is required".into());
+    }
+    let flavor = get("flavor").unwrap_or_else(|| "delta".into());
+    let api = get("api").unwrap_or_else(|| "sds".into());
+    let args = Args {
+        socket,
+        server_pid,
+        streams: num(get("streams"), 1000, "streams")?,
+        delta: match flavor.as_str() {
+            "delta" => true,
+            "sotw" => false,
+            other => return Err(format!("--flavor: delta or sotw, not {other}")),
+        },
+        ads: match api.as_str() {
+            "sds" => false,
+            "ads" => true,
+            other => return Err(format!("--api: sds or ads, not {other}")),
+        },
+        per_conn: num(get("per-conn"), 100, "per-conn")?.max(1),
+        open_concurrency: num(get("open-concurrency"), 100, "open-concurrency")?.max(1),
+        node_bytes: num(get("node-bytes"), 61_000, "node-bytes")?,
+        settle: num(get("settle"), 3.0, "settle")?,
+        timeout: num(get("timeout"), 60.0, "timeout")?,
+        client_threads: num(get("client-threads"), 1, "client-threads")?.max(1),
+        hold: num(get("hold"), 0.0, "hold")?,
+        trigger,
+    };
+    if let Some(extra) = argv.first() {
+        return Err(format!("unknown argument {extra}\n\n{USAGE}"));
+    }
+    Ok(args)
+}
+
+// ---------------------------------------------------------------- wire types
+// `envoy.service.discovery.v3` messages with the node as pre-encoded bytes and
+// resources as undecoded bytes (same field numbers as the generated types).
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct SotwRequest {
+    #[prost(string, tag = "1")]
+    version_info: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    node: Bytes,
+    #[prost(string, repeated, tag = "3")]
+    resource_names: Vec<String>,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    response_nonce: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct SotwResponse {
+    #[prost(string, tag = "1")]
+    version_info: String,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    resources: Vec<Bytes>,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct DeltaRequest {
+    #[prost(bytes = "bytes", tag = "1")]
+    node: Bytes,
+    #[prost(string, tag = "2")]
+    type_url: String,
+    #[prost(string, repeated, tag = "3")]
+    resource_names_subscribe: Vec<String>,
+    #[prost(string, tag = "6")]
+    response_nonce: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct DeltaResponse {
+    #[prost(string, tag = "1")]
+    system_version_info: String,
+    #[prost(message, repeated, tag = "2")]
+    resources: Vec<DeltaResource>,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct DeltaResource {
+    #[prost(string, tag = "1")]
+    version: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    resource: Bytes,
+    #[prost(string, tag = "3")]
+    name: String,
+}
+
+/// `google.protobuf.Any`, value undecoded.
+#[derive(Clone, PartialEq, prost::Message)]
+struct AnyBytes {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    value: Bytes,
+}
+
+/// The name of a `Secret`; the rest is skipped.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SecretName {
+    #[prost(string, tag = "1")]
+    name: String,
+}
+
+/// An Envoy-like node (id, cluster, locality, build version, metadata and
+/// extensions) whose encoding is at least `target` bytes, like the ~61 KB
+/// node Envoy 1.40 sends with its 516 extensions.
+fn envoy_node(target: usize) -> Bytes {
+    let version = SemanticVersion { major_number: 1, minor_number: 40, patch: 0 };
+    let mut node = Node {
+        id: "sidecar~10.0.0.1~bench-envoy.default~default.svc.cluster.local".into(),
+        cluster: "bench-envoy".into(),
+        locality: Some(Locality { region: "local".into(), zone: "a".into(), sub_zone: String::new() }),
+        user_agent_name: "envoy".into(),
+        ..Default::default()
+    };
+    if target == 0 {
+        return Bytes::from(node.encode_to_vec());
+    }
+    node.metadata = Some(Struct {
+        fields: [("bench".to_string(), Value { kind: Some(Kind::StringValue("sds_streams".into())) })].into(),
+    });
+    node.user_agent_version_type = Some(
+        envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType::UserAgentBuildVersion(BuildVersion {
+            version: Some(version),
+            metadata: Some(Struct {
+                fields: [
+                    ("revision.sha".to_string(), Value { kind: Some(Kind::StringValue("0".repeat(40))) }),
+                    ("revision.status".to_string(), Value { kind: Some(Kind::StringValue("Clean".into())) }),
+                    ("build.type".to_string(), Value { kind: Some(Kind::StringValue("RELEASE".into())) }),
+                    ("ssl.version".to_string(), Value { kind: Some(Kind::StringValue("BoringSSL".into())) }),
+                ]
+                .into(),
+            }),
+        }),
+    );
+    let categories = [
+        "envoy.filters.http",
+        "envoy.filters.network",
+        "envoy.transport_sockets.upstream",
+        "envoy.matching.input_matchers",
+    ];
+    let mut i = 0;
+    while node.encoded_len() < target {
+        let category = categories[i % categories.len()];
+        node.extensions.push(Extension {
+            name: format!("{category}.bench_extension_{i}"),
+            category: category.to_string(),
+            type_urls: vec![format!("envoy.extensions.filters.bench.v3.BenchExtensionConfiguration{i}")],
+            ..Default::default()
+        });
+        i += 1;
+    }
+    Bytes::from(node.encode_to_vec())
+}
+
+// ---------------------------------------------------------------- streams
+
+/// What every stream task shares.
+struct Shared {
+    base: Instant,
+    /// Set just before the trigger runs: ROOTCA changes from then on count.
+    armed: AtomicBool,
+    /// Per stream: nanoseconds since `base` when the new ROOTCA arrived (0: not yet).
+    changed_at: Vec<AtomicU64>,
+    changed: AtomicUsize,
+    /// Streams that ended (error or end of stream) after they were open.
+    ended: AtomicUsize,
+    first_end: parking_lot::Mutex<Option<String>>,
+    responses: AtomicU64,
+    /// Encoded bytes of every response received.
+    response_bytes: AtomicU64,
+}
+
+impl Shared {
+    fn ended(&self, why: String) {
+        self.ended.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_end.lock();
+        if first.is_none() {
+            *first = Some(why);
+        }
+    }
+
+    fn rootca_changed(&self, i: usize) {
+        let t = self.base.elapsed().as_nanos() as u64;
+        // Index n is the warm-up stream: recorded, not counted.
+        if self.armed.load(Ordering::Acquire)
+            && i < self.changed_at.len() - 1
+            && self.changed_at[i].compare_exchange(0, t.max(1), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        {
+            self.changed.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+fn hash_of(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// (ROOTCA content fingerprint, whether `default` was present) of a SotW response.
+fn sotw_contents(r: &SotwResponse) -> (Option<u64>, bool) {
+    let mut rootca = None;
+    let mut default = false;
+    for any in &r.resources {
+        let Ok(a) = AnyBytes::decode(any.clone()) else { continue };
+        let Ok(s) = SecretName::decode(a.value.clone()) else { continue };
+        match s.name.as_str() {
+            "ROOTCA" => rootca = Some(hash_of(any)),
+            "default" => default = true,
+            _ => {}
+        }
+    }
+    (rootca, default)
+}
+
+fn delta_contents(r: &DeltaResponse) -> (Option<u64>, bool) {
+    let mut rootca = None;
+    let mut default = false;
+    for res in &r.resources {
+        match res.name.as_str() {
+            "ROOTCA" => rootca = Some(hash_of(res.version.as_bytes())),
+            "default" => default = true,
+            _ => {}
+        }
+    }
+    (rootca, default)
+}
+
+fn path(delta: bool, ads: bool) -> http::uri::PathAndQuery {
+    http::uri::PathAndQuery::from_static(match (delta, ads) {
+        (false, false) => "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets",
+        (true, false) => "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets",
+        (false, true) => "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+        (true, true) => "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
+    })
+}
+
+/// One SotW stream: open, wait for both secrets, ACK everything; `opened`
+/// reports the first ACK sent (or why the stream could not open).
+async fn sotw_stream(
+    i: usize,
+    channel: Channel,
+    node: Bytes,
+    ads: bool,
+    shared: Arc<Shared>,
+    opened: oneshot::Sender<Result<(), String>>,
+) {
+    let names: Vec<String> = NAMES.iter().map(|s| s.to_string()).collect();
+    let (tx, rx) = mpsc::channel::<SotwRequest>(4);
+    let first = SotwRequest { node, resource_names: names.clone(), type_url: SECRET_TYPE.into(), ..Default::default() };
+    let _ = tx.send(first).await;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    if let Err(e) = grpc.ready().await {
+        let _ = opened.send(Err(format!("connection not ready: {e}")));
+        return;
+    }
+    let codec = tonic_prost::ProstCodec::<SotwRequest, SotwResponse>::default();
+    let mut responses =
+        match grpc.streaming(tonic::Request::new(ReceiverStream::new(rx)), path(false, ads), codec).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                let _ = opened.send(Err(format!("stream refused: {:?} {}", s.code(), s.message())));
+                return;
+            }
+        };
+    let mut opened = Some(opened);
+    let (mut rootca, mut default) = (None, false);
+    loop {
+        let r = match responses.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) | Err(_) if opened.is_some() => {
+                if let Some(o) = opened.take() {
+                    let _ = o.send(Err("stream ended before both secrets arrived".into()));
+                }
+                return;
+            }
+            Ok(None) => return shared.ended("end of stream".into()),
+            Err(s) => return shared.ended(format!("{:?}: {}", s.code(), s.message())),
+        };
+        shared.responses.fetch_add(1, Ordering::Relaxed);
+        shared.response_bytes.fetch_add(r.encoded_len() as u64, Ordering::Relaxed);
+        let (r_rootca, r_default) = sotw_contents(&r);
+        default |= r_default;
+        if let Some(h) = r_rootca {
+            if rootca.is_some_and(|old| old != h) {
+                shared.rootca_changed(i);
+            }
+            rootca = Some(h);
+        }
+        let ack = SotwRequest {
+            version_info: r.version_info,
+            resource_names: names.clone(),
+            type_url: r.type_url,
+            response_nonce: r.nonce,
+            ..Default::default()
+        };
+        if tx.send(ack).await.is_err() {
+            return shared.ended("request stream closed".into());
+        }
+        if default
+            && rootca.is_some()
+            && let Some(o) = opened.take()
+        {
+            let _ = o.send(Ok(()));
+        }
+    }
+}
+
+/// One delta stream, as [`sotw_stream`].
+async fn delta_stream(
+    i: usize,
+    channel: Channel,
+    node: Bytes,
+    ads: bool,
+    shared: Arc<Shared>,
+    opened: oneshot::Sender<Result<(), String>>,
+) {
+    let (tx, rx) = mpsc::channel::<DeltaRequest>(4);
+    let first = DeltaRequest {
+        node,
+        type_url: SECRET_TYPE.into(),
+        resource_names_subscribe: NAMES.iter().map(|s| s.to_string()).collect(),
+        response_nonce: String::new(),
+    };
+    let _ = tx.send(first).await;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    if let Err(e) = grpc.ready().await {
+        let _ = opened.send(Err(format!("connection not ready: {e}")));
+        return;
+    }
+    let codec = tonic_prost::ProstCodec::<DeltaRequest, DeltaResponse>::default();
+    let mut responses = match grpc.streaming(tonic::Request::new(ReceiverStream::new(rx)), path(true, ads), codec).await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            let _ = opened.send(Err(format!("stream refused: {:?} {}", s.code(), s.message())));
+            return;
+        }
+    };
+    let mut opened = Some(opened);
+    let (mut rootca, mut default) = (None, false);
+    loop {
+        let r = match responses.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) | Err(_) if opened.is_some() => {
+                if let Some(o) = opened.take() {
+                    let _ = o.send(Err("stream ended before both secrets arrived".into()));
+                }
+                return;
+            }
+            Ok(None) => return shared.ended("end of stream".into()),
+            Err(s) => return shared.ended(format!("{:?}: {}", s.code(), s.message())),
+        };
+        shared.responses.fetch_add(1, Ordering::Relaxed);
+        shared.response_bytes.fetch_add(r.encoded_len() as u64, Ordering::Relaxed);
+        let (r_rootca, r_default) = delta_contents(&r);
+        default |= r_default;
+        if let Some(h) = r_rootca {
+            if rootca.is_some_and(|old| old != h) {
+                shared.rootca_changed(i);
+            }
+            rootca = Some(h);
+        }
+        let ack = DeltaRequest { type_url: r.type_url, response_nonce: r.nonce, ..Default::default() };
+        if tx.send(ack).await.is_err() {
+            return shared.ended("request stream closed".into());
+        }
+        if default
+            && rootca.is_some()
+            && let Some(o) = opened.take()
+        {
+            let _ = o.send(Ok(()));
+        }
+    }
+}
+
+async fn connect(socket: PathBuf) -> Result<Channel, String> {
+    Endpoint::try_from("http://sds.local")
+        .map_err(|e| e.to_string())?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = socket.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .map_err(|e| format!("connect: {e}"))
+}
+
+// ---------------------------------------------------------------- /proc
+
+/// (VmRSS, RssAnon) in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("RssAnon:"))
+}
+
+/// utime + stime of the process, in milliseconds (USER_HZ = 100).
+fn cpu_ms(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    // after ")": state(0) ppid(1) … utime is field 14 of the line = index 11 here.
+    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) * 10
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+// ---------------------------------------------------------------- main
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(if e == USAGE { 0 } else { 2 });
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(args.client_threads).enable_all().build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sds_streams: tokio runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = rt.block_on(run(args));
+    // Exit without dropping the streams one by one: the server sees every
+    // connection close at once.
+    std::process::exit(code);
+}
+
+async fn run(args: Args) -> i32 {
+    let flavor = if args.delta { "delta" } else { "sotw" };
+    let node = envoy_node(args.node_bytes);
+    let n = args.streams;
+    let pid = args.server_pid;
+    eprintln!(
+        "sds_streams: {n} {flavor} streams ({} API), {} per connection, {} openings in flight, node {} bytes on the first request",
+        if args.ads { "ADS" } else { "SDS" },
+        args.per_conn,
+        args.open_concurrency,
+        node.len()
+    );
+
+    let shared = Arc::new(Shared {
+        base: Instant::now(),
+        armed: AtomicBool::new(false),
+        changed_at: (0..n + 1).map(|_| AtomicU64::new(0)).collect(),
+        changed: AtomicUsize::new(0),
+        ended: AtomicUsize::new(0),
+        first_end: parking_lot::Mutex::new(None),
+        responses: AtomicU64::new(0),
+        response_bytes: AtomicU64::new(0),
+    });
+
+    // One warm-up stream on its own connection, kept open: the server mints
+    // the entry's SVID, hashes this executable for attestation and encodes
+    // both secrets once. The baseline RSS is read after it.
+    let warm_channel = match connect(args.socket.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sds_streams: {e}");
+            return 1;
+        }
+    };
+    let (wtx, wrx) = oneshot::channel();
+    if args.delta {
+        tokio::spawn(delta_stream(n, warm_channel, node.clone(), args.ads, shared.clone(), wtx));
+    } else {
+        tokio::spawn(sotw_stream(n, warm_channel, node.clone(), args.ads, shared.clone(), wtx));
+    }
+    match wrx.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            eprintln!("sds_streams: the warm-up stream failed: {e}");
+            return 1;
+        }
+        Err(_) => return 1,
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let (rss_before, anon_before) = rss_kib(pid);
+    if rss_before == 0 {
+        eprintln!("sds_streams: cannot read /proc/{pid}/status");
+        return 1;
+    }
+    let cpu_before_open = cpu_ms(pid);
+    eprintln!(
+        "server pid {pid}: VmRSS {rss_before} KiB (RssAnon {anon_before} KiB) with the warm-up stream open; load {}",
+        loadavg()
+    );
+
+    // Connections first (cheap), then streams at a bounded rate.
+    let conns = n.div_ceil(args.per_conn);
+    let mut channels = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        match connect(args.socket.clone()).await {
+            Ok(c) => channels.push(c),
+            Err(e) => {
+                eprintln!("sds_streams: {e}");
+                return 1;
+            }
+        }
+    }
+    let open_start = Instant::now();
+    let gate = Arc::new(Semaphore::new(args.open_concurrency));
+    let mut waits = Vec::with_capacity(n);
+    for i in 0..n {
+        let permit = match gate.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => return 1,
+        };
+        let (tx, rx) = oneshot::channel();
+        let channel = channels[i / args.per_conn].clone();
+        let (node, shared) = (node.clone(), shared.clone());
+        if args.delta {
+            tokio::spawn(delta_stream(i, channel, node, args.ads, shared, tx));
+        } else {
+            tokio::spawn(sotw_stream(i, channel, node, args.ads, shared, tx));
+        }
+        waits.push(tokio::spawn(async move {
+            let r = rx.await.unwrap_or_else(|_| Err("stream task ended".into()));
+            drop(permit);
+            r
+        }));
+        if (i + 1) % 2000 == 0 {
+            eprintln!("  {} streams started ({:.1} s)", i + 1, open_start.elapsed().as_secs_f64());
+        }
+    }
+    let mut failed = 0usize;
+    let mut first_failure = None;
+    for w in waits {
+        match w.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failed += 1;
+                first_failure.get_or_insert(e);
+            }
+            Err(e) => {
+                failed += 1;
+                first_failure.get_or_insert(e.to_string());
+            }
+        }
+    }
+    let open_secs = open_start.elapsed().as_secs_f64();
+    let open = n - failed;
+    eprintln!(
+        "{open} of {n} streams open and ACKed in {open_secs:.2} s ({:.0} streams/s) over {conns} connections; server CPU {} ms for the opening",
+        n as f64 / open_secs,
+        cpu_ms(pid).saturating_sub(cpu_before_open)
+    );
+    if failed > 0 {
+        eprintln!("sds_streams: {failed} streams failed to open; first: {}", first_failure.unwrap_or_default());
+        return 1;
+    }
+
+    // Let the last ACKs be processed, then read the RSS a few times.
+    tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+    let mut samples = Vec::new();
+    for _ in 0..3 {
+        samples.push(rss_kib(pid));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (rss_open, anon_open) = samples.iter().copied().max().unwrap_or_default();
+    let per_stream = (rss_open as f64 - rss_before as f64) * 1024.0 / n as f64;
+    let per_stream_anon = (anon_open as f64 - anon_before as f64) * 1024.0 / n as f64;
+    let load_mem = loadavg();
+    eprintln!(
+        "VmRSS {rss_open} KiB with {n} streams (+{} KiB): {:.1} KiB per stream (RssAnon: {:.1} KiB per stream); load {load_mem}",
+        rss_open as i64 - rss_before as i64,
+        per_stream / 1024.0,
+        per_stream_anon / 1024.0
+    );
+    if shared.ended.load(Ordering::Relaxed) > 0 {
+        eprintln!(
+            "sds_streams: {} streams ended while open; first: {}",
+            shared.ended.load(Ordering::Relaxed),
+            shared.first_end.lock().clone().unwrap_or_default()
+        );
+    }
+
+    let mut result = format!(
+        "RESULT flavor={flavor} api={} streams={n} conns={conns} per_conn={} node_bytes={} open_s={open_secs:.2} \
+         rss_before_kib={rss_before} rss_open_kib={rss_open} per_stream_bytes={per_stream:.0} \
+         anon_per_stream_bytes={per_stream_anon:.0} load_mem=\"{load_mem}\"",
+        if args.ads { "ads" } else { "sds" },
+        args.per_conn,
+        node.len()
+    );
+
+    let mut code = 0;
+    if !args.trigger.is_empty() {
+        let responses_before = shared.responses.load(Ordering::Relaxed);
+        let bytes_before = shared.response_bytes.load(Ordering::Relaxed);
+        let cpu_before = cpu_ms(pid);
+        let client_cpu_before = cpu_ms(std::process::id());
+        let load_fan = loadavg();
+        shared.armed.store(true, Ordering::Release);
+        let trigger = args.trigger.clone();
+        let base = shared.base;
+        let ran = tokio::task::spawn_blocking(move || {
+            let start = base.elapsed();
+            let out = Command::new(&trigger[0]).args(&trigger[1..]).output();
+            (start, base.elapsed(), out)
+        })
+        .await;
+        let (t_start, t_return, out) = match ran {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("sds_streams: trigger task: {e}");
+                return 1;
+            }
+        };
+        match &out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                eprintln!("sds_streams: trigger failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr).trim());
+                return 1;
+            }
+            Err(e) => {
+                eprintln!("sds_streams: cannot run the trigger {:?}: {e}", args.trigger);
+                return 1;
+            }
+        }
+        let cmd_ms = (t_return - t_start).as_secs_f64() * 1e3;
+        let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
+        while shared.changed.load(Ordering::Acquire) < n
+            && shared.changed.load(Ordering::Acquire) + shared.ended.load(Ordering::Relaxed) < n
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // CPU of the server from just before the trigger until the last stream
+        // had its update (the revocation itself included).
+        let server_cpu = cpu_ms(pid).saturating_sub(cpu_before);
+        let client_cpu = cpu_ms(std::process::id()).saturating_sub(client_cpu_before);
+        let pushes = shared.responses.load(Ordering::Relaxed) - responses_before;
+        let push_bytes = shared.response_bytes.load(Ordering::Relaxed) - bytes_before;
+        let got: Vec<u64> =
+            shared.changed_at[..n].iter().map(|a| a.load(Ordering::Acquire)).filter(|&t| t > 0).collect();
+        let ms = |t0: Duration| -> Vec<f64> {
+            let mut v: Vec<f64> = got.iter().map(|&t| (t as f64 - t0.as_nanos() as f64) / 1e6).collect();
+            v.sort_by(f64::total_cmp);
+            v
+        };
+        let from_return = ms(t_return);
+        let from_start = ms(t_start);
+        let (p50, p99, max) =
+            (percentile(&from_return, 50.0), percentile(&from_return, 99.0), percentile(&from_return, 100.0));
+        let first = from_return.first().copied().unwrap_or(f64::NAN);
+        let (s50, s99, smax) =
+            (percentile(&from_start, 50.0), percentile(&from_start, 99.0), percentile(&from_start, 100.0));
+        eprintln!(
+            "trigger {:?} took {cmd_ms:.0} ms; {} of {n} streams received the new ROOTCA ({pushes} responses, {} bytes each on average); load {load_fan}",
+            args.trigger.iter().skip_while(|a| *a != "pki").collect::<Vec<_>>(),
+            got.len(),
+            push_bytes / pushes.max(1)
+        );
+        eprintln!(
+            "  after the command returned: first {first:.1} ms, p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms"
+        );
+        eprintln!("  after the command started:  p50 {s50:.1} ms, p99 {s99:.1} ms, max {smax:.1} ms");
+        // The fan-out itself, independent of how long the CLI took: from the
+        // first stream that had the new ROOTCA.
+        let (f99, fmax) = (p99 - first, max - first);
+        eprintln!("  after the first stream had it: p99 {f99:.1} ms, max {fmax:.1} ms");
+        eprintln!(
+            "  server CPU {server_cpu} ms from the trigger to the last update ({:.1} µs per stream); this client's CPU {client_cpu} ms",
+            server_cpu as f64 * 1e3 / n as f64
+        );
+        result.push_str(&format!(
+            " cmd_ms={cmd_ms:.1} received={} first_ms={first:.1} p50_ms={p50:.1} p99_ms={p99:.1} max_ms={max:.1} \
+             p50_from_start_ms={s50:.1} p99_from_start_ms={s99:.1} max_from_start_ms={smax:.1} \
+             p99_from_first_ms={f99:.1} max_from_first_ms={fmax:.1} \
+             fanout_server_cpu_ms={server_cpu} fanout_client_cpu_ms={client_cpu} push_bytes={} load_fanout=\"{load_fan}\"",
+            got.len(),
+            push_bytes / pushes.max(1)
+        ));
+        if got.len() < n {
+            eprintln!("sds_streams: only {} of {n} streams saw the change within {} s", got.len(), args.timeout);
+            code = 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
+    let (rss_end, _) = rss_kib(pid);
+    result.push_str(&format!(" rss_end_kib={rss_end} ended={}", shared.ended.load(Ordering::Relaxed)));
+    println!("{result}");
+    code
+}
