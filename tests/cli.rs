@@ -215,20 +215,7 @@ fn revoked_serial_is_listed_in_a_verifiable_crl() {
     let dir = tmp();
     let s = Server::start(&dir.path().join("data"), &[]);
     let id = format!("spiffe://{TD}/svc/revoke-me");
-    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("c.key"));
-    s.ok(&[
-        "pki",
-        "cert",
-        "generate",
-        "--spiffe-id",
-        &id,
-        "--ttl-hours",
-        "1",
-        "--output-cert",
-        cert.to_str().unwrap(),
-        "--output-key",
-        key.to_str().unwrap(),
-    ]);
+    s.generate(dir.path(), "c", &id, &["--ttl-hours", "1"]);
     let serial = s.json(&["pki", "cert", "list", "--spiffe-id", &id])[0]["serial"].as_str().unwrap().to_string();
     let before = String::from_utf8(s.get("/pki/crl").1).unwrap();
     assert!(!before.to_lowercase().contains(&serial));
@@ -295,18 +282,7 @@ fn http_endpoints_answer() {
     assert_eq!(s.get("/pki/crl?format=xml").0, 400);
     assert_eq!(s.get("/nope").0, 404);
     // Issue something so the issuance metrics exist.
-    let dirp = dir.path();
-    s.ok(&[
-        "pki",
-        "cert",
-        "generate",
-        "--spiffe-id",
-        "spiffe://example.org/m/one",
-        "--output-cert",
-        dirp.join("m.pem").to_str().unwrap(),
-        "--output-key",
-        dirp.join("m.key").to_str().unwrap(),
-    ]);
+    s.generate(dir.path(), "m", "spiffe://example.org/m/one", &[]);
     let metrics = String::from_utf8(s.get("/metrics").1).unwrap();
     for name in [
         "trustmesh_pki_cert_issued_total",
@@ -528,18 +504,7 @@ fn bad_tokens_are_refused_and_audited() {
     assert_refusal_audited(&s, "already used");
 
     // A token bound to another certificate, presented with a real client certificate.
-    let (cert, key) = (dir.path().join("client.pem"), dir.path().join("client.key"));
-    s.ok(&[
-        "pki",
-        "cert",
-        "generate",
-        "--spiffe-id",
-        "spiffe://example.org/ops/laptop",
-        "--output-cert",
-        cert.to_str().unwrap(),
-        "--output-key",
-        key.to_str().unwrap(),
-    ]);
+    let (cert, key) = s.generate(dir.path(), "client", "spiffe://example.org/ops/laptop", &[]);
     let bound_elsewhere =
         s.ok(&["token", "mint", "admin", "ops", "--cert-fingerprint", "Rvc6LtXrtcjJsf0zZacc2MCETnUOWu59cz3H4ohh4-o"]);
     let out = s
@@ -659,18 +624,7 @@ fn server_log_never_contains_keys_or_tokens() {
     let mut s = Server::start(&data, &[]);
     let d = dir.path();
     let id = format!("spiffe://{TD}/svc/secret-check");
-    let (cert, key) = (d.join("s.pem"), d.join("s.key"));
-    s.ok(&[
-        "pki",
-        "cert",
-        "generate",
-        "--spiffe-id",
-        &id,
-        "--output-cert",
-        cert.to_str().unwrap(),
-        "--output-key",
-        key.to_str().unwrap(),
-    ]);
+    let (_, key) = s.generate(d, "s", &id, &[]);
     let token = bootstrap_token(&s, "secret-check", &[&id], &[]);
     let csr = make_csr(d, "sc", "ec", &[&id]);
     let out = s
@@ -840,18 +794,7 @@ fn pki_init_imports_a_root_and_refuses_a_second_init() {
     let s = Server::start(&data, &[]);
     let status = s.json(&["pki", "status"]);
     assert_eq!(status["root"]["fingerprint"].as_str().unwrap(), fingerprint_of(&cert));
-    let (leaf, leaf_key) = (d.join("leaf.pem"), d.join("leaf.key"));
-    s.ok(&[
-        "pki",
-        "cert",
-        "generate",
-        "--spiffe-id",
-        "spiffe://example.org/svc/x",
-        "--output-cert",
-        leaf.to_str().unwrap(),
-        "--output-key",
-        leaf_key.to_str().unwrap(),
-    ]);
+    let (leaf, _) = s.generate(d, "leaf", "spiffe://example.org/svc/x", &[]);
     openssl_ok(&[
         "verify",
         "-CAfile",
@@ -927,18 +870,7 @@ fn pki_init_imports_an_intermediate_and_keeps_the_root_offline() {
     assert_eq!(status["root"]["key_online"], false);
     let err = s.fails(&["pki", "ca", "create-intermediary", "--common-name", "New CA"]);
     assert!(err.contains("offline"), "{err}");
-    let (leaf, leaf_key) = (d.join("leaf.pem"), d.join("leaf.key"));
-    s.ok(&[
-        "pki",
-        "cert",
-        "generate",
-        "--spiffe-id",
-        "spiffe://example.org/svc/x",
-        "--output-cert",
-        leaf.to_str().unwrap(),
-        "--output-key",
-        leaf_key.to_str().unwrap(),
-    ]);
+    let (leaf, _) = s.generate(d, "leaf", "spiffe://example.org/svc/x", &[]);
     openssl_ok(&["verify", "-CAfile", s.bundle_path().to_str().unwrap(), leaf.to_str().unwrap()]);
 }
 

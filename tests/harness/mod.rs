@@ -123,6 +123,17 @@ impl Server {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `pki cert generate` for `spiffe_id` into `<dir>/<name>.pem` and
+    /// `<dir>/<name>.key` (plus any `extra` flags); returns both paths.
+    pub fn generate(&self, dir: &Path, name: &str, spiffe_id: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+        let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+        let mut args = vec!["pki", "cert", "generate", "--spiffe-id", spiffe_id];
+        args.extend_from_slice(extra);
+        args.extend(["--output-cert", cert.to_str().unwrap(), "--output-key", key.to_str().unwrap()]);
+        self.ok(&args);
+        (cert, key)
+    }
+
     /// Runs the CLI with `--output json` and parses the result.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = vec!["--output", "json"];
