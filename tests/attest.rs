@@ -214,8 +214,8 @@ fn garbage_zombies_and_foreign_uids_are_refused() {
 #[test]
 fn unreadable_names_and_executables_only_drop_their_selectors() {
     let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("no-such-binary");
-    let mut attestor = fake_proc(dir.path(), &stat_line("envoy", "S", 9), 1000, &missing);
+    let absent_exe = dir.path().join("no-such-binary");
+    let mut attestor = fake_proc(dir.path(), &stat_line("envoy", "S", 9), 1000, &absent_exe);
     attestor.passwd = dir.path().join("no-passwd");
     let mut got = texts(&attestor.selectors(&peer()).unwrap());
     got.sort();
@@ -223,7 +223,7 @@ fn unreadable_names_and_executables_only_drop_their_selectors() {
     let expected = [
         "unix:gid:1001".to_string(),
         "unix:group:proxy".into(),
-        format!("unix:path:{}", missing.display()),
+        format!("unix:path:{}", absent_exe.display()),
         "unix:uid:1000".into(),
     ];
     assert_eq!(got, expected);

