@@ -23,9 +23,11 @@ pub(crate) const OID_P256_DER: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3
 /// `secp384r1` (1.3.132.0.34).
 pub(crate) const OID_P384_DER: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
 
-const TAG_INTEGER: u8 = 0x02;
-const TAG_OCTET_STRING: u8 = 0x04;
-const TAG_SEQUENCE: u8 = 0x30;
+pub(crate) const TAG_INTEGER: u8 = 0x02;
+pub(crate) const TAG_BIT_STRING: u8 = 0x03;
+pub(crate) const TAG_OCTET_STRING: u8 = 0x04;
+pub(crate) const TAG_ENUMERATED: u8 = 0x0a;
+pub(crate) const TAG_SEQUENCE: u8 = 0x30;
 
 /// The kind of a public key, as found in a SubjectPublicKeyInfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,9 +142,15 @@ pub(crate) fn sec1_to_pkcs8(sec1: &[u8], curve_oid: &[u8]) -> Zeroizing<Vec<u8>>
 
 /// One DER TLV. The output is allocated once at its final size, so no
 /// partial copy of secret content is left behind by a reallocation.
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let len = content.len();
+pub(crate) fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(content.len() + 6);
+    push_tlv(&mut out, tag, content);
+    out
+}
+
+/// Appends one DER TLV to `out`.
+pub(crate) fn push_tlv(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
+    let len = content.len();
     out.push(tag);
     if len < 0x80 {
         out.push(len as u8);
@@ -153,7 +161,20 @@ fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&bytes[skip..]);
     }
     out.extend_from_slice(content);
-    out
+}
+
+/// Appends a DER INTEGER holding the unsigned big-endian `magnitude`
+/// (leading zeros dropped, a 0x00 added when the top bit is set).
+pub(crate) fn push_unsigned(out: &mut Vec<u8>, magnitude: &[u8]) {
+    let start = magnitude.iter().position(|b| *b != 0).unwrap_or(magnitude.len().saturating_sub(1));
+    let digits = magnitude.get(start..).unwrap_or(&[]);
+    let pad = digits.first().is_none_or(|b| b & 0x80 != 0);
+    out.push(TAG_INTEGER);
+    out.push((digits.len() + usize::from(pad)) as u8);
+    if pad {
+        out.push(0);
+    }
+    out.extend_from_slice(digits);
 }
 
 #[cfg(test)]
@@ -168,6 +189,20 @@ mod tests {
         assert_eq!(&tlv(0x04, &long)[..3], &[0x04, 0x81, 200]);
         let longer = vec![0u8; 300];
         assert_eq!(&tlv(0x04, &longer)[..4], &[0x04, 0x82, 0x01, 0x2c]);
+    }
+
+    #[test]
+    fn unsigned_integers() {
+        let enc = |m: &[u8]| {
+            let mut out = Vec::new();
+            push_unsigned(&mut out, m);
+            out
+        };
+        assert_eq!(enc(&[0x01, 0x02]), vec![0x02, 0x02, 0x01, 0x02]);
+        assert_eq!(enc(&[0x00, 0x00, 0x7f]), vec![0x02, 0x01, 0x7f]);
+        assert_eq!(enc(&[0x80]), vec![0x02, 0x02, 0x00, 0x80]);
+        assert_eq!(enc(&[0x00]), vec![0x02, 0x01, 0x00]);
+        assert_eq!(enc(&[]), vec![0x02, 0x01, 0x00]);
     }
 
     #[test]

@@ -4,13 +4,17 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
+use std::collections::HashSet;
+
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::domain::Serial;
 
+use super::asn1::{
+    TAG_BIT_STRING, TAG_ENUMERATED, TAG_INTEGER, TAG_OCTET_STRING, TAG_SEQUENCE, push_tlv, push_unsigned, tlv,
+};
 use super::cert::parse;
 use super::encoding::to_pem;
 use super::template::{CA_BACKDATE, cert_time, end_of};
@@ -72,20 +76,15 @@ const EXPECTED: &str = "unspecified, keyCompromise, cACompromise, affiliationCha
 impl RevocationReason {
     /// The RFC 5280 CRLReason code.
     pub fn code(self) -> u8 {
-        self.rcgen() as u8
-    }
-
-    fn rcgen(self) -> rcgen::RevocationReason {
-        use rcgen::RevocationReason as R;
         match self {
-            Self::Unspecified => R::Unspecified,
-            Self::KeyCompromise => R::KeyCompromise,
-            Self::CaCompromise => R::CaCompromise,
-            Self::AffiliationChanged => R::AffiliationChanged,
-            Self::Superseded => R::Superseded,
-            Self::CessationOfOperation => R::CessationOfOperation,
-            Self::CertificateHold => R::CertificateHold,
-            Self::PrivilegeWithdrawn => R::PrivilegeWithdrawn,
+            Self::Unspecified => 0,
+            Self::KeyCompromise => 1,
+            Self::CaCompromise => 2,
+            Self::AffiliationChanged => 3,
+            Self::Superseded => 4,
+            Self::CessationOfOperation => 5,
+            Self::CertificateHold => 6,
+            Self::PrivilegeWithdrawn => 9,
         }
     }
 }
@@ -117,7 +116,11 @@ impl FromStr for RevocationReason {
 
 /// Builds and signs a v2 CRL: thisUpdate = now - 60 s, nextUpdate =
 /// now + `validity`, CRL number `number`, AKI = the issuer's SKI, one entry
-/// per distinct serial with its reason code.
+/// per distinct serial with its reason code (none for `unspecified`, as
+/// RFC 5280 §5.3.1 asks).
+///
+/// The DER is written directly, in time linear in the number of entries
+/// (100,000 revoked serials are a 4 MB CRL), then parsed back and checked.
 pub fn build_crl(
     issuer: &Signer,
     entries: &[CrlEntry],
@@ -127,44 +130,126 @@ pub fn build_crl(
 ) -> Result<Crl, CaError> {
     let this_update = cert_time(now - CA_BACKDATE)?;
     let next_update = cert_time(end_of(now, validity)?)?;
-    let mut revoked: Vec<RevokedCertParams> = Vec::with_capacity(entries.len());
-    let mut seen: Vec<&Serial> = Vec::with_capacity(entries.len());
+    let ca = parse(&issuer.cert.der)?;
+    let mut seen: HashSet<&[u8]> = HashSet::with_capacity(entries.len());
+    let mut revoked = Vec::with_capacity(entries.len() * 48);
     for entry in entries {
-        if seen.contains(&&entry.serial) {
+        if !seen.insert(entry.serial.as_bytes()) {
             continue;
         }
-        seen.push(&entry.serial);
-        revoked.push(RevokedCertParams {
-            serial_number: SerialNumber::from_slice(entry.serial.as_bytes()),
-            revocation_time: cert_time(entry.revoked_at)?,
-            reason_code: entry.reason.map(RevocationReason::rcgen),
-            invalidity_date: None,
-        });
+        push_entry(&mut revoked, entry)?;
     }
-    let params = CertificateRevocationListParams {
-        this_update,
-        next_update,
-        crl_number: SerialNumber::from(number),
-        issuing_distribution_point: None,
-        revoked_certs: revoked,
-        key_identifier_method: match issuer.cert.subject_key_id() {
-            Some(ski) => KeyIdMethod::PreSpecified(ski.to_vec()),
-            None => KeyIdMethod::Sha256,
-        },
+    let key_id = match issuer.cert.subject_key_id() {
+        Some(ski) => ski.to_vec(),
+        None => ring::digest::digest(&ring::digest::SHA256, ca.public_key().subject_public_key.as_ref()).as_ref()
+            [..20]
+            .to_vec(),
     };
-    let crl = params
-        .signed_by(&issuer.rcgen_issuer()?)
-        .map_err(|e| CaError::Crl { reason: format!("signing with {} failed: {e}", issuer.cert.label()) })?;
-    let der = crl.der().to_vec();
+    let key = issuer.key();
+    let mut tbs = Vec::with_capacity(revoked.len() + 512);
+    tbs.extend_from_slice(&[TAG_INTEGER, 0x01, 0x01]); // v2
+    tbs.extend_from_slice(key.signature_algorithm_der());
+    tbs.extend_from_slice(ca.subject().as_raw());
+    push_time(&mut tbs, this_update);
+    push_time(&mut tbs, next_update);
+    if !revoked.is_empty() {
+        push_tlv(&mut tbs, TAG_SEQUENCE, &revoked);
+    }
+    drop(revoked);
+    push_tlv(&mut tbs, TAG_CONTEXT_0, &tlv(TAG_SEQUENCE, &crl_extensions(&key_id, number)));
+    let tbs = tlv(TAG_SEQUENCE, &tbs);
+    let signature = key.sign(&tbs)?;
+    let mut bits = Vec::with_capacity(signature.len() + 1);
+    bits.push(0); // no unused bits
+    bits.extend_from_slice(&signature);
+    let mut body = tbs;
+    body.extend_from_slice(key.signature_algorithm_der());
+    push_tlv(&mut body, TAG_BIT_STRING, &bits);
+    let der = tlv(TAG_SEQUENCE, &body);
     validate_crl(issuer, &der, &seen, number, this_update)
         .map_err(|reason| CaError::Crl { reason: format!("the CRL just signed failed validation: {reason}") })?;
     Ok(Crl { der, issuer_fingerprint: issuer.cert.fingerprint.clone(), this_update, next_update, number })
 }
 
+/// `[0] EXPLICIT` context tag of the TBSCertList's crlExtensions.
+const TAG_CONTEXT_0: u8 = 0xa0;
+/// `[0] IMPLICIT` keyIdentifier inside AuthorityKeyIdentifier.
+const TAG_KEY_ID: u8 = 0x80;
+const OID_REASON_CODE: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x15];
+const OID_CRL_NUMBER: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x14];
+const OID_AUTHORITY_KEY_ID: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x23];
+
+/// One `revokedCertificates` element, written in place (no allocation).
+fn push_entry(out: &mut Vec<u8>, entry: &CrlEntry) -> Result<(), CaError> {
+    let at = cert_time(entry.revoked_at)?;
+    let reason = entry.reason.filter(|r| *r != RevocationReason::Unspecified);
+    let serial = entry.serial.as_bytes();
+    let serial_len = 2 + serial.len() + usize::from(serial.first().is_none_or(|b| b & 0x80 != 0));
+    let time_len = if (1950..2050).contains(&at.year()) { 15 } else { 17 };
+    let ext_len = if reason.is_some() { 14 } else { 0 };
+    let len = serial_len + time_len + ext_len;
+    // A serial is at most 20 bytes (RFC 5280 §4.1.2.2), so the entry is short.
+    let Ok(short) = u8::try_from(len).map(|l| l.min(0x7f)) else {
+        return Err(CaError::Crl { reason: "a serial number is too long".into() });
+    };
+    if usize::from(short) != len {
+        return Err(CaError::Crl { reason: "a serial number is too long".into() });
+    }
+    out.extend_from_slice(&[TAG_SEQUENCE, short]);
+    push_unsigned(out, serial);
+    push_time(out, at);
+    if let Some(reason) = reason {
+        // Extensions { Extension { reasonCode, OCTET STRING { ENUMERATED code } } }
+        out.extend_from_slice(&[TAG_SEQUENCE, 12, TAG_SEQUENCE, 10]);
+        out.extend_from_slice(OID_REASON_CODE);
+        out.extend_from_slice(&[TAG_OCTET_STRING, 3, TAG_ENUMERATED, 1, reason.code()]);
+    }
+    Ok(())
+}
+
+/// AuthorityKeyIdentifier and CRLNumber.
+fn crl_extensions(key_id: &[u8], number: u64) -> Vec<u8> {
+    let mut aki = OID_AUTHORITY_KEY_ID.to_vec();
+    push_tlv(&mut aki, TAG_OCTET_STRING, &tlv(TAG_SEQUENCE, &tlv(TAG_KEY_ID, key_id)));
+    let mut value = Vec::new();
+    push_unsigned(&mut value, &number.to_be_bytes());
+    let mut crl_number = OID_CRL_NUMBER.to_vec();
+    push_tlv(&mut crl_number, TAG_OCTET_STRING, &value);
+    let mut out = tlv(TAG_SEQUENCE, &aki);
+    push_tlv(&mut out, TAG_SEQUENCE, &crl_number);
+    out
+}
+
+/// UTCTime through 2049, GeneralizedTime from 2050 (RFC 5280 §5.1.2.4).
+fn push_time(out: &mut Vec<u8>, t: OffsetDateTime) {
+    let year = u32::try_from(t.year()).unwrap_or(0);
+    let utc = (1950..2050).contains(&year);
+    if utc {
+        out.extend_from_slice(&[TAG_UTC_TIME, 13]);
+        push_digits(out, year % 100);
+    } else {
+        out.extend_from_slice(&[TAG_GENERALIZED_TIME, 15]);
+        push_digits(out, year / 100);
+        push_digits(out, year % 100);
+    }
+    for part in [u8::from(t.month()), t.day(), t.hour(), t.minute(), t.second()] {
+        push_digits(out, u32::from(part));
+    }
+    out.push(b'Z');
+}
+
+/// Two decimal digits.
+fn push_digits(out: &mut Vec<u8>, n: u32) {
+    out.extend_from_slice(&[b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8]);
+}
+
+const TAG_UTC_TIME: u8 = 0x17;
+const TAG_GENERALIZED_TIME: u8 = 0x18;
+
 fn validate_crl(
     issuer: &Signer,
     der: &[u8],
-    serials: &[&Serial],
+    serials: &HashSet<&[u8]>,
     number: u64,
     this_update: OffsetDateTime,
 ) -> Result<(), String> {
@@ -183,9 +268,15 @@ fn validate_crl(
     if crl.last_update().to_datetime() != this_update {
         return Err("thisUpdate differs".to_string());
     }
-    let listed: Vec<&[u8]> = crl.iter_revoked_certificates().map(|r| r.raw_serial()).collect();
-    if listed.len() != serials.len() || serials.iter().any(|s| !listed.iter().any(|l| trim(l) == s.as_bytes())) {
-        return Err("revoked serials differ from the request".to_string());
+    let mut listed = 0usize;
+    for r in crl.iter_revoked_certificates() {
+        listed += 1;
+        if !serials.contains(trim(r.raw_serial())) {
+            return Err("a revoked serial differs from the request".to_string());
+        }
+    }
+    if listed != serials.len() {
+        return Err(format!("{listed} serials listed, {} requested", serials.len()));
     }
     Ok(())
 }

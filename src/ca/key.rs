@@ -108,6 +108,25 @@ impl PrivateKey {
         RcgenKey(self).subject_public_key_info()
     }
 
+    /// An ASN.1 DER ECDSA signature over `msg` (SHA-256 for P-256, SHA-384 for P-384).
+    pub(crate) fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, CaError> {
+        let rng = SystemRandom::new();
+        self.pair
+            .sign(&rng, msg)
+            .map(|sig| sig.as_ref().to_vec())
+            .map_err(|_| CaError::Crl { reason: "the signing key refused to sign".into() })
+    }
+
+    /// The DER `AlgorithmIdentifier` of the signatures [`PrivateKey::sign`] makes.
+    pub(crate) fn signature_algorithm_der(&self) -> &'static [u8] {
+        match self.algorithm {
+            // ecdsa-with-SHA256 (1.2.840.10045.4.3.2), no parameters
+            KeyAlgorithm::EcP256 => &[0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02],
+            // ecdsa-with-SHA384 (1.2.840.10045.4.3.3)
+            KeyAlgorithm::EcP384 => &[0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03],
+        }
+    }
+
     /// The adapter rcgen signs with.
     pub(crate) fn rcgen(&self) -> RcgenKey<'_> {
         RcgenKey(self)
@@ -177,8 +196,7 @@ impl PublicKeyData for RcgenKey<'_> {
 
 impl rcgen::SigningKey for RcgenKey<'_> {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        let rng = SystemRandom::new();
-        self.0.pair.sign(&rng, msg).map(|sig| sig.as_ref().to_vec()).map_err(|_| rcgen::Error::RingUnspecified)
+        self.0.sign(msg).map_err(|_| rcgen::Error::RingUnspecified)
     }
 }
 
