@@ -10,10 +10,12 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use trustmesh::store::{
-    AuditFilter, AuditRecord, CaRecord, CaRole, CertFilter, CertRecord, CertStatus, DenyRecord, EntryRecord,
-    RevokeOutcome, RevokedEntry, SigningKeyRecord, Store, StoreError,
+    AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CaRole, CertFilter, CertRecord, CertStatus, ChangeBatch,
+    ChangeKind, ChangeRecord, DenyRecord, EntryRecord, RevokeOutcome, RevokedEntry, SigningKeyRecord, Store,
+    StoreError,
 };
 
 macro_rules! conformance {
@@ -60,6 +62,14 @@ conformance!(
     entry_conflicts,
     delete_entry_outcomes,
     concurrent_duplicate_entries,
+    changes_record_revocations,
+    changes_record_denials,
+    changes_record_entries,
+    changes_record_cas_and_keys,
+    changes_since_pages_in_order,
+    changes_purge_truncates,
+    revoked_unexpired_all_fields,
+    concurrent_changes_never_skipped,
 );
 
 const NOW: i64 = 1_700_000_000;
@@ -233,14 +243,19 @@ async fn revoke_outcomes(s: Arc<dyn Store>) {
     assert_eq!(revoke("c3", "superseded", NOW + 1).await, RevokeOutcome::Revoked);
     assert_eq!(revoke("c4", "superseded", NOW + 2).await, RevokeOutcome::Revoked);
 
-    let entry = |serial: &str, at: i64, reason: &str| RevokedEntry {
+    let entry = |serial: &str, issuer: &str, at: i64, reason: &str| RevokedEntry {
         serial: serial.into(),
         revoked_at: at,
         reason: Some(reason.into()),
         not_after: NOW + 600,
+        issuer_id: issuer.into(),
+        spiffe_id: id.into(),
+        fingerprint: format!("fp-{serial}"),
     };
-    assert_eq!(s.revoked_unexpired("a-services", NOW).await.unwrap(), [entry("c1", NOW, "keyCompromise")]);
-    assert_eq!(s.revoked_unexpired("a-transport", NOW).await.unwrap(), [entry("c4", NOW + 2, "superseded")]);
+    let c1 = entry("c1", "a-services", NOW, "keyCompromise");
+    assert_eq!(s.revoked_unexpired("a-services", NOW).await.unwrap(), [c1]);
+    let c4 = entry("c4", "a-transport", NOW + 2, "superseded");
+    assert_eq!(s.revoked_unexpired("a-transport", NOW).await.unwrap(), [c4]);
     assert_eq!(s.revoked_unexpired("a-services", NOW + 600).await.unwrap(), Vec::<RevokedEntry>::new());
     let audited = s.audit(&AuditFilter::default()).await.unwrap();
     let revokes: Vec<_> = audited.iter().filter(|a| a.action == "revoke").map(|a| a.target.as_str()).collect();
@@ -491,9 +506,421 @@ async fn concurrent_duplicate_entries(s: Arc<dyn Store>) {
     assert_eq!((ok, conflicts), (1, 7), "{results:?}");
     assert_eq!(s.entries().await.unwrap().len(), 1);
     assert_eq!(s.audit(&AuditFilter::default()).await.unwrap().len(), 1);
+    let won = s.entries().await.unwrap().remove(0);
+    assert_eq!(changes_after(&s, 0).await, [change(ChangeKind::Entry, &won.id, NOW)], "only the winner's change");
+}
+
+async fn changes_record_revocations(s: Arc<dyn Store>) {
+    seed(&s).await;
+    let base = s.change_revision().await.unwrap();
+    let id = "spiffe://example.org/r";
+    for serial in ["c1", "c2"] {
+        let c = cert(serial, id, "a-services", NOW - 60, NOW + 600);
+        s.record_issuance(&c, &audit("issue", id, NOW - 60)).await.unwrap();
+    }
+    assert_eq!(changes_after(&s, base).await, [], "issuance is no change other replicas apply");
+    let revoke = |serial: &'static str, at: i64| {
+        let s = s.clone();
+        async move { s.revoke(serial, "keyCompromise", at, &audit("revoke", serial, at)).await.unwrap() }
+    };
+    assert_eq!(revoke("c1", NOW).await, RevokeOutcome::Revoked);
+    assert_eq!(revoke("c1", NOW + 5).await, RevokeOutcome::AlreadyRevoked);
+    assert_eq!(revoke("nope", NOW + 6).await, RevokeOutcome::NotFound);
+    assert_eq!(revoke("c2", NOW + 7).await, RevokeOutcome::Revoked);
+    assert_eq!(
+        changes_after(&s, base).await,
+        [change(ChangeKind::Revoke, "c1", NOW), change(ChangeKind::Revoke, "c2", NOW + 7)],
+        "one change per revocation that changed something, at the revocation time"
+    );
+}
+
+async fn changes_record_denials(s: Arc<dyn Store>) {
+    seed(&s).await;
+    let (x, y) = ("spiffe://example.org/x", "spiffe://example.org/y");
+    let c = cert("x1", x, "a-services", NOW - 60, NOW + 600);
+    s.record_issuance(&c, &audit("issue", x, NOW - 60)).await.unwrap();
+    let base = s.change_revision().await.unwrap();
+    assert_eq!(s.deny(&deny_record(x, "gone", NOW), NOW, &audit("deny", x, NOW)).await.unwrap(), ["x1"]);
+    let again = deny_record(x, "keyCompromise", NOW + 60);
+    assert_eq!(s.deny(&again, NOW + 60, &audit("deny", x, NOW + 60)).await.unwrap(), Vec::<String>::new());
+    assert!(s.allow(x, &audit("allow", x, NOW + 70)).await.unwrap());
+    assert!(!s.allow(x, &audit("allow", x, NOW + 80)).await.unwrap());
+    assert!(!s.allow(y, &audit("allow", y, NOW + 90)).await.unwrap());
+    assert_eq!(
+        changes_after(&s, base).await,
+        [
+            change(ChangeKind::Deny, x, NOW),
+            change(ChangeKind::Deny, x, NOW + 60),
+            change(ChangeKind::Allow, x, NOW + 70)
+        ],
+        "every deny (the revocations it made are part of it), only allows that lifted a denial"
+    );
+}
+
+async fn changes_record_entries(s: Arc<dyn Store>) {
+    assert_eq!(s.change_revision().await.unwrap(), 0, "an empty feed");
+    let web = "spiffe://example.org/web";
+    let e1 = entry("e1", web, &["unix:uid:1000"], NOW - 100);
+    s.insert_entry(&e1, &audit("create_entry", web, NOW)).await.unwrap();
+    let dup = entry("e9", web, &["unix:uid:1000"], NOW);
+    assert!(s.insert_entry(&dup, &audit("create_entry", web, NOW)).await.is_err());
+    let e2 = entry("e2", web, &["unix:uid:1001"], NOW + 1);
+    s.insert_entry(&e2, &audit("create_entry", web, NOW + 1)).await.unwrap();
+    assert!(s.delete_entry("e1", &audit("delete_entry", web, NOW + 2)).await.unwrap());
+    assert!(!s.delete_entry("e1", &audit("delete_entry", web, NOW + 3)).await.unwrap());
+    assert!(!s.delete_entry("never", &audit("delete_entry", "", NOW + 4)).await.unwrap());
+    assert_eq!(
+        changes_after(&s, 0).await,
+        [
+            change(ChangeKind::Entry, "e1", NOW),
+            change(ChangeKind::Entry, "e2", NOW + 1),
+            change(ChangeKind::Entry, "e1", NOW + 2)
+        ],
+        "inserts and real deletions, at the audit record's time"
+    );
+}
+
+async fn changes_record_cas_and_keys(s: Arc<dyn Store>) {
+    assert!(s.init_hierarchy(&hierarchy("a").0, &hierarchy("a").1).await.unwrap());
+    assert_eq!(
+        changes_after(&s, 0).await,
+        [
+            change(ChangeKind::Ca, "a-root", NOW),
+            change(ChangeKind::Ca, "a-services", NOW + 1),
+            change(ChangeKind::Ca, "a-transport", NOW + 2),
+            change(ChangeKind::SigningKey, "a-token", NOW),
+            change(ChangeKind::SigningKey, "a-jwt", NOW + 1),
+        ],
+        "one change per CA and per key, at their creation"
+    );
+    let base = s.change_revision().await.unwrap();
+    assert!(!s.init_hierarchy(&hierarchy("b").0, &hierarchy("b").1).await.unwrap());
+    s.insert_ca(&ca("svc-2", CaRole::Services, true, NOW + 10)).await.unwrap();
+    assert!(s.insert_ca(&ca("svc-2", CaRole::Services, true, NOW + 11)).await.is_err());
+    s.insert_signing_key(&key("k1", "jwt-svid", NOW + 5)).await.unwrap();
+    assert!(s.insert_signing_key(&key("k1", "jwt-svid", NOW + 6)).await.is_err());
+    assert_eq!(
+        changes_after(&s, base).await,
+        [change(ChangeKind::Ca, "svc-2", NOW + 10), change(ChangeKind::SigningKey, "k1", NOW + 5)],
+        "a refused init or a conflict appends nothing"
+    );
+}
+
+async fn changes_since_pages_in_order(s: Arc<dyn Store>) {
+    assert_eq!(s.changes_since(0, 10).await.unwrap(), ChangeBatch::default());
+    for i in 0..10 {
+        let e = entry(&format!("e{i}"), "spiffe://example.org/p", &[&format!("unix:uid:{i}")], NOW);
+        s.insert_entry(&e, &audit("create_entry", &e.spiffe_id, NOW + i)).await.unwrap();
+    }
+    let all = s.changes_since(0, 100).await.unwrap();
+    assert!(!all.truncated);
+    let all = all.changes;
+    let subjects: Vec<_> = all.iter().map(|c| c.subject.clone()).collect();
+    assert_eq!(subjects, (0..10).map(|i| format!("e{i}")).collect::<Vec<_>>(), "oldest first");
+    assert!(all.windows(2).all(|w| w[0].revision < w[1].revision), "{all:?}");
+    assert!(all[0].revision > 0);
+    assert_eq!(s.change_revision().await.unwrap(), all[9].revision);
+
+    let (mut after, mut paged, mut pages) = (0, Vec::new(), 0);
+    loop {
+        let batch = s.changes_since(after, 3).await.unwrap();
+        assert!(!batch.truncated && batch.changes.len() <= 3);
+        let Some(last) = batch.changes.last() else { break };
+        after = last.revision;
+        paged.extend(batch.changes);
+        pages += 1;
+    }
+    assert_eq!((paged, pages), (all.clone(), 4), "3 + 3 + 3 + 1");
+    assert_eq!(s.changes_since(all[4].revision, 2).await.unwrap().changes, all[5..7]);
+    assert_eq!(s.changes_since(0, 0).await.unwrap(), ChangeBatch::default());
+    assert_eq!(s.changes_since(all[9].revision, 10).await.unwrap(), ChangeBatch::default());
+}
+
+async fn changes_purge_truncates(s: Arc<dyn Store>) {
+    const DAY: i64 = 86_400;
+    assert_eq!(CHANGE_RETENTION, 7 * DAY);
+    for (id, at) in [("old1", NOW - 9 * DAY), ("old2", NOW - 8 * DAY), ("edge", NOW - 7 * DAY), ("new1", NOW - DAY)] {
+        let e = entry(id, "spiffe://example.org/p", &[&format!("unix:user:{id}")], at);
+        s.insert_entry(&e, &audit("create_entry", &e.spiffe_id, at)).await.unwrap();
+    }
+    let rev: Vec<i64> = s.changes_since(0, 10).await.unwrap().changes.iter().map(|c| c.revision).collect();
+    assert_eq!(rev.len(), 4);
+    s.purge_expired(NOW, 0).await.unwrap();
+
+    let new1 = vec![change(ChangeKind::Entry, "new1", NOW - DAY)];
+    let since = |after: i64| {
+        let s = s.clone();
+        async move {
+            let batch = s.changes_since(after, 10).await.unwrap();
+            (batch.truncated, batch.changes.into_iter().map(|c| (c.kind, c.subject, c.at)).collect::<Vec<_>>())
+        }
+    };
+    assert_eq!(since(0).await, (true, new1.clone()), "changes at or before now - retention are purged");
+    assert_eq!(since(rev[1]).await, (true, new1.clone()), "a reader behind the purge must reload");
+    assert_eq!(since(rev[2]).await, (false, new1.clone()), "a reader past the purge missed nothing");
+    assert_eq!(s.change_revision().await.unwrap(), rev[3]);
+
+    s.purge_expired(NOW + 7 * DAY, 0).await.unwrap();
+    assert_eq!(since(rev[3]).await, (false, vec![]), "everything purged, nothing missed");
+    assert_eq!(since(rev[2]).await, (true, vec![]));
+    assert_eq!(s.change_revision().await.unwrap(), rev[3], "the revision survives the purge of its record");
+
+    // A new change after a full purge: a fresh revision (never reused). Then
+    // an old-dated change purged before a newer-dated one: the mark never
+    // goes back.
+    let p = entry("p", "spiffe://example.org/q", &["unix:uid:1"], NOW);
+    s.insert_entry(&p, &audit("create_entry", &p.spiffe_id, NOW + 7 * DAY)).await.unwrap();
+    let q = entry("q", "spiffe://example.org/q", &["unix:uid:2"], NOW);
+    s.insert_entry(&q, &audit("create_entry", &q.spiffe_id, NOW - 30 * DAY)).await.unwrap();
+    let all = s.changes_since(rev[3], 10).await.unwrap().changes;
+    assert_eq!(all.len(), 2, "{all:?}");
+    let (rp, rq) = (all[0].revision, all[1].revision);
+    s.purge_expired(NOW + 7 * DAY, 0).await.unwrap();
+    assert_eq!(since(rq).await, (false, vec![]));
+    assert!(since(rp).await.0, "rows below the highest purged revision may be gone");
+    s.purge_expired(NOW + 14 * DAY, 0).await.unwrap();
+    assert_eq!(since(rq).await, (false, vec![]), "purging an older revision later keeps the mark");
+    assert_eq!(s.change_revision().await.unwrap(), rq);
+}
+
+async fn revoked_unexpired_all_fields(s: Arc<dyn Store>) {
+    seed(&s).await;
+    let (x, y) = ("spiffe://example.org/x", "spiffe://example.org/y");
+    for c in [
+        cert("c1", x, "a-transport", NOW - 60, NOW + 600),
+        cert("c2", y, "a-services", NOW - 60, NOW + 700),
+        cert("c3", x, "a-services", NOW - 60, NOW + 800),
+        cert("c4", x, "a-services", NOW - 900, NOW),
+        cert("c5", y, "a-services", NOW - 60, NOW + 600),
+    ] {
+        s.record_issuance(&c, &audit("issue", &c.spiffe_id, NOW - 60)).await.unwrap();
+    }
+    for (serial, at, reason) in
+        [("c1", NOW, "superseded"), ("c3", NOW + 1, "keyCompromise"), ("c2", NOW + 2, "unspecified")]
+    {
+        assert_eq!(s.revoke(serial, reason, at, &audit("revoke", serial, at)).await.unwrap(), RevokeOutcome::Revoked);
+    }
+    assert_eq!(s.revoke("c4", "superseded", NOW, &audit("revoke", "c4", NOW)).await.unwrap(), RevokeOutcome::Revoked);
+    let entry = |serial: &str, issuer: &str, spiffe_id: &str, at: i64, reason: &str, not_after: i64| RevokedEntry {
+        serial: serial.into(),
+        revoked_at: at,
+        reason: Some(reason.into()),
+        not_after,
+        issuer_id: issuer.into(),
+        spiffe_id: spiffe_id.into(),
+        fingerprint: format!("fp-{serial}"),
+    };
+    let expected = [
+        entry("c3", "a-services", x, NOW + 1, "keyCompromise", NOW + 800),
+        entry("c2", "a-services", y, NOW + 2, "unspecified", NOW + 700),
+        entry("c1", "a-transport", x, NOW, "superseded", NOW + 600),
+    ];
+    assert_eq!(s.revoked_unexpired_all(NOW).await.unwrap(), expected, "by issuer, then revocation time; c4 expired");
+    assert_eq!(s.revoked_unexpired("a-services", NOW).await.unwrap(), expected[..2]);
+    assert_eq!(s.revoked_unexpired_all(NOW + 700).await.unwrap(), expected[..1]);
+}
+
+async fn concurrent_changes_never_skipped(s: Arc<dyn Store>) {
+    writers_never_outrun_a_reader([s.clone(), s.clone()], s, 100).await;
+}
+
+/// 2×`n` concurrent writes (revocations through one store, denials through
+/// the other) while a reader follows `changes_since` with small pages: the
+/// reader, which never looks back, collects every change exactly once.
+async fn writers_never_outrun_a_reader(writers: [Arc<dyn Store>; 2], reader: Arc<dyn Store>, n: usize) {
+    seed(&writers[0]).await;
+    join_all((0..n).flat_map(|i| [("r", "a-services"), ("d", "a-transport")].map(|p| (i, p))).map(
+        |(i, (prefix, issuer))| {
+            let s = writers[0].clone();
+            async move {
+                let c = cert(
+                    &format!("{prefix}{i:03}"),
+                    &format!("spiffe://example.org/{prefix}/{i}"),
+                    issuer,
+                    NOW,
+                    NOW + 3600,
+                );
+                s.record_issuance(&c, &audit("issue", &c.spiffe_id, NOW)).await.unwrap();
+            }
+        },
+    ))
+    .await;
+    let base = reader.change_revision().await.unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let follower = {
+        let (reader, done) = (reader.clone(), done.clone());
+        tokio::spawn(async move {
+            let (mut after, mut seen) = (base, Vec::new());
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                let batch = reader.changes_since(after, 4).await.unwrap();
+                assert!(!batch.truncated);
+                if batch.changes.is_empty() && finished {
+                    return seen;
+                }
+                for c in batch.changes {
+                    assert!(c.revision > after, "{c:?} after {after}");
+                    after = c.revision;
+                    seen.push(c);
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let [revoker, denier] = writers;
+    let revokes = (0..n).map(|i| {
+        let s = revoker.clone();
+        async move {
+            let serial = format!("r{i:03}");
+            assert_eq!(
+                s.revoke(&serial, "superseded", NOW, &audit("revoke", &serial, NOW)).await.unwrap(),
+                RevokeOutcome::Revoked
+            );
+        }
+    });
+    let denies = (0..n).map(|i| {
+        let s = denier.clone();
+        async move {
+            let id = format!("spiffe://example.org/d/{i}");
+            assert_eq!(s.deny(&deny_record(&id, "gone", NOW), NOW, &audit("deny", &id, NOW)).await.unwrap().len(), 1);
+        }
+    });
+    let writes: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
+        revokes.map(|f| Box::pin(f) as _).chain(denies.map(|f| Box::pin(f) as _)).collect();
+    join_all(writes).await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = follower.await.unwrap();
+    let all = reader.changes_since(base, 1000).await.unwrap().changes;
+    assert_eq!(all.len(), 2 * n);
+    assert_eq!(seen, all, "the follower saw every change, in revision order");
 }
 
 // ---- backend-specific ------------------------------------------------------
+
+#[tokio::test]
+async fn sqlite_has_no_change_signal() {
+    let (store, _dir) = sqlite_store().await;
+    assert!(store.change_signal().is_none(), "one process per data directory: nobody else writes");
+}
+
+#[tokio::test]
+async fn sqlite_version_2_database_gains_the_change_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    drop(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("DROP TABLE changes; UPDATE schema_version SET version = 2").unwrap();
+    drop(conn);
+    let store: Arc<dyn Store> = Arc::new(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
+    seed(&store).await;
+    assert_eq!(changes_after(&store, 0).await.len(), 5);
+}
+
+/// Two replicas on one database.
+async fn postgres_pair() -> (String, Arc<dyn Store>, Arc<dyn Store>) {
+    let url = support::postgres::fresh_database().await;
+    let connect = || async { Arc::new(trustmesh::store::postgres::PostgresStore::connect(&url).await.unwrap()) };
+    let (a, b): (Arc<dyn Store>, Arc<dyn Store>) = (connect().await, connect().await);
+    (url, a, b)
+}
+
+/// A plain client on `url`, for looking behind the store's back.
+async fn admin_client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// The backend pids of this database's change listeners.
+async fn listener_pids(client: &tokio_postgres::Client) -> BTreeSet<i32> {
+    let sql = "SELECT pid FROM pg_stat_activity WHERE application_name = 'trustmesh-changes' \
+               AND datname = current_database() AND pid <> pg_backend_pid()";
+    client.query(sql, &[]).await.unwrap().iter().map(|r| r.get::<_, i32>(0)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_change_signal_wakes_other_replica() {
+    let (_url, a, b) = postgres_pair().await;
+    let mut signal = b.change_signal().expect("PostgreSQL replicas signal each other");
+    signal.borrow_and_update();
+    let base = b.change_revision().await.unwrap();
+    let x = "spiffe://example.org/x";
+    a.deny(&deny_record(x, "gone", NOW), NOW, &audit("deny", x, NOW)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(1), signal.changed()).await.expect("a wake-up within 1 s").unwrap();
+    assert_eq!(changes_after(&b, base).await, [change(ChangeKind::Deny, x, NOW)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_listener_reconnects_without_losing_changes() {
+    let (url, a, b) = postgres_pair().await;
+    let admin = admin_client(&url).await;
+    let mut signal = b.change_signal().unwrap();
+    let seen = *signal.borrow_and_update();
+    let last = b.change_revision().await.unwrap();
+    let old = listener_pids(&admin).await;
+    assert_eq!(old.len(), 2, "one listener per store: {old:?}");
+
+    let sql = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'trustmesh-changes' \
+               AND datname = current_database() AND pid <> pg_backend_pid()";
+    admin.execute(sql, &[]).await.unwrap();
+    // Write once both listeners are gone, before they are back (0.1 s).
+    let gone = async {
+        while !listener_pids(&admin).await.is_disjoint(&old) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), gone).await.expect("terminated listeners exit");
+    let x = "spiffe://example.org/x";
+    a.deny(&deny_record(x, "gone", NOW), NOW, &audit("deny", x, NOW)).await.unwrap();
+
+    let bumped = tokio::time::timeout(Duration::from_secs(10), signal.wait_for(|n| *n > seen)).await;
+    bumped.expect("the counter moves after the reconnect").unwrap();
+    let back = async {
+        loop {
+            let now = listener_pids(&admin).await;
+            if now.len() == 2 && now.is_disjoint(&old) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), back).await.expect("both listeners reconnect");
+    assert_eq!(changes_after(&b, last).await, [change(ChangeKind::Deny, x, NOW)], "nothing lost");
+
+    // The new connection listens.
+    let y = "spiffe://example.org/y";
+    a.deny(&deny_record(y, "gone", NOW + 1), NOW + 1, &audit("deny", y, NOW + 1)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(1), signal.changed()).await.expect("a wake-up within 1 s").unwrap();
+    assert_eq!(changes_after(&b, last).await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_replicas_never_skipped() {
+    let (url, a, b) = postgres_pair().await;
+    let reader: Arc<dyn Store> = Arc::new(trustmesh::store::postgres::PostgresStore::connect(&url).await.unwrap());
+    // Widen the gap between taking a revision and committing it (up to 20 ms),
+    // so writers committing out of revision order would be caught: without
+    // the change lock this fails every time.
+    let slow = "CREATE FUNCTION slow_change() RETURNS trigger LANGUAGE plpgsql AS \
+                $$ BEGIN PERFORM pg_sleep(random() * 0.02); RETURN NULL; END $$; \
+                CREATE TRIGGER slow_change AFTER INSERT ON changes FOR EACH ROW EXECUTE FUNCTION slow_change();";
+    admin_client(&url).await.batch_execute(slow).await.unwrap();
+    writers_never_outrun_a_reader([a, b], reader, 50).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_listener_ends_with_the_store() {
+    let (url, a, b) = postgres_pair().await;
+    let admin = admin_client(&url).await;
+    assert_eq!(listener_pids(&admin).await.len(), 2);
+    drop((a, b));
+    let gone = async {
+        while !listener_pids(&admin).await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), gone).await.expect("dropping the store closes its listener");
+}
 
 #[tokio::test]
 async fn sqlite_durable_across_reopen_and_private() {
@@ -541,7 +968,7 @@ async fn sqlite_version_1_database_gains_entries() {
     let path = dir.path().join("t.db");
     drop(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE entries; UPDATE schema_version SET version = 1").unwrap();
+    conn.execute_batch("DROP TABLE entries; DROP TABLE changes; UPDATE schema_version SET version = 1").unwrap();
     drop(conn);
     let store: Arc<dyn Store> = Arc::new(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
     let e = entry("m1", "spiffe://example.org/web", &["unix:uid:1000"], NOW);
@@ -635,6 +1062,19 @@ async fn postgres_unreachable_hides_password() {
 }
 
 // ---- fixtures --------------------------------------------------------------
+
+/// The changes after `after` as (kind, subject, at), checking their order.
+async fn changes_after(s: &Arc<dyn Store>, after: i64) -> Vec<(ChangeKind, String, i64)> {
+    let batch = s.changes_since(after, 10_000).await.unwrap();
+    assert!(!batch.truncated);
+    let revisions: Vec<_> = batch.changes.iter().map(|c: &ChangeRecord| c.revision).collect();
+    assert!(revisions.windows(2).all(|w| w[0] < w[1]) && revisions.iter().all(|r| *r > after), "{revisions:?}");
+    batch.changes.into_iter().map(|c| (c.kind, c.subject, c.at)).collect()
+}
+
+fn change(kind: ChangeKind, subject: &str, at: i64) -> (ChangeKind, String, i64) {
+    (kind, subject.to_string(), at)
+}
 
 /// Runs the futures concurrently, each on its own task, and returns their outputs in order.
 async fn join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>

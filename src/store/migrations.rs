@@ -31,6 +31,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         postgres: schema_v1!(blob = "BYTEA", audit_id = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
     },
     Migration { version: 2, sqlite: SCHEMA_V2, postgres: SCHEMA_V2 },
+    Migration {
+        version: 3,
+        sqlite: schema_v3!(revision = "INTEGER PRIMARY KEY AUTOINCREMENT"),
+        postgres: schema_v3!(revision = "BIGSERIAL PRIMARY KEY"),
+    },
 ];
 
 /// Version 2: registration entries. Lists are JSON arrays of strings;
@@ -40,6 +45,21 @@ const SCHEMA_V2: &str = "CREATE TABLE entries (id TEXT PRIMARY KEY, spiffe_id TE
      match_key TEXT NOT NULL UNIQUE, selectors TEXT NOT NULL, dns_names TEXT NOT NULL, ttl_seconds BIGINT, \
      jwt_ttl_seconds BIGINT, hint TEXT, federates_with TEXT NOT NULL, created_at BIGINT NOT NULL);\
      CREATE INDEX entries_created_at ON entries (created_at, id);";
+
+/// Version 3: the change feed (statements in `changes.rs`). SQLite's
+/// `AUTOINCREMENT` never reuses a revision, even after the newest rows are
+/// purged; `at` is indexed for the purge.
+macro_rules! schema_v3 {
+    (revision = $revision:literal) => {
+        concat!(
+            "CREATE TABLE changes (revision ",
+            $revision,
+            ", kind TEXT NOT NULL, subject TEXT NOT NULL, at BIGINT NOT NULL);",
+            "CREATE INDEX changes_at ON changes (at);",
+        )
+    };
+}
+use schema_v3;
 
 /// The schema version this binary understands.
 pub(super) fn latest_version() -> i64 {
@@ -253,9 +273,18 @@ pub(super) fn count_cert(serial: &str) -> Stmt {
 }
 
 pub(super) fn select_revoked(issuer_id: &str, now: i64) -> Stmt {
-    let sql = "SELECT serial, revoked_at, revocation_reason, not_after FROM certificates \
-               WHERE issuer_id = $1 AND status = 'revoked' AND not_after > $2 ORDER BY revoked_at, serial";
+    let sql = "SELECT serial, revoked_at, revocation_reason, not_after, issuer_id, spiffe_id, fingerprint \
+               FROM certificates WHERE issuer_id = $1 AND status = 'revoked' AND not_after > $2 \
+               ORDER BY revoked_at, serial";
     stmt!(sql, issuer_id, now)
+}
+
+/// Every issuer's revoked unexpired certificates, by issuer.
+pub(super) fn select_revoked_all(now: i64) -> Stmt {
+    let sql = "SELECT serial, revoked_at, revocation_reason, not_after, issuer_id, spiffe_id, fingerprint \
+               FROM certificates WHERE status = 'revoked' AND not_after > $1 \
+               ORDER BY issuer_id, revoked_at, serial";
+    stmt!(sql, now)
 }
 
 /// Revokes every unexpired active certificate of `e`'s identity, returning

@@ -10,12 +10,28 @@
 //!
 //! Invariant: a write that returned `Ok` is durable, and every multi-row change
 //! (issuance + audit, deny + revocations + audit) is one transaction.
+//!
+//! ## The change feed
+//!
+//! Every write another replica must apply (revoke, deny, allow, entries, CAs,
+//! signing keys) appends a [`ChangeRecord`] to the `changes` table in the same
+//! transaction, so replicas sharing one PostgreSQL follow each other with
+//! [`Store::changes_since`] instead of reloading tables. Revisions only grow,
+//! and a revision is visible only once every smaller one that will ever exist
+//! is: on PostgreSQL each appending transaction takes one advisory lock before
+//! its insert and holds it until commit, so commit order is revision order; on
+//! SQLite writes are serialized anyway. [`Store::change_signal`] wakes a reader
+//! when another process may have committed; the reader then catches up by
+//! revision, so a lost notification delays a change but never loses it.
+//! [`Store::purge_expired`] drops changes older than [`CHANGE_RETENTION`]; a
+//! reader that fell behind them is told to reload ([`ChangeBatch::truncated`]).
 
 use async_trait::async_trait;
 
 pub mod postgres;
 pub mod sqlite;
 
+mod changes;
 mod entries;
 mod group_commit;
 mod migrations;
@@ -111,6 +127,83 @@ pub struct RevokedEntry {
     pub revoked_at: i64,
     pub reason: Option<String>,
     pub not_after: i64,
+    /// `CaRecord::id` of the issuer.
+    pub issuer_id: String,
+    pub spiffe_id: String,
+    /// SHA-256 of the certificate DER, lowercase hex.
+    pub fingerprint: String,
+}
+
+/// How long change records are kept (7 days): a replica that was away longer
+/// reloads everything ([`ChangeBatch::truncated`]).
+pub const CHANGE_RETENTION: i64 = 7 * 24 * 3600;
+
+/// What a [`ChangeRecord`] says changed; its `subject` names the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    /// A certificate was revoked ([`Store::revoke`]); subject: the serial.
+    /// `at`: the revocation time.
+    Revoke,
+    /// An identity was denied, or its deny reason changed ([`Store::deny`]),
+    /// and its unexpired certificates were revoked; subject: the SPIFFE ID.
+    /// `at`: the `now` of the call.
+    Deny,
+    /// A denial was lifted ([`Store::allow`]); subject: the SPIFFE ID. `at`:
+    /// the audit record's.
+    Allow,
+    /// A registration entry was created or deleted; subject: the entry id.
+    /// `at`: the audit record's.
+    Entry,
+    /// A CA was added (and others of its role possibly deactivated) by
+    /// [`Store::insert_ca`] or [`Store::init_hierarchy`]; one record per CA,
+    /// subject: the CA id. `at`: the CA's `created_at`.
+    Ca,
+    /// A signing key was added by [`Store::insert_signing_key`] or
+    /// [`Store::init_hierarchy`]; subject: the kid. `at`: the key's `created_at`.
+    SigningKey,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Revoke => "revoke",
+            Self::Deny => "deny",
+            Self::Allow => "allow",
+            Self::Entry => "entry",
+            Self::Ca => "ca",
+            Self::SigningKey => "signing_key",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "revoke" => Some(Self::Revoke),
+            "deny" => Some(Self::Deny),
+            "allow" => Some(Self::Allow),
+            "entry" => Some(Self::Entry),
+            "ca" => Some(Self::Ca),
+            "signing_key" => Some(Self::SigningKey),
+            _ => None,
+        }
+    }
+}
+
+/// One row of the change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeRecord {
+    /// Assigned by the store: increasing, committed in this order (with gaps).
+    pub revision: i64,
+    pub kind: ChangeKind,
+    pub subject: String,
+    pub at: i64,
+}
+
+/// An answer of [`Store::changes_since`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChangeBatch {
+    pub changes: Vec<ChangeRecord>,
+    /// Rows after `after` were purged: the reader must reload everything.
+    pub truncated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +324,10 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke(&self, serial: &str, reason: &str, at: i64, audit: &AuditRecord) -> StoreResult<RevokeOutcome>;
     /// Revoked certificates of one issuer with `not_after > now`.
     async fn revoked_unexpired(&self, issuer_id: &str, now: i64) -> StoreResult<Vec<RevokedEntry>>;
+    /// Revoked certificates of every issuer with `not_after > now` (for
+    /// loading the revocation state at start), by issuer, then as
+    /// [`Store::revoked_unexpired`].
+    async fn revoked_unexpired_all(&self, now: i64) -> StoreResult<Vec<RevokedEntry>>;
 
     /// Adds (or updates the reason of) a deny-list entry and revokes every
     /// unexpired active certificate of that identity (reason
@@ -247,8 +344,11 @@ pub trait Store: Send + Sync + 'static {
     /// the id was already used (a replay); the check and insert are atomic.
     async fn consume_token_id(&self, jti: &str, expires_at: i64) -> StoreResult<bool>;
 
-    /// Deletes certificate records with `not_after <= now - grace` and used
-    /// token ids with `expires_at <= now`. Returns the number of certificates deleted.
+    /// Deletes certificate records with `not_after <= now - grace`, used
+    /// token ids with `expires_at <= now` and change records with
+    /// `at <= now - CHANGE_RETENTION` (remembering the highest revision
+    /// purged, for [`ChangeBatch::truncated`]). Returns the number of
+    /// certificates deleted.
     async fn purge_expired(&self, now: i64, grace: i64) -> StoreResult<u64>;
 
     /// Stores a new entry with its audit record in one transaction. The
@@ -265,6 +365,19 @@ pub trait Store: Send + Sync + 'static {
     async fn append_audit(&self, record: &AuditRecord) -> StoreResult<()>;
     /// Oldest first, at most `limit` (default 1000), the newest ones.
     async fn audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>>;
+
+    /// The newest committed revision (0 when none). It never decreases, also
+    /// when the records themselves were purged.
+    async fn change_revision(&self) -> StoreResult<i64>;
+    /// Changes with revision > after, oldest first, at most `limit`. Every
+    /// change committed later has a greater revision than those returned.
+    async fn changes_since(&self, after: i64, limit: u32) -> StoreResult<ChangeBatch>;
+    /// Wake-ups when another process may have committed changes: the value is
+    /// a counter that increases on every notification and after every
+    /// (re)connect of the listening connection (so a reader catches up by
+    /// revision after missing notifications). `None` when no other process
+    /// can write (SQLite: one process per data directory).
+    fn change_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>>;
 }
 
 /// Opens the store named by a database URL (`sqlite://PATH` or `postgres://…`).
@@ -409,6 +522,9 @@ fn revoked_from_row(r: &dyn Row) -> StoreResult<RevokedEntry> {
         revoked_at: r.opt_int("revoked_at")?.unwrap_or_default(),
         reason: r.opt_text("revocation_reason")?,
         not_after: r.int("not_after")?,
+        issuer_id: r.text("issuer_id")?,
+        spiffe_id: r.text("spiffe_id")?,
+        fingerprint: r.text("fingerprint")?,
     })
 }
 
@@ -441,7 +557,16 @@ fn count_from_row(r: &dyn Row) -> StoreResult<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{ChangeKind, redact_url};
+
+    #[test]
+    fn change_kinds_roundtrip() {
+        use ChangeKind::*;
+        for kind in [Revoke, Deny, Allow, Entry, Ca, SigningKey] {
+            assert_eq!(ChangeKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(ChangeKind::parse("signing-key"), None);
+    }
 
     #[test]
     fn passwords_never_survive_redaction() {

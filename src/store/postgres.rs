@@ -6,21 +6,36 @@
 //! advisory lock; everything else is settled by unique keys and
 //! `ON CONFLICT`. Every multi-row change is one transaction. The statements
 //! come from `migrations`.
+//!
+//! The change feed: every transaction that appends a change record takes
+//! [`CHANGES_LOCK`] right before its insert and holds it until it commits, so
+//! revisions commit in increasing order and a reader that saw revision `n`
+//! never misses a smaller one committed later. The lock is taken after the
+//! write's own statements, and nothing but the change insert and `pg_notify`
+//! follows it, so it is held briefly and never waits on a row lock. The
+//! `pg_notify` on [`CHANNEL`] is delivered at commit to a listener task
+//! ([`listen`]) on its own connection, which turns notifications (and its
+//! reconnects) into the [`Store::change_signal`] counter.
 
+use std::future::poll_fn;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use deadpool_postgres::{Runtime, Transaction};
-use tokio_postgres::NoTls;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, Client, Connection, IsolationLevel, NoTls, Socket};
 
+use super::changes as change_sql;
 use super::entries as entry_sql;
 use super::migrations::{self as sql, Param, Stmt};
 use super::{
-    AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, DenyRecord, EntryRecord, RevokeOutcome, RevokedEntry,
-    Row, SigningKeyRecord, Store, StoreError, StoreResult, redact_url,
+    AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CertFilter, CertRecord, ChangeBatch, ChangeKind, DenyRecord,
+    EntryRecord, RevokeOutcome, RevokedEntry, Row, SigningKeyRecord, Store, StoreError, StoreResult, redact_url,
 };
 
 const POOL_SIZE: usize = 16;
@@ -28,9 +43,23 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(10);
 /// `pg_advisory_xact_lock` keys ("trustm" and a number).
 const MIGRATION_LOCK: i64 = 0x7472_7573_746d_0001;
 const CA_LOCK: i64 = 0x7472_7573_746d_0002;
+/// Held from a change record's insert to its commit: commit order = revision order.
+const CHANGES_LOCK: i64 = 0x7472_7573_746d_0003;
+/// The `NOTIFY` channel of the change feed.
+const CHANNEL: &str = "trustmesh_changes";
+/// The listening connection's `application_name` (visible in `pg_stat_activity`).
+const LISTENER_NAME: &str = "trustmesh-changes";
+/// Reconnect back-off of the listener: doubles from the first to the last.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// TCP keepalive of the listening connection (unless the URL asks for less):
+/// an idle listener must notice a dead peer, or it would wait forever.
+const LISTENER_KEEPALIVE: Duration = Duration::from_secs(30);
 
 pub struct PostgresStore {
     pool: Pool,
+    signal: watch::Receiver<u64>,
+    /// Ends the listener task with the store.
+    _listener: AbortOnDrop,
 }
 
 impl PostgresStore {
@@ -40,7 +69,7 @@ impl PostgresStore {
         let config: tokio_postgres::Config =
             url.parse().map_err(|e| StoreError::Url { url: safe_url(url), reason: causes(&e) })?;
         let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
-        let pool = Pool::builder(Manager::from_config(config, NoTls, manager_config))
+        let pool = Pool::builder(Manager::from_config(config.clone(), NoTls, manager_config))
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(POOL_TIMEOUT))
@@ -53,7 +82,15 @@ impl PostgresStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to {}: {}", safe_url(url), causes(&e))))?;
         migrate(&mut client).await?;
-        Ok(Self { pool })
+        drop(client);
+        let listener_config = listener_config(&config);
+        let first = listen(&listener_config)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot listen on {}: {e}", safe_url(url))))?;
+        // 1: the first `LISTEN` succeeded.
+        let (tx, signal) = watch::channel(1);
+        let task = tokio::spawn(follow(listener_config, safe_url(url), first, tx));
+        Ok(Self { pool, signal, _listener: AbortOnDrop(task) })
     }
 
     async fn client(&self) -> StoreResult<Object> {
@@ -77,6 +114,17 @@ impl PostgresStore {
 
     async fn one<T>(&self, s: Stmt, decode: Decoder<T>) -> StoreResult<Option<T>> {
         one(&self.client().await?, &s, decode).await
+    }
+
+    /// Executes every statement, then appends the changes, in one transaction.
+    async fn write_with_changes(&self, stmts: &[Stmt], changes: &[Stmt]) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = begin(&mut client).await?;
+        for s in stmts {
+            exec(&tx, s).await?;
+        }
+        append_changes(&tx, changes).await?;
+        tx.commit().await.map_err(pg_err)
     }
 }
 
@@ -109,6 +157,7 @@ impl Store for PostgresStore {
         for s in cas.iter().map(sql::insert_ca).chain(keys.iter().map(sql::insert_key)) {
             exec(&tx, &s).await?;
         }
+        append_changes(&tx, &change_sql::hierarchy(cas, keys)).await?;
         tx.commit().await.map_err(pg_err)?;
         Ok(true)
     }
@@ -121,6 +170,7 @@ impl Store for PostgresStore {
             exec(&tx, &sql::deactivate_role(ca)).await?;
         }
         exec(&tx, &sql::insert_ca(ca)).await?;
+        append_changes(&tx, &[change_sql::insert(ChangeKind::Ca, &ca.id, ca.created_at)]).await?;
         tx.commit().await.map_err(pg_err)
     }
 
@@ -129,7 +179,8 @@ impl Store for PostgresStore {
     }
 
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<()> {
-        exec(&self.client().await?, &sql::insert_key(key)).await.map(drop)
+        let change = change_sql::insert(ChangeKind::SigningKey, &key.kid, key.created_at);
+        self.write_with_changes(&[sql::insert_key(key)], &[change]).await
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
@@ -157,6 +208,7 @@ impl Store for PostgresStore {
         let tx = begin(&mut client).await?;
         let outcome = if exec(&tx, &sql::revoke_one(serial, reason, at)).await? == 1 {
             exec(&tx, &sql::insert_audit(audit)).await?;
+            append_changes(&tx, &[change_sql::insert(ChangeKind::Revoke, serial, at)]).await?;
             RevokeOutcome::Revoked
         } else if count(&tx, &sql::count_cert(serial)).await? > 0 {
             RevokeOutcome::AlreadyRevoked
@@ -171,12 +223,17 @@ impl Store for PostgresStore {
         self.all(sql::select_revoked(issuer_id, now), super::revoked_from_row).await
     }
 
+    async fn revoked_unexpired_all(&self, now: i64) -> StoreResult<Vec<RevokedEntry>> {
+        self.all(sql::select_revoked_all(now), super::revoked_from_row).await
+    }
+
     async fn deny(&self, entry: &DenyRecord, now: i64, audit: &AuditRecord) -> StoreResult<Vec<String>> {
         let mut client = self.client().await?;
         let tx = begin(&mut client).await?;
         exec(&tx, &sql::upsert_deny(entry)).await?;
         let mut serials = all(&tx, &sql::revoke_identity(entry, now), |r| r.text("serial")).await?;
         exec(&tx, &sql::insert_audit(audit)).await?;
+        append_changes(&tx, &[change_sql::insert(ChangeKind::Deny, &entry.spiffe_id, now)]).await?;
         tx.commit().await.map_err(pg_err)?;
         serials.sort();
         Ok(serials)
@@ -187,6 +244,9 @@ impl Store for PostgresStore {
         let tx = begin(&mut client).await?;
         let removed = exec(&tx, &sql::delete_deny(spiffe_id)).await? > 0;
         exec(&tx, &sql::insert_audit(audit)).await?;
+        if removed {
+            append_changes(&tx, &[change_sql::insert(ChangeKind::Allow, spiffe_id, audit.at)]).await?;
+        }
         tx.commit().await.map_err(pg_err)?;
         Ok(removed)
     }
@@ -209,12 +269,18 @@ impl Store for PostgresStore {
         let tx = begin(&mut client).await?;
         let purged = exec(&tx, &sql::purge_certs(now.saturating_sub(grace))).await?;
         exec(&tx, &sql::purge_tokens(now)).await?;
+        let purge = change_sql::purge(now.saturating_sub(CHANGE_RETENTION));
+        let revisions = all(&tx, &purge, |r| r.int("revision")).await?;
+        if let Some(highest) = revisions.into_iter().max() {
+            exec(&tx, &change_sql::set_purged_through(highest)).await?;
+        }
         tx.commit().await.map_err(pg_err)?;
         Ok(purged)
     }
 
     async fn insert_entry(&self, entry: &EntryRecord, audit: &AuditRecord) -> StoreResult<()> {
-        self.write_all(&[entry_sql::insert_entry(entry)?, sql::insert_audit(audit)]).await
+        let change = change_sql::insert(ChangeKind::Entry, &entry.id, audit.at);
+        self.write_with_changes(&[entry_sql::insert_entry(entry)?, sql::insert_audit(audit)], &[change]).await
     }
 
     async fn entries(&self) -> StoreResult<Vec<EntryRecord>> {
@@ -227,6 +293,7 @@ impl Store for PostgresStore {
         let deleted = exec(&tx, &entry_sql::delete_entry(id)).await? > 0;
         if deleted {
             exec(&tx, &sql::insert_audit(audit)).await?;
+            append_changes(&tx, &[change_sql::insert(ChangeKind::Entry, id, audit.at)]).await?;
         }
         tx.commit().await.map_err(pg_err)?;
         Ok(deleted)
@@ -241,7 +308,140 @@ impl Store for PostgresStore {
         records.reverse();
         Ok(records)
     }
+
+    async fn change_revision(&self) -> StoreResult<i64> {
+        let marks = self.one(change_sql::select_marks(), change_sql::marks_from_row).await?;
+        let (newest, purged) = marks.unwrap_or_default();
+        Ok(newest.max(purged))
+    }
+
+    async fn changes_since(&self, after: i64, limit: u32) -> StoreResult<ChangeBatch> {
+        // One snapshot for the rows and the purge mark, so a purge committing
+        // in between cannot hide rows without setting `truncated`.
+        let mut client = self.client().await?;
+        let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true);
+        let tx = tx.start().await.map_err(pg_err)?;
+        let changes = all(&tx, &change_sql::select_since(after, limit), change_sql::change_from_row).await?;
+        let marks = one(&tx, &change_sql::select_marks(), change_sql::marks_from_row).await?;
+        tx.commit().await.map_err(pg_err)?;
+        let (_, purged) = marks.unwrap_or_default();
+        Ok(ChangeBatch { changes, truncated: after < purged })
+    }
+
+    fn change_signal(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.signal.clone())
+    }
 }
+
+/// Appends change records in the caller's transaction, in revision order
+/// with every other writer (see the module documentation), and notifies the
+/// listeners at commit.
+async fn append_changes(tx: &Transaction<'_>, changes: &[Stmt]) -> StoreResult<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    lock(tx, CHANGES_LOCK).await?;
+    let mut newest = 0;
+    for s in changes {
+        let revision = one(tx, s, |r| r.int("revision")).await?;
+        newest = revision.ok_or_else(|| StoreError::Backend("a change insert returned no revision".into()))?;
+    }
+    exec(tx, &change_sql::notify(CHANNEL, newest)).await.map(drop)
+}
+
+// ---- the change listener ---------------------------------------------------
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A connection that has run `LISTEN`. The client must outlive the connection.
+struct Listening {
+    _client: Client,
+    connection: Connection<Socket, NoTlsStream>,
+}
+
+/// The pool's settings, named for `pg_stat_activity`, with keepalives tight
+/// enough to notice a vanished server on an idle connection.
+fn listener_config(pool: &tokio_postgres::Config) -> tokio_postgres::Config {
+    let mut config = pool.clone();
+    config.application_name(LISTENER_NAME);
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(POOL_TIMEOUT);
+    }
+    if config.get_keepalives_idle() > LISTENER_KEEPALIVE {
+        config.keepalives(true).keepalives_idle(LISTENER_KEEPALIVE);
+    }
+    config
+}
+
+/// Connects and runs `LISTEN`, driving the connection meanwhile. Errors are
+/// their text, with causes.
+async fn listen(config: &tokio_postgres::Config) -> Result<Listening, String> {
+    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| causes(&e))?;
+    let command = format!("LISTEN {CHANNEL}");
+    {
+        let mut listen = std::pin::pin!(client.batch_execute(&command));
+        loop {
+            tokio::select! {
+                done = &mut listen => {
+                    done.map_err(|e| causes(&e))?;
+                    break;
+                }
+                message = poll_fn(|cx| connection.poll_message(cx)) => match message {
+                    // A notification now is covered by the bump after `LISTEN`.
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(causes(&e)),
+                    None => return Err(CLOSED.into()),
+                },
+            }
+        }
+    }
+    Ok(Listening { _client: client, connection })
+}
+
+/// The listener task: bumps `signal` on every notification (this process's
+/// own commits included) and after every reconnect, reconnecting with
+/// back-off when the connection fails. The store aborts it when dropped.
+async fn follow(config: tokio_postgres::Config, url: String, first: Listening, signal: watch::Sender<u64>) {
+    let bump = |signal: &watch::Sender<u64>| signal.send_modify(|n| *n += 1);
+    let mut listening = first;
+    loop {
+        let error = loop {
+            match poll_fn(|cx| listening.connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(_))) => bump(&signal),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break causes(&e),
+                None => break CLOSED.to_string(),
+            }
+        };
+        if signal.is_closed() {
+            return;
+        }
+        tracing::warn!(url = %url, %error, "change listener lost its connection; reconnecting");
+        let mut delay = BACKOFF.0;
+        listening = loop {
+            tokio::time::sleep(delay).await;
+            match listen(&config).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    delay = (delay * 2).min(BACKOFF.1);
+                    tracing::warn!(url = %url, error = %e, retry_in = ?delay, "change listener cannot reconnect");
+                }
+            }
+        };
+        tracing::info!(url = %url, "change listener reconnected");
+        bump(&signal);
+    }
+}
+
+/// The error of a connection the server closed without a message.
+const CLOSED: &str = "connection closed";
 
 type Decoder<T> = fn(&dyn Row) -> StoreResult<T>;
 

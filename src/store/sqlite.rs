@@ -4,6 +4,10 @@
 //! blocking pool. WAL with `synchronous=FULL`, so a call that returned `Ok`
 //! has reached the disk. Write transactions start `IMMEDIATE`, so they never
 //! fail half-way on a lock upgrade. The statements come from `migrations`.
+//!
+//! Change records are appended inside the write's transaction; with one
+//! process per data directory there is nobody to notify, so
+//! [`Store::change_signal`] is `None`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,12 +18,13 @@ use parking_lot::Mutex;
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
+use super::changes as change_sql;
 use super::entries as entry_sql;
 use super::group_commit::GroupCommit;
 use super::migrations::{self as sql, Param, Stmt};
 use super::{
-    AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, DenyRecord, EntryRecord, RevokeOutcome, RevokedEntry,
-    Row, SigningKeyRecord, Store, StoreError, StoreResult,
+    AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CertFilter, CertRecord, ChangeBatch, ChangeKind, DenyRecord,
+    EntryRecord, RevokeOutcome, RevokedEntry, Row, SigningKeyRecord, Store, StoreError, StoreResult,
 };
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -120,11 +125,13 @@ impl Store for SqliteStore {
 
     async fn init_hierarchy(&self, cas: &[CaRecord], keys: &[SigningKeyRecord]) -> StoreResult<bool> {
         let inserts: Vec<_> = cas.iter().map(sql::insert_ca).chain(keys.iter().map(sql::insert_key)).collect();
+        let changes = change_sql::hierarchy(cas, keys);
         self.write(move |tx| {
             if count(tx, &sql::count_roots())? > 0 {
                 return Ok(false);
             }
             inserts.iter().try_for_each(|s| exec(tx, s).map(drop))?;
+            append_changes(tx, &changes)?;
             Ok(true)
         })
         .await
@@ -133,9 +140,11 @@ impl Store for SqliteStore {
     async fn insert_ca(&self, ca: &CaRecord) -> StoreResult<()> {
         let deactivate = ca.active.then(|| sql::deactivate_role(ca));
         let insert = sql::insert_ca(ca);
+        let change = change_sql::insert(ChangeKind::Ca, &ca.id, ca.created_at);
         self.write(move |tx| {
             deactivate.iter().try_for_each(|s| exec(tx, s).map(drop))?;
-            exec(tx, &insert).map(drop)
+            exec(tx, &insert)?;
+            append_changes(tx, &[change])
         })
         .await
     }
@@ -146,7 +155,12 @@ impl Store for SqliteStore {
 
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<()> {
         let insert = sql::insert_key(key);
-        self.write(move |tx| exec(tx, &insert).map(drop)).await
+        let change = change_sql::insert(ChangeKind::SigningKey, &key.kid, key.created_at);
+        self.write(move |tx| {
+            exec(tx, &insert)?;
+            append_changes(tx, &[change])
+        })
+        .await
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
@@ -173,9 +187,11 @@ impl Store for SqliteStore {
     async fn revoke(&self, serial: &str, reason: &str, at: i64, audit: &AuditRecord) -> StoreResult<RevokeOutcome> {
         let (revoke, log) = (sql::revoke_one(serial, reason, at), sql::insert_audit(audit));
         let exists = sql::count_cert(serial);
+        let change = change_sql::insert(ChangeKind::Revoke, serial, at);
         self.write(move |tx| {
             if exec(tx, &revoke)? == 1 {
                 exec(tx, &log)?;
+                append_changes(tx, &[change])?;
                 Ok(RevokeOutcome::Revoked)
             } else if count(tx, &exists)? > 0 {
                 Ok(RevokeOutcome::AlreadyRevoked)
@@ -190,13 +206,19 @@ impl Store for SqliteStore {
         self.all(sql::select_revoked(issuer_id, now), super::revoked_from_row).await
     }
 
+    async fn revoked_unexpired_all(&self, now: i64) -> StoreResult<Vec<RevokedEntry>> {
+        self.all(sql::select_revoked_all(now), super::revoked_from_row).await
+    }
+
     async fn deny(&self, entry: &DenyRecord, now: i64, audit: &AuditRecord) -> StoreResult<Vec<String>> {
         let (upsert, revoke) = (sql::upsert_deny(entry), sql::revoke_identity(entry, now));
         let log = sql::insert_audit(audit);
+        let change = change_sql::insert(ChangeKind::Deny, &entry.spiffe_id, now);
         self.write(move |tx| {
             exec(tx, &upsert)?;
             let mut serials = all(tx, &revoke, |r| r.text("serial"))?;
             exec(tx, &log)?;
+            append_changes(tx, &[change])?;
             serials.sort();
             Ok(serials)
         })
@@ -205,9 +227,13 @@ impl Store for SqliteStore {
 
     async fn allow(&self, spiffe_id: &str, audit: &AuditRecord) -> StoreResult<bool> {
         let (delete, log) = (sql::delete_deny(spiffe_id), sql::insert_audit(audit));
+        let change = change_sql::insert(ChangeKind::Allow, spiffe_id, audit.at);
         self.write(move |tx| {
             let removed = exec(tx, &delete)? > 0;
             exec(tx, &log)?;
+            if removed {
+                append_changes(tx, &[change])?;
+            }
             Ok(removed)
         })
         .await
@@ -229,16 +255,28 @@ impl Store for SqliteStore {
     async fn purge_expired(&self, now: i64, grace: i64) -> StoreResult<u64> {
         let certs = sql::purge_certs(now.saturating_sub(grace));
         let tokens = sql::purge_tokens(now);
+        let changes = change_sql::purge(now.saturating_sub(CHANGE_RETENTION));
         self.write(move |tx| {
             let purged = exec(tx, &certs)?;
             exec(tx, &tokens)?;
+            let revisions = all(tx, &changes, |r| r.int("revision"))?;
+            if let Some(highest) = revisions.into_iter().max() {
+                exec(tx, &change_sql::set_purged_through(highest))?;
+            }
             Ok(purged)
         })
         .await
     }
 
     async fn insert_entry(&self, entry: &EntryRecord, audit: &AuditRecord) -> StoreResult<()> {
-        self.write_all(vec![entry_sql::insert_entry(entry)?, sql::insert_audit(audit)]).await
+        let (insert, log) = (entry_sql::insert_entry(entry)?, sql::insert_audit(audit));
+        let change = change_sql::insert(ChangeKind::Entry, &entry.id, audit.at);
+        self.write(move |tx| {
+            exec(tx, &insert)?;
+            exec(tx, &log)?;
+            append_changes(tx, &[change])
+        })
+        .await
     }
 
     async fn entries(&self) -> StoreResult<Vec<EntryRecord>> {
@@ -247,10 +285,12 @@ impl Store for SqliteStore {
 
     async fn delete_entry(&self, id: &str, audit: &AuditRecord) -> StoreResult<bool> {
         let (delete, log) = (entry_sql::delete_entry(id), sql::insert_audit(audit));
+        let change = change_sql::insert(ChangeKind::Entry, id, audit.at);
         self.write(move |tx| {
             let deleted = exec(tx, &delete)? > 0;
             if deleted {
                 exec(tx, &log)?;
+                append_changes(tx, &[change])?;
             }
             Ok(deleted)
         })
@@ -266,6 +306,32 @@ impl Store for SqliteStore {
         records.reverse();
         Ok(records)
     }
+
+    async fn change_revision(&self) -> StoreResult<i64> {
+        let (newest, purged) =
+            self.one(change_sql::select_marks(), change_sql::marks_from_row).await?.unwrap_or_default();
+        Ok(newest.max(purged))
+    }
+
+    async fn changes_since(&self, after: i64, limit: u32) -> StoreResult<ChangeBatch> {
+        let (select, marks) = (change_sql::select_since(after, limit), change_sql::select_marks());
+        // One closure holds the connection: the rows and the purge mark agree.
+        self.run(move |c| {
+            let changes = all(c, &select, change_sql::change_from_row)?;
+            let (_, purged) = one(c, &marks, change_sql::marks_from_row)?.unwrap_or_default();
+            Ok(ChangeBatch { changes, truncated: after < purged })
+        })
+        .await
+    }
+
+    fn change_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+}
+
+/// Appends change records in the caller's transaction.
+fn append_changes(tx: &Connection, changes: &[Stmt]) -> StoreResult<()> {
+    changes.iter().try_for_each(|s| all(tx, s, |r| r.int("revision")).map(drop))
 }
 
 type Decoder<T> = fn(&dyn Row) -> StoreResult<T>;
