@@ -221,9 +221,19 @@ fn revoked_serial_is_listed_in_a_verifiable_crl() {
     assert!(!before.to_lowercase().contains(&serial));
     let revoked = s.json(&["pki", "cert", "revoke", &serial, "--reason", "keyCompromise"]);
     assert_eq!(revoked["status"], "revoked");
-    let (code, body) = s.get("/pki/crl");
-    assert_eq!(code, 200);
-    let crls = pem_blocks(&String::from_utf8(body).unwrap(), "X509 CRL");
+    // The command returns once the revocation is durable; the new CRLs are
+    // published right after it (within a second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let body = loop {
+        let (code, body) = s.get("/pki/crl");
+        assert_eq!(code, 200);
+        let body = String::from_utf8(body).unwrap();
+        if body != before || std::time::Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let crls = pem_blocks(&body, "X509 CRL");
     assert!(crls.len() >= 2, "one CRL per CA with an online key");
     let bundle = s.bundle_path();
     let mut listed = false;

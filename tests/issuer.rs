@@ -71,6 +71,7 @@ async fn an_expired_revoked_certificate_drops_out_of_the_next_crl() {
     let long = generate(&issuer, "spiffe://example.org/svc/long", 7200).await;
     issuer.revoke(&Caller::system(), &short, "keyCompromise").await.unwrap();
     issuer.revoke(&Caller::system(), &long, "superseded").await.unwrap();
+    issuer.published().await;
     let listed = serials_in(&issuer);
     assert!(listed.contains(&short) && listed.contains(&long), "{listed:?}");
 

@@ -141,8 +141,7 @@ pub fn build_crl(
     }
     let key_id = match issuer.cert.subject_key_id() {
         Some(ski) => ski.to_vec(),
-        None => ring::digest::digest(&ring::digest::SHA256, ca.public_key().subject_public_key.as_ref()).as_ref()
-            [..20]
+        None => ring::digest::digest(&ring::digest::SHA256, ca.public_key().subject_public_key.as_ref()).as_ref()[..20]
             .to_vec(),
     };
     let key = issuer.key();

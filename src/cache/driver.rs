@@ -126,10 +126,8 @@ impl Inner {
                 epoch = current_epoch;
             }
             // A deny-list check ran while this SVID was minted: check again.
-            match self.issuer.store().denied(&entry.spiffe_id.to_string()).await {
-                Ok(Some(denial)) => return Ok(self.withhold_denied(entry, generation, &denial.reason, epoch)),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(entry_id = %entry.id, error = %e, "could not re-check the deny list"),
+            if let Some(denial) = self.issuer.denial(&entry.spiffe_id.to_string()) {
+                return Ok(self.withhold_denied(entry, generation, &denial.reason, epoch));
             }
         }
     }

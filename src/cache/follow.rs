@@ -3,15 +3,16 @@
 //! * **entries** — on every new value, each live selector set is matched
 //!   again: entries that now match are minted and added, entries that no
 //!   longer match (deleted) are withdrawn in the next version at once;
-//! * **trust** — every new [`TrustSnapshot`] (bundle, CRLs; republished by
-//!   every revocation, deny, allow and CRL re-signing) goes to every live set
-//!   as a new version sharing the one `Arc`. The deny list is read once per
-//!   new snapshot: SVIDs of newly denied identities are withdrawn in that same
-//!   version, and drivers of identities whose denial was lifted are woken.
+//! * **trust** — every new [`TrustSnapshot`] (bundle, CRLs, deny list;
+//!   republished by every revocation, deny, allow and CRL re-signing) goes to
+//!   every live set as a new version sharing the one `Arc`: SVIDs of newly
+//!   denied identities are withdrawn in that same version, drivers of
+//!   identities whose denial was lifted are woken, and a revoked SVID is
+//!   replaced at once.
 //!
 //! Both followers hold the cache weakly and end when it is gone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 
 use time::Duration;
@@ -100,55 +101,49 @@ impl Inner {
         self.record_sizes(&state);
     }
 
-    /// Takes a new trust snapshot and re-reads the deny list. Returns `false`
-    /// when the deny list could not be read (the caller retries).
+    /// Takes a new trust snapshot: SVIDs of identities on its deny list are
+    /// withdrawn in the same version, drivers of identities whose denial was
+    /// lifted are woken, and an SVID that was revoked is replaced at once.
+    /// Returns `false` when the snapshot could not be applied (never, now
+    /// that the deny list travels in the snapshot; kept for the retry loop).
     async fn on_trust(&self, trust: Arc<TrustSnapshot>) -> bool {
-        let any_warm = {
-            let mut state = self.state.lock();
-            state.deny_epoch += 1;
-            !state.slots.is_empty()
-        };
-        let denied: Option<HashMap<String, String>> = if any_warm {
-            match self.issuer.store().deny_list().await {
-                Ok(list) => Some(list.into_iter().map(|d| (d.spiffe_id, d.reason)).collect()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not read the deny list; SVIDs of denied identities stay until it can");
-                    None
-                }
-            }
-        } else {
-            Some(HashMap::new())
-        };
+        let denied: HashSet<&str> = trust.deny.identities.iter().map(String::as_str).collect();
         let mut state = self.state.lock();
-        state.trust = trust;
-        if let Some(denied) = &denied {
-            for slot in state.slots.values_mut() {
-                let id = slot.entry.spiffe_id.to_string();
-                match denied.get(&id) {
-                    Some(reason) => {
-                        if let Some(svid) = slot.svid.take() {
-                            tracing::warn!(
-                                spiffe_id = %id,
-                                entry_id = %slot.entry.id,
-                                serial = %svid.serial,
-                                reason = %reason,
-                                "SVID withdrawn: identity denied"
-                            );
-                        }
-                        slot.withheld = Some(format!("identity {id} is denied: {reason}"));
-                        slot.denied = true;
-                        // The outcome of a first issuance still to come is known now.
-                        slot.settled.send_if_modified(|s| !std::mem::replace(s, true));
-                    }
-                    None if slot.denied => {
-                        slot.denied = false;
-                        slot.wake.notify_one();
-                    }
-                    None => {}
+        state.deny_epoch += 1;
+        for slot in state.slots.values_mut() {
+            let id = slot.entry.spiffe_id.to_string();
+            if denied.contains(id.as_str()) {
+                let reason = self.issuer.denial(&id).map_or_else(|| "denied".to_string(), |d| d.reason);
+                if let Some(svid) = slot.svid.take() {
+                    tracing::warn!(
+                        spiffe_id = %id,
+                        entry_id = %slot.entry.id,
+                        serial = %svid.serial,
+                        reason = %reason,
+                        "SVID withdrawn: identity denied"
+                    );
                 }
+                slot.withheld = Some(format!("identity {id} is denied: {reason}"));
+                slot.denied = true;
+                // The outcome of a first issuance still to come is known now.
+                slot.settled.send_if_modified(|s| !std::mem::replace(s, true));
+            } else if slot.denied {
+                slot.denied = false;
+                slot.wake.notify_one();
+            } else if let Some(svid) = &slot.svid
+                && self.issuer.is_revoked(&svid.serial)
+            {
+                tracing::warn!(
+                    spiffe_id = %id,
+                    entry_id = %slot.entry.id,
+                    serial = %svid.serial,
+                    "SVID revoked: replacing it now"
+                );
+                slot.wake.notify_one();
             }
         }
+        state.trust = trust;
         state.publish_all();
-        denied.is_some()
+        true
     }
 }

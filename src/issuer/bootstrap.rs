@@ -83,6 +83,13 @@ impl Issuer {
         }
         let metrics = Metrics::new();
         let (snapshot, _) = watch::channel(Arc::new(TrustSnapshot::empty(&cfg.trust_domain)));
+        // The feed position is read first: changes committed while the state
+        // loads are applied again (idempotently) rather than missed.
+        let feed_cursor = store.change_revision().await?;
+        let change_signal = store.change_signal();
+        // The deny list and revoked serials are in memory before anything is served.
+        let revocations = super::revocation::Revocations::load(store.as_ref(), clock.now()).await?;
+        let (publish, publish_requests) = watch::channel(0u64);
         let issuer = Arc::new(Self {
             cfg,
             entries: super::entries::load(store.as_ref()).await?,
@@ -96,11 +103,28 @@ impl Issuer {
             snapshot,
             metrics,
             crl_lock: tokio::sync::Mutex::new(()),
+            revocations: parking_lot::Mutex::new(revocations),
+            publish,
             last_expiry_warning: parking_lot::Mutex::new(None),
         });
         issuer.rebuild_crls().await?;
+        tokio::spawn(super::revoke::publisher(Arc::downgrade(&issuer), publish_requests));
+        if let Some(signal) = change_signal {
+            tokio::spawn(super::feed::follow(Arc::downgrade(&issuer), signal, feed_cursor));
+        }
         issuer.metrics.refresh_counts(&issuer).await;
         Ok((issuer, InitReport { created, root_fingerprint }))
+    }
+
+    /// Loads the CAs and signing keys again (another replica added one).
+    pub(super) async fn reload_keys(&self) -> Result<(), IssuerError> {
+        let cas = self.store.cas().await?;
+        let signers = load_signers(&cas, &self.kek)?;
+        let tokens = load_token_keys(self.store.as_ref(), &self.kek, self.now().unix_timestamp()).await?;
+        *self.signers.write() = Arc::new(signers);
+        *self.tokens.write() = Arc::new(tokens);
+        tracing::info!(cas = cas.len(), "CAs and signing keys reloaded: changed by another replica");
+        Ok(())
     }
 
     /// `pki init`: creates the hierarchy in the store; refuses when one exists.

@@ -183,15 +183,32 @@ impl Issuer {
 /// no longer parses is left out with an error log (its callers get no
 /// identity) rather than stopping the server.
 pub(super) async fn load(store: &dyn Store) -> Result<watch::Sender<EntryList>, IssuerError> {
+    let entries = read(store).await?;
+    tracing::info!(entries = entries.len(), "Registration entries loaded");
+    Ok(watch::channel(Arc::new(entries)).0)
+}
+
+impl Issuer {
+    /// Publishes the stored entry list again (another replica changed it).
+    pub(super) async fn reload_entries(&self) -> Result<(), IssuerError> {
+        let entries = read(self.store.as_ref()).await?;
+        if **self.entries.borrow() != entries {
+            tracing::info!(entries = entries.len(), "Registration entries changed by another replica");
+            self.entries.send_replace(Arc::new(entries));
+        }
+        Ok(())
+    }
+}
+
+async fn read(store: &dyn Store) -> Result<Vec<Entry>, IssuerError> {
     let mut entries = Vec::new();
     for record in store.entries().await? {
         match Entry::try_from(&record) {
             Ok(e) => entries.push(e),
-            Err(e) => tracing::error!(entry_id = %record.id, error = %e, "stored registration entry skipped"),
+            Err(e) => tracing::error!(entry_id = %record.id, error = %e, "stored registration entry left out"),
         }
     }
-    tracing::info!(entries = entries.len(), "Registration entries loaded");
-    Ok(watch::channel(Arc::new(entries)).0)
+    Ok(entries)
 }
 
 /// An `entry show/delete` argument.

@@ -32,11 +32,12 @@ impl Issuer {
             }
             Err(e) => tracing::warn!(error = %e, "purging expired certificates failed"),
         }
+        let pruned = self.revocations.lock().prune(now);
         let snapshot = self.snapshot();
         let due = match snapshot.earliest_next_update() {
             Some(next) => next - now < self.cfg.crl_validity / 2,
             None => true,
-        };
+        } || pruned > 0;
         // A CA that expired since the last build must leave the bundle too.
         let ca_expired = snapshot.cas.iter().any(|c| c.not_after <= now.unix_timestamp());
         if due || ca_expired {

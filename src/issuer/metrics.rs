@@ -16,8 +16,10 @@ pub struct Metrics {
     issued: Counter<u64>,
     failures: Counter<u64>,
     revoked: Counter<u64>,
+    denials: Counter<u64>,
     purged: Counter<u64>,
     sign_duration: Histogram<f64>,
+    crl_build: Histogram<f64>,
     gauges: Arc<Gauges>,
 }
 
@@ -29,6 +31,8 @@ struct Gauges {
     cas: Mutex<Vec<(String, String, i64)>>,
     /// Earliest CRL nextUpdate, unix seconds (0 = none).
     crl_next_update: AtomicU64,
+    /// Bytes of all published CRLs (PEM).
+    crl_bytes: AtomicU64,
 }
 
 impl Metrics {
@@ -64,6 +68,13 @@ impl Metrics {
             .build();
         let g = gauges.clone();
         meter
+            .u64_observable_gauge("trustmesh.pki.crl_size")
+            .with_unit("By")
+            .with_description("Bytes of all published CRLs (PEM)")
+            .with_callback(move |o| o.observe(g.crl_bytes.load(Ordering::Relaxed), &[]))
+            .build();
+        let g = gauges.clone();
+        meter
             .i64_observable_gauge("trustmesh.pki.crl_next_update")
             .with_unit("s")
             .with_description("Seconds until the earliest nextUpdate of the published CRLs")
@@ -87,6 +98,16 @@ impl Metrics {
             revoked: meter
                 .u64_counter("trustmesh.pki.cert_revoked")
                 .with_description("Certificates revoked (one by one or by a denial)")
+                .build(),
+            denials: meter
+                .u64_counter("trustmesh.pki.identity_denied")
+                .with_description("Identities put on the deny list")
+                .build(),
+            crl_build: meter
+                .f64_histogram("trustmesh.pki.crl_build_duration")
+                .with_unit("s")
+                .with_description("Time to build, sign, check and publish the CRL set")
+                .with_boundaries(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0])
                 .build(),
             purged: meter
                 .u64_counter("trustmesh.pki.purged_cert_count")
@@ -122,6 +143,15 @@ impl Metrics {
         self.revoked.add(n, &[]);
     }
 
+    pub(crate) fn denied(&self) {
+        self.denials.add(1, &[]);
+    }
+
+    pub(crate) fn crl_built(&self, seconds: f64, bytes: usize) {
+        self.crl_build.record(seconds, &[]);
+        self.gauges.crl_bytes.store(bytes as u64, Ordering::Relaxed);
+    }
+
     pub(crate) fn purged(&self, n: u64) {
         self.purged.add(n, &[]);
     }
@@ -136,10 +166,8 @@ impl Metrics {
         if let Ok(n) = issuer.store.active_certificate_count(now).await {
             self.gauges.active.store(n, Ordering::Relaxed);
         }
-        if let Ok(list) = issuer.store.deny_list().await {
-            self.gauges.denied.store(list.len() as u64, Ordering::Relaxed);
-        }
         let snapshot = issuer.snapshot();
+        self.gauges.denied.store(snapshot.deny.identities.len() as u64, Ordering::Relaxed);
         *self.gauges.cas.lock() =
             snapshot.cas.iter().map(|c| (c.common_name.clone(), c.role.as_str().to_string(), c.not_after)).collect();
         let next = snapshot.earliest_next_update().map_or(0, |t| t.unix_timestamp());

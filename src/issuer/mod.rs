@@ -15,10 +15,12 @@ mod auth;
 mod bootstrap;
 mod entries;
 mod error;
+mod feed;
 mod issue;
 mod jwt_svid;
 mod maintenance;
 mod metrics;
+mod revocation;
 mod revoke;
 mod snapshot;
 mod svid;
@@ -43,6 +45,7 @@ pub use error::IssuerError;
 pub use issue::{GenerateRequest, Issued, SignRequest};
 pub use maintenance::MaintenanceReport;
 pub use metrics::Metrics;
+pub use revocation::{CONNECTION_GRACE, DenyList};
 pub use snapshot::{CaView, TrustSnapshot};
 pub use tokens::{MintRequest, Minted, Status};
 
@@ -121,6 +124,11 @@ pub struct Issuer {
     metrics: Metrics,
     /// Serialises CRL rebuilds so snapshots publish in order.
     crl_lock: tokio::sync::Mutex<()>,
+    /// Revoked certificates and the deny list, in memory (`revocation.rs`).
+    revocations: parking_lot::Mutex<revocation::Revocations>,
+    /// Bumped after every committed change; the publisher task (`revoke.rs`)
+    /// builds and publishes one snapshot for however many bumps it missed.
+    publish: watch::Sender<u64>,
     last_expiry_warning: parking_lot::Mutex<Option<time::OffsetDateTime>>,
 }
 

@@ -1,15 +1,23 @@
 //! Revocation: one certificate, or every certificate of a denied identity.
-//! The change is durable (with its audit record) before the call returns; the
-//! new CRL set is then built once and published as one snapshot.
+//! The change is durable (with its audit record) and in memory before the
+//! call returns; the publisher task then builds the new CRL set once and
+//! publishes it, with the deny list, as one snapshot. However many changes
+//! arrive while a build runs, the next build covers them all.
 
 use std::sync::Arc;
 
 use super::auth::{Caller, audit};
-use super::{CaView, Issuer, IssuerError, TrustSnapshot};
-use crate::ca::{self, CaCertificate, CrlEntry, RevocationReason};
+use std::sync::Weak;
+use std::time::Duration as StdDuration;
+
+use tokio::sync::watch;
+
+use super::revocation::revoked_entry;
+use super::{CONNECTION_GRACE, CaView, Issuer, IssuerError, TrustSnapshot};
+use crate::ca::{self, CaCertificate, RevocationReason};
 use crate::domain::{Serial, SpiffeId};
 use crate::policy::{Action, Resource};
-use crate::store::{CaRole, CertRecord, DenyRecord, RevokeOutcome};
+use crate::store::{CaRole, CertFilter, CertRecord, DenyRecord, RevokeOutcome, RevokedEntry};
 
 impl Issuer {
     /// Revokes one certificate. Returns the record after the change and
@@ -41,7 +49,7 @@ impl Issuer {
         }
         tracing::warn!(serial = %target, spiffe_id = %cert.spiffe_id, reason, actor = %caller.actor(), "Certificate revoked");
         self.metrics.revoked(1);
-        self.refresh_after_change().await;
+        self.apply_revoked(revoked_entry(cert.clone()));
         Ok((cert, false))
     }
 
@@ -72,7 +80,17 @@ impl Issuer {
         let serials = self.store.deny(&entry, now, &record).await?;
         tracing::warn!(spiffe_id = %target, reason, revoked = serials.len(), actor = %caller.actor(), "Identity denied");
         self.metrics.revoked(serials.len() as u64);
-        self.refresh_after_change().await;
+        self.metrics.denied();
+        self.revocations.lock().apply_denied(entry);
+        // The denial is committed and in memory; the revoked serials follow
+        // (a failure to read them back is caught up by the next reload).
+        match self.revoked_of(&target).await {
+            Ok(certs) => self.apply_revoked(certs),
+            Err(e) => {
+                tracing::error!(spiffe_id = %target, error = %e, "reading back the revoked certificates failed");
+                self.changed();
+            }
+        }
         Ok(serials)
     }
 
@@ -85,7 +103,8 @@ impl Issuer {
         let record = audit(caller, "allow_identity", &target, "ok", "", now);
         let was_denied = self.store.allow(&target, &record).await?;
         tracing::info!(spiffe_id = %target, was_denied, actor = %caller.actor(), "Identity allowed");
-        self.refresh_after_change().await;
+        self.revocations.lock().apply_allowed(&target);
+        self.changed();
         Ok(was_denied)
     }
 
@@ -95,7 +114,8 @@ impl Issuer {
     }
 
     /// Builds one CRL per CA whose key is online (unexpired revoked serials
-    /// only), and publishes them with the bundle as a new snapshot.
+    /// only, from memory), and publishes them with the bundle and the deny
+    /// list as a new snapshot.
     pub async fn rebuild_crls(&self) -> Result<Arc<TrustSnapshot>, IssuerError> {
         let _guard = self.crl_lock.lock().await;
         let started = std::time::Instant::now();
@@ -103,26 +123,26 @@ impl Issuer {
         let signers = self.signers();
         let records = self.store.cas().await?;
         let number = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-        let mut crls = Vec::new();
-        for signer in &signers.crl_signers {
-            if signer.cert.not_after <= now {
-                continue;
-            }
-            let entries = self
-                .store
-                .revoked_unexpired(&signer.cert.fingerprint, now.unix_timestamp())
-                .await?
-                .into_iter()
-                .filter_map(|e| {
-                    Some(CrlEntry {
-                        serial: e.serial.parse().ok()?,
-                        revoked_at: time::OffsetDateTime::from_unix_timestamp(e.revoked_at).ok()?,
-                        reason: e.reason.as_deref().and_then(|r| r.parse().ok()),
-                    })
-                })
-                .collect::<Vec<_>>();
-            crls.push(ca::build_crl(signer, &entries, number, now, self.cfg.crl_validity)?);
-        }
+        let (work, deny, generation) = {
+            let mut state = self.revocations.lock();
+            let work: Vec<_> = signers
+                .crl_signers
+                .iter()
+                .filter(|s| s.cert.not_after > now)
+                .map(|s| (s.clone(), state.crl_entries(&s.cert.fingerprint, now)))
+                .collect();
+            (work, state.deny_list(now), state.generation())
+        };
+        let revoked: usize = work.iter().map(|(_, e)| e.len()).sum();
+        let validity = self.cfg.crl_validity;
+        // Signing and checking a large CRL takes milliseconds of CPU: off the async workers.
+        let crls = tokio::task::spawn_blocking(move || {
+            work.iter()
+                .map(|(signer, entries)| ca::build_crl(signer, entries, number, now, validity))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| IssuerError::Internal(format!("the CRL builder stopped: {e}")))??;
         let mut cas = Vec::new();
         let mut bundle_pem = String::new();
         let mut ordered: Vec<_> = records.iter().filter(|r| r.not_after > now.unix_timestamp()).collect();
@@ -152,28 +172,69 @@ impl Issuer {
             crl_pem,
             crls,
             jwks,
+            deny,
+            generation,
             built_at: now,
+            published_at: std::time::Instant::now(),
         });
-        let entries: usize = snapshot.crl_pem.len();
         self.snapshot.send_replace(snapshot.clone());
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics.crl_built(seconds, snapshot.crl_pem.len());
         tracing::info!(
             crls = snapshot.crls.len(),
-            bytes = entries,
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            revoked,
+            denied = snapshot.deny.identities.len(),
+            bytes = snapshot.crl_pem.len(),
+            duration_ms = seconds * 1000.0,
             revision = snapshot.revision,
             "CRL re-signed"
         );
         Ok(snapshot)
     }
 
-    /// After a committed change: rebuild and publish. A failure here is logged,
-    /// never reported as a failure of the change (it is durable; the next
-    /// maintenance pass converges).
-    async fn refresh_after_change(&self) {
-        if let Err(e) = self.rebuild_crls().await {
-            tracing::error!(error = %e, "CRL rebuild after a revocation failed; will retry");
+    /// After a committed change: have the publisher build and publish a new
+    /// snapshot. Never fails: the change is durable, and the publisher
+    /// retries until a snapshot with it is out.
+    pub(super) fn changed(&self) {
+        self.publish.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until a snapshot holding every change made so far is published.
+    pub async fn published(&self) {
+        let wanted = self.revocations.lock().generation();
+        let mut updates = self.subscribe();
+        let _ = updates.wait_for(|s| s.generation >= wanted).await;
+    }
+
+    /// The denial of this identity, if it is on the deny list (in memory).
+    pub fn denial(&self, spiffe_id: &str) -> Option<DenyRecord> {
+        self.revocations.lock().denial(spiffe_id).cloned()
+    }
+
+    /// Whether this certificate is revoked (known to this process).
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.revocations.lock().is_revoked(serial)
+    }
+
+    /// Records a committed revocation in memory and publishes it.
+    fn apply_revoked(&self, certs: impl IntoIterator<Item = RevokedEntry>) {
+        {
+            let mut state = self.revocations.lock();
+            for cert in certs {
+                state.apply_revoked(cert);
+            }
         }
-        self.metrics.refresh_counts(self).await;
+        self.changed();
+    }
+
+    /// The revoked, still relevant certificates of one identity, from the store.
+    pub(super) async fn revoked_of(&self, spiffe_id: &str) -> Result<Vec<RevokedEntry>, IssuerError> {
+        let filter = CertFilter {
+            spiffe_id: Some(spiffe_id.to_string()),
+            unexpired_at: Some((self.now() - CONNECTION_GRACE).unix_timestamp()),
+            ..CertFilter::default()
+        };
+        Ok(self.store.certificates(&filter).await?.into_iter().filter_map(revoked_entry).collect())
     }
 
     pub(crate) async fn parse_id_audited(
@@ -195,5 +256,27 @@ impl Issuer {
                 .await;
         }
         Ok(id)
+    }
+}
+
+/// Retry delay after a failed publication.
+const PUBLISH_RETRY: StdDuration = StdDuration::from_secs(1);
+
+/// Publishes a snapshot after every batch of changes, until the issuer is gone.
+pub(super) async fn publisher(issuer: Weak<Issuer>, mut requests: watch::Receiver<u64>) {
+    while requests.changed().await.is_ok() {
+        requests.borrow_and_update();
+        loop {
+            let Some(issuer) = issuer.upgrade() else { return };
+            match issuer.rebuild_crls().await {
+                Ok(_) => {
+                    issuer.metrics.refresh_counts(&issuer).await;
+                    break;
+                }
+                Err(e) => tracing::error!(error = %e, "publishing the CRLs after a revocation failed; will retry"),
+            }
+            drop(issuer);
+            tokio::time::sleep(PUBLISH_RETRY).await;
+        }
     }
 }

@@ -4,6 +4,9 @@
 
 use time::OffsetDateTime;
 
+use std::sync::Arc;
+
+use super::DenyList;
 use crate::ca::Crl;
 use crate::domain::TrustDomain;
 use crate::store::CaRole;
@@ -36,7 +39,13 @@ pub struct TrustSnapshot {
     pub crl_pem: String,
     /// JWT-SVID signing keys.
     pub jwks: serde_json::Value,
+    /// What proxies refuse on already-open connections.
+    pub deny: Arc<DenyList>,
+    /// The generation of the revocation state this snapshot was built from.
+    pub generation: u64,
     pub built_at: OffsetDateTime,
+    /// When it was published (for push latency metrics).
+    pub published_at: std::time::Instant,
 }
 
 impl TrustSnapshot {
@@ -49,7 +58,10 @@ impl TrustSnapshot {
             crls: Vec::new(),
             crl_pem: String::new(),
             jwks: serde_json::json!({ "keys": [] }),
+            deny: Arc::new(DenyList::default()),
+            generation: 0,
             built_at: OffsetDateTime::UNIX_EPOCH,
+            published_at: std::time::Instant::now(),
         }
     }
 

@@ -23,6 +23,8 @@ pub enum Key {
     /// A validation context: the trust snapshot (revision and publication
     /// time), the name, and the validator it is written for.
     Validation { revision: u64, built_at: i128, name: String, mode: ValidatorMode },
+    /// The deny-list filter config, by deny-list revision.
+    DenyFilter { revision: u64 },
 }
 
 /// The shared encoding cache (one per server).

@@ -8,7 +8,8 @@
 //!   machines (requests and "state changed" in, replies and notices out),
 //!   tested as data.
 //! - [`resources`]: `Secret` protos from an [`IdentitySet`](crate::cache::IdentitySet);
-//!   [`memo`]: each secret encoded once, bytes shared by every stream.
+//!   [`deny`]: the deny list as an HTTP RBAC filter config (ECDS);
+//!   [`memo`]: each resource encoded once, bytes shared by every stream.
 //! - [`wire`]: the xDS messages with the node left undecoded after the first request.
 //! - `service`, `stream`: the thin tonic adapter (routing, attestation, one
 //!   driver per stream).
@@ -20,6 +21,7 @@
 
 pub mod bootstrap;
 pub mod delta;
+pub mod deny;
 pub mod memo;
 pub mod protocol;
 pub mod resources;

@@ -32,6 +32,7 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use zeroize::Zeroize;
 
+use super::deny;
 use super::memo::{Key, SecretCache};
 use super::protocol::{Catalog, Encoded, Lookup, SECRET_TYPE};
 use crate::cache::{IdentitySet, Svid};
@@ -183,14 +184,35 @@ impl SecretCatalog {
     }
 }
 
+impl SecretCatalog {
+    fn extension(&self, name: &str) -> Lookup {
+        if name != deny::DENY_FILTER {
+            return Lookup::Missing(format!(
+                "unknown extension config {:?}: trustmesh serves {}",
+                name.chars().take(128).collect::<String>(),
+                deny::DENY_FILTER
+            ));
+        }
+        let list = &self.set.trust.deny;
+        let key = Key::DenyFilter { revision: list.revision };
+        Lookup::Found(self.cache.get_or_encode(key, || deny::encode(list)))
+    }
+}
+
 impl Catalog for SecretCatalog {
     fn serves(&self, type_url: &str) -> bool {
-        type_url == SECRET_TYPE
+        type_url == SECRET_TYPE || type_url == deny::EXTENSION_CONFIG_TYPE
     }
 
     fn lookup(&self, type_url: &str, name: &str) -> Lookup {
+        if type_url == deny::EXTENSION_CONFIG_TYPE {
+            return self.extension(name);
+        }
         if type_url != SECRET_TYPE {
-            return Lookup::Missing(format!("type URL {type_url} is not served (trustmesh serves {SECRET_TYPE})"));
+            return Lookup::Missing(format!(
+                "type URL {type_url} is not served (trustmesh serves {SECRET_TYPE} and {})",
+                deny::EXTENSION_CONFIG_TYPE
+            ));
         }
         match name {
             "default" => match self.set.svids.first() {
@@ -210,6 +232,9 @@ impl Catalog for SecretCatalog {
     }
 
     fn wildcard(&self, type_url: &str) -> Vec<String> {
+        if type_url == deny::EXTENSION_CONFIG_TYPE {
+            return vec![deny::DENY_FILTER.to_string()];
+        }
         if type_url != SECRET_TYPE {
             return Vec::new();
         }

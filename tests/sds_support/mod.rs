@@ -29,7 +29,7 @@ use tonic::{Request, Status, Streaming};
 use trustmesh::ca::{KeyAlgorithm, PrivateKey};
 use trustmesh::cache::{CacheError, IdentitySet, IdentitySource, IdentityWatch, Svid};
 use trustmesh::domain::{Selector, SelectorKind, SpiffeId, TrustDomain};
-use trustmesh::issuer::TrustSnapshot;
+use trustmesh::issuer::{DenyList, TrustSnapshot};
 use trustmesh::sds::{CallerAttestor, SECRET_TYPE, SdsServer};
 
 pub const ALICE: &str = "spiffe://example.org/alice";
@@ -115,7 +115,10 @@ pub fn trust(revision: u64, tag: &str) -> Arc<TrustSnapshot> {
         crls: Vec::new(),
         crl_pem: format!("-----BEGIN X509 CRL-----\nCRL-{tag}\n-----END X509 CRL-----\n"),
         jwks: serde_json::json!({"keys": []}),
+        deny: Arc::new(DenyList::default()),
+        generation: revision,
         built_at: OffsetDateTime::from_unix_timestamp(1_700_000_000 + revision as i64).unwrap(),
+        published_at: std::time::Instant::now(),
     })
 }
 

@@ -1,0 +1,112 @@
+//! Following the other replicas: every write another `trustmesh serve` makes
+//! to the shared database (revocation, denial, allow, entry, CA, signing key)
+//! arrives as a row of the store's change feed, and is applied here to this
+//! replica's memory and published to its streams like a local change.
+//!
+//! The follower wakes on the store's change signal (PostgreSQL notifications;
+//! the signal also moves after every reconnect, so a missed notification is
+//! caught up by revision) and, as a safety net for a silently dead listening
+//! connection, every [`SAFETY_POLL`] — a cheap `changes_since` query, never a
+//! reload of whole tables. Only a replica that was away longer than the
+//! feed's retention reloads everything.
+//!
+//! Applying is idempotent, so this replica's own changes, which come back
+//! through the feed, change nothing the second time.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration as StdDuration;
+
+use tokio::sync::watch;
+
+use super::{Issuer, IssuerError};
+use crate::store::{ChangeKind, ChangeRecord};
+
+/// Most changes read per query.
+const BATCH: u32 = 1_000;
+/// How often the feed is read without a signal.
+pub const SAFETY_POLL: StdDuration = StdDuration::from_secs(30);
+
+/// Follows the feed from `cursor` (the revision the loaded state includes)
+/// until the issuer is gone.
+pub(super) async fn follow(issuer: Weak<Issuer>, mut signal: watch::Receiver<u64>, mut cursor: i64) {
+    loop {
+        tokio::select! {
+            changed = signal.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(SAFETY_POLL) => {}
+        }
+        let Some(issuer) = issuer.upgrade() else { return };
+        if let Err(e) = issuer.catch_up(&mut cursor).await {
+            tracing::warn!(error = %e, revision = cursor, "reading the change feed failed; will retry");
+        }
+    }
+}
+
+impl Issuer {
+    /// Applies every change after `cursor` and moves it forward.
+    async fn catch_up(self: &Arc<Self>, cursor: &mut i64) -> Result<(), IssuerError> {
+        loop {
+            let batch = self.store.changes_since(*cursor, BATCH).await?;
+            if batch.truncated {
+                let newest = self.store.change_revision().await?;
+                self.reload_all().await?;
+                tracing::warn!(from = *cursor, to = newest, "the change feed was purged past this replica: reloaded");
+                *cursor = newest;
+                return Ok(());
+            }
+            let Some(last) = batch.changes.last().map(|c| c.revision) else { return Ok(()) };
+            self.apply_changes(&batch.changes).await?;
+            *cursor = last;
+            if batch.changes.len() < BATCH as usize {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn apply_changes(&self, changes: &[ChangeRecord]) -> Result<(), IssuerError> {
+        let mut entries = false;
+        let mut keys = false;
+        for change in changes {
+            match change.kind {
+                ChangeKind::Revoke => {
+                    if let Some(cert) = self.store.certificate(&change.subject).await? {
+                        self.revocations.lock().apply_revoked_record(cert);
+                    }
+                }
+                ChangeKind::Deny | ChangeKind::Allow => {
+                    // Read the identity's state now: a later change may already have undone it.
+                    match self.store.denied(&change.subject).await? {
+                        Some(denial) => self.revocations.lock().apply_denied(denial),
+                        None => self.revocations.lock().apply_allowed(&change.subject),
+                    }
+                    let certs = self.revoked_of(&change.subject).await?;
+                    let mut state = self.revocations.lock();
+                    for cert in certs {
+                        state.apply_revoked(cert);
+                    }
+                }
+                ChangeKind::Entry => entries = true,
+                ChangeKind::Ca | ChangeKind::SigningKey => keys = true,
+            }
+        }
+        if entries {
+            self.reload_entries().await?;
+        }
+        if keys {
+            self.reload_keys().await?;
+        }
+        tracing::debug!(changes = changes.len(), "changes from the feed applied");
+        self.changed();
+        Ok(())
+    }
+
+    /// Everything from the store again (start-up state for a replica that fell
+    /// behind the feed's retention).
+    async fn reload_all(&self) -> Result<(), IssuerError> {
+        let fresh = super::revocation::Revocations::load(self.store.as_ref(), self.now()).await?;
+        self.revocations.lock().replace(fresh);
+        self.reload_entries().await?;
+        self.reload_keys().await?;
+        self.changed();
+        Ok(())
+    }
+}

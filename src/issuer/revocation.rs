@@ -1,0 +1,320 @@
+//! The revocation state in memory: every revoked certificate that can still
+//! matter (unexpired, or expired less than [`CONNECTION_GRACE`] ago), by
+//! issuing CA, and the deny list.
+//!
+//! It is loaded from the store once, before anything is served (a control
+//! plane that answers with an empty deny list un-revokes everyone), and then
+//! changed by this process's own revocations and by the change feed of other
+//! replicas (`feed.rs`). CRLs and the pushed deny list are built from it, never
+//! from a table scan, so a revocation costs the same at any list size.
+//!
+//! Every `apply_*` is idempotent: a change seen twice (made here, then read
+//! back from the feed) leaves the same state.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use time::{Duration, OffsetDateTime};
+
+use crate::ca::{CrlEntry, RevocationReason};
+use crate::store::{CertRecord, CertStatus, DenyRecord, RevokedEntry, Store, StoreResult};
+
+/// How long after its notAfter a revoked certificate stays on the pushed deny
+/// list: a connection opened just before the certificate expired lives up to
+/// the proxies' maximum connection duration (`sds::bootstrap` sets
+/// `max_connection_duration` to this), plus clock skew.
+pub const CONNECTION_GRACE: Duration = Duration::seconds(3600 + 300);
+
+/// What proxies must refuse on connections that are already open: the
+/// denied identities (matched on the peer's URI SAN) and the SHA-256
+/// fingerprints of revoked certificates of identities that are not denied
+/// (matched on the `Hash=` of `x-forwarded-client-cert`). Both sorted.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DenyList {
+    /// Moves forward with every change of the content.
+    pub revision: u64,
+    pub identities: Vec<String>,
+    pub certificates: Vec<String>,
+}
+
+impl DenyList {
+    pub fn is_empty(&self) -> bool {
+        self.identities.is_empty() && self.certificates.is_empty()
+    }
+}
+
+/// One revoked certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Revoked {
+    entry: CrlEntry,
+    spiffe_id: String,
+    fingerprint: String,
+    not_after: i64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Revocations {
+    /// Issuer fingerprint → serial (hex) → certificate.
+    by_issuer: HashMap<String, BTreeMap<String, Revoked>>,
+    /// Serial → issuer fingerprint.
+    issuer_of: HashMap<String, String>,
+    denied: BTreeMap<String, DenyRecord>,
+    /// The deny list as last published, and whether it is out of date.
+    published: Arc<DenyList>,
+    dirty: bool,
+    /// Moves with every change (CRL content or deny list).
+    generation: u64,
+}
+
+impl Revocations {
+    /// Everything that can still matter at `now`, from the store.
+    pub(crate) async fn load(store: &dyn Store, now: OffsetDateTime) -> StoreResult<Self> {
+        let mut state = Self::default();
+        state.reload(store, now).await?;
+        Ok(state)
+    }
+
+    async fn reload(&mut self, store: &dyn Store, now: OffsetDateTime) -> StoreResult<()> {
+        let since = (now - CONNECTION_GRACE).unix_timestamp();
+        let revoked = store.revoked_unexpired_all(since).await?;
+        let denied = store.deny_list().await?;
+        self.denied = denied.into_iter().map(|d| (d.spiffe_id.clone(), d)).collect();
+        for r in revoked {
+            self.insert(r);
+        }
+        self.touch();
+        Ok(())
+    }
+
+    /// Takes the content of a freshly loaded state (a replica that fell
+    /// behind the change feed's retention), keeping revisions moving forward.
+    pub(crate) fn replace(&mut self, fresh: Revocations) {
+        self.by_issuer = fresh.by_issuer;
+        self.issuer_of = fresh.issuer_of;
+        self.denied = fresh.denied;
+        self.touch();
+    }
+
+    /// A certificate was revoked.
+    pub(crate) fn apply_revoked(&mut self, r: RevokedEntry) {
+        if self.insert(r) {
+            self.touch();
+        }
+    }
+
+    /// A certificate record read back from the store (ignored unless revoked).
+    pub(crate) fn apply_revoked_record(&mut self, cert: CertRecord) {
+        if let Some(r) = revoked_entry(cert) {
+            self.apply_revoked(r);
+        }
+    }
+
+    /// An identity was denied (its certificates come through `apply_revoked`).
+    pub(crate) fn apply_denied(&mut self, record: DenyRecord) {
+        if self.denied.get(&record.spiffe_id) != Some(&record) {
+            self.denied.insert(record.spiffe_id.clone(), record);
+            self.touch();
+        }
+    }
+
+    /// A denial was lifted.
+    pub(crate) fn apply_allowed(&mut self, spiffe_id: &str) {
+        if self.denied.remove(spiffe_id).is_some() {
+            self.touch();
+        }
+    }
+
+    pub(crate) fn is_revoked(&self, serial: &str) -> bool {
+        self.issuer_of.contains_key(serial)
+    }
+
+    pub(crate) fn denial(&self, spiffe_id: &str) -> Option<&DenyRecord> {
+        self.denied.get(spiffe_id)
+    }
+
+    /// Moves with every change; a publication records the one it was built from.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The CRL entries of one issuer: revoked certificates not yet expired.
+    pub(crate) fn crl_entries(&self, issuer_fingerprint: &str, now: OffsetDateTime) -> Vec<CrlEntry> {
+        let now = now.unix_timestamp();
+        self.by_issuer
+            .get(issuer_fingerprint)
+            .map(|m| m.values().filter(|r| r.not_after > now).map(|r| r.entry.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The deny list to push, rebuilt only after a change.
+    pub(crate) fn deny_list(&mut self, now: OffsetDateTime) -> Arc<DenyList> {
+        if !self.dirty {
+            return self.published.clone();
+        }
+        let horizon = (now - CONNECTION_GRACE).unix_timestamp();
+        let identities: Vec<String> = self.denied.keys().cloned().collect();
+        let certificates: BTreeSet<String> = self
+            .by_issuer
+            .values()
+            .flat_map(|m| m.values())
+            .filter(|r| r.not_after > horizon && !self.denied.contains_key(&r.spiffe_id))
+            .map(|r| r.fingerprint.clone())
+            .collect();
+        let certificates: Vec<String> = certificates.into_iter().collect();
+        if identities != self.published.identities || certificates != self.published.certificates {
+            self.published = Arc::new(DenyList { revision: self.published.revision + 1, identities, certificates });
+        }
+        self.dirty = false;
+        self.published.clone()
+    }
+
+    /// Drops certificates that expired more than [`CONNECTION_GRACE`] ago.
+    /// Returns how many went.
+    pub(crate) fn prune(&mut self, now: OffsetDateTime) -> usize {
+        let horizon = (now - CONNECTION_GRACE).unix_timestamp();
+        let mut gone = Vec::new();
+        for m in self.by_issuer.values_mut() {
+            m.retain(|serial, r| {
+                let keep = r.not_after > horizon;
+                if !keep {
+                    gone.push(serial.clone());
+                }
+                keep
+            });
+        }
+        for serial in &gone {
+            self.issuer_of.remove(serial);
+        }
+        if !gone.is_empty() {
+            self.touch();
+        }
+        gone.len()
+    }
+
+    fn insert(&mut self, r: RevokedEntry) -> bool {
+        let Ok(serial) = r.serial.parse() else {
+            tracing::warn!(serial = %r.serial, "a revoked certificate's serial in the store is unreadable");
+            return false;
+        };
+        let Ok(revoked_at) = OffsetDateTime::from_unix_timestamp(r.revoked_at) else { return false };
+        let entry = CrlEntry {
+            serial,
+            revoked_at,
+            reason: r.reason.as_deref().and_then(|reason| reason.parse::<RevocationReason>().ok()),
+        };
+        let value = Revoked { entry, spiffe_id: r.spiffe_id, fingerprint: r.fingerprint, not_after: r.not_after };
+        let slot = self.by_issuer.entry(r.issuer_id.clone()).or_default();
+        if slot.get(&r.serial) == Some(&value) {
+            return false;
+        }
+        slot.insert(r.serial.clone(), value);
+        self.issuer_of.insert(r.serial, r.issuer_id);
+        true
+    }
+
+    fn touch(&mut self) {
+        self.dirty = true;
+        self.generation += 1;
+    }
+}
+
+/// The CRL and deny-list view of a certificate record, if it is revoked.
+pub(crate) fn revoked_entry(cert: CertRecord) -> Option<RevokedEntry> {
+    (cert.status == CertStatus::Revoked).then(|| RevokedEntry {
+        serial: cert.serial,
+        revoked_at: cert.revoked_at.unwrap_or_default(),
+        reason: cert.revocation_reason,
+        not_after: cert.not_after,
+        issuer_id: cert.issuer_id,
+        spiffe_id: cert.spiffe_id,
+        fingerprint: cert.fingerprint,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn revoked(serial: &str, id: &str, not_after: i64) -> RevokedEntry {
+        RevokedEntry {
+            serial: serial.into(),
+            revoked_at: 1_000,
+            reason: Some("keyCompromise".into()),
+            not_after,
+            issuer_id: "ca1".into(),
+            spiffe_id: id.into(),
+            fingerprint: format!("fp-{serial}"),
+        }
+    }
+
+    fn denial(id: &str) -> DenyRecord {
+        DenyRecord { spiffe_id: id.into(), reason: "stolen".into(), denied_at: 1_000, denied_by: "admin".into() }
+    }
+
+    fn at(s: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(s).unwrap()
+    }
+
+    #[test]
+    fn changes_are_idempotent_and_move_the_generation_once() {
+        let mut state = Revocations::default();
+        state.apply_revoked(revoked("0a1b", "spiffe://td/a", 10_000));
+        let g = state.generation();
+        state.apply_revoked(revoked("0a1b", "spiffe://td/a", 10_000));
+        assert_eq!(state.generation(), g, "the same revocation twice is one change");
+        state.apply_denied(denial("spiffe://td/a"));
+        state.apply_denied(denial("spiffe://td/a"));
+        assert_eq!(state.generation(), g + 1);
+        state.apply_allowed("spiffe://td/a");
+        state.apply_allowed("spiffe://td/a");
+        assert_eq!(state.generation(), g + 2);
+        assert!(state.is_revoked("0a1b"));
+        assert!(!state.is_revoked("0a1c"));
+    }
+
+    #[test]
+    fn crls_list_only_unexpired_serials() {
+        let mut state = Revocations::default();
+        state.apply_revoked(revoked("0a01", "spiffe://td/a", 2_000));
+        state.apply_revoked(revoked("0a02", "spiffe://td/a", 5_000));
+        let listed: Vec<String> = state.crl_entries("ca1", at(3_000)).iter().map(|e| e.serial.to_string()).collect();
+        assert_eq!(listed, vec!["0a02".to_string()]);
+        assert!(state.crl_entries("other", at(3_000)).is_empty());
+    }
+
+    #[test]
+    fn the_deny_list_holds_identities_and_hashes_of_other_revoked_certificates() {
+        let mut state = Revocations::default();
+        state.apply_revoked(revoked("0a01", "spiffe://td/a", 10_000));
+        state.apply_revoked(revoked("0a02", "spiffe://td/b", 10_000));
+        state.apply_denied(denial("spiffe://td/a"));
+        let list = state.deny_list(at(3_000));
+        assert_eq!(list.identities, vec!["spiffe://td/a".to_string()]);
+        assert_eq!(list.certificates, vec!["fp-0a02".to_string()], "a's certificate is covered by its URI SAN");
+        let revision = list.revision;
+        // Nothing changed: the same list, the same revision.
+        assert!(Arc::ptr_eq(&list, &state.deny_list(at(3_000))));
+        // Allowed again: the URI SAN goes, the revoked certificate's hash comes.
+        state.apply_allowed("spiffe://td/a");
+        let list = state.deny_list(at(3_000));
+        assert!(list.identities.is_empty());
+        assert_eq!(list.certificates, vec!["fp-0a01".to_string(), "fp-0a02".to_string()]);
+        assert_eq!(list.revision, revision + 1);
+    }
+
+    #[test]
+    fn expired_certificates_stay_on_the_deny_list_for_the_connection_grace_then_go() {
+        let mut state = Revocations::default();
+        state.apply_revoked(revoked("0a01", "spiffe://td/b", 10_000));
+        let just_expired = at(10_001);
+        assert!(state.crl_entries("ca1", just_expired).is_empty(), "out of the CRL once expired");
+        assert_eq!(state.deny_list(just_expired).certificates.len(), 1, "still cut on open connections");
+        assert_eq!(state.prune(just_expired), 0);
+        let later = at(10_000) + CONNECTION_GRACE + Duration::seconds(1);
+        assert_eq!(state.prune(later), 1);
+        assert!(state.deny_list(later).certificates.is_empty());
+        assert!(!state.is_revoked("0a01"));
+    }
+}
