@@ -245,6 +245,29 @@ async fn a_denied_identity_is_withheld_at_once_and_returns_when_allowed() {
 }
 
 #[tokio::test]
+async fn a_revoked_svid_is_replaced_at_once_and_the_new_crl_comes_with_it() {
+    let env = setup(vec![entry("web", 10, &["unix:uid:1000"]), entry("api", 20, &["unix:uid:1000"])]).await;
+    let mut w = env.cache.watch(sels(&["unix:uid:1000"])).await.unwrap();
+    let before = w.current();
+    let (web, api) = (before.svids[0].serial.clone(), before.svids[1].serial.clone());
+
+    // No timer moves: only the revocation can make the cache mint again.
+    env.issuer.revoke(&Caller::system(), &web, "keyCompromise").await.unwrap();
+    let after = until(&mut w, |s| s.svids.len() == 2 && s.svids[0].serial != web).await;
+    assert_eq!(after.svids[1].serial, api, "the other identity keeps its certificate");
+    assert!(env.issuer.is_revoked(&web) && !env.issuer.is_revoked(&after.svids[0].serial));
+    assert_eq!(minted(&env, "web").await, 2);
+    assert!(after.trust.crls.iter().any(|c| {
+        let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&c.der).unwrap();
+        crl.iter_revoked_certificates()
+            .any(|r| hex::encode(r.raw_serial()).trim_start_matches('0') == web.trim_start_matches('0'))
+    }));
+    // Not denied: the old certificate is cut on open connections by its hash only.
+    assert!(after.trust.deny.identities.is_empty());
+    assert_eq!(after.trust.deny.certificates.len(), 1);
+}
+
+#[tokio::test]
 async fn trust_changes_reach_every_live_set_and_versions_only_move_forward() {
     let env = setup(vec![entry("web", 10, &["unix:uid:1"]), entry("api", 20, &["unix:uid:2"])]).await;
     let mut a = env.cache.watch(sels(&["unix:uid:1"])).await.unwrap();

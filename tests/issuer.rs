@@ -204,3 +204,40 @@ async fn the_status_warns_six_months_before_an_intermediate_expires() {
     assert!(!status.healthy);
     assert!(status.warnings.iter().any(|w| w.contains("Services CA") && w.contains("rotate")), "{:?}", status.warnings);
 }
+
+#[tokio::test]
+async fn the_deny_list_and_revoked_serials_are_in_the_first_snapshot_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(START);
+    let id = "spiffe://example.org/svc/stolen";
+    let (serial, other) = {
+        let (issuer, _) = issuer(dir.path(), &clock).await;
+        let serial = generate(&issuer, id, 3600).await;
+        let other = generate(&issuer, "spiffe://example.org/svc/other", 3600).await;
+        issuer.deny(&Caller::system(), id, "key leaked").await.unwrap();
+        issuer.revoke(&Caller::system(), &other, "keyCompromise").await.unwrap();
+        (serial, other)
+    };
+    // A restarted control plane answers its first stream with the durable
+    // state, never with an empty list that would un-revoke everyone.
+    let (again, _) = issuer(dir.path(), &clock).await;
+    let first = again.snapshot();
+    assert_eq!(first.deny.identities, vec![id.to_string()]);
+    assert_eq!(first.deny.certificates.len(), 1, "the other revoked certificate is cut by its hash");
+    let listed = serials_in(&again);
+    assert!(listed.contains(&serial) && listed.contains(&other), "{listed:?}");
+    assert!(again.is_revoked(&serial) && again.denial(id).is_some());
+
+    // Allowed again: the identity leaves the list, its old certificate's
+    // hash stays on it until expiry plus the connection grace, then goes.
+    again.allow(&Caller::system(), id).await.unwrap();
+    again.published().await;
+    let allowed = again.snapshot();
+    assert!(allowed.deny.identities.is_empty());
+    assert_eq!(allowed.deny.certificates.len(), 2);
+    assert!(serials_in(&again).contains(&serial), "the old serial stays revoked");
+    clock.advance(3600 + trustmesh::issuer::CONNECTION_GRACE.whole_seconds() + 60);
+    again.maintain().await;
+    assert!(again.snapshot().deny.certificates.is_empty());
+    assert!(!again.is_revoked(&serial));
+}

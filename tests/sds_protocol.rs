@@ -318,3 +318,78 @@ async fn one_bundle_change_reaches_100_streams_with_identical_bytes() {
     // The SPIFFE validator's bundle, with the CRL appended.
     assert!(pushed[0].windows(10).any(|w| w == b"CRL-root-2"));
 }
+
+/// The deny list as ECDS on the same ADS stream as the secrets: the filter
+/// config arrives with the secrets, a new deny list is pushed as a new
+/// version, an unchanged one is not pushed again, and an unknown extension
+/// name gets a clear per-name error.
+#[tokio::test]
+async fn the_deny_list_filter_config_travels_on_the_ads_stream_with_the_secrets() {
+    use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
+    use std::sync::Arc;
+    use trustmesh::issuer::{DenyList, TrustSnapshot};
+    use trustmesh::sds::SECRET_TYPE;
+    use trustmesh::sds::deny::{DENY_FILTER, EXTENSION_CONFIG_TYPE, RBAC_TYPE};
+
+    fn rbac(r: &envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse) -> Rbac {
+        assert_eq!(r.type_url, EXTENSION_CONFIG_TYPE);
+        assert_eq!(r.resources.len(), 1);
+        let config = TypedExtensionConfig::decode(r.resources[0].value.as_slice()).unwrap();
+        assert_eq!(config.name, DENY_FILTER);
+        let typed = config.typed_config.unwrap();
+        assert_eq!(typed.type_url, RBAC_TYPE);
+        Rbac::decode(typed.value.as_slice()).unwrap()
+    }
+    fn with_deny(base: &Arc<TrustSnapshot>, revision: u64, ids: &[&str]) -> Arc<TrustSnapshot> {
+        let mut t = (**base).clone();
+        t.revision += 1;
+        t.deny = Arc::new(DenyList {
+            revision,
+            identities: ids.iter().map(|s| s.to_string()).collect(),
+            certificates: Vec::new(),
+        });
+        Arc::new(t)
+    }
+
+    let h = Harness::start().await;
+    let mut s = Sotw::ads(h.channel().await, "alice").await.unwrap();
+    s.send(req(&[ALICE], "", "")).await;
+    let secrets = s.recv().await;
+    s.send(req(&[ALICE], &secrets.version_info, &secrets.nonce)).await;
+    let ecds = |names: &[&str], version: &str, nonce: &str| DiscoveryRequest {
+        type_url: EXTENSION_CONFIG_TYPE.into(),
+        ..req(names, version, nonce)
+    };
+    s.send(ecds(&[DENY_FILTER], "", "")).await;
+    let first = s.recv().await;
+    let empty = rbac(&first);
+    assert!(empty.matcher.is_none() && empty.rules.unwrap().policies.is_empty(), "nothing denied yet");
+    s.send(ecds(&[DENY_FILTER], &first.version_info, &first.nonce)).await;
+
+    // A denial: the filter config is pushed with the ID in its match map.
+    let base = h.source.current("alice").trust.clone();
+    h.publish_trust(with_deny(&base, 1, &[BOB]));
+    let pushed = s.recv().await;
+    assert_eq!(pushed.type_url, EXTENSION_CONFIG_TYPE, "only the filter config changed");
+    assert!(format!("{:?}", rbac(&pushed).matcher).contains(BOB));
+    s.send(ecds(&[DENY_FILTER], &pushed.version_info, &pushed.nonce)).await;
+
+    // A new trust snapshot with the same deny list pushes the secrets' side only.
+    let t = with_deny(&h.source.current("alice").trust, 1, &[BOB]);
+    let mut bundle = (*t).clone();
+    bundle.bundle_pem.push_str("-----BEGIN CERTIFICATE-----\nnew\n-----END CERTIFICATE-----\n");
+    h.publish_trust(Arc::new(bundle));
+    s.send(req(&[ALICE, "ROOTCA"], &secrets.version_info, &secrets.nonce)).await;
+    let next = s.recv().await;
+    assert_eq!(next.type_url, SECRET_TYPE, "an unchanged deny list is not sent again");
+
+    // An unknown extension config name is refused by name.
+    let mut other = Sotw::ads(h.channel().await, "alice").await.unwrap();
+    other.send(ecds(&["some-other-filter"], "", "")).await;
+    let refused = other.recv().await;
+    assert!(refused.resources.is_empty());
+    let message = &refused.resource_errors[0].error_detail.as_ref().unwrap().message;
+    assert!(message.contains("unknown extension config \"some-other-filter\""), "{message}");
+    assert!(message.contains(DENY_FILTER), "{message}");
+}

@@ -121,6 +121,8 @@ struct Driver<M: Machine> {
     machine: Option<(M, wire::NodeInfo)>,
     queue: VecDeque<Result<M::Response, Status>>,
     done: bool,
+    /// The trust snapshot revision of the last catalog (for push latency).
+    trust_revision: u64,
 }
 
 enum Event<T> {
@@ -135,7 +137,16 @@ impl<M: Machine> Driver<M> {
         requests: Streaming<M::Request>,
         default_type: Option<&'static str>,
     ) -> Self {
-        Self { shared, watch, requests, default_type, machine: None, queue: VecDeque::new(), done: false }
+        Self {
+            shared,
+            watch,
+            requests,
+            default_type,
+            machine: None,
+            queue: VecDeque::new(),
+            done: false,
+            trust_revision: 0,
+        }
     }
 
     /// The next response, `Some(Err)` to end the stream with a status, `None`
@@ -199,12 +210,17 @@ impl<M: Machine> Driver<M> {
 
     fn on_state(&mut self) {
         let Some(mode) = self.machine.as_ref().map(|(_, n)| n.validator) else { return };
+        let previous = self.trust_revision;
         let catalog = self.catalog(mode);
+        let trust = self.watch.current().trust.clone();
         let Some((machine, node)) = self.machine.as_mut() else { return };
         let (replies, notices) = machine.state(catalog);
         log_notices(&node.id, &notices);
         count(&self.shared.metrics, &notices, "push", replies.len());
         if !replies.is_empty() {
+            if trust.revision != previous {
+                self.shared.metrics.pushed(trust.published_at.elapsed());
+            }
             tracing::debug!(node_id = %node.id, responses = replies.len(), "xds push");
         }
         self.queue.extend(replies.into_iter().map(Ok));
@@ -212,6 +228,7 @@ impl<M: Machine> Driver<M> {
 
     fn catalog(&mut self, mode: crate::sds::ValidatorMode) -> Arc<dyn Catalog> {
         let set = self.watch.updates.borrow_and_update().clone();
+        self.trust_revision = set.trust.revision;
         Arc::new(SecretCatalog::new(set, mode, self.shared.cache.clone()))
     }
 
@@ -231,7 +248,13 @@ impl<M: Machine> Drop for Driver<M> {
 
 fn count(m: &SdsMetrics, notices: &[Notice], cause: &'static str, replies: usize) {
     m.responses(cause, replies);
-    notices.iter().filter(|n| matches!(n, Notice::Nack { .. })).for_each(|_| m.nack());
+    for n in notices {
+        match n {
+            Notice::Nack { .. } => m.nack(),
+            Notice::Ack { .. } => m.ack(),
+            _ => {}
+        }
+    }
 }
 
 /// Logs what the state machine noticed, with the house field names.
