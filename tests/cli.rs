@@ -291,19 +291,46 @@ fn http_endpoints_answer() {
     assert_eq!(jwks["keys"][0]["kty"], "EC");
     assert_eq!(s.get("/pki/crl?format=xml").0, 400);
     assert_eq!(s.get("/nope").0, 404);
-    // Issue something so the issuance metrics exist.
+    // Issue and deny something so the issuance and revocation metrics exist.
     s.generate(dir.path(), "m", "spiffe://example.org/m/one", &[]);
-    let metrics = String::from_utf8(s.get("/metrics").1).unwrap();
+    s.ok(&["pki", "identity", "deny", "spiffe://example.org/m/one", "--reason", "metrics"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let metrics = loop {
+        let metrics = String::from_utf8(s.get("/metrics").1).unwrap();
+        if metric(&metrics, "trustmesh_pki_deny_list_size") == Some(1.0) || std::time::Instant::now() > deadline {
+            break metrics;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     for name in [
         "trustmesh_pki_cert_issued_total",
         "trustmesh_pki_csr_sign_duration_seconds",
         "trustmesh_pki_ca_expiry_seconds",
         "trustmesh_pki_active_cert_count",
         "trustmesh_pki_deny_list_size",
+        "trustmesh_pki_crl_build_duration_seconds_count",
+        "trustmesh_pki_crl_size_bytes",
+        "trustmesh_pki_crl_next_update_seconds",
     ] {
         assert!(metrics.contains(name), "metric {name} missing:\n{metrics}");
     }
     assert!(metrics.contains("algorithm=\"EC-P256\""), "{metrics}");
+    for (name, value) in [
+        ("trustmesh_pki_deny_list_size", 1.0),
+        ("trustmesh_pki_cert_revoked_total", 1.0),
+        ("trustmesh_pki_identity_denied_total", 1.0),
+    ] {
+        assert_eq!(metric(&metrics, name), Some(value), "{name}:\n{metrics}");
+    }
+    assert!(metric(&metrics, "trustmesh_pki_crl_size_bytes").is_some_and(|b| b > 100.0), "{metrics}");
+}
+
+/// The value of an unlabelled (but for the OpenTelemetry scope) Prometheus sample.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 #[test]
