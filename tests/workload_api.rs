@@ -136,6 +136,7 @@ impl Harness {
             serial: issued.record.serial.clone(),
             not_before: at(issued.record.not_before),
             not_after: at(issued.record.not_after),
+            jwt_ttl: None,
         })
     }
 
@@ -352,6 +353,26 @@ async fn jwt_svids_are_fetched_validated_by_the_server_and_verified_locally() {
 
     let source = spiffe::JwtSource::builder().endpoint(h.endpoint()).build().await.unwrap();
     assert_eq!(source.fetch_jwt_svid(["x"]).await.unwrap().spiffe_id().to_string(), WEB);
+}
+
+#[tokio::test]
+async fn an_entrys_jwt_ttl_sets_the_lifetime_of_its_jwt_svids() {
+    use base64::Engine as _;
+    let h = Harness::start().await;
+    let web = Arc::try_unwrap(h.mint(WEB, None).await).unwrap();
+    h.publish(vec![Arc::new(Svid { jwt_ttl: Some(time::Duration::seconds(120)), ..web }), h.mint(DB, None).await]);
+    let client = spiffe::WorkloadApiClient::connect_to(h.endpoint()).await.unwrap();
+    let lifetime = |token: &str| {
+        let payload = token.split('.').nth(1).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap()
+    };
+    let web = client.fetch_jwt_svid(["billing"], None).await.unwrap();
+    assert_eq!(lifetime(web.token()), 120, "the entry's jwt_ttl");
+    let db = SpiffeId::parse(DB).unwrap().to_string().parse::<spiffe::SpiffeId>().unwrap();
+    let db = client.fetch_jwt_svid(["billing"], Some(&db)).await.unwrap();
+    assert_eq!(lifetime(db.token()), h.issuer.config().jwt_svid_ttl.whole_seconds(), "the server default");
 }
 
 fn code<T>(result: Result<tonic::Response<T>, tonic::Status>) -> tonic::Status {

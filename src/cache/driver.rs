@@ -99,6 +99,7 @@ impl Inner {
             serial: cert.serial.to_string(),
             not_before: cert.not_before,
             not_after: cert.not_after,
+            jwt_ttl: entry.jwt_ttl_seconds.map(|s| Duration::seconds(i64::from(s))),
         });
         loop {
             {

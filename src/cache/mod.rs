@@ -51,6 +51,8 @@ pub struct Svid {
     pub serial: String,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
+    /// JWT-SVID lifetime set by the entry (`None`: the server's default).
+    pub jwt_ttl: Option<time::Duration>,
 }
 
 /// Everything one caller holds at one moment.

@@ -85,7 +85,7 @@ impl SpiffeWorkloadApi for Service {
             let token = self
                 .api
                 .jwt
-                .mint(&svid.spiffe_id, &audience, self.api.jwt.default_ttl())
+                .mint(&svid.spiffe_id, &audience, svid.jwt_ttl.unwrap_or_else(|| self.api.jwt.default_ttl()))
                 .map_err(|e| status(e.into()))?;
             tracing::debug!(spiffe_id = %id, audiences = audience.len(), "JWT-SVID issued");
             svids.push(Jwtsvid { spiffe_id: id, svid: token, hint: svid.hint.clone().unwrap_or_default() });

@@ -45,6 +45,7 @@ fn svid(id: &str, serial: &str) -> Arc<Svid> {
         serial: serial.into(),
         not_before: OffsetDateTime::UNIX_EPOCH,
         not_after: OffsetDateTime::UNIX_EPOCH,
+        jwt_ttl: None,
     })
 }
 
