@@ -689,6 +689,7 @@ fn every_example_and_generated_bootstrap_reaches_live_and_serves_mtls() {
             ],
         );
         let server = Envoy::start_with(&server_bin, &server_text, &[]);
+        assert!(has_deny_list(&server), "[{}] LIVE without the deny list\n{}", v.name, server.diagnostics());
         let port = server.listener_port("mtls_in");
         let client_text = generate(
             &tm,
@@ -720,10 +721,29 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The backend port of the examples that have one (`--backend 127.0.0.1:18080`).
+const EXAMPLE_BACKEND_PORT: &str = "18080";
+
+/// Whether Envoy has applied a deny list received over ECDS (LIVE means it
+/// arrived: the listener warms on it; the reload is counted once the worker
+/// applied it, so wait a moment for the counter).
+fn has_deny_list(envoy: &Envoy) -> bool {
+    let name = "extension_config_discovery.http_filter.trustmesh-deny-http.config_reload";
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while envoy.counter(name) == 0 {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
 /// Every `envoy/*.yaml` with its placeholders substituted as
-/// `envoy/README.md` says, run by a real Envoy: LIVE, and a request through
-/// its outbound listener reaches its own mTLS listener, which sees the
-/// example's SPIFFE ID.
+/// `envoy/README.md` says, run by a real Envoy: LIVE (with the deny list
+/// received over ECDS), and a request through its outbound listener reaches
+/// its own mTLS listener, which sees the example's SPIFFE ID; through
+/// `tcp_out` (if present) it reaches the backend through the raw TCP listener.
 fn run_examples(tm: &Server, dir: &Path) {
     const EXAMPLE_ID: &str = "spiffe://example.org/envoy/example";
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy");
@@ -733,13 +753,14 @@ fn run_examples(tm: &Server, dir: &Path) {
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 4, "expected the example bootstraps in {}: {files:?}", root.display());
+    assert!(files.len() >= 5, "expected the example bootstraps in {}: {files:?}", root.display());
 
     let socket = Server::socket_path(&tm.data_dir);
     let example_bin = envoy_support::envoy_alias(dir, "example-envoy");
     entry_for_binary(tm, EXAMPLE_ID, &example_bin);
     tm.ok(&["entry", "create", "--spiffe-id", EXAMPLE_ID, "--selector", "token:sub:example-tls"]);
     let token = tm.ok(&["token", "mint", "node", "example-tls"]).trim().to_string();
+    let backend = Upstream::start();
 
     for file in &files {
         let name = file.file_name().unwrap().to_string_lossy().to_string();
@@ -748,23 +769,130 @@ fn run_examples(tm: &Server, dir: &Path) {
             .replace("/tmp/trustmesh/public/api.sock", socket.to_str().unwrap())
             .replace("/tmp/trustmesh/ca-bundle.pem", tm.bundle_path().to_str().unwrap())
             .replace("REPLACE_WITH_TOKEN", &token)
-            .replace("port_value: 4020", &format!("port_value: {}", tm.api.port()));
+            .replace("port_value: 4020", &format!("port_value: {}", tm.api.port()))
+            .replace(&format!("port_value: {EXAMPLE_BACKEND_PORT}"), &format!("port_value: {}", backend.port()));
         // The examples' fixed listener ports, each to a free one.
         let fixed: std::collections::BTreeSet<&str> = original
             .lines()
             .filter_map(|l| l.trim().strip_prefix("port_value: "))
-            .filter(|p| *p != "0" && *p != "4020")
+            .filter(|p| !["0", "4020", EXAMPLE_BACKEND_PORT].contains(p))
             .collect();
         for port in fixed {
             text = text.replace(&format!("port_value: {port}"), &format!("port_value: {}", free_port()));
         }
         eprintln!("[{name}] starting");
         let envoy = Envoy::start_with(&example_bin, &text, &[]);
+        assert!(has_deny_list(&envoy), "[{name}] LIVE without the deny list\n{}", envoy.diagnostics());
         let r = http::get(envoy.listener_addr("plain_out"), "/example")
             .unwrap_or_else(|e| panic!("[{name}] {e}\n{}", envoy.diagnostics()));
         assert_eq!(r.status, 200, "[{name}] {}\n{}", r.body, envoy.diagnostics());
-        assert_eq!(r.header("x-peer-spiffe-id"), Some(EXAMPLE_ID), "[{name}] {:?}", r.headers);
+        if text.contains("\"backend\"") {
+            assert_eq!(xfcc_uri(&r.body).as_deref(), Some(EXAMPLE_ID), "[{name}] {}", r.body);
+        } else {
+            assert_eq!(r.header("x-peer-spiffe-id"), Some(EXAMPLE_ID), "[{name}] {:?}", r.headers);
+        }
+        if envoy.listener_names().iter().any(|l| l == "tcp_out") {
+            let r = http::get(envoy.listener_addr("tcp_out"), "/example-tcp")
+                .unwrap_or_else(|e| panic!("[{name}] tcp: {e}\n{}", envoy.diagnostics()));
+            // Through the TCP proxy: no HTTP connection manager added a header.
+            assert_eq!((r.status, r.body.trim()), (200, "xfcc="), "[{name}] tcp\n{}", envoy.diagnostics());
+            let stats = envoy.stats();
+            assert!(envoy_support::sum_stats(&stats, "tcp.tcp_in.", "downstream_cx_total") >= 1, "[{name}]");
+        }
         assert_eq!(envoy.serials_of(EXAMPLE_ID).len(), 1, "[{name}] {}", envoy.diagnostics());
         eprintln!("[{name}] ok");
+    }
+}
+
+/// `trustmesh envoy bootstrap` run locally (it needs no server).
+fn bootstrap_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new(harness::BIN)
+        .args(["--data-dir", "/nonexistent", "envoy", "bootstrap"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "envoy bootstrap {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn every_example_and_generated_bootstrap_passes_envoy_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    // A CA file for the TLS-port variants (Envoy reads it while validating).
+    let ca = dir.path().join("ca.pem");
+    let key = dir.path().join("ca.key");
+    openssl_ok(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=validate",
+        "-days",
+        "1",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        ca.to_str().unwrap(),
+    ]);
+    let token = dir.path().join("node.token");
+    std::fs::write(&token, "t.o.k").unwrap();
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|x| x != "yaml") {
+            continue;
+        }
+        let text =
+            std::fs::read_to_string(&path).unwrap().replace("/tmp/trustmesh/ca-bundle.pem", ca.to_str().unwrap());
+        if let Err(e) = envoy_support::validate(&text) {
+            panic!("{} is not valid for Envoy {}: {e}", path.display(), envoy_support::ENVOY_VERSION);
+        }
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} examples in {}", root.display());
+
+    let id = "spiffe://example.org/v/a";
+    let (ca_s, token_s) = (ca.to_str().unwrap(), token.to_str().unwrap());
+    let servers: [&[&str]; 2] = [
+        &["--socket", "/tmp/trustmesh-validate/api.sock"],
+        &["--server", "https://127.0.0.1:4020", "--ca-file", ca_s, "--token-file", token_s],
+    ];
+    let shapes: [&[&str]; 3] = [
+        // HTTP answering itself, and an outbound route.
+        &["--listener", "in:0:spiffe://example.org/v/b", "--upstream", "out:0:127.0.0.1:9:spiffe://example.org/v/b"],
+        // HTTP and raw TCP in front of a backend.
+        &[
+            "--backend",
+            "127.0.0.1:9",
+            "--listener",
+            "in:0:spiffe://example.org/v/b",
+            "--tcp-listener",
+            "raw:0:spiffe://example.org/v/b,spiffe://example.org/v/c",
+        ],
+        // Only outbound, fresh connections.
+        &["--upstream", "out:0:localhost:9:spiffe://example.org/v/b", "--new-connection-per-request"],
+    ];
+    for server in servers {
+        for delta in [false, true] {
+            for shape in shapes {
+                let mut args = vec!["--node-id", "validate", "--bind", "127.0.0.1", "--spiffe-id", id];
+                args.extend_from_slice(server);
+                if delta {
+                    args.push("--delta");
+                }
+                args.extend_from_slice(shape);
+                let text = bootstrap_cli(&args);
+                if let Err(e) = envoy_support::validate(&text) {
+                    panic!("bootstrap {args:?} is not valid: {e}\n{text}");
+                }
+            }
+        }
     }
 }

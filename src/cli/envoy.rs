@@ -64,12 +64,18 @@ pub struct BootstrapArgs {
     /// client certificate with one of these IDs (port 0: any free port).
     #[arg(long = "listener", value_name = "NAME:PORT:SPIFFE_IDS")]
     pub listeners: Vec<Listener>,
+    /// Inbound mTLS listener NAME:PORT:SPIFFE_ID[,SPIFFE_ID…] that proxies raw
+    /// TCP to --backend. Its connections are closed after 600 s (nothing
+    /// pushed over xDS can cut an open TCP connection of a revoked peer).
+    #[arg(long = "tcp-listener", value_name = "NAME:PORT:SPIFFE_IDS")]
+    pub tcp_listeners: Vec<Listener>,
     /// Outbound route NAME:PORT:HOST:TARGET_PORT:SPIFFE_ID[,…]: plain HTTP on
     /// 127.0.0.1:PORT, mTLS to HOST:TARGET_PORT whose certificate has one of these IDs.
     #[arg(long = "upstream", value_name = "NAME:PORT:HOST:TARGET_PORT:SPIFFE_IDS")]
     pub upstreams: Vec<Upstream>,
-    /// HOST:PORT inbound listeners forward to (with x-forwarded-client-cert);
-    /// without it they answer 200 themselves.
+    /// HOST:PORT inbound listeners forward to (HTTP ones with
+    /// x-forwarded-client-cert); without it HTTP listeners answer 200
+    /// themselves. Required by --tcp-listener.
     #[arg(long, value_name = "HOST:PORT")]
     pub backend: Option<String>,
     /// One request per upstream connection, so every request makes a new TLS
@@ -161,6 +167,31 @@ pub const EXAMPLES: &[(&str, &str, &[&str])] = &[
             "--new-connection-per-request",
         ],
     ),
+    (
+        "tcp-backend.yaml",
+        "Local socket, an HTTP and a raw TCP mTLS listener in front of a backend (replace port 18080).",
+        &[
+            "--node-id",
+            "example-tcp",
+            "--socket",
+            DEFAULT_SOCKET,
+            "--spiffe-id",
+            "spiffe://example.org/envoy/example",
+            "--bind",
+            "127.0.0.1",
+            "--backend",
+            "127.0.0.1:18080",
+            "--listener",
+            "mtls_in:10447:spiffe://example.org/envoy/example",
+            "--tcp-listener",
+            "tcp_in:10448:spiffe://example.org/envoy/example",
+            "--upstream",
+            "plain_out:10084:127.0.0.1:10447:spiffe://example.org/envoy/example",
+            "--upstream",
+            "tcp_out:10085:127.0.0.1:10448:spiffe://example.org/envoy/example",
+            "--new-connection-per-request",
+        ],
+    ),
 ];
 
 /// Runs `envoy …`; returns the exit code.
@@ -228,6 +259,7 @@ pub fn bootstrap_text(
         disable_spiffe_cert_validation: args.disable_spiffe_cert_validation,
         bind: args.bind.clone(),
         listeners: args.listeners.clone(),
+        tcp_listeners: args.tcp_listeners.clone(),
         upstreams: args.upstreams.clone(),
         backend,
         new_connection_per_request: args.new_connection_per_request,
@@ -263,9 +295,11 @@ fn command_line(a: &BootstrapArgs, server: &str) -> String {
     if a.bind != "0.0.0.0" {
         parts.push(format!("--bind {}", quote(&a.bind)));
     }
-    for l in &a.listeners {
-        let ids: Vec<String> = l.allowed.iter().map(ToString::to_string).collect();
-        parts.push(format!("--listener {}:{}:{}", l.name, l.port, ids.join(",")));
+    for (flag, list) in [("--listener", &a.listeners), ("--tcp-listener", &a.tcp_listeners)] {
+        for l in list {
+            let ids: Vec<String> = l.allowed.iter().map(ToString::to_string).collect();
+            parts.push(format!("{flag} {}:{}:{}", l.name, l.port, ids.join(",")));
+        }
     }
     for u in &a.upstreams {
         let ids: Vec<String> = u.allowed.iter().map(ToString::to_string).collect();
@@ -346,6 +380,16 @@ mod tests {
         );
         let (args, client) = parse(&["--node-id", "n"]);
         let e = bootstrap_text(&args, &client, Path::new("/d"), OutputFormat::Text).unwrap_err();
-        assert!(e.contains("at least one --listener or --upstream"), "{e}");
+        assert!(e.contains("at least one --listener, --tcp-listener or --upstream"), "{e}");
+        let (args, client) = parse(&["--node-id", "n", "--tcp-listener", "raw:0:spiffe://example.org/a"]);
+        let e = bootstrap_text(&args, &client, Path::new("/d"), OutputFormat::Text).unwrap_err();
+        assert!(e.contains("--backend"), "{e}");
+        let flags = ["--node-id", "n", "--backend", "127.0.0.1:9", "--tcp-listener", "raw:0:spiffe://example.org/a"];
+        let (args, client) = parse(&flags);
+        let text = bootstrap_text(&args, &client, Path::new("/d"), OutputFormat::Text).unwrap();
+        assert!(text.contains("--tcp-listener raw:0:spiffe://example.org/a"), "the header shows the flag");
+        let help = <BootstrapArgs as Args>::augment_args(clap::Command::new("b")).render_long_help().to_string();
+        let bound = format!("{} s", bootstrap::MAX_TCP_CONNECTION_SECS);
+        assert!(help.contains(&bound), "--tcp-listener's help states the TCP bound {bound}: {help}");
     }
 }

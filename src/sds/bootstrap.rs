@@ -8,11 +8,28 @@
 //!   (bearer token as gRPC `initial_metadata`, server certificate checked
 //!   against the CA file and the host name);
 //! - reconnect back-off 0.1–0.5 s (`envoy_grpc.retry_policy`), node sent on the
-//!   first message only, `initial_fetch_timeout: 0s` (wait for the SVID);
+//!   first message only, `initial_fetch_timeout: 0s` (wait for the SVID, the
+//!   validation context and the deny list);
 //! - listener (downstream) secrets over ADS; cluster (upstream) secrets over
 //!   plain SDS (`api_config_source`): ADS in a static cluster's transport
 //!   socket crashes Envoy 1.40;
 //! - `enable_reuse_port: false` on listeners, admin on 127.0.0.1 port 0.
+//!
+//! Revocation (SPEC §5) reaches three kinds of traffic differently:
+//!
+//! - **new TLS handshakes**: the CRLs in the validation context (SDS) refuse a
+//!   revoked certificate on every listener, HTTP or TCP;
+//! - **requests on already-open HTTP connections**: every inbound HTTP
+//!   listener has the deny-list filter [`DENY_FILTER`] first in its HCM chain,
+//!   an HTTP RBAC filter whose config trustmesh pushes over ECDS on the same ADS
+//!   stream (deny by URI SAN; revoked serials by the `Hash=` of
+//!   `x-forwarded-client-cert`, which `SANITIZE_SET` makes trustworthy); the
+//!   next request of a denied peer gets 403, no other connection is drained.
+//!   HTTP connections also end after [`MAX_CONNECTION_SECS`];
+//! - **already-open raw TCP connections** (`--tcp-listener`): nothing pushed
+//!   over xDS can cut them without draining every connection of the listener,
+//!   so the TCP proxy closes each after [`MAX_TCP_CONNECTION_SECS`]: a revoked
+//!   peer's open TCP connection lives at most that long.
 
 use serde_json::{Value, json};
 
@@ -27,6 +44,16 @@ pub const SDS_CLUSTER: &str = "trustmesh_sds";
 /// HTTP connections are closed after this long, so a peer re-handshakes (and
 /// meets the current CRL) at least this often.
 pub const MAX_CONNECTION_SECS: u32 = 3600;
+/// Raw TCP connections (`--tcp-listener`) are closed after this long
+/// (`max_downstream_connection_duration`): the bound on how long a revoked or
+/// denied peer keeps an already-open TCP connection (new handshakes are
+/// refused by the CRL at once).
+pub const MAX_TCP_CONNECTION_SECS: u32 = 600;
+/// Name of the deny-list HTTP filter in every inbound HTTP listener, and of
+/// the ECDS resource (`TypedExtensionConfig`) trustmesh serves for it.
+pub const DENY_FILTER: &str = "trustmesh-deny-http";
+/// The only config type the deny-list filter accepts over ECDS.
+pub const RBAC_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
 
 /// Everything a bootstrap is made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +72,8 @@ pub struct Bootstrap {
     /// Address the inbound listeners bind.
     pub bind: String,
     pub listeners: Vec<Listener>,
+    /// Inbound mTLS listeners that proxy raw TCP to the backend.
+    pub tcp_listeners: Vec<Listener>,
     pub upstreams: Vec<Upstream>,
     /// Where inbound listeners forward (with the peer in `x-forwarded-client-cert`);
     /// `None`: they answer 200 themselves.
@@ -63,7 +92,8 @@ pub enum SdsServer {
     Tls { host: String, port: u16, token: String, ca_file: String },
 }
 
-/// An inbound mTLS listener: `NAME:PORT:SPIFFE_ID[,SPIFFE_ID…]`.
+/// An inbound mTLS listener (HTTP, or raw TCP for `tcp_listeners`):
+/// `NAME:PORT:SPIFFE_ID[,SPIFFE_ID…]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     pub name: String,
@@ -106,6 +136,7 @@ pub fn render(b: &Bootstrap) -> Result<Value, BootstrapError> {
         node["metadata"] = json!({ super::wire::DISABLE_SPIFFE_VALIDATION: true });
     }
     let mut listeners: Vec<Value> = b.listeners.iter().map(|l| inbound(b, l)).collect();
+    listeners.extend(b.tcp_listeners.iter().map(|l| inbound_tcp(b, l)));
     listeners.extend(b.upstreams.iter().map(outbound_listener));
     let mut clusters = vec![sds_cluster(&b.server)];
     clusters.extend(b.upstreams.iter().map(|u| outbound_cluster(b, u)));
@@ -117,7 +148,7 @@ pub fn render(b: &Bootstrap) -> Result<Value, BootstrapError> {
         "admin": {"address": address("127.0.0.1", 0)},
         "static_resources": {"listeners": listeners, "clusters": clusters},
     });
-    if !b.listeners.is_empty() {
+    if !b.listeners.is_empty() || !b.tcp_listeners.is_empty() {
         let ads = json!({
             "api_type": api_type(b.delta),
             "transport_api_version": "V3",
@@ -145,11 +176,15 @@ fn validate(b: &Bootstrap) -> Result<(), BootstrapError> {
     if b.node_id.is_empty() || b.node_id.len() > 256 || b.node_id.chars().any(char::is_control) {
         return Err(invalid("node id", &b.node_id, "must be 1-256 printable characters"));
     }
-    if b.listeners.is_empty() && b.upstreams.is_empty() {
-        return Err(invalid("bootstrap", "", "give at least one --listener or --upstream"));
+    if b.listeners.is_empty() && b.tcp_listeners.is_empty() && b.upstreams.is_empty() {
+        return Err(invalid("bootstrap", "", "give at least one --listener, --tcp-listener or --upstream"));
+    }
+    if let (Some(l), None) = (b.tcp_listeners.first(), &b.backend) {
+        return Err(invalid("TCP listener", &l.name, "a --tcp-listener forwards to --backend HOST:PORT: give one"));
     }
     let mut seen = std::collections::BTreeSet::new();
-    for name in b.listeners.iter().map(|l| &l.name).chain(b.upstreams.iter().map(|u| &u.name)) {
+    let inbound = b.listeners.iter().chain(&b.tcp_listeners).map(|l| &l.name);
+    for name in inbound.chain(b.upstreams.iter().map(|u| &u.name)) {
         if !seen.insert(name.as_str()) || name == SDS_CLUSTER || name == "backend" {
             return Err(BootstrapError::Duplicate(name.clone()));
         }
@@ -219,22 +254,54 @@ fn common_tls(b: &Bootstrap, allowed: &[SpiffeId], source: Value) -> Value {
     })
 }
 
-fn hcm(stat_prefix: &str, routes: Value, inbound: bool, forward: bool) -> Value {
+fn hcm(stat_prefix: &str, routes: Value, inbound: bool) -> Value {
+    let router = json!({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}});
+    let filters = if inbound { json!([deny_filter(), router]) } else { json!([router]) };
     let mut h = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": stat_prefix,
         "route_config": {"name": stat_prefix, "virtual_hosts": [{"name": stat_prefix, "domains": ["*"], "routes": routes}]},
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+        "http_filters": filters,
     });
     if inbound {
         h["common_http_protocol_options"] = json!({"max_connection_duration": format!("{MAX_CONNECTION_SECS}s")});
-    }
-    if forward {
+        // The peer's certificate as Envoy verified it, in a header no client
+        // can forge (SANITIZE_SET replaces what came in): `By=…;Hash=<SHA-256
+        // of the peer certificate's DER>;URI=<SPIFFE ID>`. The backend reads
+        // the caller from it, and the deny list matches revoked serials on
+        // `Hash=`.
         h["forward_client_cert_details"] = json!("SANITIZE_SET");
         h["set_current_client_cert_details"] = json!({"uri": true});
     }
     json!([{"name": "envoy.filters.network.http_connection_manager", "typed_config": h}])
+}
+
+/// The deny-list filter: an HTTP RBAC filter whose config trustmesh pushes
+/// over ECDS (resource [`DENY_FILTER`], on the ADS stream that carries the
+/// secrets). It comes first, so a denied peer never reaches another filter.
+fn deny_filter() -> Value {
+    json!({
+        "name": DENY_FILTER,
+        "config_discovery": {
+            // `initial_fetch_timeout: 0s`: the listener waits for the deny list
+            // as it waits for its SVID (same stream, same server), so an Envoy
+            // never serves with a list it has not received. A finite timeout
+            // would only matter when trustmesh serves the certificates but not
+            // the deny list, and would then serve with the default below
+            // silently; waiting fails closed and shows (`/ready` 503,
+            // `extension_config_discovery.http_filter.trustmesh-deny-http.*`).
+            // Envoy still goes on after a rejected (NACKed) first list, with
+            // the default, and keeps the last accepted list while trustmesh is
+            // unreachable.
+            "config_source": ads_source(),
+            // Deny nothing: used when trustmesh removes the resource or Envoy
+            // rejects the first one; the CRLs still refuse revoked certificates
+            // at the handshake. Never applied without warming.
+            "default_config": {"@type": RBAC_TYPE_URL, "rules": {"action": "DENY"}},
+            "type_urls": [RBAC_TYPE_URL],
+        },
+    })
 }
 
 fn inbound(b: &Bootstrap, l: &Listener) -> Value {
@@ -251,14 +318,38 @@ fn inbound(b: &Bootstrap, l: &Listener) -> Value {
         "address": address(&b.bind, l.port),
         "enable_reuse_port": false,
         "filter_chains": [{
-            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                "require_client_certificate": true,
-                "common_tls_context": common_tls(b, &l.allowed, ads_source()),
-            }},
-            "filters": hcm(&l.name, routes, true, b.backend.is_some()),
+            "transport_socket": downstream_tls(b, l),
+            "filters": hcm(&l.name, routes, true),
         }],
     })
+}
+
+/// A raw TCP mTLS listener to the backend. Its connections are cut after
+/// [`MAX_TCP_CONNECTION_SECS`]: the deny list cannot reach inside them.
+fn inbound_tcp(b: &Bootstrap, l: &Listener) -> Value {
+    json!({
+        "name": l.name,
+        "address": address(&b.bind, l.port),
+        "enable_reuse_port": false,
+        "filter_chains": [{
+            "transport_socket": downstream_tls(b, l),
+            "filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "stat_prefix": l.name,
+                "cluster": "backend",
+                "max_downstream_connection_duration": format!("{MAX_TCP_CONNECTION_SECS}s"),
+            }}],
+        }],
+    })
+}
+
+/// TLS with the SVID, requiring a client certificate with an allowed ID.
+fn downstream_tls(b: &Bootstrap, l: &Listener) -> Value {
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "require_client_certificate": true,
+        "common_tls_context": common_tls(b, &l.allowed, ads_source()),
+    }})
 }
 
 fn outbound_listener(u: &Upstream) -> Value {
@@ -267,7 +358,7 @@ fn outbound_listener(u: &Upstream) -> Value {
         "name": u.name,
         "address": address("127.0.0.1", u.port),
         "enable_reuse_port": false,
-        "filter_chains": [{"filters": hcm(&u.name, routes, false, false)}],
+        "filter_chains": [{"filters": hcm(&u.name, routes, false)}],
     })
 }
 

@@ -22,7 +22,7 @@
 //!
 //! An empty list is `rules: {action: DENY}` with no policies (an empty
 //! match map is invalid). `rules_stat_prefix` is [`STAT_PREFIX`], so refusals
-//! count in `http.<prefix>.rbac.trustmesh_deny_denied`.
+//! count in `http.<prefix>.rbac.trustmesh_deny_.denied` (Envoy adds the dot).
 
 use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
 use envoy_types::pb::envoy::config::rbac::v3::{Action, Rbac as RbacRules, rbac::Action as RbacAction};

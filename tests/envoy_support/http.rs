@@ -280,3 +280,95 @@ impl Drop for Traffic {
         self.halt();
     }
 }
+
+/// One request of a [`Probe`].
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub started: Instant,
+    pub finished: Instant,
+    /// The status, or what went wrong on the wire.
+    pub result: Result<u16, String>,
+    pub body: String,
+}
+
+impl Outcome {
+    pub fn is_ok(&self) -> bool {
+        matches!(self.result, Ok(200))
+    }
+}
+
+/// Like [`Traffic`], but keeps every outcome with its times, so a test can
+/// tell when behaviour changed (e.g. how long after a revocation the first
+/// refusal came).
+pub struct Probe {
+    stop: Arc<AtomicBool>,
+    outcomes: Arc<Mutex<Vec<Outcome>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Probe {
+    /// Sends `GET path` to `addr` every `interval`, one new connection each.
+    pub fn start(addr: SocketAddr, path: &str, interval: Duration) -> Probe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, outcomes2) = (stop.clone(), outcomes.clone());
+        let path = path.to_string();
+        let thread = std::thread::spawn(move || {
+            let mut next = Instant::now();
+            while !stop2.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                let (result, body) = match request(addr, &path, Duration::from_secs(5)) {
+                    Ok(r) => (Ok(r.status), r.body),
+                    Err(e) => (Err(e), String::new()),
+                };
+                outcomes2.lock().push(Outcome { started, finished: Instant::now(), result, body });
+                next += interval;
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                } else {
+                    next = now;
+                }
+            }
+        });
+        Probe { stop, outcomes, thread: Some(thread) }
+    }
+
+    /// The outcomes so far.
+    pub fn outcomes(&self) -> Vec<Outcome> {
+        self.outcomes.lock().clone()
+    }
+
+    /// Waits until `cond` holds for the outcomes so far; false after `timeout`.
+    pub fn wait_for(&self, timeout: Duration, mut cond: impl FnMut(&[Outcome]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if cond(&self.outcomes.lock()) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the thread (after its request in flight) and returns every outcome.
+    pub fn stop(mut self) -> Vec<Outcome> {
+        self.halt();
+        self.outcomes()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}

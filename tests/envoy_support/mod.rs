@@ -209,7 +209,8 @@ impl Envoy {
         s
     }
 
-    /// The tail of the log and the SDS and TLS stats, for panic messages.
+    /// The tail of the log and the SDS, ECDS, TLS and RBAC stats, for panic
+    /// messages.
     pub fn diagnostics(&self) -> String {
         let log = self.log();
         let lines: Vec<&str> = log.lines().collect();
@@ -218,14 +219,20 @@ impl Envoy {
             Ok(r) => r
                 .body
                 .lines()
-                .filter(|l| l.starts_with("sds.") || l.contains(".ssl.") || l.contains("upstream_cx_connect_fail"))
+                .filter(|l| {
+                    l.starts_with("sds.")
+                        || l.starts_with("extension_config_discovery.")
+                        || l.contains(".ssl.")
+                        || l.contains(".rbac.")
+                        || l.contains("upstream_cx_connect_fail")
+                })
                 .filter(|l| !l.ends_with(": 0"))
                 .collect::<Vec<_>>()
                 .join("\n"),
             Err(e) => format!("(no stats: {e})"),
         };
         format!(
-            "--- Envoy {} (pid {}, admin {}) log tail ---\n{tail}\n--- non-zero sds/ssl stats ---\n{stats}",
+            "--- Envoy {} (pid {}, admin {}) log tail ---\n{tail}\n--- non-zero sds/ecds/ssl/rbac stats ---\n{stats}",
             self.bin.display(),
             self.pid(),
             self.admin

@@ -16,6 +16,7 @@ fn base(server: SdsServer) -> Bootstrap {
         disable_spiffe_cert_validation: false,
         bind: "127.0.0.1".into(),
         listeners: vec!["in:0:spiffe://example.org/b,spiffe://example.org/c".parse().unwrap()],
+        tcp_listeners: vec![],
         upstreams: vec!["out:10080:backend.example:8443:spiffe://example.org/b".parse().unwrap()],
         backend: None,
         new_connection_per_request: false,
@@ -119,6 +120,74 @@ fn delta_metadata_backend_and_fresh_connections() {
     assert_eq!(cluster(&v, "backend")["type"], "STATIC");
     let opts = &cluster(&v, "out")["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
     assert_eq!(opts["common_http_protocol_options"]["max_requests_per_connection"], 1);
+}
+
+fn hcm_of(listener: &Value) -> &Value {
+    &listener["filter_chains"][0]["filters"][0]["typed_config"]
+}
+
+#[test]
+fn inbound_http_listeners_get_the_deny_filter_first() {
+    for backend in [None, Some(("127.0.0.1".to_string(), 8080))] {
+        let mut b = base(socket());
+        b.backend = backend;
+        let v = render(&b).unwrap();
+        let hcm = hcm_of(listener(&v));
+        let filters = hcm["http_filters"].as_array().unwrap();
+        assert_eq!(filters.len(), 2);
+        assert_eq!(filters[0]["name"], DENY_FILTER);
+        assert_eq!(filters[1]["name"], "envoy.filters.http.router");
+        let discovery = &filters[0]["config_discovery"];
+        assert!(discovery["config_source"]["ads"].is_object(), "on the ADS stream of the secrets");
+        assert_eq!(discovery["config_source"]["resource_api_version"], "V3");
+        assert_eq!(discovery["config_source"]["initial_fetch_timeout"], "0s");
+        assert_eq!(discovery["type_urls"], serde_json::json!([RBAC_TYPE_URL]));
+        assert_eq!(
+            discovery["default_config"],
+            serde_json::json!({"@type": RBAC_TYPE_URL, "rules": {"action": "DENY"}})
+        );
+        assert!(discovery.get("apply_default_config_without_warming").is_none());
+        // XFCC with the hash and the URI, whatever came from the client replaced.
+        assert_eq!(hcm["forward_client_cert_details"], "SANITIZE_SET");
+        assert_eq!(hcm["set_current_client_cert_details"]["uri"], true);
+        let max = &hcm["common_http_protocol_options"]["max_connection_duration"];
+        assert_eq!(max.as_str(), Some(format!("{MAX_CONNECTION_SECS}s").as_str()));
+    }
+    // Outbound listeners are plain HTTP from the local app: no deny filter.
+    let v = render(&base(socket())).unwrap();
+    let out = &v["static_resources"]["listeners"][1];
+    assert_eq!(out["name"], "out");
+    let filters = hcm_of(out)["http_filters"].as_array().unwrap();
+    assert_eq!(filters.len(), 1);
+    assert!(hcm_of(out).get("forward_client_cert_details").is_none());
+}
+
+#[test]
+fn tcp_listeners_proxy_to_the_backend_with_a_bounded_connection_life() {
+    let mut b = base(socket());
+    b.listeners.clear();
+    b.upstreams.clear();
+    b.tcp_listeners = vec!["raw:7000:spiffe://example.org/b".parse().unwrap()];
+    assert!(render(&b).unwrap_err().to_string().contains("--backend"));
+    b.backend = Some(("127.0.0.1".into(), 8080));
+    let v = render(&b).unwrap();
+    let l = listener(&v);
+    assert_eq!(l["name"], "raw");
+    assert_eq!(l["enable_reuse_port"], false);
+    let chain = &l["filter_chains"][0];
+    assert_eq!(chain["transport_socket"]["typed_config"]["require_client_certificate"], true);
+    let sans = &tls_context(chain)["combined_validation_context"]["default_validation_context"];
+    assert_eq!(sans["match_typed_subject_alt_names"][0]["matcher"]["exact"], "spiffe://example.org/b");
+    let tcp = &chain["filters"][0];
+    assert_eq!(tcp["name"], "envoy.filters.network.tcp_proxy");
+    assert_eq!(tcp["typed_config"]["cluster"], "backend");
+    let max = tcp["typed_config"]["max_downstream_connection_duration"].as_str();
+    assert_eq!(max, Some(format!("{MAX_TCP_CONNECTION_SECS}s").as_str()));
+    // Its secrets come over ADS, so the bootstrap has an ADS stream.
+    assert_eq!(v["dynamic_resources"]["ads_config"]["api_type"], "GRPC");
+    let mut dup = b.clone();
+    dup.listeners = vec!["raw:0:spiffe://example.org/b".parse().unwrap()];
+    assert_eq!(render(&dup).unwrap_err(), BootstrapError::Duplicate("raw".into()));
 }
 
 #[test]
