@@ -176,6 +176,12 @@ mod tests {
     }
 
     #[test]
+    fn revoked_certificates_stay_listed_as_long_as_a_connection_made_with_them_lives() {
+        let grace = crate::issuer::CONNECTION_GRACE.whole_seconds();
+        assert!(grace > i64::from(crate::sds::bootstrap::MAX_CONNECTION_SECS), "{grace}");
+    }
+
+    #[test]
     fn nothing_denied_is_a_deny_rule_without_policies() {
         let r = rbac(&DenyList::default());
         assert!(r.matcher.is_none());
