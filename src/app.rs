@@ -79,9 +79,20 @@ pub fn load_kek(path: &Path, create: bool) -> anyhow::Result<Kek> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
             let (kek, text) = Kek::generate()?;
-            write_secret(path, text.as_bytes())?;
-            tracing::info!(path = %path.display(), "key-encryption key created");
-            Ok(kek)
+            // Replicas starting together may share one KEK file: only the
+            // first one's key is ever written; the others read it.
+            let tmp = temp_path(path);
+            write_new(&tmp, text.as_bytes(), 0o600)?;
+            let linked = fs::hard_link(&tmp, path);
+            let _ = fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "key-encryption key created");
+                    Ok(kek)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_kek(path, false),
+                Err(e) => Err(e).with_context(|| format!("cannot write {}", path.display())),
+            }
         }
         Err(e) => Err(e).with_context(|| format!("cannot read key-encryption key {}", path.display())),
     }
@@ -93,17 +104,31 @@ pub fn write_secret(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 }
 
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
+    let tmp = temp_path(path);
+    write_new(&tmp, contents, mode)?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// A temporary name next to `path`, unique to this process and call, so two
+/// processes writing the same file never share a temporary file.
+fn temp_path(path: &Path) -> PathBuf {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.{nanos}.tmp", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Creates a new file (never an existing one) with `mode` and synced contents.
+fn write_new(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
     let mut f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .write(true)
         .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     f.write_all(contents)?;
     f.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 

@@ -29,8 +29,9 @@ const WITHIN: Duration = Duration::from_secs(1);
 fn replicas_create_the_ca_once() {
     let dir = tempfile::tempdir().unwrap();
     let url = block_on(support::postgres::fresh_database());
-    let kek = kek_file(dir.path());
-    // Both start at the same moment on the empty database.
+    // Both start at the same moment on the empty database, and both create
+    // the shared KEK file that does not exist yet: one key wins, both use it.
+    let kek = dir.path().join("shared.kek");
     let barrier = Arc::new(Barrier::new(2));
     let threads: Vec<_> = ["a", "b"]
         .into_iter()
@@ -54,6 +55,13 @@ fn replicas_create_the_ca_once() {
     }
     assert!(failed.is_empty(), "a replica did not start:\n{}", failed.join("\n"));
     let (a, b) = (&replicas[0], &replicas[1]);
+    assert_eq!(harness::mode(&kek), 0o600);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary KEK files left behind: {leftovers:?}");
 
     // Both serve the same CA bundle.
     let (code_a, bundle_a) = a.get("/pki/ca/bundle");

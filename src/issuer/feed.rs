@@ -29,17 +29,29 @@ pub const SAFETY_POLL: StdDuration = StdDuration::from_secs(30);
 /// Follows the feed from `cursor` (the revision the loaded state includes)
 /// until the issuer is gone.
 pub(super) async fn follow(issuer: Weak<Issuer>, mut signal: watch::Receiver<u64>, mut cursor: i64) {
+    let mut retry: Option<StdDuration> = None;
     loop {
+        // After a failed read, try again soon (the database may be back
+        // before the listener's next reconnect); otherwise wait for a signal.
+        let wait = retry.unwrap_or(SAFETY_POLL);
         tokio::select! {
             changed = signal.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(SAFETY_POLL) => {}
+            () = tokio::time::sleep(wait) => {}
         }
         let Some(issuer) = issuer.upgrade() else { return };
-        if let Err(e) = issuer.catch_up(&mut cursor).await {
-            tracing::warn!(error = %e, revision = cursor, "reading the change feed failed; will retry");
+        match issuer.catch_up(&mut cursor).await {
+            Ok(()) => retry = None,
+            Err(e) => {
+                tracing::warn!(error = %e, revision = cursor, "reading the change feed failed; will retry");
+                retry = Some(retry.map_or(RETRY_MIN, |r| (r * 2).min(RETRY_MAX)));
+            }
         }
     }
 }
+
+/// Retry delays of a failed feed read.
+const RETRY_MIN: StdDuration = StdDuration::from_millis(100);
+const RETRY_MAX: StdDuration = StdDuration::from_secs(1);
 
 impl Issuer {
     /// Applies every change after `cursor` and moves it forward.

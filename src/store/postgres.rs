@@ -50,7 +50,7 @@ const CHANNEL: &str = "trustmesh_changes";
 /// The listening connection's `application_name` (visible in `pg_stat_activity`).
 const LISTENER_NAME: &str = "trustmesh-changes";
 /// Reconnect back-off of the listener: doubles from the first to the last.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
 /// TCP keepalive of the listening connection (unless the URL asks for less):
 /// an idle listener must notice a dead peer, or it would wait forever.
 const LISTENER_KEEPALIVE: Duration = Duration::from_secs(30);
