@@ -783,29 +783,15 @@ fn policy_check_explains_allow_and_deny() {
 /// An offline root made with openssl: P-256, self-signed CA.
 fn openssl_root(d: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let (cert, key) = (d.join("offline-root.pem"), d.join("offline-root.key"));
-    openssl_ok(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        cert.to_str().unwrap(),
-        "-subj",
-        "/CN=Offline Root",
-        "-days",
-        "3650",
+    let extensions = [
         "-addext",
         "basicConstraints=critical,CA:TRUE",
         "-addext",
         "keyUsage=critical,keyCertSign,cRLSign",
         "-addext",
         "subjectAltName=URI:spiffe://example.org",
-    ]);
+    ];
+    harness::openssl_self_signed(&cert, &key, "/CN=Offline Root", "3650", &extensions);
     (cert, key)
 }
 

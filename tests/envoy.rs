@@ -14,7 +14,7 @@ use std::time::Duration;
 use envoy_support::config::{self, CLIENT_LISTENER, SERVER_LISTENER, Tls};
 use envoy_support::http::{self, Upstream};
 use envoy_support::{Envoy, envoy_bin};
-use harness::{Server, openssl_ok};
+use harness::{Server, entry_for, openssl_ok};
 
 const SERVER_ID: &str = "spiffe://example.org/test/envoy-server";
 const CLIENT_ID: &str = "spiffe://example.org/test/envoy-client";
@@ -132,22 +132,6 @@ fn envoy_harness_runs_a_static_envoy() {
 // ---------------------------------------------------------------------------
 // SDS: both Envoys get their certificate and trust bundle from trustmesh.
 
-/// The uid this test runs as (0 in CI), for `unix:uid:` selectors.
-fn my_uid() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-/// `trustmesh entry create` for an Envoy started through `bin`: selectors
-/// `unix:uid:<me>` and `unix:path:<bin>`, so Envoys started through different
-/// paths (see `envoy_alias`) get different identities.
-fn entry_for_binary(tm: &Server, spiffe_id: &str, bin: &Path) {
-    let uid = format!("unix:uid:{}", my_uid());
-    let path = format!("unix:path:{}", bin.display());
-    tm.ok(&["entry", "create", "--spiffe-id", spiffe_id, "--selector", &uid, "--selector", &path]);
-}
-
 /// Envoy's stat-name form of a secret name (`spiffe://example.org/x` →
 /// `spiffe_example.org/x`, as Envoy's stats sanitizer does).
 fn stat_name(secret: &str) -> String {
@@ -210,8 +194,8 @@ impl Mesh {
         let socket = Server::socket_path(&data);
         let server_bin = envoy_bin();
         let client_bin = envoy_support::envoy_alias(dir.path(), "client-envoy");
-        entry_for_binary(&tm, SERVER_ID, &server_bin);
-        entry_for_binary(&tm, CLIENT_ID, &client_bin);
+        entry_for(&tm, SERVER_ID, &server_bin);
+        entry_for(&tm, CLIENT_ID, &client_bin);
         let upstream = Upstream::start();
         let server = Envoy::start_with(&server_bin, &Self::server_bootstrap(&socket, &opts, upstream.port()), &[]);
         let server_port = server.listener_port(SERVER_LISTENER);
@@ -539,7 +523,7 @@ fn bad_sds_callers_get_clear_errors() {
     let socket = Server::socket_path(&data);
     tm.ok(&["entry", "create", "--spiffe-id", NODE_A_ID, "--selector", "token:sub:node-a"]);
     tm.ok(&["entry", "create", "--spiffe-id", "spiffe://example.org/envoy/node-b", "--selector", "token:sub:node-b"]);
-    entry_for_binary(&tm, CLIENT_ID, &envoy_bin());
+    entry_for(&tm, CLIENT_ID, &envoy_bin());
     let token = |node: &str| tm.ok(&["token", "mint", "node", node]).trim().to_string();
     let over_tls = |token: String| config::SdsServer::Tls { addr: tm.api, token, ca_file: tm.bundle_path() };
     let bootstrap = |node_id: &str, cert: &str, sds: &config::SdsServer| {
@@ -643,8 +627,8 @@ fn every_example_and_generated_bootstrap_reaches_live_and_serves_mtls() {
     // Local socket: the Envoy binary's path tells the two sides apart.
     let server_bin = envoy_bin();
     let client_bin = envoy_support::envoy_alias(dir.path(), "client-envoy");
-    entry_for_binary(&tm, SERVER_ID, &server_bin);
-    entry_for_binary(&tm, CLIENT_ID, &client_bin);
+    entry_for(&tm, SERVER_ID, &server_bin);
+    entry_for(&tm, CLIENT_ID, &client_bin);
     // TLS port: node tokens; the IDs' last segment is the token's subject.
     let token_file = |node: &str| {
         let token = tm.ok(&["token", "mint", "node", node]).trim().to_string();
@@ -728,15 +712,8 @@ const EXAMPLE_BACKEND_PORT: &str = "18080";
 /// arrived: the listener warms on it; the reload is counted once the worker
 /// applied it, so wait a moment for the counter).
 fn has_deny_list(envoy: &Envoy) -> bool {
-    let name = "extension_config_discovery.http_filter.trustmesh-deny-http.config_reload";
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while envoy.counter(name) == 0 {
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    true
+    let applied = || (envoy.counter(envoy_support::DENY_LIST_RELOADS) >= 1).then_some(());
+    harness::poll(Duration::from_secs(5), applied).is_some()
 }
 
 /// Every `envoy/*.yaml` with its placeholders substituted as
@@ -757,7 +734,7 @@ fn run_examples(tm: &Server, dir: &Path) {
 
     let socket = Server::socket_path(&tm.data_dir);
     let example_bin = envoy_support::envoy_alias(dir, "example-envoy");
-    entry_for_binary(tm, EXAMPLE_ID, &example_bin);
+    entry_for(tm, EXAMPLE_ID, &example_bin);
     tm.ok(&["entry", "create", "--spiffe-id", EXAMPLE_ID, "--selector", "token:sub:example-tls"]);
     let token = tm.ok(&["token", "mint", "node", "example-tls"]).trim().to_string();
     let backend = Upstream::start();
@@ -822,23 +799,7 @@ fn every_example_and_generated_bootstrap_passes_envoy_validate() {
     // A CA file for the TLS-port variants (Envoy reads it while validating).
     let ca = dir.path().join("ca.pem");
     let key = dir.path().join("ca.key");
-    openssl_ok(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-subj",
-        "/CN=validate",
-        "-days",
-        "1",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        ca.to_str().unwrap(),
-    ]);
+    harness::openssl_self_signed(&ca, &key, "/CN=validate", "1", &[]);
     let token = dir.path().join("node.token");
     std::fs::write(&token, "t.o.k").unwrap();
 

@@ -17,9 +17,9 @@ use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use envoy_support::http::{Outcome, Probe, Upstream};
-use envoy_support::{Envoy, envoy_bin, normalize_serial};
-use harness::{Server, openssl, pem_blocks};
+use envoy_support::http::{Outcome, Probe, Upstream, failures, first_refusal};
+use envoy_support::{Envoy, client_bootstrap, envoy_bin, normalize_serial, server_bootstrap};
+use harness::{Server, crl_serials_of, entry_for, openssl, pem_blocks, poll};
 use replicas_support::*;
 
 /// What SPEC §5 promises: a push reaches every proxy within a second.
@@ -105,8 +105,16 @@ const CLIENT_ID: &str = "spiffe://example.org/replicas/client";
 /// The server Envoy's inbound listener and the client Envoy's outbound one.
 const SERVER_LISTENER: &str = "mtls_in";
 const CLIENT_ROUTE: &str = "to_server";
-/// Deny-list configs the server Envoy accepted over ECDS.
-const DENY_LIST_RELOADS: &str = "extension_config_discovery.http_filter.trustmesh-deny-http.config_reload";
+
+/// Two replicas, A and B, on a fresh database, each in its folder in `dir`:
+/// the database's URL and both.
+fn two_replicas(dir: &Path) -> (String, Server, Server) {
+    let url = block_on(support::postgres::fresh_database());
+    let kek = kek_file(dir);
+    let a = replica(dir, "a", &url, &kek);
+    let b = replica(dir, "b", &url, &kek);
+    (url, a, b)
+}
 
 /// Both replicas, the backend and the Envoys, for failure messages.
 fn diagnostics(a: &Server, b: &Server, envoys: &[(&str, &Envoy)]) -> String {
@@ -120,11 +128,7 @@ fn diagnostics(a: &Server, b: &Server, envoys: &[(&str, &Envoy)]) -> String {
 #[test]
 fn a_deny_through_replica_a_cuts_an_envoy_on_replica_b_within_a_second() {
     let dir = tempfile::tempdir().unwrap();
-    let url = block_on(support::postgres::fresh_database());
-    let kek = kek_file(dir.path());
-    let a = replica(dir.path(), "a", &url, &kek);
-    let b = replica(dir.path(), "b", &url, &kek);
-    let socket = Server::socket_path(&b.data_dir).display().to_string();
+    let (_, a, b) = two_replicas(dir.path());
 
     // The entries are created through A, after B started: B learns them only
     // from the feed.
@@ -137,45 +141,17 @@ fn a_deny_through_replica_a_cuts_an_envoy_on_replica_b_within_a_second() {
     // The Envoys' bootstraps come from `trustmesh envoy bootstrap` and point at B's socket only.
     let upstream = Upstream::start();
     let listener = format!("{SERVER_LISTENER}:0:{CLIENT_ID}");
-    let backend = format!("127.0.0.1:{}", upstream.port());
-    let text = b.ok(&[
-        "envoy",
-        "bootstrap",
-        "--node-id",
-        "replicas-server",
-        "--socket",
-        &socket,
-        "--spiffe-id",
-        SERVER_ID,
-        "--bind",
-        "127.0.0.1",
-        "--listener",
-        &listener,
-        "--backend",
-        &backend,
-    ]);
+    let text = server_bootstrap(&b, "replicas-server", SERVER_ID, &listener, upstream.port());
     let server = Envoy::spawn(&server_bin, &text, &[]);
     server.wait_until("B serving the server's entry created through A", Duration::from_secs(10), |e| {
         !e.serials_of(SERVER_ID).is_empty()
     });
     println!("entry created through A → certificate from B in the server Envoy after {:?}", created.elapsed());
     server.wait_live(Duration::from_secs(30));
-    server.wait_until("the deny list over ECDS", Duration::from_secs(5), |e| e.counter(DENY_LIST_RELOADS) >= 1);
+    server.wait_deny_list();
     let port = server.listener_port(SERVER_LISTENER);
     let route = format!("{CLIENT_ROUTE}:0:127.0.0.1:{port}:{SERVER_ID}");
-    let text = b.ok(&[
-        "envoy",
-        "bootstrap",
-        "--node-id",
-        "replicas-client",
-        "--socket",
-        &socket,
-        "--spiffe-id",
-        CLIENT_ID,
-        "--upstream",
-        &route,
-        "--new-connection-per-request",
-    ]);
+    let text = client_bootstrap(&b, "replicas-client", CLIENT_ID, &route, true);
     let client = Envoy::spawn(&client_bin, &text, &[]);
     client.wait_until("B serving the client's entry created through A", Duration::from_secs(10), |e| {
         !e.serials_of(CLIENT_ID).is_empty()
@@ -196,7 +172,7 @@ fn a_deny_through_replica_a_cuts_an_envoy_on_replica_b_within_a_second() {
     let warm = probe.wait_for(Duration::from_secs(10), |o| o.iter().filter(|x| x.is_ok()).count() >= 10);
     assert!(warm, "not served before the denial: {:?}\n{}", failures(&probe.outcomes(), origin), diag());
     assert!(failures(&probe.outcomes(), origin).is_empty(), "{:?}", failures(&probe.outcomes(), origin));
-    assert_eq!(server.sum("listener.127.0.0.1_", ".ssl.fail_verify_error"), 0, "{}", diag());
+    assert_eq!(server.verify_failures().0, 0, "{}", diag());
 
     let t0 = Instant::now();
     let out = a.ok(&["pki", "identity", "deny", CLIENT_ID, "--reason", "replicas test: denied through replica A"]);
@@ -208,10 +184,7 @@ fn a_deny_through_replica_a_cuts_an_envoy_on_replica_b_within_a_second() {
     let outcomes = probe.stop();
     let diag = diag();
 
-    let refused = outcomes
-        .iter()
-        .find(|o| o.started >= t0 && !o.is_ok())
-        .cloned()
+    let refused = first_refusal(&outcomes, t0, |o| !o.is_ok())
         .unwrap_or_else(|| panic!("the client was never refused: {:?}\n{diag}", failures(&outcomes, origin)));
     let latency = refused.finished.saturating_duration_since(t1);
     println!(
@@ -226,26 +199,9 @@ fn a_deny_through_replica_a_cuts_an_envoy_on_replica_b_within_a_second() {
     assert!(after.len() >= 20, "only {} requests after the refusal", after.len());
     assert!(after.iter().all(|o| !o.is_ok()), "served again after the refusal: {:?}\n{diag}", after);
     // Refused at the handshake by the CRL B pushed: verification errors, not SAN mismatches.
-    let stats = server.stats();
-    let verify_errors = envoy_support::sum_stats(&stats, "listener.127.0.0.1_", ".ssl.fail_verify_error");
-    let san_errors = envoy_support::sum_stats(&stats, "listener.127.0.0.1_", ".ssl.fail_verify_san");
+    let (verify_errors, san_errors) = server.verify_failures();
     assert!(verify_errors >= 1, "no ssl.fail_verify_error on the server Envoy\n{diag}");
     assert_eq!(san_errors, 0, "{diag}");
-}
-
-/// A short text of the outcomes that are not 200, for assertion messages.
-fn failures(outcomes: &[Outcome], origin: Instant) -> Vec<String> {
-    outcomes
-        .iter()
-        .filter(|o| !o.is_ok())
-        .map(|o| {
-            let at = o.started.saturating_duration_since(origin);
-            match &o.result {
-                Ok(code) => format!("+{at:?}: {code} {}", o.body.trim()),
-                Err(e) => format!("+{at:?}: {e}"),
-            }
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -281,7 +237,7 @@ fn converges(b: &Server, dir: &Path, revoked: &BTreeSet<String>, ids: &[&str], t
     let start = Instant::now();
     let mut last = (BTreeSet::new(), Err(String::new()));
     let done = poll(timeout, || {
-        last = (crl_serials(b, dir), workload_ids(&socket));
+        last = (b.crl_serials(dir), workload_ids(&socket));
         (last.0.is_superset(revoked) && last.1.as_ref().is_ok_and(|got| *got == want)).then_some(())
     });
     assert!(
@@ -403,7 +359,7 @@ fn check_crls(name: &str, server: &Server, url: &str, dir: &Path) -> BTreeSet<St
     assert_eq!(code, 200);
     let bundle_file = dir.join(format!("{name}-bundle.pem"));
     std::fs::write(&bundle_file, bundle).unwrap();
-    let crls = crls(server);
+    let crls = server.crls();
     let mut listed = BTreeSet::new();
     for (i, crl) in crls.iter().enumerate() {
         let (ok, text) = verify_crl(dir, crl, &bundle_file);
@@ -418,10 +374,7 @@ fn check_crls(name: &str, server: &Server, url: &str, dir: &Path) -> BTreeSet<St
 #[test]
 fn every_published_crl_verifies_with_openssl() {
     let dir = tempfile::tempdir().unwrap();
-    let url = block_on(support::postgres::fresh_database());
-    let kek = kek_file(dir.path());
-    let a = replica(dir.path(), "a", &url, &kek);
-    let b = replica(dir.path(), "b", &url, &kek);
+    let (url, a, b) = two_replicas(dir.path());
     let id = |n: &str| format!("spiffe://example.org/replicas/crl-{n}");
     // A certificate that expires 4 s after issuance, and long-lived ones.
     let short = issue(&a, dir.path(), &id("short"), &["--ttl-hours", "0.001"]);
@@ -436,8 +389,8 @@ fn every_published_crl_verifies_with_openssl() {
     b.ok(&["pki", "cert", "revoke", &long[1], "--reason", "superseded"]);
     let first: BTreeSet<String> = [&short, &long[0], &long[1]].iter().map(|s| normalize_serial(s)).collect();
     for (name, server) in [("b", &b), ("a", &a)] {
-        let seen = poll(Duration::from_secs(2), || Some(crl_serials(server, dir.path())).filter(|s| *s == first));
-        assert!(seen.is_some(), "replica {name}: CRLs {:?}, expected {first:?}", crl_serials(server, dir.path()));
+        let seen = poll(Duration::from_secs(2), || Some(server.crl_serials(dir.path())).filter(|s| *s == first));
+        assert!(seen.is_some(), "replica {name}: CRLs {:?}, expected {first:?}", server.crl_serials(dir.path()));
         check_crls(name, server, &url, dir.path());
     }
     assert!(unix_now() < short_not_after, "the short certificate expired before the first check");
@@ -451,11 +404,11 @@ fn every_published_crl_verifies_with_openssl() {
     assert_eq!(denied, BTreeSet::from([normalize_serial(&long[3])]));
     let second: BTreeSet<String> = long.iter().map(|s| normalize_serial(s)).collect();
     for (name, server) in [("b", &b), ("a", &a)] {
-        let seen = poll(Duration::from_secs(2), || Some(crl_serials(server, dir.path())).filter(|s| *s == second));
+        let seen = poll(Duration::from_secs(2), || Some(server.crl_serials(dir.path())).filter(|s| *s == second));
         assert!(
             seen.is_some(),
             "replica {name}: CRLs {:?}, expected {second:?} (the expired {short} left out)\n{}",
-            crl_serials(server, dir.path()),
+            server.crl_serials(dir.path()),
             log_tail(name, server)
         );
         let listed = check_crls(name, server, &url, dir.path());

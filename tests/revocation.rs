@@ -12,9 +12,9 @@ mod revocation_support;
 
 use std::time::{Duration, Instant};
 
-use envoy_support::http::Outcome;
+use envoy_support::http::{Outcome, failures, first_refusal};
 use envoy_support::normalize_serial;
-use harness::Server;
+use harness::{Server, poll};
 use revocation_support::*;
 
 /// What SPEC §5 promises: a push reaches every proxy within a second.
@@ -26,20 +26,6 @@ fn is_403(o: &Outcome) -> bool {
 
 fn is_refused(o: &Outcome) -> bool {
     !o.is_ok()
-}
-
-/// Polls `f` until it returns `Some`, at most `timeout`.
-fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -60,7 +46,7 @@ fn deny_cuts_new_handshakes_and_open_connections_within_a_second() {
         );
         assert!(failures(&outcomes, origin).is_empty(), "{label}: {:?}", failures(&outcomes, origin));
     }
-    assert_eq!(scene.verify_failures(), (0, 0), "{}", scene.diagnostics());
+    assert_eq!(scene.server.verify_failures(), (0, 0), "{}", scene.diagnostics());
     assert_eq!(scene.server.counter(DENIED_COUNTER), 0);
     // The keep-alive clients each hold exactly one connection to the server Envoy.
     for label in ["a-keep", "b-keep"] {
@@ -118,7 +104,7 @@ fn deny_cuts_new_handshakes_and_open_connections_within_a_second() {
     let forbidden_count = keep.iter().chain(fresh).filter(|x| is_403(x)).count() as u64;
     assert_eq!(scene.server.counter(DENIED_COUNTER), forbidden_count, "every 403 is a deny-list denial\n{diag}");
     // New handshakes are refused by the CRL: verification errors, not SAN mismatches.
-    let (verify_errors, san_errors) = scene.verify_failures();
+    let (verify_errors, san_errors) = scene.server.verify_failures();
     assert!(verify_errors >= 1, "no ssl.fail_verify_error on the server Envoy\n{diag}");
     assert_eq!(san_errors, 0, "{diag}");
     // Nothing of A reached the backend after the refusal.

@@ -313,32 +313,31 @@ fn inbound(b: &Bootstrap, l: &Listener) -> Value {
             "response_headers_to_add": [{"header": {"key": "x-peer-spiffe-id", "value": "%DOWNSTREAM_PEER_URI_SAN%"}}],
         }]),
     };
-    json!({
-        "name": l.name,
-        "address": address(&b.bind, l.port),
-        "enable_reuse_port": false,
-        "filter_chains": [{
-            "transport_socket": downstream_tls(b, l),
-            "filters": hcm(&l.name, routes, true),
-        }],
-    })
+    mtls_listener(b, l, hcm(&l.name, routes, true))
 }
 
 /// A raw TCP mTLS listener to the backend. Its connections are cut after
 /// [`MAX_TCP_CONNECTION_SECS`]: the deny list cannot reach inside them.
 fn inbound_tcp(b: &Bootstrap, l: &Listener) -> Value {
+    let filters = json!([{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": l.name,
+        "cluster": "backend",
+        "max_downstream_connection_duration": format!("{MAX_TCP_CONNECTION_SECS}s"),
+    }}]);
+    mtls_listener(b, l, filters)
+}
+
+/// An inbound listener on `b.bind` whose one filter chain requires a client
+/// certificate ([`downstream_tls`]) in front of `filters`.
+fn mtls_listener(b: &Bootstrap, l: &Listener, filters: Value) -> Value {
     json!({
         "name": l.name,
         "address": address(&b.bind, l.port),
         "enable_reuse_port": false,
         "filter_chains": [{
             "transport_socket": downstream_tls(b, l),
-            "filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                "stat_prefix": l.name,
-                "cluster": "backend",
-                "max_downstream_connection_duration": format!("{MAX_TCP_CONNECTION_SECS}s"),
-            }}],
+            "filters": filters,
         }],
     })
 }

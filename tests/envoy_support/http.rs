@@ -204,13 +204,54 @@ impl Drop for Upstream {
     }
 }
 
+/// A thread that calls a function at a fixed pace until halted (on drop at
+/// the latest); a late call is followed at once by the next.
+struct Paced {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Paced {
+    fn start(interval: Duration, mut each: impl FnMut() + Send + 'static) -> Paced {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut next = Instant::now();
+            while !stop2.load(Ordering::SeqCst) {
+                each();
+                next += interval;
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                } else {
+                    next = now;
+                }
+            }
+        });
+        Paced { stop, thread: Some(thread) }
+    }
+
+    /// Stops the thread (after its call in progress).
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Paced {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
 /// Requests on fresh connections through a proxy at a fixed pace, in a thread,
 /// until stopped.
 pub struct Traffic {
-    stop: Arc<AtomicBool>,
     pub ok: Arc<AtomicU64>,
     pub failures: Arc<Mutex<Vec<(Duration, String)>>>,
-    thread: Option<JoinHandle<()>>,
+    paced: Paced,
 }
 
 #[derive(Debug)]
@@ -224,34 +265,19 @@ impl Traffic {
     /// Sends `GET path` to `addr` every `interval`, one new connection each.
     /// A request counts as a success only with status 200.
     pub fn start(addr: SocketAddr, path: &str, interval: Duration) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let failures = Arc::new(Mutex::new(Vec::new()));
-        let (stop2, ok2, failures2) = (stop.clone(), ok.clone(), failures.clone());
+        let (ok2, failures2) = (ok.clone(), failures.clone());
         let path = path.to_string();
-        let thread = std::thread::spawn(move || {
-            let start = Instant::now();
-            let mut next = Instant::now();
-            while !stop2.load(Ordering::SeqCst) {
-                match request(addr, &path, Duration::from_secs(5)) {
-                    Ok(r) if r.status == 200 => {
-                        ok2.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Ok(r) => {
-                        failures2.lock().push((start.elapsed(), format!("status {}: {}", r.status, r.body.trim())))
-                    }
-                    Err(e) => failures2.lock().push((start.elapsed(), e)),
-                }
-                next += interval;
-                let now = Instant::now();
-                if next > now {
-                    std::thread::sleep(next - now);
-                } else {
-                    next = now;
-                }
+        let start = Instant::now();
+        let paced = Paced::start(interval, move || match request(addr, &path, Duration::from_secs(5)) {
+            Ok(r) if r.status == 200 => {
+                ok2.fetch_add(1, Ordering::SeqCst);
             }
+            Ok(r) => failures2.lock().push((start.elapsed(), format!("status {}: {}", r.status, r.body.trim()))),
+            Err(e) => failures2.lock().push((start.elapsed(), e)),
         });
-        Traffic { stop, ok, failures, thread: Some(thread) }
+        Traffic { ok, failures, paced }
     }
 
     pub fn ok_count(&self) -> u64 {
@@ -263,21 +289,8 @@ impl Traffic {
     }
 
     pub fn stop(mut self) -> TrafficReport {
-        self.halt();
+        self.paced.halt();
         TrafficReport { ok: self.ok.load(Ordering::SeqCst), failures: self.failures.lock().clone() }
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.halt();
     }
 }
 
@@ -297,41 +310,50 @@ impl Outcome {
     }
 }
 
+/// When `outcomes` changed from serving to refusing after `since`: the first
+/// outcome started at or after `since` that `refused` accepts.
+pub fn first_refusal(outcomes: &[Outcome], since: Instant, refused: impl Fn(&Outcome) -> bool) -> Option<Outcome> {
+    outcomes.iter().filter(|o| o.started >= since).find(|o| refused(o)).cloned()
+}
+
+/// A short text of the outcomes that are not 200, for assertion messages.
+pub fn failures(outcomes: &[Outcome], origin: Instant) -> Vec<String> {
+    outcomes
+        .iter()
+        .filter(|o| !o.is_ok())
+        .map(|o| {
+            let at = o.started.saturating_duration_since(origin);
+            match &o.result {
+                Ok(code) => format!("+{at:?}: {code} {}", o.body.trim()),
+                Err(e) => format!("+{at:?}: {e}"),
+            }
+        })
+        .collect()
+}
+
 /// Like [`Traffic`], but keeps every outcome with its times, so a test can
 /// tell when behaviour changed (e.g. how long after a revocation the first
 /// refusal came).
 pub struct Probe {
-    stop: Arc<AtomicBool>,
     outcomes: Arc<Mutex<Vec<Outcome>>>,
-    thread: Option<JoinHandle<()>>,
+    paced: Paced,
 }
 
 impl Probe {
     /// Sends `GET path` to `addr` every `interval`, one new connection each.
     pub fn start(addr: SocketAddr, path: &str, interval: Duration) -> Probe {
-        let stop = Arc::new(AtomicBool::new(false));
         let outcomes = Arc::new(Mutex::new(Vec::new()));
-        let (stop2, outcomes2) = (stop.clone(), outcomes.clone());
+        let outcomes2 = outcomes.clone();
         let path = path.to_string();
-        let thread = std::thread::spawn(move || {
-            let mut next = Instant::now();
-            while !stop2.load(Ordering::SeqCst) {
-                let started = Instant::now();
-                let (result, body) = match request(addr, &path, Duration::from_secs(5)) {
-                    Ok(r) => (Ok(r.status), r.body),
-                    Err(e) => (Err(e), String::new()),
-                };
-                outcomes2.lock().push(Outcome { started, finished: Instant::now(), result, body });
-                next += interval;
-                let now = Instant::now();
-                if next > now {
-                    std::thread::sleep(next - now);
-                } else {
-                    next = now;
-                }
-            }
+        let paced = Paced::start(interval, move || {
+            let started = Instant::now();
+            let (result, body) = match request(addr, &path, Duration::from_secs(5)) {
+                Ok(r) => (Ok(r.status), r.body),
+                Err(e) => (Err(e), String::new()),
+            };
+            outcomes2.lock().push(Outcome { started, finished: Instant::now(), result, body });
         });
-        Probe { stop, outcomes, thread: Some(thread) }
+        Probe { outcomes, paced }
     }
 
     /// The outcomes so far.
@@ -355,20 +377,7 @@ impl Probe {
 
     /// Stops the thread (after its request in flight) and returns every outcome.
     pub fn stop(mut self) -> Vec<Outcome> {
-        self.halt();
+        self.paced.halt();
         self.outcomes()
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Probe {
-    fn drop(&mut self) {
-        self.halt();
     }
 }

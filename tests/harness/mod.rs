@@ -4,6 +4,7 @@
 //! when a test fails.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -160,6 +161,21 @@ impl Server {
         self.log.lock().clone()
     }
 
+    /// Every CRL of `GET /pki/crl` (PEM blocks); asserts there is one.
+    pub fn crls(&self) -> Vec<String> {
+        let (code, body) = self.get("/pki/crl");
+        assert_eq!(code, 200, "GET /pki/crl: {}", String::from_utf8_lossy(&body));
+        let pem = String::from_utf8(body).unwrap();
+        let crls = pem_blocks(&pem, "X509 CRL");
+        assert!(!crls.is_empty(), "no CRL in GET /pki/crl: {pem}");
+        crls
+    }
+
+    /// Every serial in every CRL this server publishes (normalized).
+    pub fn crl_serials(&self, dir: &Path) -> BTreeSet<String> {
+        self.crls().iter().flat_map(|c| crl_serials_of(dir, c)).collect()
+    }
+
     pub fn bundle_path(&self) -> PathBuf {
         self.data_dir.join("ca-bundle.pem")
     }
@@ -167,16 +183,7 @@ impl Server {
     /// SIGTERM, then wait for the exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            terminate(&mut child, Duration::from_secs(10));
         }
     }
 
@@ -193,6 +200,56 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// SIGTERM to `child`, then [`wait_or_kill`].
+pub fn terminate(child: &mut Child, timeout: Duration) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    wait_or_kill(child, timeout);
+}
+
+/// Waits up to `timeout` for `child` to exit; SIGKILL after that.
+pub fn wait_or_kill(child: &mut Child, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, at most `timeout`.
+pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The uid this test runs as (0 in CI), for `unix:uid:` selectors.
+pub fn my_uid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// `trustmesh entry create` through `server` for the processes of this uid
+/// run from `bin`: selectors `unix:uid:<me>` and `unix:path:<bin>`, so
+/// processes started through different paths (see `envoy_alias`) get
+/// different identities.
+pub fn entry_for(server: &Server, spiffe_id: &str, bin: &Path) {
+    let uid = format!("unix:uid:{}", my_uid());
+    let path = format!("unix:path:{}", bin.display());
+    server.ok(&["entry", "create", "--spiffe-id", spiffe_id, "--selector", &uid, "--selector", &path]);
 }
 
 /// A minimal HTTP/1.0 GET, enough for the read-only endpoints.
@@ -228,6 +285,15 @@ pub fn openssl_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// A self-signed P-256 certificate from `openssl req -x509` into `cert` and
+/// `key`: `subject`, valid `days`, plus `extra` arguments (e.g. `-addext`).
+pub fn openssl_self_signed(cert: &Path, key: &Path, subject: &str, days: &str, extra: &[&str]) {
+    let mut args = vec!["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    args.extend(["-keyout", key.to_str().unwrap(), "-out", cert.to_str().unwrap(), "-subj", subject, "-days", days]);
+    args.extend_from_slice(extra);
+    openssl_ok(&args);
+}
+
 /// Makes a key (`ec`, `ec384`, `rsa2048`, `rsa1024`, `ed25519`) and a CSR with the given URI SANs.
 pub fn make_csr(dir: &Path, name: &str, kind: &str, uris: &[&str]) -> PathBuf {
     let key = dir.join(format!("{name}.key"));
@@ -250,6 +316,27 @@ pub fn make_csr(dir: &Path, name: &str, kind: &str, uris: &[&str]) -> PathBuf {
     }
     openssl_ok(&args);
     csr
+}
+
+/// The serials one PEM CRL lists (normalized), as `openssl crl -text` prints
+/// them (through a file in `dir`).
+pub fn crl_serials_of(dir: &Path, crl: &str) -> BTreeSet<String> {
+    let f = dir.join("one.crl.pem");
+    std::fs::write(&f, crl).unwrap();
+    let out = openssl(&["crl", "-in", f.to_str().unwrap(), "-noout", "-text"]);
+    assert!(out.status.success(), "openssl crl -text: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Serial Number:"))
+        .map(|s| normalize_serial(s.trim()))
+        .collect()
+}
+
+/// A certificate serial as lower-case hex without leading zeros or colons, so
+/// Envoy's `/certs`, openssl and trustmesh's output compare equal.
+pub fn normalize_serial(s: &str) -> String {
+    let hex: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect::<String>().to_lowercase();
+    hex.trim_start_matches('0').to_string()
 }
 
 /// Splits a PEM bundle into its blocks of the given label.

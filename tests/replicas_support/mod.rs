@@ -9,14 +9,14 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::envoy_support::normalize_serial;
-use crate::harness::{Server, openssl, pem_blocks};
+use crate::harness::{Server, wait_or_kill};
+use crate::support::postgres;
 
 /// A KEK file (0600) for every replica of one database.
 pub fn kek_file(dir: &Path) -> PathBuf {
@@ -64,48 +64,6 @@ pub fn listener_pids(url: &str) -> BTreeSet<i32> {
     query(url, sql).iter().map(|r| r.get::<_, i32>(0)).collect()
 }
 
-/// Polls `f` every 20 ms until it returns `Some`, at most `timeout`.
-pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Every CRL of `GET /pki/crl` on `server` (PEM blocks).
-pub fn crls(server: &Server) -> Vec<String> {
-    let (code, body) = server.get("/pki/crl");
-    assert_eq!(code, 200, "GET /pki/crl: {}", String::from_utf8_lossy(&body));
-    let pem = String::from_utf8(body).unwrap();
-    let crls = pem_blocks(&pem, "X509 CRL");
-    assert!(!crls.is_empty(), "no CRL in GET /pki/crl: {pem}");
-    crls
-}
-
-/// The serials one PEM CRL lists (normalized), as `openssl crl -text` prints them.
-pub fn crl_serials_of(dir: &Path, crl: &str) -> BTreeSet<String> {
-    let f = dir.join("one.crl.pem");
-    std::fs::write(&f, crl).unwrap();
-    let out = openssl(&["crl", "-in", f.to_str().unwrap(), "-noout", "-text"]);
-    assert!(out.status.success(), "openssl crl -text: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Serial Number:"))
-        .map(|s| normalize_serial(s.trim()))
-        .collect()
-}
-
-/// Every serial in every CRL `server` publishes (normalized).
-pub fn crl_serials(server: &Server, dir: &Path) -> BTreeSet<String> {
-    crls(server).iter().flat_map(|c| crl_serials_of(dir, c)).collect()
-}
-
 /// `pki cert generate` for `id` through `server`; returns the serial as
 /// `pki cert list` prints it (each test identity has one certificate).
 pub fn issue(server: &Server, dir: &Path, id: &str, extra: &[&str]) -> String {
@@ -115,20 +73,6 @@ pub fn issue(server: &Server, dir: &Path, id: &str, extra: &[&str]) -> String {
     let items = list.as_array().unwrap();
     assert_eq!(items.len(), 1, "{list}");
     items[0]["serial"].as_str().unwrap().to_string()
-}
-
-/// The uid this test runs as, for `unix:uid:` selectors.
-pub fn my_uid() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-/// `entry create` through `server` for the processes of this uid run from `bin`.
-pub fn entry_for(server: &Server, spiffe_id: &str, bin: &Path) {
-    let uid = format!("unix:uid:{}", my_uid());
-    let path = format!("unix:path:{}", bin.display());
-    server.ok(&["entry", "create", "--spiffe-id", spiffe_id, "--selector", &uid, "--selector", &path]);
 }
 
 /// The SPIFFE IDs the Workload API on `socket` gives this test process (the
@@ -156,10 +100,8 @@ pub fn log_tail(name: &str, server: &Server) -> String {
 // ---------------------------------------------------------------------------
 // A PostgreSQL server that can be stopped and started again.
 
-const USER: &str = "trustmesh-test";
 const READY: &str = "database system is ready to accept connections";
 const STOPPED: &str = "trustmesh-test: postgres stopped";
-const SETUP_HINT: &str = "run scripts/install-test-deps.sh (as root) first";
 
 /// `sh -c SCRIPT _ DIR BIN_DIR`, stdin piped from this process: creates the
 /// cluster and starts the server; the line `stop` stops it (fast shutdown:
@@ -198,21 +140,7 @@ pub struct Postgres {
 impl Postgres {
     /// Creates a cluster in a new temp directory and starts the server.
     pub fn start() -> Postgres {
-        let bin = bin_dir();
-        let dir = tempfile::Builder::new().prefix("trustmesh-pg-replicas-").tempdir().unwrap().keep();
-        let owner = if running_as_root() { Some(unprivileged_user()) } else { None };
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
-        }
-        let mut child = as_owner(owner, Path::new("/bin/sh"))
-            .args(["-c", SCRIPT, "trustmesh-pg-replicas"])
-            .arg(&dir)
-            .arg(&bin)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start postgres: {e}"));
+        let (dir, mut child) = postgres::launch(SCRIPT, "trustmesh-pg-replicas").unwrap_or_else(|e| panic!("{e}"));
         let (stdin, stderr) = (child.stdin.take().unwrap(), child.stderr.take().unwrap());
         let log = Arc::new(Mutex::new(String::new()));
         let sink = log.clone();
@@ -230,7 +158,7 @@ impl Postgres {
 
     /// The URL of database `db` over the Unix socket.
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@/{db}?host={}", self.socket_dir.display())
+        postgres::socket_url(&self.socket_dir, db)
     }
 
     pub fn log(&self) -> String {
@@ -280,63 +208,6 @@ impl Drop for Postgres {
         let Some((mut child, stdin)) = self.control.lock().take() else { return };
         // End of input: the script stops the server and removes its directory.
         drop(stdin);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        wait_or_kill(&mut child, Duration::from_secs(30));
     }
-}
-
-/// The newest `/usr/lib/postgresql/<ver>/bin` with `initdb` and `postgres`.
-fn bin_dir() -> PathBuf {
-    let root = Path::new("/usr/lib/postgresql");
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(root)
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            let bin = entry.path().join("bin");
-            (bin.join("initdb").is_file() && bin.join("postgres").is_file()).then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, bin)| bin).unwrap_or_else(|| {
-        panic!("PostgreSQL server binaries are not installed in {}/<version>/bin; {SETUP_HINT}", root.display())
-    })
-}
-
-fn running_as_root() -> bool {
-    let out = Command::new("id").arg("-u").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim() == "0"
-}
-
-/// The uid and gid of `trustmesh-test` (PostgreSQL refuses to run as root).
-fn unprivileged_user() -> (u32, u32) {
-    let id = |flag: &str| -> u32 {
-        let out = Command::new("id").args([flag, USER]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| {
-            panic!("tests run as root, so PostgreSQL must run as user {USER}, which does not exist; {SETUP_HINT}")
-        })
-    };
-    (id("-u"), id("-g"))
-}
-
-/// `program`, run as `owner` when given (through `setpriv`), with a clean environment.
-fn as_owner(owner: Option<(u32, u32)>, program: &Path) -> Command {
-    let mut cmd = match owner {
-        Some((uid, gid)) => {
-            let mut cmd = Command::new("setpriv");
-            cmd.arg(format!("--reuid={uid}")).arg(format!("--regid={gid}")).arg("--clear-groups").arg(program);
-            cmd
-        }
-        None => Command::new(program),
-    };
-    cmd.env_clear().env("PATH", "/usr/bin:/bin").env("LC_ALL", "C").current_dir("/");
-    cmd
 }

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::envoy_support::http::{self, Outcome, Probe, Upstream};
-use crate::envoy_support::{self, Envoy, envoy_bin, normalize_serial};
-use crate::harness::{Server, openssl, pem_blocks};
+use crate::envoy_support::http::{self, Probe, Upstream};
+use crate::envoy_support::{self, Envoy, client_bootstrap, envoy_bin, normalize_serial, server_bootstrap};
+use crate::harness::{Server, crl_serials_of, entry_for, openssl, pem_blocks};
 
 pub const SERVER_ID: &str = "spiffe://example.org/revocation/server";
 pub const A_ID: &str = "spiffe://example.org/revocation/client-a";
@@ -26,8 +26,6 @@ pub const CLIENT_ROUTE: &str = "to_server";
 /// names it `http.<stat_prefix>.rbac.<rules_stat_prefix>.denied` (a dot after
 /// the prefix, which ends with `_` here), verified with a static RBAC filter.
 pub const DENIED_COUNTER: &str = "http.mtls_in.rbac.trustmesh_deny_.denied";
-/// Deny-list configs the server Envoy accepted over ECDS.
-pub const DENY_LIST_RELOADS: &str = "extension_config_discovery.http_filter.trustmesh-deny-http.config_reload";
 
 /// A client-side Envoy to start: its label, its identity, and whether it
 /// opens a new connection per request (else it keeps one pooled keep-alive
@@ -54,13 +52,6 @@ pub struct Scene {
     pub dir: tempfile::TempDir,
 }
 
-/// The uid this test runs as, for `unix:uid:` selectors.
-fn my_uid() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 impl Scene {
     /// trustmesh, the backend, the server Envoy (listener `mtls_in` accepting
     /// A and B, forwarding to the backend) and the client Envoys; each
@@ -70,66 +61,27 @@ impl Scene {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let tm = Server::start(&data, &[]);
-        let socket = Server::socket_path(&data).display().to_string();
-        let uid = format!("unix:uid:{}", my_uid());
-        let entry = |id: &str, bin: &Path| {
-            let path = format!("unix:path:{}", bin.display());
-            tm.ok(&["entry", "create", "--spiffe-id", id, "--selector", &uid, "--selector", &path]);
-        };
         let server_bin = envoy_bin();
-        entry(SERVER_ID, &server_bin);
+        entry_for(&tm, SERVER_ID, &server_bin);
         let mut client_bins: Vec<(&str, PathBuf)> = Vec::new();
         for spec in specs {
             if !client_bins.iter().any(|(id, _)| *id == spec.id) {
                 let name = spec.id.rsplit('/').next().unwrap();
                 let bin = envoy_support::envoy_alias(dir.path(), name);
-                entry(spec.id, &bin);
+                entry_for(&tm, spec.id, &bin);
                 client_bins.push((spec.id, bin));
             }
         }
         let upstream = Upstream::start();
         let listener = format!("{SERVER_LISTENER}:0:{A_ID},{B_ID}");
-        let backend = format!("127.0.0.1:{}", upstream.port());
-        let text = tm.ok(&[
-            "envoy",
-            "bootstrap",
-            "--node-id",
-            "revocation-server",
-            "--socket",
-            &socket,
-            "--spiffe-id",
-            SERVER_ID,
-            "--bind",
-            "127.0.0.1",
-            "--listener",
-            &listener,
-            "--backend",
-            &backend,
-        ]);
+        let text = server_bootstrap(&tm, "revocation-server", SERVER_ID, &listener, upstream.port());
         let server = Envoy::start_with(&server_bin, &text, &[]);
-        // LIVE means the deny list arrived (the listener warms on it); Envoy
-        // counts the reload once its worker has applied it.
-        server.wait_until("the deny list over ECDS", Duration::from_secs(5), |e| e.counter(DENY_LIST_RELOADS) >= 1);
+        server.wait_deny_list();
         let port = server.listener_port(SERVER_LISTENER);
         let mut clients = Vec::new();
         for spec in specs {
             let route = format!("{CLIENT_ROUTE}:0:127.0.0.1:{port}:{SERVER_ID}");
-            let mut args = vec![
-                "envoy",
-                "bootstrap",
-                "--node-id",
-                spec.label,
-                "--socket",
-                &socket,
-                "--spiffe-id",
-                spec.id,
-                "--upstream",
-                &route,
-            ];
-            if spec.fresh {
-                args.push("--new-connection-per-request");
-            }
-            let text = tm.ok(&args);
+            let text = client_bootstrap(&tm, spec.label, spec.id, &route, spec.fresh);
             let bin = &client_bins.iter().find(|(id, _)| *id == spec.id).unwrap().1;
             clients.push((*spec, Envoy::start_with(bin, &text, &[])));
         }
@@ -153,16 +105,6 @@ impl Scene {
     /// Connections client `label` has opened to the server Envoy.
     pub fn upstream_connections(&self, label: &str) -> u64 {
         self.client(label).counter(&format!("cluster.{CLIENT_ROUTE}.upstream_cx_total"))
-    }
-
-    /// Handshakes the server Envoy refused because the client certificate
-    /// did not verify (revoked: CRL), and because of its SAN.
-    pub fn verify_failures(&self) -> (u64, u64) {
-        let stats = self.server.stats();
-        (
-            envoy_support::sum_stats(&stats, "listener.127.0.0.1_", ".ssl.fail_verify_error"),
-            envoy_support::sum_stats(&stats, "listener.127.0.0.1_", ".ssl.fail_verify_san"),
-        )
     }
 
     /// Requests the backend saw from `id` (by the `URI=` of the
@@ -201,26 +143,10 @@ impl Scene {
 }
 
 /// The serials listed in trustmesh's CRLs (`GET /pki/crl`, every CRL in the
-/// PEM), normalized, and the PEM itself.
+/// PEM), normalized, and the CRLs as one PEM.
 pub fn crl_serials(tm: &Server, dir: &Path) -> (BTreeSet<String>, String) {
-    let (code, body) = tm.get("/pki/crl");
-    assert_eq!(code, 200, "GET /pki/crl");
-    let pem = String::from_utf8(body).unwrap();
-    let crls = pem_blocks(&pem, "X509 CRL");
-    assert!(!crls.is_empty(), "no CRL in GET /pki/crl: {pem}");
-    let mut serials = BTreeSet::new();
-    for (i, crl) in crls.iter().enumerate() {
-        let f = dir.join(format!("crl-{i}.pem"));
-        std::fs::write(&f, crl).unwrap();
-        let out = openssl(&["crl", "-in", f.to_str().unwrap(), "-noout", "-text"]);
-        assert!(out.status.success(), "openssl crl: {}", String::from_utf8_lossy(&out.stderr));
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if let Some(s) = line.trim().strip_prefix("Serial Number:") {
-                serials.insert(normalize_serial(s.trim()));
-            }
-        }
-    }
-    (serials, pem)
+    let crls = tm.crls();
+    (crls.iter().flat_map(|c| crl_serials_of(dir, c)).collect(), crls.concat())
 }
 
 /// The certificate chain a TLS server presents (PEM blocks, leaf first), as
@@ -277,25 +203,4 @@ pub fn openssl_verify(dir: &Path, name: &str, chain: &[String], bundle: &Path, c
     let out = openssl(&args);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
-}
-
-/// When `outcomes` changed from serving to refusing after `since`: the first
-/// outcome started at or after `since` that `refused` accepts.
-pub fn first_refusal(outcomes: &[Outcome], since: Instant, refused: impl Fn(&Outcome) -> bool) -> Option<Outcome> {
-    outcomes.iter().filter(|o| o.started >= since).find(|o| refused(o)).cloned()
-}
-
-/// A short text of the outcomes that are not 200, for assertion messages.
-pub fn failures(outcomes: &[Outcome], origin: Instant) -> Vec<String> {
-    outcomes
-        .iter()
-        .filter(|o| !o.is_ok())
-        .map(|o| {
-            let at = o.started.saturating_duration_since(origin);
-            match &o.result {
-                Ok(code) => format!("+{at:?}: {code} {}", o.body.trim()),
-                Err(e) => format!("+{at:?}: {e}"),
-            }
-        })
-        .collect()
 }

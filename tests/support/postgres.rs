@@ -89,7 +89,7 @@ pub fn server() -> &'static Server {
 impl Server {
     /// The URL of database `db` over the Unix socket.
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@/{db}?host={}", self.socket_dir.display())
+        socket_url(&self.socket_dir, db)
     }
 
     /// What the server printed so far (for failure messages).
@@ -98,26 +98,7 @@ impl Server {
     }
 
     fn start() -> Result<Server, String> {
-        let bin = bin_dir()?;
-        let dir = tempfile::Builder::new()
-            .prefix("trustmesh-pg-")
-            .tempdir()
-            .map_err(|e| format!("cannot create a temp directory: {e}"))?
-            .keep();
-        let owner = if running_as_root()? { Some(unprivileged_user()?) } else { None };
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
-                .map_err(|e| format!("cannot chown {} to {USER}: {e}", dir.display()))?;
-        }
-        let mut child = as_owner(owner, Path::new("/bin/sh"))
-            .args(["-c", WATCHDOG, "trustmesh-pg-watchdog"])
-            .arg(&dir)
-            .arg(&bin)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start postgres: {e}"))?;
+        let (dir, mut child) = launch(WATCHDOG, "trustmesh-pg-watchdog")?;
         let (Some(stdin), Some(stderr)) = (child.stdin.take(), child.stderr.take()) else {
             return Err("postgres started without pipes".into());
         };
@@ -132,6 +113,38 @@ impl Server {
             Err(_) => Err(format!("postgres not ready after {START_TIMEOUT:?}:\n{}", server.log())),
         }
     }
+}
+
+/// Runs `sh -c script name DIR BIN_DIR` as the user PostgreSQL runs as (see
+/// the module docs), stdin and stderr piped: `DIR` is a new temp directory
+/// (`<name>-*`) that user owns, `BIN_DIR` where `initdb` and `postgres` are.
+pub fn launch(script: &str, name: &str) -> Result<(PathBuf, Child), String> {
+    let bin = bin_dir()?;
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{name}-"))
+        .tempdir()
+        .map_err(|e| format!("cannot create a temp directory: {e}"))?
+        .keep();
+    let owner = if running_as_root()? { Some(unprivileged_user()?) } else { None };
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+            .map_err(|e| format!("cannot chown {} to {USER}: {e}", dir.display()))?;
+    }
+    let child = as_owner(owner, Path::new("/bin/sh"))
+        .args(["-c", script, name])
+        .arg(&dir)
+        .arg(&bin)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start postgres: {e}"))?;
+    Ok((dir, child))
+}
+
+/// The URL of database `db` of the server whose socket is in `socket_dir`.
+pub fn socket_url(socket_dir: &Path, db: &str) -> String {
+    format!("postgres://postgres@/{db}?host={}", socket_dir.display())
 }
 
 /// Copies the server's stderr into `log`; sends `true` once it is ready,

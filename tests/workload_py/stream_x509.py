@@ -11,16 +11,20 @@ import uds_authority  # noqa: F401  (first: see its docstring)
 from spiffe import WorkloadApiClient
 
 
-def main():
-    wanted = int(sys.argv[1])
+def follow(wanted, numbered=False):
+    """Follows the stream until `wanted` updates and prints "update", the
+    update's number if `numbered`, and the SPIFFE IDs with their leaf serials
+    for each. Exits 1 on an error or after 30 s without them; returns the
+    number of updates."""
     seen = []
     done = threading.Event()
     failure = []
 
     def on_success(ctx):
         parts = [f"{s.spiffe_id}={s.leaf.serial_number:x}" for s in ctx.x509_svids]
-        print("update", " ".join(parts), flush=True)
         seen.append(parts)
+        number = [len(seen)] if numbered else []
+        print("update", *number, " ".join(parts), flush=True)
         if len(seen) >= wanted:
             done.set()
 
@@ -38,7 +42,11 @@ def main():
     if not finished:
         print("error: timed out after", len(seen), "updates", flush=True)
         sys.exit(1)
-    print("ok stream", len(seen), flush=True)
+    return len(seen)
+
+
+def main():
+    print("ok stream", follow(int(sys.argv[1])), flush=True)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,12 @@ Exits 0 after UPDATES updates, 1 on an error or after 30 s without them.
 """
 import os
 import sys
-import threading
 
 import uds_authority  # noqa: F401  (first: see its docstring)
 import grpc
 from cryptography import x509
-from spiffe import WorkloadApiClient
 from spiffe._proto import workload_pb2, workload_pb2_grpc
+from stream_x509 import follow
 
 
 def crl_serials():
@@ -37,34 +36,9 @@ def crl_serials():
 
 
 def main():
-    wanted = int(sys.argv[1])
-    seen = []
-    done = threading.Event()
-    failure = []
-
-    def on_success(ctx):
-        parts = [f"{s.spiffe_id}={s.leaf.serial_number:x}" for s in ctx.x509_svids]
-        seen.append(parts)
-        print("update", len(seen), " ".join(parts), flush=True)
-        if len(seen) >= wanted:
-            done.set()
-
-    def on_error(err):
-        failure.append(err)
-        done.set()
-
-    with WorkloadApiClient() as client:
-        handler = client.stream_x509_contexts(on_success, on_error, retry_connect=False)
-        finished = done.wait(30)
-        handler.cancel()
-    if failure:
-        print("error", failure[0], flush=True)
-        sys.exit(1)
-    if not finished:
-        print("error: timed out after", len(seen), "updates", flush=True)
-        sys.exit(1)
+    updates = follow(int(sys.argv[1]), numbered=True)
     print("crl", " ".join(crl_serials()), flush=True)
-    print("ok stream", len(seen), flush=True)
+    print("ok stream", updates, flush=True)
 
 
 if __name__ == "__main__":
