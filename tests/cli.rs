@@ -780,21 +780,6 @@ fn policy_check_explains_allow_and_deny() {
     assert!(!ok && err.starts_with("error: "), "{err}");
 }
 
-/// An offline root made with openssl: P-256, self-signed CA.
-fn openssl_root(d: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (d.join("offline-root.pem"), d.join("offline-root.key"));
-    let extensions = [
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        "-addext",
-        "subjectAltName=URI:spiffe://example.org",
-    ];
-    harness::openssl_self_signed(&cert, &key, "/CN=Offline Root", "3650", &extensions);
-    (cert, key)
-}
-
 fn fingerprint_of(cert: &std::path::Path) -> String {
     let out = openssl_ok(&["x509", "-in", cert.to_str().unwrap(), "-noout", "-fingerprint", "-sha256"]);
     out.trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase()
@@ -805,7 +790,7 @@ fn pki_init_imports_a_root_and_refuses_a_second_init() {
     let dir = tmp();
     let d = dir.path();
     let data = d.join("data");
-    let (cert, key) = openssl_root(d);
+    let (cert, key) = harness::openssl_root(d);
     let run = |args: &[&str]| {
         std::process::Command::new(harness::BIN).arg("--data-dir").arg(&data).args(args).output().unwrap()
     };
@@ -833,45 +818,8 @@ fn pki_init_imports_an_intermediate_and_keeps_the_root_offline() {
     let dir = tmp();
     let d = dir.path();
     let data = d.join("data");
-    let (root, root_key) = openssl_root(d);
-    let (ikey, icsr, icert) = (d.join("int.key"), d.join("int.csr"), d.join("int.pem"));
-    openssl_ok(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        ikey.to_str().unwrap(),
-        "-out",
-        icsr.to_str().unwrap(),
-        "-subj",
-        "/CN=Imported Issuing CA",
-    ]);
-    let ext = d.join("ext.cnf");
-    fs::write(&ext, "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectAltName=URI:spiffe://example.org\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n").unwrap();
-    openssl_ok(&[
-        "x509",
-        "-req",
-        "-in",
-        icsr.to_str().unwrap(),
-        "-CA",
-        root.to_str().unwrap(),
-        "-CAkey",
-        root_key.to_str().unwrap(),
-        "-CAcreateserial",
-        "-days",
-        "365",
-        "-extfile",
-        ext.to_str().unwrap(),
-        "-out",
-        icert.to_str().unwrap(),
-    ]);
-    let chain = d.join("chain.pem");
-    fs::write(&chain, format!("{}{}", fs::read_to_string(&icert).unwrap(), fs::read_to_string(&root).unwrap()))
-        .unwrap();
+    let (root, root_key) = harness::openssl_root(d);
+    let (chain, ikey) = harness::openssl_intermediate(d, &root, &root_key);
     // A key that does not match is refused.
     let out = std::process::Command::new(harness::BIN)
         .arg("--data-dir")

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use trustmesh::store::{
     AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CaRole, CertFilter, CertRecord, CertStatus, ChangeBatch,
-    ChangeKind, ChangeRecord, DenyRecord, EntryRecord, RevokeOutcome, RevokedEntry, SigningKeyRecord, Store,
-    StoreError,
+    ChangeKind, ChangeRecord, DenyRecord, EntryRecord, ImportedCrlRecord, RevokeOutcome, RevokedEntry,
+    SigningKeyRecord, Store, StoreError,
 };
 
 macro_rules! conformance {
@@ -70,6 +70,7 @@ conformance!(
     changes_purge_truncates,
     revoked_unexpired_all_fields,
     concurrent_changes_never_skipped,
+    imported_crls_only_move_forward,
 );
 
 const NOW: i64 = 1_700_000_000;
@@ -578,6 +579,36 @@ async fn changes_record_entries(s: Arc<dyn Store>) {
         ],
         "inserts and real deletions, at the audit record's time"
     );
+}
+
+async fn imported_crls_only_move_forward(s: Arc<dyn Store>) {
+    assert!(s.init_hierarchy(&hierarchy("a").0, &hierarchy("a").1).await.unwrap());
+    let start = s.change_revision().await.unwrap();
+    let crl = |number: i64, byte: u8| ImportedCrlRecord {
+        issuer_id: "a-root".into(),
+        crl_der: vec![byte; 16],
+        number,
+        this_update: NOW,
+        next_update: NOW + 86_400,
+        imported_at: NOW + number,
+    };
+    assert!(s.import_crl(&crl(5, 1), &audit("import_crl", "a-root", NOW)).await.unwrap());
+    assert_eq!(s.imported_crls().await.unwrap(), vec![crl(5, 1)]);
+    // The same number again, or an older one: refused, the stored one stays.
+    assert!(!s.import_crl(&crl(5, 2), &audit("import_crl", "a-root", NOW)).await.unwrap());
+    assert!(!s.import_crl(&crl(4, 3), &audit("import_crl", "a-root", NOW)).await.unwrap());
+    assert_eq!(s.imported_crls().await.unwrap(), vec![crl(5, 1)]);
+    assert!(s.import_crl(&crl(6, 4), &audit("import_crl", "a-root", NOW)).await.unwrap());
+    assert_eq!(s.imported_crls().await.unwrap(), vec![crl(6, 4)]);
+    // Every attempt is audited; only the stored ones are changes.
+    let audited = s.audit(&AuditFilter::default()).await.unwrap();
+    assert_eq!(audited.iter().filter(|a| a.action == "import_crl").count(), 4);
+    let changes = changes_after(&s, start).await;
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert!(changes.iter().all(|c| c.0 == ChangeKind::Ca && c.1 == "a-root"));
+    // Only a CA of this database can have one.
+    let stranger = ImportedCrlRecord { issuer_id: "nobody".into(), ..crl(9, 5) };
+    assert!(s.import_crl(&stranger, &audit("import_crl", "nobody", NOW)).await.is_err());
 }
 
 async fn changes_record_cas_and_keys(s: Arc<dyn Store>) {

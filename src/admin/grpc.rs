@@ -102,6 +102,17 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(ca_info(&record)))
     }
 
+    async fn import_crl(&self, request: Request<pb::ImportCrlRequest>) -> Result<Response<pb::CrlInfo>, Status> {
+        let caller = self.caller(&request, "import_crl").await?;
+        let crl = self.issuer.import_crl(&caller, &request.into_inner().crl).await.map_err(status)?;
+        Ok(Response::new(pb::CrlInfo {
+            issuer_fingerprint: crl.issuer_fingerprint,
+            number: crl.number,
+            this_update: crl.this_update.unix_timestamp(),
+            next_update: crl.next_update.unix_timestamp(),
+        }))
+    }
+
     async fn bundle(&self, request: Request<pb::BundleRequest>) -> Result<Response<pb::BundleResponse>, Status> {
         let caller = self.caller(&request, "read_bundle").await?;
         let pem = self.issuer.bundle(&caller).await.map_err(status)?;

@@ -18,7 +18,7 @@ use super::asn1::{
 use super::cert::parse;
 use super::encoding::to_pem;
 use super::template::{CA_BACKDATE, cert_time, end_of};
-use super::{CaError, Signer};
+use super::{CaCertificate, CaError, Signer};
 
 /// CRL reason codes (RFC 5280 §5.3.1) that trustmesh records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -168,6 +168,69 @@ pub fn build_crl(
     validate_crl(issuer, &der, &seen, number, this_update)
         .map_err(|reason| CaError::Crl { reason: format!("the CRL just signed failed validation: {reason}") })?;
     Ok(Crl { der, issuer_fingerprint: issuer.cert.fingerprint.clone(), this_update, next_update, number })
+}
+
+/// Largest CRL accepted for import (PEM or DER).
+pub const MAX_CRL_BYTES: usize = 1024 * 1024;
+
+/// Reads a CRL signed elsewhere (an offline root's, made with `openssl ca
+/// -gencrl`): PEM ("X509 CRL") or DER, issued and signed by one of
+/// `issuers`, v2 with a CRL number and a nextUpdate. Whether its times and
+/// number are acceptable now is the caller's decision.
+pub fn parse_crl(input: &[u8], issuers: &[&CaCertificate]) -> Result<Crl, CaError> {
+    let invalid = |reason: String| CaError::InvalidCrl { reason };
+    if input.len() > MAX_CRL_BYTES {
+        return Err(invalid(format!("{} bytes, more than the {MAX_CRL_BYTES} accepted", input.len())));
+    }
+    let der = match std::str::from_utf8(input).ok().filter(|t| t.trim_start().starts_with("-----BEGIN")) {
+        Some(text) => {
+            let block = pem::parse(text).map_err(|e| invalid(format!("invalid PEM: {e}")))?;
+            if block.tag() != "X509 CRL" {
+                return Err(invalid(format!("expected an X509 CRL PEM block, found {}", block.tag())));
+            }
+            block.into_contents()
+        }
+        None => input.to_vec(),
+    };
+    let (rest, crl) = CertificateRevocationList::from_der(&der).map_err(|e| invalid(format!("not a DER CRL: {e}")))?;
+    if !rest.is_empty() {
+        return Err(invalid(format!("{} bytes after the CRL", rest.len())));
+    }
+    if crl.version().map(|v| v.0) != Some(1) {
+        return Err(invalid("not a v2 CRL".into()));
+    }
+    let mut named = false;
+    let mut issuer = None;
+    for ca in issuers {
+        let cert = parse(&ca.der)?;
+        if cert.subject().as_raw() != crl.issuer().as_raw() {
+            continue;
+        }
+        named = true;
+        if crl.verify_signature(cert.public_key()).is_ok() {
+            issuer = Some(*ca);
+            break;
+        }
+    }
+    let Some(issuer) = issuer else {
+        return Err(invalid(if named {
+            format!("its signature does not verify with the key of {}", crl.issuer())
+        } else {
+            format!("its issuer {} is not a CA of this trust domain", crl.issuer())
+        }));
+    };
+    let number = crl
+        .crl_number()
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(|| invalid("it has no CRL number (or one above 2^64)".into()))?;
+    let next_update = crl.next_update().ok_or_else(|| invalid("it has no nextUpdate".into()))?.to_datetime();
+    Ok(Crl {
+        issuer_fingerprint: issuer.fingerprint.clone(),
+        this_update: crl.last_update().to_datetime(),
+        next_update,
+        number,
+        der,
+    })
 }
 
 /// `[0] EXPLICIT` context tag of the TBSCertList's crlExtensions.

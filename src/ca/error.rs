@@ -94,6 +94,8 @@ pub enum CaError {
     UnknownRevocationReason { value: String, expected: &'static str },
     #[error("invalid CRL request: {reason}")]
     Crl { reason: String },
+    #[error("not an acceptable CRL: {reason}")]
+    InvalidCrl { reason: String },
 
     #[error("the system random number generator failed")]
     Randomness,

@@ -35,6 +35,21 @@ pub enum PkiCommand {
         #[command(subcommand)]
         command: IdentityCommand,
     },
+    /// CRLs signed elsewhere.
+    Crl {
+        #[command(subcommand)]
+        command: CrlCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CrlCommand {
+    /// Import the CRL of a CA whose key is offline (an imported root), signed
+    /// where its key lives (e.g. `openssl ca -gencrl`); PEM or DER.
+    Import {
+        #[arg(long)]
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,7 +191,45 @@ pub async fn pki(ctx: Context, command: PkiCommand) -> i32 {
         }
         PkiCommand::Cert { command } => cert(ctx, command).await,
         PkiCommand::Identity { command } => identity(ctx, command).await,
+        PkiCommand::Crl { command: CrlCommand::Import { file } } => {
+            let crl = match read_bounded(&file, crate::ca::MAX_CRL_BYTES) {
+                Ok(bytes) => bytes,
+                Err(e) => return fail(&e),
+            };
+            let info = call!(ctx, import_crl, pb::ImportCrlRequest { crl });
+            let view = CrlView {
+                issuer_fingerprint: info.issuer_fingerprint,
+                number: info.number,
+                this_update: rfc3339(info.this_update),
+                next_update: rfc3339(info.next_update),
+            };
+            ctx.output.print(&view, |v| {
+                format!(
+                    "[ok] CRL imported for CA {}: number {}, next update {}\n",
+                    v.issuer_fingerprint, v.number, v.next_update
+                )
+            });
+            0
+        }
     }
+}
+
+/// An imported CRL as printed.
+#[derive(Debug, Serialize)]
+struct CrlView {
+    issuer_fingerprint: String,
+    number: u64,
+    this_update: String,
+    next_update: String,
+}
+
+/// A file's bytes, refusing one larger than `limit` before reading it.
+fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
+    let size = fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?.len();
+    if size > limit as u64 {
+        return Err(format!("{} is {size} bytes, more than the {limit} accepted", path.display()));
+    }
+    fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
 async fn cert(ctx: Context, command: CertCommand) -> i32 {

@@ -90,6 +90,7 @@ impl Issuer {
         // The deny list and revoked serials are in memory before anything is served.
         let revocations = super::revocation::Revocations::load(store.as_ref(), clock.now()).await?;
         let (publish, publish_requests) = watch::channel(0u64);
+        let imported_crls = super::crl_import::load(store.as_ref()).await?;
         let issuer = Arc::new(Self {
             cfg,
             entries: super::entries::load(store.as_ref()).await?,
@@ -105,6 +106,7 @@ impl Issuer {
             crl_lock: tokio::sync::Mutex::new(()),
             revocations: parking_lot::Mutex::new(revocations),
             publish,
+            imported_crls: RwLock::new(imported_crls),
             last_expiry_warning: parking_lot::Mutex::new(None),
         });
         issuer.rebuild_crls().await?;
@@ -123,6 +125,7 @@ impl Issuer {
         let tokens = load_token_keys(self.store.as_ref(), &self.kek, self.now().unix_timestamp()).await?;
         *self.signers.write() = Arc::new(signers);
         *self.tokens.write() = Arc::new(tokens);
+        self.reload_imported_crls().await?;
         tracing::info!(cas = cas.len(), "CAs and signing keys reloaded: changed by another replica");
         Ok(())
     }

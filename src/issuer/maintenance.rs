@@ -34,7 +34,16 @@ impl Issuer {
         }
         let pruned = self.revocations.lock().prune(now);
         let snapshot = self.snapshot();
-        let due = match snapshot.earliest_next_update() {
+        // Only the CRLs signed here can be re-signed (imported ones are the
+        // operator's: `crl_next_update` and its alert cover them).
+        let signers = self.signers();
+        let own_next_update = snapshot
+            .crls
+            .iter()
+            .filter(|c| signers.crl_signers.iter().any(|s| s.cert.fingerprint == c.issuer_fingerprint))
+            .map(|c| c.next_update)
+            .min();
+        let due = match own_next_update {
             Some(next) => next - now < self.cfg.crl_validity / 2,
             None => true,
         } || pruned > 0;

@@ -13,6 +13,7 @@
 
 mod auth;
 mod bootstrap;
+mod crl_import;
 mod entries;
 mod error;
 mod feed;
@@ -129,6 +130,8 @@ pub struct Issuer {
     /// Bumped after every committed change; the publisher task (`revoke.rs`)
     /// builds and publishes one snapshot for however many bumps it missed.
     publish: watch::Sender<u64>,
+    /// CRLs signed elsewhere for CAs whose key is offline (`crl_import.rs`).
+    imported_crls: RwLock<Vec<crate::ca::Crl>>,
     last_expiry_warning: parking_lot::Mutex<Option<time::OffsetDateTime>>,
 }
 

@@ -143,6 +143,11 @@ impl Issuer {
         })
         .await
         .map_err(|e| IssuerError::Internal(format!("the CRL builder stopped: {e}")))??;
+        // CAs whose key is offline: the CRLs their operators imported.
+        let mut crls = crls;
+        let live =
+            |fingerprint: &str| records.iter().any(|r| r.id == fingerprint && r.not_after > now.unix_timestamp());
+        crls.extend(self.imported_crls.read().iter().filter(|c| live(&c.issuer_fingerprint)).cloned());
         let mut cas = Vec::new();
         let mut bundle_pem = String::new();
         let mut ordered: Vec<_> = records.iter().filter(|r| r.not_after > now.unix_timestamp()).collect();

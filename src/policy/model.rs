@@ -23,6 +23,7 @@ pub enum Action {
     ReadCertificates,
     ReadDenied,
     CreateIntermediary,
+    ImportCrl,
     ReadBundle,
     MintToken,
     ReadAudit,
@@ -46,7 +47,7 @@ pub enum Resource {
 }
 
 impl Action {
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 15] = [
         Self::SignCsr,
         Self::IssueCertificate,
         Self::ObtainSvid,
@@ -57,6 +58,7 @@ impl Action {
         Self::ReadCertificates,
         Self::ReadDenied,
         Self::CreateIntermediary,
+        Self::ImportCrl,
         Self::ReadBundle,
         Self::MintToken,
         Self::ReadAudit,
@@ -75,6 +77,7 @@ impl Action {
             Self::ReadCertificates => "read_certificates",
             Self::ReadDenied => "read_denied",
             Self::CreateIntermediary => "create_intermediary",
+            Self::ImportCrl => "import_crl",
             Self::ReadBundle => "read_bundle",
             Self::MintToken => "mint_token",
             Self::ReadAudit => "read_audit",

@@ -40,7 +40,7 @@ fn resource_for(action: Action) -> Resource {
         | Action::DenyIdentity
         | Action::AllowIdentity => ident("spiffe://example.org/node/node-a"),
         Action::RevokeCertificate => Resource::Certificate("0a1b".into()),
-        Action::ReadStatus | Action::ReadBundle | Action::CreateIntermediary => Resource::Ca,
+        Action::ReadStatus | Action::ReadBundle | Action::CreateIntermediary | Action::ImportCrl => Resource::Ca,
         Action::ReadCertificates | Action::ReadDenied | Action::ReadAudit => Resource::AuditLog,
         Action::MintToken => Resource::Token(TokenKind::Bootstrap),
         Action::ManageEntries => Resource::Entry("e1".into()),

@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 
 use super::{AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, CertStatus, DenyRecord};
-use super::{SigningKeyRecord, StoreError, StoreResult};
+use super::{ImportedCrlRecord, SigningKeyRecord, StoreError, StoreResult};
 
 /// One schema step, in both dialects.
 pub(super) struct Migration {
@@ -36,7 +36,22 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         sqlite: schema_v3!(revision = "INTEGER PRIMARY KEY AUTOINCREMENT"),
         postgres: schema_v3!(revision = "BIGSERIAL PRIMARY KEY"),
     },
+    Migration { version: 4, sqlite: schema_v4!(blob = "BLOB"), postgres: schema_v4!(blob = "BYTEA") },
 ];
+
+/// Version 4: CRLs signed elsewhere for CAs whose key is offline (one per CA,
+/// the newest by CRL number).
+macro_rules! schema_v4 {
+    (blob = $blob:literal) => {
+        concat!(
+            "CREATE TABLE imported_crls (issuer_id TEXT PRIMARY KEY REFERENCES cas (id), crl_der ",
+            $blob,
+            " NOT NULL, number BIGINT NOT NULL, this_update BIGINT NOT NULL, next_update BIGINT NOT NULL,",
+            " imported_at BIGINT NOT NULL);",
+        )
+    };
+}
+use schema_v4;
 
 /// Version 2: registration entries. Lists are JSON arrays of strings;
 /// `match_key` (SHA-256 of the SPIFFE ID and the sorted selector set) makes
@@ -227,6 +242,20 @@ pub(super) fn insert_key(k: &SigningKeyRecord) -> Stmt {
                VALUES ($1, $2, $3, $4, $5, $6)";
     stmt!(sql, &k.kid, &k.purpose, &k.public_key_der, &k.sealed_key, k.created_at, k.not_after)
         .on_conflict(format!("signing key {}", k.kid))
+}
+
+/// Stores an imported CRL unless the stored one for that CA has a CRL number
+/// as high or higher (a replayed or older CRL changes nothing).
+pub(super) fn upsert_imported_crl(c: &ImportedCrlRecord) -> Stmt {
+    let sql = "INSERT INTO imported_crls (issuer_id, crl_der, number, this_update, next_update, imported_at) \
+               VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (issuer_id) DO UPDATE SET crl_der = excluded.crl_der, \
+               number = excluded.number, this_update = excluded.this_update, next_update = excluded.next_update, \
+               imported_at = excluded.imported_at WHERE imported_crls.number < excluded.number";
+    stmt!(sql, &c.issuer_id, &c.crl_der, c.number, c.this_update, c.next_update, c.imported_at)
+}
+
+pub(super) fn select_imported_crls() -> Stmt {
+    stmt!("SELECT * FROM imported_crls ORDER BY issuer_id")
 }
 
 pub(super) fn select_keys() -> Stmt {

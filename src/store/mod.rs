@@ -120,6 +120,18 @@ pub struct CertRecord {
     pub cert_der: Vec<u8>,
 }
 
+/// A CRL signed elsewhere for a CA whose key is offline (an imported root).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedCrlRecord {
+    /// `CaRecord::id` of the CA that signed it.
+    pub issuer_id: String,
+    pub crl_der: Vec<u8>,
+    pub number: i64,
+    pub this_update: i64,
+    pub next_update: i64,
+    pub imported_at: i64,
+}
+
 /// A revoked, still unexpired certificate: one CRL entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevokedEntry {
@@ -310,6 +322,14 @@ pub trait Store: Send + Sync + 'static {
     async fn cas(&self) -> StoreResult<Vec<CaRecord>>;
 
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<()>;
+
+    /// Stores a CRL signed elsewhere, with its audit record and a `ca`
+    /// change, in one transaction — unless the stored CRL of that CA has a
+    /// CRL number as high or higher: then nothing but the audit record is
+    /// written and the result is `false`.
+    async fn import_crl(&self, crl: &ImportedCrlRecord, audit: &AuditRecord) -> StoreResult<bool>;
+    /// The newest imported CRL of each CA.
+    async fn imported_crls(&self) -> StoreResult<Vec<ImportedCrlRecord>>;
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>>;
 
     /// Stores an issued certificate and its audit record in one transaction.
@@ -513,6 +533,17 @@ fn cert_from_row(r: &dyn Row) -> StoreResult<CertRecord> {
         revoked_at: r.opt_int("revoked_at")?,
         revocation_reason: r.opt_text("revocation_reason")?,
         cert_der: r.bytes("cert_der")?,
+    })
+}
+
+fn imported_crl_from_row(r: &dyn Row) -> StoreResult<ImportedCrlRecord> {
+    Ok(ImportedCrlRecord {
+        issuer_id: r.text("issuer_id")?,
+        crl_der: r.bytes("crl_der")?,
+        number: r.int("number")?,
+        this_update: r.int("this_update")?,
+        next_update: r.int("next_update")?,
+        imported_at: r.int("imported_at")?,
     })
 }
 

@@ -35,7 +35,8 @@ use super::entries as entry_sql;
 use super::migrations::{self as sql, Param, Stmt};
 use super::{
     AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CertFilter, CertRecord, ChangeBatch, ChangeKind, DenyRecord,
-    EntryRecord, RevokeOutcome, RevokedEntry, Row, SigningKeyRecord, Store, StoreError, StoreResult, redact_url,
+    EntryRecord, ImportedCrlRecord, RevokeOutcome, RevokedEntry, Row, SigningKeyRecord, Store, StoreError, StoreResult,
+    redact_url,
 };
 
 const POOL_SIZE: usize = 16;
@@ -181,6 +182,22 @@ impl Store for PostgresStore {
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<()> {
         let change = change_sql::insert(ChangeKind::SigningKey, &key.kid, key.created_at);
         self.write_with_changes(&[sql::insert_key(key)], &[change]).await
+    }
+
+    async fn import_crl(&self, crl: &ImportedCrlRecord, audit: &AuditRecord) -> StoreResult<bool> {
+        let mut client = self.client().await?;
+        let tx = begin(&mut client).await?;
+        let stored = exec(&tx, &sql::upsert_imported_crl(crl)).await? > 0;
+        exec(&tx, &sql::insert_audit(audit)).await?;
+        if stored {
+            append_changes(&tx, &[change_sql::insert(ChangeKind::Ca, &crl.issuer_id, audit.at)]).await?;
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(stored)
+    }
+
+    async fn imported_crls(&self) -> StoreResult<Vec<ImportedCrlRecord>> {
+        self.all(sql::select_imported_crls(), super::imported_crl_from_row).await
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {

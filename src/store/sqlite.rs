@@ -24,7 +24,7 @@ use super::group_commit::GroupCommit;
 use super::migrations::{self as sql, Param, Stmt};
 use super::{
     AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CertFilter, CertRecord, ChangeBatch, ChangeKind, DenyRecord,
-    EntryRecord, RevokeOutcome, RevokedEntry, Row, SigningKeyRecord, Store, StoreError, StoreResult,
+    EntryRecord, ImportedCrlRecord, RevokeOutcome, RevokedEntry, Row, SigningKeyRecord, Store, StoreError, StoreResult,
 };
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -161,6 +161,24 @@ impl Store for SqliteStore {
             append_changes(tx, &[change])
         })
         .await
+    }
+
+    async fn import_crl(&self, crl: &ImportedCrlRecord, audit: &AuditRecord) -> StoreResult<bool> {
+        let (upsert, log) = (sql::upsert_imported_crl(crl), sql::insert_audit(audit));
+        let change = change_sql::insert(ChangeKind::Ca, &crl.issuer_id, audit.at);
+        self.write(move |tx| {
+            let stored = exec(tx, &upsert)? > 0;
+            exec(tx, &log)?;
+            if stored {
+                append_changes(tx, &[change])?;
+            }
+            Ok(stored)
+        })
+        .await
+    }
+
+    async fn imported_crls(&self) -> StoreResult<Vec<ImportedCrlRecord>> {
+        self.all(sql::select_imported_crls(), super::imported_crl_from_row).await
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {

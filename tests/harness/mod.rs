@@ -357,3 +357,64 @@ pub fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
+
+/// An offline root made with openssl: P-256, self-signed CA, SPIFFE trust
+/// domain example.org. Returns (certificate, key).
+pub fn openssl_root(d: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (d.join("offline-root.pem"), d.join("offline-root.key"));
+    let extensions = [
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-addext",
+        "subjectAltName=URI:spiffe://example.org",
+    ];
+    openssl_self_signed(&cert, &key, "/CN=Offline Root", "3650", &extensions);
+    (cert, key)
+}
+
+/// An issuing CA signed by the offline root with openssl, for `pki init
+/// --import-cert`. Returns (chain PEM: intermediate then root, intermediate key).
+pub fn openssl_intermediate(d: &Path, root: &Path, root_key: &Path) -> (PathBuf, PathBuf) {
+    let (ikey, icsr, icert) = (d.join("int.key"), d.join("int.csr"), d.join("int.pem"));
+    let p = |p: &Path| p.to_str().unwrap().to_string();
+    openssl_ok(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &p(&ikey),
+        "-out",
+        &p(&icsr),
+        "-subj",
+        "/CN=Imported Issuing CA",
+    ]);
+    let ext = d.join("ext.cnf");
+    std::fs::write(&ext, "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectAltName=URI:spiffe://example.org\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n").unwrap();
+    openssl_ok(&[
+        "x509",
+        "-req",
+        "-in",
+        &p(&icsr),
+        "-CA",
+        &p(root),
+        "-CAkey",
+        &p(root_key),
+        "-CAcreateserial",
+        "-days",
+        "365",
+        "-extfile",
+        &p(&ext),
+        "-out",
+        &p(&icert),
+    ]);
+    let chain = d.join("chain.pem");
+    let text = format!("{}{}", std::fs::read_to_string(&icert).unwrap(), std::fs::read_to_string(root).unwrap());
+    std::fs::write(&chain, text).unwrap();
+    (chain, ikey)
+}

@@ -85,3 +85,27 @@ fn revocation_reason_names() {
     let err = "stolen".parse::<RevocationReason>().unwrap_err().to_string();
     assert!(err.contains("\"stolen\"") && err.contains("keyCompromise") && err.contains("privilegeWithdrawn"), "{err}");
 }
+
+#[test]
+fn a_crl_signed_elsewhere_is_read_back_and_its_issuer_checked() {
+    use crate::ca::{MAX_CRL_BYTES, parse_crl};
+    let h = hierarchy();
+    let built = build_crl(&h.root, &[], 7, now(), Duration::days(30)).unwrap();
+    for input in [built.der.clone(), built.to_pem().into_bytes()] {
+        let read = parse_crl(&input, &[&h.services.cert, &h.root.cert]).unwrap();
+        assert_eq!(read.issuer_fingerprint, h.root.cert.fingerprint);
+        assert_eq!((read.number, read.next_update, read.this_update), (7, built.next_update, built.this_update));
+        assert_eq!(read.der, built.der);
+    }
+    let err = |input: &[u8], issuers: &[&crate::ca::CaCertificate]| parse_crl(input, issuers).unwrap_err().to_string();
+    assert!(err(&built.der, &[&h.services.cert]).contains("is not a CA of this trust domain"));
+    assert!(err(&vec![0x30; MAX_CRL_BYTES + 1], &[&h.root.cert]).contains("more than the 1048576 accepted"));
+    assert!(err(b"\x30\x03\x02\x01\x01", &[&h.root.cert]).contains("not a DER CRL"));
+    let mut trailing = built.der.clone();
+    trailing.push(0);
+    assert!(err(&trailing, &[&h.root.cert]).contains("1 bytes after the CRL"));
+    let mut tampered = built.der.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    assert!(err(&tampered, &[&h.root.cert]).contains("signature does not verify"));
+}
