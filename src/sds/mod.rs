@@ -31,6 +31,7 @@ pub mod wire;
 mod metrics;
 mod service;
 mod stream;
+mod tap;
 mod yaml;
 
 use std::sync::Arc;
@@ -90,6 +91,8 @@ pub enum SdsError {
     Protocol(#[from] protocol::ProtocolError),
     #[error("the node in the first request is not a valid envoy.config.core.v3.Node: {0}")]
     Node(String),
+    #[error("the first request is not a valid xDS request: {0}")]
+    Request(String),
     #[error("no registration entry matches the caller's selectors")]
     NoEntry,
     #[error("identities unavailable: {0}")]
@@ -115,7 +118,7 @@ impl From<CacheError> for SdsError {
 pub fn status(err: SdsError) -> Status {
     let msg = err.to_string();
     match err {
-        SdsError::Protocol(_) | SdsError::Node(_) => Status::invalid_argument(msg),
+        SdsError::Protocol(_) | SdsError::Node(_) | SdsError::Request(_) => Status::invalid_argument(msg),
         SdsError::NoEntry => Status::permission_denied(msg),
         SdsError::NotFound(_) => Status::not_found(msg),
         SdsError::Unavailable(_) | SdsError::Closed => Status::unavailable(msg),

@@ -11,8 +11,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use prost::Message as _;
 use prost::bytes::Bytes;
 use tonic::body::Body;
+use tonic::codec::{BufferSettings, Codec};
 use tonic::server::Grpc;
 use tonic::{Request, Status, Streaming};
 use tonic_prost::ProstCodec;
@@ -23,6 +25,7 @@ use super::protocol::{Catalog, Notice, ProtocolError};
 use super::resources::SecretCatalog;
 use super::service::Shared;
 use super::sotw::SotwStream;
+use super::tap::{First, FirstMessageTap};
 use super::{MAX_MESSAGE_BYTES, SdsError, status, wire};
 use crate::cache::IdentityWatch;
 
@@ -49,18 +52,53 @@ pub(crate) async fn serve(
 
 type Responses<R> = Pin<Box<dyn Stream<Item = Result<R, Status>> + Send>>;
 
+/// Initial size of the codec's per-stream buffers (tonic's default is 8 KiB
+/// each way): after the first request, an xDS request is a few hundred bytes.
+const DECODE_BUFFER: usize = 1024;
+/// Responses larger than this are flushed as they are encoded (tonic's default).
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
+/// The prost codec with [`DECODE_BUFFER`]-sized buffers.
+struct SmallBuffers<T, U>(std::marker::PhantomData<(T, U)>);
+
+impl<T, U> Codec for SmallBuffers<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = <ProstCodec<T, U> as Codec>::Encoder;
+    type Decoder = <ProstCodec<T, U> as Codec>::Decoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstCodec::<T, U>::raw_encoder(BufferSettings::new(DECODE_BUFFER, YIELD_THRESHOLD))
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstCodec::<T, U>::raw_decoder(BufferSettings::new(DECODE_BUFFER, YIELD_THRESHOLD))
+    }
+}
+
 async fn serve_as<M: Machine>(
     shared: Arc<Shared>,
     req: http::Request<Body>,
     default_type: Option<&'static str>,
 ) -> http::Response<Body> {
-    let codec = ProstCodec::<M::Response, M::Request>::default();
+    // The first message (with Envoy's large node) goes to the driver past
+    // tonic's decoder, whose buffer would otherwise stay that large (`tap.rs`).
+    let (parts, body) = req.into_parts();
+    let (body, first) = FirstMessageTap::new(body, MAX_MESSAGE_BYTES);
+    let first = Arc::new(parking_lot::Mutex::new(Some(first)));
+    let req = http::Request::from_parts(parts, Body::new(body));
+    let codec = SmallBuffers::<M::Response, M::Request>(std::marker::PhantomData);
     let mut grpc = Grpc::new(codec).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let svc = tower::service_fn(move |request: Request<Streaming<M::Request>>| {
         let shared = shared.clone();
+        let first = first.lock().take();
         async move {
             let watch = shared.caller(&request).await?;
-            let driver = Driver::<M>::new(shared, watch, request.into_inner(), default_type);
+            let driver = Driver::<M>::new(shared, watch, request.into_inner(), first, default_type);
             let responses: Responses<M::Response> =
                 Box::pin(futures::stream::unfold(driver, |mut d| async move { d.next().await.map(|r| (r, d)) }));
             Ok::<_, Status>(tonic::Response::new(responses))
@@ -116,6 +154,8 @@ struct Driver<M: Machine> {
     shared: Arc<Shared>,
     watch: IdentityWatch,
     requests: Streaming<M::Request>,
+    /// The first request, taken out of the body by the tap (`None` once read).
+    first: Option<First>,
     default_type: Option<&'static str>,
     /// Set by the first request (it carries the node).
     machine: Option<(M, wire::NodeInfo)>,
@@ -126,6 +166,7 @@ struct Driver<M: Machine> {
 }
 
 enum Event<T> {
+    First(Option<prost::bytes::Bytes>),
     Request(Result<Option<T>, Status>),
     Changed(bool),
 }
@@ -135,12 +176,14 @@ impl<M: Machine> Driver<M> {
         shared: Arc<Shared>,
         watch: IdentityWatch,
         requests: Streaming<M::Request>,
+        first: Option<First>,
         default_type: Option<&'static str>,
     ) -> Self {
         Self {
             shared,
             watch,
             requests,
+            first,
             default_type,
             machine: None,
             queue: VecDeque::new(),
@@ -160,12 +203,42 @@ impl<M: Machine> Driver<M> {
                 return None;
             }
             let started = self.machine.is_some();
+            let tapped = self.first.is_some();
             let event = tokio::select! {
+                biased;
+                f = async {
+                    match self.first.as_mut() {
+                        Some(rx) => rx.await.ok().flatten(),
+                        None => None,
+                    }
+                }, if tapped => Event::First(f),
                 r = self.requests.message() => Event::Request(r),
                 c = self.watch.updates.changed(), if started => Event::Changed(c.is_ok()),
             };
             let outcome = match event {
-                Event::Request(Ok(Some(req))) => self.on_request(req),
+                Event::First(first) => {
+                    self.first = None;
+                    match first.map(M::Request::decode) {
+                        Some(Ok(req)) => self.on_request(req),
+                        Some(Err(e)) => Err(SdsError::Request(e.to_string())),
+                        // The tap stood aside: the first message comes through tonic.
+                        None => Ok(()),
+                    }
+                }
+                Event::Request(Ok(Some(req))) => {
+                    // The tap hands the first message over before tonic can see
+                    // the second; take it first if both arrived together.
+                    match self.first.as_mut().map(|rx| rx.try_recv()) {
+                        Some(Ok(Some(bytes))) => {
+                            self.first = None;
+                            match M::Request::decode(bytes) {
+                                Ok(first) => self.on_request(first).and_then(|()| self.on_request(req)),
+                                Err(e) => Err(SdsError::Request(e.to_string())),
+                            }
+                        }
+                        _ => self.on_request(req),
+                    }
+                }
                 Event::Request(Ok(None)) => return None,
                 Event::Request(Err(s)) => {
                     tracing::debug!(node_id = %self.node_id(), code = ?s.code(), error = %s.message(), "xds stream ended by the client");
