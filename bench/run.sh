@@ -9,6 +9,7 @@
 #      client on pki/sign/<role> and pki/issue/<role>;
 #   5. a summary against the targets.
 # Every server it starts is stopped on exit, also on failure or Ctrl-C.
+# (Revocation: bench/revocation.sh; SDS streams: bench/sds.sh.)
 # Loopback addresses only. Tunables (environment):
 #   BENCH_DURATION (s, default 15)  BENCH_WARMUP (s, 3)  BENCH_CONCURRENCY (64)
 #   BENCH_CONNECTIONS (4)  BENCH_CRYPTO_SECS (2)  BENCH_RAW_SECS (3)

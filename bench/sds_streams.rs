@@ -24,7 +24,25 @@
 //! format with the node pre-encoded once and resources left as bytes, so the
 //! client spends little CPU on the shared 2-core machine.
 //!
+//! With `--in-process DIR` the bench starts trustmesh itself, in this process
+//! (issuer on SQLite in DIR, identity cache and SDS server on `DIR/api.sock`,
+//! wired as `trustmesh serve` wires them, on their own tokio runtime with one
+//! worker per CPU), creates the entry and a certificate, and the change is a
+//! real `Issuer::revoke` (`--call revoke`) or `Issuer::deny` (`--call deny`)
+//! of it: the clock starts when that call returns, on the same clock as the
+//! streams'. Each stream's time is taken when it has received the response
+//! with the new `ROOTCA` (CRL) and again when its ACK is queued; the run also
+//! waits until the server has counted every ACK (`trustmesh.sds.acks`).
+//! Memory figures then include this client, so use the external mode for those.
+//!
+//! ```text
+//! cargo bench --bench sds_streams -- --in-process /tmp/d --streams 10000 --flavor sotw --call revoke
+//! ```
+//!
 //! The last line is `RESULT key=value ...` for `bench/sds.sh`.
+
+#[path = "inproc.rs"]
+mod inproc;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -51,8 +69,12 @@ const NAMES: [&str; 2] = ["default", "ROOTCA"];
 const USAGE: &str = "\
 sds_streams: memory per SDS stream and fan-out latency of a trust-bundle change.
 
-  --socket PATH            trustmesh's local socket (required)
-  --server-pid PID         the trustmesh serve process (required)
+  --socket PATH            trustmesh's local socket (required unless --in-process)
+  --server-pid PID         the trustmesh serve process (required unless --in-process)
+  --in-process DIR         start trustmesh in this process on data dir DIR (must not exist or be empty)
+  --call revoke|deny       with --in-process: the change is Issuer::revoke or Issuer::deny (revoke)
+  --prefill-revoked R      with --in-process: R revoked unexpired serials in the store first (0), so
+                           every CRL pushed carries them
   --streams N              concurrent streams (1000)
   --flavor delta|sotw      (delta)
   --api sds|ads            SecretDiscoveryService or AggregatedDiscoveryService methods (sds)
@@ -70,6 +92,9 @@ Every flag also reads BENCH_<FLAG> (e.g. BENCH_STREAMS=10000).";
 struct Args {
     socket: PathBuf,
     server_pid: u32,
+    in_process: Option<PathBuf>,
+    call: Call,
+    prefill: usize,
     streams: usize,
     delta: bool,
     ads: bool,
@@ -109,16 +134,31 @@ fn parse_args() -> Result<Args, String> {
             Some(s) => s.parse().map_err(|_| format!("--{flag}: not a number: {s}")),
         }
     }
-    let socket = get("socket").ok_or("--socket is required")?.into();
-    let server_pid = num(get("server-pid"), 0u32, "server-pid")?;
-    if server_pid == 0 {
-        return Err("--server-pid is required".into());
-    }
+    let in_process: Option<PathBuf> = get("in-process").map(Into::into);
+    let call = match get("call").as_deref() {
+        None | Some("revoke") => Call::Revoke,
+        Some("deny") => Call::Deny,
+        Some(other) => return Err(format!("--call: revoke or deny, not {other}")),
+    };
+    let (socket, server_pid) = match &in_process {
+        Some(dir) => (dir.join("api.sock"), std::process::id()),
+        None => {
+            let socket = get("socket").ok_or("--socket is required")?.into();
+            let server_pid = num(get("server-pid"), 0u32, "server-pid")?;
+            if server_pid == 0 {
+                return Err("--server-pid is required".into());
+            }
+            (socket, server_pid)
+        }
+    };
     let flavor = get("flavor").unwrap_or_else(|| "delta".into());
     let api = get("api").unwrap_or_else(|| "sds".into());
     let args = Args {
         socket,
         server_pid,
+        in_process,
+        call,
+        prefill: num(get("prefill-revoked"), 0, "prefill-revoked")?,
         streams: num(get("streams"), 1000, "streams")?,
         delta: match flavor.as_str() {
             "delta" => true,
@@ -287,6 +327,9 @@ struct Shared {
     /// Per stream: nanoseconds since `base` when the new ROOTCA arrived (0: not yet).
     changed_at: Vec<AtomicU64>,
     changed: AtomicUsize,
+    /// Per stream: when the ACK of that response was queued on the stream.
+    acked_at: Vec<AtomicU64>,
+    acked: AtomicUsize,
     /// Streams that ended (error or end of stream) after they were open.
     ended: AtomicUsize,
     first_end: parking_lot::Mutex<Option<String>>,
@@ -304,7 +347,8 @@ impl Shared {
         }
     }
 
-    fn rootca_changed(&self, i: usize) {
+    /// Records the arrival of a new ROOTCA; true when it is the one measured.
+    fn rootca_changed(&self, i: usize) -> bool {
         let t = self.base.elapsed().as_nanos() as u64;
         // Index n is the warm-up stream: recorded, not counted.
         if self.armed.load(Ordering::Acquire)
@@ -312,6 +356,16 @@ impl Shared {
             && self.changed_at[i].compare_exchange(0, t.max(1), Ordering::AcqRel, Ordering::Relaxed).is_ok()
         {
             self.changed.fetch_add(1, Ordering::AcqRel);
+            return true;
+        }
+        false
+    }
+
+    /// The ACK of the measured response is queued on stream `i`.
+    fn rootca_acked(&self, i: usize) {
+        let t = self.base.elapsed().as_nanos() as u64;
+        if self.acked_at[i].compare_exchange(0, t.max(1), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            self.acked.fetch_add(1, Ordering::AcqRel);
         }
     }
 }
@@ -374,7 +428,8 @@ async fn sotw_stream(
     let (tx, rx) = mpsc::channel::<SotwRequest>(4);
     let first = SotwRequest { node, resource_names: names.clone(), type_url: SECRET_TYPE.into(), ..Default::default() };
     let _ = tx.send(first).await;
-    let mut grpc = tonic::client::Grpc::new(channel);
+    // Large CRLs make large validation contexts: no 4 MB cap on this side.
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
     if let Err(e) = grpc.ready().await {
         let _ = opened.send(Err(format!("connection not ready: {e}")));
         return;
@@ -406,9 +461,10 @@ async fn sotw_stream(
         shared.response_bytes.fetch_add(r.encoded_len() as u64, Ordering::Relaxed);
         let (r_rootca, r_default) = sotw_contents(&r);
         default |= r_default;
+        let mut measured = false;
         if let Some(h) = r_rootca {
             if rootca.is_some_and(|old| old != h) {
-                shared.rootca_changed(i);
+                measured = shared.rootca_changed(i);
             }
             rootca = Some(h);
         }
@@ -421,6 +477,9 @@ async fn sotw_stream(
         };
         if tx.send(ack).await.is_err() {
             return shared.ended("request stream closed".into());
+        }
+        if measured {
+            shared.rootca_acked(i);
         }
         if default
             && rootca.is_some()
@@ -448,7 +507,8 @@ async fn delta_stream(
         response_nonce: String::new(),
     };
     let _ = tx.send(first).await;
-    let mut grpc = tonic::client::Grpc::new(channel);
+    // Large CRLs make large validation contexts: no 4 MB cap on this side.
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
     if let Err(e) = grpc.ready().await {
         let _ = opened.send(Err(format!("connection not ready: {e}")));
         return;
@@ -480,15 +540,19 @@ async fn delta_stream(
         shared.response_bytes.fetch_add(r.encoded_len() as u64, Ordering::Relaxed);
         let (r_rootca, r_default) = delta_contents(&r);
         default |= r_default;
+        let mut measured = false;
         if let Some(h) = r_rootca {
             if rootca.is_some_and(|old| old != h) {
-                shared.rootca_changed(i);
+                measured = shared.rootca_changed(i);
             }
             rootca = Some(h);
         }
         let ack = DeltaRequest { type_url: r.type_url, response_nonce: r.nonce, ..Default::default() };
         if tx.send(ack).await.is_err() {
             return shared.ended("request stream closed".into());
+        }
+        if measured {
+            shared.rootca_acked(i);
         }
         if default
             && rootca.is_some()
@@ -548,6 +612,121 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// utime + stime of this process's threads whose name starts with `prefix`, in ms.
+fn threads_cpu_ms(prefix: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+        total += (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) * 10;
+    }
+    total
+}
+
+// ---------------------------------------------------------------- in process
+
+/// The change `--in-process` makes.
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    Revoke,
+    Deny,
+}
+
+/// Whose certificate `--in-process` revokes (or which identity it denies).
+const VICTIM: &str = "spiffe://example.org/bench/revoked";
+/// Server threads (runtime workers and blocking pool) are named this.
+const SERVER_THREADS: &str = "tm-server";
+const CLIENT_THREADS: &str = "bench-client";
+
+/// trustmesh running in this process.
+struct InProcess {
+    runtime: tokio::runtime::Runtime,
+    issuer: Arc<trustmesh::issuer::Issuer>,
+    telemetry: Arc<trustmesh::telemetry::Telemetry>,
+    _sds: inproc::Sds,
+    call: Call,
+    /// The serial to revoke, or the identity to deny.
+    target: String,
+}
+
+fn my_uid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn start_in_process(dir: &std::path::Path, call: Call, prefill: usize) -> Result<InProcess, String> {
+    use trustmesh::issuer::{Caller, EntryRequest, GenerateRequest};
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name(SERVER_THREADS)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("server runtime: {e}"))?;
+    let (issuer, telemetry, sds, target) = runtime.block_on(async {
+        // First, so the issuer's and the SDS server's instruments report to it.
+        let telemetry = Arc::new(trustmesh::telemetry::Telemetry::init().map_err(|e| format!("telemetry: {e}"))?);
+        let system = Caller::system();
+        if prefill > 0 {
+            // A first start creates the PKI; the revoked rows go in while it is stopped.
+            let (issuer, store) = inproc::start_issuer(dir).await?;
+            let services = issuer.snapshot().services().map(|c| c.fingerprint.clone()).ok_or("no Services CA")?;
+            let request = GenerateRequest {
+                common_name: String::new(),
+                spiffe_id: format!("{VICTIM}-sample"),
+                dns_names: vec![],
+                ttl_seconds: 3600,
+            };
+            let der = issuer.generate(&system, &request).await.map_err(|e| format!("generate: {e}"))?.record.cert_der;
+            drop((issuer, store));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let took = inproc::prefill_revoked(dir, prefill, &services, &der)?;
+            eprintln!("sds_streams: {prefill} revoked serials written to the store in {:.1} s", took.as_secs_f64());
+        }
+        let (issuer, _store) = inproc::start_issuer(dir).await?;
+        let entry = EntryRequest {
+            spiffe_id: "spiffe://example.org/bench/envoy".into(),
+            selectors: vec![format!("unix:uid:{}", my_uid())],
+            ..Default::default()
+        };
+        issuer.create_entry(&system, entry).await.map_err(|e| format!("entry: {e}"))?;
+        let request = GenerateRequest {
+            common_name: String::new(),
+            spiffe_id: VICTIM.into(),
+            dns_names: vec![],
+            ttl_seconds: 3600,
+        };
+        let issued = issuer.generate(&system, &request).await.map_err(|e| format!("generate: {e}"))?;
+        let target = match call {
+            Call::Revoke => issued.record.serial,
+            Call::Deny => VICTIM.to_string(),
+        };
+        let sds = inproc::start_sds(&issuer, &dir.join("api.sock"))?;
+        Ok::<_, String>((issuer, telemetry, sds, target))
+    })?;
+    Ok(InProcess { runtime, issuer, telemetry, _sds: sds, call, target })
+}
+
+/// ACKs the in-process server has counted (`trustmesh.sds.acks`).
+fn server_acks(telemetry: &trustmesh::telemetry::Telemetry) -> f64 {
+    telemetry
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("trustmesh_sds_acks"))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
 // ---------------------------------------------------------------- main
 
 fn main() {
@@ -558,7 +737,21 @@ fn main() {
             std::process::exit(if e == USAGE { 0 } else { 2 });
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(args.client_threads).enable_all().build()
+    let server = match &args.in_process {
+        None => None,
+        Some(dir) => match start_in_process(dir, args.call, args.prefill) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("sds_streams: in-process trustmesh: {e}");
+                std::process::exit(1);
+            }
+        },
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads)
+        .thread_name(CLIENT_THREADS)
+        .enable_all()
+        .build()
     {
         Ok(rt) => rt,
         Err(e) => {
@@ -566,17 +759,21 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let code = rt.block_on(run(args));
+    let code = rt.block_on(run(args, server.as_ref()));
     // Exit without dropping the streams one by one: the server sees every
     // connection close at once.
     std::process::exit(code);
 }
 
-async fn run(args: Args) -> i32 {
+async fn run(args: Args, server: Option<&InProcess>) -> i32 {
     let flavor = if args.delta { "delta" } else { "sotw" };
     let node = envoy_node(args.node_bytes);
     let n = args.streams;
     let pid = args.server_pid;
+    let in_process = server.is_some();
+    // In process, the server's CPU is its own threads', and the client's its own.
+    let server_cpu_ms = || if in_process { threads_cpu_ms(SERVER_THREADS) } else { cpu_ms(pid) };
+    let client_cpu_ms = || if in_process { threads_cpu_ms(CLIENT_THREADS) } else { cpu_ms(std::process::id()) };
     eprintln!(
         "sds_streams: {n} {flavor} streams ({} API), {} per connection, {} openings in flight, node {} bytes on the first request",
         if args.ads { "ADS" } else { "SDS" },
@@ -590,6 +787,8 @@ async fn run(args: Args) -> i32 {
         armed: AtomicBool::new(false),
         changed_at: (0..n + 1).map(|_| AtomicU64::new(0)).collect(),
         changed: AtomicUsize::new(0),
+        acked_at: (0..n + 1).map(|_| AtomicU64::new(0)).collect(),
+        acked: AtomicUsize::new(0),
         ended: AtomicUsize::new(0),
         first_end: parking_lot::Mutex::new(None),
         responses: AtomicU64::new(0),
@@ -627,7 +826,7 @@ async fn run(args: Args) -> i32 {
         eprintln!("sds_streams: cannot read /proc/{pid}/status");
         return 1;
     }
-    let cpu_before_open = cpu_ms(pid);
+    let cpu_before_open = server_cpu_ms();
     eprintln!(
         "server pid {pid}: VmRSS {rss_before} KiB (RssAnon {anon_before} KiB) with the warm-up stream open; load {}",
         loadavg()
@@ -690,7 +889,7 @@ async fn run(args: Args) -> i32 {
     eprintln!(
         "{open} of {n} streams open and ACKed in {open_secs:.2} s ({:.0} streams/s) over {conns} connections; server CPU {} ms for the opening",
         n as f64 / open_secs,
-        cpu_ms(pid).saturating_sub(cpu_before_open)
+        server_cpu_ms().saturating_sub(cpu_before_open)
     );
     if failed > 0 {
         eprintln!("sds_streams: {failed} streams failed to open; first: {}", first_failure.unwrap_or_default());
@@ -732,93 +931,149 @@ async fn run(args: Args) -> i32 {
     );
 
     let mut code = 0;
-    if !args.trigger.is_empty() {
+    if !args.trigger.is_empty() || server.is_some() {
         let responses_before = shared.responses.load(Ordering::Relaxed);
         let bytes_before = shared.response_bytes.load(Ordering::Relaxed);
-        let cpu_before = cpu_ms(pid);
-        let client_cpu_before = cpu_ms(std::process::id());
+        let cpu_before = server_cpu_ms();
+        let client_cpu_before = client_cpu_ms();
+        let acks_before = server.map(|s| server_acks(&s.telemetry));
         let load_fan = loadavg();
         shared.armed.store(true, Ordering::Release);
-        let trigger = args.trigger.clone();
         let base = shared.base;
-        let ran = tokio::task::spawn_blocking(move || {
-            let start = base.elapsed();
-            let out = Command::new(&trigger[0]).args(&trigger[1..]).output();
-            (start, base.elapsed(), out)
-        })
-        .await;
-        let (t_start, t_return, out) = match ran {
+        // (when it started, when it returned, what it was, or why it failed)
+        let ran: Result<(Duration, Duration, String), String> = match server {
+            Some(s) if args.trigger.is_empty() => {
+                let (issuer, call, target) = (s.issuer.clone(), s.call, s.target.clone());
+                let what =
+                    format!("Issuer::{}({target})", if matches!(call, Call::Revoke) { "revoke" } else { "deny" });
+                // On the server's runtime, timed there: the clock stops when the call returns.
+                let task = s.runtime.spawn(async move {
+                    let system = trustmesh::issuer::Caller::system();
+                    let start = base.elapsed();
+                    let r = match call {
+                        Call::Revoke => issuer.revoke(&system, &target, "keyCompromise").await.map(drop),
+                        Call::Deny => issuer.deny(&system, &target, "bench: compromised").await.map(drop),
+                    };
+                    (start, base.elapsed(), r.map_err(|e| e.to_string()))
+                });
+                match task.await {
+                    Ok((start, end, Ok(()))) => Ok((start, end, what)),
+                    Ok((_, _, Err(e))) => Err(format!("{what} failed: {e}")),
+                    Err(e) => Err(format!("{what}: {e}")),
+                }
+            }
+            _ => {
+                let trigger = args.trigger.clone();
+                let what = format!("{:?}", args.trigger.iter().skip_while(|a| *a != "pki").collect::<Vec<_>>());
+                let ran = tokio::task::spawn_blocking(move || {
+                    let start = base.elapsed();
+                    let out = Command::new(&trigger[0]).args(&trigger[1..]).output();
+                    (start, base.elapsed(), out)
+                })
+                .await;
+                match ran {
+                    Err(e) => Err(format!("trigger task: {e}")),
+                    Ok((start, end, Ok(o))) if o.status.success() => Ok((start, end, what)),
+                    Ok((_, _, Ok(o))) => {
+                        Err(format!("trigger failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr).trim()))
+                    }
+                    Ok((_, _, Err(e))) => Err(format!("cannot run the trigger {:?}: {e}", args.trigger)),
+                }
+            }
+        };
+        let (t_start, t_return, what) = match ran {
             Ok(x) => x,
             Err(e) => {
-                eprintln!("sds_streams: trigger task: {e}");
+                eprintln!("sds_streams: {e}");
                 return 1;
             }
         };
-        match &out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => {
-                eprintln!("sds_streams: trigger failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr).trim());
-                return 1;
-            }
-            Err(e) => {
-                eprintln!("sds_streams: cannot run the trigger {:?}: {e}", args.trigger);
-                return 1;
-            }
-        }
         let cmd_ms = (t_return - t_start).as_secs_f64() * 1e3;
         let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
-        while shared.changed.load(Ordering::Acquire) < n
-            && shared.changed.load(Ordering::Acquire) + shared.ended.load(Ordering::Relaxed) < n
+        // Every stream has received the change and queued its ACK (or ended).
+        while shared.acked.load(Ordering::Acquire) + shared.ended.load(Ordering::Relaxed) < n
             && Instant::now() < deadline
         {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // In process: until the server has counted those ACKs (the warm-up
+        // stream's included), i.e. they were sent and read.
+        let mut server_acked = None;
+        if let (Some(s), Some(before)) = (server, acks_before) {
+            let want = before + n as f64 + 1.0;
+            while server_acks(&s.telemetry) < want && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            if server_acks(&s.telemetry) >= want {
+                server_acked = Some((base.elapsed() - t_return).as_secs_f64() * 1e3);
+            }
         }
         // CPU of the server from just before the trigger until the last stream
-        // had its update (the revocation itself included).
-        let server_cpu = cpu_ms(pid).saturating_sub(cpu_before);
-        let client_cpu = cpu_ms(std::process::id()).saturating_sub(client_cpu_before);
+        // had its update and ACKed it (the revocation itself included).
+        let server_cpu = server_cpu_ms().saturating_sub(cpu_before);
+        let client_cpu = client_cpu_ms().saturating_sub(client_cpu_before);
         let pushes = shared.responses.load(Ordering::Relaxed) - responses_before;
         let push_bytes = shared.response_bytes.load(Ordering::Relaxed) - bytes_before;
         let got: Vec<u64> =
             shared.changed_at[..n].iter().map(|a| a.load(Ordering::Acquire)).filter(|&t| t > 0).collect();
-        let ms = |t0: Duration| -> Vec<f64> {
-            let mut v: Vec<f64> = got.iter().map(|&t| (t as f64 - t0.as_nanos() as f64) / 1e6).collect();
+        let acked: Vec<u64> =
+            shared.acked_at[..n].iter().map(|a| a.load(Ordering::Acquire)).filter(|&t| t > 0).collect();
+        let ms = |times: &[u64], t0: Duration| -> Vec<f64> {
+            let mut v: Vec<f64> = times.iter().map(|&t| (t as f64 - t0.as_nanos() as f64) / 1e6).collect();
             v.sort_by(f64::total_cmp);
             v
         };
-        let from_return = ms(t_return);
-        let from_start = ms(t_start);
+        let from_return = ms(&got, t_return);
+        let from_start = ms(&got, t_start);
+        let acked_from_return = ms(&acked, t_return);
         let (p50, p99, max) =
             (percentile(&from_return, 50.0), percentile(&from_return, 99.0), percentile(&from_return, 100.0));
         let first = from_return.first().copied().unwrap_or(f64::NAN);
         let (s50, s99, smax) =
             (percentile(&from_start, 50.0), percentile(&from_start, 99.0), percentile(&from_start, 100.0));
+        let (a50, a99, amax) = (
+            percentile(&acked_from_return, 50.0),
+            percentile(&acked_from_return, 99.0),
+            percentile(&acked_from_return, 100.0),
+        );
         eprintln!(
-            "trigger {:?} took {cmd_ms:.0} ms; {} of {n} streams received the new ROOTCA ({pushes} responses, {} bytes each on average); load {load_fan}",
-            args.trigger.iter().skip_while(|a| *a != "pki").collect::<Vec<_>>(),
+            "trigger {what} took {cmd_ms:.1} ms; {} of {n} streams received the new ROOTCA and {} ACKed it ({pushes} responses, {} bytes each on average); load {load_fan}",
             got.len(),
+            acked.len(),
             push_bytes / pushes.max(1)
         );
         eprintln!(
-            "  after the command returned: first {first:.1} ms, p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms"
+            "  received, after the call returned: first {first:.1} ms, p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms"
         );
-        eprintln!("  after the command started:  p50 {s50:.1} ms, p99 {s99:.1} ms, max {smax:.1} ms");
-        // The fan-out itself, independent of how long the CLI took: from the
+        eprintln!("  ACK queued, after the call returned: p50 {a50:.1} ms, p99 {a99:.1} ms, max {amax:.1} ms");
+        if let Some(t) = server_acked {
+            eprintln!("  every ACK counted by the server {t:.1} ms after the call returned");
+        }
+        eprintln!("  received, after the call started: p50 {s50:.1} ms, p99 {s99:.1} ms, max {smax:.1} ms");
+        // The fan-out itself, independent of how long the call took: from the
         // first stream that had the new ROOTCA.
         let (f99, fmax) = (p99 - first, max - first);
-        eprintln!("  after the first stream had it: p99 {f99:.1} ms, max {fmax:.1} ms");
+        eprintln!("  received, after the first stream had it: p99 {f99:.1} ms, max {fmax:.1} ms");
         eprintln!(
-            "  server CPU {server_cpu} ms from the trigger to the last update ({:.1} µs per stream); this client's CPU {client_cpu} ms",
+            "  server CPU {server_cpu} ms from the trigger to the last ACK ({:.1} µs per stream); this client's CPU {client_cpu} ms",
             server_cpu as f64 * 1e3 / n as f64
         );
         result.push_str(&format!(
-            " cmd_ms={cmd_ms:.1} received={} first_ms={first:.1} p50_ms={p50:.1} p99_ms={p99:.1} max_ms={max:.1} \
+            " in_process={} cmd_ms={cmd_ms:.2} received={} acked={} first_ms={first:.1} p50_ms={p50:.1} p99_ms={p99:.1} \
+             max_ms={max:.1} ack_p50_ms={a50:.1} ack_p99_ms={a99:.1} ack_max_ms={amax:.1} server_acked_ms={} \
              p50_from_start_ms={s50:.1} p99_from_start_ms={s99:.1} max_from_start_ms={smax:.1} \
              p99_from_first_ms={f99:.1} max_from_first_ms={fmax:.1} \
              fanout_server_cpu_ms={server_cpu} fanout_client_cpu_ms={client_cpu} push_bytes={} load_fanout=\"{load_fan}\"",
+            u8::from(in_process),
             got.len(),
+            acked.len(),
+            server_acked.map_or("-".to_string(), |t| format!("{t:.1}")),
             push_bytes / pushes.max(1)
         ));
+        if server.is_some() && server_acked.is_none() {
+            eprintln!("sds_streams: the server did not count every ACK within {} s", args.timeout);
+            code = 1;
+        }
         if got.len() < n {
             eprintln!("sds_streams: only {} of {n} streams saw the change within {} s", got.len(), args.timeout);
             code = 1;
