@@ -9,7 +9,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
 use parking_lot::Mutex;
 
-use super::Issuer;
+use super::{Issuer, TrustSnapshot};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -141,6 +141,7 @@ impl Metrics {
 
     pub(crate) fn revoked(&self, n: u64) {
         self.revoked.add(n, &[]);
+        let _ = self.gauges.active.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| Some(a.saturating_sub(n)));
     }
 
     pub(crate) fn denied(&self) {
@@ -160,13 +161,19 @@ impl Metrics {
         self.sign_duration.record(seconds, &[]);
     }
 
-    /// Re-reads the counts from the store and the CA list from the snapshot.
+    /// Re-reads the counts from the store (a table count: maintenance only)
+    /// and the rest from the snapshot.
     pub(crate) async fn refresh_counts(&self, issuer: &Issuer) {
         let now = issuer.now().unix_timestamp();
         if let Ok(n) = issuer.store.active_certificate_count(now).await {
             self.gauges.active.store(n, Ordering::Relaxed);
         }
-        let snapshot = issuer.snapshot();
+        self.observe(&issuer.snapshot());
+    }
+
+    /// The gauges a published snapshot sets (no store access: runs after
+    /// every publication).
+    pub(crate) fn observe(&self, snapshot: &TrustSnapshot) {
         self.gauges.denied.store(snapshot.deny.identities.len() as u64, Ordering::Relaxed);
         *self.gauges.cas.lock() =
             snapshot.cas.iter().map(|c| (c.common_name.clone(), c.role.as_str().to_string(), c.not_after)).collect();

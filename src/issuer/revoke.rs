@@ -274,8 +274,8 @@ pub(super) async fn publisher(issuer: Weak<Issuer>, mut requests: watch::Receive
         loop {
             let Some(issuer) = issuer.upgrade() else { return };
             match issuer.rebuild_crls().await {
-                Ok(_) => {
-                    issuer.metrics.refresh_counts(&issuer).await;
+                Ok(snapshot) => {
+                    issuer.metrics.observe(&snapshot);
                     break;
                 }
                 Err(e) => tracing::error!(error = %e, "publishing the CRLs after a revocation failed; will retry"),

@@ -109,3 +109,31 @@ fn a_crl_signed_elsewhere_is_read_back_and_its_issuer_checked() {
     tampered[last] ^= 1;
     assert!(err(&tampered, &[&h.root.cert]).contains("signature does not verify"));
 }
+
+#[test]
+fn the_check_after_signing_catches_every_difference() {
+    use crate::ca::crl::validate_crl;
+    use std::collections::HashSet;
+    let h = hierarchy();
+    let entries = [
+        CrlEntry { serial: serial(40), revoked_at: now(), reason: Some(RevocationReason::KeyCompromise) },
+        CrlEntry { serial: serial(41), revoked_at: now(), reason: None },
+    ];
+    let crl = build_crl(&h.services, &entries, 9, now(), Duration::days(1)).unwrap();
+    let (a, b) = (serial(40), serial(41));
+    let both: HashSet<&[u8]> = [a.as_bytes(), b.as_bytes()].into_iter().collect();
+    validate_crl(&h.services, &crl.der, &both, 9, now_s() - Duration::seconds(60)).unwrap();
+    let one: HashSet<&[u8]> = [a.as_bytes()].into_iter().collect();
+    let err = |r: Result<(), String>| r.unwrap_err();
+    assert!(err(validate_crl(&h.services, &crl.der, &one, 9, now_s() - Duration::seconds(60))).contains("serial"));
+    assert!(err(validate_crl(&h.services, &crl.der, &both, 10, now_s() - Duration::seconds(60))).contains("number"));
+    assert!(err(validate_crl(&h.services, &crl.der, &both, 9, now_s())).contains("thisUpdate"));
+    assert!(err(validate_crl(&h.root, &crl.der, &both, 9, now_s() - Duration::seconds(60))).contains("algorithm"));
+    // Any flipped byte of the signed part breaks the signature; a cut is truncation.
+    for i in [10, crl.der.len() / 2, crl.der.len() - 80] {
+        let mut bad = crl.der.clone();
+        bad[i] ^= 0x01;
+        assert!(validate_crl(&h.services, &bad, &both, 9, now_s() - Duration::seconds(60)).is_err(), "byte {i}");
+    }
+    assert!(validate_crl(&h.services, &crl.der[..crl.der.len() - 1], &both, 9, now_s()).is_err());
+}
