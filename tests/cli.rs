@@ -821,19 +821,9 @@ fn pki_init_imports_an_intermediate_and_keeps_the_root_offline() {
     let (root, root_key) = harness::openssl_root(d);
     let (chain, ikey) = harness::openssl_intermediate(d, &root, &root_key);
     // A key that does not match is refused.
-    let out = std::process::Command::new(harness::BIN)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["pki", "init", "--import-cert", chain.to_str().unwrap(), "--import-key", root_key.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = harness::pki_init_import(&data, &chain, &root_key);
     assert!(!out.status.success(), "a mismatched key was accepted");
-    let out = std::process::Command::new(harness::BIN)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["pki", "init", "--import-cert", chain.to_str().unwrap(), "--import-key", ikey.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = harness::pki_init_import(&data, &chain, &ikey);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s = Server::start(&data, &[]);
     let status = s.json(&["pki", "status"]);

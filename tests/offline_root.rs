@@ -76,12 +76,7 @@ fn an_offline_roots_crl_is_imported_published_and_checked() {
     let data = d.join("data");
     let (root, root_key) = harness::openssl_root(d);
     let (chain, ikey) = harness::openssl_intermediate(d, &root, &root_key);
-    let out = std::process::Command::new(harness::BIN)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["pki", "init", "--import-cert", chain.to_str().unwrap(), "--import-key", ikey.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = harness::pki_init_import(&data, &chain, &ikey);
     assert!(out.status.success(), "{}", stderr(&out));
     let mut s = Server::start(&data, &[]);
     let (good, _) = s.generate(d, "good", "spiffe://example.org/svc/good", &[]);

@@ -418,3 +418,13 @@ pub fn openssl_intermediate(d: &Path, root: &Path, root_key: &Path) -> (PathBuf,
     std::fs::write(&chain, text).unwrap();
     (chain, ikey)
 }
+
+/// `trustmesh pki init --import-cert CERT --import-key KEY` on a data directory.
+pub fn pki_init_import(data: &Path, cert: &Path, key: &Path) -> Output {
+    Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["pki", "init", "--import-cert", cert.to_str().unwrap(), "--import-key", key.to_str().unwrap()])
+        .output()
+        .unwrap()
+}
