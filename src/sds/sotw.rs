@@ -10,9 +10,15 @@
 //! - The first request of a type is always answered, and so is a request that
 //!   adds names. Otherwise a reply goes out only when what the requested names
 //!   resolve to changed (by content version, or by failure reason).
-//! - A reply carries every requested resource that exists (the state of the
-//!   world); names that get no resource are left out and listed in
-//!   `resource_errors`.
+//! - A reply to a request carries every requested resource that exists;
+//!   names that get no resource are left out and listed in
+//!   `resource_errors`. A push after a state change carries only what
+//!   changed: the xDS protocol asks for the complete state of the world only
+//!   for Listener and Cluster; every other type (secrets, extension configs)
+//!   is grouped as in the incremental variant, and the client keeps what a
+//!   response leaves out. So a new CRL does not resend every unchanged
+//!   certificate with its key. (A wildcard subscription whose set lost a
+//!   name still gets the full state.)
 //! - An empty `resource_names` is a wildcard on the first request of a type
 //!   (legacy wildcard, also `*`); on a later request it unsubscribes from
 //!   every name (what Envoy sends when its last watch of a type goes away).
@@ -148,16 +154,21 @@ fn diff(
     notices: &mut Vec<Notice>,
 ) -> Option<SotwReply> {
     let desired = resolve(catalog, type_url, t.names.iter(), t.wildcard);
+    let is_new = |name: &String, now: &Lookup| !t.held.get(name).is_some_and(|h| h.matches(now));
     // A name the client dropped is no change; a name that left a wildcard is.
-    let changed = desired.iter().any(|(name, now)| !t.held.get(name).is_some_and(|h| h.matches(now)))
-        || (t.wildcard && t.held.keys().any(|k| !desired.contains_key(k)));
+    let left_wildcard = t.wildcard && t.held.keys().any(|k| !desired.contains_key(k));
+    let changed = desired.iter().any(|(name, now)| is_new(name, now)) || left_wildcard;
     if !force && !changed {
         t.held.retain(|name, _| desired.contains_key(name));
         return None;
     }
+    let full = force || left_wildcard;
     let mut resources = Vec::new();
     let mut failures = Vec::new();
     for (name, now) in &desired {
+        if !full && !is_new(name, now) {
+            continue; // unchanged: the client keeps it
+        }
         match now {
             Lookup::Found(e) => resources.push(e.clone()),
             Lookup::Missing(reason) => {

@@ -93,7 +93,8 @@ fn answers_first_request_then_only_changes() {
             (req(&["a", "b"], "", ""), "v1 n1 [a=1 b=2]", &[]),
             (req(&["a", "b"], "1", "1"), "", &["ack n1 v1"]),
             (state(&["a=1", "b=2"]), "", &[]),
-            (state(&["a=1", "b=3"]), "v2 n2 [a=1 b=3]", &[]),
+            // A push carries what changed; the client keeps the rest.
+            (state(&["a=1", "b=3"]), "v2 n2 [b=3]", &[]),
             (req(&["a", "b"], "2", "2"), "", &["ack n2 v2"]),
         ],
     );
@@ -148,10 +149,10 @@ fn new_names_are_always_answered_and_an_unavailable_name_does_not_block_others()
             (req(&["a"], "", ""), "v1 n1 [a=1]", &[]),
             (req(&["a", "c"], "1", "1"), "v2 n2 [a=1] ![c]", &["ack n1 v1", "unavailable c"]),
             (req(&["a", "c"], "2", "2"), "", &["ack n2 v2"]),
-            // a changes: the reply still lists c's failure, logged only once.
-            (state(&["a=2", "c!not entitled"]), "v3 n3 [a=2] ![c]", &[]),
-            // c becomes available.
-            (state(&["a=2", "c=1"]), "v4 n4 [a=2 c=1]", &[]),
+            // a changes: the push carries a alone (c's failure is unchanged, logged once).
+            (state(&["a=2", "c!not entitled"]), "v3 n3 [a=2]", &[]),
+            // c becomes available: c alone.
+            (state(&["a=2", "c=1"]), "v4 n4 [c=1]", &[]),
         ],
     );
 }
@@ -212,7 +213,8 @@ fn wildcard_follows_the_catalog() {
         vec![
             (req(&[], "", ""), "v1 n1 [a=1 b=1]", &[]),
             (req(&[], "1", "1"), "", &["ack n1 v1"]),
-            (state(&["a=1", "b=1", "c=1"]), "v2 n2 [a=1 b=1 c=1]", &[]),
+            // A name joins: it alone. A name leaves: the whole set (nothing else says it left).
+            (state(&["a=1", "b=1", "c=1"]), "v2 n2 [c=1]", &[]),
             (state(&["a=1", "c=1"]), "v3 n3 [a=1 c=1]", &[]),
             (state(&["a=1", "c=1"]), "", &[]),
         ],
