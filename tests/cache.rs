@@ -3,18 +3,18 @@
 //! sleeps; the only real-time bound is a hang guard around each wait.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use time::Duration;
 use tokio::sync::watch;
-use trustmesh::ca::Kek;
 use trustmesh::cache::{
     CacheError, CacheOptions, IdentityCache, IdentitySet, IdentitySource, IdentityWatch, ManualTimer,
 };
-use trustmesh::domain::{Entry, ManualClock, RandomSerials, Selector, SpiffeId, TrustDomain};
-use trustmesh::issuer::{Caller, InitParams, Issuer, IssuerConfig};
-use trustmesh::policy::PolicyEngine;
+use trustmesh::domain::{Entry, ManualClock, Selector, SpiffeId};
+use trustmesh::issuer::{Caller, Issuer};
 use trustmesh::store::{AuditFilter, CertFilter};
 use x509_parser::prelude::FromDer;
 
@@ -32,19 +32,7 @@ struct Env {
 async fn setup(entries: Vec<Entry>) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::at(START);
-    let store = trustmesh::store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
-    let (_, kek_text) = Kek::generate().unwrap();
-    let (issuer, _) = Issuer::start(
-        IssuerConfig::new(TrustDomain::parse("example.org").unwrap()),
-        store,
-        Kek::from_file_contents(&kek_text).unwrap(),
-        Arc::new(clock.clone()),
-        Arc::new(RandomSerials::default()),
-        PolicyEngine::embedded().unwrap(),
-        &InitParams::default(),
-    )
-    .await
-    .unwrap();
+    let (issuer, _) = support::issuer::start(dir.path(), &clock).await;
     let timer = ManualTimer::new(clock.clone());
     let (entries, rx) = watch::channel(Arc::new(entries));
     let options = CacheOptions { timer: Some(Arc::new(timer.clone())), ..CacheOptions::default() };

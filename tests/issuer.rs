@@ -2,6 +2,8 @@
 //! schedule and the offline ceremony, without sleeping.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::sync::Arc;
 
 use trustmesh::ca::Kek;
@@ -13,29 +15,7 @@ use trustmesh::store::Store;
 const START: i64 = 1_800_000_000;
 
 async fn issuer(dir: &std::path::Path, clock: &ManualClock) -> (Arc<Issuer>, Arc<dyn Store>) {
-    let store = trustmesh::store::open(&format!("sqlite://{}", dir.join("t.db").display())).await.unwrap();
-    let kek_text = match std::fs::read_to_string(dir.join("kek")) {
-        Ok(t) => t,
-        Err(_) => {
-            let (_, text) = Kek::generate().unwrap();
-            std::fs::write(dir.join("kek"), text.as_bytes()).unwrap();
-            text.to_string()
-        }
-    };
-    let kek = Kek::from_file_contents(&kek_text).unwrap();
-    let cfg = IssuerConfig::new(TrustDomain::parse("example.org").unwrap());
-    let (issuer, _) = Issuer::start(
-        cfg,
-        store.clone(),
-        kek,
-        Arc::new(clock.clone()),
-        Arc::new(RandomSerials::default()),
-        PolicyEngine::embedded().unwrap(),
-        &InitParams::default(),
-    )
-    .await
-    .unwrap();
-    (issuer, store)
+    support::issuer::start(dir, clock).await
 }
 
 fn serials_in(issuer: &Issuer) -> Vec<String> {

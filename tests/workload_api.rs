@@ -10,6 +10,8 @@
 //! at will, without sleeping; the caller is attested by its uid.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,13 +23,12 @@ use tokio::sync::watch;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use trustmesh::attest::UnixPeer;
-use trustmesh::ca::{Kek, PrivateKey};
+use trustmesh::ca::PrivateKey;
 use trustmesh::cache::{
     CacheError, CacheOptions, FixedJitter, IdentityCache, IdentitySet, IdentitySource, IdentityWatch, ManualTimer, Svid,
 };
-use trustmesh::domain::{Entry, ManualClock, RandomSerials, Selector, SpiffeId, TrustDomain};
-use trustmesh::issuer::{Caller, GenerateRequest, InitParams, Issuer, IssuerConfig, TrustSnapshot};
-use trustmesh::policy::PolicyEngine;
+use trustmesh::domain::{Entry, ManualClock, Selector, SpiffeId};
+use trustmesh::issuer::{Caller, GenerateRequest, Issuer, TrustSnapshot};
 use trustmesh::proto::spiffe::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use trustmesh::proto::spiffe::{
     JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
@@ -184,20 +185,7 @@ fn real_now() -> i64 {
 
 /// A real issuer on temp SQLite, on `clock`.
 async fn issuer(dir: &Path, clock: &ManualClock) -> Arc<Issuer> {
-    let store = trustmesh::store::open(&format!("sqlite://{}", dir.join("t.db").display())).await.unwrap();
-    let (_, kek_text) = Kek::generate().unwrap();
-    let (issuer, _) = Issuer::start(
-        IssuerConfig::new(TrustDomain::parse("example.org").unwrap()),
-        store,
-        Kek::from_file_contents(&kek_text).unwrap(),
-        Arc::new(clock.clone()),
-        Arc::new(RandomSerials::default()),
-        PolicyEngine::embedded().unwrap(),
-        &InitParams::default(),
-    )
-    .await
-    .unwrap();
-    issuer
+    support::issuer::start(dir, clock).await.0
 }
 
 /// Serves `router` on `<dir>/public/api.sock` with `net::serve_unix` until the sender drops.

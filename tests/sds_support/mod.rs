@@ -205,10 +205,36 @@ pub fn with_caller<T>(caller: &str, msg: T) -> Request<T> {
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// One xDS stream of a test client: requests in, responses out.
+pub struct XdsStream<Req, Resp> {
+    tx: mpsc::Sender<Req>,
+    rx: Streaming<Resp>,
+}
+
 /// A state-of-the-world stream (SDS or ADS).
-pub struct Sotw {
-    tx: mpsc::Sender<DiscoveryRequest>,
-    rx: Streaming<DiscoveryResponse>,
+pub type Sotw = XdsStream<DiscoveryRequest, DiscoveryResponse>;
+/// A delta stream (SDS or ADS).
+pub type Delta = XdsStream<DeltaDiscoveryRequest, DeltaDiscoveryResponse>;
+
+impl<Req, Resp: std::fmt::Debug> XdsStream<Req, Resp> {
+    pub async fn send(&self, r: Req) {
+        assert!(self.tx.send(r).await.is_ok(), "the request stream closed");
+    }
+
+    pub async fn recv(&mut self) -> Resp {
+        match tokio::time::timeout(WAIT, self.rx.message()).await {
+            Ok(Ok(Some(r))) => r,
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+
+    /// The status the server ended the stream with.
+    pub async fn status(&mut self) -> Status {
+        match tokio::time::timeout(WAIT, self.rx.message()).await {
+            Ok(Err(s)) => s,
+            other => panic!("expected an error status, got {other:?}"),
+        }
+    }
 }
 
 impl Sotw {
@@ -225,31 +251,6 @@ impl Sotw {
         let rx = client.stream_aggregated_resources(with_caller(caller, ReceiverStream::new(rx))).await?.into_inner();
         Ok(Self { tx, rx })
     }
-
-    pub async fn send(&self, r: DiscoveryRequest) {
-        self.tx.send(r).await.unwrap();
-    }
-
-    pub async fn recv(&mut self) -> DiscoveryResponse {
-        match tokio::time::timeout(WAIT, self.rx.message()).await {
-            Ok(Ok(Some(r))) => r,
-            other => panic!("expected a response, got {other:?}"),
-        }
-    }
-
-    /// The status the server ended the stream with.
-    pub async fn status(&mut self) -> Status {
-        match tokio::time::timeout(WAIT, self.rx.message()).await {
-            Ok(Err(s)) => s,
-            other => panic!("expected an error status, got {other:?}"),
-        }
-    }
-}
-
-/// A delta stream (SDS or ADS).
-pub struct Delta {
-    tx: mpsc::Sender<DeltaDiscoveryRequest>,
-    rx: Streaming<DeltaDiscoveryResponse>,
 }
 
 impl Delta {
@@ -265,24 +266,6 @@ impl Delta {
         let mut client = AggregatedDiscoveryServiceClient::new(channel);
         let rx = client.delta_aggregated_resources(with_caller(caller, ReceiverStream::new(rx))).await?.into_inner();
         Ok(Self { tx, rx })
-    }
-
-    pub async fn send(&self, r: DeltaDiscoveryRequest) {
-        self.tx.send(r).await.unwrap();
-    }
-
-    pub async fn recv(&mut self) -> DeltaDiscoveryResponse {
-        match tokio::time::timeout(WAIT, self.rx.message()).await {
-            Ok(Ok(Some(r))) => r,
-            other => panic!("expected a response, got {other:?}"),
-        }
-    }
-
-    pub async fn status(&mut self) -> Status {
-        match tokio::time::timeout(WAIT, self.rx.message()).await {
-            Ok(Err(s)) => s,
-            other => panic!("expected an error status, got {other:?}"),
-        }
     }
 }
 

@@ -1,0 +1,37 @@
+//! A real issuing service on SQLite in a directory, on a manual clock. The
+//! KEK is kept in `<dir>/kek`, so starting again on the same directory loads
+//! the same CA (a restart).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use trustmesh::ca::Kek;
+use trustmesh::domain::{ManualClock, RandomSerials, TrustDomain};
+use trustmesh::issuer::{InitParams, Issuer, IssuerConfig};
+use trustmesh::policy::PolicyEngine;
+use trustmesh::store::Store;
+
+/// Starts (or restarts) the issuer of trust domain example.org kept in `dir`.
+pub async fn start(dir: &Path, clock: &ManualClock) -> (Arc<Issuer>, Arc<dyn Store>) {
+    let store = trustmesh::store::open(&format!("sqlite://{}", dir.join("t.db").display())).await.unwrap();
+    let kek_text = match std::fs::read_to_string(dir.join("kek")) {
+        Ok(text) => text,
+        Err(_) => {
+            let (_, text) = Kek::generate().unwrap();
+            std::fs::write(dir.join("kek"), text.as_bytes()).unwrap();
+            text.to_string()
+        }
+    };
+    let (issuer, _) = Issuer::start(
+        IssuerConfig::new(TrustDomain::parse("example.org").unwrap()),
+        store.clone(),
+        Kek::from_file_contents(&kek_text).unwrap(),
+        Arc::new(clock.clone()),
+        Arc::new(RandomSerials::default()),
+        PolicyEngine::embedded().unwrap(),
+        &InitParams::default(),
+    )
+    .await
+    .unwrap();
+    (issuer, store)
+}
