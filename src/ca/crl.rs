@@ -410,9 +410,12 @@ fn expect<'a>(input: &'a [u8], tag: u8, what: &str) -> Result<(&'a [u8], &'a [u8
     if input.first() != Some(&tag) {
         return Err(format!("{what}: unexpected tag"));
     }
-    let (len, rest) = raw_tlv(input)?;
-    let header = len - content_len(input)?;
-    Ok((&input[header..len], rest))
+    let (total, rest) = raw_tlv(input)?;
+    let header = match input.get(1) {
+        Some(&first) if first >= 0x80 => 2 + usize::from(first & 0x7f),
+        _ => 2,
+    };
+    Ok((&input[header..total], rest))
 }
 
 /// Total length (header included) of the TLV at the start of `input`, and what follows it.
@@ -422,14 +425,6 @@ fn raw_tlv(input: &[u8]) -> Result<(usize, &[u8]), String> {
         return Err("truncated DER".to_string());
     }
     Ok((total, &input[total..]))
-}
-
-/// The content length announced by the TLV at the start of `input`.
-fn content_len(input: &[u8]) -> Result<usize, String> {
-    let total = crate::ca::asn1::announced_len(input).ok_or("truncated or over-long DER length")?;
-    let first = *input.get(1).ok_or("truncated")?;
-    let header = if first < 0x80 { 2 } else { 2 + usize::from(first & 0x7f) };
-    Ok(total - header)
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {

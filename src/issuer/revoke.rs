@@ -136,7 +136,7 @@ impl Issuer {
         let revoked: usize = work.iter().map(|(_, e)| e.len()).sum();
         let validity = self.cfg.crl_validity;
         // Signing and checking a large CRL takes milliseconds of CPU: off the async workers.
-        let crls = tokio::task::spawn_blocking(move || {
+        let mut crls = tokio::task::spawn_blocking(move || {
             work.iter()
                 .map(|(signer, entries)| ca::build_crl(signer, entries, number, now, validity))
                 .collect::<Result<Vec<_>, _>>()
@@ -144,7 +144,6 @@ impl Issuer {
         .await
         .map_err(|e| IssuerError::Internal(format!("the CRL builder stopped: {e}")))??;
         // CAs whose key is offline: the CRLs their operators imported.
-        let mut crls = crls;
         let live =
             |fingerprint: &str| records.iter().any(|r| r.id == fingerprint && r.not_after > now.unix_timestamp());
         crls.extend(self.imported_crls.read().iter().filter(|c| live(&c.issuer_fingerprint)).cloned());

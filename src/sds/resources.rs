@@ -20,7 +20,6 @@
 //! Each secret is encoded once ([`SecretCache`]) and the bytes are shared by
 //! every stream that sends it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::{DataSource, TypedExtensionConfig, data_source::Specifier};
@@ -132,13 +131,11 @@ pub struct SecretCatalog {
     set: Arc<IdentitySet>,
     mode: ValidatorMode,
     cache: Arc<SecretCache>,
-    by_id: HashMap<String, usize>,
 }
 
 impl SecretCatalog {
     pub fn new(set: Arc<IdentitySet>, mode: ValidatorMode, cache: Arc<SecretCache>) -> Self {
-        let by_id = set.svids.iter().enumerate().map(|(i, s)| (s.spiffe_id.to_string(), i)).collect();
-        Self { set, mode, cache, by_id }
+        Self { set, mode, cache }
     }
 
     fn certificate(&self, name: &str, svid: &Svid) -> Lookup {
@@ -172,9 +169,8 @@ impl SecretCatalog {
             Ok(id) => id,
             Err(e) => return Lookup::Missing(format!("{e}")),
         };
-        if let Some(&i) = self.by_id.get(name)
-            && let Some(svid) = self.set.svids.get(i)
-        {
+        // A caller holds a handful of SVIDs: a scan, no per-change index.
+        if let Some(svid) = self.set.svids.iter().find(|s| s.spiffe_id == id) {
             return self.certificate(name, svid);
         }
         if let Some((_, reason)) = self.set.withheld.iter().find(|(w, _)| *w == id) {
