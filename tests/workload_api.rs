@@ -459,8 +459,9 @@ fn venv_python() -> PathBuf {
     python
 }
 
-/// The scripts import `uds_authority.py` first: grpc-core sends the
-/// percent-encoded socket path as `:authority`, which h2 refuses (see there).
+/// Unmodified py-spiffe: grpc-core sends the percent-encoded socket path as
+/// `:authority`, which the local socket's header filter drops
+/// (`src/net/authority.rs`; see `grpc_core_sends_the_authority_the_filter_drops`).
 fn python(h: &Harness, script: &str, args: &[&str]) -> std::process::Command {
     python_at(&h.socket, script, args)
 }
@@ -530,20 +531,78 @@ async fn py_spiffe_receives_a_rotation_on_its_open_stream() {
     assert!(tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap().success());
 }
 
-/// Watches for the day the server accepts grpc-core's own UDS authority: then
-/// `tests/workload_py/uds_authority.py` can go and unmodified py-spiffe works.
+/// The scripts above reach the server only because of the local socket's
+/// header filter: what py-spiffe really sends on the socket, read by a bare
+/// listener, carries an `:authority` that `h2` would refuse and the filter
+/// drops.
 #[tokio::test]
-async fn unpatched_grpc_core_authority_is_still_refused_by_h2() {
+async fn grpc_core_sends_the_authority_the_filter_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("bare.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let mut child = python_at(&socket, "fetch_x509.py", &[WEB]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let bytes = tokio::time::timeout(Duration::from_secs(30), async {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut conn, _) = listener.accept().await.unwrap();
+        // grpc-core sends requests once the server's SETTINGS came.
+        conn.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        let mut acked = false;
+        let mut filter = trustmesh::net::AuthorityFilter::new();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut seen = Vec::new();
+        // Until the first request's header block has gone through.
+        while filter.dropped() == 0 && filter.failure().is_none() {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "py-spiffe closed the connection before a request");
+            if !acked {
+                conn.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.unwrap(); // SETTINGS ACK
+                acked = true;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            filter.push(&buf[..n], &mut out);
+        }
+        assert_eq!(filter.failure(), None);
+        seen
+    })
+    .await
+    .expect("within 30 s py-spiffe sent a request whose :authority the filter drops");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(bytes.starts_with(b"PRI * HTTP/2.0"), "py-spiffe speaks HTTP/2 with prior knowledge");
+}
+
+/// A header block the filter cannot read reaches `h2` as it came, and the
+/// client gets `h2`'s own GOAWAY; the next client is served.
+#[tokio::test]
+async fn a_malformed_header_block_gets_a_goaway_and_others_are_served() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let h = Harness::start().await;
     h.publish(vec![h.mint(WEB, None).await]);
-    let mut cmd = python(&h, "fetch_x509.py", &[WEB]);
-    cmd.env("TRUSTMESH_PY_RAW_AUTHORITY", "1");
-    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("RST_STREAM"),
-        "py-spiffe now works without uds_authority.py: remove the workaround\n{stderr}"
-    );
+    let mut conn = tokio::net::UnixStream::connect(&h.socket).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS, empty
+    // HEADERS, END_HEADERS, stream 1: indexed field 200, in no table.
+    hello.extend([0, 0, 2, 1, 4, 0, 0, 0, 1, 0xff, 73]);
+    conn.write_all(&hello).await.unwrap();
+    let goaway = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut header = [0u8; 9];
+            conn.read_exact(&mut header).await.expect("a GOAWAY before the connection closes");
+            let len = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            let mut payload = vec![0; len];
+            conn.read_exact(&mut payload).await.unwrap();
+            if header[3] == 7 {
+                return payload;
+            }
+        }
+    })
+    .await
+    .expect("an answer within 10 s");
+    let code = u32::from_be_bytes([goaway[4], goaway[5], goaway[6], goaway[7]]);
+    assert!(code == 1 || code == 9, "GOAWAY with PROTOCOL_ERROR or COMPRESSION_ERROR, not {code}");
+    let out = run_python(&h, "fetch_x509.py", &[WEB]).await;
+    assert!(out.contains("ok x509"), "{out}");
 }
 
 // ---- the real identity cache and the real attestor ---------------------------

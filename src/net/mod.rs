@@ -2,7 +2,10 @@
 //! the local Unix socket. Each connection is served by hyper with one router;
 //! what the transport knows about the peer travels as a request extension
 //! (`attest::TlsPeer` on the TLS port, `attest::UnixPeer` on the socket).
+//! What the local socket's clients send passes through `authority::FilteredStream`
+//! first, so grpc-core clients' `:authority` does not cost them their request.
 
+mod authority;
 mod unix;
 
 use std::time::Duration;
@@ -16,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::attest::{TlsPeer, UnixPeer};
 
+pub use authority::{AuthorityFilter, FilterError, FilteredStream, MAX_HEADER_BLOCK};
 pub use unix::{SocketError, bind_unix};
 
 /// A TLS handshake that takes longer than this is dropped.
@@ -70,7 +74,8 @@ pub async fn serve_tcp(listener: TcpListener, router: Router, mut shutdown: watc
 }
 
 /// Serves the local socket until `shutdown` turns true. The kernel's peer
-/// credentials of each connection are attached to its requests.
+/// credentials of each connection are attached to its requests; its request
+/// headers go through [`FilteredStream`].
 pub async fn serve_unix(listener: UnixListener, router: Router, mut shutdown: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
@@ -87,7 +92,7 @@ pub async fn serve_unix(listener: UnixListener, router: Router, mut shutdown: wa
         };
         let service = router.clone().layer(axum::Extension(peer));
         tokio::spawn(async move {
-            serve_connection(TokioIo::new(stream), service).await;
+            serve_connection(TokioIo::new(FilteredStream::new(stream)), service).await;
         });
     }
 }

@@ -7,7 +7,6 @@ Prints "ok jwt ..." and exits 0, or raises (exit 1).
 """
 import sys
 
-import uds_authority  # noqa: F401  (first: see its docstring)
 from spiffe import JwtSvid, WorkloadApiClient
 
 

@@ -7,7 +7,6 @@ Prints "ok x509 ..." and exits 0, or raises (exit 1).
 import sys
 
 from cryptography.hazmat.primitives import serialization
-import uds_authority  # noqa: F401  (first: see its docstring)
 from spiffe import WorkloadApiClient
 
 

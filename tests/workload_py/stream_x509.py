@@ -7,7 +7,6 @@ Exits 0 after UPDATES updates, 1 on an error or after 30 s without them.
 import sys
 import threading
 
-import uds_authority  # noqa: F401  (first: see its docstring)
 from spiffe import WorkloadApiClient
 
 

@@ -13,7 +13,6 @@ Exits 0 after UPDATES updates, 1 on an error or after 30 s without them.
 import os
 import sys
 
-import uds_authority  # noqa: F401  (first: see its docstring)
 import grpc
 from cryptography import x509
 from spiffe._proto import workload_pb2, workload_pb2_grpc
