@@ -396,11 +396,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for FilteredStream<S> {
                 buf.put_slice(&this.out[this.read..this.read + n]);
                 this.read += n;
                 if this.read == this.out.len() {
-                    this.out.clear();
+                    // An idle connection (an Envoy between pushes) keeps no buffer.
+                    this.out = Vec::new();
                     this.read = 0;
-                    if this.out.capacity() > MAX_FRAME + FRAME_HEADER {
-                        this.out.shrink_to(READ_CHUNK);
-                    }
                 }
                 return Poll::Ready(Ok(()));
             }
