@@ -11,9 +11,10 @@
 //! Every `apply_*` is idempotent: a change seen twice (made here, then read
 //! back from the feed) leaves the same state.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use rpds::RedBlackTreeMapSync;
 use time::{Duration, OffsetDateTime};
 
 use crate::ca::{CrlEntry, RevocationReason};
@@ -52,18 +53,60 @@ struct Revoked {
     not_after: i64,
 }
 
+/// Persistent (structurally shared) maps: a copy costs O(1), so the
+/// publisher takes one under the lock and builds from it after letting go,
+/// while revocations go on changing the state.
+type Serials = RedBlackTreeMapSync<String, Revoked>;
+type Denials = RedBlackTreeMapSync<String, DenyRecord>;
+
 #[derive(Debug, Default)]
 pub(crate) struct Revocations {
     /// Issuer fingerprint → serial (hex) → certificate.
-    by_issuer: HashMap<String, BTreeMap<String, Revoked>>,
+    by_issuer: HashMap<String, Serials>,
     /// Serial → issuer fingerprint.
     issuer_of: HashMap<String, String>,
-    denied: BTreeMap<String, DenyRecord>,
-    /// The deny list as last published, and whether it is out of date.
-    published: Arc<DenyList>,
-    dirty: bool,
+    denied: Denials,
     /// Moves with every change (CRL content or deny list).
     generation: u64,
+}
+
+/// The revocation state at one generation, what a publication is built from.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RevocationView {
+    by_issuer: HashMap<String, Serials>,
+    denied: Denials,
+    pub generation: u64,
+}
+
+impl RevocationView {
+    /// The CRL entries of one issuer: revoked certificates not yet expired.
+    pub(crate) fn crl_entries(&self, issuer_fingerprint: &str, now: OffsetDateTime) -> Vec<CrlEntry> {
+        let now = now.unix_timestamp();
+        self.by_issuer
+            .get(issuer_fingerprint)
+            .map(|m| m.values().filter(|r| r.not_after > now).map(|r| r.entry.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The deny list of this state; `previous` (the one last published) is
+    /// returned as it is when the content is the same, so its revision only
+    /// moves with a change.
+    pub(crate) fn deny_list(&self, now: OffsetDateTime, previous: &Arc<DenyList>) -> Arc<DenyList> {
+        let horizon = (now - CONNECTION_GRACE).unix_timestamp();
+        let identities: Vec<String> = self.denied.keys().cloned().collect();
+        let certificates: BTreeSet<&String> = self
+            .by_issuer
+            .values()
+            .flat_map(|m| m.values())
+            .filter(|r| r.not_after > horizon && !self.denied.contains_key(&r.spiffe_id))
+            .map(|r| &r.fingerprint)
+            .collect();
+        if identities == previous.identities && certificates.iter().copied().eq(previous.certificates.iter()) {
+            return previous.clone();
+        }
+        let certificates = certificates.into_iter().cloned().collect();
+        Arc::new(DenyList { revision: previous.revision + 1, identities, certificates })
+    }
 }
 
 impl Revocations {
@@ -87,12 +130,17 @@ impl Revocations {
     }
 
     /// Takes the content of a freshly loaded state (a replica that fell
-    /// behind the change feed's retention), keeping revisions moving forward.
+    /// behind the change feed's retention), keeping the generation moving forward.
     pub(crate) fn replace(&mut self, fresh: Revocations) {
         self.by_issuer = fresh.by_issuer;
         self.issuer_of = fresh.issuer_of;
         self.denied = fresh.denied;
         self.touch();
+    }
+
+    /// The state as it is now, in O(number of issuers).
+    pub(crate) fn view(&self) -> RevocationView {
+        RevocationView { by_issuer: self.by_issuer.clone(), denied: self.denied.clone(), generation: self.generation }
     }
 
     /// A certificate was revoked.
@@ -112,14 +160,14 @@ impl Revocations {
     /// An identity was denied (its certificates come through `apply_revoked`).
     pub(crate) fn apply_denied(&mut self, record: DenyRecord) {
         if self.denied.get(&record.spiffe_id) != Some(&record) {
-            self.denied.insert(record.spiffe_id.clone(), record);
+            self.denied.insert_mut(record.spiffe_id.clone(), record);
             self.touch();
         }
     }
 
     /// A denial was lifted.
     pub(crate) fn apply_allowed(&mut self, spiffe_id: &str) {
-        if self.denied.remove(spiffe_id).is_some() {
+        if self.denied.remove_mut(spiffe_id) {
             self.touch();
         }
     }
@@ -137,53 +185,19 @@ impl Revocations {
         self.generation
     }
 
-    /// The CRL entries of one issuer: revoked certificates not yet expired.
-    pub(crate) fn crl_entries(&self, issuer_fingerprint: &str, now: OffsetDateTime) -> Vec<CrlEntry> {
-        let now = now.unix_timestamp();
-        self.by_issuer
-            .get(issuer_fingerprint)
-            .map(|m| m.values().filter(|r| r.not_after > now).map(|r| r.entry.clone()).collect())
-            .unwrap_or_default()
-    }
-
-    /// The deny list to push, rebuilt only after a change.
-    pub(crate) fn deny_list(&mut self, now: OffsetDateTime) -> Arc<DenyList> {
-        if !self.dirty {
-            return self.published.clone();
-        }
-        let horizon = (now - CONNECTION_GRACE).unix_timestamp();
-        let identities: Vec<String> = self.denied.keys().cloned().collect();
-        let certificates: BTreeSet<String> = self
-            .by_issuer
-            .values()
-            .flat_map(|m| m.values())
-            .filter(|r| r.not_after > horizon && !self.denied.contains_key(&r.spiffe_id))
-            .map(|r| r.fingerprint.clone())
-            .collect();
-        let certificates: Vec<String> = certificates.into_iter().collect();
-        if identities != self.published.identities || certificates != self.published.certificates {
-            self.published = Arc::new(DenyList { revision: self.published.revision + 1, identities, certificates });
-        }
-        self.dirty = false;
-        self.published.clone()
-    }
-
     /// Drops certificates that expired more than [`CONNECTION_GRACE`] ago.
     /// Returns how many went.
     pub(crate) fn prune(&mut self, now: OffsetDateTime) -> usize {
         let horizon = (now - CONNECTION_GRACE).unix_timestamp();
         let mut gone = Vec::new();
         for m in self.by_issuer.values_mut() {
-            m.retain(|serial, r| {
-                let keep = r.not_after > horizon;
-                if !keep {
-                    gone.push(serial.clone());
-                }
-                keep
-            });
-        }
-        for serial in &gone {
-            self.issuer_of.remove(serial);
+            let expired: Vec<String> =
+                m.iter().filter(|(_, r)| r.not_after <= horizon).map(|(s, _)| s.clone()).collect();
+            for serial in expired {
+                m.remove_mut(&serial);
+                self.issuer_of.remove(&serial);
+                gone.push(serial);
+            }
         }
         if !gone.is_empty() {
             self.touch();
@@ -207,13 +221,12 @@ impl Revocations {
         if slot.get(&r.serial) == Some(&value) {
             return false;
         }
-        slot.insert(r.serial.clone(), value);
+        slot.insert_mut(r.serial.clone(), value);
         self.issuer_of.insert(r.serial, r.issuer_id);
         true
     }
 
     fn touch(&mut self) {
-        self.dirty = true;
         self.generation += 1;
     }
 }
@@ -279,9 +292,14 @@ mod tests {
         let mut state = Revocations::default();
         state.apply_revoked(revoked("0a01", "spiffe://td/a", 2_000));
         state.apply_revoked(revoked("0a02", "spiffe://td/a", 5_000));
-        let listed: Vec<String> = state.crl_entries("ca1", at(3_000)).iter().map(|e| e.serial.to_string()).collect();
+        let listed: Vec<String> =
+            state.view().crl_entries("ca1", at(3_000)).iter().map(|e| e.serial.to_string()).collect();
         assert_eq!(listed, vec!["0a02".to_string()]);
-        assert!(state.crl_entries("other", at(3_000)).is_empty());
+        assert!(state.view().crl_entries("other", at(3_000)).is_empty());
+    }
+
+    fn empty() -> Arc<DenyList> {
+        Arc::new(DenyList::default())
     }
 
     #[test]
@@ -290,18 +308,18 @@ mod tests {
         state.apply_revoked(revoked("0a01", "spiffe://td/a", 10_000));
         state.apply_revoked(revoked("0a02", "spiffe://td/b", 10_000));
         state.apply_denied(denial("spiffe://td/a"));
-        let list = state.deny_list(at(3_000));
+        let list = state.view().deny_list(at(3_000), &empty());
         assert_eq!(list.identities, vec!["spiffe://td/a".to_string()]);
         assert_eq!(list.certificates, vec!["fp-0a02".to_string()], "a's certificate is covered by its URI SAN");
-        let revision = list.revision;
-        // Nothing changed: the same list, the same revision.
-        assert!(Arc::ptr_eq(&list, &state.deny_list(at(3_000))));
+        assert_eq!(list.revision, 1);
+        // The same content: the same list, the same revision.
+        assert!(Arc::ptr_eq(&list, &state.view().deny_list(at(3_000), &list)));
         // Allowed again: the URI SAN goes, the revoked certificate's hash comes.
         state.apply_allowed("spiffe://td/a");
-        let list = state.deny_list(at(3_000));
-        assert!(list.identities.is_empty());
-        assert_eq!(list.certificates, vec!["fp-0a01".to_string(), "fp-0a02".to_string()]);
-        assert_eq!(list.revision, revision + 1);
+        let next = state.view().deny_list(at(3_000), &list);
+        assert!(next.identities.is_empty());
+        assert_eq!(next.certificates, vec!["fp-0a01".to_string(), "fp-0a02".to_string()]);
+        assert_eq!(next.revision, 2);
     }
 
     #[test]
@@ -309,12 +327,31 @@ mod tests {
         let mut state = Revocations::default();
         state.apply_revoked(revoked("0a01", "spiffe://td/b", 10_000));
         let just_expired = at(10_001);
-        assert!(state.crl_entries("ca1", just_expired).is_empty(), "out of the CRL once expired");
-        assert_eq!(state.deny_list(just_expired).certificates.len(), 1, "still cut on open connections");
+        assert!(state.view().crl_entries("ca1", just_expired).is_empty(), "out of the CRL once expired");
+        assert_eq!(
+            state.view().deny_list(just_expired, &empty()).certificates.len(),
+            1,
+            "still cut on open connections"
+        );
         assert_eq!(state.prune(just_expired), 0);
         let later = at(10_000) + CONNECTION_GRACE + Duration::seconds(1);
         assert_eq!(state.prune(later), 1);
-        assert!(state.deny_list(later).certificates.is_empty());
+        assert!(state.view().deny_list(later, &empty()).certificates.is_empty());
         assert!(!state.is_revoked("0a01"));
+    }
+
+    /// A view is a copy: changes after it was taken do not show in it.
+    #[test]
+    fn a_view_keeps_the_state_it_was_taken_at() {
+        let mut state = Revocations::default();
+        state.apply_revoked(revoked("0a01", "spiffe://td/a", 10_000));
+        let view = state.view();
+        state.apply_revoked(revoked("0a02", "spiffe://td/a", 10_000));
+        state.apply_denied(denial("spiffe://td/a"));
+        assert_eq!(state.prune(at(20_000)), 2);
+        assert_eq!(view.crl_entries("ca1", at(3_000)).len(), 1);
+        assert_eq!(view.deny_list(at(3_000), &empty()).certificates, vec!["fp-0a01".to_string()]);
+        assert!(view.generation < state.generation());
+        assert_eq!(state.view().crl_entries("ca1", at(3_000)).len(), 0);
     }
 }

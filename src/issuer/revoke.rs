@@ -123,23 +123,28 @@ impl Issuer {
         let signers = self.signers();
         let records = self.store.cas().await?;
         let number = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-        let (work, deny, generation) = {
-            let mut state = self.revocations.lock();
-            let work: Vec<_> = signers
-                .crl_signers
-                .iter()
-                .filter(|s| s.cert.not_after > now)
-                .map(|s| (s.clone(), state.crl_entries(&s.cert.fingerprint, now)))
-                .collect();
-            (work, state.deny_list(now), state.generation())
-        };
-        let revoked: usize = work.iter().map(|(_, e)| e.len()).sum();
+        // A copy of the state in O(1): revocations go on while this builds.
+        let view = self.revocations.lock().view();
+        let generation = view.generation;
+        let previous = self.snapshot();
+        let unchanged = previous.generation == generation;
+        let before = previous.deny.clone();
+        let signers: Vec<_> = signers.crl_signers.iter().filter(|s| s.cert.not_after > now).cloned().collect();
         let validity = self.cfg.crl_validity;
-        // Signing and checking a large CRL takes milliseconds of CPU: off the async workers.
-        let mut crls = tokio::task::spawn_blocking(move || {
-            work.iter()
-                .map(|(signer, entries)| ca::build_crl(signer, entries, number, now, validity))
-                .collect::<Result<Vec<_>, _>>()
+        // Listing 100,000 entries, signing and checking the CRL take
+        // milliseconds of CPU: off the async workers.
+        let (mut crls, deny, revoked) = tokio::task::spawn_blocking(move || {
+            let deny = if unchanged { before } else { view.deny_list(now, &before) };
+            let mut revoked = 0;
+            let crls = signers
+                .iter()
+                .map(|signer| {
+                    let entries = view.crl_entries(&signer.cert.fingerprint, now);
+                    revoked += entries.len();
+                    ca::build_crl(signer, &entries, number, now, validity)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, ca::CaError>((crls, deny, revoked))
         })
         .await
         .map_err(|e| IssuerError::Internal(format!("the CRL builder stopped: {e}")))??;
@@ -167,7 +172,6 @@ impl Issuer {
         }
         let crl_pem: String = crls.iter().map(|c| c.to_pem()).collect();
         let jwks = crate::token::jwks(&self.token_keys().jwt_svid_keys);
-        let previous = self.snapshot();
         let snapshot = Arc::new(TrustSnapshot {
             revision: previous.revision + 1,
             trust_domain: self.cfg.trust_domain.clone(),
