@@ -42,7 +42,7 @@ impl FromStr for TokenKind {
 }
 
 /// An authenticated caller, as Cedar sees it (SPEC §7).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Principal {
     /// An operator holding an admin token.
     Admin { name: String },

@@ -425,7 +425,7 @@ pub(crate) async fn load_token_keys(store: &dyn Store, kek: &Kek, now: i64) -> R
         }
         None => None,
     };
-    Ok(TokenKeys { signer, verifying, jwt_svid_keys, jwt_svid_signer })
+    Ok(TokenKeys { signer, verifying, accepted: Default::default(), jwt_svid_keys, jwt_svid_signer })
 }
 
 fn log_created(cas: &[CaRecord], cfg: &IssuerConfig) {

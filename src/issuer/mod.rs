@@ -105,6 +105,8 @@ pub(crate) struct Signers {
 pub(crate) struct TokenKeys {
     pub signer: Es256Signer,
     pub verifying: Vec<VerifyingKey>,
+    /// Tokens accepted under `verifying` (replaced with it).
+    pub accepted: crate::token::SignatureMemo,
     pub jwt_svid_keys: Vec<VerifyingKey>,
     /// The newest unexpired `jwt-svid` key; `None` when the store has none.
     pub jwt_svid_signer: Option<Es256Signer>,

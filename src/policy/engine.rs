@@ -7,6 +7,7 @@ use cedar_policy::{
     Authorizer, Context, Entities, PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
     Validator,
 };
+use parking_lot::{Mutex, MutexGuard};
 
 use super::model::{self, Action, Resource};
 use super::{Decision, DecisionContext, PolicyError, chain};
@@ -23,7 +24,24 @@ pub struct PolicyEngine {
     schema: Schema,
     policies: PolicySet,
     authorizer: Authorizer,
+    /// Decisions already made. A decision depends only on the request (the
+    /// entities are built from the principal and the resource alone) and the
+    /// policy set, which never changes after loading; evaluating one again
+    /// costs tens of microseconds on every certificate signed.
+    decisions: Mutex<HashMap<DecisionKey, Decision>>,
 }
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct DecisionKey {
+    principal: Principal,
+    action: Action,
+    resource: Resource,
+    trust_domain: TrustDomain,
+    ctx: DecisionContext,
+}
+
+/// Decisions remembered at most; the memo starts over when it is full.
+const MAX_DECISIONS: usize = 4_096;
 
 impl PolicyEngine {
     /// The embedded schema and default policies, parsed and validated.
@@ -80,7 +98,7 @@ impl PolicyEngine {
                 .collect();
             return Err(PolicyError::Invalid { problems });
         }
-        Ok(Self { schema, policies: set, authorizer: Authorizer::new() })
+        Ok(Self { schema, policies: set, authorizer: Authorizer::new(), decisions: Mutex::default() })
     }
 
     /// Decides whether `principal` may do `action` on `resource`, in the
@@ -103,6 +121,37 @@ impl PolicyEngine {
     /// request that cannot be built (the schema does not allow this resource
     /// type for the action, …) is refused with the reason in `errors`.
     pub fn decide_with(
+        &self,
+        principal: &Principal,
+        action: Action,
+        resource: &Resource,
+        trust_domain: &TrustDomain,
+        ctx: &DecisionContext,
+    ) -> Decision {
+        let key = DecisionKey {
+            principal: principal.clone(),
+            action,
+            resource: resource.clone(),
+            trust_domain: trust_domain.clone(),
+            ctx: *ctx,
+        };
+        if let Some(known) = self.memo().get(&key) {
+            return known.clone();
+        }
+        let decision = self.evaluate(principal, action, resource, trust_domain, ctx);
+        let mut memo = self.memo();
+        if memo.len() >= MAX_DECISIONS {
+            memo.clear();
+        }
+        memo.insert(key, decision.clone());
+        decision
+    }
+
+    fn memo(&self) -> MutexGuard<'_, HashMap<DecisionKey, Decision>> {
+        self.decisions.lock()
+    }
+
+    fn evaluate(
         &self,
         principal: &Principal,
         action: Action,
@@ -210,4 +259,39 @@ fn check_schema_fits(schema: &Schema) -> Result<(), PolicyError> {
         mismatch(format!("the context of obtain_svid must declare entry_matched?: Bool: {}", chain(&e)))
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod memo_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn td() -> TrustDomain {
+        TrustDomain::parse("example.org").unwrap()
+    }
+
+    /// The memo answers exactly what evaluating again answers, allow and
+    /// deny alike, and never holds more than its bound.
+    #[test]
+    fn remembered_decisions_equal_fresh_ones_and_the_memo_is_bounded() {
+        let engine = PolicyEngine::embedded().unwrap();
+        let admin = Principal::Admin { name: "ops".into() };
+        let node = Principal::Node { id: "node-1".into() };
+        let id = Resource::Identity(SpiffeId::parse("spiffe://example.org/web").unwrap());
+        for (principal, action) in [(&admin, Action::SignCsr), (&node, Action::SignCsr), (&node, Action::DenyIdentity)]
+        {
+            let first = engine.decide(principal, action, &id, &td());
+            let again = engine.decide(principal, action, &id, &td());
+            let fresh = engine.evaluate(principal, action, &id, &td(), &DecisionContext::default());
+            assert_eq!(first, fresh);
+            assert_eq!(again, fresh);
+        }
+        assert!(engine.decide(&admin, Action::SignCsr, &id, &td()).allowed);
+        assert!(!engine.decide(&node, Action::DenyIdentity, &id, &td()).allowed);
+        for i in 0..MAX_DECISIONS + 10 {
+            engine.decide(&admin, Action::RevokeCertificate, &Resource::Certificate(format!("{i:x}")), &td());
+            assert!(engine.memo().len() <= MAX_DECISIONS);
+        }
+    }
 }

@@ -76,7 +76,7 @@ impl fmt::Display for Decision {
 
 /// Request context beyond the server's trust domain. `Default` is what
 /// [`PolicyEngine::decide`] uses: nothing extra.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct DecisionContext {
     /// `Some(true)` when a registration entry the caller matches names the
     /// requested identity, `Some(false)` when the entries were checked and none

@@ -31,7 +31,7 @@ pub enum Action {
 }
 
 /// What an action is done to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Resource {
     /// `Trustmesh::Identity::"<spiffe id>"`.
     Identity(SpiffeId),

@@ -5,7 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ring::rand::{SecureRandom as _, SystemRandom};
 use serde_json::{Map, Value, json};
 
-use super::jws::{Es256Signer, VerifyingKey, verify_es256};
+use super::jws::{Es256Signer, SignatureMemo, VerifyingKey, verify_es256};
 use super::{TokenError, shorten};
 use crate::domain::TokenKind;
 
@@ -80,12 +80,36 @@ pub fn verify(
     now: i64,
     presented_cert_sha256_b64url: Option<&str>,
 ) -> Result<TokenClaims, TokenError> {
-    let value = verify_es256(token, keys)?;
-    let claims = TokenClaims::from_json(&value)?;
+    check(&verify_es256(token, keys)?, rules, now, presented_cert_sha256_b64url)
+}
+
+/// [`verify`], with the signature check answered from `memo` for a token
+/// verified before under the same `keys` (`memo` must belong to `keys`: make
+/// a new one when the keys change). Every claim is checked again.
+pub fn verify_remembered(
+    memo: &SignatureMemo,
+    token: &str,
+    keys: &[VerifyingKey],
+    rules: &TokenRules,
+    now: i64,
+    presented_cert_sha256_b64url: Option<&str>,
+) -> Result<TokenClaims, TokenError> {
+    let value = memo.verify(token, keys)?;
+    check(&value, rules, now, presented_cert_sha256_b64url)
+}
+
+/// Every check of [`verify`] after the signature.
+fn check(
+    value: &Value,
+    rules: &TokenRules,
+    now: i64,
+    presented_cert_sha256_b64url: Option<&str>,
+) -> Result<TokenClaims, TokenError> {
+    let claims = TokenClaims::from_json(value)?;
     if claims.iss != rules.issuer {
         return Err(TokenError::WrongIssuer { expected: shorten(&rules.issuer), found: shorten(&claims.iss) });
     }
-    let audiences = audiences(&value)?;
+    let audiences = audiences(value)?;
     if !audiences.contains(&rules.audience) {
         return Err(TokenError::WrongAudience {
             expected: shorten(&rules.audience),

@@ -1,9 +1,13 @@
 //! Compact JWS with exactly one algorithm: ES256.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use parking_lot::{Mutex, MutexGuard};
+use ring::digest;
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair as _};
 use serde_json::{Map, Value, json};
@@ -196,14 +200,7 @@ pub fn verify_es256(token: &str, keys: &[VerifyingKey]) -> Result<Value, TokenEr
     if header.contains_key("crit") {
         return Err(TokenError::CritRefused);
     }
-    let kid = match header.get("kid") {
-        None => return Err(TokenError::MissingKid),
-        Some(Value::String(kid)) => kid.as_str(),
-        Some(_) => {
-            return Err(TokenError::UnknownKid { kid: "<not a string>".into() });
-        }
-    };
-    let key = keys.iter().find(|k| k.kid == kid).ok_or_else(|| TokenError::UnknownKid { kid: shorten(kid) })?;
+    let key = find_key(&header, keys)?;
     let sig = B64.decode(sig_b64).map_err(|_| TokenError::Base64 { part: "signature" })?;
     // "header.payload": everything before the last dot (there are exactly two).
     let (signing_input, _) = token.rsplit_once('.').ok_or(TokenError::Segments { count: parts.len() })?;
@@ -211,6 +208,76 @@ pub fn verify_es256(token: &str, keys: &[VerifyingKey]) -> Result<Value, TokenEr
         .verify(signing_input.as_bytes(), &sig)
         .map_err(|_| TokenError::BadSignature)?;
     Ok(Value::Object(decode_object(payload_b64, "payload")?))
+}
+
+/// SHA-256 of a token → the key that verified it and its claims.
+type Accepted = HashMap<[u8; 32], (VerifyingKey, Arc<Value>)>;
+
+/// Tokens whose signature [`verify_es256`] accepted, by SHA-256 of the whole
+/// token: an operator's or a node's token is presented on every call, and its
+/// ECDSA verification is the largest single cost of a call that signs one
+/// certificate. Only accepted tokens are remembered, with the key that
+/// verified them: a remembered token counts only while that key is among the
+/// keys asked with. At most [`SignatureMemo::CAPACITY`] (the memo starts over
+/// when full).
+#[derive(Debug, Default)]
+pub struct SignatureMemo {
+    accepted: Mutex<Accepted>,
+}
+
+impl SignatureMemo {
+    pub const CAPACITY: usize = 4_096;
+
+    /// [`verify_es256`], answered from memory for a token accepted before.
+    pub fn verify(&self, token: &str, keys: &[VerifyingKey]) -> Result<Arc<Value>, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::TooLarge { len: token.len(), max: MAX_TOKEN_LEN });
+        }
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(digest::digest(&digest::SHA256, token.as_bytes()).as_ref());
+        if let Some((key, claims)) = self.accepted().get(&hash)
+            && keys.contains(key)
+        {
+            return Ok(claims.clone());
+        }
+        let claims = Arc::new(verify_es256(token, keys)?);
+        let key = key_of(token, keys)?;
+        let mut accepted = self.accepted();
+        if accepted.len() >= Self::CAPACITY {
+            accepted.clear();
+        }
+        accepted.insert(hash, (key.clone(), claims.clone()));
+        Ok(claims)
+    }
+
+    /// How many tokens are remembered.
+    pub fn len(&self) -> usize {
+        self.accepted().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn accepted(&self) -> MutexGuard<'_, Accepted> {
+        self.accepted.lock()
+    }
+}
+
+/// The key a token's header names.
+fn find_key<'k>(header: &Map<String, Value>, keys: &'k [VerifyingKey]) -> Result<&'k VerifyingKey, TokenError> {
+    let kid = match header.get("kid") {
+        None => return Err(TokenError::MissingKid),
+        Some(Value::String(kid)) => kid.as_str(),
+        Some(_) => return Err(TokenError::UnknownKid { kid: "<not a string>".into() }),
+    };
+    keys.iter().find(|k| k.kid == kid).ok_or_else(|| TokenError::UnknownKid { kid: shorten(kid) })
+}
+
+/// The key that verified a token [`verify_es256`] accepted.
+fn key_of<'k>(token: &str, keys: &'k [VerifyingKey]) -> Result<&'k VerifyingKey, TokenError> {
+    let header_b64 = token.split('.').next().unwrap_or_default();
+    find_key(&decode_object(header_b64, "header")?, keys)
 }
 
 fn decode_object(part_b64: &str, part: &'static str) -> Result<Map<String, Value>, TokenError> {

@@ -25,8 +25,8 @@
 mod claims;
 mod jws;
 
-pub use claims::{TokenClaims, TokenRules, mint, new_jti, verify};
-pub use jws::{Es256Signer, MAX_TOKEN_LEN, VerifyingKey, generate_es256_pkcs8, jwks, verify_es256};
+pub use claims::{TokenClaims, TokenRules, mint, new_jti, verify, verify_remembered};
+pub use jws::{Es256Signer, MAX_TOKEN_LEN, SignatureMemo, VerifyingKey, generate_es256_pkcs8, jwks, verify_es256};
 
 /// Everything that can be wrong with a token or a token key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

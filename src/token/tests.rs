@@ -258,3 +258,73 @@ fn refuses_bad_keys_without_leaking_them() {
     let jwk = json!({"kty": "EC", "crv": "P-384", "x": "AA", "y": "AA", "kid": "k"});
     assert!(VerifyingKey::from_jwk(&jwk).is_err());
 }
+
+// ---- the signature memo ------------------------------------------------------
+
+#[test]
+fn a_remembered_token_is_checked_again_on_every_claim() {
+    let (s, keys) = setup();
+    let memo = SignatureMemo::default();
+    let mut c = claims();
+    c.cnf_x5t_s256 = Some("bound-thumbprint".into());
+    let token = mint(&s, &c).unwrap();
+    assert_eq!(verify_remembered(&memo, &token, &keys, &rules(), NOW, Some("bound-thumbprint")).unwrap(), c);
+    assert_eq!(memo.len(), 1);
+    // The signature comes from memory; expiry, audience and binding do not.
+    assert_eq!(verify_remembered(&memo, &token, &keys, &rules(), NOW, Some("bound-thumbprint")).unwrap(), c);
+    assert!(matches!(
+        verify_remembered(&memo, &token, &keys, &rules(), NOW + 7200, Some("bound-thumbprint")),
+        Err(TokenError::Expired { .. })
+    ));
+    assert!(matches!(
+        verify_remembered(&memo, &token, &keys, &rules(), NOW, Some("another")),
+        Err(TokenError::CertificateMismatch { .. })
+    ));
+    let other_audience = TokenRules::new("trustmesh", "elsewhere");
+    assert!(matches!(
+        verify_remembered(&memo, &token, &keys, &other_audience, NOW, Some("bound-thumbprint")),
+        Err(TokenError::WrongAudience { .. })
+    ));
+    assert_eq!(memo.len(), 1);
+}
+
+#[test]
+fn refused_tokens_are_never_remembered() {
+    let (s, keys) = setup();
+    let memo = SignatureMemo::default();
+    let token = mint(&s, &claims()).unwrap();
+    let (head, sig) = token.rsplit_once('.').unwrap();
+    let mut bytes = B64.decode(sig).unwrap();
+    bytes[10] ^= 1;
+    let tampered = format!("{head}.{}", B64.encode(bytes));
+    for _ in 0..2 {
+        assert!(matches!(memo.verify(&tampered, &keys), Err(TokenError::BadSignature)));
+    }
+    let foreign = mint(&signer("k1"), &claims()).unwrap();
+    assert!(matches!(memo.verify(&foreign, &keys), Err(TokenError::BadSignature)));
+    assert!(memo.is_empty());
+}
+
+/// A token remembered under one key set proves nothing under another (a
+/// rotated or withdrawn key): it is verified again and refused.
+#[test]
+fn a_remembered_token_counts_only_while_its_key_is_asked_with() {
+    let (s, keys) = setup();
+    let memo = SignatureMemo::default();
+    let token = mint(&s, &claims()).unwrap();
+    memo.verify(&token, &keys).unwrap();
+    let replaced = vec![signer("k1").verifying_key().unwrap()];
+    assert!(matches!(memo.verify(&token, &replaced), Err(TokenError::BadSignature)));
+    assert!(matches!(memo.verify(&token, &[]), Err(TokenError::UnknownKid { .. })));
+    assert!(memo.verify(&token, &keys).is_ok());
+}
+
+#[test]
+fn the_memo_is_bounded() {
+    let (s, keys) = setup();
+    let memo = SignatureMemo::default();
+    for _ in 0..SignatureMemo::CAPACITY + 3 {
+        memo.verify(&mint(&s, &claims()).unwrap(), &keys).unwrap();
+        assert!(memo.len() <= SignatureMemo::CAPACITY);
+    }
+}
