@@ -52,6 +52,8 @@ conformance!(
     active_certificate_count,
     revoke_outcomes,
     deny_revokes_identity,
+    issuance_of_a_denied_identity_stores_nothing,
+    issuance_racing_a_denial_leaves_no_live_certificate,
     allow_lifts_denial,
     consume_token_id_once,
     purge_expired,
@@ -403,6 +405,61 @@ async fn concurrent_issuance(s: Arc<dyn Store>) {
     assert_eq!(s.certificates(&CertFilter::default()).await.unwrap().len(), 32);
     assert_eq!(s.active_certificate_count(NOW).await.unwrap(), 32);
     assert_eq!(s.audit(&AuditFilter::default()).await.unwrap().len(), 32);
+}
+
+/// The deny list is checked inside the issuance's own transaction: a denied
+/// identity's certificate is refused with nothing stored, not even its audit
+/// record, while other records of the same group commit go through.
+async fn issuance_of_a_denied_identity_stores_nothing(s: Arc<dyn Store>) {
+    seed(&s).await;
+    let (x, y) = ("spiffe://example.org/x", "spiffe://example.org/y");
+    s.deny(&deny_record(x, "stolen", NOW), NOW, &audit("deny", x, NOW)).await.unwrap();
+    let audits_before = s.audit(&AuditFilter::default()).await.unwrap().len();
+    let results = join_all((0..8).map(|i| {
+        let s = s.clone();
+        async move {
+            let id = if i % 2 == 0 { x } else { y };
+            let c = cert(&format!("d{i}"), id, "a-services", NOW, NOW + 3600);
+            s.record_issuance(&c, &audit("issue", id, NOW)).await.unwrap()
+        }
+    }))
+    .await;
+    assert_eq!(results, [false, true, false, true, false, true, false, true]);
+    let stored: Vec<String> =
+        s.certificates(&CertFilter::default()).await.unwrap().into_iter().map(|c| c.serial).collect();
+    assert_eq!(stored.len(), 4);
+    assert!(stored.iter().all(|serial| ["d1", "d3", "d5", "d7"].contains(&serial.as_str())), "{stored:?}");
+    assert_eq!(s.audit(&AuditFilter::default()).await.unwrap().len(), audits_before + 4);
+    s.allow(x, &audit("allow", x, NOW)).await.unwrap();
+    let c = cert("d8", x, "a-services", NOW, NOW + 3600);
+    assert!(s.record_issuance(&c, &audit("issue", x, NOW)).await.unwrap(), "allowed again");
+}
+
+/// Issuances of one identity racing its denial: whatever the interleaving,
+/// each certificate is either refused or revoked by the denial. None stays
+/// active (with a check-then-insert, one could slip in after the revocation).
+async fn issuance_racing_a_denial_leaves_no_live_certificate(s: Arc<dyn Store>) {
+    seed(&s).await;
+    let x = "spiffe://example.org/raced";
+    let issuing = join_all((0..60).map(|i| {
+        let s = s.clone();
+        async move {
+            let c = cert(&format!("r{i:02}"), x, "a-services", NOW, NOW + 3600);
+            s.record_issuance(&c, &audit("issue", x, NOW)).await.unwrap()
+        }
+    }));
+    let denying = {
+        let s = s.clone();
+        async move {
+            tokio::task::yield_now().await;
+            s.deny(&deny_record(x, "stolen", NOW), NOW, &audit("deny", x, NOW)).await.unwrap()
+        }
+    };
+    let (stored, revoked) = tokio::join!(issuing, denying);
+    let certs = s.certificates(&CertFilter { spiffe_id: Some(x.into()), ..Default::default() }).await.unwrap();
+    assert_eq!(certs.len(), stored.iter().filter(|ok| **ok).count());
+    assert!(certs.iter().all(|c| c.status == CertStatus::Revoked), "a live certificate of a denied identity");
+    assert_eq!(revoked.len(), certs.len(), "every stored one was revoked by the denial");
 }
 
 /// Records submitted together (one SQLite group commit) succeed or fail one by

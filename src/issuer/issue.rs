@@ -10,7 +10,7 @@ use super::{Issuer, IssuerError, MAX_REQUEST_BYTES};
 use crate::ca::{self, IssuedCertificate, KeyAlgorithm, PrivateKey, SvidRequest};
 use crate::domain::SpiffeId;
 use crate::policy::{Action, Resource};
-use crate::store::{CaRole, CertFilter, CertRecord, CertStatus};
+use crate::store::{CaRole, CertFilter, CertRecord, CertStatus, DenyRecord};
 
 /// `SignCsr`: the caller keeps its key.
 #[derive(Debug, Clone)]
@@ -119,15 +119,10 @@ impl Issuer {
     ) -> Result<Issued, IssuerError> {
         let target = id.to_string();
         self.authorize(caller, action, &Resource::Identity(id.clone()), &target).await?;
-        if let Some(denial) = self.store.denied(&target).await? {
-            tracing::warn!(
-                spiffe_id = %target,
-                reason = %denial.reason,
-                denied_at = denial.denied_at,
-                "CSR signing denied — identity is on the deny list"
-            );
-            let err = IssuerError::Denied { spiffe_id: target.clone(), reason: denial.reason };
-            return self.refuse(caller, action_name, &target, err).await;
+        // The deny list in memory answers at once; the store's insert below
+        // checks it again atomically with any denial still in flight.
+        if let Some(denial) = self.denial(&target) {
+            return self.refuse_denied(caller, action_name, &target, denial).await;
         }
         let lifetime = self.lifetime(ttl_seconds);
         let (spki, algorithm, private_key) = match key {
@@ -157,7 +152,15 @@ impl Issuer {
         let record = cert_record(&certificate, &signer.cert.fingerprint);
         let reason = format!("serial {} until {}", record.serial, record.not_after);
         let log = audit(caller, action_name, &target, "ok", &reason, now.unix_timestamp());
-        self.store.record_issuance(&record, &log).await?;
+        if !self.store.record_issuance(&record, &log).await? {
+            let denial = self.store.denied(&target).await?.unwrap_or_else(|| DenyRecord {
+                spiffe_id: target.clone(),
+                reason: "denied while the certificate was being issued".into(),
+                denied_at: now.unix_timestamp(),
+                denied_by: String::new(),
+            });
+            return self.refuse_denied(caller, action_name, &target, denial).await;
+        }
         self.metrics.issued(&signer.cert.common_name, &algorithm);
         tracing::info!(
             fingerprint = %certificate.fingerprint,
@@ -171,6 +174,23 @@ impl Issuer {
         );
         let chain_pem = format!("{}{}", certificate.to_pem(), signer.cert.to_pem());
         Ok(Issued { certificate, record, chain_pem, private_key })
+    }
+
+    async fn refuse_denied<T>(
+        &self,
+        caller: &Caller,
+        action_name: &str,
+        target: &str,
+        denial: DenyRecord,
+    ) -> Result<T, IssuerError> {
+        tracing::warn!(
+            spiffe_id = %target,
+            reason = %denial.reason,
+            denied_at = denial.denied_at,
+            "CSR signing denied — identity is on the deny list"
+        );
+        let err = IssuerError::Denied { spiffe_id: target.to_string(), reason: denial.reason };
+        self.refuse(caller, action_name, target, err).await
     }
 
     /// The requested lifetime, or the default; capped by the configured maximum.

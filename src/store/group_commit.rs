@@ -4,7 +4,9 @@
 //!
 //! Each submission runs under its own savepoint, so one failing record (a
 //! duplicate serial) fails alone; a failing commit fails every record of the
-//! batch. Nobody is answered before the commit that holds their record.
+//! batch. A submission whose first statement changes no row (an insert its
+//! condition refused) is rolled back alone and answered `false`. Nobody is
+//! answered before the commit that holds their record.
 
 use std::sync::Arc;
 
@@ -21,7 +23,7 @@ const MAX_BATCH: usize = 256;
 
 struct Pending {
     stmts: Vec<Stmt>,
-    done: oneshot::Sender<StoreResult<()>>,
+    done: oneshot::Sender<StoreResult<bool>>,
 }
 
 pub(super) struct GroupCommit {
@@ -36,8 +38,10 @@ impl GroupCommit {
         Self { queue }
     }
 
-    /// Writes `stmts` in the next batch; returns once that batch is durable.
-    pub(super) async fn submit(&self, stmts: Vec<Stmt>) -> StoreResult<()> {
+    /// Writes `stmts` in the next batch; returns once that batch is durable:
+    /// `true`, or `false` when the first statement changed no row and nothing
+    /// of the submission was kept.
+    pub(super) async fn submit(&self, stmts: Vec<Stmt>) -> StoreResult<bool> {
         let (done, result) = oneshot::channel();
         self.queue
             .send(Pending { stmts, done })
@@ -70,7 +74,7 @@ async fn run(conn: Arc<Mutex<Connection>>, mut rx: mpsc::UnboundedReceiver<Pendi
 }
 
 /// One transaction for the whole batch; one result per submission.
-fn commit(conn: &mut Connection, batch: &[Pending]) -> Vec<StoreResult<()>> {
+fn commit(conn: &mut Connection, batch: &[Pending]) -> Vec<StoreResult<bool>> {
     let fail_all = |e: StoreError| batch.iter().map(|_| Err(clone_err(&e))).collect();
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
@@ -79,8 +83,14 @@ fn commit(conn: &mut Connection, batch: &[Pending]) -> Vec<StoreResult<()>> {
     let mut results = Vec::with_capacity(batch.len());
     for p in batch {
         let one = tx.savepoint().map_err(sqlite_err).and_then(|sp| {
-            p.stmts.iter().try_for_each(|s| exec(&sp, s).map(drop))?;
-            sp.commit().map_err(sqlite_err)
+            let Some((first, rest)) = p.stmts.split_first() else { return Ok(true) };
+            if exec(&sp, first)? == 0 {
+                // Dropping the savepoint rolls it back.
+                return Ok(false);
+            }
+            rest.iter().try_for_each(|s| exec(&sp, s).map(drop))?;
+            sp.commit().map_err(sqlite_err)?;
+            Ok(true)
         });
         results.push(one);
     }

@@ -262,9 +262,13 @@ pub(super) fn select_keys() -> Stmt {
     stmt!("SELECT * FROM signing_keys ORDER BY created_at, kid")
 }
 
+/// Inserts a certificate unless its identity is on the deny list (no row
+/// changed then).
 pub(super) fn insert_cert(c: &CertRecord) -> Stmt {
     let sql = "INSERT INTO certificates (serial, spiffe_id, issuer_id, fingerprint, not_before, not_after, \
-               status, revoked_at, revocation_reason, cert_der) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+               status, revoked_at, revocation_reason, cert_der) \
+               SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
+               WHERE NOT EXISTS (SELECT 1 FROM deny_list WHERE spiffe_id = $2)";
     let status = status_str(c.status);
     stmt!(
         sql,

@@ -332,9 +332,12 @@ pub trait Store: Send + Sync + 'static {
     async fn imported_crls(&self) -> StoreResult<Vec<ImportedCrlRecord>>;
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>>;
 
-    /// Stores an issued certificate and its audit record in one transaction.
+    /// Stores an issued certificate and its audit record in one transaction;
+    /// `false` (nothing stored) when its identity is on the deny list. The
+    /// check and the insert are one step with respect to [`Store::deny`]:
+    /// a certificate is either refused or stored where `deny` revokes it.
     /// A duplicate serial is a `Conflict`.
-    async fn record_issuance(&self, cert: &CertRecord, audit: &AuditRecord) -> StoreResult<()>;
+    async fn record_issuance(&self, cert: &CertRecord, audit: &AuditRecord) -> StoreResult<bool>;
     async fn certificate(&self, serial: &str) -> StoreResult<Option<CertRecord>>;
     /// Newest `not_before` first.
     async fn certificates(&self, filter: &CertFilter) -> StoreResult<Vec<CertRecord>>;

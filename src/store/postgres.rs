@@ -44,6 +44,8 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(10);
 /// `pg_advisory_xact_lock` keys ("trustm" and a number).
 const MIGRATION_LOCK: i64 = 0x7472_7573_746d_0001;
 const CA_LOCK: i64 = 0x7472_7573_746d_0002;
+/// The class of the per-identity `pg_advisory_xact_lock(class, hash)` ("tmid").
+const IDENTITY_LOCK_CLASS: i32 = 0x746d_6964;
 /// Held from a change record's insert to its commit: commit order = revision order.
 const CHANGES_LOCK: i64 = 0x7472_7573_746d_0003;
 /// The `NOTIFY` channel of the change feed.
@@ -100,15 +102,6 @@ impl PostgresStore {
     }
 
     /// Executes every statement in one transaction.
-    async fn write_all(&self, stmts: &[Stmt]) -> StoreResult<()> {
-        let mut client = self.client().await?;
-        let tx = begin(&mut client).await?;
-        for s in stmts {
-            exec(&tx, s).await?;
-        }
-        tx.commit().await.map_err(pg_err)
-    }
-
     async fn all<T>(&self, s: Stmt, decode: Decoder<T>) -> StoreResult<Vec<T>> {
         all(&self.client().await?, &s, decode).await
     }
@@ -204,8 +197,16 @@ impl Store for PostgresStore {
         self.all(sql::select_keys(), super::key_from_row).await
     }
 
-    async fn record_issuance(&self, cert: &CertRecord, audit: &AuditRecord) -> StoreResult<()> {
-        self.write_all(&[sql::insert_cert(cert), sql::insert_audit(audit)]).await
+    async fn record_issuance(&self, cert: &CertRecord, audit: &AuditRecord) -> StoreResult<bool> {
+        let mut client = self.client().await?;
+        let tx = begin(&mut client).await?;
+        lock_identity(&tx, &cert.spiffe_id).await?;
+        if exec(&tx, &sql::insert_cert(cert)).await? == 0 {
+            return Ok(false);
+        }
+        exec(&tx, &sql::insert_audit(audit)).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(true)
     }
 
     async fn certificate(&self, serial: &str) -> StoreResult<Option<CertRecord>> {
@@ -247,6 +248,7 @@ impl Store for PostgresStore {
     async fn deny(&self, entry: &DenyRecord, now: i64, audit: &AuditRecord) -> StoreResult<Vec<String>> {
         let mut client = self.client().await?;
         let tx = begin(&mut client).await?;
+        lock_identity(&tx, &entry.spiffe_id).await?;
         exec(&tx, &sql::upsert_deny(entry)).await?;
         let mut serials = all(&tx, &sql::revoke_identity(entry, now), |r| r.text("serial")).await?;
         exec(&tx, &sql::insert_audit(audit)).await?;
@@ -499,6 +501,16 @@ async fn migrate(client: &mut Object) -> StoreResult<()> {
 
 async fn begin(client: &mut Object) -> StoreResult<Transaction<'_>> {
     client.transaction().await.map_err(pg_err)
+}
+
+/// Serializes an issuance and a denial of the same identity: under READ
+/// COMMITTED, an insert that checked the deny list before a concurrent
+/// denial committed, and committed after that denial revoked the identity's
+/// certificates, would leave a live certificate of a denied identity.
+/// Two-key advisory locks (class, hash) do not overlap the one-key locks above.
+async fn lock_identity(tx: &Transaction<'_>, spiffe_id: &str) -> StoreResult<()> {
+    let sql = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
+    tx.execute(sql, &[&IDENTITY_LOCK_CLASS, &spiffe_id]).await.map(drop).map_err(pg_err)
 }
 
 /// Serializes this transaction with every other one taking the same key.

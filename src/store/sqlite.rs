@@ -185,7 +185,7 @@ impl Store for SqliteStore {
         self.all(sql::select_keys(), super::key_from_row).await
     }
 
-    async fn record_issuance(&self, cert: &CertRecord, audit: &AuditRecord) -> StoreResult<()> {
+    async fn record_issuance(&self, cert: &CertRecord, audit: &AuditRecord) -> StoreResult<bool> {
         self.issuance.submit(vec![sql::insert_cert(cert), sql::insert_audit(audit)]).await
     }
 
