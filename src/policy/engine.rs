@@ -138,7 +138,7 @@ impl PolicyEngine {
         if let Some(known) = self.memo().get(&key) {
             return known.clone();
         }
-        let decision = self.evaluate(principal, action, resource, trust_domain, ctx);
+        let decision = self.evaluate(&key);
         let mut memo = self.memo();
         if memo.len() >= MAX_DECISIONS {
             memo.clear();
@@ -151,15 +151,8 @@ impl PolicyEngine {
         self.decisions.lock()
     }
 
-    fn evaluate(
-        &self,
-        principal: &Principal,
-        action: Action,
-        resource: &Resource,
-        trust_domain: &TrustDomain,
-        ctx: &DecisionContext,
-    ) -> Decision {
-        let (request, entities) = match self.request(principal, action, resource, trust_domain, ctx) {
+    fn evaluate(&self, key: &DecisionKey) -> Decision {
+        let (request, entities) = match self.request(key) {
             Ok(built) => built,
             Err(reason) => {
                 return Decision { allowed: false, policy_ids: Vec::new(), errors: vec![reason] };
@@ -180,14 +173,9 @@ impl PolicyEngine {
         ids
     }
 
-    fn request(
-        &self,
-        principal: &Principal,
-        action: Action,
-        resource: &Resource,
-        trust_domain: &TrustDomain,
-        ctx: &DecisionContext,
-    ) -> Result<(Request, Entities), String> {
+    fn request(&self, key: &DecisionKey) -> Result<(Request, Entities), String> {
+        let DecisionKey { principal, action, resource, trust_domain, ctx } = key;
+        let action = *action;
         let p = model::principal_entity(principal)?;
         let r = model::resource_entity(resource)?;
         let (p_uid, r_uid) = (p.uid(), r.uid());
@@ -283,7 +271,13 @@ mod memo_tests {
         {
             let first = engine.decide(principal, action, &id, &td());
             let again = engine.decide(principal, action, &id, &td());
-            let fresh = engine.evaluate(principal, action, &id, &td(), &DecisionContext::default());
+            let fresh = engine.evaluate(&DecisionKey {
+                principal: principal.clone(),
+                action,
+                resource: id.clone(),
+                trust_domain: td(),
+                ctx: DecisionContext::default(),
+            });
             assert_eq!(first, fresh);
             assert_eq!(again, fresh);
         }
