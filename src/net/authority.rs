@@ -22,6 +22,7 @@
 //! [`FilteredStream`] applies the filter to a socket.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -408,8 +409,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for FilteredStream<S> {
             if this.filter.is_passthrough() {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut chunk = ReadBuf::new(&mut chunk);
+            // Not zeroed: the socket fills it and only filled bytes are read.
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut chunk = ReadBuf::uninit(&mut chunk);
             ready!(Pin::new(&mut this.inner).poll_read(cx, &mut chunk))?;
             if chunk.filled().is_empty() {
                 this.filter.finish(&mut this.out);
