@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use super::protocol::{
     Catalog, Encoded, ErrorDetail, Held, Lookup, MAX_NAMES, MAX_TYPES, Notice, ProtocolError, ResourceFailure, Step,
-    check_name, check_names, check_type_url, resolve,
+    check_name, check_names, check_type_url, nonce_is, resolve, wildcard_names,
 };
 
 /// One delta request, as the machine sees it.
@@ -39,12 +39,13 @@ pub struct DeltaRequest {
     pub error_detail: Option<ErrorDetail>,
 }
 
-/// One response to send.
+/// One response to send. Versions and nonces are numbers here and decimal
+/// on the wire (`wire.rs` writes them without allocating).
 #[derive(Debug, Clone)]
 pub struct DeltaReply {
-    pub type_url: String,
-    pub system_version_info: String,
-    pub nonce: String,
+    pub type_url: Arc<str>,
+    pub system_version_info: u64,
+    pub nonce: u64,
     pub resources: Vec<Arc<Encoded>>,
     pub removed: Vec<String>,
     pub failures: Vec<ResourceFailure>,
@@ -53,16 +54,18 @@ pub struct DeltaReply {
 /// The protocol state of one delta stream.
 pub struct DeltaStream {
     catalog: Arc<dyn Catalog>,
-    types: BTreeMap<String, TypeState>,
+    types: BTreeMap<Arc<str>, TypeState>,
     nonces: u64,
 }
 
-#[derive(Default)]
 struct TypeState {
+    /// The map key again, shared by every reply of this type.
+    type_url: Arc<str>,
     explicit: BTreeSet<String>,
     wildcard: bool,
     held: BTreeMap<String, Held>,
-    last_nonce: String,
+    /// The nonce of the last reply of this type (0: none yet).
+    last_nonce: u64,
     version: u64,
 }
 
@@ -72,7 +75,7 @@ impl DeltaStream {
     }
 
     /// A request from the client.
-    pub fn on_request(&mut self, req: DeltaRequest) -> Result<Step<DeltaReply>, ProtocolError> {
+    pub fn on_request(&mut self, mut req: DeltaRequest) -> Result<Step<DeltaReply>, ProtocolError> {
         check_type_url(&req.type_url)?;
         check_names("resource_names_subscribe", &req.subscribe)?;
         check_names("resource_names_unsubscribe", &req.unsubscribe)?;
@@ -84,18 +87,23 @@ impl DeltaStream {
             });
         }
         req.initial_resource_versions.keys().try_for_each(|n| check_name(n))?;
-        let first = !self.types.contains_key(&req.type_url);
+        let first = !self.types.contains_key(req.type_url.as_str());
         let ack_only = !first && req.subscribe.is_empty() && req.unsubscribe.is_empty();
         if first && self.types.len() >= MAX_TYPES {
             return Err(ProtocolError::TooManyTypes { limit: MAX_TYPES });
         }
         let mut step = Step::default();
-        let t = self.types.entry(req.type_url.clone()).or_default();
+        if first {
+            let key: Arc<str> = Arc::from(req.type_url.as_str());
+            self.types.insert(key.clone(), TypeState::new(key));
+        }
+        let Some(t) = self.types.get_mut(req.type_url.as_str()) else { return Ok(step) };
         if !req.response_nonce.is_empty() {
-            let type_url = req.type_url.clone();
+            // A bare ACK needs its type URL only for the notice: move it.
+            let type_url = if ack_only { std::mem::take(&mut req.type_url) } else { req.type_url.clone() };
             let nonce = req.response_nonce;
             step.notices.push(match req.error_detail {
-                _ if nonce != t.last_nonce => Notice::StaleNonce { type_url, nonce },
+                _ if !nonce_is(&nonce, t.last_nonce) => Notice::StaleNonce { type_url, nonce },
                 Some(detail) => Notice::Nack { type_url, nonce, detail },
                 None => Notice::Ack { type_url, nonce, version: String::new() },
             });
@@ -138,7 +146,7 @@ impl DeltaStream {
             step.notices.push(Notice::UnknownType { type_url: req.type_url.clone() });
         }
         let dropped: BTreeSet<String> = req.unsubscribe.into_iter().collect();
-        diff(&*self.catalog, &req.type_url, t, &dropped, &mut self.nonces, &mut step);
+        diff(&*self.catalog, t, &dropped, &mut self.nonces, &mut step);
         Ok(step)
     }
 
@@ -146,68 +154,87 @@ impl DeltaStream {
     pub fn on_state(&mut self, catalog: Arc<dyn Catalog>) -> Step<DeltaReply> {
         self.catalog = catalog;
         let mut step = Step::default();
-        for (type_url, t) in &mut self.types {
-            diff(&*self.catalog, type_url, t, &BTreeSet::new(), &mut self.nonces, &mut step);
+        let unsubscribed = BTreeSet::new();
+        for t in self.types.values_mut() {
+            diff(&*self.catalog, t, &unsubscribed, &mut self.nonces, &mut step);
         }
         step
     }
 }
 
+impl TypeState {
+    fn new(type_url: Arc<str>) -> Self {
+        Self { type_url, explicit: BTreeSet::new(), wildcard: false, held: BTreeMap::new(), last_nonce: 0, version: 0 }
+    }
+}
+
 /// Appends the replies one type needs: updates and failures, then removals.
+/// Runs on every stream at every change, so what did not change costs a
+/// lookup and a version comparison, and nothing is copied.
 fn diff(
     catalog: &dyn Catalog,
-    type_url: &str,
     t: &mut TypeState,
     unsubscribed: &BTreeSet<String>,
     nonces: &mut u64,
     step: &mut Step<DeltaReply>,
 ) {
-    let desired = resolve(catalog, type_url, t.explicit.iter(), t.wildcard);
+    let wild = t.wildcard.then(|| wildcard_names(catalog, &t.type_url));
+    let desired = resolve(catalog, &t.type_url, t.explicit.iter(), wild.as_deref());
+    let held = &mut t.held;
     let mut resources = Vec::new();
     let mut failures = Vec::new();
     let mut removed = Vec::new();
     for (name, now) in &desired {
-        if t.held.get(name).is_some_and(|h| h.matches(now)) {
+        let before = held.get_mut(*name);
+        if before.as_ref().is_some_and(|h| h.matches(now)) {
             continue;
         }
         match now {
             Lookup::Found(e) => resources.push(e.clone()),
             Lookup::Missing(reason) => {
-                if t.held.get(name).is_some_and(Held::is_resource) {
-                    removed.push(name.clone());
+                if before.as_ref().is_some_and(|h| h.is_resource()) {
+                    removed.push(name.to_string());
                 }
                 step.notices.push(Notice::Unavailable {
-                    type_url: type_url.to_string(),
-                    name: name.clone(),
+                    type_url: t.type_url.to_string(),
+                    name: name.to_string(),
                     reason: reason.clone(),
                 });
-                failures.push(ResourceFailure { name: name.clone(), reason: reason.clone() });
+                failures.push(ResourceFailure { name: name.to_string(), reason: reason.clone() });
             }
         }
-        t.held.insert(name.clone(), Held::from_lookup(now));
-    }
-    // Held names no longer covered: unsubscribed ones are simply forgotten;
-    // ones that left the wildcard set no longer exist for this client.
-    let gone: Vec<String> = t.held.keys().filter(|n| !desired.contains_key(*n)).cloned().collect();
-    for name in gone {
-        if let Some(held) = t.held.remove(&name)
-            && held.is_resource()
-            && t.wildcard
-            && !unsubscribed.contains(&name)
-        {
-            removed.push(name);
+        match before {
+            Some(h) => *h = Held::from_lookup(now),
+            None => {
+                held.insert(name.to_string(), Held::from_lookup(now));
+            }
         }
     }
+    // Every desired name is held now; held names no longer covered:
+    // unsubscribed ones are simply forgotten; ones that left the wildcard
+    // set no longer exist for this client.
+    if held.len() > desired.len() {
+        let gone: Vec<String> = held.keys().filter(|n| !super::protocol::covers(&desired, n)).cloned().collect();
+        for name in gone {
+            if let Some(h) = held.remove(&name)
+                && h.is_resource()
+                && t.wildcard
+                && !unsubscribed.contains(&name)
+            {
+                removed.push(name);
+            }
+        }
+    }
+    drop(desired);
     if !resources.is_empty() || !failures.is_empty() {
-        step.replies.push(reply(type_url, t, nonces, resources, Vec::new(), failures));
+        step.replies.push(reply(t, nonces, resources, Vec::new(), failures));
     }
     if !removed.is_empty() {
-        step.replies.push(reply(type_url, t, nonces, Vec::new(), removed, Vec::new()));
+        step.replies.push(reply(t, nonces, Vec::new(), removed, Vec::new()));
     }
 }
 
 fn reply(
-    type_url: &str,
     t: &mut TypeState,
     nonces: &mut u64,
     resources: Vec<Arc<Encoded>>,
@@ -215,12 +242,12 @@ fn reply(
     failures: Vec<ResourceFailure>,
 ) -> DeltaReply {
     t.version = t.version.saturating_add(1);
-    *nonces += 1;
-    t.last_nonce = nonces.to_string();
+    *nonces = nonces.saturating_add(1);
+    t.last_nonce = *nonces;
     DeltaReply {
-        type_url: type_url.to_string(),
-        system_version_info: t.version.to_string(),
-        nonce: t.last_nonce.clone(),
+        type_url: t.type_url.clone(),
+        system_version_info: t.version,
+        nonce: *nonces,
         resources,
         removed,
         failures,

@@ -9,10 +9,12 @@
 //!   tested as data.
 //! - [`resources`]: `Secret` protos from an [`IdentitySet`](crate::cache::IdentitySet);
 //!   [`deny`]: the deny list as an HTTP RBAC filter config (ECDS);
-//!   [`memo`]: each resource encoded once, bytes shared by every stream.
-//! - [`wire`]: the xDS messages with the node left undecoded after the first request.
+//!   [`memo`]: each resource encoded once, bytes shared by every stream;
+//!   one catalog (and so one lookup per name) per identity set and change.
+//! - [`wire`]: the xDS messages with the node left undecoded after the first
+//!   request; replies written by hand around the pre-encoded resources.
 //! - `service`, `stream`: the thin tonic adapter (routing, attestation, one
-//!   driver per stream).
+//!   driver per stream, which is also the response body).
 //! - [`bootstrap`]: the Envoy bootstrap generator behind `trustmesh envoy bootstrap`.
 //!
 //! Boundary: identities come only through [`IdentitySource`]; who the caller

@@ -6,7 +6,6 @@
 //! by two kinds of input — a request from the client, and "the state changed"
 //! (a new [`Catalog`]) — and answers with replies to send and notices to log.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -27,16 +26,59 @@ pub const MAX_TYPE_URL_BYTES: usize = 512;
 /// holds it. `any` is an encoded `google.protobuf.Any`; `version` is derived
 /// from those bytes, so equal content has equal versions on every stream and
 /// across server restarts (what delta's `initial_resource_versions` needs).
+///
+/// The bytes are also kept framed as both response types carry them, so a
+/// response is written as a few small per-stream fields plus one copy of a
+/// shared frame, with no protobuf encoding per stream: `delta` is the whole
+/// `resources` field of a `DeltaDiscoveryResponse` (tag, length, and the
+/// `Resource` with version, `Any` and name, in field order), and `sotw` the
+/// `resources` field of a `DiscoveryResponse` (tag, length, `Any`) — the
+/// middle of the same buffer, as is `any`. One allocation per resource.
 pub struct Encoded {
     pub name: String,
     pub version: String,
     pub any: Bytes,
+    pub(crate) delta: Bytes,
+    pub(crate) sotw: Bytes,
 }
+
+/// Hex digits of [`Encoded::version`].
+const VERSION_LEN: usize = 16;
 
 impl Encoded {
     pub fn new(name: impl Into<String>, any: Bytes) -> Self {
-        let digest = ring::digest::digest(&ring::digest::SHA256, &any);
-        Self { name: name.into(), version: hex::encode(&digest.as_ref()[..8]), any }
+        Self::build(name.into(), any.len(), |buf| buf.extend_from_slice(&any))
+    }
+
+    /// Frames an `Any` of `any_len` bytes that `write` appends to the buffer
+    /// (so the encoder writes straight into the shared frame, with no
+    /// intermediate copy of what may be a private key).
+    pub(crate) fn build(name: String, any_len: usize, write: impl FnOnce(&mut Vec<u8>)) -> Self {
+        use super::wire::{put_varint, varint_len};
+        let any_field = 1 + varint_len(any_len) + any_len;
+        let resource_len = 2 + VERSION_LEN + any_field + 1 + varint_len(name.len()) + name.len();
+        let mut buf = Vec::with_capacity(1 + varint_len(resource_len) + resource_len);
+        buf.push(0x12); // DeltaDiscoveryResponse.resources (2)
+        put_varint(&mut buf, resource_len as u64);
+        buf.extend_from_slice(&[0x0a, VERSION_LEN as u8]); // Resource.version (1), filled in below
+        let version_at = buf.len();
+        buf.extend_from_slice(&[b'0'; VERSION_LEN]);
+        let sotw_at = buf.len();
+        buf.push(0x12); // Resource.resource (2), DiscoveryResponse.resources (2)
+        put_varint(&mut buf, any_len as u64);
+        let any_at = buf.len();
+        write(&mut buf);
+        let any_end = buf.len();
+        buf.push(0x1a); // Resource.name (3)
+        put_varint(&mut buf, name.len() as u64);
+        buf.extend_from_slice(name.as_bytes());
+        let digest = ring::digest::digest(&ring::digest::SHA256, &buf[any_at..any_end]);
+        let version = hex::encode(&digest.as_ref()[..VERSION_LEN / 2]);
+        buf[version_at..version_at + VERSION_LEN].copy_from_slice(version.as_bytes());
+        // The callers pass the writer's own `encoded_len`.
+        debug_assert_eq!(any_end - any_at, any_len, "Encoded::build: the writer disagrees with any_len");
+        let delta = Bytes::from(buf);
+        Self { name, version, any: delta.slice(any_at..any_end), sotw: delta.slice(sotw_at..any_end), delta }
     }
 }
 
@@ -158,7 +200,7 @@ pub(crate) enum Held {
 impl Held {
     pub(crate) fn matches(&self, lookup: &Lookup) -> bool {
         match (self, lookup) {
-            (Held::Sent(held), Lookup::Found(now)) => held.version == now.version,
+            (Held::Sent(held), Lookup::Found(now)) => Arc::ptr_eq(held, now) || held.version == now.version,
             (Held::Version(v), Lookup::Found(now)) => *v == now.version,
             (Held::Failed(a), Lookup::Missing(b)) => a == b,
             _ => false,
@@ -206,29 +248,49 @@ pub(crate) fn check_type_url(type_url: &str) -> Result<(), ProtocolError> {
     Ok(())
 }
 
-/// The names a subscription covers right now, looked up. A wildcard over an
-/// unserved type resolves to the single name `*`, so the failure is reported.
+/// The names a subscription covers right now, in name order, each looked up
+/// once. A wildcard over an unserved type resolves to the single name `*`,
+/// so the failure is reported. `wildcard` is what [`wildcard_names`] returned.
+///
+/// Runs on every stream at every change: it borrows the names instead of
+/// copying them (one allocation, the result).
 pub(crate) fn resolve<'a>(
     catalog: &dyn Catalog,
     type_url: &str,
     explicit: impl Iterator<Item = &'a String>,
-    wildcard: bool,
-) -> BTreeMap<String, Lookup> {
-    let mut names: Vec<String> = explicit.cloned().collect();
-    if wildcard {
-        if catalog.serves(type_url) {
-            names.extend(catalog.wildcard(type_url));
-        } else {
-            names.push("*".to_string());
-        }
+    wildcard: Option<&'a [String]>,
+) -> Vec<(&'a str, Lookup)> {
+    let mut names: Vec<&'a str> = explicit.map(String::as_str).collect();
+    if let Some(more) = wildcard {
+        names.extend(more.iter().map(String::as_str));
+        names.sort_unstable();
+        names.dedup();
     }
-    names
-        .into_iter()
-        .map(|n| {
-            let found = catalog.lookup(type_url, &n);
-            (n, found)
-        })
-        .collect()
+    names.into_iter().map(|n| (n, catalog.lookup(type_url, n))).collect()
+}
+
+/// The names a wildcard subscription of `type_url` covers (`*` alone for a
+/// type that is not served), for [`resolve`].
+pub(crate) fn wildcard_names(catalog: &dyn Catalog, type_url: &str) -> Vec<String> {
+    if catalog.serves(type_url) { catalog.wildcard(type_url) } else { vec!["*".to_string()] }
+}
+
+/// Whether the desired names (sorted by [`resolve`]) include `name`.
+pub(crate) fn covers(desired: &[(&str, Lookup)], name: &str) -> bool {
+    desired.binary_search_by(|(n, _)| (*n).cmp(name)).is_ok()
+}
+
+/// Whether a request's `response_nonce` is the nonce `sent` (written in
+/// decimal; 0 is "nothing sent yet" and matches nothing). Compared without
+/// formatting: it runs on every ACK.
+pub(crate) fn nonce_is(nonce: &str, sent: u64) -> bool {
+    let b = nonce.as_bytes();
+    sent != 0
+        && !b.is_empty()
+        && b.len() <= 20
+        && b[0] != b'0'
+        && b.iter().all(u8::is_ascii_digit)
+        && nonce.parse::<u64>() == Ok(sent)
 }
 
 /// The first 64 characters, for error messages about huge input.
@@ -239,6 +301,8 @@ fn prefix(text: &str) -> String {
 /// A catalog given as data, for the state-machine tests.
 #[cfg(test)]
 pub(crate) mod fake {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[derive(Default, Clone)]
@@ -296,6 +360,35 @@ mod tests {
         assert_ne!(a.version, c.version);
         assert_eq!(a.version.len(), 16);
         assert!(!format!("{a:?}").contains("secret-key"));
+        assert_eq!(a.any, Bytes::from_static(b"secret-key-material"));
+    }
+
+    #[test]
+    fn frames_decode_as_both_response_types() {
+        use crate::sds::wire::{DeltaDiscoveryResponse, DiscoveryResponse};
+        use prost::Message as _;
+        let name = "n".repeat(200); // two-byte lengths
+        let any = Bytes::from(vec![7u8; 300]);
+        let e = Encoded::new(name.clone(), any.clone());
+        let delta = DeltaDiscoveryResponse::decode(e.delta.clone()).unwrap();
+        assert_eq!(delta.resources.len(), 1);
+        assert_eq!(delta.resources[0].name, name);
+        assert_eq!(delta.resources[0].version, e.version);
+        assert_eq!(delta.resources[0].resource, any);
+        let sotw = DiscoveryResponse::decode(e.sotw.clone()).unwrap();
+        assert_eq!(sotw.resources, vec![any]);
+    }
+
+    #[test]
+    fn nonces_compare_exactly() {
+        assert!(nonce_is("17", 17));
+        assert!(!nonce_is("017", 17));
+        assert!(!nonce_is("+17", 17));
+        assert!(!nonce_is("18", 17));
+        assert!(!nonce_is("", 0));
+        assert!(!nonce_is("0", 0));
+        assert!(!nonce_is("99999999999999999999999", 17));
+        assert!(nonce_is(&u64::MAX.to_string(), u64::MAX));
     }
 
     #[test]

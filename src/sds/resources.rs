@@ -18,9 +18,11 @@
 //! and intermediates) concatenated in `crl`.
 //!
 //! Each secret is encoded once ([`SecretCache`]) and the bytes are shared by
-//! every stream that sends it.
+//! every stream that sends it; each name is looked up once per identity-set
+//! version and validator ([`Catalogs`]), however many streams read it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 
 use envoy_types::pb::envoy::config::core::v3::{DataSource, TypedExtensionConfig, data_source::Specifier};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
@@ -28,6 +30,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     spiffe_cert_validator_config::TrustDomain as SpiffeTrustDomain,
 };
 use envoy_types::pb::google::protobuf::Any;
+use parking_lot::Mutex;
 use prost::Message;
 use zeroize::Zeroize;
 
@@ -115,14 +118,57 @@ fn inline(text: String) -> DataSource {
 /// Encodes a secret as `Any`, wiping the intermediate copies (they may hold a key).
 pub fn encode(mut secret: Secret) -> Encoded {
     let mut any = Any { type_url: SECRET_TYPE.to_string(), value: secret.encode_to_vec() };
-    let bytes = any.encode_to_vec();
+    // Written straight into the shared frame: no other copy of the whole `Any`.
+    // (`encode` fails only on a full buffer, and a `Vec` grows.)
+    let encoded = Encoded::build(secret.name.clone(), any.encoded_len(), |buf| {
+        let _ = any.encode(buf);
+    });
     any.value.zeroize();
     if let Some(secret::Type::TlsCertificate(cert)) = &mut secret.r#type
         && let Some(DataSource { specifier: Some(Specifier::InlineString(key)), .. }) = &mut cert.private_key
     {
         key.zeroize();
     }
-    Encoded::new(secret.name.clone(), bytes.into())
+    encoded
+}
+
+/// Every stream reading the same identity set with the same validator
+/// shares one [`SecretCatalog`] (and so its lookups): at a change, the first
+/// stream resolves each name and the other thousands reuse the answer.
+pub struct Catalogs {
+    cache: Arc<SecretCache>,
+    live: Mutex<Live>,
+}
+
+struct Live {
+    /// By the set's address: an entry that upgrades holds that very set,
+    /// so an address reused by a later set can never match a dead entry.
+    by_set: HashMap<(usize, ValidatorMode), Weak<SecretCatalog>>,
+    sweep_at: usize,
+}
+
+const MIN_SWEEP: usize = 64;
+
+impl Catalogs {
+    pub fn new(cache: Arc<SecretCache>) -> Self {
+        Self { cache, live: Mutex::new(Live { by_set: HashMap::new(), sweep_at: MIN_SWEEP }) }
+    }
+
+    /// The catalog of `set` read with `mode`, shared while anyone holds it.
+    pub fn of(&self, set: Arc<IdentitySet>, mode: ValidatorMode) -> Arc<SecretCatalog> {
+        let key = (Arc::as_ptr(&set) as usize, mode);
+        let mut live = self.live.lock();
+        if let Some(catalog) = live.by_set.get(&key).and_then(Weak::upgrade) {
+            return catalog;
+        }
+        let catalog = Arc::new(SecretCatalog::new(set, mode, self.cache.clone()));
+        live.by_set.insert(key, Arc::downgrade(&catalog));
+        if live.by_set.len() >= live.sweep_at {
+            live.by_set.retain(|_, w| w.strong_count() > 0);
+            live.sweep_at = (live.by_set.len() * 2).max(MIN_SWEEP);
+        }
+        catalog
+    }
 }
 
 /// What one caller's stream can see: its identity set, read with its node's
@@ -131,11 +177,56 @@ pub struct SecretCatalog {
     set: Arc<IdentitySet>,
     mode: ValidatorMode,
     cache: Arc<SecretCache>,
+    /// Names already looked up (bounded: a client may ask for any names).
+    answered: Mutex<Vec<(Served, String, Lookup)>>,
+}
+
+/// Most answers a catalog keeps; Envoys ask for a handful of names.
+const ANSWERED: usize = 32;
+
+/// The type URLs a catalog answers for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Served {
+    Secret,
+    Extension,
 }
 
 impl SecretCatalog {
     pub fn new(set: Arc<IdentitySet>, mode: ValidatorMode, cache: Arc<SecretCache>) -> Self {
-        Self { set, mode, cache }
+        Self { set, mode, cache, answered: Mutex::new(Vec::new()) }
+    }
+
+    fn answer(&self, served: Served, name: &str) -> Lookup {
+        if let Some((_, _, hit)) = self.answered.lock().iter().find(|(s, n, _)| *s == served && n == name) {
+            return hit.clone();
+        }
+        let found = match served {
+            Served::Secret => self.secret(name),
+            Served::Extension => self.extension(name),
+        };
+        let mut answered = self.answered.lock();
+        if answered.len() < ANSWERED && !answered.iter().any(|(s, n, _)| *s == served && n == name) {
+            answered.push((served, name.to_string(), found.clone()));
+        }
+        found
+    }
+
+    fn secret(&self, name: &str) -> Lookup {
+        match name {
+            "default" => match self.set.svids.first() {
+                Some(svid) => self.certificate(name, svid),
+                None => Lookup::Missing(match self.set.withheld.first() {
+                    Some((id, reason)) => format!("the caller holds no SVID ({id} is withheld: {reason})"),
+                    None => "the caller holds no SVID".to_string(),
+                }),
+            },
+            "ROOTCA" | "ALL" => self.validation(name),
+            _ if name.starts_with("spiffe://") => self.spiffe_name(name),
+            _ => Lookup::Missing(format!(
+                "unknown resource name {:?}: expected a SPIFFE ID, spiffe://<trust-domain>, default, ROOTCA or ALL",
+                name.chars().take(128).collect::<String>()
+            )),
+        }
     }
 
     fn certificate(&self, name: &str, svid: &Svid) -> Lookup {
@@ -201,30 +292,16 @@ impl Catalog for SecretCatalog {
     }
 
     fn lookup(&self, type_url: &str, name: &str) -> Lookup {
+        if type_url == SECRET_TYPE {
+            return self.answer(Served::Secret, name);
+        }
         if type_url == deny::EXTENSION_CONFIG_TYPE {
-            return self.extension(name);
+            return self.answer(Served::Extension, name);
         }
-        if type_url != SECRET_TYPE {
-            return Lookup::Missing(format!(
-                "type URL {type_url} is not served (trustmesh serves {SECRET_TYPE} and {})",
-                deny::EXTENSION_CONFIG_TYPE
-            ));
-        }
-        match name {
-            "default" => match self.set.svids.first() {
-                Some(svid) => self.certificate(name, svid),
-                None => Lookup::Missing(match self.set.withheld.first() {
-                    Some((id, reason)) => format!("the caller holds no SVID ({id} is withheld: {reason})"),
-                    None => "the caller holds no SVID".to_string(),
-                }),
-            },
-            "ROOTCA" | "ALL" => self.validation(name),
-            _ if name.starts_with("spiffe://") => self.spiffe_name(name),
-            _ => Lookup::Missing(format!(
-                "unknown resource name {:?}: expected a SPIFFE ID, spiffe://<trust-domain>, default, ROOTCA or ALL",
-                name.chars().take(128).collect::<String>()
-            )),
-        }
+        Lookup::Missing(format!(
+            "type URL {type_url} is not served (trustmesh serves {SECRET_TYPE} and {})",
+            deny::EXTENSION_CONFIG_TYPE
+        ))
     }
 
     fn wildcard(&self, type_url: &str) -> Vec<String> {

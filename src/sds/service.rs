@@ -15,7 +15,7 @@ use tonic_prost::ProstCodec;
 use super::memo::SecretCache;
 use super::metrics::SdsMetrics;
 use super::protocol::SECRET_TYPE;
-use super::resources::SecretCatalog;
+use super::resources::Catalogs;
 use super::sotw::SotwStream;
 use super::stream::{self, Kind};
 use super::{CallerAttestor, MAX_MESSAGE_BYTES, SdsError, status, wire};
@@ -28,13 +28,15 @@ const ADS: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 pub(crate) struct Shared {
     pub identities: Arc<dyn IdentitySource>,
     pub attest: Arc<dyn CallerAttestor>,
-    pub cache: Arc<SecretCache>,
+    /// One catalog per identity set and validator, shared by its streams.
+    pub catalogs: Catalogs,
     pub metrics: SdsMetrics,
 }
 
 impl Shared {
     pub fn new(identities: Arc<dyn IdentitySource>, attest: Arc<dyn CallerAttestor>) -> Self {
-        Self { identities, attest, cache: Arc::new(SecretCache::new()), metrics: SdsMetrics::new() }
+        let catalogs = Catalogs::new(Arc::new(SecretCache::new()));
+        Self { identities, attest, catalogs, metrics: SdsMetrics::new() }
     }
 
     /// Attests the caller and starts following its identities.
@@ -154,21 +156,23 @@ async fn fetch_secrets(
     let node = wire::parse_node(&msg.node).map_err(|e| status(SdsError::Node(e.to_string())))?;
     let set = watch.current();
     let version = set.version.to_string();
-    let catalog = Arc::new(SecretCatalog::new(set, node.validator, shared.cache.clone()));
+    let catalog = shared.catalogs.of(set, node.validator);
     let named = !msg.resource_names.is_empty();
     let mut machine = SotwStream::new(catalog);
     let step = machine.on_request(msg.into_input(Some(SECRET_TYPE))).map_err(|e| status(e.into()))?;
     stream::log_notices(&node.id, &step.notices);
-    let Some(mut reply) = step.replies.into_iter().next() else {
+    let Some(reply) = step.replies.into_iter().next() else {
         return Err(Status::internal("no reply to a first request"));
     };
     if named && reply.resources.is_empty() && !reply.failures.is_empty() {
         let reasons: Vec<String> = reply.failures.iter().take(3).map(|f| f.reason.clone()).collect();
         return Err(status(SdsError::NotFound(reasons.join("; "))));
     }
+    let resources = reply.resources.len();
+    let mut reply = wire::DiscoveryResponse::from(reply);
     reply.version_info = version;
     reply.nonce.clear();
     shared.metrics.responses("fetch", 1);
-    tracing::debug!(node_id = %node.id, type_url = SECRET_TYPE, resources = reply.resources.len(), "sds fetch answered");
-    Ok(reply.into())
+    tracing::debug!(node_id = %node.id, type_url = SECRET_TYPE, resources, "sds fetch answered");
+    Ok(reply)
 }

@@ -5,26 +5,30 @@
 //!
 //! Per ACK the work is: decode the request (the node stays undecoded bytes),
 //! compare a nonce, log. The node is decoded once, from the first request.
+//! Per push: diff against the catalog all streams of the identity set share,
+//! and write the reply as one gRPC frame ([`ReplyBody`]): a few fields and a
+//! copy of each pre-encoded resource.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker, ready};
 
 use futures::Stream;
+use futures::task::AtomicWaker;
 use prost::Message as _;
 use prost::bytes::Bytes;
 use tonic::body::Body;
-use tonic::codec::{BufferSettings, Codec};
-use tonic::server::Grpc;
+use tonic::codec::BufferSettings;
 use tonic::{Request, Status, Streaming};
-use tonic_prost::ProstCodec;
+use tonic_prost::ProstDecoder;
 
-use super::delta::DeltaStream;
+use super::delta::{DeltaReply, DeltaStream};
 use super::metrics::SdsMetrics;
 use super::protocol::{Catalog, Notice, ProtocolError};
-use super::resources::SecretCatalog;
 use super::service::Shared;
-use super::sotw::SotwStream;
+use super::sotw::{SotwReply, SotwStream};
 use super::tap::{First, FirstMessageTap};
 use super::{MAX_MESSAGE_BYTES, SdsError, status, wire};
 use crate::cache::IdentityWatch;
@@ -50,80 +54,118 @@ pub(crate) async fn serve(
     }
 }
 
-type Responses<R> = Pin<Box<dyn Stream<Item = Result<R, Status>> + Send>>;
+type Replies<R> = Pin<Box<dyn Stream<Item = Result<R, Status>> + Send>>;
 
-/// Initial size of the codec's per-stream buffers (tonic's default is 8 KiB
-/// each way): after the first request, an xDS request is a few hundred bytes.
+/// Initial size of the decoder's per-stream buffer (tonic's default is
+/// 8 KiB): after the first request, an xDS request is a few hundred bytes.
 const DECODE_BUFFER: usize = 1024;
-/// Responses larger than this are flushed as they are encoded (tonic's default).
+/// Part of tonic's buffer settings; decoding does not use it (tonic's default).
 const YIELD_THRESHOLD: usize = 32 * 1024;
-
-/// The prost codec with [`DECODE_BUFFER`]-sized buffers.
-struct SmallBuffers<T, U>(std::marker::PhantomData<(T, U)>);
-
-impl<T, U> Codec for SmallBuffers<T, U>
-where
-    T: prost::Message + Send + 'static,
-    U: prost::Message + Default + Send + 'static,
-{
-    type Encode = T;
-    type Decode = U;
-    type Encoder = <ProstCodec<T, U> as Codec>::Encoder;
-    type Decoder = <ProstCodec<T, U> as Codec>::Decoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<T, U>::raw_encoder(BufferSettings::new(DECODE_BUFFER, YIELD_THRESHOLD))
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::raw_decoder(BufferSettings::new(DECODE_BUFFER, YIELD_THRESHOLD))
-    }
-}
 
 async fn serve_as<M: Machine>(
     shared: Arc<Shared>,
     req: http::Request<Body>,
     default_type: Option<&'static str>,
 ) -> http::Response<Body> {
+    // Only identity encoding is served (what tonic's `Grpc` refuses the same way).
+    if let Some(encoding) = req.headers().get(GRPC_ENCODING).filter(|v| v.as_bytes() != b"identity") {
+        let name: String = String::from_utf8_lossy(encoding.as_bytes()).chars().take(64).collect();
+        return Status::unimplemented(format!("Content is compressed with `{name}` which isn't supported")).into_http();
+    }
     // The first message (with Envoy's large node) goes to the driver past
     // tonic's decoder, whose buffer would otherwise stay that large (`tap.rs`).
     let (parts, body) = req.into_parts();
     let (body, first) = FirstMessageTap::new(body, MAX_MESSAGE_BYTES);
-    let first = Arc::new(parking_lot::Mutex::new(Some(first)));
-    let req = http::Request::from_parts(parts, Body::new(body));
-    let codec = SmallBuffers::<M::Response, M::Request>(std::marker::PhantomData);
-    let mut grpc = Grpc::new(codec).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let svc = tower::service_fn(move |request: Request<Streaming<M::Request>>| {
-        let shared = shared.clone();
-        let first = first.lock().take();
-        async move {
-            let watch = shared.caller(&request).await?;
-            let driver = Driver::<M>::new(shared, watch, request.into_inner(), first, default_type);
-            let responses: Responses<M::Response> =
-                Box::pin(futures::stream::unfold(driver, |mut d| async move { d.next().await.map(|r| (r, d)) }));
-            Ok::<_, Status>(tonic::Response::new(responses))
+    let decoder = ProstDecoder::<M::Request>::new(BufferSettings::new(DECODE_BUFFER, YIELD_THRESHOLD));
+    let requests = Streaming::new_request(decoder, body, None, Some(MAX_MESSAGE_BYTES));
+    let request = Request::from_http(http::Request::from_parts(parts, ()));
+    let watch = match shared.caller(&request).await {
+        Ok(watch) => watch,
+        Err(s) => return s.into_http(),
+    };
+    let driver = Driver::<M>::new(shared, watch, requests, Some(first), default_type);
+    let replies: Replies<M::Response> =
+        Box::pin(futures::stream::unfold(driver, |mut d| async move { d.next().await.map(|r| (r, d)) }));
+    let mut response = http::Response::new(Body::new(ReplyBody::<M> { replies, done: false }));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    response
+}
+
+const GRPC_ENCODING: &str = "grpc-encoding";
+
+/// The response body: each reply framed as one gRPC message as soon as the
+/// driver yields it, then the status as trailers. It replaces tonic's
+/// encoder, which would copy every reply into a per-stream buffer allocated
+/// for the stream's whole life and poll the driver once more before sending
+/// (a poll of the request stream, at every push on every stream): here a
+/// reply is written once into a buffer of its own size
+/// ([`Machine::encode`]: pre-encoded resources, a few fields by hand) that
+/// the socket write frees, and an idle stream holds no output buffer.
+struct ReplyBody<M: Machine> {
+    replies: Replies<M::Response>,
+    done: bool,
+}
+
+impl<M: Machine> http_body::Body for ReplyBody<M> {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        if self.done {
+            return Poll::Ready(None);
         }
-    });
-    grpc.streaming(svc, req).await
+        let trailers = match ready!(self.replies.as_mut().poll_next(cx)) {
+            Some(Ok(reply)) => return Poll::Ready(Some(frame::<M>(&reply))),
+            Some(Err(status)) => status,
+            None => Status::ok(""),
+        };
+        self.done = true;
+        let mut headers = http::HeaderMap::new();
+        match trailers.add_header(&mut headers) {
+            Ok(()) => Poll::Ready(Some(Ok(http_body::Frame::trailers(headers)))),
+            Err(status) => Poll::Ready(Some(Err(status))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+/// One gRPC message: not compressed, a 4-byte big-endian length, the reply.
+fn frame<M: Machine>(reply: &M::Response) -> Result<http_body::Frame<Bytes>, Status> {
+    let mut buf = Vec::with_capacity(5 + M::encoded_len(reply));
+    buf.extend_from_slice(&[0; 5]);
+    M::encode(reply, &mut buf);
+    let len = u32::try_from(buf.len() - 5).map_err(|_| Status::internal("an xDS response larger than 4 GiB"))?;
+    buf[1..5].copy_from_slice(&len.to_be_bytes());
+    Ok(http_body::Frame::data(Bytes::from(buf)))
 }
 
 /// A protocol state machine as the driver uses it.
 pub(crate) trait Machine: Send + Sized + 'static {
     type Request: prost::Message + Default + Send + 'static;
-    type Response: prost::Message + Send + 'static;
+    type Response: Send + 'static;
     const FLAVOR: &'static str;
 
     fn node(req: &Self::Request) -> &Bytes;
     fn start(catalog: Arc<dyn Catalog>) -> Self;
     fn request(&mut self, req: Self::Request, default_type: Option<&str>) -> Result<Out<Self>, ProtocolError>;
     fn state(&mut self, catalog: Arc<dyn Catalog>) -> Out<Self>;
+    /// Appends a reply as its xDS response message.
+    fn encode(reply: &Self::Response, buf: &mut Vec<u8>);
+    /// About the bytes [`Machine::encode`] appends (to allocate once).
+    fn encoded_len(reply: &Self::Response) -> usize;
 }
 
 pub(crate) type Out<M> = (Vec<<M as Machine>::Response>, Vec<Notice>);
 
 /// Both flavours drive the same loop; only their wire types differ.
 macro_rules! machine {
-    ($ty:ident, $req:ty, $resp:ty, $flavor:literal) => {
+    ($ty:ident, $req:ty, $resp:ty, $encode:path, $len:path, $flavor:literal) => {
         impl Machine for $ty {
             type Request = $req;
             type Response = $resp;
@@ -137,23 +179,32 @@ macro_rules! machine {
             }
             fn request(&mut self, req: Self::Request, default_type: Option<&str>) -> Result<Out<Self>, ProtocolError> {
                 let step = self.on_request(req.into_input(default_type))?;
-                Ok((step.replies.into_iter().map(Into::into).collect(), step.notices))
+                Ok((step.replies, step.notices))
             }
             fn state(&mut self, catalog: Arc<dyn Catalog>) -> Out<Self> {
                 let step = self.on_state(catalog);
-                (step.replies.into_iter().map(Into::into).collect(), step.notices)
+                (step.replies, step.notices)
+            }
+            fn encode(reply: &Self::Response, buf: &mut Vec<u8>) {
+                $encode(reply, buf)
+            }
+            fn encoded_len(reply: &Self::Response) -> usize {
+                $len(reply)
             }
         }
     };
 }
 
-machine!(SotwStream, wire::DiscoveryRequest, wire::DiscoveryResponse, "sotw");
-machine!(DeltaStream, wire::DeltaDiscoveryRequest, wire::DeltaDiscoveryResponse, "delta");
+machine!(SotwStream, wire::DiscoveryRequest, SotwReply, wire::encode_sotw, wire::sotw_len, "sotw");
+machine!(DeltaStream, wire::DeltaDiscoveryRequest, DeltaReply, wire::encode_delta, wire::delta_len, "delta");
 
 struct Driver<M: Machine> {
     shared: Arc<Shared>,
     watch: IdentityWatch,
     requests: Streaming<M::Request>,
+    /// Whether the request body may have something: see [`BodyWake`].
+    body: Arc<BodyWake>,
+    body_waker: Waker,
     /// The first request, taken out of the body by the tap (`None` once read).
     first: Option<First>,
     default_type: Option<&'static str>,
@@ -179,10 +230,13 @@ impl<M: Machine> Driver<M> {
         first: Option<First>,
         default_type: Option<&'static str>,
     ) -> Self {
+        let body = Arc::new(BodyWake { woken: AtomicBool::new(true), task: AtomicWaker::new() });
         Self {
             shared,
             watch,
             requests,
+            body_waker: Waker::from(body.clone()),
+            body,
             first,
             default_type,
             machine: None,
@@ -204,6 +258,12 @@ impl<M: Machine> Driver<M> {
             }
             let started = self.machine.is_some();
             let tapped = self.first.is_some();
+            let (requests, body, body_waker) = (&mut self.requests, &*self.body, &self.body_waker);
+            // A change is looked at before the request stream, and the
+            // request stream only when it signalled (`BodyWake`): a wake-up
+            // by the watch (ten thousand streams at once) then costs no poll
+            // of the request body, the dearer of the two (it takes the HTTP/2
+            // connection's lock, shared with the connection's task).
             let event = tokio::select! {
                 biased;
                 f = async {
@@ -212,8 +272,8 @@ impl<M: Machine> Driver<M> {
                         None => None,
                     }
                 }, if tapped => Event::First(f),
-                r = self.requests.message() => Event::Request(r),
                 c = self.watch.updates.changed(), if started => Event::Changed(c.is_ok()),
+                r = std::future::poll_fn(|cx| poll_request(requests, body, body_waker, cx)) => Event::Request(r),
             };
             let outcome = match event {
                 Event::First(first) => {
@@ -270,7 +330,7 @@ impl<M: Machine> Driver<M> {
             }
             tracing::info!(node_id = %node.id, cluster = %node.cluster, flavor = M::FLAVOR, validator = ?node.validator, "xds stream opened");
             self.shared.metrics.stream_opened(M::FLAVOR);
-            let catalog = self.catalog(node.validator);
+            let (catalog, _) = self.catalog(node.validator);
             self.machine = Some((M::start(catalog), node));
         }
         let Some((machine, node)) = self.machine.as_mut() else { return Ok(()) };
@@ -284,29 +344,74 @@ impl<M: Machine> Driver<M> {
     fn on_state(&mut self) {
         let Some(mode) = self.machine.as_ref().map(|(_, n)| n.validator) else { return };
         let previous = self.trust_revision;
-        let catalog = self.catalog(mode);
-        let trust = self.watch.current().trust.clone();
+        let (catalog, published_at) = self.catalog(mode);
         let Some((machine, node)) = self.machine.as_mut() else { return };
         let (replies, notices) = machine.state(catalog);
         log_notices(&node.id, &notices);
         count(&self.shared.metrics, &notices, "push", replies.len());
         if !replies.is_empty() {
-            if trust.revision != previous {
-                self.shared.metrics.pushed(trust.published_at.elapsed());
+            if self.trust_revision != previous {
+                self.shared.metrics.pushed(published_at.elapsed());
             }
             tracing::debug!(node_id = %node.id, responses = replies.len(), "xds push");
         }
         self.queue.extend(replies.into_iter().map(Ok));
     }
 
-    fn catalog(&mut self, mode: crate::sds::ValidatorMode) -> Arc<dyn Catalog> {
+    /// The catalog of the current identity set (shared by every stream that
+    /// follows the same set with the same validator), and when its trust
+    /// snapshot was published.
+    fn catalog(&mut self, mode: crate::sds::ValidatorMode) -> (Arc<dyn Catalog>, std::time::Instant) {
         let set = self.watch.updates.borrow_and_update().clone();
         self.trust_revision = set.trust.revision;
-        Arc::new(SecretCatalog::new(set, mode, self.shared.cache.clone()))
+        let published_at = set.trust.published_at;
+        (self.shared.catalogs.of(set, mode), published_at)
     }
 
     fn node_id(&self) -> &str {
         self.machine.as_ref().map(|(_, n)| n.id.as_str()).unwrap_or_default()
+    }
+}
+
+/// Polls the request body only when it may have something: after it
+/// signalled, or after it yielded (it may hold more). The body is polled
+/// with a waker of its own that records its signal before waking the task,
+/// so a task woken by the watch does not poll it (and take the connection's
+/// lock) for nothing; three of the four polls per push and ACK were such.
+pub(crate) struct BodyWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for BodyWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+fn poll_request<T>(
+    requests: &mut Streaming<T>,
+    body: &BodyWake,
+    body_waker: &Waker,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Option<T>, Status>> {
+    // Registered before the flag is read: a signal in between wakes this task.
+    body.task.register(cx.waker());
+    if !body.woken.swap(false, Ordering::AcqRel) {
+        return Poll::Pending;
+    }
+    let polled = Pin::new(requests).poll_next(&mut Context::from_waker(body_waker));
+    match polled {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(item) => {
+            body.woken.store(true, Ordering::Release);
+            Poll::Ready(item.transpose())
+        }
     }
 }
 

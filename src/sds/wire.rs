@@ -6,9 +6,17 @@
 //!   node (~61 KB, 516 extensions) on every request, ACKs included, and only
 //!   the first request's node is ever decoded ([`parse_node`]);
 //! - responses carry resources as already-encoded `Any` bytes shared by every
-//!   stream ([`Encoded`]), so a push costs one copy into the socket buffer.
+//!   stream ([`Encoded`](super::protocol::Encoded)).
+//!
+//! The streams do not build these response structs: [`encode_sotw`] and
+//! [`encode_delta`] write a reply straight into its gRPC frame — the few
+//! per-stream fields (version, nonce, type URL) by hand, each resource as the
+//! frame [`Encoded`](super::protocol::Encoded) prepared once — so a push costs
+//! no protobuf encoding, no allocation and one copy of the shared bytes per
+//! stream. The structs remain for `FetchSecrets` and as the clients' view.
 
-use prost::bytes::Bytes;
+use prost::Message as _;
+use prost::bytes::{BufMut, Bytes};
 
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{ResourceError, ResourceName};
@@ -209,17 +217,20 @@ fn detail(s: RpcStatus) -> ErrorDetail {
     ErrorDetail { code: s.code, message: s.message }
 }
 
+/// `control_plane.identifier` of every response.
+const CONTROL_PLANE: &str = concat!("trustmesh ", env!("CARGO_PKG_VERSION"));
+
 pub fn control_plane() -> ControlPlane {
-    ControlPlane { identifier: concat!("trustmesh ", env!("CARGO_PKG_VERSION")).to_string() }
+    ControlPlane { identifier: CONTROL_PLANE.to_string() }
 }
 
 impl From<SotwReply> for DiscoveryResponse {
     fn from(r: SotwReply) -> Self {
         Self {
-            version_info: r.version_info,
+            version_info: r.version_info.to_string(),
             resources: r.resources.iter().map(|e| e.any.clone()).collect(),
-            type_url: r.type_url,
-            nonce: r.nonce,
+            type_url: r.type_url.to_string(),
+            nonce: r.nonce.to_string(),
             control_plane: Some(control_plane()),
             resource_errors: errors(r.failures),
         }
@@ -229,18 +240,105 @@ impl From<SotwReply> for DiscoveryResponse {
 impl From<DeltaReply> for DeltaDiscoveryResponse {
     fn from(r: DeltaReply) -> Self {
         Self {
-            system_version_info: r.system_version_info,
+            system_version_info: r.system_version_info.to_string(),
             resources: r
                 .resources
                 .iter()
                 .map(|e| Resource { version: e.version.clone(), resource: e.any.clone(), name: e.name.clone() })
                 .collect(),
-            type_url: r.type_url,
-            nonce: r.nonce,
+            type_url: r.type_url.to_string(),
+            nonce: r.nonce.to_string(),
             removed_resources: r.removed,
             control_plane: Some(control_plane()),
             resource_errors: errors(r.failures),
         }
+    }
+}
+
+/// Bytes [`encode_sotw`] writes, or a little more.
+pub fn sotw_len(r: &SotwReply) -> usize {
+    r.resources.iter().map(|e| e.sotw.len()).sum::<usize>() + SMALL_FIELDS
+}
+
+/// Bytes [`encode_delta`] writes, or a little more (removals and errors aside).
+pub fn delta_len(r: &DeltaReply) -> usize {
+    r.resources.iter().map(|e| e.delta.len()).sum::<usize>() + SMALL_FIELDS
+}
+
+/// Appends `r` as a `DiscoveryResponse`, fields in number order.
+pub fn encode_sotw(r: &SotwReply, buf: &mut impl BufMut) {
+    put_decimal(buf, 1, r.version_info);
+    r.resources.iter().for_each(|e| buf.put_slice(&e.sotw));
+    put_field(buf, 4, r.type_url.as_bytes());
+    put_decimal(buf, 5, r.nonce);
+    put_control_plane(buf, 6);
+    put_errors(buf, 7, &r.failures);
+}
+
+/// Appends `r` as a `DeltaDiscoveryResponse`, fields in number order.
+pub fn encode_delta(r: &DeltaReply, buf: &mut impl BufMut) {
+    put_decimal(buf, 1, r.system_version_info);
+    r.resources.iter().for_each(|e| buf.put_slice(&e.delta));
+    put_field(buf, 4, r.type_url.as_bytes());
+    put_decimal(buf, 5, r.nonce);
+    r.removed.iter().for_each(|name| put_field(buf, 6, name.as_bytes()));
+    put_control_plane(buf, 7);
+    put_errors(buf, 9, &r.failures);
+}
+
+/// Room for the fields besides the resources (version, type URL, nonce,
+/// control plane), so a reply is written into one allocation.
+const SMALL_FIELDS: usize = 256;
+
+/// A base-128 varint.
+pub(crate) fn put_varint(buf: &mut impl BufMut, mut v: u64) {
+    while v >= 0x80 {
+        buf.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.put_u8(v as u8);
+}
+
+/// Bytes [`put_varint`] writes for `v`.
+pub(crate) fn varint_len(v: usize) -> usize {
+    let bits = usize::BITS - (v | 1).leading_zeros();
+    bits.div_ceil(7) as usize
+}
+
+/// A length-delimited field (string, bytes, message) with a one-byte tag.
+fn put_field(buf: &mut impl BufMut, field: u8, bytes: &[u8]) {
+    buf.put_u8(field << 3 | 2);
+    put_varint(buf, bytes.len() as u64);
+    buf.put_slice(bytes);
+}
+
+/// A string field holding `n` in decimal, formatted on the stack.
+fn put_decimal(buf: &mut impl BufMut, field: u8, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    put_field(buf, field, &digits[at..]);
+}
+
+fn put_control_plane(buf: &mut impl BufMut, field: u8) {
+    let id = CONTROL_PLANE.as_bytes();
+    buf.put_u8(field << 3 | 2);
+    put_varint(buf, (1 + varint_len(id.len()) + id.len()) as u64);
+    put_field(buf, 1, id); // ControlPlane.identifier
+}
+
+/// `resource_errors` (rare: encoded with prost, allocating).
+fn put_errors(buf: &mut impl BufMut, field: u8, failures: &[ResourceFailure]) {
+    for e in errors(failures.to_vec()) {
+        buf.put_u8(field << 3 | 2);
+        buf.put_slice(&e.encode_length_delimited_to_vec());
     }
 }
 
@@ -257,4 +355,61 @@ pub fn errors(failures: Vec<ResourceFailure>) -> Vec<ResourceError> {
             }),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use prost::bytes::Bytes;
+
+    use super::*;
+    use crate::sds::protocol::Encoded;
+
+    fn encoded(name: &str, content: &[u8]) -> Arc<Encoded> {
+        Arc::new(Encoded::new(name, Bytes::from(content.to_vec())))
+    }
+
+    fn failures() -> Vec<ResourceFailure> {
+        vec![ResourceFailure { name: "ALL".into(), reason: "x".repeat(300) }]
+    }
+
+    /// The hand-written responses decode exactly as the prost structs they replace.
+    #[test]
+    fn replies_decode_as_the_xds_messages() {
+        let resources = vec![encoded("default", &[1; 2000]), encoded("ROOTCA", b"bundle")];
+        for (version, nonce) in [(0, 1), (7, 300), (u64::MAX, u64::MAX)] {
+            let sotw = SotwReply {
+                type_url: Arc::from(crate::sds::SECRET_TYPE),
+                version_info: version,
+                nonce,
+                resources: resources.clone(),
+                failures: failures(),
+            };
+            let mut buf = Vec::new();
+            encode_sotw(&sotw, &mut buf);
+            assert_eq!(DiscoveryResponse::decode(buf.as_slice()).unwrap(), DiscoveryResponse::from(sotw));
+
+            let delta = DeltaReply {
+                type_url: Arc::from(crate::sds::SECRET_TYPE),
+                system_version_info: version,
+                nonce,
+                resources: resources.clone(),
+                removed: vec!["gone".into(), String::new()],
+                failures: failures(),
+            };
+            let mut buf = Vec::new();
+            encode_delta(&delta, &mut buf);
+            assert_eq!(DeltaDiscoveryResponse::decode(buf.as_slice()).unwrap(), DeltaDiscoveryResponse::from(delta));
+        }
+    }
+
+    #[test]
+    fn varints_have_the_length_they_are_written_with() {
+        for v in [0usize, 1, 127, 128, 16_383, 16_384, 1 << 28, usize::MAX] {
+            let mut buf = Vec::new();
+            put_varint(&mut buf, v as u64);
+            assert_eq!(buf.len(), varint_len(v), "{v}");
+        }
+    }
 }

@@ -52,7 +52,7 @@ fn render(replies: &[SotwReply]) -> String {
                 let f: Vec<&str> = r.failures.iter().map(|f| f.name.as_str()).collect();
                 s.push_str(&format!(" ![{}]", f.join(" ")));
             }
-            if r.type_url != SECRET_TYPE {
+            if &*r.type_url != SECRET_TYPE {
                 s.push_str(&format!(" ({})", r.type_url.rsplit('.').next().unwrap_or_default()));
             }
             s
