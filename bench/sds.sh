@@ -19,128 +19,25 @@
 # BENCH_NODE_BYTES (61000), BENCH_API (sds), SDS_BENCH_SUMMARY_OUT (file).
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
-ROOT=$PWD
+source "$(dirname "$0")/lib.sh"
+bench_init sds
 NS=${SDS_BENCH_NS:-1000 10000}
 FLAVORS=${SDS_BENCH_FLAVORS:-delta sotw}
-
 # 10,000 streams over ~100 connections need few descriptors, but be generous.
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-echo "sds.sh: open-files limit $(ulimit -n)" >&2
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/trustmesh-sds-bench.XXXXXX")
-TM_PID=""
-
-stop_pid() { # pid name: SIGTERM, wait up to 10 s, then SIGKILL
-    local pid=$1 name=$2
-    [ -n "$pid" ] || return 0
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-        sleep 0.1
-    done
-    echo "sds.sh: $name (pid $pid) ignored SIGTERM, killing it" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    stop_pid "$TM_PID" trustmesh
-    if [ "$rc" -ne 0 ] && [ -d "$WORK" ]; then
-        for log in "$WORK"/*.log; do
-            [ -f "$log" ] || continue
-            echo "---- last lines of $log" >&2
-            tail -n 5 "$log" | cut -c1-400 >&2
-        done
-    fi
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-say() { printf '\n== %s\n' "$*" >&2; }
-die() { echo "sds.sh: $*" >&2; exit 1; }
-load() { cut -d' ' -f1-3 /proc/loadavg; }
-field() { # key file: value of key= in the last RESULT line
-    grep '^RESULT ' "$2" | tail -n 1 | tr ' ' '\n' | sed -n "s/^$1=//p" | tr -d '"'
-}
+raise_open_files
 
 say "machine"
-{
-    echo "date:    $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), $(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, $(uname -sr)"
-    echo "rustc:   $(rustc --version 2>/dev/null || echo '?')"
-    if git rev-parse --short HEAD > /dev/null 2>&1; then
-        echo "commit:  $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' + uncommitted changes')"
-    fi
-    echo "load:    $(load)"
-} | tee "$WORK/machine.txt" >&2
+machine_info | tee "$WORK/machine.txt" >&2
 
-say "cargo build --release --bin trustmesh --bench sds_streams"
-cargo build --release --bin trustmesh --bench sds_streams --message-format=json-render-diagnostics > "$WORK/build.json"
-python3 - "$WORK/build.json" "$WORK" <<'EOF'
-import json, shutil, sys
-want = {("bin", "trustmesh"): "trustmesh", ("bench", "sds_streams"): "bench-sds"}
-found = set()
-for line in open(sys.argv[1]):
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
-        continue
-    t = m["target"]
-    if "bin" in t["kind"] and m.get("profile", {}).get("test"):
-        continue
-    for kind in t["kind"]:
-        name = want.get((kind, t["name"]))
-        if name:
-            shutil.copy2(m["executable"], f"{sys.argv[2]}/{name}")
-            found.add(name)
-missing = set(want.values()) - found
-if missing:
-    sys.exit(f"cargo did not report executables for {sorted(missing)}")
-EOF
+build_executables bin:trustmesh=trustmesh bench:sds_streams=bench-sds -- --bin trustmesh --bench sds_streams
 TM=$WORK/trustmesh
 BENCH=$WORK/bench-sds
 DATA=$WORK/data
 SOCKET=$WORK/socket/api.sock
-API=""
-
-start_tm() { # log-name: a fresh trustmesh; sets TM_PID and API
-    "$TM" serve --data-dir "$DATA" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --log-format json \
-        --socket "$SOCKET" 2> "$WORK/$1.log" &
-    TM_PID=$!
-    API=""
-    for _ in $(seq 1 600); do
-        kill -0 "$TM_PID" 2>/dev/null || die "trustmesh exited before it was ready"
-        API=$(python3 - "$WORK/$1.log" <<'EOF'
-import json, sys
-for line in open(sys.argv[1], errors="replace"):
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    f = m.get("fields", m)
-    if f.get("message") == "ready":
-        print(f["listen"])
-        break
-EOF
-)
-        [ -n "$API" ] && break
-        sleep 0.1
-    done
-    [ -n "$API" ] || die "no ready line from trustmesh within 60 s"
-    echo "trustmesh pid $TM_PID ready: listen $API, socket $SOCKET" >&2
-}
 tm() { "$TM" --data-dir "$DATA" --server "https://$API" "$@"; }
 
 say "set-up: one entry for every stream, one certificate per run to revoke"
-start_tm setup
+start_trustmesh setup --socket "$SOCKET"
 tm entry create --spiffe-id spiffe://example.org/bench/envoy --selector "unix:uid:$(id -u)" >&2
 RUNS=()
 for n in $NS; do
@@ -162,7 +59,7 @@ for i in "${!RUNS[@]}"; do
     n=${RUNS[$i]%%:*}
     flavor=${RUNS[$i]#*:}
     say "run $((i + 1))/${#RUNS[@]}: $n $flavor streams (load before: $(load))"
-    start_tm "tm-$n-$flavor"
+    start_trustmesh "tm-$n-$flavor" --socket "$SOCKET"
     "$BENCH" --socket "$SOCKET" --server-pid "$TM_PID" --streams "$n" --flavor "$flavor" \
         -- "$TM" --data-dir "$DATA" --server "https://$API" pki cert revoke "${SERIALS[$i]}" \
         | tee "$WORK/run-$n-$flavor.out"
