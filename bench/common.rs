@@ -189,6 +189,30 @@ pub fn loadavg() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// Nearest-rank percentile (`p` in %) of sorted samples; `None` when empty.
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
+}
+
+/// utime + stime of this process's threads whose name starts with `prefix`
+/// (tokio names its workers after the runtime), in clock ticks.
+pub fn threads_cpu_ticks(prefix: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+        total += f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    }
+    total
+}
+
 /// Formats a rate with thousands separators.
 pub fn fmt_rate(r: f64) -> String {
     let n = r.round() as u64;

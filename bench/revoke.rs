@@ -37,20 +37,13 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use trustmesh::issuer::{Caller, GenerateRequest, Issuer};
 
-use common::{fatal, loadavg};
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
+use common::{fatal, loadavg, percentile};
 
 /// p50, p99 and max of a set of durations, in milliseconds.
 fn summary(mut ms: Vec<f64>) -> (f64, f64, f64) {
     ms.sort_by(f64::total_cmp);
-    (percentile(&ms, 50.0), percentile(&ms, 99.0), percentile(&ms, 100.0))
+    let at = |p| percentile(&ms, p).unwrap_or(f64::NAN);
+    (at(50.0), at(99.0), at(100.0))
 }
 
 fn ms(d: Duration) -> f64 {

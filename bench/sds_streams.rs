@@ -41,6 +41,8 @@
 //!
 //! The last line is `RESULT key=value ...` for `bench/sds.sh`.
 
+#[path = "common.rs"]
+mod common;
 #[path = "inproc.rs"]
 mod inproc;
 
@@ -62,6 +64,8 @@ use tokio::net::UnixStream;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
+
+use common::{loadavg, percentile, threads_cpu_ticks};
 
 const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 const NAMES: [&str; 2] = ["default", "ROOTCA"];
@@ -598,35 +602,9 @@ fn cpu_ms(pid: u32) -> u64 {
     (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) * 10
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// utime + stime of this process's threads whose name starts with `prefix`, in ms.
 fn threads_cpu_ms(prefix: &str) -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
-    let mut total = 0;
-    for task in tasks.flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if !comm.starts_with(prefix) {
-            continue;
-        }
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
-        total += (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) * 10;
-    }
-    total
+    threads_cpu_ticks(prefix) * 10
 }
 
 // ---------------------------------------------------------------- in process
@@ -1026,15 +1004,21 @@ async fn run(args: Args, server: Option<&InProcess>) -> i32 {
         let from_return = ms(&got, t_return);
         let from_start = ms(&got, t_start);
         let acked_from_return = ms(&acked, t_return);
-        let (p50, p99, max) =
-            (percentile(&from_return, 50.0), percentile(&from_return, 99.0), percentile(&from_return, 100.0));
+        let (p50, p99, max) = (
+            percentile(&from_return, 50.0).unwrap_or(f64::NAN),
+            percentile(&from_return, 99.0).unwrap_or(f64::NAN),
+            percentile(&from_return, 100.0).unwrap_or(f64::NAN),
+        );
         let first = from_return.first().copied().unwrap_or(f64::NAN);
-        let (s50, s99, smax) =
-            (percentile(&from_start, 50.0), percentile(&from_start, 99.0), percentile(&from_start, 100.0));
+        let (s50, s99, smax) = (
+            percentile(&from_start, 50.0).unwrap_or(f64::NAN),
+            percentile(&from_start, 99.0).unwrap_or(f64::NAN),
+            percentile(&from_start, 100.0).unwrap_or(f64::NAN),
+        );
         let (a50, a99, amax) = (
-            percentile(&acked_from_return, 50.0),
-            percentile(&acked_from_return, 99.0),
-            percentile(&acked_from_return, 100.0),
+            percentile(&acked_from_return, 50.0).unwrap_or(f64::NAN),
+            percentile(&acked_from_return, 99.0).unwrap_or(f64::NAN),
+            percentile(&acked_from_return, 100.0).unwrap_or(f64::NAN),
         );
         eprintln!(
             "trigger {what} took {cmd_ms:.1} ms; {} of {n} streams received the new ROOTCA and {} ACKed it ({pushes} responses, {} bytes each on average); load {load_fan}",

@@ -288,11 +288,6 @@ async fn first_x509(socket: &Path) -> (Duration, Duration, Vec<u8>) {
     (total, connected, svid.x509_svid.clone())
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 fn report(name: &str, samples: &[Duration], load: &str) {
     let mut sorted = samples.to_vec();
     sorted.sort();
@@ -300,34 +295,17 @@ fn report(name: &str, samples: &[Duration], load: &str) {
     eprintln!(
         "  {name}: n={} p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (load {load})",
         sorted.len(),
-        ms(percentile(&sorted, 50.0)),
-        ms(percentile(&sorted, 99.0)),
-        ms(percentile(&sorted, 100.0))
+        ms(percentile(&sorted, 50.0).unwrap_or_default()),
+        ms(percentile(&sorted, 99.0).unwrap_or_default()),
+        ms(percentile(&sorted, 100.0).unwrap_or_default())
     );
     println!(
         "RESULT {name} n={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} load=\"{load}\"",
         sorted.len(),
-        ms(percentile(&sorted, 50.0)),
-        ms(percentile(&sorted, 99.0)),
-        ms(percentile(&sorted, 100.0))
+        ms(percentile(&sorted, 50.0).unwrap_or_default()),
+        ms(percentile(&sorted, 99.0).unwrap_or_default()),
+        ms(percentile(&sorted, 100.0).unwrap_or_default())
     );
-}
-
-/// utime + stime of this process's threads whose name starts with `prefix`, in clock ticks.
-fn threads_cpu_ticks(prefix: &str) -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
-    let mut total = 0;
-    for task in tasks.flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if !comm.starts_with(prefix) {
-            continue;
-        }
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
-        total += f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    }
-    total
 }
 
 async fn jwt_load(
@@ -390,7 +368,8 @@ async fn jwt_load(
     let server_us = server1.saturating_sub(server0) as f64 * tick_us / ok as f64;
     let client_us = client1.saturating_sub(client0) as f64 * tick_us / ok as f64;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let (p50, p99) = (ms(percentile(&latencies, 50.0)), ms(percentile(&latencies, 99.0)));
+    let (p50, p99) =
+        (ms(percentile(&latencies, 50.0).unwrap_or_default()), ms(percentile(&latencies, 99.0).unwrap_or_default()));
     eprintln!(
         "  FetchJWTSVID, {concurrency} callers: {}/s ({failed} failed), p50 {p50:.2} ms, p99 {p99:.2} ms, \
          server CPU {server_us:.1} µs/JWT, client CPU {client_us:.1} µs/JWT (load {load})",
