@@ -130,7 +130,8 @@ pub fn p384_key() -> EcdsaKeyPair {
     key(&signature::ECDSA_P384_SHA384_ASN1_SIGNING)
 }
 
-fn key(alg: &'static signature::EcdsaSigningAlgorithm) -> EcdsaKeyPair {
+/// A fresh key pair for `alg`; a failure stops the bench.
+pub fn key(alg: &'static signature::EcdsaSigningAlgorithm) -> EcdsaKeyPair {
     let rng = SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap_or_else(|e| fatal(&format!("keygen: {e}")));
     EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap_or_else(|e| fatal(&format!("key: {e}")))
@@ -211,6 +212,17 @@ pub fn threads_cpu_ticks(prefix: &str) -> u64 {
         total += f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
     }
     total
+}
+
+/// The real uid of this process (what `unix:uid:` selectors match).
+pub fn my_uid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Formats a rate with thousands separators.

@@ -65,7 +65,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use common::{loadavg, percentile, threads_cpu_ticks};
+use common::{loadavg, my_uid, percentile, threads_cpu_ticks};
 
 const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 const NAMES: [&str; 2] = ["default", "ROOTCA"];
@@ -631,16 +631,6 @@ struct InProcess {
     call: Call,
     /// The serial to revoke, or the identity to deny.
     target: String,
-}
-
-fn my_uid() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn start_in_process(dir: &std::path::Path, call: Call, prefill: usize) -> Result<InProcess, String> {

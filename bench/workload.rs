@@ -193,21 +193,9 @@ fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// An ES256 (JWS: fixed-size `r || s` signatures) key pair.
 fn es256_key() -> EcdsaKeyPair {
-    let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
-    let rng = SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap_or_else(|e| fatal(&format!("keygen: {e}")));
-    EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap_or_else(|e| fatal(&format!("key: {e}")))
-}
-
-fn my_uid() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    key(&signature::ECDSA_P256_SHA256_FIXED_SIGNING)
 }
 
 /// The issuer, one entry for this uid, the cache and the Workload API on `socket`.
