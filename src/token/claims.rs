@@ -5,7 +5,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ring::rand::{SecureRandom as _, SystemRandom};
 use serde_json::{Map, Value, json};
 
-use super::jws::{Es256Signer, SignatureMemo, VerifyingKey, verify_es256};
+#[cfg(doc)]
+use super::jws::SignatureMemo;
+use super::jws::{Es256Signer, VerifyingKey, verify_es256};
 use super::{TokenError, shorten};
 use crate::domain::TokenKind;
 
@@ -80,26 +82,12 @@ pub fn verify(
     now: i64,
     presented_cert_sha256_b64url: Option<&str>,
 ) -> Result<TokenClaims, TokenError> {
-    check(&verify_es256(token, keys)?, rules, now, presented_cert_sha256_b64url)
+    check_claims(&verify_es256(token, keys)?, rules, now, presented_cert_sha256_b64url)
 }
 
-/// [`verify`], with the signature check answered from `memo` for a token
-/// verified before under the same `keys` (`memo` must belong to `keys`: make
-/// a new one when the keys change). Every claim is checked again.
-pub fn verify_remembered(
-    memo: &SignatureMemo,
-    token: &str,
-    keys: &[VerifyingKey],
-    rules: &TokenRules,
-    now: i64,
-    presented_cert_sha256_b64url: Option<&str>,
-) -> Result<TokenClaims, TokenError> {
-    let value = memo.verify(token, keys)?;
-    check(&value, rules, now, presented_cert_sha256_b64url)
-}
-
-/// Every check of [`verify`] after the signature.
-fn check(
+/// Every check of [`verify`] after the signature, on the claims object
+/// [`verify_es256`] or a [`SignatureMemo`] returned.
+pub fn check_claims(
     value: &Value,
     rules: &TokenRules,
     now: i64,

@@ -25,7 +25,7 @@
 mod claims;
 mod jws;
 
-pub use claims::{TokenClaims, TokenRules, mint, new_jti, verify, verify_remembered};
+pub use claims::{TokenClaims, TokenRules, check_claims, mint, new_jti, verify};
 pub use jws::{Es256Signer, MAX_TOKEN_LEN, SignatureMemo, VerifyingKey, generate_es256_pkcs8, jwks, verify_es256};
 
 /// Everything that can be wrong with a token or a token key.
