@@ -14,16 +14,6 @@ fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
-/// Mints a bootstrap token for `ids` through the CLI (as an admin would).
-fn bootstrap_token(s: &Server, subject: &str, ids: &[&str], extra: &[&str]) -> String {
-    let mut args = vec!["token", "mint", "bootstrap", subject];
-    for id in ids {
-        args.extend(["--spiffe-id", id]);
-    }
-    args.extend_from_slice(extra);
-    s.ok(&args).trim().to_string()
-}
-
 fn audit(s: &Server) -> Vec<Value> {
     s.json(&["audit", "list"]).as_array().unwrap().clone()
 }
@@ -148,7 +138,7 @@ fn signed_and_generated_certificates_pass_openssl() {
     for (i, kind) in ["ec", "ec384", "rsa2048", "ed25519"].iter().enumerate() {
         let id = format!("spiffe://{TD}/svc/csr-{i}");
         let csr = make_csr(dir.path(), &format!("k{i}"), kind, &[&id]);
-        let token = bootstrap_token(&s, &format!("svc-{i}"), &[&id], &["--single-use"]);
+        let token = s.bootstrap_token(&format!("svc-{i}"), &[&id], &["--single-use"]);
         let cert = dir.path().join(format!("k{i}.pem"));
         let out = s
             .cli_cmd()
@@ -515,7 +505,7 @@ fn bad_tokens_are_refused_and_audited() {
     // A replayed single-use bootstrap token.
     let id = format!("spiffe://{TD}/svc/once");
     let csr = make_csr(dir.path(), "once", "ec", &[&id]);
-    let token = bootstrap_token(&s, "once", &[&id], &["--single-use"]);
+    let token = s.bootstrap_token("once", &[&id], &["--single-use"]);
     let sign = |t: &str| {
         s.cli_cmd()
             .args([
@@ -631,7 +621,7 @@ fn policy_and_deny_list_are_enforced_at_issuance() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"));
     // A bootstrap token for another identity is refused by policy.
-    let boot = bootstrap_token(&s, "elsewhere", &["spiffe://example.org/svc/elsewhere"], &[]);
+    let boot = s.bootstrap_token("elsewhere", &["spiffe://example.org/svc/elsewhere"], &[]);
     assert!(!sign_with(&boot, &id).status.success());
 
     // Deny: the existing certificate is revoked and the next signing refused.
@@ -662,7 +652,7 @@ fn server_log_never_contains_keys_or_tokens() {
     let d = dir.path();
     let id = format!("spiffe://{TD}/svc/secret-check");
     let (_, key) = s.generate(d, "s", &id, &[]);
-    let token = bootstrap_token(&s, "secret-check", &[&id], &[]);
+    let token = s.bootstrap_token("secret-check", &[&id], &[]);
     let csr = make_csr(d, "sc", "ec", &[&id]);
     let out = s
         .cli_cmd()

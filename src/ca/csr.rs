@@ -15,6 +15,7 @@ use crate::domain::{SpiffeId, TrustDomain};
 use super::CaError;
 use super::asn1::{KeyKind, announced_len};
 use super::template::check_dns_name;
+use crate::domain::text::MAX_DNS_NAMES;
 
 /// Largest CSR accepted, PEM or DER.
 pub const MAX_CSR_BYTES: usize = 64 * 1024;
@@ -71,6 +72,9 @@ pub fn parse_csr(input: &[u8], trust_domain: &TrustDomain) -> Result<Csr, CaErro
             found: spiffe_id.trust_domain().to_string(),
             expected: trust_domain.to_string(),
         });
+    }
+    if dns_names.len() > MAX_DNS_NAMES {
+        return Err(CaError::TooManyDnsNames { count: dns_names.len(), limit: MAX_DNS_NAMES });
     }
     for name in &dns_names {
         check_dns_name(name)?;

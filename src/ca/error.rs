@@ -72,6 +72,13 @@ pub enum CaError {
     TrustDomainMismatch { subject: String, found: String, expected: String },
 
     // --- issuance ---------------------------------------------------------
+    #[error(
+        "{spiffe_id} is under {reserved}/, which names trustmesh's own components; \
+         only the Transport CA signs those"
+    )]
+    ReservedIdentity { spiffe_id: String, reserved: &'static str },
+    #[error("{count} DNS names requested; a certificate carries at most {limit}")]
+    TooManyDnsNames { count: usize, limit: usize },
     #[error("invalid DNS name {name:?}: {reason}")]
     DnsName { name: String, reason: &'static str },
     #[error("invalid common name {name:?}: {reason}")]

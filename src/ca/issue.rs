@@ -9,7 +9,8 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
-use crate::domain::{Serial, SpiffeId};
+use crate::domain::text::MAX_DNS_NAMES;
+use crate::domain::{RESERVED_PATH, Serial, SpiffeId};
 
 use super::asn1::KeyKind;
 use super::check::{LeafExpectation, validate_leaf};
@@ -52,11 +53,20 @@ impl IssuedCertificate {
 /// Signs an X.509-SVID: one URI SAN (the SPIFFE ID) then the DNS SANs,
 /// CA:FALSE, keyUsage digitalSignature (+keyEncipherment for RSA), EKU
 /// serverAuth + clientAuth, AKI + SKI, notBefore now - 30 s.
+///
+/// Refuses an identity under [`RESERVED_PATH`]: those are trustmesh's own
+/// (the server's TLS certificate), signed only by [`issue_server_certificate`].
 pub fn issue_svid(
     issuer: &Signer,
     request: &SvidRequest<'_>,
     now: OffsetDateTime,
 ) -> Result<IssuedCertificate, CaError> {
+    if request.spiffe_id.is_reserved() {
+        return Err(CaError::ReservedIdentity { spiffe_id: request.spiffe_id.to_string(), reserved: RESERVED_PATH });
+    }
+    if request.dns_names.len() > MAX_DNS_NAMES {
+        return Err(CaError::TooManyDnsNames { count: request.dns_names.len(), limit: MAX_DNS_NAMES });
+    }
     let dns_names = dedup(request.dns_names);
     issue_leaf(
         issuer,

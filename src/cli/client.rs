@@ -2,14 +2,16 @@
 //! token default to what `serve` wrote in the data directory, so a CLI on the
 //! same host needs no flags.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::Request;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 use super::output::OutputFormat;
+use crate::net::client::{ClientIdentity, ServerTrust};
 use crate::proto::admin::v1::admin_client::AdminClient;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -44,28 +46,19 @@ pub struct Admin {
 }
 
 impl Context {
+    /// Connects to the server, which must present the trustmesh server's own
+    /// identity from the bundle ([`crate::net::client`]), whatever name `--server` dials.
     pub async fn connect(&self) -> Result<Admin, String> {
         let ca_path = self.args.ca_file.clone().unwrap_or_else(|| self.data_dir.join("ca-bundle.pem"));
-        let ca = std::fs::read(&ca_path)
+        let ca = std::fs::read_to_string(&ca_path)
             .map_err(|e| format!("cannot read the CA bundle {} ({e}); pass --ca-file", ca_path.display()))?;
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
-        if let (Some(cert), Some(key)) = (&self.args.client_cert, &self.args.client_key) {
-            let cert = std::fs::read(cert).map_err(|e| format!("cannot read {}: {e}", cert.display()))?;
-            let key = std::fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
-            tls = tls.identity(Identity::from_pem(cert, key));
-        }
-        let endpoint = Channel::from_shared(self.args.server.clone())
-            .map_err(|e| format!("--server {:?}: {e}", self.args.server))?
-            .tls_config(tls)
-            .map_err(|e| format!("TLS configuration: {e}"))?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("cannot reach trustmesh at {}: {}", self.args.server, source_chain(&e)))?;
-        let token = self.token()?;
-        let token = match token {
+        let trust = ServerTrust::from_bundle_pem(&ca).map_err(|e| format!("{}: {e}", ca_path.display()))?;
+        let identity = match (&self.args.client_cert, &self.args.client_key) {
+            (Some(cert), Some(key)) => Some(client_identity(cert, key)?),
+            _ => None,
+        };
+        let channel = crate::net::client::channel(&self.args.server, trust, identity).await?;
+        let token = match self.token()? {
             Some(t) => Some(
                 format!("Bearer {t}")
                     .parse()
@@ -102,19 +95,28 @@ impl Admin {
     }
 }
 
-/// One line from a gRPC failure.
+/// One line from a gRPC failure, with the transport's cause when the call
+/// never reached the server.
 pub fn status_line(status: &tonic::Status) -> String {
+    use std::error::Error;
     let msg = status.message();
-    if msg.is_empty() { format!("{:?}", status.code()) } else { msg.to_string() }
+    let base = if msg.is_empty() { format!("{:?}", status.code()) } else { msg.to_string() };
+    match status.source().map(crate::net::client::explain) {
+        Some(cause) if cause.starts_with(&base) => cause,
+        Some(cause) => format!("{base}: {cause}"),
+        None => base,
+    }
 }
 
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
+/// `--client-cert` (a PEM chain) and `--client-key` (a PEM private key).
+fn client_identity(cert: &Path, key: &Path) -> Result<ClientIdentity, String> {
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    let chain = crate::ca::certs_from_pem(&read(cert)?)
+        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(read(key)?.as_bytes())
+        .map_err(|e| format!("{}: no private key in PEM form ({e})", key.display()))?;
+    Ok(ClientIdentity { chain, key })
 }

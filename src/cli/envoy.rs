@@ -206,6 +206,23 @@ pub fn run(command: EnvoyCommand, client: &ClientArgs, data_dir: &Path, output: 
     }
 }
 
+/// The identity the server must present on the TLS port: that of the trust
+/// domain of `--spiffe-id`, else of the trust domain the CA bundle names.
+fn server_identity(spiffe_id: Option<&str>, ca_file: &Path) -> Result<String, String> {
+    let td = match spiffe_id {
+        Some(id) => SpiffeId::parse(id).map_err(|e| format!("--spiffe-id: {e}"))?.trust_domain(),
+        None => {
+            let pem = std::fs::read_to_string(ca_file).map_err(|e| {
+                format!("cannot read the CA bundle {} ({e}) to learn the server's trust domain", ca_file.display())
+            })?;
+            let trust = crate::net::client::ServerTrust::from_bundle_pem(&pem)
+                .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+            return trust.expected().first().map(ToString::to_string).ok_or_else(|| "no trust domain".to_string());
+        }
+    };
+    SpiffeId::server(&td).map(|id| id.to_string()).map_err(|e| e.to_string())
+}
+
 /// The bootstrap text for these flags.
 pub fn bootstrap_text(
     args: &BootstrapArgs,
@@ -222,9 +239,11 @@ pub fn bootstrap_text(
                 return Err(format!("the token file {} holds no single token", file.display()));
             }
             let (host, port) = bootstrap::parse_server_url(&client.server).map_err(|e| e.to_string())?;
-            let ca = absolute(&client.ca_file.clone().unwrap_or_else(|| data_dir.join("ca-bundle.pem")));
+            let ca_path = client.ca_file.clone().unwrap_or_else(|| data_dir.join("ca-bundle.pem"));
+            let server_id = server_identity(args.spiffe_id.as_deref(), &ca_path)?;
+            let ca = absolute(&ca_path);
             let shown = format!("--server {} --ca-file {} --token-file {}", client.server, ca, file.display());
-            (SdsServer::Tls { host, port, token, ca_file: ca }, shown)
+            (SdsServer::Tls { host, port, token, ca_file: ca, server_id }, shown)
         }
         None => {
             let socket = absolute(args.socket.as_deref().unwrap_or(Path::new(DEFAULT_SOCKET)));

@@ -8,9 +8,17 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::DomainError;
+use super::text::quoted;
 
 /// Longest SPIFFE ID accepted (the SPIFFE spec recommends at most 2048 bytes).
-const MAX_ID_LEN: usize = 2048;
+pub const MAX_ID_LEN: usize = 2048;
+
+/// The path under which trustmesh names its own components: the server
+/// (`/trustmesh/server`) and node agents (`/trustmesh/agent/<node>`). Only
+/// the Transport CA signs such identities, and never for a CSR, an entry or
+/// a generated certificate: a certificate that chains to the bundle and
+/// carries `spiffe://<td>/trustmesh/server` is the server.
+pub const RESERVED_PATH: &str = "/trustmesh";
 
 /// A valid SPIFFE ID, `spiffe://<trust-domain>/<path>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -22,7 +30,7 @@ pub struct TrustDomain(spiffe::TrustDomain);
 
 impl SpiffeId {
     pub fn parse(value: &str) -> Result<Self, DomainError> {
-        let fail = |reason: &str| DomainError::SpiffeId { value: truncate(value), reason: reason.to_string() };
+        let fail = |reason: &str| DomainError::SpiffeId { value: quoted(value), reason: reason.to_string() };
         if value.len() > MAX_ID_LEN {
             return Err(fail("longer than 2048 bytes"));
         }
@@ -55,11 +63,23 @@ impl SpiffeId {
     pub fn is_member_of(&self, td: &TrustDomain) -> bool {
         self.0.is_member_of(&td.0)
     }
+
+    /// `spiffe://<td>/trustmesh/server`: the identity of the trustmesh server
+    /// of `td`, the only one its clients accept on the TLS port.
+    pub fn server(td: &TrustDomain) -> Result<Self, DomainError> {
+        Self::parse(&format!("{}{RESERVED_PATH}/server", td.id_string()))
+    }
+
+    /// Whether the path is under [`RESERVED_PATH`].
+    pub fn is_reserved(&self) -> bool {
+        let path = self.path();
+        path == RESERVED_PATH || path.strip_prefix(RESERVED_PATH).is_some_and(|rest| rest.starts_with('/'))
+    }
 }
 
 impl TrustDomain {
     pub fn parse(value: &str) -> Result<Self, DomainError> {
-        let fail = |reason: &str| DomainError::TrustDomain { value: truncate(value), reason: reason.to_string() };
+        let fail = |reason: &str| DomainError::TrustDomain { value: quoted(value), reason: reason.to_string() };
         if value.contains('/') || value.contains(':') {
             return Err(fail("give the bare name, e.g. example.org"));
         }
@@ -105,18 +125,6 @@ impl FromStr for TrustDomain {
     }
 }
 
-/// Keeps error messages bounded when the offending input is huge.
-fn truncate(value: &str) -> String {
-    const MAX: usize = 128;
-    if value.len() <= MAX {
-        return value.to_string();
-    }
-    let mut end = MAX;
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &value[..end])
-}
 
 #[cfg(test)]
 mod tests {
@@ -165,6 +173,20 @@ mod tests {
         assert!(TrustDomain::parse("").is_err());
         let id = SpiffeId::parse("spiffe://example.org/a").unwrap();
         assert!(id.is_member_of(&TrustDomain::parse("example.org").unwrap()));
+        assert!(!id.is_reserved());
         assert!(!id.is_member_of(&TrustDomain::parse("other.org").unwrap()));
+    }
+
+    #[test]
+    fn the_server_identity_and_its_siblings_are_reserved() {
+        let td = TrustDomain::parse("example.org").unwrap();
+        let server = SpiffeId::server(&td).unwrap();
+        assert_eq!(server.to_string(), "spiffe://example.org/trustmesh/server");
+        for reserved in ["spiffe://example.org/trustmesh/server", "spiffe://example.org/trustmesh/agent/n1", "spiffe://example.org/trustmesh"] {
+            assert!(SpiffeId::parse(reserved).unwrap().is_reserved(), "{reserved}");
+        }
+        for free in ["spiffe://example.org/trustmeshx/server", "spiffe://example.org/svc/trustmesh/server"] {
+            assert!(!SpiffeId::parse(free).unwrap().is_reserved(), "{free}");
+        }
     }
 }

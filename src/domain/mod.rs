@@ -10,10 +10,11 @@ mod id;
 mod principal;
 mod selector;
 mod serial;
+pub mod text;
 
 pub use clock::{Clock, ManualClock, SystemClock, unix_seconds};
 pub use entry::{Entry, MAX_SELECTORS, entitled};
-pub use id::{SpiffeId, TrustDomain};
+pub use id::{MAX_ID_LEN, RESERVED_PATH, SpiffeId, TrustDomain};
 pub use principal::{Principal, TokenKind};
 pub use selector::{Selector, SelectorKind};
 pub use serial::{RandomSerials, Serial, SerialSource};

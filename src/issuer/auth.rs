@@ -4,7 +4,7 @@
 use std::future::Future;
 
 use super::{Issuer, IssuerError};
-use crate::domain::{Principal, SpiffeId, TokenKind};
+use crate::domain::{Principal, SpiffeId, TokenKind, text};
 use crate::policy::{Action, Resource};
 use crate::store::AuditRecord;
 use crate::token;
@@ -121,7 +121,8 @@ impl Issuer {
             reasons = ?decision.policy_ids,
             "Permission denied for action"
         );
-        self.refuse(caller, &action.to_string(), target, IssuerError::PermissionDenied(decision.to_string())).await
+        let what = format!("{action} on {}: {decision}", text::quoted(&resource.to_string()));
+        self.refuse(caller, &action.to_string(), target, IssuerError::PermissionDenied(what)).await
     }
 
     /// Runs a step; when it fails, the failure is audited and counted.

@@ -8,7 +8,7 @@ use time::Duration;
 use super::auth::{Caller, audit};
 use super::{Issuer, IssuerError, MAX_REQUEST_BYTES};
 use crate::ca::{self, IssuedCertificate, KeyAlgorithm, PrivateKey, SvidRequest};
-use crate::domain::SpiffeId;
+use crate::domain::{SpiffeId, text};
 use crate::policy::{Action, Resource};
 use crate::store::{CaRole, CertFilter, CertRecord, CertStatus, DenyRecord};
 
@@ -119,6 +119,15 @@ impl Issuer {
     ) -> Result<Issued, IssuerError> {
         let target = id.to_string();
         self.authorize(caller, action, &Resource::Identity(id.clone()), &target).await?;
+        if let Err(e) = text::bounded_list("DNS names", dns_names, text::MAX_DNS_NAMES, 253) {
+            return self.refuse(caller, action_name, &target, IssuerError::InvalidArgument(e)).await;
+        }
+        // A DNS SAN makes the certificate valid for that host name: each one
+        // is the policy's to allow for this identity (admins by default only).
+        for name in dns_names {
+            let resource = Resource::DnsName { name: name.clone(), identity: id.clone() };
+            self.authorize(caller, Action::UseDnsName, &resource, &target).await?;
+        }
         // The deny list in memory answers at once; the store's insert below
         // checks it again atomically with any denial still in flight.
         if let Some(denial) = self.denial(&target) {

@@ -4,8 +4,10 @@
 //! (`attest::TlsPeer` on the TLS port, `attest::UnixPeer` on the socket).
 //! What the local socket's clients send passes through `authority::FilteredStream`
 //! first, so grpc-core clients' `:authority` does not cost them their request.
+//! `client.rs` is the other end of the TLS port: how the CLI dials it.
 
 mod authority;
+pub mod client;
 mod unix;
 
 use std::time::Duration;

@@ -223,6 +223,7 @@ fn check_schema_fits(schema: &Schema) -> Result<(), PolicyError> {
         Principal::Bootstrap { subject: "probe".into(), spiffe_ids: vec![id.clone()] },
     ];
     let resources = [
+        Resource::DnsName { name: "probe.example.org".into(), identity: id.clone() },
         Resource::Identity(id),
         Resource::Ca,
         Resource::Certificate("01".into()),
@@ -239,7 +240,7 @@ fn check_schema_fits(schema: &Schema) -> Result<(), PolicyError> {
     }
     Entities::from_entities(probe, Some(schema)).map_err(|e| mismatch(chain(&e)))?;
     let workload = model::principal_entity(&principals[2]).map_err(mismatch)?.uid();
-    let identity = model::resource_entity(&resources[0]).map_err(mismatch)?.uid();
+    let identity = model::resource_entity(&resources[1]).map_err(mismatch)?.uid();
     let td = TrustDomain::parse("example.org").map_err(|e| mismatch(e.to_string()))?;
     let full = context(&td, &DecisionContext { entry_matched: Some(true) }).map_err(mismatch)?;
     let obtain = model::action_uid(Action::ObtainSvid).map_err(mismatch)?;

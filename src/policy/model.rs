@@ -28,6 +28,7 @@ pub enum Action {
     MintToken,
     ReadAudit,
     ManageEntries,
+    UseDnsName,
 }
 
 /// What an action is done to.
@@ -44,10 +45,12 @@ pub enum Resource {
     AuditLog,
     /// A registration entry by id.
     Entry(String),
+    /// A DNS SAN requested in a certificate of the identity.
+    DnsName { name: String, identity: SpiffeId },
 }
 
 impl Action {
-    pub const ALL: [Action; 15] = [
+    pub const ALL: [Action; 16] = [
         Self::SignCsr,
         Self::IssueCertificate,
         Self::ObtainSvid,
@@ -63,6 +66,7 @@ impl Action {
         Self::MintToken,
         Self::ReadAudit,
         Self::ManageEntries,
+        Self::UseDnsName,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +86,7 @@ impl Action {
             Self::MintToken => "mint_token",
             Self::ReadAudit => "read_audit",
             Self::ManageEntries => "manage_entries",
+            Self::UseDnsName => "use_dns_name",
         }
     }
 }
@@ -111,6 +116,7 @@ impl fmt::Display for Resource {
             Self::Token(kind) => write!(f, "Token::{:?}", kind.as_str()),
             Self::AuditLog => f.write_str("AuditLog"),
             Self::Entry(id) => write!(f, "Entry::{id:?}"),
+            Self::DnsName { name, identity } => write!(f, "DnsName::{:?}", format!("{name}@{identity}")),
         }
     }
 }
@@ -147,7 +153,8 @@ pub fn parse_principal(text: &str, bootstrap_spiffe_ids: &[SpiffeId]) -> Result<
 
 /// Parses the CLI form of a resource: a `spiffe://` ID (or
 /// `Identity::"spiffe://…"`), `Ca`, `AuditLog`, `Certificate::"serial"`,
-/// `Token::"node"` or `Entry::"id"`.
+/// `Token::"node"`, `Entry::"id"`, or `DnsName::"name@spiffe://…"` (a DNS
+/// name for a certificate of that identity).
 pub fn parse_resource(text: &str) -> Result<Resource, PolicyError> {
     let fail = |reason: String| PolicyError::Resource { value: shorten(text), reason };
     let text = text.trim();
@@ -172,7 +179,13 @@ pub fn parse_resource(text: &str) -> Result<Resource, PolicyError> {
         "Certificate" => Ok(Resource::Certificate(id.to_string())),
         "Token" => id.parse().map(Resource::Token).map_err(|e: crate::domain::DomainError| fail(e.to_string())),
         "Entry" => Ok(Resource::Entry(id.to_string())),
-        _ => Err(fail("the type must be Identity, Ca, Certificate, Token, AuditLog or Entry".into())),
+        "DnsName" => {
+            let (name, identity) =
+                id.split_once('@').ok_or_else(|| fail("a DnsName is \"name@spiffe://…\" (the name and its identity)".into()))?;
+            let identity = SpiffeId::parse(identity).map_err(|e| fail(e.to_string()))?;
+            Ok(Resource::DnsName { name: name.to_string(), identity })
+        }
+        _ => Err(fail("the type must be Identity, Ca, Certificate, Token, AuditLog, Entry or DnsName".into())),
     }
 }
 
@@ -225,6 +238,16 @@ pub(super) fn resource_entity(resource: &Resource) -> Result<Entity, String> {
         Resource::Token(kind) => entity("Token", kind.as_str(), [("kind", string(kind.as_str()))]),
         Resource::AuditLog => entity("AuditLog", "audit", []),
         Resource::Entry(id) => entity("Entry", id, []),
+        Resource::DnsName { name, identity } => entity(
+            "DnsName",
+            name,
+            [
+                ("name", string(name)),
+                ("spiffe_id", string(&identity.to_string())),
+                ("trust_domain", string(identity.trust_domain().as_str())),
+                ("last_segment", string(identity.last_segment())),
+            ],
+        ),
     }
 }
 

@@ -44,6 +44,7 @@ fn resource_for(action: Action) -> Resource {
         Action::ReadCertificates | Action::ReadDenied | Action::ReadAudit => Resource::AuditLog,
         Action::MintToken => Resource::Token(TokenKind::Bootstrap),
         Action::ManageEntries => Resource::Entry("e1".into()),
+        Action::UseDnsName => dns("api.example.org", "spiffe://example.org/node/node-a"),
     }
 }
 
@@ -109,6 +110,10 @@ fn decision_table() {
         (workload(), Action::ReadBundle, Resource::Ca, true, &["any-read-bundle"]),
         (admin(), Action::IssueCertificate, ident("spiffe://other.org/svc/a"), false, &["foreign-trust-domain"]),
         (admin(), Action::SignCsr, ident("spiffe://other.org/svc/a"), false, &["foreign-trust-domain"]),
+        (admin(), Action::UseDnsName, dns("localhost", "spiffe://example.org/svc/api"), true, &["admin-all"]),
+        (node("node-a"), Action::UseDnsName, dns("localhost", own), false, &[]),
+        (bootstrap(), Action::UseDnsName, dns("localhost", "spiffe://example.org/svc/api"), false, &[]),
+        (workload(), Action::UseDnsName, dns("api.internal", "spiffe://example.org/svc/api"), false, &[]),
     ];
     for (principal, action, resource, allowed, ids) in cases {
         let d = engine.decide(&principal, action, &resource, &td());
@@ -120,6 +125,35 @@ fn decision_table() {
     let foreign = Principal::Bootstrap { subject: "svc".into(), spiffe_ids: vec![id("spiffe://other.org/svc/api")] };
     let d = engine.decide(&foreign, Action::SignCsr, &ident("spiffe://other.org/svc/api"), &td());
     assert_eq!(d.to_string(), "DENY by foreign-trust-domain");
+}
+
+fn dns(name: &str, identity: &str) -> Resource {
+    Resource::DnsName { name: name.into(), identity: id(identity) }
+}
+
+/// DNS SANs are refused to nodes and bootstrap tokens by default; an
+/// operator's policy can allow them per identity and name.
+#[test]
+fn a_policy_can_allow_dns_names_for_a_nodes_own_identities() {
+    let allow = r#"
+        @id("node-dns")
+        permit (principal is Trustmesh::Node, action == Trustmesh::Action::"use_dns_name", resource is Trustmesh::DnsName)
+        when { resource.last_segment == principal.node_id && resource.name like "*.svc.internal" };
+    "#;
+    let engine = PolicyEngine::from_sources(None, &[("dns.cedar".into(), allow.into())]).unwrap();
+    let own = "spiffe://example.org/web/node-a";
+    let d = engine.decide(&node("node-a"), Action::UseDnsName, &dns("web.svc.internal", own), &td());
+    assert!(d.allowed, "{d}");
+    assert_eq!(d.policy_ids, ["node-dns"]);
+    for (name, identity) in [("localhost", own), ("web.svc.internal", "spiffe://example.org/web/node-b")] {
+        let d = engine.decide(&node("node-a"), Action::UseDnsName, &dns(name, identity), &td());
+        assert!(!d.allowed, "{name} for {identity}: {d}");
+    }
+    assert_eq!(
+        crate::policy::parse_resource(r#"DnsName::"web.svc.internal@spiffe://example.org/web/node-a""#).unwrap(),
+        dns("web.svc.internal", own)
+    );
+    assert!(crate::policy::parse_resource(r#"DnsName::"web.svc.internal""#).is_err());
 }
 
 #[test]

@@ -88,8 +88,9 @@ pub struct Bootstrap {
 pub enum SdsServer {
     /// The local socket (peer credentials attest the caller).
     Socket(String),
-    /// The TLS port with a bearer token.
-    Tls { host: String, port: u16, token: String, ca_file: String },
+    /// The TLS port with a bearer token. The server is recognised by its
+    /// identity (`spiffe://<td>/trustmesh/server`, `server_id`), not by `host`.
+    Tls { host: String, port: u16, token: String, ca_file: String, server_id: String },
 }
 
 /// An inbound mTLS listener (HTTP, or raw TCP for `tcp_listeners`):
@@ -409,16 +410,17 @@ fn sds_cluster(server: &SdsServer) -> Value {
                 {"endpoint": {"address": {"pipe": {"path": path}}}}
             ]}]},
         }),
-        SdsServer::Tls { host, port, ca_file, .. } => {
+        SdsServer::Tls { host, port, ca_file, server_id, .. } => {
             let is_ip = host.parse::<std::net::IpAddr>().is_ok();
-            let san_type = if is_ip { "IP_ADDRESS" } else { "DNS" };
+            // Only the Transport CA signs the server's identity: a workload
+            // certificate that carries the dialled DNS name is refused.
             let mut tls = json!({
                 "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
                 "common_tls_context": {
                     "alpn_protocols": ["h2"],
                     "validation_context": {
                         "trusted_ca": {"filename": ca_file},
-                        "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": host}}],
+                        "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": server_id}}],
                     },
                 },
             });

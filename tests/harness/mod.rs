@@ -135,6 +135,16 @@ impl Server {
         (cert, key)
     }
 
+    /// Mints a bootstrap token for `ids` through the CLI (as an admin would).
+    pub fn bootstrap_token(&self, subject: &str, ids: &[&str], extra: &[&str]) -> String {
+        let mut args = vec!["token", "mint", "bootstrap", subject];
+        for id in ids {
+            args.extend(["--spiffe-id", id]);
+        }
+        args.extend_from_slice(extra);
+        self.ok(&args).trim().to_string()
+    }
+
     /// Runs the CLI with `--output json` and parses the result.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = vec!["--output", "json"];
@@ -296,6 +306,13 @@ pub fn openssl_self_signed(cert: &Path, key: &Path, subject: &str, days: &str, e
 
 /// Makes a key (`ec`, `ec384`, `rsa2048`, `rsa1024`, `ed25519`) and a CSR with the given URI SANs.
 pub fn make_csr(dir: &Path, name: &str, kind: &str, uris: &[&str]) -> PathBuf {
+    let sans: Vec<String> = uris.iter().map(|u| format!("URI:{u}")).collect();
+    make_csr_with_sans(dir, name, kind, &sans.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Like [`make_csr`], with subjectAltName entries as openssl writes them
+/// (`URI:spiffe://…`, `DNS:name`).
+pub fn make_csr_with_sans(dir: &Path, name: &str, kind: &str, sans: &[&str]) -> PathBuf {
     let key = dir.join(format!("{name}.key"));
     let csr = dir.join(format!("{name}.csr"));
     let key_s = key.to_str().unwrap();
@@ -309,8 +326,8 @@ pub fn make_csr(dir: &Path, name: &str, kind: &str, uris: &[&str]) -> PathBuf {
     };
     let mut args = vec!["req", "-new", "-key", key_s, "-subj", "/O=test", "-out", csr.to_str().unwrap()];
     let san;
-    if !uris.is_empty() {
-        san = format!("subjectAltName={}", uris.iter().map(|u| format!("URI:{u}")).collect::<Vec<_>>().join(","));
+    if !sans.is_empty() {
+        san = format!("subjectAltName={}", sans.join(","));
         args.push("-addext");
         args.push(&san);
     }

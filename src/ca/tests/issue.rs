@@ -133,6 +133,12 @@ fn issuance_refusals() {
     assert!(text.contains("other.org") && text.contains("example.org"), "{text}");
     let err = issue_svid(&h.services, &request(&ok, b"junk", serial(3), hour, &[]), now()).unwrap_err();
     assert!(matches!(err, CaError::UnsupportedKey { .. }), "{err}");
+    let server = id("spiffe://example.org/trustmesh/server");
+    let err = issue_svid(&h.services, &request(&server, &spki, serial(3), hour, &[]), now()).unwrap_err();
+    assert!(matches!(err, CaError::ReservedIdentity { .. }), "{err}");
+    let many: Vec<String> = (0..10_000).map(|i| format!("n{i}.example.org")).collect();
+    let err = issue_svid(&h.services, &request(&ok, &spki, serial(3), hour, &many), now()).unwrap_err();
+    assert!(matches!(err, CaError::TooManyDnsNames { count: 10_000, .. }), "{err}");
     let req = SvidRequest { common_name: Some(""), ..request(&ok, &spki, serial(3), hour, &[]) };
     assert!(matches!(issue_svid(&h.services, &req, now()), Err(CaError::CommonName { .. })));
     let req = SvidRequest { common_name: Some("web"), ..request(&ok, &spki, serial(3), hour, &[]) };

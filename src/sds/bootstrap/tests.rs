@@ -82,15 +82,23 @@ fn the_sds_cluster_speaks_http2_to_the_socket_or_the_tls_port() {
     let endpoint = &sds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"];
     assert_eq!(endpoint["address"]["pipe"]["path"], "/tmp/trustmesh/public/api.sock");
 
-    let server =
-        SdsServer::Tls { host: "127.0.0.1".into(), port: 4020, token: "tok".into(), ca_file: "/ca.pem".into() };
+    let server = SdsServer::Tls {
+        host: "127.0.0.1".into(),
+        port: 4020,
+        token: "tok".into(),
+        ca_file: "/ca.pem".into(),
+        server_id: "spiffe://example.org/trustmesh/server".into(),
+    };
     let v = render(&base(server)).unwrap();
     let sds = cluster(&v, SDS_CLUSTER);
     assert_eq!(sds["type"], "STATIC");
     let ctx = tls_context(sds);
     assert_eq!(ctx["alpn_protocols"][0], "h2");
     assert_eq!(ctx["validation_context"]["trusted_ca"]["filename"], "/ca.pem");
-    assert_eq!(ctx["validation_context"]["match_typed_subject_alt_names"][0]["san_type"], "IP_ADDRESS");
+    // The server is recognised by its identity, never by the dialled name.
+    let san = &ctx["validation_context"]["match_typed_subject_alt_names"][0];
+    assert_eq!(san["san_type"], "URI");
+    assert_eq!(san["matcher"]["exact"], "spiffe://example.org/trustmesh/server");
     let grpc = &v["dynamic_resources"]["ads_config"]["grpc_services"][0];
     assert_eq!(grpc["initial_metadata"][0]["key"], "authorization");
     assert_eq!(grpc["initial_metadata"][0]["value"], "Bearer tok");
