@@ -81,7 +81,12 @@ pub fn start_sds(issuer: &Arc<Issuer>, socket: &Path) -> Result<Sds, String> {
     let router = sds.add_to(tonic::service::Routes::default()).prepare().into_axum_router();
     let listener = trustmesh::net::bind_unix(socket).map_err(|e| format!("socket: {e}"))?;
     let (stop, stop_rx) = watch::channel(false);
-    tokio::spawn(trustmesh::net::serve_unix(listener, router, stop_rx));
+    tokio::spawn(trustmesh::net::serve_unix(
+        listener,
+        router,
+        trustmesh::net::Gate::new(trustmesh::net::Listener::Socket, trustmesh::net::ListenerLimits::unbounded()),
+        stop_rx,
+    ));
     Ok(Sds { _cache: cache, stop })
 }
 

@@ -217,7 +217,12 @@ async fn start_server(
     let router = WorkloadApi::new(identities, Arc::new(LocalAttestor), jwt).routes();
     let listener = trustmesh::net::bind_unix(socket).map_err(|e| format!("socket: {e}"))?;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(trustmesh::net::serve_unix(listener, router, stop_rx));
+    tokio::spawn(trustmesh::net::serve_unix(
+        listener,
+        router,
+        trustmesh::net::Gate::new(trustmesh::net::Listener::Socket, trustmesh::net::ListenerLimits::unbounded()),
+        stop_rx,
+    ));
     Ok((cache, stop))
 }
 

@@ -30,4 +30,5 @@ pub mod net;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod proto;

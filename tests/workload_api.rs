@@ -193,7 +193,12 @@ fn serve(dir: &Path, router: axum::Router) -> (PathBuf, watch::Sender<bool>) {
     let socket = dir.join("public/api.sock");
     let listener = trustmesh::net::bind_unix(&socket).unwrap();
     let (shutdown, rx) = watch::channel(false);
-    tokio::spawn(trustmesh::net::serve_unix(listener, router, rx));
+    tokio::spawn(trustmesh::net::serve_unix(
+        listener,
+        router,
+        trustmesh::net::Gate::new(trustmesh::net::Listener::Socket, trustmesh::net::ListenerLimits::unbounded()),
+        rx,
+    ));
     (socket, shutdown)
 }
 

@@ -1,8 +1,6 @@
 //! The commands that talk to a server.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
@@ -12,6 +10,7 @@ use super::client::Context;
 use super::output::{parse_duration, rfc3339};
 use super::views::{CaView, CertView, DeniedView, IssuedView, StatusView, render_status};
 use super::{fail, local};
+use crate::files;
 use crate::proto::admin::v1 as pb;
 
 #[derive(Debug, Subcommand)]
@@ -239,15 +238,18 @@ async fn cert(ctx: Context, command: CertCommand) -> i32 {
                 Ok(t) => t,
                 Err(e) => return fail(&e),
             };
+            if let Err(e) = writable(&[&output_key, &output_cert]) {
+                return fail(&e);
+            }
             let r = call!(
                 ctx,
                 generate_certificate,
                 pb::GenerateCertificateRequest { common_name, spiffe_id, dns_names, ttl_seconds }
             );
-            if let Err(e) = write_out(&output_key, r.private_key_pem.as_bytes(), 0o600)
-                .and_then(|_| write_out(&output_cert, r.certificate_pem.as_bytes(), 0o644))
+            if let Err(e) = files::write_private(&output_key, r.private_key_pem.as_bytes())
+                .and_then(|()| files::write_public(&output_cert, r.certificate_pem.as_bytes()))
             {
-                return fail(&e);
+                return fail(&e.to_string());
             }
             let view = IssuedView::new(r.certificate.as_ref(), &output_cert, Some(&output_key));
             ctx.output.print(&view, |v| format!("[ok] Certificate generated:\n{}", v.text()));
@@ -262,9 +264,12 @@ async fn cert(ctx: Context, command: CertCommand) -> i32 {
                 Ok(b) => b,
                 Err(e) => return fail(&format!("cannot read {}: {e}", csr.display())),
             };
-            let r = call!(ctx, sign_csr, pb::SignCsrRequest { csr, spiffe_id, ttl_seconds });
-            if let Err(e) = write_out(&output_cert, r.certificate_pem.as_bytes(), 0o644) {
+            if let Err(e) = writable(&[&output_cert]) {
                 return fail(&e);
+            }
+            let r = call!(ctx, sign_csr, pb::SignCsrRequest { csr, spiffe_id, ttl_seconds });
+            if let Err(e) = files::write_public(&output_cert, r.certificate_pem.as_bytes()) {
+                return fail(&e.to_string());
             }
             let view = IssuedView::new(r.certificate.as_ref(), &output_cert, None);
             ctx.output.print(&view, |v| format!("[ok] CSR signed:\n{}", v.text()));
@@ -434,13 +439,8 @@ fn hours(h: Option<f64>) -> Result<u64, String> {
     }
 }
 
-fn write_out(path: &Path, contents: &[u8], mode: u32) -> Result<(), String> {
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    f.write_all(contents).map_err(|e| format!("cannot write {}: {e}", path.display()))
+/// Where a command will write its result must take it before the server is
+/// asked: a certificate issued and then not saved is lost.
+fn writable(paths: &[&Path]) -> Result<(), String> {
+    paths.iter().try_for_each(|p| files::check_writable(p).map_err(|e| e.to_string()))
 }

@@ -106,7 +106,8 @@ async fn run_init(ctx: &Context, args: InitArgs) -> Result<InitView, String> {
     };
     let _lock = crate::app::lock_data_dir(&ctx.data_dir).map_err(|e| format!("{e:#}"))?;
     let kek_path = args.kek_file.clone().unwrap_or_else(|| ctx.data_dir.join("kek"));
-    let kek = crate::app::load_kek(&kek_path, true).map_err(|e| format!("{e:#}"))?;
+    let kek = if kek_path.exists() { crate::app::load_kek(&kek_path) } else { crate::app::create_kek(&kek_path) }
+        .map_err(|e| format!("{e:#}"))?;
     let url = args
         .database_url
         .clone()

@@ -30,6 +30,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::app::ServeError;
 use crate::config::{EXIT_CONFIG, ServeArgs, ServeConfig};
 use crate::telemetry::{LogFormat, init_logging};
 
@@ -110,13 +111,18 @@ pub fn run(cli: Cli) -> i32 {
                 Err(e) => return fail_config(&e.to_string()),
             };
             init_logging(log_format);
-            match runtime.block_on(crate::app::serve(cfg)) {
-                Ok(()) => 0,
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "trustmesh stopped");
-                    fail(&format!("{e:#}"))
-                }
+            let (code, error) = match runtime.block_on(crate::app::serve(cfg)) {
+                Ok(()) => return 0,
+                Err(ServeError::Startup(e)) => (EXIT_CONFIG, e),
+                Err(ServeError::Runtime(e)) => (1, e),
+            };
+            // Said once: as a JSON event where logs are JSON, else as one line.
+            let reason = format!("{error:#}").replace('\n', " ");
+            match log_format {
+                LogFormat::Json => tracing::error!(error = %reason, exit_code = code, "trustmesh stopped"),
+                LogFormat::Pretty => eprintln!("error: {reason}"),
             }
+            code
         }
         Command::Pki { command } => {
             let ctx = client::Context { args: cli.client, data_dir: cli.data_dir, output };

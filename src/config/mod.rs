@@ -68,6 +68,12 @@ pub struct ServeArgs {
     /// CRL validity (nextUpdate - thisUpdate), seconds; CRLs are re-signed at half of it.
     #[arg(long, env = "TRUSTMESH_CRL_VALIDITY", default_value = "604800")]
     pub crl_validity: String,
+    /// Seconds a new connection may take to complete its TLS handshake and send its first request headers.
+    #[arg(long, env = "TRUSTMESH_HEADER_TIMEOUT", default_value = "10")]
+    pub header_timeout: String,
+    /// Seconds a connection may stay open with no request in flight (an open SDS or Workload API stream is one).
+    #[arg(long, env = "TRUSTMESH_IDLE_TIMEOUT", default_value = "300")]
+    pub idle_timeout: String,
 }
 
 /// `serve` settings after validation.
@@ -87,6 +93,10 @@ pub struct ServeConfig {
     pub bootstrap_ttl: Duration,
     pub max_cert_ttl: Duration,
     pub crl_validity: Duration,
+    /// `--kek-file` was given (the operator provisioned the KEK).
+    pub kek_provisioned: bool,
+    pub header_timeout: std::time::Duration,
+    pub idle_timeout: std::time::Duration,
 }
 
 impl ServeConfig {
@@ -148,6 +158,11 @@ impl ServeConfig {
             bootstrap_ttl: seconds("--bootstrap-ttl/TRUSTMESH_BOOTSTRAP_TTL", &args.bootstrap_ttl, 60, 366 * 86_400)?,
             max_cert_ttl,
             crl_validity: seconds("--crl-validity/TRUSTMESH_CRL_VALIDITY", &args.crl_validity, 600, 90 * 86_400)?,
+            kek_provisioned: args.kek_file.is_some(),
+            header_timeout: seconds("--header-timeout/TRUSTMESH_HEADER_TIMEOUT", &args.header_timeout, 1, 600)?
+                .unsigned_abs(),
+            idle_timeout: seconds("--idle-timeout/TRUSTMESH_IDLE_TIMEOUT", &args.idle_timeout, 1, 86_400)?
+                .unsigned_abs(),
         })
     }
 }
@@ -209,6 +224,8 @@ mod tests {
             (vec!["--socket", "/tmp/d/api.sock"], "--socket"),
             (vec!["--database-url", "mysql://x"], "--database-url"),
             (vec!["--http-listen", "127.0.0.1:4020"], "--http-listen"),
+            (vec!["--header-timeout", "0"], "--header-timeout"),
+            (vec!["--idle-timeout", "x"], "--idle-timeout"),
         ] {
             let err = parse(&args).unwrap_err().to_string();
             assert!(err.contains(needle), "{args:?}: {err}");

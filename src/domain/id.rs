@@ -125,7 +125,6 @@ impl FromStr for TrustDomain {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,7 +181,11 @@ mod tests {
         let td = TrustDomain::parse("example.org").unwrap();
         let server = SpiffeId::server(&td).unwrap();
         assert_eq!(server.to_string(), "spiffe://example.org/trustmesh/server");
-        for reserved in ["spiffe://example.org/trustmesh/server", "spiffe://example.org/trustmesh/agent/n1", "spiffe://example.org/trustmesh"] {
+        for reserved in [
+            "spiffe://example.org/trustmesh/server",
+            "spiffe://example.org/trustmesh/agent/n1",
+            "spiffe://example.org/trustmesh",
+        ] {
             assert!(SpiffeId::parse(reserved).unwrap().is_reserved(), "{reserved}");
         }
         for free in ["spiffe://example.org/trustmeshx/server", "spiffe://example.org/svc/trustmesh/server"] {

@@ -11,6 +11,7 @@ mod principal;
 mod selector;
 mod serial;
 pub mod text;
+pub mod throttle;
 
 pub use clock::{Clock, ManualClock, SystemClock, unix_seconds};
 pub use entry::{Entry, MAX_SELECTORS, entitled};

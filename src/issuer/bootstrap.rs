@@ -118,6 +118,11 @@ impl Issuer {
         Ok((issuer, InitReport { created, root_fingerprint }))
     }
 
+    /// Whether the store holds a PKI (a root CA), without changing it.
+    pub async fn holds_pki(store: &dyn Store) -> Result<bool, IssuerError> {
+        has_root(store).await
+    }
+
     /// Loads the CAs and signing keys again (another replica added one).
     pub(super) async fn reload_keys(&self) -> Result<(), IssuerError> {
         let cas = self.store.cas().await?;

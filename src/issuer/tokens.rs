@@ -132,12 +132,25 @@ impl Issuer {
         if snapshot.earliest_next_update().is_some_and(|next| next.unix_timestamp() <= now) {
             warnings.push("a published CRL has passed its nextUpdate".into());
         }
+        // A failing store makes the PKI unhealthy; the status still answers.
+        let mut counted = |count: Result<u64, crate::store::StoreError>| {
+            count.unwrap_or_else(|e| {
+                warnings.push(format!("database: {e}"));
+                0
+            })
+        };
+        let active_certificates = counted(self.store.active_certificate_count(now).await);
+        let denied_identities = counted(self.store.deny_list().await.map(|d| d.len() as u64));
+        if let Err(e) = self.store.ping().await {
+            warnings.push(format!("database: {e}"));
+        }
+        warnings.dedup();
         Ok(Status {
             healthy: warnings.is_empty(),
             warnings,
             cas: snapshot.cas.clone(),
-            active_certificates: self.store.active_certificate_count(now).await?,
-            denied_identities: self.store.deny_list().await?.len() as u64,
+            active_certificates,
+            denied_identities,
         })
     }
 

@@ -80,6 +80,11 @@ impl ServerTrust {
 pub async fn channel(server: &str, trust: ServerTrust, identity: Option<ClientIdentity>) -> Result<Channel, String> {
     let (host, port) = split_url(server)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    if let Some(id) = &identity {
+        // The server verifies it against the same bundle; with TLS 1.3 its
+        // refusal would only surface, racily, at the first call.
+        check_client_identity(&trust, &provider, id)?;
+    }
     let verifier = Arc::new(ServerIdentity { trust, provider: provider.clone() });
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -115,7 +120,28 @@ pub async fn channel(server: &str, trust: ServerTrust, identity: Option<ClientId
             Ok::<_, DialError>(TokioIo::new(tls))
         }
     });
-    endpoint.connect_with_connector(dial).await.map_err(|e| format!("cannot reach trustmesh at {server}: {}", chain(&e)))
+    endpoint
+        .connect_with_connector(dial)
+        .await
+        .map_err(|e| format!("cannot reach trustmesh at {server}: {}", chain(&e)))
+}
+
+/// The client certificate chains to the bundle (as the server will check).
+fn check_client_identity(trust: &ServerTrust, provider: &Arc<CryptoProvider>, id: &ClientIdentity) -> Result<(), String> {
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(trust.roots.clone(), provider.clone())
+        .build()
+        .map_err(|e| format!("TLS configuration: {e}"))?;
+    let [leaf, intermediates @ ..] = id.chain.as_slice() else {
+        return Err("the client certificate file holds no certificate".into());
+    };
+    verifier.verify_client_cert(leaf, intermediates, UnixTime::now()).map_err(|e| {
+        let why = match e {
+            rustls::Error::InvalidCertificate(c) => format!("{c:?}"),
+            other => other.to_string(),
+        };
+        format!("the client certificate is not signed by a CA of the server's bundle ({why}); the server would refuse it")
+    })?;
+    Ok(())
 }
 
 /// `https://HOST[:PORT][/]` → (HOST, PORT); IPv6 hosts keep no brackets.
@@ -160,7 +186,9 @@ pub fn explain(err: &(dyn std::error::Error + 'static)) -> String {
         // After the handshake the alert reaches us as text only.
         let text = e.to_string();
         if let Some(alert) = text.strip_prefix("received fatal alert: ") {
-            return format!("the server refused the connection ({alert}): is the client certificate signed by its bundle?");
+            return format!(
+                "the server refused the connection ({alert}): is the client certificate signed by its bundle?"
+            );
         }
         cur = e.source();
     }

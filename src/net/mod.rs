@@ -6,14 +6,18 @@
 //! first, so grpc-core clients' `:authority` does not cost them their request.
 //! `client.rs` is the other end of the TLS port: how the CLI dials it.
 
+mod activity;
 mod authority;
 pub mod client;
+mod limits;
+mod metrics;
 mod unix;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
@@ -21,17 +25,28 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::attest::{TlsPeer, UnixPeer};
 
+use activity::{Activity, Tracked};
 pub use authority::{AuthorityFilter, FilterError, FilteredStream, MAX_HEADER_BLOCK};
-pub use unix::{SocketError, bind_unix};
+pub use limits::{Gate, Limits, ListenerLimits};
+pub use metrics::{Listener, ShedReason};
+pub use unix::{SocketError, bind_unix, check_socket_path};
 
-/// A TLS handshake that takes longer than this is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An HTTP/2 connection is pinged when silent this long, and closed when a
+/// ping goes unanswered for [`KEEPALIVE_TIMEOUT`]: a proxy that vanished
+/// without closing its connection frees its place.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a connection closed for idleness may take to finish.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Pause after `accept` fails (out of descriptors): the loop must not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves the TLS port until `shutdown` turns true.
 pub async fn serve_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     router: Router,
+    gate: Arc<Gate>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -39,38 +54,61 @@ pub async fn serve_tls(
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
         };
-        let Ok((tcp, _)) = accepted else { continue };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                gate.accept_failed(&e);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Some(admission) = gate.admit(None) else { continue };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
+        let gate = gate.clone();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let stream = match tokio::time::timeout(gate.limits().first_request, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "TLS handshake failed");
                     return;
                 }
-                Err(_) => return,
+                Err(_) => {
+                    gate.shed(ShedReason::FirstRequest, None);
+                    return;
+                }
             };
             let certificate =
                 stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
             let service = router.layer(axum::Extension(TlsPeer { certificate }));
-            serve_connection(TokioIo::new(stream), service).await;
+            serve_connection(TokioIo::new(stream), service, &gate, None).await;
+            drop(admission);
         });
     }
 }
 
 /// Serves a plaintext TCP port until `shutdown` turns true.
-pub async fn serve_tcp(listener: TcpListener, router: Router, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve_tcp(listener: TcpListener, router: Router, gate: Arc<Gate>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
         };
-        let Ok((tcp, _)) = accepted else { continue };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                gate.accept_failed(&e);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Some(admission) = gate.admit(None) else { continue };
         let router = router.clone();
+        let gate = gate.clone();
         tokio::spawn(async move {
-            serve_connection(TokioIo::new(tcp), router).await;
+            serve_connection(TokioIo::new(tcp), router, &gate, None).await;
+            drop(admission);
         });
     }
 }
@@ -78,13 +116,20 @@ pub async fn serve_tcp(listener: TcpListener, router: Router, mut shutdown: watc
 /// Serves the local socket until `shutdown` turns true. The kernel's peer
 /// credentials of each connection are attached to its requests; its request
 /// headers go through [`FilteredStream`].
-pub async fn serve_unix(listener: UnixListener, router: Router, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve_unix(listener: UnixListener, router: Router, gate: Arc<Gate>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
         };
-        let Ok((stream, _)) = accepted else { continue };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                gate.accept_failed(&e);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
         let peer = match stream.peer_cred() {
             Ok(c) => UnixPeer { pid: c.pid(), uid: c.uid(), gid: c.gid() },
             Err(e) => {
@@ -92,23 +137,50 @@ pub async fn serve_unix(listener: UnixListener, router: Router, mut shutdown: wa
                 continue;
             }
         };
+        let Some(admission) = gate.admit(Some(peer.uid)) else { continue };
         let service = router.clone().layer(axum::Extension(peer));
+        let gate = gate.clone();
         tokio::spawn(async move {
-            serve_connection(TokioIo::new(FilteredStream::new(stream)), service).await;
+            serve_connection(TokioIo::new(FilteredStream::new(stream)), service, &gate, Some(peer.uid)).await;
+            drop(admission);
         });
     }
 }
 
-async fn serve_connection<I>(io: I, router: Router)
+/// Serves one connection until it ends, or until it has had no request in
+/// flight for the gate's bounds (then it is shut down gracefully).
+async fn serve_connection<I>(io: I, router: Router, gate: &Gate, peer: Option<u32>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = TowerToHyperService::new(router);
+    let limits = *gate.limits();
+    let activity = Activity::new();
+    let service = Tracked { inner: TowerToHyperService::new(router), activity: activity.clone() };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.first_request);
     // Envoy keeps one long-lived HTTP/2 connection with one stream per SDS
     // resource (or one ADS stream); allow many without flow-control stalls.
-    builder.http2().max_concurrent_streams(Some(10_000));
-    if let Err(e) = builder.serve_connection(io, service).await {
-        tracing::debug!(error = %e, "connection ended with an error");
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(Some(10_000))
+        .keep_alive_interval(Some(KEEPALIVE_INTERVAL))
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        reason = activity.idle(limits.first_request, limits.idle) => {
+            match reason {
+                ShedReason::FirstRequest => gate.shed(reason, peer),
+                _ => gate.closed_idle(),
+            }
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
+        }
     }
 }

@@ -10,16 +10,34 @@ use tokio::net::UnixListener;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
-    #[error("socket {path}: another process is listening on it")]
+    #[error("socket {path} (--socket): another process is listening on it")]
     InUse { path: PathBuf },
-    #[error("socket {path}: the path exists and is not a socket")]
+    #[error("socket {path} (--socket): the path exists and is not a socket")]
     NotASocket { path: PathBuf },
-    #[error("socket {path}: {source}")]
+    #[error("socket {path} (--socket): {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Fails when `path` could not be bound: something other than a socket is
+/// there, or another process listens on it. Checked at start, before any
+/// state is written or port bound; [`bind_unix`] checks again.
+pub fn check_socket_path(path: &Path) -> Result<(), SocketError> {
+    let io = |source| SocketError::Io { path: path.to_path_buf(), source };
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(SocketError::InUse { path: path.to_path_buf() });
+            }
+            Ok(())
+        }
+        Ok(_) => Err(SocketError::NotASocket { path: path.to_path_buf() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(e)),
+    }
 }
 
 /// Binds the local socket at `path`.
@@ -29,17 +47,10 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, SocketError> {
         fs::create_dir_all(dir).map_err(io)?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(io)?;
     }
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(SocketError::InUse { path: path.to_path_buf() });
-            }
-            tracing::info!(path = %path.display(), "removing a stale socket");
-            fs::remove_file(path).map_err(io)?;
-        }
-        Ok(_) => return Err(SocketError::NotASocket { path: path.to_path_buf() }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
+    check_socket_path(path)?;
+    if fs::symlink_metadata(path).is_ok() {
+        tracing::info!(path = %path.display(), "removing a stale socket");
+        fs::remove_file(path).map_err(io)?;
     }
     let listener = UnixListener::bind(path).map_err(io)?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o777)).map_err(io)?;

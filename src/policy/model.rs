@@ -46,7 +46,10 @@ pub enum Resource {
     /// A registration entry by id.
     Entry(String),
     /// A DNS SAN requested in a certificate of the identity.
-    DnsName { name: String, identity: SpiffeId },
+    DnsName {
+        name: String,
+        identity: SpiffeId,
+    },
 }
 
 impl Action {
@@ -180,8 +183,9 @@ pub fn parse_resource(text: &str) -> Result<Resource, PolicyError> {
         "Token" => id.parse().map(Resource::Token).map_err(|e: crate::domain::DomainError| fail(e.to_string())),
         "Entry" => Ok(Resource::Entry(id.to_string())),
         "DnsName" => {
-            let (name, identity) =
-                id.split_once('@').ok_or_else(|| fail("a DnsName is \"name@spiffe://…\" (the name and its identity)".into()))?;
+            let (name, identity) = id
+                .split_once('@')
+                .ok_or_else(|| fail("a DnsName is \"name@spiffe://…\" (the name and its identity)".into()))?;
             let identity = SpiffeId::parse(identity).map_err(|e| fail(e.to_string()))?;
             Ok(Resource::DnsName { name: name.to_string(), identity })
         }

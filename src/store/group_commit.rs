@@ -103,6 +103,7 @@ fn commit(conn: &mut Connection, batch: &[Pending]) -> Vec<StoreResult<bool>> {
 fn clone_err(e: &StoreError) -> StoreError {
     match e {
         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Damaged(m) => StoreError::Damaged(m.clone()),
         other => StoreError::Backend(other.to_string()),
     }
 }

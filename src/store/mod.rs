@@ -293,6 +293,10 @@ pub enum StoreError {
     Conflict { what: String },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The database engine found damaged storage (a malformed page, not a
+    /// database file): nothing read from it can be trusted.
+    #[error("the database is damaged: {0}")]
+    Damaged(String),
     #[error("invalid database URL {url:?}: {reason}")]
     Url { url: String, reason: String },
     #[error("database schema version {found} is newer than this binary understands ({supported})")]

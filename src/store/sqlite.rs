@@ -33,10 +33,16 @@ pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     /// Concurrent issuance records share one transaction and fsync.
     issuance: GroupCommit,
+    /// The first sign of a damaged database seen while serving: from then on
+    /// `ping` fails with it, so `/ready` and `pki status` say so.
+    corrupt: Arc<Mutex<Option<String>>>,
 }
 
 impl SqliteStore {
-    /// Opens (creating it with mode 0600 if new) and migrates the database file.
+    /// Opens (creating it with mode 0600 if new) and migrates the database
+    /// file, after an integrity check (`PRAGMA quick_check`): a database with
+    /// a damaged page is refused here rather than found out at the first
+    /// issuance that touches it.
     pub async fn open(path: &Path) -> StoreResult<Self> {
         let path = path.to_path_buf();
         let conn = tokio::task::spawn_blocking(move || {
@@ -44,7 +50,13 @@ impl SqliteStore {
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
             let conn = Connection::open_with_flags(&path, flags)
                 .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-            prepare(conn, "wal")
+            let named = |e: StoreError| match e {
+                StoreError::Damaged(m) => StoreError::Damaged(format!("{}: {m}", path.display())),
+                StoreError::Backend(m) => StoreError::Backend(format!("{}: {m}", path.display())),
+                other => other,
+            };
+            check_integrity(&conn).map_err(named)?;
+            prepare(conn, "wal").map_err(named)
         })
         .await
         .map_err(join_err)??;
@@ -54,7 +66,19 @@ impl SqliteStore {
     fn with_connection(conn: Connection) -> Self {
         let conn = Arc::new(Mutex::new(conn));
         let issuance = GroupCommit::start(Arc::clone(&conn));
-        Self { conn, issuance }
+        Self { conn, issuance, corrupt: Arc::default() }
+    }
+
+    /// Remembers the first corruption a call ran into.
+    fn noted<T>(corrupt: &Mutex<Option<String>>, result: StoreResult<T>) -> StoreResult<T> {
+        if let Err(StoreError::Damaged(m)) = &result {
+            let mut first = corrupt.lock();
+            if first.is_none() {
+                tracing::error!(error = %m, "the database is corrupt: restore it from a backup");
+                *first = Some(m.clone());
+            }
+        }
+        result
     }
 
     /// A private in-memory database, for unit tests.
@@ -70,7 +94,8 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
         let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || f(&mut conn.lock())).await.map_err(join_err)?
+        let result = tokio::task::spawn_blocking(move || f(&mut conn.lock())).await.map_err(join_err)?;
+        Self::noted(&self.corrupt, result)
     }
 
     /// Runs `f` in one `IMMEDIATE` transaction, committed when it returns `Ok`.
@@ -106,6 +131,9 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
+        if let Some(m) = self.corrupt.lock().clone() {
+            return Err(StoreError::Damaged(m));
+        }
         self.one(sql::ping(), |_| Ok(())).await.map(drop)
     }
 
@@ -186,7 +214,8 @@ impl Store for SqliteStore {
     }
 
     async fn record_issuance(&self, cert: &CertRecord, audit: &AuditRecord) -> StoreResult<bool> {
-        self.issuance.submit(vec![sql::insert_cert(cert), sql::insert_audit(audit)]).await
+        let result = self.issuance.submit(vec![sql::insert_cert(cert), sql::insert_audit(audit)]).await;
+        Self::noted(&self.corrupt, result)
     }
 
     async fn certificate(&self, serial: &str) -> StoreResult<Option<CertRecord>> {
@@ -366,6 +395,22 @@ fn create_private(path: &Path) -> StoreResult<()> {
     }
 }
 
+/// `PRAGMA quick_check`: every page readable, every b-tree well formed.
+fn check_integrity(conn: &Connection) -> StoreResult<()> {
+    let mut stmt = conn.prepare("PRAGMA quick_check(5)").map_err(sqlite_err)?;
+    let found: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .and_then(|rows| rows.collect::<Result<_, _>>())
+        .map_err(sqlite_err)?;
+    match found.as_slice() {
+        [ok] if ok == "ok" => Ok(()),
+        problems => Err(StoreError::Damaged(format!(
+            "the integrity check failed ({}); restore the database from a backup",
+            crate::domain::text::shorten(&problems.join("; "), 512)
+        ))),
+    }
+}
+
 /// Sets the pragmas and migrates; `journal` is the journal mode expected back.
 fn prepare(mut conn: Connection, journal: &str) -> StoreResult<Connection> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_err)?;
@@ -461,7 +506,7 @@ pub(super) fn sqlite_err(e: rusqlite::Error) -> StoreError {
             | ErrorCode::DiskFull
             | ErrorCode::SystemIoFailure
             | ErrorCode::ReadOnly => StoreError::Unavailable(message),
-            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => StoreError::Corrupt(message),
+            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => StoreError::Damaged(message),
             _ => StoreError::Backend(message),
         },
         E::FromSqlConversionFailure(..)

@@ -1,14 +1,20 @@
 //! Wiring: the only place that names concrete types. `serve` runs in the order
-//! config → data directory and lock → store → CA → bind → serve → drain.
+//! config → policy → data directory and lock → store and KEK → CA → bind →
+//! serve → drain; every failure before it serves is a start-up failure
+//! ([`ServeError::Startup`], exit 64), and the first port is bound only once
+//! everything else has been checked.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+mod data_dir;
+
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
+
+pub use data_dir::{ADMIN_TOKEN_FILE, BUNDLE_FILE, DataDirLock, create_kek, load_kek, lock_data_dir};
+use data_dir::{Found, Places, Plan};
 
 use crate::admin::{self, ServerTls};
 use crate::attest::{Attestation, LocalAttestor};
@@ -16,7 +22,9 @@ use crate::ca::Kek;
 use crate::cache::{IdentityCache, IdentitySource};
 use crate::config::ServeConfig;
 use crate::domain::{RandomSerials, SystemClock, TokenKind};
+use crate::files;
 use crate::issuer::{InitParams, Issuer, IssuerConfig, MintRequest};
+use crate::net::{Gate, Limits, Listener};
 use crate::policy::PolicyEngine;
 use crate::sds::SdsServer;
 use crate::telemetry::Telemetry;
@@ -34,102 +42,6 @@ pub fn issuer_config(cfg: &ServeConfig) -> IssuerConfig {
     ic.crl_validity = cfg.crl_validity;
     ic.server_names = cfg.server_names.clone();
     ic
-}
-
-/// Holds the data directory for this process; released when dropped.
-pub struct DataDirLock {
-    _file: File,
-}
-
-/// Creates the data directory (0700) if needed and takes its lock.
-pub fn lock_data_dir(dir: &Path) -> anyhow::Result<DataDirLock> {
-    if !dir.exists() {
-        fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
-        tracing::info!(path = %dir.display(), "data directory created");
-    }
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot set mode 0700 on {}", dir.display()))?;
-    let path = dir.join("lock");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    if file.try_lock().is_err() {
-        bail!(
-            "another trustmesh process is using data directory {} (lock held on {}); stop it first",
-            dir.display(),
-            path.display()
-        );
-    }
-    Ok(DataDirLock { _file: file })
-}
-
-/// Reads the KEK, or creates it (0600) when `create` and it is absent.
-pub fn load_kek(path: &Path, create: bool) -> anyhow::Result<Kek> {
-    match fs::read_to_string(path) {
-        Ok(text) => {
-            let mode = fs::metadata(path)?.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                bail!("key-encryption key {} has mode {mode:o}; it must be 0600", path.display());
-            }
-            Kek::from_file_contents(&text).with_context(|| format!("key-encryption key {}", path.display()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-            let (kek, text) = Kek::generate()?;
-            // Replicas starting together may share one KEK file: only the
-            // first one's key is ever written; the others read it.
-            let tmp = temp_path(path);
-            write_new(&tmp, text.as_bytes(), 0o600)?;
-            let linked = fs::hard_link(&tmp, path);
-            let _ = fs::remove_file(&tmp);
-            match linked {
-                Ok(()) => {
-                    tracing::info!(path = %path.display(), "key-encryption key created");
-                    Ok(kek)
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_kek(path, false),
-                Err(e) => Err(e).with_context(|| format!("cannot write {}", path.display())),
-            }
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot read key-encryption key {}", path.display())),
-    }
-}
-
-/// Writes a file readable only by its owner, atomically (temp file + rename).
-pub fn write_secret(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    write_file(path, contents, 0o600)
-}
-
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    let tmp = temp_path(path);
-    write_new(&tmp, contents, mode)?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
-/// A temporary name next to `path`, unique to this process and call, so two
-/// processes writing the same file never share a temporary file.
-fn temp_path(path: &Path) -> PathBuf {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{}.{nanos}.tmp", std::process::id()));
-    path.with_file_name(name)
-}
-
-/// Creates a new file (never an existing one) with `mode` and synced contents.
-fn write_new(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    let mut f = OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(contents)?;
-    f.sync_all()?;
-    Ok(())
 }
 
 /// Loads the embedded policies, or every `*.cedar` file of `dir`.
@@ -158,16 +70,47 @@ pub fn load_policy(dir: Option<&Path>) -> anyhow::Result<PolicyEngine> {
     Ok(PolicyEngine::from_sources(schema.as_deref(), &policies)?)
 }
 
+/// How `serve` failed.
+#[derive(Debug)]
+pub enum ServeError {
+    /// Before it was ready: bad state on disk, a port in use, … (exit 64).
+    Startup(anyhow::Error),
+    /// While serving.
+    Runtime(anyhow::Error),
+}
+
+/// Everything `serve` holds once it is ready to serve.
+struct Ready {
+    issuer: Arc<Issuer>,
+    telemetry: Arc<Telemetry>,
+    tls: Arc<ServerTls>,
+    api: TcpListener,
+    http: TcpListener,
+    socket: tokio::net::UnixListener,
+    limits: Limits,
+    bundle_path: PathBuf,
+    _lock: DataDirLock,
+}
+
 /// `trustmesh serve`.
-pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
+    let ready = start(&cfg).await.map_err(ServeError::Startup)?;
+    run(&cfg, ready).await.map_err(ServeError::Runtime)
+}
+
+/// Everything that can fail on bad configuration or state, in the order
+/// config → policy → data directory and lock → socket path → store and KEK
+/// → CA → files → bind (the socket first, then the TCP ports). Nothing after
+/// this fails for a reason an operator must fix before starting again.
+async fn start(cfg: &ServeConfig) -> anyhow::Result<Ready> {
     let policy = load_policy(cfg.policy_dir.as_deref())?;
-    let _lock = lock_data_dir(&cfg.data_dir)?;
-    let kek = load_kek(&cfg.kek_file, true)?;
+    let lock = data_dir::lock_data_dir(&cfg.data_dir)?;
+    crate::net::check_socket_path(&cfg.socket)?;
     let telemetry = Arc::new(Telemetry::init()?);
-    let store = crate::store::open(&cfg.database_url).await?;
+    let (store, kek) = open_pki(cfg).await?;
     tracing::info!(database = %crate::store::redact_url(&cfg.database_url), "store opened");
     let (issuer, report) = Issuer::start(
-        issuer_config(&cfg),
+        issuer_config(cfg),
         store,
         kek,
         Arc::new(SystemClock),
@@ -180,16 +123,64 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         tracing::info!(root = %report.root_fingerprint, trust_domain = %cfg.trust_domain, "PKI loaded");
     }
     write_admin_token(&issuer, &cfg.data_dir).await?;
-    let bundle_path = cfg.data_dir.join("ca-bundle.pem");
-    write_file(&bundle_path, issuer.snapshot().bundle_pem.as_bytes(), 0o644)?;
-
+    let bundle_path = cfg.data_dir.join(BUNDLE_FILE);
+    files::write_public(&bundle_path, issuer.snapshot().bundle_pem.as_bytes())?;
     let tls = Arc::new(ServerTls::new(&issuer)?);
+    let limits = Limits::from_fd_limit(raise_fd_limit(), cfg.header_timeout, cfg.idle_timeout);
+    let socket = crate::net::bind_unix(&cfg.socket).context("--socket/TRUSTMESH_SOCKET")?;
     let api =
         TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {} (--listen)", cfg.listen))?;
     let http = TcpListener::bind(cfg.http_listen)
         .await
         .with_context(|| format!("cannot listen on {} (--http-listen)", cfg.http_listen))?;
-    let socket = crate::net::bind_unix(&cfg.socket)?;
+    Ok(Ready { issuer, telemetry, tls, api, http, socket, limits, bundle_path, _lock: lock })
+}
+
+/// Opens the store and the KEK as [`data_dir::plan`] decides: load the PKI,
+/// create one, or stop before anything is written.
+async fn open_pki(cfg: &ServeConfig) -> anyhow::Result<(Arc<dyn crate::store::Store>, Kek)> {
+    let database = crate::store::redact_url(&cfg.database_url);
+    let places = Places { data_dir: &cfg.data_dir, database: &database, kek: &cfg.kek_file };
+    let mut found = Found {
+        database_has_pki: false,
+        kek_exists: std::fs::symlink_metadata(&cfg.kek_file).is_ok(),
+        kek_provisioned: cfg.kek_provisioned,
+        earlier_files: data_dir::earlier_files(&cfg.data_dir),
+    };
+    // An absent or empty SQLite file holds no PKI: decide before opening
+    // (which would create it).
+    if data_dir::sqlite_file_is_empty(&cfg.database_url) == Some(true)
+        && let Plan::Refuse(why) = data_dir::plan(&found, &places)
+    {
+        bail!(why);
+    }
+    let store = crate::store::open(&cfg.database_url).await.with_context(|| format!("database {database}"))?;
+    found.database_has_pki = Issuer::holds_pki(store.as_ref()).await?;
+    let kek = match data_dir::plan(&found, &places) {
+        Plan::Load | Plan::Create { new_kek: false } => data_dir::load_kek(&cfg.kek_file)?,
+        Plan::Create { new_kek: true } => data_dir::create_kek(&cfg.kek_file)?,
+        Plan::Refuse(why) => bail!(why),
+    };
+    Ok((store, kek))
+}
+
+/// Raises the soft limit of open files to the hard limit; returns the limit
+/// in force, from which every listener's connection budget is derived.
+fn raise_fd_limit() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let current = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (current.current, current.maximum)
+        && soft < hard
+        && setrlimit(Resource::Nofile, Rlimit { current: Some(hard), maximum: Some(hard) }).is_ok()
+    {
+        return hard;
+    }
+    current.current.unwrap_or(1 << 20)
+}
+
+/// Serves until SIGTERM or Ctrl-C, then drains.
+async fn run(cfg: &ServeConfig, ready: Ready) -> anyhow::Result<()> {
+    let Ready { issuer, telemetry, tls, api, http, socket, limits, bundle_path, _lock } = ready;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let renderer: admin::MetricsRenderer = {
         let telemetry = telemetry.clone();
@@ -207,10 +198,16 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let api_addr = api.local_addr()?;
     let http_addr = http.local_addr()?;
     let local_router = workload.add_to(sds.add_to(tonic::service::Routes::default())).prepare().into_axum_router();
+    let gates = [
+        Gate::new(Listener::Tls, limits.tls),
+        Gate::new(Listener::Http, limits.http),
+        Gate::new(Listener::Socket, limits.socket),
+    ];
+    let [tls_gate, http_gate, socket_gate] = gates;
     let servers = [
-        tokio::spawn(crate::net::serve_tls(api, tls.acceptor(), tls_router, stop_rx.clone())),
-        tokio::spawn(crate::net::serve_tcp(http, http_router, stop_rx.clone())),
-        tokio::spawn(crate::net::serve_unix(socket, local_router, stop_rx.clone())),
+        tokio::spawn(crate::net::serve_tls(api, tls.acceptor(), tls_router, tls_gate, stop_rx.clone())),
+        tokio::spawn(crate::net::serve_tcp(http, http_router, http_gate, stop_rx.clone())),
+        tokio::spawn(crate::net::serve_unix(socket, local_router, socket_gate, stop_rx.clone())),
     ];
     tokio::spawn(issuer.clone().run_maintenance());
     tokio::spawn(keep_files_current(issuer.clone(), tls, bundle_path));
@@ -219,6 +216,10 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         http_listen = %http_addr,
         socket = %cfg.socket.display(),
         trust_domain = %cfg.trust_domain,
+        max_connections_tls = limits.tls.max_connections,
+        max_connections_http = limits.http.max_connections,
+        max_connections_socket = limits.socket.max_connections,
+        max_connections_socket_per_uid = limits.socket.per_peer,
         "ready"
     );
 
@@ -235,7 +236,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
 
 /// Writes `admin.token` (0600) unless a file is already there.
 async fn write_admin_token(issuer: &Issuer, data_dir: &Path) -> anyhow::Result<()> {
-    let path = data_dir.join("admin.token");
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
     if path.exists() {
         return Ok(());
     }
@@ -249,7 +250,7 @@ async fn write_admin_token(issuer: &Issuer, data_dir: &Path) -> anyhow::Result<(
             cert_fingerprint: None,
         })
         .await?;
-    write_secret(&path, format!("{}\n", minted.token).as_bytes())?;
+    files::write_private(&path, format!("{}\n", minted.token).as_bytes())?;
     tracing::info!(path = %path.display(), jti = %minted.jti, expires_at = minted.expires_at, "admin token written");
     Ok(())
 }
@@ -270,7 +271,7 @@ async fn keep_files_current(issuer: Arc<Issuer>, tls: Arc<ServerTls>, bundle_pat
                 if changed.is_err() { return; }
                 let bundle = updates.borrow_and_update().bundle_pem.clone();
                 if bundle != written {
-                    if let Err(e) = write_file(&bundle_path, bundle.as_bytes(), 0o644) {
+                    if let Err(e) = files::write_public(&bundle_path, bundle.as_bytes()) {
                         tracing::error!(error = %e, "cannot rewrite the CA bundle file");
                     }
                     written = bundle;
