@@ -4,7 +4,9 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(["trustmesh/admin/v1/admin.proto"], ["proto"])?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    // Undecodable requests are INVALID_ARGUMENT, not INTERNAL (src/proto/codec.rs).
+    let codec = "crate::proto::codec::InputCodec";
+    tonic_prost_build::configure().build_client(true).build_server(true).codec_path(codec).compile_fds(fds)?;
     // The SPIFFE Workload API (no proto package). Its `google.protobuf.Struct`
     // is generated here too, so the crate needs no `prost-types` dependency.
     // `X509SVID` carries a private key: its `Debug` is written by hand (redacted).
@@ -13,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_well_known_types(true)
+        .codec_path(codec)
         .skip_debug([".X509SVID"])
         .compile_fds(fds)?;
     Ok(())

@@ -328,7 +328,9 @@ async fn allow_lifts_denial(s: Arc<dyn Store>) {
 }
 
 async fn consume_token_id_once(s: Arc<dyn Store>) {
+    assert!(!s.token_id_used("jti-1").await.unwrap());
     assert!(s.consume_token_id("jti-1", NOW + 60).await.unwrap());
+    assert!(s.token_id_used("jti-1").await.unwrap());
     assert!(!s.consume_token_id("jti-1", NOW + 60).await.unwrap(), "a replay");
     assert!(s.consume_token_id("jti-2", NOW + 60).await.unwrap());
     let results = join_all((0..16).map(|_| {
@@ -388,8 +390,18 @@ async fn audit_log(s: Arc<dyn Store>) {
         ["a7", "a8", "a9"],
         "the newest ones"
     );
-    let combined = AuditFilter { since: Some(NOW + 2), target: Some("even".into()), limit: Some(2) };
+    let combined = AuditFilter { since: Some(NOW + 2), target: Some("even".into()), limit: Some(2), before_id: None };
     assert_eq!(query(combined).await, ["a6", "a8"]);
+    // Paging from the newest: each page continues below the oldest id of the last.
+    let mut pages = Vec::new();
+    let mut before_id = None;
+    loop {
+        let page = s.audit(&AuditFilter { limit: Some(4), before_id, ..Default::default() }).await.unwrap();
+        let Some(oldest) = page.first() else { break };
+        before_id = Some(oldest.id);
+        pages.push(actions(&page));
+    }
+    assert_eq!(pages, [vec!["a6", "a7", "a8", "a9"], vec!["a2", "a3", "a4", "a5"], vec!["a0", "a1"]]);
 }
 
 async fn concurrent_issuance(s: Arc<dyn Store>) {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::domain::Entry;
+use crate::domain::{Entry, text};
 use crate::issuer::{
     Caller, Credentials, EntryRequest, GenerateRequest, Issuer, IssuerError, MintRequest, SignRequest,
 };
@@ -13,6 +13,10 @@ use crate::proto::admin::v1 as pb;
 use crate::store::{AuditFilter, CaRecord, CaRole, CertFilter, CertRecord, CertStatus, StoreError};
 
 use crate::attest::TlsPeer;
+
+/// Most audit records in one `ListAudit` page, and about the most bytes.
+const AUDIT_PAGE: u32 = 500;
+const AUDIT_PAGE_BYTES: usize = 1024 * 1024;
 
 pub struct AdminService {
     issuer: Arc<Issuer>,
@@ -36,13 +40,15 @@ impl AdminService {
     }
 }
 
-/// The one mapping from service errors to gRPC status codes.
+/// The one mapping from service errors to gRPC status codes. The message is
+/// bounded: whatever a caller sent, its refusal does not echo it back whole.
 pub fn status(err: IssuerError) -> Status {
-    let msg = err.to_string();
+    let msg = text::shorten(&err.to_string(), 2 * text::MAX_RECORDED);
     match err {
         IssuerError::Unauthenticated(_) => Status::unauthenticated(msg),
         IssuerError::PermissionDenied(_) | IssuerError::Denied { .. } => Status::permission_denied(msg),
         IssuerError::InvalidArgument(_) => Status::invalid_argument(msg),
+        IssuerError::Ca(e) if e.is_bad_input() => Status::invalid_argument(msg),
         IssuerError::NotFound(_) => Status::not_found(msg),
         IssuerError::Store(StoreError::Conflict { .. }) => Status::already_exists(msg),
         IssuerError::FailedPrecondition(_) => Status::failed_precondition(msg),
@@ -262,26 +268,44 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         let caller = self.caller(&request, "read_audit").await?;
         let req = request.into_inner();
+        let page = if req.limit == 0 { AUDIT_PAGE } else { req.limit.min(AUDIT_PAGE) };
         let filter = AuditFilter {
             since: (req.since > 0).then_some(req.since),
             target: (!req.spiffe_id.is_empty()).then_some(req.spiffe_id),
-            limit: (req.limit > 0).then_some(req.limit),
+            before_id: (req.before_id > 0).then_some(req.before_id),
+            limit: Some(page),
         };
-        let entries = self.issuer.audit_log(&caller, &filter).await.map_err(status)?;
-        Ok(Response::new(pb::ListAuditResponse {
-            entries: entries
-                .into_iter()
-                .map(|a| pb::AuditEntry {
-                    id: a.id,
-                    at: a.at,
-                    actor: a.actor,
-                    action: a.action,
-                    target: a.target,
-                    outcome: a.outcome,
-                    reason: a.reason,
-                })
-                .collect(),
-        }))
+        let records = self.issuer.audit_log(&caller, &filter).await.map_err(status)?;
+        let full = records.len() >= page as usize;
+        // Newest first until the page is about AUDIT_PAGE_BYTES; records
+        // written before fields were bounded are cut on the way out.
+        let bound = |s: String| text::shorten(&s, text::MAX_RECORDED);
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        let mut cut = false;
+        for a in records.into_iter().rev() {
+            let entry = pb::AuditEntry {
+                id: a.id,
+                at: a.at,
+                actor: bound(a.actor),
+                action: bound(a.action),
+                target: bound(a.target),
+                outcome: bound(a.outcome),
+                reason: bound(a.reason),
+            };
+            bytes += prost::Message::encoded_len(&entry);
+            if bytes > AUDIT_PAGE_BYTES && !entries.is_empty() {
+                cut = true;
+                break;
+            }
+            entries.push(entry);
+        }
+        entries.reverse();
+        let next_before_id = match entries.first() {
+            Some(oldest) if full || cut => oldest.id,
+            _ => 0,
+        };
+        Ok(Response::new(pb::ListAuditResponse { entries, next_before_id }))
     }
 
     async fn create_entry(&self, request: Request<pb::CreateEntryRequest>) -> Result<Response<pb::Entry>, Status> {

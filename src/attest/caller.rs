@@ -89,6 +89,7 @@ impl Attestation {
                 .authenticate(&creds, "obtain_svid")
                 .await
                 .map_err(|e| Status::unauthenticated(e.to_string()))?;
+            self.issuer.spend(&caller).await.map_err(|e| Status::unauthenticated(e.to_string()))?;
             selectors.extend(token_selectors(&caller.subject()));
         }
         if selectors.is_empty() {

@@ -109,6 +109,40 @@ pub enum CaError {
 }
 
 impl CaError {
+    /// Whether the error is about what a caller sent (a CSR, a CRL, PEM, a
+    /// name, a lifetime) rather than about this CA: the caller can fix it.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Self::UnknownAlgorithm { .. }
+                | Self::InvalidKey { .. }
+                | Self::KeyMismatch { .. }
+                | Self::Pem { .. }
+                | Self::NoCertificates
+                | Self::InvalidCertificate { .. }
+                | Self::NotACa { .. }
+                | Self::Chain { .. }
+                | Self::CsrTooLarge { .. }
+                | Self::CsrEncoding { .. }
+                | Self::CsrPemLabel { .. }
+                | Self::UnsupportedKey { .. }
+                | Self::CsrSignature { .. }
+                | Self::CsrUriSanCount { .. }
+                | Self::CsrSpiffeId { .. }
+                | Self::CsrSan { .. }
+                | Self::ForeignTrustDomain { .. }
+                | Self::TrustDomainMismatch { .. }
+                | Self::ReservedIdentity { .. }
+                | Self::TooManyDnsNames { .. }
+                | Self::DnsName { .. }
+                | Self::CommonName { .. }
+                | Self::Lifetime { .. }
+                | Self::UnknownRevocationReason { .. }
+                | Self::Crl { .. }
+                | Self::InvalidCrl { .. }
+        )
+    }
+
     /// An rcgen failure while building or signing; rcgen errors carry no key bytes.
     pub(crate) fn signing(e: rcgen::Error) -> Self {
         Self::Signing { reason: e.to_string() }

@@ -392,7 +392,32 @@ pub async fn audit(ctx: Context, command: AuditCommand) -> i32 {
         Ok(v) => v.unwrap_or(0),
         Err(e) => return fail(&format!("--since: {e}")),
     };
-    let r = call!(ctx, list_audit, pb::ListAuditRequest { since, spiffe_id: spiffe_id.unwrap_or_default(), limit });
+    // Page by page from the newest, until `limit` records or the oldest.
+    let mut admin = match ctx.connect().await {
+        Ok(a) => a,
+        Err(e) => return fail(&e),
+    };
+    let mut records: Vec<pb::AuditEntry> = Vec::new();
+    let mut before_id = 0;
+    while records.len() < limit as usize {
+        let want = limit - records.len() as u32;
+        let request = admin.request(pb::ListAuditRequest {
+            since,
+            spiffe_id: spiffe_id.clone().unwrap_or_default(),
+            limit: want,
+            before_id,
+        });
+        let page = match admin.client.list_audit(request).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return fail(&super::client::status_line(&s)),
+        };
+        records.splice(0..0, page.entries);
+        if page.next_before_id == 0 {
+            break;
+        }
+        before_id = page.next_before_id;
+    }
+    let r = pb::ListAuditResponse { entries: records, next_before_id: 0 };
     #[derive(Serialize)]
     struct Entry<'a> {
         id: i64,

@@ -2,6 +2,8 @@
 //! refusals. Every admin and signing call passes through here.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Issuer, IssuerError};
 use crate::domain::{Principal, SpiffeId, TokenKind, text};
@@ -22,12 +24,22 @@ pub struct Credentials {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub principal: Principal,
+    /// The single-use token this call came with, spent once the call is
+    /// allowed and its input valid ([`Issuer::spend`]).
+    single_use: Option<Arc<SingleUse>>,
+}
+
+#[derive(Debug)]
+struct SingleUse {
+    jti: String,
+    exp: i64,
+    spent: AtomicBool,
 }
 
 impl Caller {
     /// A caller that is the server itself (start-up tasks, tests).
     pub fn system() -> Self {
-        Self { principal: Principal::Admin { name: "system".into() } }
+        Self { principal: Principal::Admin { name: "system".into() }, single_use: None }
     }
 
     /// The subject the caller authenticated as (token `sub`).
@@ -56,19 +68,11 @@ impl Issuer {
         match self.verify_credentials(creds).await {
             Ok(caller) => Ok(caller),
             Err(err) => {
-                let now = self.now().unix_timestamp();
-                let record = AuditRecord {
-                    id: 0,
-                    at: now,
-                    actor: ANONYMOUS.into(),
-                    action: action.into(),
-                    target: String::new(),
-                    outcome: "denied".into(),
-                    reason: err.to_string(),
-                };
+                let reason = err.to_string();
+                let record = record(ANONYMOUS.into(), action, "", "denied", &reason, self.now().unix_timestamp());
                 self.write_audit(&record).await;
                 self.metrics.failure(err.kind());
-                tracing::warn!(action, error = %err, "authentication failed");
+                tracing::warn!(action = %text::quoted(action), error = %text::quoted(&reason), "authentication failed");
                 Err(err)
             }
         }
@@ -88,9 +92,17 @@ impl Issuer {
         // The signature once per token (remembered), every claim on every call.
         let value = keys.accepted.verify(bearer, &keys.verifying)?;
         let claims = token::check_claims(&value, &self.cfg.token_rules(), now, thumbprint.as_deref())?;
-        if claims.single_use && !self.store.consume_token_id(&claims.jti, claims.exp).await? {
-            return Err(IssuerError::Unauthenticated(format!("single-use token {} was already used", claims.jti)));
-        }
+        // A token already spent is refused here; one not yet spent is spent
+        // only once the call is allowed and its input checked.
+        let single_use = match claims.single_use {
+            true if self.store.token_id_used(&claims.jti).await? => {
+                return Err(IssuerError::Unauthenticated(format!("single-use token {} was already used", claims.jti)));
+            }
+            true => {
+                Some(Arc::new(SingleUse { jti: claims.jti.clone(), exp: claims.exp, spent: AtomicBool::new(false) }))
+            }
+            false => None,
+        };
         let principal = match claims.kind {
             TokenKind::Admin => Principal::Admin { name: claims.sub },
             TokenKind::Node => Principal::Node { id: claims.sub },
@@ -99,7 +111,22 @@ impl Issuer {
                 spiffe_ids: claims.spiffe_ids.iter().filter_map(|s| SpiffeId::parse(s).ok()).collect(),
             },
         };
-        Ok(Caller { principal })
+        Ok(Caller { principal, single_use })
+    }
+
+    /// Spends the caller's single-use token, if it came with one: the step
+    /// after which a call is committed to its effect. Idempotent within the
+    /// call; a token another call spent first is refused.
+    pub(crate) async fn spend(&self, caller: &Caller) -> Result<(), IssuerError> {
+        let Some(token) = &caller.single_use else { return Ok(()) };
+        if token.spent.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if !self.store.consume_token_id(&token.jti, token.exp).await? {
+            let err = IssuerError::Unauthenticated(format!("single-use token {} was already used", token.jti));
+            return self.refuse(caller, "spend_token", &token.jti, err).await;
+        }
+        Ok(())
     }
 
     /// Asks the policy; a refusal is audited and logged with the deciding policies.
@@ -112,17 +139,39 @@ impl Issuer {
     ) -> Result<(), IssuerError> {
         let decision = self.policy.decide(&caller.principal, action, resource, &self.cfg.trust_domain);
         if decision.allowed {
-            return Ok(());
+            // An issuance spends its token after checking its input (`issue`).
+            return match action {
+                Action::SignCsr | Action::IssueCertificate | Action::ObtainSvid | Action::UseDnsName => Ok(()),
+                _ => self.spend(caller).await,
+            };
         }
         tracing::warn!(
             principal = %caller.actor(),
             action = %action,
-            target,
+            target = %text::quoted(target),
             reasons = ?decision.policy_ids,
             "Permission denied for action"
         );
         let what = format!("{action} on {}: {decision}", text::quoted(&resource.to_string()));
         self.refuse(caller, &action.to_string(), target, IssuerError::PermissionDenied(what)).await
+    }
+
+    /// Refuses (audited, with `target` shortened) any `(field, value, max)`
+    /// longer than its bound: the first check of every call, so nothing
+    /// oversized is parsed, logged or recorded.
+    pub(crate) async fn bounded(
+        &self,
+        caller: &Caller,
+        action: &str,
+        target: &str,
+        fields: &[(&str, &str, usize)],
+    ) -> Result<(), IssuerError> {
+        for (field, value, max) in fields {
+            if let Err(e) = text::bounded(field, value, *max) {
+                return self.refuse(caller, action, &text::quoted(target), IssuerError::InvalidArgument(e)).await;
+            }
+        }
+        Ok(())
     }
 
     /// Runs a step; when it fails, the failure is audited and counted.
@@ -151,11 +200,18 @@ impl Issuer {
             IssuerError::Unauthenticated(_) | IssuerError::PermissionDenied(_) | IssuerError::Denied { .. } => "denied",
             _ => "error",
         };
-        let record = audit(caller, action, target, outcome, &err.to_string(), self.now().unix_timestamp());
+        let reason = err.to_string();
+        let record = audit(caller, action, target, outcome, &reason, self.now().unix_timestamp());
         self.write_audit(&record).await;
         self.metrics.failure(err.kind());
         if !matches!(err, IssuerError::PermissionDenied(_)) {
-            tracing::warn!(action, target, actor = %caller.actor(), error = %err, "request refused");
+            tracing::warn!(
+                action,
+                target = %text::quoted(target),
+                actor = %caller.actor(),
+                error = %text::shorten(&reason, text::MAX_RECORDED),
+                "request refused"
+            );
         }
         Err(err)
     }
@@ -168,14 +224,22 @@ impl Issuer {
     }
 }
 
+/// An audit record of `caller`'s call.
 pub(crate) fn audit(caller: &Caller, action: &str, target: &str, outcome: &str, reason: &str, at: i64) -> AuditRecord {
+    record(caller.actor(), action, target, outcome, reason, at)
+}
+
+/// The one constructor of audit records: what a caller sent is recorded at
+/// most [`text::MAX_RECORDED`] bytes per field, whatever its size.
+fn record(actor: String, action: &str, target: &str, outcome: &str, reason: &str, at: i64) -> AuditRecord {
+    let bound = |s: &str| text::shorten(s, text::MAX_RECORDED);
     AuditRecord {
         id: 0,
         at,
-        actor: caller.actor(),
-        action: action.to_string(),
-        target: target.to_string(),
+        actor: bound(&actor),
+        action: bound(action),
+        target: bound(target),
         outcome: outcome.to_string(),
-        reason: reason.to_string(),
+        reason: bound(reason),
     }
 }

@@ -141,7 +141,7 @@ impl Issuer {
         let resource = Resource::Entry(entry_id.to_string());
         let decision = self.policy.decide(&caller.principal, Action::ManageEntries, &resource, &self.cfg.trust_domain);
         if decision.allowed {
-            return Ok(());
+            return self.spend(caller).await;
         }
         tracing::warn!(
             principal = %caller.actor(),

@@ -52,13 +52,16 @@ impl Issuer {
     pub async fn sign_csr(&self, caller: &Caller, req: &SignRequest) -> Result<Issued, IssuerError> {
         const ACTION: &str = "sign_csr";
         let started = Instant::now();
-        let target: String = req.spiffe_id.chars().take(256).collect();
+        let target = text::shorten(&req.spiffe_id, 256);
         if req.csr.len() > MAX_REQUEST_BYTES {
             let err =
                 IssuerError::InvalidArgument(format!("csr of {} bytes is larger than the 1 MiB limit", req.csr.len()));
             return self.refuse(caller, ACTION, &target, err).await;
         }
+        // Who may have this identity signed is decided before the CSR is
+        // read; the CSR is checked before a single-use token is spent.
         let id = self.parse_id_audited(caller, ACTION, &req.spiffe_id).await?;
+        self.authorize(caller, Action::SignCsr, &Resource::Identity(id.clone()), &target).await?;
         let csr = self
             .audited(caller, ACTION, &target, async {
                 ca::parse_csr(&req.csr, &self.cfg.trust_domain).map_err(|e| {
@@ -138,6 +141,8 @@ impl Issuer {
             SubjectKey::Csr { spki, algorithm } => (spki, algorithm, None),
             SubjectKey::Generated(k) => (k.public_key_der(), k.algorithm().to_string(), Some(k)),
         };
+        // Everything about the request is checked: a single-use token is spent now.
+        self.spend(caller).await?;
         let signer = self.signers().services.clone();
         let now = self.now();
         let request = SvidRequest {

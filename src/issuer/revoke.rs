@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use super::revocation::revoked_entry;
 use super::{CONNECTION_GRACE, CaView, Issuer, IssuerError, TrustSnapshot};
 use crate::ca::{self, CaCertificate, RevocationReason};
-use crate::domain::{Serial, SpiffeId};
+use crate::domain::{Serial, SpiffeId, text};
 use crate::policy::{Action, Resource};
 use crate::store::{CaRole, CertFilter, CertRecord, DenyRecord, RevokeOutcome, RevokedEntry};
 
@@ -23,15 +23,19 @@ impl Issuer {
     /// Revokes one certificate. Returns the record after the change and
     /// whether it had been revoked before.
     pub async fn revoke(&self, caller: &Caller, serial: &str, reason: &str) -> Result<(CertRecord, bool), IssuerError> {
-        let serial: Serial =
-            self.audited(caller, "revoke_certificate", serial, async { Ok(serial.parse::<Serial>()?) }).await?;
+        const ACTION: &str = "revoke_certificate";
+        // Bounded first, authorized next, parsed in detail last: a caller
+        // that may not revoke learns nothing about what it sent.
+        self.bounded(caller, ACTION, serial, &[("serial", serial, text::MAX_SERIAL), ("reason", reason, 64)]).await?;
+        let resource = Resource::Certificate(serial.to_ascii_lowercase());
+        self.authorize(caller, Action::RevokeCertificate, &resource, serial).await?;
+        let serial: Serial = self.audited(caller, ACTION, serial, async { Ok(serial.parse::<Serial>()?) }).await?;
         let target = serial.to_string();
         let reason = if reason.is_empty() { "unspecified" } else { reason };
-        self.audited(caller, "revoke_certificate", &target, async {
+        self.audited(caller, ACTION, &target, async {
             reason.parse::<RevocationReason>().map_err(|e| IssuerError::InvalidArgument(e.to_string()))
         })
         .await?;
-        self.authorize(caller, Action::RevokeCertificate, &Resource::Certificate(target.clone()), &target).await?;
         let at = self.now().unix_timestamp();
         let record = audit(caller, "revoke_certificate", &target, "ok", reason, at);
         let outcome = self.store.revoke(&target, reason, at, &record).await?;
@@ -56,19 +60,15 @@ impl Issuer {
     /// Puts an identity on the deny list and revokes its unexpired certificates
     /// in the same transaction. Returns the revoked serials.
     pub async fn deny(&self, caller: &Caller, spiffe_id: &str, reason: &str) -> Result<Vec<String>, IssuerError> {
-        let id = self.parse_id_audited(caller, "deny_identity", spiffe_id).await?;
+        const ACTION: &str = "deny_identity";
+        self.bounded(caller, ACTION, spiffe_id, &[("reason", reason, text::MAX_REASON)]).await?;
+        let id = self.parse_id_audited(caller, ACTION, spiffe_id).await?;
         let target = id.to_string();
-        if reason.trim().is_empty() || reason.len() > 1024 {
-            return self
-                .refuse(
-                    caller,
-                    "deny_identity",
-                    &target,
-                    IssuerError::InvalidArgument("a reason of 1 to 1024 characters is required".into()),
-                )
-                .await;
-        }
         self.authorize(caller, Action::DenyIdentity, &Resource::Identity(id.clone()), &target).await?;
+        if reason.trim().is_empty() {
+            let err = IssuerError::InvalidArgument("a reason of 1 to 1024 characters is required".into());
+            return self.refuse(caller, ACTION, &target, err).await;
+        }
         let now = self.now().unix_timestamp();
         let entry = DenyRecord {
             spiffe_id: target.clone(),
@@ -251,7 +251,7 @@ impl Issuer {
         action: &str,
         spiffe_id: &str,
     ) -> Result<SpiffeId, IssuerError> {
-        let target: String = spiffe_id.chars().take(256).collect();
+        let target = text::shorten(spiffe_id, 256);
         let id = self.audited(caller, action, &target, async { Ok(SpiffeId::parse(spiffe_id)?) }).await?;
         if !id.is_member_of(&self.cfg.trust_domain) {
             return self

@@ -4,7 +4,7 @@ use time::Duration;
 
 use super::auth::{Caller, audit};
 use super::{CaView, Issuer, IssuerError};
-use crate::domain::{SpiffeId, TokenKind};
+use crate::domain::{SpiffeId, TokenKind, text};
 use crate::policy::{Action, Resource};
 use crate::store::{AuditFilter, AuditRecord};
 use crate::token::{self, TokenClaims};
@@ -66,6 +66,8 @@ impl Issuer {
         if subject.is_empty() || subject.len() > 256 || subject.chars().any(char::is_control) {
             return Err(IssuerError::InvalidArgument("token subject must be 1-256 printable characters".into()));
         }
+        text::bounded_list("SPIFFE IDs", &req.spiffe_ids, text::MAX_LISTED_IDS, crate::domain::MAX_ID_LEN)
+            .map_err(IssuerError::InvalidArgument)?;
         let spiffe_ids = req
             .spiffe_ids
             .iter()

@@ -127,7 +127,11 @@ pub async fn channel(server: &str, trust: ServerTrust, identity: Option<ClientId
 }
 
 /// The client certificate chains to the bundle (as the server will check).
-fn check_client_identity(trust: &ServerTrust, provider: &Arc<CryptoProvider>, id: &ClientIdentity) -> Result<(), String> {
+fn check_client_identity(
+    trust: &ServerTrust,
+    provider: &Arc<CryptoProvider>,
+    id: &ClientIdentity,
+) -> Result<(), String> {
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(trust.roots.clone(), provider.clone())
         .build()
         .map_err(|e| format!("TLS configuration: {e}"))?;
@@ -139,7 +143,9 @@ fn check_client_identity(trust: &ServerTrust, provider: &Arc<CryptoProvider>, id
             rustls::Error::InvalidCertificate(c) => format!("{c:?}"),
             other => other.to_string(),
         };
-        format!("the client certificate is not signed by a CA of the server's bundle ({why}); the server would refuse it")
+        format!(
+            "the client certificate is not signed by a CA of the server's bundle ({why}); the server would refuse it"
+        )
     })?;
     Ok(())
 }

@@ -373,6 +373,10 @@ pub(super) fn insert_token(jti: &str, expires_at: i64) -> Stmt {
     stmt!(sql, jti, expires_at)
 }
 
+pub(super) fn select_token(jti: &str) -> Stmt {
+    stmt!("SELECT COUNT(*) AS n FROM used_tokens WHERE jti = $1", jti)
+}
+
 pub(super) fn purge_tokens(now: i64) -> Stmt {
     stmt!("DELETE FROM used_tokens WHERE expires_at <= $1", now)
 }
@@ -397,7 +401,8 @@ pub(super) fn audit(f: &AuditFilter) -> Stmt {
     let mut q = Filtered::new("SELECT * FROM audit");
     q.and("at >=", f.since);
     q.and("target =", f.target.as_ref());
-    q.finish("at DESC, id DESC", Some(f.limit.unwrap_or(1000)))
+    q.and("id <", f.before_id);
+    q.finish("id DESC", Some(f.limit.unwrap_or(1000)))
 }
 
 pub(super) fn status_str(status: CertStatus) -> &'static str {

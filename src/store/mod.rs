@@ -271,6 +271,9 @@ pub struct AuditFilter {
     pub since: Option<i64>,
     /// Matches `target`.
     pub target: Option<String>,
+    /// Only records older than this id (paging from the newest).
+    pub before_id: Option<i64>,
+    /// The newest `limit` matching records (oldest first in the result).
     pub limit: Option<u32>,
 }
 
@@ -370,6 +373,8 @@ pub trait Store: Send + Sync + 'static {
     /// Remembers a single-use token id until `expires_at`. Returns `false` when
     /// the id was already used (a replay); the check and insert are atomic.
     async fn consume_token_id(&self, jti: &str, expires_at: i64) -> StoreResult<bool>;
+    /// Whether a single-use token id was already used.
+    async fn token_id_used(&self, jti: &str) -> StoreResult<bool>;
 
     /// Deletes certificate records with `not_after <= now - grace`, used
     /// token ids with `expires_at <= now` and change records with

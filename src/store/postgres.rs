@@ -283,6 +283,10 @@ impl Store for PostgresStore {
         Ok(inserted == 1)
     }
 
+    async fn token_id_used(&self, jti: &str) -> StoreResult<bool> {
+        Ok(self.one(sql::select_token(jti), super::count_from_row).await?.unwrap_or(0) > 0)
+    }
+
     async fn purge_expired(&self, now: i64, grace: i64) -> StoreResult<u64> {
         let mut client = self.client().await?;
         let tx = begin(&mut client).await?;

@@ -299,6 +299,10 @@ impl Store for SqliteStore {
         self.run(move |c| Ok(exec(c, &insert)? == 1)).await
     }
 
+    async fn token_id_used(&self, jti: &str) -> StoreResult<bool> {
+        Ok(self.one(sql::select_token(jti), super::count_from_row).await?.unwrap_or(0) > 0)
+    }
+
     async fn purge_expired(&self, now: i64, grace: i64) -> StoreResult<u64> {
         let certs = sql::purge_certs(now.saturating_sub(grace));
         let tokens = sql::purge_tokens(now);
