@@ -172,6 +172,61 @@ async fn an_entry_no_caller_holds_is_not_rotated() {
     assert_eq!(minted(&env, "gone").await, 1);
 }
 
+/// Opening and dropping streams in a loop once minted a certificate each
+/// time (and filled the CRL when the identity was denied): a caller that
+/// comes back within the SVID's lifetime gets the same one.
+#[tokio::test]
+async fn a_caller_that_comes_back_before_the_rotation_point_gets_the_same_svid() {
+    let env = setup(vec![entry("web", 10, &["unix:uid:1"])]).await;
+    let first = env.cache.watch(sels(&["unix:uid:1"])).await.unwrap().current().svids[0].clone();
+    for _ in 0..200 {
+        let again = env.cache.watch(sels(&["unix:uid:1"])).await.unwrap();
+        assert!(Arc::ptr_eq(&again.current().svids[0], &first), "the same SVID, not a new mint");
+    }
+    assert_eq!(minted(&env, "web").await, 1);
+    assert_eq!((env.cache.warm_entries(), env.cache.lingering_entries()), (0, 1));
+
+    // Past its rotation point nobody held it: it is dropped, not renewed,
+    // and the next caller gets a fresh one.
+    env.timer.until_sleeping(1).await;
+    env.timer.advance(Duration::hours(1).whole_seconds() * 6 / 10 + 60);
+    tokio::time::timeout(HANG_GUARD, async {
+        while env.cache.lingering_entries() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the lingering SVID is dropped at its rotation point");
+    assert_eq!(minted(&env, "web").await, 1);
+    let later = env.cache.watch(sels(&["unix:uid:1"])).await.unwrap();
+    assert_ne!(later.current().svids[0].serial, first.serial);
+    assert_eq!(minted(&env, "web").await, 2);
+}
+
+/// However an entry is made to mint again (here: its SVID revoked over and
+/// over), it gets a burst of mints and then one per refill interval.
+#[tokio::test]
+async fn mints_of_one_entry_are_rate_limited() {
+    let env = setup(vec![entry("web", 10, &["unix:uid:1"])]).await;
+    let mut w = env.cache.watch(sels(&["unix:uid:1"])).await.unwrap();
+    for _ in 1..trustmesh::cache::MINT_BURST {
+        let serial = w.current().svids[0].serial.clone();
+        env.issuer.revoke(&Caller::system(), &serial, "keyCompromise").await.unwrap();
+        until(&mut w, |s| s.svids.first().is_some_and(|v| v.serial != serial)).await;
+    }
+    assert_eq!(minted(&env, "web").await, trustmesh::cache::MINT_BURST as usize);
+    // The budget is spent: the next revocation is replaced only once the
+    // clock has earned another mint.
+    let serial = w.current().svids[0].serial.clone();
+    env.issuer.revoke(&Caller::system(), &serial, "keyCompromise").await.unwrap();
+    let refill = trustmesh::cache::MINT_REFILL.whole_seconds();
+    env.timer.until(|deadlines| deadlines.iter().any(|d| *d <= env.issuer.now() + Duration::seconds(refill))).await;
+    assert_eq!(minted(&env, "web").await, trustmesh::cache::MINT_BURST as usize);
+    env.timer.advance(refill);
+    until(&mut w, |s| s.svids.first().is_some_and(|v| v.serial != serial)).await;
+    assert_eq!(minted(&env, "web").await, trustmesh::cache::MINT_BURST as usize + 1);
+}
+
 #[tokio::test]
 async fn entry_changes_add_and_withdraw_svids() {
     let web = entry("web", 10, &["unix:uid:1000"]);

@@ -45,12 +45,28 @@ async fn drive(inner: Arc<Inner>, entry_id: String, generation: u64) {
             let mut state = inner.state.lock();
             let epoch = state.deny_epoch;
             let Some(slot) = state.slot_mut(&entry_id, generation) else { return };
+            if slot.holders == 0 {
+                // Lingering, and now due (rotation point, revocation, entry
+                // change): nobody holds it, so it goes instead of renewing.
+                state.remove_slot(&entry_id);
+                inner.record_sizes(&state);
+                return;
+            }
             (slot.entry.clone(), slot.wake.clone(), epoch, slot.denied)
         };
         if denied {
             // Known denied (the trust follower wakes this driver when it is lifted):
             // no refused issuance, and no audit record, at every rotation deadline.
             wake.notified().await;
+            continue;
+        }
+        let budget = inner.state.lock().budgets.take(&entry_id, inner.clock.now());
+        if let Err(available_at) = budget {
+            inner.throttled(&entry, available_at);
+            tokio::select! {
+                () = inner.timer.sleep_until(available_at) => {}
+                () = wake.notified() => {}
+            }
             continue;
         }
         let next = match inner.issuer.issue_for_entry(&entry).await {
@@ -133,6 +149,21 @@ impl Inner {
         }
     }
 
+    /// The entry spent its mint budget: counted, and logged at most once per
+    /// interval for the whole cache.
+    fn throttled(&self, entry: &Entry, available_at: OffsetDateTime) {
+        self.metrics.throttled();
+        if let Some(held_back) = self.throttle_log.lock().admit(std::time::Instant::now()) {
+            tracing::warn!(
+                spiffe_id = %entry.spiffe_id,
+                entry_id = %entry.id,
+                next_mint_in_ms = (available_at - self.clock.now()).whole_milliseconds(),
+                throttled_since_last_report = held_back,
+                "SVID mints of this entry are rate-limited"
+            );
+        }
+    }
+
     fn renewed(&self, entry: &Entry, old: Option<&Svid>, new: &Svid) {
         let Some(old) = old else { return };
         self.metrics.rotated();
@@ -157,6 +188,10 @@ impl Inner {
         slot.withheld = Some(format!("identity {} is denied: {reason}", entry.spiffe_id));
         slot.denied = true;
         slot.settled.send_if_modified(|s| !std::mem::replace(s, true));
+        if slot.holders == 0 {
+            state.remove_slot(&entry.id);
+            return Next::Stop;
+        }
         state.publish_holding(&entry.id);
         if was_serving {
             tracing::warn!(spiffe_id = %entry.spiffe_id, entry_id = %entry.id, reason, "SVID withdrawn: identity denied");

@@ -142,6 +142,12 @@ impl Inner {
                 slot.wake.notify_one();
             }
         }
+        // A lingering SVID just withdrawn has nothing left to keep.
+        let bare: Vec<String> =
+            state.slots.iter().filter(|(_, s)| s.holders == 0 && s.svid.is_none()).map(|(id, _)| id.clone()).collect();
+        for id in bare {
+            state.remove_slot(&id);
+        }
         state.trust = trust;
         state.publish_all();
         true

@@ -13,6 +13,7 @@ use super::metrics::CacheMetrics;
 use super::state::{Inner, Key, State};
 use super::timing::{Jitter, RingJitter, Timer, TokioTimer};
 use super::{CacheError, IdentitySet, IdentitySource, IdentityWatch, follow};
+use crate::domain::throttle::Throttle;
 use crate::domain::{Clock, Entry, Selector, entitled};
 use crate::issuer::{Issuer, TrustSnapshot};
 
@@ -60,6 +61,7 @@ impl IdentityCache {
                 entries,
                 state: Mutex::new(state),
                 metrics: CacheMetrics::new(),
+                throttle_log: Mutex::new(Throttle::new(std::time::Duration::from_secs(10))),
             }),
         })
     }
@@ -80,9 +82,16 @@ impl IdentityCache {
         self.inner.state.lock().sets.len()
     }
 
-    /// Entries whose SVID is currently kept warm.
+    /// Entries whose SVID is currently kept warm (held by a caller).
     pub fn warm_entries(&self) -> usize {
-        self.inner.state.lock().slots.len()
+        self.inner.state.lock().warm()
+    }
+
+    /// Entries whose SVID is kept for a caller that may come back, until its
+    /// rotation point.
+    pub fn lingering_entries(&self) -> usize {
+        let state = self.inner.state.lock();
+        state.slots.len() - state.warm()
     }
 }
 

@@ -5,6 +5,7 @@ use opentelemetry::metrics::{Counter, Gauge};
 #[derive(Clone)]
 pub(super) struct CacheMetrics {
     rotations: Counter<u64>,
+    throttled: Counter<u64>,
     warm_entries: Gauge<u64>,
     selector_sets: Gauge<u64>,
 }
@@ -16,6 +17,10 @@ impl CacheMetrics {
             rotations: meter
                 .u64_counter("trustmesh.svid.rotations")
                 .with_description("X.509-SVIDs replaced by a fresh one before expiry")
+                .build(),
+            throttled: meter
+                .u64_counter("trustmesh.svid.mints_throttled")
+                .with_description("SVID mints delayed because the entry spent its mint budget")
                 .build(),
             warm_entries: meter
                 .u64_gauge("trustmesh.svid.warm_entries")
@@ -30,6 +35,10 @@ impl CacheMetrics {
 
     pub(super) fn rotated(&self) {
         self.rotations.add(1, &[]);
+    }
+
+    pub(super) fn throttled(&self) {
+        self.throttled.add(1, &[]);
     }
 
     pub(super) fn sizes(&self, selector_sets: usize, warm_entries: usize) {

@@ -5,7 +5,10 @@
 //! X.509-SVID with a fresh server-generated P-256 key, and replaces it at 50 %
 //! of its lifetime ±10 % jitter. Callers follow an [`IdentitySet`] through a
 //! `tokio::sync::watch`: one immutable value per change, shared by every
-//! stream of that caller. Entries no caller holds are not kept warm.
+//! stream of that caller. Entries no caller holds are not kept warm: their
+//! SVID lingers until its rotation point (a caller that reconnects gets it
+//! again) and is then dropped. Each entry's mints are rate-limited
+//! (`budget.rs`).
 //!
 //! Boundary: servers consume identities only through [`IdentitySource`], so a
 //! future node agent can serve the same sockets with identities it obtains
@@ -16,6 +19,7 @@
 //! task per warm entry), `follow.rs` (entry and trust/deny-list changes),
 //! `timing.rs` (injected timer and jitter), `metrics.rs`.
 
+mod budget;
 mod driver;
 mod follow;
 mod identity;
@@ -23,6 +27,7 @@ mod metrics;
 mod state;
 mod timing;
 
+pub use budget::{BURST as MINT_BURST, REFILL as MINT_REFILL};
 pub use identity::{CacheOptions, IdentityCache};
 pub use timing::{FixedJitter, Jitter, ManualTimer, RingJitter, Timer, TokioTimer, rotation_at};
 

@@ -2,8 +2,11 @@
 //! they hold, and the one function that turns them into [`IdentitySet`]s.
 //!
 //! Invariants (all under one `parking_lot::Mutex`, never held across `.await`):
-//! * a slot exists exactly while at least one live set holds its entry, and
-//!   then exactly one rotation task (its driver) runs for it;
+//! * a slot exists while at least one live set holds its entry, and then
+//!   exactly one rotation task (its driver) runs for it; when the last holder
+//!   leaves, a slot with an SVID lingers until its rotation point, so a caller
+//!   that comes back within that time gets the same SVID (no new mint), and
+//!   the driver then removes it instead of renewing;
 //! * a set exists exactly while at least one [`super::IdentityWatch`] guard
 //!   for its selectors is alive;
 //! * a set is republished only when what it would contain changed, with a
@@ -17,9 +20,11 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 
+use super::budget::MintBudgets;
 use super::metrics::CacheMetrics;
 use super::timing::{Jitter, Timer};
 use super::{IdentitySet, Svid};
+use crate::domain::throttle::Throttle;
 use crate::domain::{Clock, Entry, Selector, SpiffeId};
 use crate::issuer::{Issuer, TrustSnapshot};
 
@@ -34,6 +39,8 @@ pub(super) struct Inner {
     pub(super) entries: watch::Receiver<Arc<Vec<Entry>>>,
     pub(super) state: Mutex<State>,
     pub(super) metrics: CacheMetrics,
+    /// At most one "rate-limited" log line per interval.
+    pub(super) throttle_log: Mutex<Throttle>,
 }
 
 pub(super) struct State {
@@ -43,6 +50,8 @@ pub(super) struct State {
     /// Bumped whenever a deny-list check starts; a mint that saw another
     /// value re-checks its identity before its SVID is handed out.
     pub(super) deny_epoch: u64,
+    /// How often each entry may still be minted.
+    pub(super) budgets: MintBudgets,
     versions: u64,
     generations: u64,
 }
@@ -59,7 +68,7 @@ pub(super) struct Slot {
     pub(super) entry: Entry,
     /// Tells a driver of an earlier slot for the same entry id that it is stale.
     pub(super) generation: u64,
-    /// Live sets holding this entry.
+    /// Live sets holding this entry; 0 while the slot lingers.
     pub(super) holders: usize,
     pub(super) svid: Option<Arc<Svid>>,
     /// Why the entry has (or may soon have) no SVID.
@@ -75,7 +84,30 @@ pub(super) struct Slot {
 
 impl State {
     pub(super) fn new(trust: Arc<TrustSnapshot>) -> Self {
-        Self { sets: HashMap::new(), slots: HashMap::new(), trust, deny_epoch: 0, versions: 0, generations: 0 }
+        Self {
+            sets: HashMap::new(),
+            slots: HashMap::new(),
+            trust,
+            deny_epoch: 0,
+            budgets: MintBudgets::default(),
+            versions: 0,
+            generations: 0,
+        }
+    }
+
+    /// Removes a slot and stops its driver.
+    pub(super) fn remove_slot(&mut self, entry_id: &str) {
+        if let Some(mut slot) = self.slots.remove(entry_id) {
+            if let Some(task) = slot.task.take() {
+                task.abort();
+            }
+            tracing::debug!(entry_id, spiffe_id = %slot.entry.spiffe_id, "SVID no longer kept");
+        }
+    }
+
+    /// Entries held by a live caller (lingering slots are not kept warm).
+    pub(super) fn warm(&self) -> usize {
+        self.slots.values().filter(|s| s.holders > 0).count()
     }
 
     /// The slot of `entry_id` if it is still the one a driver was started for.
@@ -141,18 +173,14 @@ impl Inner {
         );
     }
 
-    /// One holder fewer; the last one drops the SVID and stops its rotation.
+    /// One holder fewer. After the last one, a slot with an SVID lingers
+    /// (its driver removes it at the rotation point instead of renewing);
+    /// one without is removed at once.
     pub(super) fn release(&self, state: &mut State, entry_id: &str) {
         let Some(slot) = state.slots.get_mut(entry_id) else { return };
         slot.holders = slot.holders.saturating_sub(1);
-        if slot.holders > 0 {
-            return;
-        }
-        if let Some(mut slot) = state.slots.remove(entry_id) {
-            if let Some(task) = slot.task.take() {
-                task.abort();
-            }
-            tracing::debug!(entry_id, spiffe_id = %slot.entry.spiffe_id, "SVID no longer kept warm");
+        if slot.holders == 0 && slot.svid.is_none() {
+            state.remove_slot(entry_id);
         }
     }
 
@@ -172,7 +200,7 @@ impl Inner {
     }
 
     pub(super) fn record_sizes(&self, state: &State) {
-        self.metrics.sizes(state.sets.len(), state.slots.len());
+        self.metrics.sizes(state.sets.len(), state.warm());
     }
 }
 

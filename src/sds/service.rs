@@ -19,6 +19,7 @@ use super::resources::Catalogs;
 use super::sotw::SotwStream;
 use super::stream::{self, Kind};
 use super::{CallerAttestor, MAX_MESSAGE_BYTES, SdsError, status, wire};
+use crate::domain::throttle::Throttle;
 use crate::cache::{IdentitySource, IdentityWatch};
 
 const SDS: &str = "envoy.service.secret.v3.SecretDiscoveryService";
@@ -160,7 +161,7 @@ async fn fetch_secrets(
     let named = !msg.resource_names.is_empty();
     let mut machine = SotwStream::new(catalog);
     let step = machine.on_request(msg.into_input(Some(SECRET_TYPE))).map_err(|e| status(e.into()))?;
-    stream::log_notices(&node.id, &step.notices);
+    stream::log_notices(&node.id, &step.notices, &mut Throttle::new(stream::WARNING_INTERVAL));
     let Some(reply) = step.replies.into_iter().next() else {
         return Err(Status::internal("no reply to a first request"));
     };

@@ -32,6 +32,8 @@ use super::sotw::{SotwReply, SotwStream};
 use super::tap::{First, FirstMessageTap};
 use super::{MAX_MESSAGE_BYTES, SdsError, status, wire};
 use crate::cache::IdentityWatch;
+use crate::domain::text;
+use crate::domain::throttle::Throttle;
 
 /// Which protocol variant a stream speaks.
 #[derive(Debug, Clone, Copy)]
@@ -214,6 +216,9 @@ struct Driver<M: Machine> {
     done: bool,
     /// The trust snapshot revision of the last catalog (for push latency).
     trust_revision: u64,
+    /// Warnings about this stream's requests (NACKs, unavailable names):
+    /// the first at once, then one line per interval.
+    warnings: Throttle,
 }
 
 enum Event<T> {
@@ -243,6 +248,7 @@ impl<M: Machine> Driver<M> {
             queue: VecDeque::new(),
             done: false,
             trust_revision: 0,
+            warnings: Throttle::new(WARNING_INTERVAL),
         }
     }
 
@@ -335,7 +341,7 @@ impl<M: Machine> Driver<M> {
         }
         let Some((machine, node)) = self.machine.as_mut() else { return Ok(()) };
         let (replies, notices) = machine.request(req, default_type)?;
-        log_notices(&node.id, &notices);
+        log_notices(&node.id, &notices, &mut self.warnings);
         count(&self.shared.metrics, &notices, "request", replies.len());
         self.queue.extend(replies.into_iter().map(Ok));
         Ok(())
@@ -347,7 +353,7 @@ impl<M: Machine> Driver<M> {
         let (catalog, published_at) = self.catalog(mode);
         let Some((machine, node)) = self.machine.as_mut() else { return };
         let (replies, notices) = machine.state(catalog);
-        log_notices(&node.id, &notices);
+        log_notices(&node.id, &notices, &mut self.warnings);
         count(&self.shared.metrics, &notices, "push", replies.len());
         if !replies.is_empty() {
             if self.trust_revision != previous {
@@ -435,27 +441,40 @@ fn count(m: &SdsMetrics, notices: &[Notice], cause: &'static str, replies: usize
     }
 }
 
-/// Logs what the state machine noticed, with the house field names.
-pub(crate) fn log_notices(node_id: &str, notices: &[Notice]) {
+/// How often one stream may log a warning about its requests.
+pub(crate) const WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Logs what the state machine noticed, with the house field names. The
+/// warnings go through `warnings`: a client that NACKs in a loop costs one
+/// line per interval, which says how many were held back.
+pub(crate) fn log_notices(node_id: &str, notices: &[Notice], warnings: &mut Throttle) {
     for n in notices {
+        let warning = matches!(n, Notice::Nack { .. } | Notice::Unavailable { .. } | Notice::UnknownType { .. });
+        let held_back = match warning {
+            true => match warnings.admit(std::time::Instant::now()) {
+                Some(held_back) => held_back,
+                None => continue,
+            },
+            false => 0,
+        };
         match n {
             Notice::Ack { type_url, nonce, version } => {
                 tracing::debug!(node_id, type_url = %type_url, nonce = %nonce, version = %version, "xds ack");
             }
             Notice::Nack { type_url, nonce, detail } => {
-                let detail: String = detail.message.chars().take(1024).collect();
-                tracing::warn!(node_id, type_url = %type_url, nonce = %nonce, error_detail = %detail, "xds nack: the client rejected a response; not resending it");
+                let detail = text::shorten(&detail.message, 1024);
+                tracing::warn!(node_id, type_url = %type_url, nonce = %nonce, error_detail = %detail, warnings_held_back = held_back, "xds nack: the client rejected a response; not resending it");
             }
             Notice::StaleNonce { type_url, nonce } => {
                 tracing::debug!(node_id, type_url = %type_url, nonce = %nonce, "xds request with a stale nonce ignored");
             }
             Notice::Unavailable { type_url, name, reason } => {
-                let resource: String = name.chars().take(256).collect();
-                tracing::warn!(node_id, type_url = %type_url, resource = %resource, reason = %reason, "requested resource unavailable");
+                let resource = text::shorten(name, 256);
+                tracing::warn!(node_id, type_url = %type_url, resource = %resource, reason = %reason, warnings_held_back = held_back, "requested resource unavailable");
             }
             Notice::UnknownType { type_url } => {
-                let type_url: String = type_url.chars().take(256).collect();
-                tracing::warn!(node_id, type_url = %type_url, "requested type URL is not served");
+                let type_url = text::shorten(type_url, 256);
+                tracing::warn!(node_id, type_url = %type_url, warnings_held_back = held_back, "requested type URL is not served");
             }
         }
     }
