@@ -5,7 +5,7 @@ mod harness;
 
 use std::fs;
 
-use harness::{Server, make_csr, mode, openssl, openssl_ok, pem_blocks};
+use harness::{Server, make_csr, metric, mode, openssl, openssl_ok, pem_blocks};
 use serde_json::{Value, json};
 
 const TD: &str = "example.org";
@@ -316,13 +316,6 @@ fn http_endpoints_answer() {
 }
 
 /// The value of an unlabelled (but for the OpenTelemetry scope) Prometheus sample.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn bad_csrs_are_refused_audited_and_the_server_keeps_serving() {
     let dir = tmp();

@@ -29,7 +29,6 @@ use trustmesh::cache::{
 };
 use trustmesh::domain::{Entry, ManualClock, Selector, SpiffeId};
 use trustmesh::issuer::{Caller, GenerateRequest, Issuer, TrustSnapshot};
-use trustmesh::proto::spiffe::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use trustmesh::proto::spiffe::{
     JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
 };
@@ -150,32 +149,8 @@ impl Harness {
     }
 
     /// Our generated client; `header` adds `workload.spiffe.io: true`.
-    async fn raw(
-        &self,
-        header: bool,
-    ) -> SpiffeWorkloadApiClient<
-        tonic::service::interceptor::InterceptedService<
-            tonic::transport::Channel,
-            impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone,
-        >,
-    > {
-        let path = self.socket.clone();
-        let channel = tonic::transport::Endpoint::try_from("http://localhost")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-                }
-            }))
-            .await
-            .unwrap();
-        SpiffeWorkloadApiClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-            if header {
-                req.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
-            }
-            Ok(req)
-        })
+    async fn raw(&self, header: bool) -> support::socket::Client {
+        support::socket::workload_client(&self.socket, header).await
     }
 }
 
@@ -454,15 +429,7 @@ async fn the_security_header_is_required_and_callers_without_identity_are_denied
 
 // ---- py-spiffe -------------------------------------------------------------
 
-fn venv_python() -> PathBuf {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/install-test-deps.sh (installs py-spiffe into .venv)",
-        python.display()
-    );
-    python
-}
+use support::venv_python;
 
 /// Unmodified py-spiffe: grpc-core sends the percent-encoded socket path as
 /// `:authority`, which the local socket's header filter drops

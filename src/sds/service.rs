@@ -19,8 +19,8 @@ use super::resources::Catalogs;
 use super::sotw::SotwStream;
 use super::stream::{self, Kind};
 use super::{CallerAttestor, MAX_MESSAGE_BYTES, SdsError, status, wire};
-use crate::domain::throttle::Throttle;
 use crate::cache::{IdentitySource, IdentityWatch};
+use crate::domain::throttle::Throttle;
 
 const SDS: &str = "envoy.service.secret.v3.SecretDiscoveryService";
 const ADS: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";

@@ -32,18 +32,12 @@ impl Server {
 
     /// Like `start`, but returns the log and reason when the server exits or hangs.
     pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Server, (String, String)> {
-        let socket = Self::socket_path(data_dir);
-        let mut command = Command::new(BIN);
-        command.args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--log-format", "json"]);
-        if !extra.contains(&"--socket") {
-            command.arg("--socket").arg(&socket);
-        }
-        let mut child = command
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .env_remove("TRUSTMESH_TOKEN")
+        Self::try_start_under(&[], data_dir, extra)
+    }
+
+    /// `trustmesh serve` run by `launcher` (e.g. `prlimit --nofile=512:512 --`).
+    pub fn try_start_under(launcher: &[&str], data_dir: &Path, extra: &[&str]) -> Result<Server, (String, String)> {
+        let mut child = serve_command(launcher, data_dir, extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -212,6 +206,67 @@ impl Drop for Server {
     }
 }
 
+/// The `trustmesh serve` command line the tests use: loopback ports the
+/// kernel picks, JSON logs, a socket beside the data directory.
+pub fn serve_command(launcher: &[&str], data_dir: &Path, extra: &[&str]) -> Command {
+    let mut command = match launcher {
+        [] => Command::new(BIN),
+        [program, args @ ..] => {
+            let mut c = Command::new(program);
+            c.args(args).arg(BIN);
+            c
+        }
+    };
+    command.args(["serve", "--log-format", "json"]);
+    for (flag, default) in [("--listen", "127.0.0.1:0"), ("--http-listen", "127.0.0.1:0")] {
+        if !extra.contains(&flag) {
+            command.args([flag, default]);
+        }
+    }
+    if !extra.contains(&"--socket") {
+        command.arg("--socket").arg(Server::socket_path(data_dir));
+    }
+    command.arg("--data-dir").arg(data_dir).args(extra).env("RUST_LOG", "info").env_remove("TRUSTMESH_TOKEN");
+    command
+}
+
+/// Runs `trustmesh serve` that must fail to start; returns its exit code and
+/// everything it printed. Killed (and the test failed) if it runs 30 s.
+pub fn failed_start(data_dir: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let mut child = serve_command(&[], data_dir, extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("trustmesh serve {extra:?} did not stop within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), text)
+}
+
+/// The value of the first sample of `name` in Prometheus text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    metric_with(text, name, &[])
+}
+
+/// The value of the sample of `name` whose labels include `labels`.
+pub fn metric_with(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// SIGTERM to `child`, then [`wait_or_kill`].
 pub fn terminate(child: &mut Child, timeout: Duration) {
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
@@ -264,15 +319,20 @@ pub fn entry_for(server: &Server, spiffe_id: &str, bin: &Path) {
 
 /// A minimal HTTP/1.0 GET, enough for the read-only endpoints.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    try_http_get(addr, path).unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"))
+}
+
+/// [`http_get`] that reports a refused, reset or unanswered request.
+pub fn try_http_get(addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).unwrap();
-    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("http response");
+    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no HTTP response")?;
     let head = String::from_utf8_lossy(&buf[..split]).to_string();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, buf[split + 4..].to_vec())
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("no HTTP status")?;
+    Ok((status, buf[split + 4..].to_vec()))
 }
 
 /// Runs openssl. Without openssl the test fails (it never passes vacuously).

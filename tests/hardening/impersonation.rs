@@ -1,10 +1,5 @@
-//! Attacks and failures a security product must survive, each reproduced
-//! against the real binary: impersonating the API server, flooding the
-//! listeners, oversized input, minting without bound, start-up on
-//! inconsistent or corrupt state.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod harness;
+//! Impersonating the API server: a certificate that names `localhost` does
+//! not make a process the server, and TLS failures say why.
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -13,11 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use harness::{BIN, Server, make_csr_with_sans};
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::tempdir().unwrap()
-}
+use crate::harness::{self, BIN, Server, make_csr_with_sans};
+use crate::tmp;
 
 /// A TLS server that is not trustmesh: it presents `cert` (with its chain)
 /// and counts what clients send it after a handshake completes.
