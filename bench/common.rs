@@ -238,3 +238,89 @@ pub fn fmt_rate(r: f64) -> String {
     }
     out
 }
+
+/// An Envoy-like node (id, cluster, locality, build version, metadata and
+/// extensions) whose encoding is at least `target` bytes, like the ~61 KB
+/// node Envoy 1.40 sends with its 516 extensions.
+pub fn envoy_node(target: usize) -> prost::bytes::Bytes {
+    let version = envoy_types::pb::envoy::r#type::v3::SemanticVersion { major_number: 1, minor_number: 40, patch: 0 };
+    let mut node = envoy_types::pb::envoy::config::core::v3::Node {
+        id: "sidecar~10.0.0.1~bench-envoy.default~default.svc.cluster.local".into(),
+        cluster: "bench-envoy".into(),
+        locality: Some(envoy_types::pb::envoy::config::core::v3::Locality { region: "local".into(), zone: "a".into(), sub_zone: String::new() }),
+        user_agent_name: "envoy".into(),
+        ..Default::default()
+    };
+    if target == 0 {
+        return prost::bytes::Bytes::from(prost::Message::encode_to_vec(&node));
+    }
+    node.metadata = Some(envoy_types::pb::google::protobuf::Struct {
+        fields: [("bench".to_string(), envoy_types::pb::google::protobuf::Value { kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue("sds_streams".into())) })].into(),
+    });
+    node.user_agent_version_type = Some(
+        envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType::UserAgentBuildVersion(envoy_types::pb::envoy::config::core::v3::BuildVersion {
+            version: Some(version),
+            metadata: Some(envoy_types::pb::google::protobuf::Struct {
+                fields: [
+                    ("revision.sha".to_string(), envoy_types::pb::google::protobuf::Value { kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue("0".repeat(40))) }),
+                    ("revision.status".to_string(), envoy_types::pb::google::protobuf::Value { kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue("Clean".into())) }),
+                    ("build.type".to_string(), envoy_types::pb::google::protobuf::Value { kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue("RELEASE".into())) }),
+                    ("ssl.version".to_string(), envoy_types::pb::google::protobuf::Value { kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue("BoringSSL".into())) }),
+                ]
+                .into(),
+            }),
+        }),
+    );
+    let categories = [
+        "envoy.filters.http",
+        "envoy.filters.network",
+        "envoy.transport_sockets.upstream",
+        "envoy.matching.input_matchers",
+    ];
+    let mut i = 0;
+    while prost::Message::encoded_len(&node) < target {
+        let category = categories[i % categories.len()];
+        node.extensions.push(envoy_types::pb::envoy::config::core::v3::Extension {
+            name: format!("{category}.bench_extension_{i}"),
+            category: category.to_string(),
+            type_urls: vec![format!("envoy.extensions.filters.bench.v3.BenchExtensionConfiguration{i}")],
+            ..Default::default()
+        });
+        i += 1;
+    }
+    prost::bytes::Bytes::from(prost::Message::encode_to_vec(&node))
+}
+
+/// A gRPC channel over the Unix socket at `socket` (one connection).
+pub async fn unix_channel(socket: std::path::PathBuf) -> Result<tonic::transport::Channel, String> {
+    tonic::transport::Endpoint::try_from("http://sds.local")
+        .map_err(|e| e.to_string())?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = socket.clone();
+            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .map_err(|e| format!("connect: {e}"))
+}
+
+/// (VmRSS, RssAnon) in KiB.
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("RssAnon:"))
+}
+
+/// utime + stime of the process, in milliseconds (USER_HZ = 100).
+pub fn cpu_ms(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    // after ")": state(0) ppid(1) … utime is field 14 of the line = index 11 here.
+    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) * 10
+}

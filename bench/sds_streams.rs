@@ -54,18 +54,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::core::v3::{BuildVersion, Extension, Locality, Node};
-use envoy_types::pb::envoy::r#type::v3::SemanticVersion;
-use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
-use hyper_util::rt::TokioIo;
 use prost::Message;
 use prost::bytes::Bytes;
-use tokio::net::UnixStream;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use common::{loadavg, my_uid, percentile, threads_cpu_ticks};
+use common::{cpu_ms, envoy_node, loadavg, my_uid, percentile, rss_kib, threads_cpu_ticks, unix_channel};
 
 const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 const NAMES: [&str; 2] = ["default", "ROOTCA"];
@@ -269,57 +264,6 @@ struct SecretName {
     name: String,
 }
 
-/// An Envoy-like node (id, cluster, locality, build version, metadata and
-/// extensions) whose encoding is at least `target` bytes, like the ~61 KB
-/// node Envoy 1.40 sends with its 516 extensions.
-fn envoy_node(target: usize) -> Bytes {
-    let version = SemanticVersion { major_number: 1, minor_number: 40, patch: 0 };
-    let mut node = Node {
-        id: "sidecar~10.0.0.1~bench-envoy.default~default.svc.cluster.local".into(),
-        cluster: "bench-envoy".into(),
-        locality: Some(Locality { region: "local".into(), zone: "a".into(), sub_zone: String::new() }),
-        user_agent_name: "envoy".into(),
-        ..Default::default()
-    };
-    if target == 0 {
-        return Bytes::from(node.encode_to_vec());
-    }
-    node.metadata = Some(Struct {
-        fields: [("bench".to_string(), Value { kind: Some(Kind::StringValue("sds_streams".into())) })].into(),
-    });
-    node.user_agent_version_type = Some(
-        envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType::UserAgentBuildVersion(BuildVersion {
-            version: Some(version),
-            metadata: Some(Struct {
-                fields: [
-                    ("revision.sha".to_string(), Value { kind: Some(Kind::StringValue("0".repeat(40))) }),
-                    ("revision.status".to_string(), Value { kind: Some(Kind::StringValue("Clean".into())) }),
-                    ("build.type".to_string(), Value { kind: Some(Kind::StringValue("RELEASE".into())) }),
-                    ("ssl.version".to_string(), Value { kind: Some(Kind::StringValue("BoringSSL".into())) }),
-                ]
-                .into(),
-            }),
-        }),
-    );
-    let categories = [
-        "envoy.filters.http",
-        "envoy.filters.network",
-        "envoy.transport_sockets.upstream",
-        "envoy.matching.input_matchers",
-    ];
-    let mut i = 0;
-    while node.encoded_len() < target {
-        let category = categories[i % categories.len()];
-        node.extensions.push(Extension {
-            name: format!("{category}.bench_extension_{i}"),
-            category: category.to_string(),
-            type_urls: vec![format!("envoy.extensions.filters.bench.v3.BenchExtensionConfiguration{i}")],
-            ..Default::default()
-        });
-        i += 1;
-    }
-    Bytes::from(node.encode_to_vec())
-}
 
 // ---------------------------------------------------------------- streams
 
@@ -567,40 +511,10 @@ async fn delta_stream(
     }
 }
 
-async fn connect(socket: PathBuf) -> Result<Channel, String> {
-    Endpoint::try_from("http://sds.local")
-        .map_err(|e| e.to_string())?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = socket.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await
-        .map_err(|e| format!("connect: {e}"))
-}
 
 // ---------------------------------------------------------------- /proc
 
-/// (VmRSS, RssAnon) in KiB.
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("RssAnon:"))
-}
 
-/// utime + stime of the process, in milliseconds (USER_HZ = 100).
-fn cpu_ms(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
-    // after ")": state(0) ppid(1) … utime is field 14 of the line = index 11 here.
-    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) * 10
-}
 
 /// utime + stime of this process's threads whose name starts with `prefix`, in ms.
 fn threads_cpu_ms(prefix: &str) -> u64 {
@@ -766,7 +680,7 @@ async fn run(args: Args, server: Option<&InProcess>) -> i32 {
     // One warm-up stream on its own connection, kept open: the server mints
     // the entry's SVID, hashes this executable for attestation and encodes
     // both secrets once. The baseline RSS is read after it.
-    let warm_channel = match connect(args.socket.clone()).await {
+    let warm_channel = match unix_channel(args.socket.clone()).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sds_streams: {e}");
@@ -804,7 +718,7 @@ async fn run(args: Args, server: Option<&InProcess>) -> i32 {
     let conns = n.div_ceil(args.per_conn);
     let mut channels = Vec::with_capacity(conns);
     for _ in 0..conns {
-        match connect(args.socket.clone()).await {
+        match unix_channel(args.socket.clone()).await {
             Ok(c) => channels.push(c),
             Err(e) => {
                 eprintln!("sds_streams: {e}");

@@ -155,8 +155,8 @@ async fn open_pki(cfg: &ServeConfig) -> anyhow::Result<(Arc<dyn crate::store::St
         bail!(why);
     }
     let store = crate::store::open(&cfg.database_url).await.with_context(|| format!("database {database}"))?;
-    // The database first, then the KEK: a replica that creates both does so
-    // in that order, so a PKI seen here means its KEK is there to be seen.
+    // The database first, then the KEK: a replica creates the KEK before the
+    // PKI, so a PKI seen here means its KEK is there to be seen.
     found.database_has_pki = Issuer::holds_pki(store.as_ref()).await?;
     found.kek_exists = std::fs::symlink_metadata(&cfg.kek_file).is_ok();
     let kek = match data_dir::plan(&found, &places) {
