@@ -34,24 +34,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             lifetime: Duration::days(365),
             trust_domain: td.clone(),
         },
-        serials.next_serial(),
+        serials.next_serial()?,
         now,
     )?;
     let services = trustmesh::ca::create_intermediate(
         &root,
         &IntermediateParams { common_name: "bench services".into(), lifetime: Duration::days(30), trust_domain: td },
-        serials.next_serial(),
+        serials.next_serial()?,
         now,
     )?;
     let mut results = Vec::new();
     for &n in &sizes {
         let entries: Vec<CrlEntry> = (0..n)
-            .map(|i| CrlEntry {
-                serial: serials.next_serial(),
-                revoked_at: now - Duration::seconds(i as i64 % 3600),
-                reason: (i % 2 == 0).then_some(RevocationReason::KeyCompromise),
+            .map(|i| {
+                Ok(CrlEntry {
+                    serial: serials.next_serial()?,
+                    revoked_at: now - Duration::seconds(i as i64 % 3600),
+                    reason: (i % 2 == 0).then_some(RevocationReason::KeyCompromise),
+                })
             })
-            .collect();
+            .collect::<Result<_, trustmesh::domain::DomainError>>()?;
         let mut times = Vec::new();
         let mut bytes = 0;
         for r in 0..repeat {

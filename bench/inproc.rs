@@ -14,7 +14,8 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use trustmesh::attest::Attestation;
 use trustmesh::ca::Kek;
-use trustmesh::cache::{IdentityCache, IdentitySource};
+use trustmesh::app::IssuerSide;
+use trustmesh::cache::{CacheInputs, IdentityCache, IdentitySource};
 use trustmesh::domain::{RandomSerials, SerialSource, SystemClock, TrustDomain};
 use trustmesh::issuer::{InitParams, Issuer, IssuerConfig};
 use trustmesh::policy::PolicyEngine;
@@ -74,10 +75,16 @@ impl Drop for Sds {
 /// Serves SDS (both APIs) on `socket`, attesting callers as `serve` does.
 /// Must run inside the tokio runtime that should serve it.
 pub fn start_sds(issuer: &Arc<Issuer>, socket: &Path) -> Result<Sds, String> {
-    let cache = IdentityCache::new(issuer.clone(), issuer.entries_watch(), Arc::new(SystemClock));
+    let side = IssuerSide(issuer.clone());
+    let cache = IdentityCache::new(CacheInputs {
+        minter: Arc::new(side.clone()),
+        entries: issuer.entries_watch(),
+        trust: issuer.subscribe(),
+        clock: Arc::new(SystemClock),
+    });
     let _task = cache.spawn();
     let identities: Arc<dyn IdentitySource> = cache.clone();
-    let sds = SdsServer::new(identities, Arc::new(Attestation::new(issuer.clone())));
+    let sds = SdsServer::new(identities, Arc::new(Attestation::new(Arc::new(side))));
     let router = sds.add_to(tonic::service::Routes::default()).prepare().into_axum_router();
     let listener = trustmesh::net::bind_unix(socket).map_err(|e| format!("socket: {e}"))?;
     let (stop, stop_rx) = watch::channel(false);
@@ -112,7 +119,7 @@ pub fn prefill_revoked(dir: &Path, n: usize, issuer_id: &str, der: &[u8]) -> Res
             )
             .map_err(|e| e.to_string())?;
         for i in 0..n {
-            let serial = serials.next_serial().to_string();
+            let serial = serials.next_serial().map_err(|e| e.to_string())?.to_string();
             let id = format!("spiffe://{}/bench/prefill/{}", TRUST_DOMAIN, i % 5000);
             // Distinct fingerprints, as real ones are (the deny list is built from them).
             let fingerprint = trustmesh::ca::fingerprint(serial.as_bytes());

@@ -183,7 +183,7 @@ async fn one_size(n: usize, revokes: usize, gap: Duration) -> Result<String, Str
     }
     // Parts of the start-up, measured again on the running issuer (warm).
     let q = Instant::now();
-    let since = (OffsetDateTime::now_utc() - trustmesh::issuer::CONNECTION_GRACE).unix_timestamp();
+    let since = (OffsetDateTime::now_utc() - trustmesh::trust::CONNECTION_GRACE).unix_timestamp();
     let loaded = store.revoked_unexpired_all(since).await.map_err(|e| e.to_string())?.len();
     let query = q.elapsed();
     let mut rebuilds = Vec::new();

@@ -48,7 +48,8 @@ use common::*;
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair};
 use tonic::transport::Channel;
-use trustmesh::cache::{IdentityCache, IdentitySource};
+use trustmesh::app::IssuerSide;
+use trustmesh::cache::{CacheInputs, IdentityCache, IdentitySource};
 use trustmesh::domain::SystemClock;
 use trustmesh::issuer::{Caller, EntryRequest};
 use trustmesh::proto::spiffe::spiffe_workload_api_client::SpiffeWorkloadApiClient;
@@ -207,13 +208,19 @@ async fn start_server(
     let entry =
         EntryRequest { spiffe_id: WEB.into(), selectors: vec![format!("unix:uid:{}", my_uid())], ..Default::default() };
     issuer.create_entry(&Caller::system(), entry).await.map_err(|e| format!("entry: {e}"))?;
-    let cache = IdentityCache::new(issuer.clone(), issuer.entries_watch(), Arc::new(SystemClock));
+    let side = IssuerSide(issuer.clone());
+    let cache = IdentityCache::new(CacheInputs {
+        minter: Arc::new(side.clone()),
+        entries: issuer.entries_watch(),
+        trust: issuer.subscribe(),
+        clock: Arc::new(SystemClock),
+    });
     let _task = cache.spawn();
     // The cache follows the entry list: wait until it sees the entry.
     let mut entries = issuer.entries_watch();
     let _ = entries.wait_for(|list| list.iter().any(|e| e.spiffe_id.to_string() == WEB)).await;
     let identities: Arc<dyn IdentitySource> = cache.clone();
-    let jwt: Arc<dyn JwtSvidSource> = issuer;
+    let jwt: Arc<dyn JwtSvidSource> = Arc::new(side);
     let router = WorkloadApi::new(identities, Arc::new(LocalAttestor), jwt).routes();
     let listener = trustmesh::net::bind_unix(socket).map_err(|e| format!("socket: {e}"))?;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);

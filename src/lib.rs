@@ -6,6 +6,7 @@ pub mod ca;
 pub mod domain;
 pub mod policy;
 pub mod token;
+pub mod trust;
 
 // state
 pub mod cache;

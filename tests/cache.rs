@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use time::Duration;
 use tokio::sync::watch;
+use trustmesh::app::IssuerSide;
 use trustmesh::cache::{
-    CacheError, CacheOptions, IdentityCache, IdentitySet, IdentitySource, IdentityWatch, ManualTimer,
+    CacheError, CacheInputs, CacheOptions, IdentityCache, IdentitySet, IdentitySource, IdentityWatch, ManualTimer,
 };
 use trustmesh::domain::{Entry, ManualClock, Selector, SpiffeId};
 use trustmesh::issuer::{Caller, Issuer};
@@ -36,7 +37,13 @@ async fn setup(entries: Vec<Entry>) -> Env {
     let timer = ManualTimer::new(clock.clone());
     let (entries, rx) = watch::channel(Arc::new(entries));
     let options = CacheOptions { timer: Some(Arc::new(timer.clone())), ..CacheOptions::default() };
-    let cache = IdentityCache::with_options(issuer.clone(), rx, Arc::new(clock), options);
+    let inputs = CacheInputs {
+        minter: Arc::new(IssuerSide(issuer.clone())),
+        entries: rx,
+        trust: issuer.subscribe(),
+        clock: Arc::new(clock),
+    };
+    let cache = IdentityCache::with_options(inputs, options);
     cache.spawn();
     Env { _dir: dir, timer, issuer, entries, cache }
 }

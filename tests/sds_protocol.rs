@@ -329,7 +329,7 @@ async fn the_deny_list_filter_config_travels_on_the_ads_stream_with_the_secrets(
     use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
     use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
     use std::sync::Arc;
-    use trustmesh::issuer::{DenyList, TrustSnapshot};
+    use trustmesh::trust::{DenyList, TrustSnapshot};
     use trustmesh::sds::SECRET_TYPE;
     use trustmesh::sds::deny::{DENY_FILTER, EXTENSION_CONFIG_TYPE, RBAC_TYPE};
 
@@ -347,8 +347,8 @@ async fn the_deny_list_filter_config_travels_on_the_ads_stream_with_the_secrets(
         t.revision += 1;
         t.deny = Arc::new(DenyList {
             revision,
-            identities: ids.iter().map(|s| s.to_string()).collect(),
-            certificates: Vec::new(),
+            identities: ids.iter().map(|s| (s.to_string(), "denied".to_string())).collect(),
+            ..DenyList::default()
         });
         Arc::new(t)
     }

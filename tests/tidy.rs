@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Modules that must stay free of I/O: time, randomness and keys come in as values.
-const PURE: &[&str] = &["domain", "ca", "policy", "token"];
+const PURE: &[&str] = &["domain", "ca", "policy", "token", "trust"];
 /// Crates (and std paths) a pure module must not name.
 const IO_CRATES: &[&str] = &[
     "tokio",
@@ -29,6 +29,9 @@ const IO_CRATES: &[&str] = &[
     "crate::issuer",
     "crate::admin",
 ];
+/// Modules that consume trust state and identities through narrow traits
+/// and the published snapshot: none may import the issuer (`app` wires it in).
+const ISSUER_FREE: &[&str] = &["cache", "sds", "workload", "attest", "trust"];
 /// Server modules: none may import another.
 const SERVERS: &[&str] = &["admin", "telemetry", "sds", "workload"];
 
@@ -108,6 +111,21 @@ fn servers_do_not_import_each_other() {
         }
     }
     assert!(violations.is_empty(), "servers must not import each other:\n{}", violations.join("\n"));
+}
+
+#[test]
+fn caches_servers_and_attestation_never_import_the_issuer() {
+    let mut violations = Vec::new();
+    for module in ISSUER_FREE {
+        let files = module_files(module);
+        assert!(!files.is_empty(), "src/{module} not found");
+        for f in files {
+            if names(&code(&f), "crate::issuer") {
+                violations.push(f.display().to_string());
+            }
+        }
+    }
+    assert!(violations.is_empty(), "these import crate::issuer (take a narrow trait instead): {violations:?}");
 }
 
 #[test]

@@ -25,10 +25,12 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use trustmesh::attest::UnixPeer;
 use trustmesh::ca::PrivateKey;
 use trustmesh::cache::{
-    CacheError, CacheOptions, FixedJitter, IdentityCache, IdentitySet, IdentitySource, IdentityWatch, ManualTimer, Svid,
+    CacheInputs,    CacheError, CacheOptions, FixedJitter, IdentityCache, IdentitySet, IdentitySource, IdentityWatch, ManualTimer, Svid,
 };
 use trustmesh::domain::{Entry, ManualClock, Selector, SpiffeId};
-use trustmesh::issuer::{Caller, GenerateRequest, Issuer, TrustSnapshot};
+use trustmesh::app::IssuerSide;
+use trustmesh::issuer::{Caller, GenerateRequest, Issuer};
+use trustmesh::trust::TrustSnapshot;
 use trustmesh::proto::spiffe::{
     JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
 };
@@ -108,7 +110,7 @@ impl Harness {
                 });
             }
         });
-        let jwt: Arc<dyn JwtSvidSource> = issuer.clone();
+        let jwt: Arc<dyn JwtSvidSource> = Arc::new(IssuerSide(issuer.clone()));
         let router = WorkloadApi::new(identities.clone(), Arc::new(UidAttestor), jwt).routes();
         let (socket, shutdown) = serve(dir.path(), router);
         Self { _dir: dir, socket, issuer, clock, identities, _shutdown: shutdown }
@@ -600,9 +602,12 @@ impl Real {
         let timer = ManualTimer::new(clock.clone());
         let (entries, rx) = watch::channel(Arc::new(entries));
         let options = CacheOptions { timer: Some(Arc::new(timer.clone())), jitter: Arc::new(FixedJitter(0.5)) };
-        let cache = IdentityCache::with_options(issuer.clone(), rx, Arc::new(clock), options);
+        let side = IssuerSide(issuer.clone());
+        let inputs =
+            CacheInputs { minter: Arc::new(side.clone()), entries: rx, trust: issuer.subscribe(), clock: Arc::new(clock) };
+        let cache = IdentityCache::with_options(inputs, options);
         cache.spawn();
-        let jwt: Arc<dyn JwtSvidSource> = issuer;
+        let jwt: Arc<dyn JwtSvidSource> = Arc::new(side);
         let router = WorkloadApi::new(cache, Arc::new(LocalAttestor), jwt).routes();
         let (socket, shutdown) = serve(dir.path(), router);
         Self { dir, socket, timer, entries, _shutdown: shutdown }

@@ -7,8 +7,10 @@ use tonic::{Request, Response, Status};
 
 use crate::domain::{Entry, text};
 use crate::issuer::{
+    AuditAction,
     Caller, Credentials, EntryRequest, GenerateRequest, Issuer, IssuerError, MintRequest, SignRequest,
 };
+use crate::policy::Action;
 use crate::proto::admin::v1 as pb;
 use crate::store::{AuditFilter, CaRecord, CaRole, CertFilter, CertRecord, CertStatus, StoreError};
 
@@ -27,13 +29,8 @@ impl AdminService {
         Self { issuer }
     }
 
-    async fn caller<T>(&self, request: &Request<T>, action: &str) -> Result<Caller, Status> {
-        let bearer = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(|v| v.trim().to_string());
+    async fn caller<T>(&self, request: &Request<T>, action: AuditAction) -> Result<Caller, Status> {
+        let bearer = crate::attest::bearer(request.metadata());
         let peer_cert_der = request.extensions().get::<TlsPeer>().and_then(|p| p.certificate.clone());
         let creds = Credentials { bearer, peer_cert_der };
         self.issuer.authenticate(&creds, action).await.map_err(status)
@@ -60,7 +57,7 @@ pub fn status(err: IssuerError) -> Status {
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
-        let caller = self.caller(&request, "read_status").await?;
+        let caller = self.caller(&request, AuditAction::Policy(Action::ReadStatus)).await?;
         let s = self.issuer.status(&caller).await.map_err(status)?;
         let mut root = None;
         let mut intermediates = Vec::new();
@@ -96,7 +93,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::CreateIntermediaryRequest>,
     ) -> Result<Response<pb::CaInfo>, Status> {
-        let caller = self.caller(&request, "create_intermediary").await?;
+        let caller = self.caller(&request, AuditAction::Policy(Action::CreateIntermediary)).await?;
         let req = request.into_inner();
         let role = match req.role.as_str() {
             "" | "services" => CaRole::Services,
@@ -109,7 +106,7 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn import_crl(&self, request: Request<pb::ImportCrlRequest>) -> Result<Response<pb::CrlInfo>, Status> {
-        let caller = self.caller(&request, "import_crl").await?;
+        let caller = self.caller(&request, AuditAction::Policy(Action::ImportCrl)).await?;
         let crl = self.issuer.import_crl(&caller, &request.into_inner().crl).await.map_err(status)?;
         Ok(Response::new(pb::CrlInfo {
             issuer_fingerprint: crl.issuer_fingerprint,
@@ -120,7 +117,7 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn bundle(&self, request: Request<pb::BundleRequest>) -> Result<Response<pb::BundleResponse>, Status> {
-        let caller = self.caller(&request, "read_bundle").await?;
+        let caller = self.caller(&request, AuditAction::Policy(Action::ReadBundle)).await?;
         let pem = self.issuer.bundle(&caller).await.map_err(status)?;
         Ok(Response::new(pb::BundleResponse { pem }))
     }
@@ -129,7 +126,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::GenerateCertificateRequest>,
     ) -> Result<Response<pb::GenerateCertificateResponse>, Status> {
-        let caller = self.caller(&request, "issue_certificate").await?;
+        let caller = self.caller(&request, AuditAction::Policy(Action::IssueCertificate)).await?;
         let req = request.into_inner();
         let issued = self
             .issuer
@@ -153,7 +150,7 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn sign_csr(&self, request: Request<pb::SignCsrRequest>) -> Result<Response<pb::SignCsrResponse>, Status> {
-        let caller = self.caller(&request, "sign_csr").await?;
+        let caller = self.caller(&request, AuditAction::Policy(Action::SignCsr)).await?;
         let req = request.into_inner();
         let issued = self
             .issuer
@@ -170,7 +167,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ListCertificatesRequest>,
     ) -> Result<Response<pb::ListCertificatesResponse>, Status> {
-        let caller = self.caller(&request, "read_certificates").await?;
+        let caller = self.caller(&request, AuditAction::Policy(Action::ReadCertificates)).await?;
         let req = request.into_inner();
         let now = self.issuer.now().unix_timestamp();
         let filter = CertFilter {
@@ -189,7 +186,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::RevokeCertificateRequest>,
     ) -> Result<Response<pb::RevokeCertificateResponse>, Status> {
-        let caller = self.caller(&request, "revoke_certificate").await?;
+        let caller = self.caller(&request, AuditAction::Policy(Action::RevokeCertificate)).await?;
         let req = request.into_inner();
         let (record, already) = self.issuer.revoke(&caller, &req.serial, &req.reason).await.map_err(status)?;
         Ok(Response::new(pb::RevokeCertificateResponse {
@@ -202,7 +199,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::DenyIdentityRequest>,
     ) -> Result<Response<pb::DenyIdentityResponse>, Status> {
-        let caller = self.caller(&request, "deny_identity").await?;
+        let caller = self.caller(&request, AuditAction::Policy(Action::DenyIdentity)).await?;
         let req = request.into_inner();
         let revoked_serials = self.issuer.deny(&caller, &req.spiffe_id, &req.reason).await.map_err(status)?;
         Ok(Response::new(pb::DenyIdentityResponse { revoked_serials }))
@@ -212,7 +209,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::AllowIdentityRequest>,
     ) -> Result<Response<pb::AllowIdentityResponse>, Status> {
-        let caller = self.caller(&request, "allow_identity").await?;
+        let caller = self.caller(&request, AuditAction::Policy(Action::AllowIdentity)).await?;
         let req = request.into_inner();
         let was_denied = self.issuer.allow(&caller, &req.spiffe_id).await.map_err(status)?;
         Ok(Response::new(pb::AllowIdentityResponse { was_denied }))
@@ -222,7 +219,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ListDeniedRequest>,
     ) -> Result<Response<pb::ListDeniedResponse>, Status> {
-        let caller = self.caller(&request, "read_denied").await?;
+        let caller = self.caller(&request, AuditAction::Policy(Action::ReadDenied)).await?;
         let list = self.issuer.deny_list(&caller).await.map_err(status)?;
         Ok(Response::new(pb::ListDeniedResponse {
             identities: list
@@ -241,7 +238,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::MintTokenRequest>,
     ) -> Result<Response<pb::MintTokenResponse>, Status> {
-        let caller = self.caller(&request, "mint_token").await?;
+        let caller = self.caller(&request, AuditAction::Policy(Action::MintToken)).await?;
         let req = request.into_inner();
         let kind = req.kind.parse().map_err(|e: crate::domain::DomainError| Status::invalid_argument(e.to_string()))?;
         let minted = self
@@ -266,7 +263,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
-        let caller = self.caller(&request, "read_audit").await?;
+        let caller = self.caller(&request, AuditAction::Policy(Action::ReadAudit)).await?;
         let req = request.into_inner();
         let page = if req.limit == 0 { AUDIT_PAGE } else { req.limit.min(AUDIT_PAGE) };
         let filter = AuditFilter {
@@ -309,7 +306,7 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn create_entry(&self, request: Request<pb::CreateEntryRequest>) -> Result<Response<pb::Entry>, Status> {
-        let caller = self.caller(&request, "create_entry").await?;
+        let caller = self.caller(&request, AuditAction::CreateEntry).await?;
         let req = request.into_inner();
         let entry = EntryRequest {
             spiffe_id: req.spiffe_id,
@@ -328,19 +325,19 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
-        let caller = self.caller(&request, "list_entries").await?;
+        let caller = self.caller(&request, AuditAction::ListEntries).await?;
         let entries = self.issuer.list_entries(&caller).await.map_err(status)?;
         Ok(Response::new(pb::ListEntriesResponse { entries: entries.iter().map(entry_info).collect() }))
     }
 
     async fn show_entry(&self, request: Request<pb::ShowEntryRequest>) -> Result<Response<pb::Entry>, Status> {
-        let caller = self.caller(&request, "show_entry").await?;
+        let caller = self.caller(&request, AuditAction::ShowEntry).await?;
         let entry = self.issuer.show_entry(&caller, &request.into_inner().id).await.map_err(status)?;
         Ok(Response::new(entry_info(&entry)))
     }
 
     async fn delete_entry(&self, request: Request<pb::DeleteEntryRequest>) -> Result<Response<pb::Entry>, Status> {
-        let caller = self.caller(&request, "delete_entry").await?;
+        let caller = self.caller(&request, AuditAction::DeleteEntry).await?;
         let entry = self.issuer.delete_entry(&caller, &request.into_inner().id).await.map_err(status)?;
         Ok(Response::new(entry_info(&entry)))
     }

@@ -5,6 +5,7 @@
 //! everything else has been checked.
 
 mod data_dir;
+mod wiring;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,11 +16,12 @@ use tokio::net::TcpListener;
 
 pub use data_dir::{ADMIN_TOKEN_FILE, BUNDLE_FILE, DataDirLock, create_kek, load_kek, lock_data_dir};
 use data_dir::{Found, Places, Plan};
+pub use wiring::IssuerSide;
 
 use crate::admin::{self, ServerTls};
 use crate::attest::{Attestation, LocalAttestor};
 use crate::ca::Kek;
-use crate::cache::{IdentityCache, IdentitySource};
+use crate::cache::{CacheInputs, IdentityCache, IdentitySource};
 use crate::config::ServeConfig;
 use crate::domain::{RandomSerials, SystemClock, TokenKind};
 use crate::files;
@@ -189,13 +191,18 @@ async fn run(cfg: &ServeConfig, ready: Ready) -> anyhow::Result<()> {
         let telemetry = telemetry.clone();
         Arc::new(move || telemetry.render())
     };
-    let clock: Arc<dyn crate::domain::Clock> = Arc::new(SystemClock);
-    let cache = IdentityCache::new(issuer.clone(), issuer.entries_watch(), clock);
+    let side = IssuerSide(issuer.clone());
+    let cache = IdentityCache::new(CacheInputs {
+        minter: Arc::new(side.clone()),
+        entries: issuer.entries_watch(),
+        trust: issuer.subscribe(),
+        clock: Arc::new(SystemClock),
+    });
     let _cache_task = cache.spawn();
     let identities: Arc<dyn IdentitySource> = cache;
-    let attestation = Arc::new(Attestation::new(issuer.clone()));
+    let attestation = Arc::new(Attestation::new(Arc::new(side.clone())));
     let sds = SdsServer::new(identities.clone(), attestation.clone());
-    let workload = WorkloadApi::new(identities, Arc::new(LocalAttestor), issuer.clone());
+    let workload = WorkloadApi::new(identities, Arc::new(LocalAttestor), Arc::new(side));
     let tls_router = admin::tls_router(issuer.clone(), renderer.clone(), sds.add_to(tonic::service::Routes::default()));
     let http_router = admin::http_router(issuer.clone(), renderer);
     let api_addr = api.local_addr()?;

@@ -10,7 +10,6 @@ use tonic::metadata::MetadataMap;
 
 use super::{AttestError, TlsPeer, UnixPeer, token_selectors, unix_selectors, x509_selectors};
 use crate::domain::Selector;
-use crate::issuer::{Credentials, Issuer};
 
 /// Turns how a caller connected into the selectors it holds. The request
 /// extensions carry [`UnixPeer`] (local socket) or [`TlsPeer`] (TLS port);
@@ -60,37 +59,45 @@ impl CallerAttestor for LocalAttestor {
     }
 }
 
+/// Checks a bearer token presented on the TLS port (signature, lifetime,
+/// certificate binding, single use, which it spends) and names the subject
+/// it was minted for. `app` wires the issuer in.
+#[async_trait::async_trait]
+pub trait BearerVerifier: Send + Sync + 'static {
+    async fn subject(&self, bearer: &str, peer_cert_der: Option<&[u8]>) -> Result<String, String>;
+}
+
+/// The bearer token of a request's `authorization` metadata, without its
+/// `Bearer ` prefix: the one place both TLS-port servers read it.
+pub fn bearer(metadata: &MetadataMap) -> Option<String> {
+    metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(|v| v.trim().to_string())
+}
+
 /// Attests local-socket callers from `/proc`, and TLS callers from a bearer
-/// token (verified by the issuer: signature, lifetime, binding, single use)
-/// and/or a client certificate (verified against the bundle by the TLS layer).
+/// token (through a [`BearerVerifier`]) and/or a client certificate
+/// (verified against the bundle by the TLS layer).
 pub struct Attestation {
-    issuer: Arc<Issuer>,
+    tokens: Arc<dyn BearerVerifier>,
 }
 
 impl Attestation {
-    pub fn new(issuer: Arc<Issuer>) -> Self {
-        Self { issuer }
+    pub fn new(tokens: Arc<dyn BearerVerifier>) -> Self {
+        Self { tokens }
     }
 
     async fn remote(&self, metadata: &MetadataMap, peer: &TlsPeer) -> Result<BTreeSet<Selector>, Status> {
-        let bearer = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(|v| v.trim().to_string());
         let mut selectors = BTreeSet::new();
         if let Some(cert) = &peer.certificate {
             selectors.extend(x509_selectors(cert).map_err(|e| Status::unauthenticated(e.to_string()))?);
         }
-        if bearer.is_some() {
-            let creds = Credentials { bearer, peer_cert_der: peer.certificate.clone() };
-            let caller = self
-                .issuer
-                .authenticate(&creds, "obtain_svid")
-                .await
-                .map_err(|e| Status::unauthenticated(e.to_string()))?;
-            self.issuer.spend(&caller).await.map_err(|e| Status::unauthenticated(e.to_string()))?;
-            selectors.extend(token_selectors(&caller.subject()));
+        if let Some(bearer) = bearer(metadata) {
+            let subject =
+                self.tokens.subject(&bearer, peer.certificate.as_deref()).await.map_err(Status::unauthenticated)?;
+            selectors.extend(token_selectors(&subject));
         }
         if selectors.is_empty() {
             return Err(Status::unauthenticated("no bearer token and no client certificate: nothing to attest"));

@@ -1,16 +1,13 @@
 //! Certificate revocation lists: v2 CRLs with a CRL number, the issuer's
 //! key identifier and per-entry reason codes, validated after signing.
 
-use std::fmt;
-use std::str::FromStr;
-
 use std::collections::HashSet;
 
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
-use crate::domain::Serial;
+use crate::domain::{RevocationReason, Serial};
 
 use super::asn1::{
     TAG_BIT_STRING, TAG_ENUMERATED, TAG_INTEGER, TAG_OCTET_STRING, TAG_SEQUENCE, push_tlv, push_unsigned, tlv,
@@ -19,19 +16,6 @@ use super::cert::parse;
 use super::encoding::to_pem;
 use super::template::{CA_BACKDATE, cert_time, end_of};
 use super::{CaCertificate, CaError, Signer};
-
-/// CRL reason codes (RFC 5280 §5.3.1) that trustmesh records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RevocationReason {
-    Unspecified,
-    KeyCompromise,
-    CaCompromise,
-    AffiliationChanged,
-    Superseded,
-    CessationOfOperation,
-    CertificateHold,
-    PrivilegeWithdrawn,
-}
 
 /// One revoked certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,61 +40,6 @@ impl Crl {
     /// PEM ("X509 CRL").
     pub fn to_pem(&self) -> String {
         to_pem("X509 CRL", &self.der)
-    }
-}
-
-const NAMES: [(RevocationReason, &str); 8] = [
-    (RevocationReason::Unspecified, "unspecified"),
-    (RevocationReason::KeyCompromise, "keyCompromise"),
-    (RevocationReason::CaCompromise, "cACompromise"),
-    (RevocationReason::AffiliationChanged, "affiliationChanged"),
-    (RevocationReason::Superseded, "superseded"),
-    (RevocationReason::CessationOfOperation, "cessationOfOperation"),
-    (RevocationReason::CertificateHold, "certificateHold"),
-    (RevocationReason::PrivilegeWithdrawn, "privilegeWithdrawn"),
-];
-
-const EXPECTED: &str = "unspecified, keyCompromise, cACompromise, affiliationChanged, superseded, \
-                        cessationOfOperation, certificateHold, privilegeWithdrawn";
-
-impl RevocationReason {
-    /// The RFC 5280 CRLReason code.
-    pub fn code(self) -> u8 {
-        match self {
-            Self::Unspecified => 0,
-            Self::KeyCompromise => 1,
-            Self::CaCompromise => 2,
-            Self::AffiliationChanged => 3,
-            Self::Superseded => 4,
-            Self::CessationOfOperation => 5,
-            Self::CertificateHold => 6,
-            Self::PrivilegeWithdrawn => 9,
-        }
-    }
-}
-
-impl fmt::Display for RevocationReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = NAMES.iter().find(|(r, _)| r == self).map_or("unspecified", |(_, n)| n);
-        f.write_str(name)
-    }
-}
-
-impl FromStr for RevocationReason {
-    type Err = CaError;
-
-    /// The RFC 5280 names; case, `-`, `_` and spaces are ignored
-    /// ("key-compromise" and "KEY_COMPROMISE" are keyCompromise).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let norm = |v: &str| -> String {
-            v.chars().filter(|c| !matches!(c, '-' | '_' | ' ')).map(|c| c.to_ascii_lowercase()).collect()
-        };
-        let wanted = norm(s);
-        NAMES
-            .iter()
-            .find(|(_, name)| norm(name) == wanted)
-            .map(|(r, _)| *r)
-            .ok_or_else(|| CaError::UnknownRevocationReason { value: s.chars().take(64).collect(), expected: EXPECTED })
     }
 }
 

@@ -97,8 +97,6 @@ pub enum CaError {
     SelfCheck { serial: String, reason: String },
 
     // --- revocation -------------------------------------------------------
-    #[error("unknown revocation reason {value:?} (expected one of: {expected})")]
-    UnknownRevocationReason { value: String, expected: &'static str },
     #[error("invalid CRL request: {reason}")]
     Crl { reason: String },
     #[error("not an acceptable CRL: {reason}")]
@@ -137,7 +135,6 @@ impl CaError {
                 | Self::DnsName { .. }
                 | Self::CommonName { .. }
                 | Self::Lifetime { .. }
-                | Self::UnknownRevocationReason { .. }
                 | Self::Crl { .. }
                 | Self::InvalidCrl { .. }
         )

@@ -8,12 +8,11 @@ use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 use tokio::task::AbortHandle;
 
-use super::Svid;
 use super::state::Inner;
 use super::timing::rotation_at;
-use crate::ca::{self, IssuedCertificate, PrivateKey};
+use super::{MintError, MintedSvid, Svid};
+use crate::ca;
 use crate::domain::Entry;
-use crate::issuer::IssuerError;
 
 /// First retry delay after a failed issuance; doubles up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::seconds(1);
@@ -69,15 +68,15 @@ async fn drive(inner: Arc<Inner>, entry_id: String, generation: u64) {
             }
             continue;
         }
-        let next = match inner.issuer.issue_for_entry(&entry).await {
-            Ok(issued) => match inner.accept(&entry, generation, issued, epoch).await {
+        let next = match inner.minter.mint(&entry).await {
+            Ok(minted) => match inner.accept(&entry, generation, minted, epoch) {
                 Ok(next) => {
                     backoff = BACKOFF_MIN;
                     next
                 }
                 Err(err) => inner.failed(&entry, generation, &err, &mut backoff),
             },
-            Err(IssuerError::Denied { reason, .. }) => inner.withhold_denied(&entry, generation, &reason, epoch),
+            Err(MintError::Denied { reason, .. }) => inner.withhold_denied(&entry, generation, &reason, epoch),
             Err(err) => inner.failed(&entry, generation, &err, &mut backoff),
         };
         match next {
@@ -97,14 +96,9 @@ async fn drive(inner: Arc<Inner>, entry_id: String, generation: u64) {
 impl Inner {
     /// Hands a freshly minted SVID to the sets holding its entry, unless the
     /// identity was denied meanwhile. Returns when to rotate it.
-    async fn accept(
-        &self,
-        entry: &Entry,
-        generation: u64,
-        (cert, key, chain_pem): (IssuedCertificate, PrivateKey, String),
-        mut epoch: u64,
-    ) -> Result<Next, IssuerError> {
-        let chain_der = ca::certs_from_pem(&chain_pem)?;
+    fn accept(&self, entry: &Entry, generation: u64, minted: MintedSvid, epoch: u64) -> Result<Next, MintError> {
+        let MintedSvid { certificate: cert, key, chain_pem } = minted;
+        let chain_der = ca::certs_from_pem(&chain_pem).map_err(|e| MintError::Failed(e.to_string()))?;
         let svid = Arc::new(Svid {
             entry_id: entry.id.clone(),
             spiffe_id: entry.spiffe_id.clone(),
@@ -117,36 +111,32 @@ impl Inner {
             not_after: cert.not_after,
             jwt_ttl: entry.jwt_ttl_seconds.map(|s| Duration::seconds(i64::from(s))),
         });
-        loop {
-            {
-                let mut state = self.state.lock();
-                let current_epoch = state.deny_epoch;
-                let Some(slot) = state.slot_mut(&entry.id, generation) else { return Ok(Next::Stop) };
-                if slot.entry != *entry {
-                    return Ok(Next::Now); // the entry changed while minting: mint for the new one
-                }
-                if current_epoch == epoch {
-                    let old = slot.svid.replace(svid.clone());
-                    slot.withheld = None;
-                    slot.denied = false;
-                    slot.settled.send_if_modified(|s| !std::mem::replace(s, true));
-                    state.publish_holding(&entry.id);
-                    drop(state);
-                    self.renewed(entry, old.as_deref(), &svid);
-                    // The lifetime runs from issuance (now), not from the notBefore
-                    // the CA backdates by 30 s for clock skew: a 20 s SVID is
-                    // replaced after 8-12 s, not after 5 s.
-                    let start = self.clock.now().clamp(svid.not_before, svid.not_after);
-                    let at = rotation_at(start, svid.not_after, self.jitter.unit());
-                    return Ok(Next::Until(at.max(self.clock.now() + MIN_ROTATION_WAIT)));
-                }
-                epoch = current_epoch;
-            }
-            // A deny-list check ran while this SVID was minted: check again.
-            if let Some(denial) = self.issuer.denial(&entry.spiffe_id.to_string()) {
-                return Ok(self.withhold_denied(entry, generation, &denial.reason, epoch));
-            }
+        let mut state = self.state.lock();
+        let Some(slot) = state.slot_mut(&entry.id, generation) else { return Ok(Next::Stop) };
+        if slot.entry != *entry {
+            return Ok(Next::Now); // the entry changed while minting: mint for the new one
         }
+        if state.deny_epoch != epoch
+            && let Some(reason) = state.trust.deny.denial(&entry.spiffe_id.to_string()).map(str::to_string)
+        {
+            // A trust snapshot that denies the identity arrived while this SVID was minted.
+            drop(state);
+            return Ok(self.withhold_denied(entry, generation, &reason, epoch));
+        }
+        let Some(slot) = state.slot_mut(&entry.id, generation) else { return Ok(Next::Stop) };
+        let old = slot.svid.replace(svid.clone());
+        slot.withheld = None;
+        slot.denied = false;
+        slot.settled.send_if_modified(|s| !std::mem::replace(s, true));
+        state.publish_holding(&entry.id);
+        drop(state);
+        self.renewed(entry, old.as_deref(), &svid);
+        // The lifetime runs from issuance (now), not from the notBefore
+        // the CA backdates by 30 s for clock skew: a 20 s SVID is
+        // replaced after 8-12 s, not after 5 s.
+        let start = self.clock.now().clamp(svid.not_before, svid.not_after);
+        let at = rotation_at(start, svid.not_after, self.jitter.unit());
+        Ok(Next::Until(at.max(self.clock.now() + MIN_ROTATION_WAIT)))
     }
 
     /// The entry spent its mint budget: counted, and logged at most once per
@@ -201,7 +191,7 @@ impl Inner {
 
     /// An issuance failed: keep serving the old SVID until it expires, retry
     /// with backoff (1 s doubling to 30 s, never later than the expiry).
-    fn failed(&self, entry: &Entry, generation: u64, err: &IssuerError, backoff: &mut Duration) -> Next {
+    fn failed(&self, entry: &Entry, generation: u64, err: &MintError, backoff: &mut Duration) -> Next {
         let now = self.clock.now();
         let mut state = self.state.lock();
         let Some(slot) = state.slot_mut(&entry.id, generation) else { return Next::Stop };

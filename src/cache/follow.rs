@@ -8,23 +8,18 @@
 //!   every live set as a new version sharing the one `Arc`: SVIDs of newly
 //!   denied identities are withdrawn in that same version, drivers of
 //!   identities whose denial was lifted are woken, and a revoked SVID is
-//!   replaced at once.
+//!   replaced at once. Everything needed is in the snapshot's deny list.
 //!
 //! Both followers hold the cache weakly and end when it is gone.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
-use time::Duration;
 use tokio::sync::watch;
 
 use super::state::{Inner, Key};
 use crate::domain::{Entry, entitled};
-use crate::issuer::TrustSnapshot;
-
-/// Retry delays of a failed deny-list read.
-const RETRY_MIN: Duration = Duration::seconds(1);
-const RETRY_MAX: Duration = Duration::seconds(30);
+use crate::trust::TrustSnapshot;
 
 pub(super) async fn follow_entries(cache: Weak<Inner>, mut entries: watch::Receiver<Arc<Vec<Entry>>>) {
     loop {
@@ -39,25 +34,13 @@ pub(super) async fn follow_entries(cache: Weak<Inner>, mut entries: watch::Recei
 }
 
 pub(super) async fn follow_trust(cache: Weak<Inner>, mut trust: watch::Receiver<Arc<TrustSnapshot>>) {
-    let mut retry = RETRY_MIN;
     loop {
         let current = trust.borrow_and_update().clone();
         let Some(inner) = cache.upgrade() else { return };
-        let complete = inner.on_trust(current).await;
-        let timer = inner.timer.clone();
-        let retry_at = inner.clock.now() + retry;
+        inner.on_trust(current);
         drop(inner);
-        if complete {
-            retry = RETRY_MIN;
-            if trust.changed().await.is_err() {
-                return;
-            }
-            continue;
-        }
-        retry = (retry * 2i32).min(RETRY_MAX);
-        tokio::select! {
-            changed = trust.changed() => if changed.is_err() { return },
-            () = timer.sleep_until(retry_at) => {}
+        if trust.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -104,16 +87,12 @@ impl Inner {
     /// Takes a new trust snapshot: SVIDs of identities on its deny list are
     /// withdrawn in the same version, drivers of identities whose denial was
     /// lifted are woken, and an SVID that was revoked is replaced at once.
-    /// Returns `false` when the snapshot could not be applied (never, now
-    /// that the deny list travels in the snapshot; kept for the retry loop).
-    async fn on_trust(&self, trust: Arc<TrustSnapshot>) -> bool {
-        let denied: HashSet<&str> = trust.deny.identities.iter().map(String::as_str).collect();
+    fn on_trust(&self, trust: Arc<TrustSnapshot>) {
         let mut state = self.state.lock();
         state.deny_epoch += 1;
         for slot in state.slots.values_mut() {
             let id = slot.entry.spiffe_id.to_string();
-            if denied.contains(id.as_str()) {
-                let reason = self.issuer.denial(&id).map_or_else(|| "denied".to_string(), |d| d.reason);
+            if let Some(reason) = trust.deny.denial(&id) {
                 if let Some(svid) = slot.svid.take() {
                     tracing::warn!(
                         spiffe_id = %id,
@@ -131,7 +110,7 @@ impl Inner {
                 slot.denied = false;
                 slot.wake.notify_one();
             } else if let Some(svid) = &slot.svid
-                && self.issuer.is_revoked(&svid.serial)
+                && trust.deny.is_revoked(&svid.serial)
             {
                 tracing::warn!(
                     spiffe_id = %id,
@@ -150,6 +129,5 @@ impl Inner {
         }
         state.trust = trust;
         state.publish_all();
-        true
     }
 }

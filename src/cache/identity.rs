@@ -1,6 +1,6 @@
-//! [`IdentityCache`]: the [`IdentitySource`] backed by this server's own
-//! issuer. Callers with the same selectors share one watch channel; each warm
-//! entry is minted once, however many callers hold it.
+//! [`IdentityCache`]: the [`IdentitySource`] backed by an [`SvidMinter`].
+//! Callers with the same selectors share one watch channel; each warm entry
+//! is minted once, however many callers hold it.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -12,10 +12,10 @@ use tokio::task::JoinHandle;
 use super::metrics::CacheMetrics;
 use super::state::{Inner, Key, State};
 use super::timing::{Jitter, RingJitter, Timer, TokioTimer};
-use super::{CacheError, IdentitySet, IdentitySource, IdentityWatch, follow};
+use super::{CacheError, IdentitySet, IdentitySource, IdentityWatch, SvidMinter, follow};
 use crate::domain::throttle::Throttle;
 use crate::domain::{Clock, Entry, Selector, entitled};
-use crate::issuer::{Issuer, TrustSnapshot};
+use crate::trust::TrustSnapshot;
 
 /// The identity cache. Construct with [`IdentityCache::new`], then start its
 /// followers once with [`IdentityCache::spawn`] (inside a tokio runtime).
@@ -38,23 +38,30 @@ impl Default for CacheOptions {
     }
 }
 
+/// What a cache is made of: who mints, the registration entries and the
+/// trust state to follow, and the clock.
+pub struct CacheInputs {
+    pub minter: Arc<dyn SvidMinter>,
+    /// The registration entries, oldest first.
+    pub entries: watch::Receiver<Arc<Vec<Entry>>>,
+    /// The published trust state (bundle, CRLs, deny list).
+    pub trust: watch::Receiver<Arc<TrustSnapshot>>,
+    pub clock: Arc<dyn Clock>,
+}
+
 impl IdentityCache {
-    /// `entries` is the issuer's published entry list (`issuer.entries_watch()`).
-    pub fn new(issuer: Arc<Issuer>, entries: watch::Receiver<Arc<Vec<Entry>>>, clock: Arc<dyn Clock>) -> Arc<Self> {
-        Self::with_options(issuer, entries, clock, CacheOptions::default())
+    pub fn new(inputs: CacheInputs) -> Arc<Self> {
+        Self::with_options(inputs, CacheOptions::default())
     }
 
-    pub fn with_options(
-        issuer: Arc<Issuer>,
-        entries: watch::Receiver<Arc<Vec<Entry>>>,
-        clock: Arc<dyn Clock>,
-        options: CacheOptions,
-    ) -> Arc<Self> {
+    pub fn with_options(inputs: CacheInputs, options: CacheOptions) -> Arc<Self> {
+        let CacheInputs { minter, entries, trust, clock } = inputs;
         let timer = options.timer.unwrap_or_else(|| Arc::new(TokioTimer::new(clock.clone())));
-        let state = State::new(issuer.snapshot());
+        let state = State::new(trust.borrow().clone());
         Arc::new(Self {
             inner: Arc::new(Inner {
-                issuer,
+                minter,
+                trust_updates: trust,
                 clock,
                 timer,
                 jitter: options.jitter,
@@ -71,7 +78,7 @@ impl IdentityCache {
     pub fn spawn(self: &Arc<Self>) -> JoinHandle<()> {
         let weak = Arc::downgrade(&self.inner);
         let entries = self.inner.entries.clone();
-        let trust = self.inner.issuer.subscribe();
+        let trust = self.inner.trust_updates.clone();
         tokio::spawn(async move {
             tokio::join!(follow::follow_entries(weak.clone(), entries), follow::follow_trust(weak, trust));
         })
@@ -113,7 +120,7 @@ impl IdentitySource for IdentityCache {
     }
 
     fn trust(&self) -> watch::Receiver<Arc<TrustSnapshot>> {
-        self.inner.issuer.subscribe()
+        self.inner.trust_updates.clone()
     }
 }
 

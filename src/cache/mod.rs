@@ -11,8 +11,10 @@
 //! (`budget.rs`).
 //!
 //! Boundary: servers consume identities only through [`IdentitySource`], so a
-//! future node agent can serve the same sockets with identities it obtains
-//! from a remote trustmesh server.
+//! node agent can serve the same sockets with identities it obtains from a
+//! remote trustmesh server. The cache itself consumes two narrow inputs,
+//! handed to it by `app`: an [`SvidMinter`] (the issuer in `serve`) and a
+//! `watch` of [`TrustSnapshot`]s; it never imports the issuer.
 //!
 //! Layout: `identity.rs` ([`IdentityCache`], the watch entry point),
 //! `state.rs` (sets, warm entries, publication), `driver.rs` (one rotation
@@ -28,7 +30,7 @@ mod state;
 mod timing;
 
 pub use budget::{BURST as MINT_BURST, REFILL as MINT_REFILL};
-pub use identity::{CacheOptions, IdentityCache};
+pub use identity::{CacheInputs, CacheOptions, IdentityCache};
 pub use timing::{FixedJitter, Jitter, ManualTimer, RingJitter, Timer, TokioTimer, rotation_at};
 
 use std::collections::BTreeSet;
@@ -37,9 +39,9 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::ca::PrivateKey;
-use crate::domain::{Selector, SpiffeId};
-use crate::issuer::TrustSnapshot;
+use crate::ca::{IssuedCertificate, PrivateKey};
+use crate::domain::{Entry, Selector, SpiffeId};
+use crate::trust::TrustSnapshot;
 
 /// One X.509-SVID with its key.
 #[derive(Debug)]
@@ -106,6 +108,33 @@ impl IdentityWatch {
     pub fn current(&self) -> Arc<IdentitySet> {
         self.updates.borrow().clone()
     }
+}
+
+/// Mints X.509-SVIDs for registration entries with fresh keys: the issuer in
+/// `serve`, a remote server for an agent.
+#[async_trait::async_trait]
+pub trait SvidMinter: Send + Sync + 'static {
+    /// A new SVID for `entry` (its SPIFFE ID, DNS names and lifetime).
+    async fn mint(&self, entry: &Entry) -> Result<MintedSvid, MintError>;
+}
+
+/// What a minter returns: the certificate, its key, and the chain PEM
+/// (leaf, then the issuing intermediate). The key is never logged.
+pub struct MintedSvid {
+    pub certificate: IssuedCertificate,
+    pub key: PrivateKey,
+    pub chain_pem: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MintError {
+    /// The identity is on the deny list: nothing is issued until it is allowed.
+    #[error("identity {spiffe_id} is denied: {reason}")]
+    Denied { spiffe_id: String, reason: String },
+    /// Anything else (retried with backoff).
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Where servers get identities from.

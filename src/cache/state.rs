@@ -23,16 +23,17 @@ use tokio::task::AbortHandle;
 use super::budget::MintBudgets;
 use super::metrics::CacheMetrics;
 use super::timing::{Jitter, Timer};
-use super::{IdentitySet, Svid};
+use super::{IdentitySet, Svid, SvidMinter};
 use crate::domain::throttle::Throttle;
 use crate::domain::{Clock, Entry, Selector, SpiffeId};
-use crate::issuer::{Issuer, TrustSnapshot};
+use crate::trust::TrustSnapshot;
 
 /// A canonical selector set (sorted, no duplicates): the key of a shared watch.
 pub(super) type Key = BTreeSet<Selector>;
 
 pub(super) struct Inner {
-    pub(super) issuer: Arc<Issuer>,
+    pub(super) minter: Arc<dyn SvidMinter>,
+    pub(super) trust_updates: watch::Receiver<Arc<TrustSnapshot>>,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) timer: Arc<dyn Timer>,
     pub(super) jitter: Arc<dyn Jitter>,

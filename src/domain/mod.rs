@@ -4,19 +4,23 @@
 //! here performs I/O. Time and randomness are injected through [`Clock`] and
 //! [`SerialSource`].
 
+mod ca_role;
 mod clock;
 mod entry;
 mod id;
 mod principal;
+mod reason;
 mod selector;
 mod serial;
 pub mod text;
 pub mod throttle;
 
+pub use ca_role::CaRole;
 pub use clock::{Clock, ManualClock, SystemClock, unix_seconds};
 pub use entry::{Entry, MAX_SELECTORS, entitled};
 pub use id::{MAX_ID_LEN, RESERVED_PATH, SpiffeId, TrustDomain};
 pub use principal::{Principal, TokenKind};
+pub use reason::RevocationReason;
 pub use selector::{Selector, SelectorKind};
 pub use serial::{RandomSerials, Serial, SerialSource};
 
@@ -36,4 +40,8 @@ pub enum DomainError {
     Selector { value: String, reason: String },
     #[error("invalid entry: {reason}")]
     Entry { reason: String },
+    #[error("the system random number generator failed")]
+    Randomness,
+    #[error("unknown revocation reason {value:?} (expected one of: {expected})")]
+    RevocationReason { value: String, expected: String },
 }

@@ -15,7 +15,9 @@ pub struct Serial(Vec<u8>);
 
 /// Where new serials come from (random in production, scripted in tests).
 pub trait SerialSource: Send + Sync + 'static {
-    fn next_serial(&self) -> Serial;
+    /// A new serial; an error when no randomness is to be had (never a
+    /// fallback value: two certificates must never share a serial).
+    fn next_serial(&self) -> Result<Serial, DomainError>;
 }
 
 /// Serials from the system CSPRNG: a leading byte in 0x01..=0x7f (positive,
@@ -31,16 +33,12 @@ impl Default for RandomSerials {
 }
 
 impl SerialSource for RandomSerials {
-    fn next_serial(&self) -> Serial {
+    fn next_serial(&self) -> Result<Serial, DomainError> {
         use ring::rand::SecureRandom;
         let mut bytes = [0u8; RANDOM_BYTES + 1];
-        // The system RNG failing is not recoverable; fall back to a
-        // distinguishable but still valid value rather than panicking.
-        if self.0.fill(&mut bytes).is_err() {
-            bytes = [0x55; RANDOM_BYTES + 1];
-        }
+        self.0.fill(&mut bytes).map_err(|_| DomainError::Randomness)?;
         bytes[0] = (bytes[0] & 0x7f).max(1);
-        Serial(bytes.to_vec())
+        Ok(Serial(bytes.to_vec()))
     }
 }
 
@@ -96,8 +94,8 @@ mod tests {
     #[test]
     fn random_serials_are_positive_and_wide() {
         let src = RandomSerials::default();
-        let a = src.next_serial();
-        let b = src.next_serial();
+        let a = src.next_serial().unwrap();
+        let b = src.next_serial().unwrap();
         assert_ne!(a, b);
         for s in [a, b] {
             assert!(s.bits() >= 129, "{} bits", s.bits());

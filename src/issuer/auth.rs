@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{Issuer, IssuerError};
+use super::{AuditAction, Issuer, IssuerError};
 use crate::domain::{Principal, SpiffeId, TokenKind, text};
 use crate::policy::{Action, Resource};
 use crate::store::AuditRecord;
@@ -64,7 +64,7 @@ impl Issuer {
     /// Verifies the bearer token (signature, issuer, audience, lifetime,
     /// certificate binding, single use) and returns the caller it names.
     /// Every refusal is audited under `action`.
-    pub async fn authenticate(&self, creds: &Credentials, action: &str) -> Result<Caller, IssuerError> {
+    pub async fn authenticate(&self, creds: &Credentials, action: AuditAction) -> Result<Caller, IssuerError> {
         match self.verify_credentials(creds).await {
             Ok(caller) => Ok(caller),
             Err(err) => {
@@ -72,7 +72,7 @@ impl Issuer {
                 let record = record(ANONYMOUS.into(), action, "", "denied", &reason, self.now().unix_timestamp());
                 self.write_audit(&record).await;
                 self.metrics.failure(err.kind());
-                tracing::warn!(action = %text::quoted(action), error = %text::quoted(&reason), "authentication failed");
+                tracing::warn!(action = %action, error = %text::quoted(&reason), "authentication failed");
                 Err(err)
             }
         }
@@ -124,7 +124,7 @@ impl Issuer {
         }
         if !self.store.consume_token_id(&token.jti, token.exp).await? {
             let err = IssuerError::Unauthenticated(format!("single-use token {} was already used", token.jti));
-            return self.refuse(caller, "spend_token", &token.jti, err).await;
+            return self.refuse(caller, AuditAction::SpendToken, &token.jti, err).await;
         }
         Ok(())
     }
@@ -153,7 +153,7 @@ impl Issuer {
             "Permission denied for action"
         );
         let what = format!("{action} on {}: {decision}", text::quoted(&resource.to_string()));
-        self.refuse(caller, &action.to_string(), target, IssuerError::PermissionDenied(what)).await
+        self.refuse(caller, action.into(), target, IssuerError::PermissionDenied(what)).await
     }
 
     /// Refuses (audited, with `target` shortened) any `(field, value, max)`
@@ -162,7 +162,7 @@ impl Issuer {
     pub(crate) async fn bounded(
         &self,
         caller: &Caller,
-        action: &str,
+        action: AuditAction,
         target: &str,
         fields: &[(&str, &str, usize)],
     ) -> Result<(), IssuerError> {
@@ -178,7 +178,7 @@ impl Issuer {
     pub(crate) async fn audited<T>(
         &self,
         caller: &Caller,
-        action: &str,
+        action: AuditAction,
         target: &str,
         step: impl Future<Output = Result<T, IssuerError>>,
     ) -> Result<T, IssuerError> {
@@ -192,7 +192,7 @@ impl Issuer {
     pub(crate) async fn refuse<T>(
         &self,
         caller: &Caller,
-        action: &str,
+        action: AuditAction,
         target: &str,
         err: IssuerError,
     ) -> Result<T, IssuerError> {
@@ -206,7 +206,7 @@ impl Issuer {
         self.metrics.failure(err.kind());
         if !matches!(err, IssuerError::PermissionDenied(_)) {
             tracing::warn!(
-                action,
+                action = %action,
                 target = %text::quoted(target),
                 actor = %caller.actor(),
                 error = %text::shorten(&reason, text::MAX_RECORDED),
@@ -225,19 +225,19 @@ impl Issuer {
 }
 
 /// An audit record of `caller`'s call.
-pub(crate) fn audit(caller: &Caller, action: &str, target: &str, outcome: &str, reason: &str, at: i64) -> AuditRecord {
+pub(crate) fn audit(caller: &Caller, action: AuditAction, target: &str, outcome: &str, reason: &str, at: i64) -> AuditRecord {
     record(caller.actor(), action, target, outcome, reason, at)
 }
 
 /// The one constructor of audit records: what a caller sent is recorded at
 /// most [`text::MAX_RECORDED`] bytes per field, whatever its size.
-fn record(actor: String, action: &str, target: &str, outcome: &str, reason: &str, at: i64) -> AuditRecord {
+fn record(actor: String, action: AuditAction, target: &str, outcome: &str, reason: &str, at: i64) -> AuditRecord {
     let bound = |s: &str| text::shorten(s, text::MAX_RECORDED);
     AuditRecord {
         id: 0,
         at,
         actor: bound(&actor),
-        action: bound(action),
+        action: action.as_str().to_string(),
         target: bound(target),
         outcome: outcome.to_string(),
         reason: bound(reason),

@@ -180,7 +180,7 @@ impl Issuer {
             trust_domain: self.cfg.trust_domain.clone(),
         };
         let now = self.clock.now();
-        let signer = ca::create_intermediate(&root, &params, self.serials.next_serial(), now)?;
+        let signer = ca::create_intermediate(&root, &params, self.serials.next_serial()?, now)?;
         let record = ca_record(&signer, role, true, &self.kek, now)?;
         self.store.insert_ca(&record).await?;
         let cas = self.store.cas().await?;
@@ -248,13 +248,13 @@ fn create_hierarchy(
                 let services = ca::create_intermediate(
                     &imported,
                     &intermediate("trustmesh Services CA"),
-                    serials.next_serial(),
+                    serials.next_serial()?,
                     now,
                 )?;
                 let transport = ca::create_intermediate(
                     &imported,
                     &intermediate("trustmesh Transport CA"),
-                    serials.next_serial(),
+                    serials.next_serial()?,
                     now,
                 )?;
                 cas.push(ca_record(&imported, CaRole::Root, true, kek, now)?);
@@ -273,13 +273,13 @@ fn create_hierarchy(
                     lifetime: Duration::days(i64::from(params.root_ttl_days)),
                     trust_domain: cfg.trust_domain.clone(),
                 },
-                serials.next_serial(),
+                serials.next_serial()?,
                 now,
             )?;
             let services =
-                ca::create_intermediate(&root, &intermediate("trustmesh Services CA"), serials.next_serial(), now)?;
+                ca::create_intermediate(&root, &intermediate("trustmesh Services CA"), serials.next_serial()?, now)?;
             let transport =
-                ca::create_intermediate(&root, &intermediate("trustmesh Transport CA"), serials.next_serial(), now)?;
+                ca::create_intermediate(&root, &intermediate("trustmesh Transport CA"), serials.next_serial()?, now)?;
             cas.push(ca_record(&root, CaRole::Root, true, kek, now)?);
             cas.push(ca_record(&services, CaRole::Services, true, kek, now)?);
             cas.push(ca_record(&transport, CaRole::Transport, true, kek, now)?);

@@ -12,6 +12,7 @@
 //! expired or issued in the future; one whose CRL number is not above the
 //! imported one's (a replayed or older CRL).
 
+use super::AuditAction;
 use super::auth::{Caller, audit};
 use super::{Issuer, IssuerError};
 use crate::ca::{self, CaCertificate, Crl};
@@ -20,7 +21,7 @@ use crate::store::{ImportedCrlRecord, Store};
 
 /// How far a thisUpdate may be ahead of this server's clock.
 const CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
-const ACTION: &str = "import_crl";
+const ACTION: AuditAction = AuditAction::Policy(Action::ImportCrl);
 
 impl Issuer {
     /// Imports a CRL (PEM or DER) signed elsewhere for an offline CA.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use ring::rand::SecureRandom;
 use tokio::sync::watch;
 
+use super::AuditAction;
 use super::auth::{Caller, audit};
 use super::{Issuer, IssuerError};
 use crate::domain::{Entry, MAX_SELECTORS, Principal, Selector, SpiffeId, TrustDomain};
@@ -47,7 +48,7 @@ impl Issuer {
     /// The same SPIFFE ID with the same selector set twice is refused with
     /// `IssuerError::Store(StoreError::Conflict)`.
     pub async fn create_entry(&self, caller: &Caller, req: EntryRequest) -> Result<Entry, IssuerError> {
-        const ACTION: &str = "create_entry";
+        const ACTION: AuditAction = AuditAction::CreateEntry;
         let target: String = req.spiffe_id.chars().take(256).collect();
         let id = self.audited(caller, ACTION, &target, async { new_entry_id() }).await?;
         self.authorize_entry(caller, ACTION, &id, &target).await?;
@@ -76,20 +77,20 @@ impl Issuer {
 
     /// Every entry, oldest first (from the store, so other replicas' entries show).
     pub async fn list_entries(&self, caller: &Caller) -> Result<Vec<Entry>, IssuerError> {
-        self.authorize_entry(caller, "list_entries", "*", "").await?;
-        let records = self.audited(caller, "list_entries", "", async { Ok(self.store.entries().await?) }).await?;
+        self.authorize_entry(caller, AuditAction::ListEntries, "*", "").await?;
+        let records = self.audited(caller, AuditAction::ListEntries, "", async { Ok(self.store.entries().await?) }).await?;
         records.iter().map(Entry::try_from).collect()
     }
 
     /// One entry, by entry id or by a SPIFFE ID that names exactly one entry.
     pub async fn show_entry(&self, caller: &Caller, id_or_spiffe_id: &str) -> Result<Entry, IssuerError> {
-        self.resolve(caller, "show_entry", id_or_spiffe_id).await
+        self.resolve(caller, AuditAction::ShowEntry, id_or_spiffe_id).await
     }
 
     /// Deletes one entry (by entry id, or a SPIFFE ID that names exactly one)
     /// and publishes the list without it. Returns what was deleted.
     pub async fn delete_entry(&self, caller: &Caller, id_or_spiffe_id: &str) -> Result<Entry, IssuerError> {
-        const ACTION: &str = "delete_entry";
+        const ACTION: AuditAction = AuditAction::DeleteEntry;
         let entry = self.resolve(caller, ACTION, id_or_spiffe_id).await?;
         let target = entry.spiffe_id.to_string();
         let log = audit(caller, ACTION, &target, "ok", &format!("entry {}", entry.id), self.now().unix_timestamp());
@@ -134,7 +135,7 @@ impl Issuer {
     async fn authorize_entry(
         &self,
         caller: &Caller,
-        action: &str,
+        action: AuditAction,
         entry_id: &str,
         target: &str,
     ) -> Result<(), IssuerError> {
@@ -145,7 +146,7 @@ impl Issuer {
         }
         tracing::warn!(
             principal = %caller.actor(),
-            action,
+            action = %action,
             entry_id,
             target,
             reasons = ?decision.policy_ids,
@@ -156,7 +157,7 @@ impl Issuer {
 
     /// Finds the entry an argument names, authorizing before revealing
     /// whether it exists.
-    async fn resolve(&self, caller: &Caller, action: &str, arg: &str) -> Result<Entry, IssuerError> {
+    async fn resolve(&self, caller: &Caller, action: AuditAction, arg: &str) -> Result<Entry, IssuerError> {
         let shown: String = arg.chars().take(256).collect();
         let wanted = self.audited(caller, action, &shown, async { EntryRef::parse(arg) }).await?;
         let records = self.audited(caller, action, &shown, async { Ok(self.store.entries().await?) }).await?;

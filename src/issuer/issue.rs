@@ -6,7 +6,7 @@ use std::time::Instant;
 use time::Duration;
 
 use super::auth::{Caller, audit};
-use super::{Issuer, IssuerError, MAX_REQUEST_BYTES};
+use super::{AuditAction, Issuer, IssuerError, MAX_REQUEST_BYTES};
 use crate::ca::{self, IssuedCertificate, KeyAlgorithm, PrivateKey, SvidRequest};
 use crate::domain::{SpiffeId, text};
 use crate::policy::{Action, Resource};
@@ -50,7 +50,7 @@ pub(super) enum SubjectKey {
 
 impl Issuer {
     pub async fn sign_csr(&self, caller: &Caller, req: &SignRequest) -> Result<Issued, IssuerError> {
-        const ACTION: &str = "sign_csr";
+        const ACTION: AuditAction = AuditAction::Policy(Action::SignCsr);
         let started = Instant::now();
         let target = text::shorten(&req.spiffe_id, 256);
         if req.csr.len() > MAX_REQUEST_BYTES {
@@ -77,13 +77,13 @@ impl Issuer {
         }
         let key = SubjectKey::Csr { spki: csr.public_key_der.clone(), algorithm: csr.key_algorithm.clone() };
         let issued =
-            self.issue(caller, ACTION, Action::SignCsr, &id, key, &csr.dns_names, None, req.ttl_seconds).await?;
+            self.issue(caller, Action::SignCsr, &id, key, &csr.dns_names, None, req.ttl_seconds).await?;
         self.metrics.sign_duration(started.elapsed().as_secs_f64());
         Ok(issued)
     }
 
     pub async fn generate(&self, caller: &Caller, req: &GenerateRequest) -> Result<Issued, IssuerError> {
-        const ACTION: &str = "issue_certificate";
+        const ACTION: AuditAction = AuditAction::Policy(Action::IssueCertificate);
         let id = self.parse_id_audited(caller, ACTION, &req.spiffe_id).await?;
         if req.common_name.len() > 64 {
             let err = IssuerError::InvalidArgument("common name longer than 64 characters".into());
@@ -95,7 +95,6 @@ impl Issuer {
         let issued = self
             .issue(
                 caller,
-                ACTION,
                 Action::IssueCertificate,
                 &id,
                 SubjectKey::Generated(key),
@@ -112,7 +111,6 @@ impl Issuer {
     pub(super) async fn issue(
         &self,
         caller: &Caller,
-        action_name: &str,
         action: Action,
         id: &SpiffeId,
         key: SubjectKey,
@@ -121,6 +119,7 @@ impl Issuer {
         ttl_seconds: u64,
     ) -> Result<Issued, IssuerError> {
         let target = id.to_string();
+        let action_name = AuditAction::from(action);
         self.authorize(caller, action, &Resource::Identity(id.clone()), &target).await?;
         if let Err(e) = text::bounded_list("DNS names", dns_names, text::MAX_DNS_NAMES, 253) {
             return self.refuse(caller, action_name, &target, IssuerError::InvalidArgument(e)).await;
@@ -150,7 +149,7 @@ impl Issuer {
             dns_names,
             public_key_der: &spki,
             lifetime,
-            serial: self.serials.next_serial(),
+            serial: self.serials.next_serial()?,
             common_name,
         };
         let certificate = self
@@ -193,7 +192,7 @@ impl Issuer {
     async fn refuse_denied<T>(
         &self,
         caller: &Caller,
-        action_name: &str,
+        action_name: AuditAction,
         target: &str,
         denial: DenyRecord,
     ) -> Result<T, IssuerError> {
@@ -233,7 +232,7 @@ impl Issuer {
         common_name: &str,
         ttl_days: u32,
     ) -> Result<crate::store::CaRecord, IssuerError> {
-        const ACTION: &str = "create_intermediary";
+        const ACTION: AuditAction = AuditAction::Policy(Action::CreateIntermediary);
         self.authorize(caller, Action::CreateIntermediary, &Resource::Ca, common_name).await?;
         if role == CaRole::Root || common_name.is_empty() || common_name.len() > 64 || !(1..=3650).contains(&ttl_days) {
             let err = IssuerError::InvalidArgument(
@@ -257,7 +256,7 @@ impl Issuer {
         names.extend(self.cfg.server_names.iter().cloned());
         let lifetime = Duration::hours(24);
         let (cert, key) =
-            ca::issue_server_certificate(&signer, &id, &names, lifetime, self.serials.next_serial(), self.now())?;
+            ca::issue_server_certificate(&signer, &id, &names, lifetime, self.serials.next_serial()?, self.now())?;
         let chain = format!("{}{}", cert.to_pem(), signer.cert.to_pem());
         Ok((chain, key, cert.not_after))
     }

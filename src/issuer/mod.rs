@@ -11,6 +11,7 @@
 //! * CA private keys exist in memory only inside [`Signers`]; the published
 //!   [`TrustSnapshot`] holds public material only.
 
+mod audit;
 mod auth;
 mod bootstrap;
 mod crl_import;
@@ -23,7 +24,6 @@ mod maintenance;
 mod metrics;
 mod revocation;
 mod revoke;
-mod snapshot;
 mod svid;
 mod tokens;
 
@@ -38,7 +38,9 @@ use crate::domain::{Clock, SerialSource, TrustDomain};
 use crate::policy::PolicyEngine;
 use crate::store::Store;
 use crate::token::{Es256Signer, TokenRules, VerifyingKey};
+use crate::trust::TrustSnapshot;
 
+pub use audit::AuditAction;
 pub use auth::{Caller, Credentials};
 pub use bootstrap::{InitParams, InitReport};
 pub use entries::{EntryList, EntryRequest};
@@ -46,8 +48,6 @@ pub use error::IssuerError;
 pub use issue::{GenerateRequest, Issued, SignRequest};
 pub use maintenance::MaintenanceReport;
 pub use metrics::Metrics;
-pub use revocation::{CONNECTION_GRACE, DenyList};
-pub use snapshot::{CaView, TrustSnapshot};
 pub use tokens::{MintRequest, Minted, Status};
 
 /// Largest request payload (CSR, token) accepted, in bytes.

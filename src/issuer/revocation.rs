@@ -11,38 +11,15 @@
 //! Every `apply_*` is idempotent: a change seen twice (made here, then read
 //! back from the feed) leaves the same state.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use rpds::RedBlackTreeMapSync;
-use time::{Duration, OffsetDateTime};
+use time::OffsetDateTime;
 
 use crate::ca::{CrlEntry, RevocationReason};
 use crate::store::{CertRecord, CertStatus, DenyRecord, RevokedEntry, Store, StoreResult};
-
-/// How long after its notAfter a revoked certificate stays on the pushed deny
-/// list: a connection opened just before the certificate expired lives up to
-/// the proxies' maximum connection duration (`sds::bootstrap` sets
-/// `max_connection_duration` to this), plus clock skew.
-pub const CONNECTION_GRACE: Duration = Duration::seconds(3600 + 300);
-
-/// What proxies must refuse on connections that are already open: the
-/// denied identities (matched on the peer's URI SAN) and the SHA-256
-/// fingerprints of revoked certificates of identities that are not denied
-/// (matched on the `Hash=` of `x-forwarded-client-cert`). Both sorted.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct DenyList {
-    /// Moves forward with every change of the content.
-    pub revision: u64,
-    pub identities: Vec<String>,
-    pub certificates: Vec<String>,
-}
-
-impl DenyList {
-    pub fn is_empty(&self) -> bool {
-        self.identities.is_empty() && self.certificates.is_empty()
-    }
-}
+use crate::trust::{CONNECTION_GRACE, DenyList, RevokedSerials};
 
 /// One revoked certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,8 +40,8 @@ type Denials = RedBlackTreeMapSync<String, DenyRecord>;
 pub(crate) struct Revocations {
     /// Issuer fingerprint → serial (hex) → certificate.
     by_issuer: HashMap<String, Serials>,
-    /// Serial → issuer fingerprint.
-    issuer_of: HashMap<String, String>,
+    /// Every serial of `by_issuer`.
+    serials: RevokedSerials,
     denied: Denials,
     /// Moves with every change (CRL content or deny list).
     generation: u64,
@@ -74,6 +51,7 @@ pub(crate) struct Revocations {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RevocationView {
     by_issuer: HashMap<String, Serials>,
+    serials: RevokedSerials,
     denied: Denials,
     pub generation: u64,
 }
@@ -89,11 +67,12 @@ impl RevocationView {
     }
 
     /// The deny list of this state; `previous` (the one last published) is
-    /// returned as it is when the content is the same, so its revision only
-    /// moves with a change.
+    /// returned as it is when nothing changed, and its revision moves only
+    /// when what proxies are told changes.
     pub(crate) fn deny_list(&self, now: OffsetDateTime, previous: &Arc<DenyList>) -> Arc<DenyList> {
         let horizon = (now - CONNECTION_GRACE).unix_timestamp();
-        let identities: Vec<String> = self.denied.keys().cloned().collect();
+        let identities: BTreeMap<String, String> =
+            self.denied.iter().map(|(id, d)| (id.clone(), d.reason.clone())).collect();
         let certificates: BTreeSet<&String> = self
             .by_issuer
             .values()
@@ -101,11 +80,14 @@ impl RevocationView {
             .filter(|r| r.not_after > horizon && !self.denied.contains_key(&r.spiffe_id))
             .map(|r| &r.fingerprint)
             .collect();
-        if identities == previous.identities && certificates.iter().copied().eq(previous.certificates.iter()) {
+        let same_for_proxies =
+            identities == previous.identities && certificates.iter().copied().eq(previous.certificates.iter());
+        if same_for_proxies && self.serials.ptr_eq(&previous.serials) {
             return previous.clone();
         }
+        let revision = if same_for_proxies { previous.revision } else { previous.revision + 1 };
         let certificates = certificates.into_iter().cloned().collect();
-        Arc::new(DenyList { revision: previous.revision + 1, identities, certificates })
+        Arc::new(DenyList { revision, identities, certificates, serials: self.serials.clone() })
     }
 }
 
@@ -133,14 +115,19 @@ impl Revocations {
     /// behind the change feed's retention), keeping the generation moving forward.
     pub(crate) fn replace(&mut self, fresh: Revocations) {
         self.by_issuer = fresh.by_issuer;
-        self.issuer_of = fresh.issuer_of;
+        self.serials = fresh.serials;
         self.denied = fresh.denied;
         self.touch();
     }
 
     /// The state as it is now, in O(number of issuers).
     pub(crate) fn view(&self) -> RevocationView {
-        RevocationView { by_issuer: self.by_issuer.clone(), denied: self.denied.clone(), generation: self.generation }
+        RevocationView {
+            by_issuer: self.by_issuer.clone(),
+            serials: self.serials.clone(),
+            denied: self.denied.clone(),
+            generation: self.generation,
+        }
     }
 
     /// A certificate was revoked.
@@ -173,7 +160,7 @@ impl Revocations {
     }
 
     pub(crate) fn is_revoked(&self, serial: &str) -> bool {
-        self.issuer_of.contains_key(serial)
+        self.serials.contains(serial)
     }
 
     pub(crate) fn denial(&self, spiffe_id: &str) -> Option<&DenyRecord> {
@@ -195,7 +182,7 @@ impl Revocations {
                 m.iter().filter(|(_, r)| r.not_after <= horizon).map(|(s, _)| s.clone()).collect();
             for serial in expired {
                 m.remove_mut(&serial);
-                self.issuer_of.remove(&serial);
+                self.serials.remove_mut(&serial);
                 gone.push(serial);
             }
         }
@@ -222,7 +209,7 @@ impl Revocations {
             return false;
         }
         slot.insert_mut(r.serial.clone(), value);
-        self.issuer_of.insert(r.serial, r.issuer_id);
+        self.serials.insert_mut(r.serial);
         true
     }
 
@@ -249,6 +236,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use time::Duration;
 
     fn revoked(serial: &str, id: &str, not_after: i64) -> RevokedEntry {
         RevokedEntry {
@@ -309,7 +297,9 @@ mod tests {
         state.apply_revoked(revoked("0a02", "spiffe://td/b", 10_000));
         state.apply_denied(denial("spiffe://td/a"));
         let list = state.view().deny_list(at(3_000), &empty());
-        assert_eq!(list.identities, vec!["spiffe://td/a".to_string()]);
+        assert_eq!(list.identities.keys().collect::<Vec<_>>(), ["spiffe://td/a"]);
+        assert_eq!(list.denial("spiffe://td/a"), Some("stolen"), "with its reason");
+        assert!(list.is_revoked("0a01") && list.is_revoked("0a02") && !list.is_revoked("0a03"));
         assert_eq!(list.certificates, vec!["fp-0a02".to_string()], "a's certificate is covered by its URI SAN");
         assert_eq!(list.revision, 1);
         // The same content: the same list, the same revision.

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use super::AuditAction;
 use super::auth::{Caller, audit};
 use std::sync::Weak;
 use std::time::Duration as StdDuration;
@@ -13,7 +14,8 @@ use std::time::Duration as StdDuration;
 use tokio::sync::watch;
 
 use super::revocation::revoked_entry;
-use super::{CONNECTION_GRACE, CaView, Issuer, IssuerError, TrustSnapshot};
+use super::{Issuer, IssuerError};
+use crate::trust::{CONNECTION_GRACE, CaView, TrustSnapshot};
 use crate::ca::{self, CaCertificate, RevocationReason};
 use crate::domain::{Serial, SpiffeId, text};
 use crate::policy::{Action, Resource};
@@ -23,7 +25,7 @@ impl Issuer {
     /// Revokes one certificate. Returns the record after the change and
     /// whether it had been revoked before.
     pub async fn revoke(&self, caller: &Caller, serial: &str, reason: &str) -> Result<(CertRecord, bool), IssuerError> {
-        const ACTION: &str = "revoke_certificate";
+        const ACTION: AuditAction = AuditAction::Policy(Action::RevokeCertificate);
         // Bounded first, authorized next, parsed in detail last: a caller
         // that may not revoke learns nothing about what it sent.
         self.bounded(caller, ACTION, serial, &[("serial", serial, text::MAX_SERIAL), ("reason", reason, 64)]).await?;
@@ -37,7 +39,7 @@ impl Issuer {
         })
         .await?;
         let at = self.now().unix_timestamp();
-        let record = audit(caller, "revoke_certificate", &target, "ok", reason, at);
+        let record = audit(caller, AuditAction::Policy(Action::RevokeCertificate), &target, "ok", reason, at);
         let outcome = self.store.revoke(&target, reason, at, &record).await?;
         let cert = self
             .store
@@ -60,7 +62,7 @@ impl Issuer {
     /// Puts an identity on the deny list and revokes its unexpired certificates
     /// in the same transaction. Returns the revoked serials.
     pub async fn deny(&self, caller: &Caller, spiffe_id: &str, reason: &str) -> Result<Vec<String>, IssuerError> {
-        const ACTION: &str = "deny_identity";
+        const ACTION: AuditAction = AuditAction::Policy(Action::DenyIdentity);
         self.bounded(caller, ACTION, spiffe_id, &[("reason", reason, text::MAX_REASON)]).await?;
         let id = self.parse_id_audited(caller, ACTION, spiffe_id).await?;
         let target = id.to_string();
@@ -76,7 +78,7 @@ impl Issuer {
             denied_at: now,
             denied_by: caller.actor(),
         };
-        let record = audit(caller, "deny_identity", &target, "ok", reason, now);
+        let record = audit(caller, AuditAction::Policy(Action::DenyIdentity), &target, "ok", reason, now);
         let serials = self.store.deny(&entry, now, &record).await?;
         tracing::warn!(spiffe_id = %target, reason, revoked = serials.len(), actor = %caller.actor(), "Identity denied");
         self.metrics.revoked(serials.len() as u64);
@@ -96,11 +98,11 @@ impl Issuer {
 
     /// Lifts a denial. Serials revoked by it stay revoked.
     pub async fn allow(&self, caller: &Caller, spiffe_id: &str) -> Result<bool, IssuerError> {
-        let id = self.parse_id_audited(caller, "allow_identity", spiffe_id).await?;
+        let id = self.parse_id_audited(caller, AuditAction::Policy(Action::AllowIdentity), spiffe_id).await?;
         let target = id.to_string();
         self.authorize(caller, Action::AllowIdentity, &Resource::Identity(id), &target).await?;
         let now = self.now().unix_timestamp();
-        let record = audit(caller, "allow_identity", &target, "ok", "", now);
+        let record = audit(caller, AuditAction::Policy(Action::AllowIdentity), &target, "ok", "", now);
         let was_denied = self.store.allow(&target, &record).await?;
         tracing::info!(spiffe_id = %target, was_denied, actor = %caller.actor(), "Identity allowed");
         self.revocations.lock().apply_allowed(&target);
@@ -248,7 +250,7 @@ impl Issuer {
     pub(crate) async fn parse_id_audited(
         &self,
         caller: &Caller,
-        action: &str,
+        action: AuditAction,
         spiffe_id: &str,
     ) -> Result<SpiffeId, IssuerError> {
         let target = text::shorten(spiffe_id, 256);

@@ -16,9 +16,6 @@ use crate::ca::{IssuedCertificate, KeyAlgorithm, PrivateKey};
 use crate::domain::Entry;
 use crate::policy::Action;
 
-/// The audit action of an SVID minted for an entry.
-const ACTION: &str = "obtain_svid";
-
 impl Issuer {
     /// Issues an X.509-SVID for `entry` with a fresh P-256 key: the entry's
     /// SPIFFE ID and DNS names, for the entry's `ttl_seconds` or the
@@ -35,7 +32,6 @@ impl Issuer {
             let issued = self
                 .issue(
                     &Caller::system(),
-                    ACTION,
                     Action::ObtainSvid,
                     &entry.spiffe_id,
                     SubjectKey::Generated(key),

@@ -2,8 +2,10 @@
 
 use time::Duration;
 
+use super::AuditAction;
 use super::auth::{Caller, audit};
-use super::{CaView, Issuer, IssuerError};
+use super::{Issuer, IssuerError};
+use crate::trust::CaView;
 use crate::domain::{SpiffeId, TokenKind, text};
 use crate::policy::{Action, Resource};
 use crate::store::{AuditFilter, AuditRecord};
@@ -43,7 +45,7 @@ pub struct Status {
 
 impl Issuer {
     pub async fn mint_token(&self, caller: &Caller, req: &MintRequest) -> Result<Minted, IssuerError> {
-        const ACTION: &str = "mint_token";
+        const ACTION: AuditAction = AuditAction::Policy(Action::MintToken);
         let target = format!("{}:{}", req.kind, req.subject.chars().take(128).collect::<String>());
         self.authorize(caller, Action::MintToken, &Resource::Token(req.kind), &target).await?;
         let claims = self.audited(caller, ACTION, &target, async { self.token_claims(req) }).await?;
@@ -175,7 +177,7 @@ impl Issuer {
         let token = self.mint_unchecked(&claims)?;
         let log = audit(
             &Caller::system(),
-            "mint_token",
+            AuditAction::Policy(Action::MintToken),
             &format!("admin:{}", claims.sub),
             "ok",
             &format!("jti {} (admin.token)", claims.jti),

@@ -41,7 +41,7 @@ use envoy_types::pb::xds::r#type::matcher::v3::{Matcher, StringMatcher, string_m
 use prost::Message;
 
 use super::protocol::Encoded;
-use crate::issuer::DenyList;
+use crate::trust::DenyList;
 
 /// The resource name, and the name of the HTTP filter that receives it.
 pub const DENY_FILTER: &str = "trustmesh-deny-http";
@@ -75,7 +75,7 @@ pub fn rbac(list: &DenyList) -> Rbac {
     let matcher = if list.identities.is_empty() {
         by_hash.unwrap_or_default()
     } else {
-        let map = list.identities.iter().map(|id| (id.clone(), deny())).collect();
+        let map = list.identities.keys().map(|id| (id.clone(), deny())).collect();
         Matcher {
             matcher_type: Some(MatcherType::MatcherTree(MatcherTree {
                 input: Some(extension("envoy.matching.inputs.uri_san", URI_SAN_INPUT, &UriSanInput {})),
@@ -162,8 +162,9 @@ mod tests {
     fn list(identities: &[&str], certificates: &[&str]) -> DenyList {
         DenyList {
             revision: 1,
-            identities: identities.iter().map(|s| s.to_string()).collect(),
+            identities: identities.iter().map(|s| (s.to_string(), "stolen".to_string())).collect(),
             certificates: certificates.iter().map(|s| s.to_string()).collect(),
+            ..DenyList::default()
         }
     }
 
@@ -177,7 +178,7 @@ mod tests {
 
     #[test]
     fn revoked_certificates_stay_listed_as_long_as_a_connection_made_with_them_lives() {
-        let grace = crate::issuer::CONNECTION_GRACE.whole_seconds();
+        let grace = crate::trust::CONNECTION_GRACE.whole_seconds();
         assert!(grace > i64::from(crate::sds::bootstrap::MAX_CONNECTION_SECS), "{grace}");
     }
 

@@ -39,7 +39,7 @@ use super::memo::{Key, SecretCache};
 use super::protocol::{Catalog, Encoded, Lookup, SECRET_TYPE};
 use crate::cache::{IdentitySet, Svid};
 use crate::domain::{SpiffeId, TrustDomain};
-use crate::issuer::TrustSnapshot;
+use crate::trust::TrustSnapshot;
 
 /// The name of Envoy's SPIFFE certificate validator extension.
 pub const SPIFFE_VALIDATOR: &str = "envoy.tls.cert_validator.spiffe";

@@ -13,6 +13,8 @@
 
 use std::borrow::Cow;
 
+use crate::domain::RevocationReason;
+
 use super::{AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, CertStatus, DenyRecord};
 use super::{ImportedCrlRecord, SigningKeyRecord, StoreError, StoreResult};
 
@@ -326,23 +328,10 @@ pub(super) fn select_revoked_all(now: i64) -> Stmt {
 pub(super) fn revoke_identity(e: &DenyRecord, now: i64) -> Stmt {
     let sql = "UPDATE certificates SET status = 'revoked', revoked_at = $2, revocation_reason = $3 \
                WHERE spiffe_id = $1 AND status = 'active' AND not_after > $2 RETURNING serial";
-    let given = e.reason.as_str();
-    let reason = if RFC5280_REASONS.contains(&given) { given } else { "cessationOfOperation" };
+    let reason = e.reason.parse::<RevocationReason>().map_or(RevocationReason::CessationOfOperation, |r| r).as_str();
     stmt!(sql, &e.spiffe_id, now, reason)
 }
 
-const RFC5280_REASONS: [&str; 10] = [
-    "unspecified",
-    "keyCompromise",
-    "cACompromise",
-    "affiliationChanged",
-    "superseded",
-    "cessationOfOperation",
-    "certificateHold",
-    "removeFromCRL",
-    "privilegeWithdrawn",
-    "aACompromise",
-];
 
 pub(super) fn purge_certs(not_after_before: i64) -> Stmt {
     stmt!("DELETE FROM certificates WHERE not_after <= $1", not_after_before)

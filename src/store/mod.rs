@@ -36,34 +36,7 @@ mod entries;
 mod group_commit;
 mod migrations;
 
-/// What a certificate authority is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CaRole {
-    Root,
-    /// Signs workload SVIDs.
-    Services,
-    /// Signs the server's own TLS certificate and node certificates.
-    Transport,
-}
-
-impl CaRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Root => "root",
-            Self::Services => "services",
-            Self::Transport => "transport",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "root" => Some(Self::Root),
-            "services" => Some(Self::Services),
-            "transport" => Some(Self::Transport),
-            _ => None,
-        }
-    }
-}
+pub use crate::domain::CaRole;
 
 /// A CA certificate and its private key, sealed under the KEK.
 #[derive(Debug, Clone, PartialEq, Eq)]

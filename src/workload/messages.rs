@@ -7,7 +7,7 @@ use serde_json::Value as Json;
 
 use super::WorkloadError;
 use crate::cache::IdentitySet;
-use crate::issuer::TrustSnapshot;
+use crate::trust::TrustSnapshot;
 use crate::proto::spiffe::google::protobuf::{ListValue, NullValue, Struct, Value, value::Kind};
 use crate::proto::spiffe::{JwtBundlesResponse, X509BundlesResponse, X509svid, X509svidResponse};
 

@@ -18,7 +18,6 @@
 //! never imports another server. Status codes are chosen in one function,
 //! [`status`]. Tokens and keys are never logged.
 
-mod jwt;
 mod messages;
 mod service;
 
@@ -38,7 +37,7 @@ pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 /// Largest request message accepted (audiences, a JWT to validate).
 const MAX_REQUEST_MESSAGE: usize = 64 * 1024;
 
-/// Signs and checks JWT-SVIDs (implemented by `issuer::Issuer`).
+/// Signs and checks JWT-SVIDs (the issuer in `serve`, wired by `app`).
 pub trait JwtSvidSource: Send + Sync + 'static {
     /// Lifetime of a JWT-SVID whose entry sets none.
     fn default_ttl(&self) -> time::Duration;

@@ -29,7 +29,7 @@ use tonic::{Request, Status, Streaming};
 use trustmesh::ca::{KeyAlgorithm, PrivateKey};
 use trustmesh::cache::{CacheError, IdentitySet, IdentitySource, IdentityWatch, Svid};
 use trustmesh::domain::{Selector, SelectorKind, SpiffeId, TrustDomain};
-use trustmesh::issuer::{DenyList, TrustSnapshot};
+use trustmesh::trust::{DenyList, TrustSnapshot};
 use trustmesh::sds::{CallerAttestor, SECRET_TYPE, SdsServer};
 
 pub const ALICE: &str = "spiffe://example.org/alice";

@@ -16,7 +16,7 @@ use super::*;
 use crate::ca::{KeyAlgorithm, PrivateKey};
 use crate::cache::{IdentitySet, Svid};
 use crate::domain::{SpiffeId, TrustDomain};
-use crate::issuer::TrustSnapshot;
+use crate::trust::TrustSnapshot;
 use crate::sds::memo::SecretCache;
 use crate::sds::protocol::{Catalog, Lookup, SECRET_TYPE};
 

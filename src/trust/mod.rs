@@ -1,15 +1,35 @@
-//! The published trust state: one immutable value per change, shared by every
-//! reader (HTTP endpoints now; SDS and Workload API streams later), so a change
-//! is encoded once and every reader sends the same bytes.
+//! The published trust state: what every proxy, workload and reader of the
+//! HTTP endpoints is told about the trust domain at one moment — the CAs and
+//! their bundle, the CRLs, the JWT-SVID keys, and the deny list — as one
+//! immutable [`TrustSnapshot`] per change, shared by every reader, so a change
+//! is encoded once and every stream sends the same bytes.
+//!
+//! Boundary: a leaf. It imports only `domain` and `ca` types. The issuer
+//! builds snapshots; the identity cache, SDS and the Workload API read them
+//! (through a `tokio::sync::watch` handed to them by `app`), and none of
+//! them needs the issuer to do so.
 
-use time::OffsetDateTime;
+mod deny;
 
 use std::sync::Arc;
 
-use super::DenyList;
+use time::{Duration, OffsetDateTime};
+
 use crate::ca::Crl;
-use crate::domain::TrustDomain;
-use crate::store::CaRole;
+use crate::domain::{CaRole, TrustDomain};
+
+pub use deny::{DenyList, RevokedSerials};
+
+/// The longest an HTTP connection through a trustmesh-configured Envoy
+/// lives (`max_connection_duration` of every bootstrap): a peer re-handshakes,
+/// and meets the current CRL, at least this often.
+pub const MAX_CONNECTION_SECS: u32 = 3600;
+/// Clock skew allowed between trustmesh and the proxies.
+pub const CLOCK_SKEW: Duration = Duration::minutes(5);
+/// How long after its notAfter a revoked certificate stays on the pushed deny
+/// list: a connection opened just before the certificate expired lives up to
+/// [`MAX_CONNECTION_SECS`], plus clock skew.
+pub const CONNECTION_GRACE: Duration = Duration::seconds(MAX_CONNECTION_SECS as i64).saturating_add(CLOCK_SKEW);
 
 /// A CA as operators see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,13 +53,13 @@ pub struct TrustSnapshot {
     pub cas: Vec<CaView>,
     /// Root and unexpired intermediates, PEM.
     pub bundle_pem: String,
-    /// One CRL per CA whose key is online.
+    /// One CRL per CA whose key is online, and the imported ones of CAs whose key is not.
     pub crls: Vec<Crl>,
     /// All CRLs, PEM, concatenated.
     pub crl_pem: String,
     /// JWT-SVID signing keys.
     pub jwks: serde_json::Value,
-    /// What proxies refuse on already-open connections.
+    /// What proxies refuse on already-open connections, and every revoked serial.
     pub deny: Arc<DenyList>,
     /// The generation of the revocation state this snapshot was built from.
     pub generation: u64,
@@ -49,7 +69,8 @@ pub struct TrustSnapshot {
 }
 
 impl TrustSnapshot {
-    pub(crate) fn empty(td: &TrustDomain) -> Self {
+    /// The state before anything was published.
+    pub fn empty(td: &TrustDomain) -> Self {
         Self {
             revision: 0,
             trust_domain: td.clone(),
