@@ -247,7 +247,11 @@ pub fn envoy_node(target: usize) -> prost::bytes::Bytes {
     let mut node = envoy_types::pb::envoy::config::core::v3::Node {
         id: "sidecar~10.0.0.1~bench-envoy.default~default.svc.cluster.local".into(),
         cluster: "bench-envoy".into(),
-        locality: Some(envoy_types::pb::envoy::config::core::v3::Locality { region: "local".into(), zone: "a".into(), sub_zone: String::new() }),
+        locality: Some(envoy_types::pb::envoy::config::core::v3::Locality {
+            region: "local".into(),
+            zone: "a".into(),
+            sub_zone: String::new(),
+        }),
         user_agent_name: "envoy".into(),
         ..Default::default()
     };
@@ -255,22 +259,53 @@ pub fn envoy_node(target: usize) -> prost::bytes::Bytes {
         return prost::bytes::Bytes::from(prost::Message::encode_to_vec(&node));
     }
     node.metadata = Some(envoy_types::pb::google::protobuf::Struct {
-        fields: [("bench".to_string(), envoy_types::pb::google::protobuf::Value { kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue("sds_streams".into())) })].into(),
+        fields: [(
+            "bench".to_string(),
+            envoy_types::pb::google::protobuf::Value {
+                kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue("sds_streams".into())),
+            },
+        )]
+        .into(),
     });
-    node.user_agent_version_type = Some(
-        envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType::UserAgentBuildVersion(envoy_types::pb::envoy::config::core::v3::BuildVersion {
-            version: Some(version),
-            metadata: Some(envoy_types::pb::google::protobuf::Struct {
-                fields: [
-                    ("revision.sha".to_string(), envoy_types::pb::google::protobuf::Value { kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue("0".repeat(40))) }),
-                    ("revision.status".to_string(), envoy_types::pb::google::protobuf::Value { kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue("Clean".into())) }),
-                    ("build.type".to_string(), envoy_types::pb::google::protobuf::Value { kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue("RELEASE".into())) }),
-                    ("ssl.version".to_string(), envoy_types::pb::google::protobuf::Value { kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue("BoringSSL".into())) }),
-                ]
-                .into(),
-            }),
-        }),
-    );
+    node.user_agent_version_type =
+        Some(envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType::UserAgentBuildVersion(
+            envoy_types::pb::envoy::config::core::v3::BuildVersion {
+                version: Some(version),
+                metadata: Some(envoy_types::pb::google::protobuf::Struct {
+                    fields: [
+                        (
+                            "revision.sha".to_string(),
+                            envoy_types::pb::google::protobuf::Value {
+                                kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue("0".repeat(40))),
+                            },
+                        ),
+                        (
+                            "revision.status".to_string(),
+                            envoy_types::pb::google::protobuf::Value {
+                                kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue("Clean".into())),
+                            },
+                        ),
+                        (
+                            "build.type".to_string(),
+                            envoy_types::pb::google::protobuf::Value {
+                                kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+                                    "RELEASE".into(),
+                                )),
+                            },
+                        ),
+                        (
+                            "ssl.version".to_string(),
+                            envoy_types::pb::google::protobuf::Value {
+                                kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+                                    "BoringSSL".into(),
+                                )),
+                            },
+                        ),
+                    ]
+                    .into(),
+                }),
+            },
+        ));
     let categories = [
         "envoy.filters.http",
         "envoy.filters.network",
@@ -297,7 +332,9 @@ pub async fn unix_channel(socket: std::path::PathBuf) -> Result<tonic::transport
         .map_err(|e| e.to_string())?
         .connect_with_connector(tower::service_fn(move |_| {
             let path = socket.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
         }))
         .await
         .map_err(|e| format!("connect: {e}"))

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 use tokio::sync::watch;
+use trustmesh::app::IssuerSide;
 use trustmesh::attest::Attestation;
 use trustmesh::ca::Kek;
-use trustmesh::app::IssuerSide;
 use trustmesh::cache::{CacheInputs, IdentityCache, IdentitySource};
 use trustmesh::domain::{RandomSerials, SerialSource, SystemClock, TrustDomain};
 use trustmesh::issuer::{InitParams, Issuer, IssuerConfig};
@@ -46,17 +46,19 @@ pub async fn start_issuer(dir: &Path) -> Result<(Arc<Issuer>, Arc<dyn Store>), S
         .await
         .map_err(|e| format!("store: {e}"))?;
     let cfg = IssuerConfig::new(TrustDomain::parse(TRUST_DOMAIN).map_err(|e| e.to_string())?);
-    let (issuer, _) = Issuer::start(
+    let started = Issuer::start(trustmesh::issuer::IssuerParts {
         cfg,
-        store.clone(),
+        store: store.clone(),
         kek,
-        Arc::new(SystemClock),
-        Arc::new(RandomSerials::default()),
-        PolicyEngine::embedded().map_err(|e| format!("policy: {e}"))?,
-        &InitParams::default(),
-    )
+        clock: Arc::new(SystemClock),
+        serials: Arc::new(RandomSerials::default()),
+        policy: PolicyEngine::embedded().map_err(|e| format!("policy: {e}"))?,
+        init: InitParams::default(),
+        existing: trustmesh::issuer::Existing::Load,
+    })
     .await
     .map_err(|e| format!("issuer: {e}"))?;
+    let (issuer, _) = started.spawn();
     Ok((issuer, store))
 }
 

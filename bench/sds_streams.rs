@@ -264,7 +264,6 @@ struct SecretName {
     name: String,
 }
 
-
 // ---------------------------------------------------------------- streams
 
 /// What every stream task shares.
@@ -511,10 +510,7 @@ async fn delta_stream(
     }
 }
 
-
 // ---------------------------------------------------------------- /proc
-
-
 
 /// utime + stime of this process's threads whose name starts with `prefix`, in ms.
 fn threads_cpu_ms(prefix: &str) -> u64 {

@@ -265,7 +265,10 @@ async fn run(a: Args, token: MetadataValue<Ascii>, node: Node, csrs: Arc<Vec<Vec
     // Samples.
     let started = Instant::now();
     let mut samples: Vec<(f64, u64, u64)> = Vec::new();
-    println!("{:>7} {:>10} {:>10} {:>8} {:>8} {:>8} {:>7}", "t_s", "rss_kib", "anon_kib", "streams", "open", "issued", "errors");
+    println!(
+        "{:>7} {:>10} {:>10} {:>8} {:>8} {:>8} {:>7}",
+        "t_s", "rss_kib", "anon_kib", "streams", "open", "issued", "errors"
+    );
     loop {
         let t = started.elapsed().as_secs_f64();
         let (rss, anon) = rss_kib(a.server_pid);

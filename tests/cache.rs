@@ -1,6 +1,8 @@
-//! The identity cache in-process: a real issuer on a temp SQLite file, a
-//! hand-made entries channel, a manual clock and a manual timer. Nothing
-//! sleeps; the only real-time bound is a hang guard around each wait.
+//! The identity cache in-process, on its two inputs only: a fake minter over
+//! a real in-memory CA (`support::minter`) with a trust state the test
+//! changes by hand, and a hand-made entries channel; a manual clock and a
+//! manual timer. Nothing sleeps; the only real-time bound is a hang guard
+//! around each wait.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -8,44 +10,35 @@ mod support;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use support::minter::FakeCa;
 use time::Duration;
 use tokio::sync::watch;
-use trustmesh::app::IssuerSide;
 use trustmesh::cache::{
     CacheError, CacheInputs, CacheOptions, IdentityCache, IdentitySet, IdentitySource, IdentityWatch, ManualTimer,
 };
 use trustmesh::domain::{Entry, ManualClock, Selector, SpiffeId};
-use trustmesh::issuer::{Caller, Issuer};
-use trustmesh::store::{AuditFilter, CertFilter};
 use x509_parser::prelude::FromDer;
 
 const START: i64 = 1_800_000_000;
 const HANG_GUARD: std::time::Duration = std::time::Duration::from_secs(20);
 
 struct Env {
-    _dir: tempfile::TempDir,
     timer: ManualTimer,
-    issuer: Arc<Issuer>,
+    ca: Arc<FakeCa>,
     entries: watch::Sender<Arc<Vec<Entry>>>,
     cache: Arc<IdentityCache>,
 }
 
 async fn setup(entries: Vec<Entry>) -> Env {
-    let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::at(START);
-    let (issuer, _) = support::issuer::start(dir.path(), &clock).await;
+    let ca = FakeCa::new(clock.clone());
     let timer = ManualTimer::new(clock.clone());
     let (entries, rx) = watch::channel(Arc::new(entries));
     let options = CacheOptions { timer: Some(Arc::new(timer.clone())), ..CacheOptions::default() };
-    let inputs = CacheInputs {
-        minter: Arc::new(IssuerSide(issuer.clone())),
-        entries: rx,
-        trust: issuer.subscribe(),
-        clock: Arc::new(clock),
-    };
+    let inputs = CacheInputs { minter: ca.clone(), entries: rx, trust: ca.trust(), clock: Arc::new(clock) };
     let cache = IdentityCache::with_options(inputs, options);
     cache.spawn();
-    Env { _dir: dir, timer, issuer, entries, cache }
+    Env { timer, ca, entries, cache }
 }
 
 fn entry(name: &str, created_at: i64, selectors: &[&str]) -> Entry {
@@ -72,8 +65,7 @@ fn sels(selectors: &[&str]) -> BTreeSet<Selector> {
 
 /// Certificates ever issued to `name`.
 async fn minted(env: &Env, name: &str) -> usize {
-    let filter = CertFilter { spiffe_id: Some(id(name).to_string()), ..CertFilter::default() };
-    env.issuer.store().certificates(&filter).await.unwrap().len()
+    env.ca.minted(&id(name).to_string())
 }
 
 /// The first published set that satisfies `done`.
@@ -98,7 +90,7 @@ async fn first_watch_mints_once_and_same_selectors_share_the_set() {
     let set = w1.current();
     assert_eq!(names(&set), [id("web").to_string()]);
     assert!(set.withheld.is_empty() && set.version > 0);
-    assert!(Arc::ptr_eq(&set.trust, &env.issuer.snapshot()));
+    assert!(Arc::ptr_eq(&set.trust, &env.ca.snapshot()));
     let svid = set.svid("default").unwrap();
     assert!(Arc::ptr_eq(svid, set.svid(&id("web").to_string()).unwrap()));
     assert_eq!(svid.chain_der.len(), 2, "leaf then intermediate");
@@ -108,12 +100,7 @@ async fn first_watch_mints_once_and_same_selectors_share_the_set() {
     assert!(Arc::ptr_eq(&w1.current(), &w2.current()), "one set, one Arc");
     assert_eq!(minted(&env, "web").await, 1);
     assert_eq!((env.cache.selector_sets(), env.cache.warm_entries()), (1, 1));
-
-    let audit = env.issuer.store().audit(&AuditFilter::default()).await.unwrap();
-    let obtained: Vec<_> = audit.iter().filter(|a| a.action == "obtain_svid").collect();
-    assert_eq!(obtained.len(), 1, "{audit:?}");
-    assert_eq!((obtained[0].outcome.as_str(), obtained[0].target.as_str()), ("ok", id("web").to_string().as_str()));
-    assert!(obtained[0].actor.contains("system"), "{}", obtained[0].actor);
+    assert_eq!(env.ca.attempts(&id("web").to_string()), 1, "one mint asked of the minter");
 
     assert!(matches!(env.cache.watch(sels(&["unix:uid:7"])).await, Err(CacheError::NoEntry)));
 }
@@ -218,16 +205,17 @@ async fn mints_of_one_entry_are_rate_limited() {
     let mut w = env.cache.watch(sels(&["unix:uid:1"])).await.unwrap();
     for _ in 1..trustmesh::cache::MINT_BURST {
         let serial = w.current().svids[0].serial.clone();
-        env.issuer.revoke(&Caller::system(), &serial, "keyCompromise").await.unwrap();
+        env.ca.revoke(&serial);
         until(&mut w, |s| s.svids.first().is_some_and(|v| v.serial != serial)).await;
     }
     assert_eq!(minted(&env, "web").await, trustmesh::cache::MINT_BURST as usize);
     // The budget is spent: the next revocation is replaced only once the
     // clock has earned another mint.
     let serial = w.current().svids[0].serial.clone();
-    env.issuer.revoke(&Caller::system(), &serial, "keyCompromise").await.unwrap();
+    env.ca.revoke(&serial);
     let refill = trustmesh::cache::MINT_REFILL.whole_seconds();
-    env.timer.until(|deadlines| deadlines.iter().any(|d| *d <= env.issuer.now() + Duration::seconds(refill))).await;
+    let now = time::OffsetDateTime::from_unix_timestamp(START).unwrap();
+    env.timer.until(|deadlines| deadlines.iter().any(|d| *d <= now + Duration::seconds(refill))).await;
     assert_eq!(minted(&env, "web").await, trustmesh::cache::MINT_BURST as usize);
     env.timer.advance(refill);
     until(&mut w, |s| s.svids.first().is_some_and(|v| v.serial != serial)).await;
@@ -263,23 +251,23 @@ async fn a_denied_identity_is_withheld_at_once_and_returns_when_allowed() {
     let before = w.current();
     let old_web = before.svids[0].serial.clone();
 
-    env.issuer.deny(&Caller::system(), &id("web").to_string(), "key leaked").await.unwrap();
+    env.ca.deny(&id("web").to_string(), "key leaked");
     let denied = until(&mut w, |s| !s.withheld.is_empty()).await;
     assert_eq!(names(&denied), [id("api").to_string()]);
     assert_eq!(denied.withheld[0].0, id("web"));
     assert!(denied.withheld[0].1.contains("key leaked"), "{}", denied.withheld[0].1);
-    assert!(Arc::ptr_eq(&denied.trust, &env.issuer.snapshot()), "the same version carries the new CRLs");
+    assert!(Arc::ptr_eq(&denied.trust, &env.ca.snapshot()), "the same version carries the new CRLs");
     assert!(denied.trust.revision > before.trust.revision);
 
     // Past every rotation deadline: the other entry rotates, the denied one
     // stays parked (no refused issuance at each deadline).
     let api_serial = denied.svids[0].serial.clone();
+    let web_attempts = env.ca.attempts(&id("web").to_string());
     env.timer.advance(Duration::hours(1).whole_seconds() * 6 / 10 + 60);
     until(&mut w, |s| s.svids.first().is_some_and(|s| s.serial != api_serial)).await;
-    let audit = env.issuer.store().audit(&AuditFilter::default()).await.unwrap();
-    assert!(!audit.iter().any(|a| a.action == "obtain_svid" && a.outcome != "ok"), "{audit:?}");
+    assert_eq!(env.ca.attempts(&id("web").to_string()), web_attempts, "no refused mint at each deadline");
 
-    env.issuer.allow(&Caller::system(), &id("web").to_string()).await.unwrap();
+    env.ca.allow(&id("web").to_string());
     let allowed = until(&mut w, |s| s.svids.len() == 2).await;
     assert!(allowed.withheld.is_empty());
     assert_ne!(allowed.svids[0].serial, old_web, "a fresh certificate after the denial is lifted");
@@ -287,7 +275,7 @@ async fn a_denied_identity_is_withheld_at_once_and_returns_when_allowed() {
 
     // Denied before anyone asked: the caller gets the denial, nothing is minted.
     let fresh = setup(vec![entry("web", 10, &["unix:uid:1000"])]).await;
-    fresh.issuer.deny(&Caller::system(), &id("web").to_string(), "retired").await.unwrap();
+    fresh.ca.deny(&id("web").to_string(), "retired");
     let w = fresh.cache.watch(sels(&["unix:uid:1000"])).await.unwrap();
     assert!(w.current().svids.is_empty());
     assert!(w.current().withheld[0].1.contains("retired"));
@@ -302,16 +290,12 @@ async fn a_revoked_svid_is_replaced_at_once_and_the_new_crl_comes_with_it() {
     let (web, api) = (before.svids[0].serial.clone(), before.svids[1].serial.clone());
 
     // No timer moves: only the revocation can make the cache mint again.
-    env.issuer.revoke(&Caller::system(), &web, "keyCompromise").await.unwrap();
+    env.ca.revoke(&web);
     let after = until(&mut w, |s| s.svids.len() == 2 && s.svids[0].serial != web).await;
     assert_eq!(after.svids[1].serial, api, "the other identity keeps its certificate");
-    assert!(env.issuer.is_revoked(&web) && !env.issuer.is_revoked(&after.svids[0].serial));
+    assert!(after.trust.deny.is_revoked(&web) && !after.trust.deny.is_revoked(&after.svids[0].serial));
     assert_eq!(minted(&env, "web").await, 2);
-    assert!(after.trust.crls.iter().any(|c| {
-        let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&c.der).unwrap();
-        crl.iter_revoked_certificates()
-            .any(|r| hex::encode(r.raw_serial()).trim_start_matches('0') == web.trim_start_matches('0'))
-    }));
+    assert!(Arc::ptr_eq(&after.trust, &env.ca.snapshot()), "the new CRLs come in the same version");
     // Not denied: the old certificate is cut on open connections by its hash only.
     assert!(after.trust.deny.identities.is_empty());
     assert_eq!(after.trust.deny.certificates.len(), 1);
@@ -324,16 +308,16 @@ async fn trust_changes_reach_every_live_set_and_versions_only_move_forward() {
     let mut b = env.cache.watch(sels(&["unix:uid:2"])).await.unwrap();
     let (a0, b0) = (a.current(), b.current());
 
-    let trust = env.issuer.rebuild_crls().await.unwrap();
+    let trust = env.ca.publish();
     let a1 = until(&mut a, |s| Arc::ptr_eq(&s.trust, &trust)).await;
     let b1 = until(&mut b, |s| Arc::ptr_eq(&s.trust, &trust)).await;
     assert!(a1.version > a0.version && b1.version > b0.version);
     assert!(Arc::ptr_eq(&a1.svids[0], &a0.svids[0]), "a bundle change keeps the SVID");
 
     let mut versions = vec![a0.version, a1.version];
-    env.issuer.rebuild_crls().await.unwrap();
+    env.ca.publish();
     versions.push(until(&mut a, |s| s.version > a1.version).await.version);
-    env.issuer.deny(&Caller::system(), &id("web").to_string(), "test").await.unwrap();
+    env.ca.deny(&id("web").to_string(), "test");
     versions.push(until(&mut a, |s| s.svids.is_empty()).await.version);
     drop((a, b));
     let again = env.cache.watch(sels(&["unix:uid:2"])).await.unwrap();

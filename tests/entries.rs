@@ -254,17 +254,19 @@ async fn issuer(dir: &std::path::Path) -> Arc<Issuer> {
     }
     let kek = trustmesh::ca::Kek::from_file_contents(&std::fs::read_to_string(&kek_path).unwrap()).unwrap();
     let cfg = trustmesh::issuer::IssuerConfig::new(trustmesh::domain::TrustDomain::parse("example.org").unwrap());
-    Issuer::start(
+    Issuer::start(trustmesh::issuer::IssuerParts {
         cfg,
         store,
         kek,
-        Arc::new(trustmesh::domain::SystemClock),
-        Arc::new(trustmesh::domain::RandomSerials::default()),
-        trustmesh::policy::PolicyEngine::embedded().unwrap(),
-        &trustmesh::issuer::InitParams::default(),
-    )
+        clock: Arc::new(trustmesh::domain::SystemClock),
+        serials: Arc::new(trustmesh::domain::RandomSerials::default()),
+        policy: trustmesh::policy::PolicyEngine::embedded().unwrap(),
+        init: trustmesh::issuer::InitParams::default(),
+        existing: trustmesh::issuer::Existing::Load,
+    })
     .await
     .unwrap()
+    .spawn()
     .0
 }
 

@@ -56,7 +56,7 @@ async fn an_expired_revoked_certificate_drops_out_of_the_next_crl() {
     assert!(listed.contains(&short) && listed.contains(&long), "{listed:?}");
 
     clock.advance(600); // past the short certificate's notAfter, not the long one's
-    issuer.rebuild_crls().await.unwrap();
+    issuer.publish().await.unwrap();
     let listed = serials_in(&issuer);
     assert!(!listed.contains(&short), "expired serial still listed");
     assert!(listed.contains(&long));
@@ -115,15 +115,16 @@ async fn a_database_of_another_trust_domain_is_refused() {
     let (_, store) = issuer(dir.path(), &clock).await;
     let (kek, _) = Kek::generate().unwrap();
     let cfg = IssuerConfig::new(TrustDomain::parse("other.org").unwrap());
-    let err = Issuer::start(
+    let err = Issuer::start(trustmesh::issuer::IssuerParts {
         cfg,
         store,
         kek,
-        Arc::new(clock),
-        Arc::new(RandomSerials::default()),
-        PolicyEngine::embedded().unwrap(),
-        &InitParams::default(),
-    )
+        clock: Arc::new(clock),
+        serials: Arc::new(RandomSerials::default()),
+        policy: PolicyEngine::embedded().unwrap(),
+        init: InitParams::default(),
+        existing: trustmesh::issuer::Existing::Load,
+    })
     .await
     .err()
     .expect("must refuse");
@@ -137,15 +138,16 @@ async fn a_wrong_kek_is_refused_with_a_clear_message() {
     let (_, store) = issuer(dir.path(), &clock).await;
     let (other, _) = Kek::generate().unwrap();
     let cfg = IssuerConfig::new(TrustDomain::parse("example.org").unwrap());
-    let err = Issuer::start(
+    let err = Issuer::start(trustmesh::issuer::IssuerParts {
         cfg,
         store,
-        other,
-        Arc::new(clock),
-        Arc::new(RandomSerials::default()),
-        PolicyEngine::embedded().unwrap(),
-        &InitParams::default(),
-    )
+        kek: other,
+        clock: Arc::new(clock),
+        serials: Arc::new(RandomSerials::default()),
+        policy: PolicyEngine::embedded().unwrap(),
+        init: InitParams::default(),
+        existing: trustmesh::issuer::Existing::Load,
+    })
     .await
     .err()
     .expect("must refuse");
@@ -156,7 +158,7 @@ async fn a_wrong_kek_is_refused_with_a_clear_message() {
 async fn a_new_intermediate_becomes_the_signer_and_the_old_stays_in_the_bundle() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::at(START);
-    let (issuer, _) = issuer(dir.path(), &clock).await;
+    let (issuer, store) = issuer(dir.path(), &clock).await;
     let old = issuer.snapshot().services().unwrap().fingerprint.clone();
     let created = issuer
         .create_intermediary(&Caller::system(), trustmesh::store::CaRole::Services, "trustmesh Services CA v2", 730)
@@ -167,7 +169,7 @@ async fn a_new_intermediate_becomes_the_signer_and_the_old_stays_in_the_bundle()
     assert!(snap.cas.iter().any(|c| c.fingerprint == old && !c.active), "old intermediate stays in the bundle");
     assert_eq!(snap.bundle_pem.matches("BEGIN CERTIFICATE").count(), 4);
     let serial = generate(&issuer, "spiffe://example.org/svc/after-rotation", 600).await;
-    let cert = issuer.store().certificate(&serial).await.unwrap().unwrap();
+    let cert = store.certificate(&serial).await.unwrap().unwrap();
     assert_eq!(cert.issuer_id, created.id, "new certificates come from the new intermediate");
 }
 
@@ -220,4 +222,33 @@ async fn the_deny_list_and_revoked_serials_are_in_the_first_snapshot_after_a_res
     again.maintain().await;
     assert!(again.snapshot().deny.certificates.is_empty());
     assert!(!again.is_revoked(&serial));
+}
+
+/// What the identity cache mints goes through the same path as every
+/// issuance: audited as `obtain_svid`, by the server itself.
+#[tokio::test]
+async fn an_svid_minted_for_an_entry_is_audited_as_obtained_by_the_system() {
+    use trustmesh::cache::SvidMinter;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(START);
+    let (issuer, store) = issuer(dir.path(), &clock).await;
+    let entry = trustmesh::domain::Entry {
+        id: "e1".into(),
+        spiffe_id: trustmesh::domain::SpiffeId::parse("spiffe://example.org/svc/web").unwrap(),
+        selectors: [trustmesh::domain::Selector::parse("unix:uid:1000").unwrap()].into(),
+        dns_names: vec![],
+        ttl_seconds: None,
+        jwt_ttl_seconds: None,
+        hint: None,
+        federates_with: vec![],
+        created_at: 1,
+    };
+    let minted = trustmesh::app::IssuerSide(issuer.clone()).mint(&entry).await.unwrap();
+    assert_eq!(minted.chain_pem.matches("BEGIN CERTIFICATE").count(), 2, "leaf, then the issuing CA");
+    let audit = store.audit(&trustmesh::store::AuditFilter::default()).await.unwrap();
+    let obtained: Vec<_> = audit.iter().filter(|a| a.action == "obtain_svid").collect();
+    assert_eq!(obtained.len(), 1, "{audit:?}");
+    assert_eq!((obtained[0].outcome.as_str(), obtained[0].target.as_str()), ("ok", "spiffe://example.org/svc/web"));
+    assert!(obtained[0].actor.contains("system"), "{}", obtained[0].actor);
+    assert_eq!(minted.certificate.serial.to_string(), store.certificates(&Default::default()).await.unwrap()[0].serial);
 }

@@ -329,9 +329,9 @@ async fn the_deny_list_filter_config_travels_on_the_ads_stream_with_the_secrets(
     use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
     use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
     use std::sync::Arc;
-    use trustmesh::trust::{DenyList, TrustSnapshot};
     use trustmesh::sds::SECRET_TYPE;
     use trustmesh::sds::deny::{DENY_FILTER, EXTENSION_CONFIG_TYPE, RBAC_TYPE};
+    use trustmesh::trust::{DenyList, TrustSnapshot};
 
     fn rbac(r: &envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse) -> Rbac {
         assert_eq!(r.type_url, EXTENSION_CONFIG_TYPE);

@@ -234,17 +234,20 @@ async fn revoke_outcomes(s: Arc<dyn Store>) {
         let s = s.clone();
         async move { s.revoke(serial, reason, at, &audit("revoke", serial, at)).await.unwrap() }
     };
-    assert_eq!(revoke("c1", "keyCompromise", NOW).await, RevokeOutcome::Revoked);
+    let first = revoke("c1", "keyCompromise", NOW).await;
+    assert_eq!(first.outcome, RevokeOutcome::Revoked);
     let c1 = s.certificate("c1").await.unwrap().unwrap();
+    assert_eq!(first.certificate.as_ref(), Some(&c1), "the row after the change comes back from the revocation");
     assert_eq!(
         (c1.status, c1.revoked_at, c1.revocation_reason.as_deref()),
         (CertStatus::Revoked, Some(NOW), Some("keyCompromise"))
     );
-    assert_eq!(revoke("c1", "superseded", NOW + 5).await, RevokeOutcome::AlreadyRevoked);
+    let again = revoke("c1", "superseded", NOW + 5).await;
+    assert_eq!((again.outcome, again.certificate.as_ref()), (RevokeOutcome::AlreadyRevoked, Some(&c1)));
     assert_eq!(s.certificate("c1").await.unwrap(), Some(c1), "a second revocation changes nothing");
-    assert_eq!(revoke("nope", "superseded", NOW).await, RevokeOutcome::NotFound);
-    assert_eq!(revoke("c3", "superseded", NOW + 1).await, RevokeOutcome::Revoked);
-    assert_eq!(revoke("c4", "superseded", NOW + 2).await, RevokeOutcome::Revoked);
+    assert_eq!(revoke("nope", "superseded", NOW).await.outcome, RevokeOutcome::NotFound);
+    assert_eq!(revoke("c3", "superseded", NOW + 1).await.outcome, RevokeOutcome::Revoked);
+    assert_eq!(revoke("c4", "superseded", NOW + 2).await.outcome, RevokeOutcome::Revoked);
 
     let entry = |serial: &str, issuer: &str, at: i64, reason: &str| RevokedEntry {
         serial: serial.into(),
@@ -280,7 +283,20 @@ async fn deny_revokes_identity(s: Arc<dyn Store>) {
     s.revoke("x4", "superseded", NOW - 5, &audit("revoke", "x4", NOW - 5)).await.unwrap();
 
     let entry = deny_record(x, "compromised host", NOW);
-    assert_eq!(s.deny(&entry, NOW, &audit("deny", x, NOW)).await.unwrap(), ["x1", "x2"]);
+    let revoked = s.deny(&entry, NOW, &audit("deny", x, NOW)).await.unwrap();
+    let as_crl_entries: Vec<(&str, &str, &str, i64, Option<&str>)> = revoked
+        .iter()
+        .map(|r| {
+            (r.issuer_id.as_str(), r.fingerprint.as_str(), r.spiffe_id.as_str(), r.revoked_at, r.reason.as_deref())
+        })
+        .collect();
+    let reason = Some("cessationOfOperation");
+    assert_eq!(
+        as_crl_entries,
+        [("a-services", "fp-x1", x, NOW, reason), ("a-transport", "fp-x2", x, NOW, reason)],
+        "a denial returns what it revoked, as CRL entries"
+    );
+    assert_eq!(serials(revoked), ["x1", "x2"]);
     let status = |serial: &'static str| {
         let s = s.clone();
         async move {
@@ -298,12 +314,12 @@ async fn deny_revokes_identity(s: Arc<dyn Store>) {
     assert_eq!(s.denied(y).await.unwrap(), None);
 
     let again = deny_record(x, "keyCompromise", NOW + 60);
-    assert_eq!(s.deny(&again, NOW + 60, &audit("deny", x, NOW + 60)).await.unwrap(), Vec::<String>::new());
+    assert_eq!(serials(s.deny(&again, NOW + 60, &audit("deny", x, NOW + 60)).await.unwrap()), Vec::<String>::new());
     let updated = DenyRecord { reason: "keyCompromise".into(), ..entry.clone() };
     assert_eq!(s.denied(x).await.unwrap(), Some(updated.clone()), "a second deny updates the reason");
 
     let y_entry = deny_record(y, "keyCompromise", NOW + 100);
-    assert_eq!(s.deny(&y_entry, NOW + 100, &audit("deny", y, NOW + 100)).await.unwrap(), ["y1"]);
+    assert_eq!(serials(s.deny(&y_entry, NOW + 100, &audit("deny", y, NOW + 100)).await.unwrap()), ["y1"]);
     let y1 = s.certificate("y1").await.unwrap().unwrap();
     assert_eq!(y1.revocation_reason.as_deref(), Some("keyCompromise"), "an RFC 5280 reason given is used");
     assert_eq!(s.deny_list().await.unwrap(), [updated, y_entry], "oldest first");
@@ -316,7 +332,7 @@ async fn allow_lifts_denial(s: Arc<dyn Store>) {
     let x = "spiffe://example.org/x";
     let c = cert("x1", x, "a-services", NOW - 60, NOW + 600);
     s.record_issuance(&c, &audit("issue", x, NOW)).await.unwrap();
-    assert_eq!(s.deny(&deny_record(x, "gone", NOW), NOW, &audit("deny", x, NOW)).await.unwrap(), ["x1"]);
+    assert_eq!(serials(s.deny(&deny_record(x, "gone", NOW), NOW, &audit("deny", x, NOW)).await.unwrap()), ["x1"]);
     assert!(s.allow(x, &audit("allow", x, NOW + 1)).await.unwrap());
     assert_eq!(s.denied(x).await.unwrap(), None);
     assert_eq!(s.deny_list().await.unwrap(), Vec::<DenyRecord>::new());
@@ -325,6 +341,11 @@ async fn allow_lifts_denial(s: Arc<dyn Store>) {
     let log = s.audit(&AuditFilter { target: Some(x.into()), ..Default::default() }).await.unwrap();
     let actions: Vec<_> = log.iter().map(|a| a.action.as_str()).collect();
     assert_eq!(actions, ["issue", "deny", "allow", "allow"]);
+}
+
+/// The serials of what a denial revoked.
+fn serials(revoked: Vec<RevokedEntry>) -> Vec<String> {
+    revoked.into_iter().map(|r| r.serial).collect()
 }
 
 async fn consume_token_id_once(s: Arc<dyn Store>) {
@@ -593,10 +614,10 @@ async fn changes_record_revocations(s: Arc<dyn Store>) {
         let s = s.clone();
         async move { s.revoke(serial, "keyCompromise", at, &audit("revoke", serial, at)).await.unwrap() }
     };
-    assert_eq!(revoke("c1", NOW).await, RevokeOutcome::Revoked);
-    assert_eq!(revoke("c1", NOW + 5).await, RevokeOutcome::AlreadyRevoked);
-    assert_eq!(revoke("nope", NOW + 6).await, RevokeOutcome::NotFound);
-    assert_eq!(revoke("c2", NOW + 7).await, RevokeOutcome::Revoked);
+    assert_eq!(revoke("c1", NOW).await.outcome, RevokeOutcome::Revoked);
+    assert_eq!(revoke("c1", NOW + 5).await.outcome, RevokeOutcome::AlreadyRevoked);
+    assert_eq!(revoke("nope", NOW + 6).await.outcome, RevokeOutcome::NotFound);
+    assert_eq!(revoke("c2", NOW + 7).await.outcome, RevokeOutcome::Revoked);
     assert_eq!(
         changes_after(&s, base).await,
         [change(ChangeKind::Revoke, "c1", NOW), change(ChangeKind::Revoke, "c2", NOW + 7)],
@@ -610,9 +631,9 @@ async fn changes_record_denials(s: Arc<dyn Store>) {
     let c = cert("x1", x, "a-services", NOW - 60, NOW + 600);
     s.record_issuance(&c, &audit("issue", x, NOW - 60)).await.unwrap();
     let base = s.change_revision().await.unwrap();
-    assert_eq!(s.deny(&deny_record(x, "gone", NOW), NOW, &audit("deny", x, NOW)).await.unwrap(), ["x1"]);
+    assert_eq!(serials(s.deny(&deny_record(x, "gone", NOW), NOW, &audit("deny", x, NOW)).await.unwrap()), ["x1"]);
     let again = deny_record(x, "keyCompromise", NOW + 60);
-    assert_eq!(s.deny(&again, NOW + 60, &audit("deny", x, NOW + 60)).await.unwrap(), Vec::<String>::new());
+    assert_eq!(serials(s.deny(&again, NOW + 60, &audit("deny", x, NOW + 60)).await.unwrap()), Vec::<String>::new());
     assert!(s.allow(x, &audit("allow", x, NOW + 70)).await.unwrap());
     assert!(!s.allow(x, &audit("allow", x, NOW + 80)).await.unwrap());
     assert!(!s.allow(y, &audit("allow", y, NOW + 90)).await.unwrap());
@@ -798,9 +819,11 @@ async fn revoked_unexpired_all_fields(s: Arc<dyn Store>) {
     for (serial, at, reason) in
         [("c1", NOW, "superseded"), ("c3", NOW + 1, "keyCompromise"), ("c2", NOW + 2, "unspecified")]
     {
-        assert_eq!(s.revoke(serial, reason, at, &audit("revoke", serial, at)).await.unwrap(), RevokeOutcome::Revoked);
+        let outcome = s.revoke(serial, reason, at, &audit("revoke", serial, at)).await.unwrap().outcome;
+        assert_eq!(outcome, RevokeOutcome::Revoked);
     }
-    assert_eq!(s.revoke("c4", "superseded", NOW, &audit("revoke", "c4", NOW)).await.unwrap(), RevokeOutcome::Revoked);
+    let outcome = s.revoke("c4", "superseded", NOW, &audit("revoke", "c4", NOW)).await.unwrap().outcome;
+    assert_eq!(outcome, RevokeOutcome::Revoked);
     let entry = |serial: &str, issuer: &str, spiffe_id: &str, at: i64, reason: &str, not_after: i64| RevokedEntry {
         serial: serial.into(),
         revoked_at: at,
@@ -873,7 +896,7 @@ async fn writers_never_outrun_a_reader(writers: [Arc<dyn Store>; 2], reader: Arc
         async move {
             let serial = format!("r{i:03}");
             assert_eq!(
-                s.revoke(&serial, "superseded", NOW, &audit("revoke", &serial, NOW)).await.unwrap(),
+                s.revoke(&serial, "superseded", NOW, &audit("revoke", &serial, NOW)).await.unwrap().outcome,
                 RevokeOutcome::Revoked
             );
         }

@@ -22,18 +22,19 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use trustmesh::app::IssuerSide;
 use trustmesh::attest::UnixPeer;
 use trustmesh::ca::PrivateKey;
 use trustmesh::cache::{
-    CacheInputs,    CacheError, CacheOptions, FixedJitter, IdentityCache, IdentitySet, IdentitySource, IdentityWatch, ManualTimer, Svid,
+    CacheError, CacheInputs, CacheOptions, FixedJitter, IdentityCache, IdentitySet, IdentitySource, IdentityWatch,
+    ManualTimer, Svid,
 };
 use trustmesh::domain::{Entry, ManualClock, Selector, SpiffeId};
-use trustmesh::app::IssuerSide;
 use trustmesh::issuer::{Caller, GenerateRequest, Issuer};
-use trustmesh::trust::TrustSnapshot;
 use trustmesh::proto::spiffe::{
     JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
 };
+use trustmesh::trust::TrustSnapshot;
 use trustmesh::workload::{CallerAttestor, JwtSvidSource, LocalAttestor, WorkloadApi};
 
 const TD: &str = "spiffe://example.org";
@@ -603,8 +604,12 @@ impl Real {
         let (entries, rx) = watch::channel(Arc::new(entries));
         let options = CacheOptions { timer: Some(Arc::new(timer.clone())), jitter: Arc::new(FixedJitter(0.5)) };
         let side = IssuerSide(issuer.clone());
-        let inputs =
-            CacheInputs { minter: Arc::new(side.clone()), entries: rx, trust: issuer.subscribe(), clock: Arc::new(clock) };
+        let inputs = CacheInputs {
+            minter: Arc::new(side.clone()),
+            entries: rx,
+            trust: issuer.subscribe(),
+            clock: Arc::new(clock),
+        };
         let cache = IdentityCache::with_options(inputs, options);
         cache.spawn();
         let jwt: Arc<dyn JwtSvidSource> = Arc::new(side);

@@ -7,8 +7,7 @@ use tonic::{Request, Response, Status};
 
 use crate::domain::{Entry, text};
 use crate::issuer::{
-    AuditAction,
-    Caller, Credentials, EntryRequest, GenerateRequest, Issuer, IssuerError, MintRequest, SignRequest,
+    AuditAction, Caller, Credentials, EntryRequest, GenerateRequest, Issuer, IssuerError, MintRequest, SignRequest,
 };
 use crate::policy::Action;
 use crate::proto::admin::v1 as pb;

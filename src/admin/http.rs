@@ -36,10 +36,9 @@ pub fn routes(state: HttpState) -> Router {
 
 /// Ready once the CA is loaded (the issuer exists) and the database answers.
 async fn ready(State(s): State<HttpState>) -> Response {
-    match s.issuer.store().ping().await {
-        Ok(()) if s.issuer.snapshot().revision > 0 => (StatusCode::OK, "ready\n").into_response(),
-        Ok(()) => (StatusCode::SERVICE_UNAVAILABLE, "CA not loaded\n").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    match s.issuer.ready().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 

@@ -25,7 +25,7 @@ use crate::cache::{CacheInputs, IdentityCache, IdentitySource};
 use crate::config::ServeConfig;
 use crate::domain::{RandomSerials, SystemClock, TokenKind};
 use crate::files;
-use crate::issuer::{InitParams, Issuer, IssuerConfig, MintRequest};
+use crate::issuer::{BackgroundTask, Existing, InitParams, Issuer, IssuerConfig, IssuerParts, MintRequest};
 use crate::net::{Gate, Limits, Listener};
 use crate::policy::PolicyEngine;
 use crate::sds::SdsServer;
@@ -84,6 +84,8 @@ pub enum ServeError {
 /// Everything `serve` holds once it is ready to serve.
 struct Ready {
     issuer: Arc<Issuer>,
+    /// The issuer's background work, spawned once serving starts.
+    tasks: Vec<BackgroundTask>,
     telemetry: Arc<Telemetry>,
     tls: Arc<ServerTls>,
     api: TcpListener,
@@ -111,16 +113,19 @@ async fn start(cfg: &ServeConfig) -> anyhow::Result<Ready> {
     let telemetry = Arc::new(Telemetry::init()?);
     let (store, kek) = open_pki(cfg).await?;
     tracing::info!(database = %crate::store::redact_url(&cfg.database_url), "store opened");
-    let (issuer, report) = Issuer::start(
-        issuer_config(cfg),
+    let started = Issuer::start(IssuerParts {
+        cfg: issuer_config(cfg),
         store,
         kek,
-        Arc::new(SystemClock),
-        Arc::new(RandomSerials::default()),
+        clock: Arc::new(SystemClock),
+        serials: Arc::new(RandomSerials::default()),
         policy,
-        &InitParams::default(),
-    )
+        init: InitParams::default(),
+        existing: Existing::Load,
+    })
     .await?;
+    let (issuer, report) = (started.issuer, started.report);
+    let tasks = started.tasks;
     if !report.created {
         tracing::info!(root = %report.root_fingerprint, trust_domain = %cfg.trust_domain, "PKI loaded");
     }
@@ -135,7 +140,7 @@ async fn start(cfg: &ServeConfig) -> anyhow::Result<Ready> {
     let http = TcpListener::bind(cfg.http_listen)
         .await
         .with_context(|| format!("cannot listen on {} (--http-listen)", cfg.http_listen))?;
-    Ok(Ready { issuer, telemetry, tls, api, http, socket, limits, bundle_path, _lock: lock })
+    Ok(Ready { issuer, tasks, telemetry, tls, api, http, socket, limits, bundle_path, _lock: lock })
 }
 
 /// Opens the store and the KEK as [`data_dir::plan`] decides: load the PKI,
@@ -185,7 +190,10 @@ fn raise_fd_limit() -> u64 {
 
 /// Serves until SIGTERM or Ctrl-C, then drains.
 async fn run(cfg: &ServeConfig, ready: Ready) -> anyhow::Result<()> {
-    let Ready { issuer, telemetry, tls, api, http, socket, limits, bundle_path, _lock } = ready;
+    let Ready { issuer, tasks, telemetry, tls, api, http, socket, limits, bundle_path, _lock } = ready;
+    for task in tasks {
+        tokio::spawn(task);
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let renderer: admin::MetricsRenderer = {
         let telemetry = telemetry.clone();
@@ -219,7 +227,6 @@ async fn run(cfg: &ServeConfig, ready: Ready) -> anyhow::Result<()> {
         tokio::spawn(crate::net::serve_tcp(http, http_router, http_gate, stop_rx.clone())),
         tokio::spawn(crate::net::serve_unix(socket, local_router, socket_gate, stop_rx.clone())),
     ];
-    tokio::spawn(issuer.clone().run_maintenance());
     tokio::spawn(keep_files_current(issuer.clone(), tls, bundle_path));
     tracing::info!(
         listen = %api_addr,

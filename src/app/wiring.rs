@@ -29,7 +29,8 @@ impl SvidMinter for IssuerSide {
 impl BearerVerifier for IssuerSide {
     async fn subject(&self, bearer: &str, peer_cert_der: Option<&[u8]>) -> Result<String, String> {
         let creds = Credentials { bearer: Some(bearer.to_string()), peer_cert_der: peer_cert_der.map(<[u8]>::to_vec) };
-        let caller = self.0.authenticate(&creds, AuditAction::Policy(Action::ObtainSvid)).await.map_err(|e| e.to_string())?;
+        let caller =
+            self.0.authenticate(&creds, AuditAction::Policy(Action::ObtainSvid)).await.map_err(|e| e.to_string())?;
         self.0.spend(&caller).await.map_err(|e| e.to_string())?;
         Ok(caller.subject())
     }

@@ -41,10 +41,10 @@ mod template;
 #[cfg(test)]
 mod tests;
 
+pub use crate::domain::RevocationReason;
 pub use cert::{CaCertificate, Signer};
 pub use create::{ImportedCa, IntermediateParams, RootParams, create_intermediate, create_root, import_ca};
 pub use crl::{Crl, CrlEntry, MAX_CRL_BYTES, build_crl, parse_crl};
-pub use crate::domain::RevocationReason;
 pub use csr::{Csr, MAX_CSR_BYTES, parse_csr};
 pub use encoding::{certs_from_pem, fingerprint, sha256_b64url};
 pub use error::CaError;

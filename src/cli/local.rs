@@ -13,7 +13,7 @@ use super::fail;
 use super::output::OutputFormat;
 use crate::ca::KeyAlgorithm;
 use crate::domain::{RandomSerials, SpiffeId, SystemClock, TrustDomain};
-use crate::issuer::{InitParams, Issuer, IssuerConfig};
+use crate::issuer::{Existing, InitParams, Issuer, IssuerConfig, IssuerParts};
 use crate::policy::{self, Action};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -120,12 +120,20 @@ async fn run_init(ctx: &Context, args: InitArgs) -> Result<InitView, String> {
         intermediate_ttl_days: args.intermediate_ttl_days,
         import,
     };
-    let cfg = IssuerConfig::new(td.clone());
-    let report = Issuer::init_offline(&cfg, store.as_ref(), &kek, &SystemClock, &RandomSerials::default(), &params)
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = Arc::clone(&store);
-    Ok(InitView { trust_domain: td.to_string(), root_fingerprint: report.root_fingerprint })
+    // The same constructor as `serve`'s, told to create and never take over.
+    let started = Issuer::start(IssuerParts {
+        cfg: IssuerConfig::new(td.clone()),
+        store,
+        kek,
+        clock: Arc::new(SystemClock),
+        serials: Arc::new(RandomSerials::default()),
+        policy: crate::policy::PolicyEngine::embedded().map_err(|e| e.to_string())?,
+        init: params,
+        existing: Existing::Refuse,
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(InitView { trust_domain: td.to_string(), root_fingerprint: started.report.root_fingerprint })
 }
 
 pub fn policy(command: PolicyCommand, output: OutputFormat) -> i32 {

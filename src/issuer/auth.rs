@@ -225,7 +225,14 @@ impl Issuer {
 }
 
 /// An audit record of `caller`'s call.
-pub(crate) fn audit(caller: &Caller, action: AuditAction, target: &str, outcome: &str, reason: &str, at: i64) -> AuditRecord {
+pub(crate) fn audit(
+    caller: &Caller,
+    action: AuditAction,
+    target: &str,
+    outcome: &str,
+    reason: &str,
+    at: i64,
+) -> AuditRecord {
     record(caller.actor(), action, target, outcome, reason, at)
 }
 

@@ -14,10 +14,11 @@
 
 use super::AuditAction;
 use super::auth::{Caller, audit};
+use super::trust_state::TrustChange;
 use super::{Issuer, IssuerError};
 use crate::ca::{self, CaCertificate, Crl};
 use crate::policy::{Action, Resource};
-use crate::store::{ImportedCrlRecord, Store};
+use crate::store::{CaRecord, ImportedCrlRecord, Store};
 
 /// How far a thisUpdate may be ahead of this server's clock.
 const CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
@@ -27,7 +28,7 @@ impl Issuer {
     /// Imports a CRL (PEM or DER) signed elsewhere for an offline CA.
     pub async fn import_crl(&self, caller: &Caller, input: &[u8]) -> Result<Crl, IssuerError> {
         self.authorize(caller, Action::ImportCrl, &Resource::Ca, "").await?;
-        let records = self.store.cas().await?;
+        let records = self.trust.ca_records();
         let certs = records.iter().map(|r| CaCertificate::from_der(&r.cert_der)).collect::<Result<Vec<_>, _>>()?;
         let refs: Vec<&CaCertificate> = certs.iter().collect();
         let crl = self.audited(caller, ACTION, "", async { Ok(ca::parse_crl(input, &refs)?) }).await?;
@@ -75,22 +76,13 @@ impl Issuer {
             return Err(IssuerError::FailedPrecondition(reason));
         }
         tracing::info!(ca_name = %record.common_name, fingerprint = %target, number = crl.number, next_update = %crl.next_update, actor = %caller.actor(), "CRL imported");
-        self.reload_imported_crls().await?;
-        self.changed();
+        self.apply(TrustChange::Imported(load(self.store.as_ref(), &records).await?));
         Ok(crl)
-    }
-
-    /// Loads the imported CRLs again (start-up, an import here or on another replica).
-    pub(super) async fn reload_imported_crls(&self) -> Result<(), IssuerError> {
-        let loaded = load(self.store.as_ref()).await?;
-        *self.imported_crls.write() = loaded;
-        Ok(())
     }
 }
 
-/// The stored imported CRLs that still parse against the stored CAs.
-pub(super) async fn load(store: &dyn Store) -> Result<Vec<Crl>, IssuerError> {
-    let records = store.cas().await?;
+/// The stored imported CRLs that still parse against the CAs `records`.
+pub(super) async fn load(store: &dyn Store, records: &[CaRecord]) -> Result<Vec<Crl>, IssuerError> {
     let certs = records.iter().map(|r| CaCertificate::from_der(&r.cert_der)).collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<&CaCertificate> = certs.iter().collect();
     let mut crls = Vec::new();

@@ -78,7 +78,8 @@ impl Issuer {
     /// Every entry, oldest first (from the store, so other replicas' entries show).
     pub async fn list_entries(&self, caller: &Caller) -> Result<Vec<Entry>, IssuerError> {
         self.authorize_entry(caller, AuditAction::ListEntries, "*", "").await?;
-        let records = self.audited(caller, AuditAction::ListEntries, "", async { Ok(self.store.entries().await?) }).await?;
+        let records =
+            self.audited(caller, AuditAction::ListEntries, "", async { Ok(self.store.entries().await?) }).await?;
         records.iter().map(Entry::try_from).collect()
     }
 

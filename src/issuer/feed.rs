@@ -13,11 +13,13 @@
 //! Applying is idempotent, so this replica's own changes, which come back
 //! through the feed, change nothing the second time.
 
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::Duration as StdDuration;
 
 use tokio::sync::watch;
 
+use super::revocation::revoked_entry;
+use super::trust_state::TrustChange;
 use super::{Issuer, IssuerError};
 use crate::store::{ChangeKind, ChangeRecord};
 
@@ -55,7 +57,7 @@ const RETRY_MAX: StdDuration = StdDuration::from_secs(1);
 
 impl Issuer {
     /// Applies every change after `cursor` and moves it forward.
-    async fn catch_up(self: &Arc<Self>, cursor: &mut i64) -> Result<(), IssuerError> {
+    async fn catch_up(&self, cursor: &mut i64) -> Result<(), IssuerError> {
         loop {
             let batch = self.store.changes_since(*cursor, BATCH).await?;
             if batch.truncated {
@@ -78,24 +80,21 @@ impl Issuer {
         let mut entries = false;
         let mut keys = false;
         for change in changes {
+            // The change row names what changed; its state is read now (a
+            // later change may already have undone it) and applied exactly
+            // as a change made here is.
             match change.kind {
                 ChangeKind::Revoke => {
-                    if let Some(cert) = self.store.certificate(&change.subject).await? {
-                        self.revocations.lock().apply_revoked_record(cert);
-                    }
+                    let cert = self.store.certificate(&change.subject).await?;
+                    self.apply(TrustChange::Revoked(cert.and_then(revoked_entry).into_iter().collect()));
                 }
-                ChangeKind::Deny | ChangeKind::Allow => {
-                    // Read the identity's state now: a later change may already have undone it.
-                    match self.store.denied(&change.subject).await? {
-                        Some(denial) => self.revocations.lock().apply_denied(denial),
-                        None => self.revocations.lock().apply_allowed(&change.subject),
+                ChangeKind::Deny | ChangeKind::Allow => match self.store.denied(&change.subject).await? {
+                    Some(denial) => {
+                        let revoked = self.revoked_of(&change.subject).await?;
+                        self.apply(TrustChange::Denied { denial, revoked });
                     }
-                    let certs = self.revoked_of(&change.subject).await?;
-                    let mut state = self.revocations.lock();
-                    for cert in certs {
-                        state.apply_revoked(cert);
-                    }
-                }
+                    None => self.apply(TrustChange::Allowed(change.subject.clone())),
+                },
                 ChangeKind::Entry => entries = true,
                 ChangeKind::Ca | ChangeKind::SigningKey => keys = true,
             }
@@ -107,7 +106,6 @@ impl Issuer {
             self.reload_keys().await?;
         }
         tracing::debug!(changes = changes.len(), "changes from the feed applied");
-        self.changed();
         Ok(())
     }
 
@@ -115,10 +113,9 @@ impl Issuer {
     /// behind the feed's retention).
     async fn reload_all(&self) -> Result<(), IssuerError> {
         let fresh = super::revocation::Revocations::load(self.store.as_ref(), self.now()).await?;
-        self.revocations.lock().replace(fresh);
+        self.apply(TrustChange::Reloaded(fresh));
         self.reload_entries().await?;
         self.reload_keys().await?;
-        self.changed();
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use super::{AuditAction, Issuer, IssuerError, MAX_REQUEST_BYTES};
 use crate::ca::{self, IssuedCertificate, KeyAlgorithm, PrivateKey, SvidRequest};
 use crate::domain::{SpiffeId, text};
 use crate::policy::{Action, Resource};
-use crate::store::{CaRole, CertFilter, CertRecord, CertStatus, DenyRecord};
+use crate::store::{CertRecord, CertStatus, DenyRecord};
 
 /// `SignCsr`: the caller keeps its key.
 #[derive(Debug, Clone)]
@@ -76,8 +76,7 @@ impl Issuer {
             return self.refuse(caller, ACTION, &target, err).await;
         }
         let key = SubjectKey::Csr { spki: csr.public_key_der.clone(), algorithm: csr.key_algorithm.clone() };
-        let issued =
-            self.issue(caller, Action::SignCsr, &id, key, &csr.dns_names, None, req.ttl_seconds).await?;
+        let issued = self.issue(caller, Action::SignCsr, &id, key, &csr.dns_names, None, req.ttl_seconds).await?;
         self.metrics.sign_duration(started.elapsed().as_secs_f64());
         Ok(issued)
     }
@@ -214,51 +213,6 @@ impl Issuer {
             Duration::seconds(i64::try_from(ttl_seconds).unwrap_or(i64::MAX))
         };
         requested.min(self.cfg.max_cert_ttl)
-    }
-
-    pub async fn list_certificates(
-        &self,
-        caller: &Caller,
-        filter: &CertFilter,
-    ) -> Result<Vec<CertRecord>, IssuerError> {
-        self.authorize(caller, Action::ReadCertificates, &Resource::AuditLog, "").await?;
-        Ok(self.store.certificates(filter).await?)
-    }
-
-    pub async fn create_intermediary(
-        &self,
-        caller: &Caller,
-        role: CaRole,
-        common_name: &str,
-        ttl_days: u32,
-    ) -> Result<crate::store::CaRecord, IssuerError> {
-        const ACTION: AuditAction = AuditAction::Policy(Action::CreateIntermediary);
-        self.authorize(caller, Action::CreateIntermediary, &Resource::Ca, common_name).await?;
-        if role == CaRole::Root || common_name.is_empty() || common_name.len() > 64 || !(1..=3650).contains(&ttl_days) {
-            let err = IssuerError::InvalidArgument(
-                "an intermediate needs role services or transport, a common name of 1-64 characters and 1-3650 days"
-                    .into(),
-            );
-            return self.refuse(caller, ACTION, common_name, err).await;
-        }
-        let record =
-            self.audited(caller, ACTION, common_name, self.add_intermediate(role, common_name, ttl_days)).await?;
-        let log = audit(caller, ACTION, &record.id, "ok", common_name, self.now().unix_timestamp());
-        self.store.append_audit(&log).await?;
-        Ok(record)
-    }
-
-    /// The server's own TLS certificate from the Transport CA, with a fresh key.
-    pub fn server_certificate(&self) -> Result<(String, PrivateKey, time::OffsetDateTime), IssuerError> {
-        let signer = self.signers().transport.clone();
-        let id = SpiffeId::parse(&format!("spiffe://{}/trustmesh/server", self.cfg.trust_domain))?;
-        let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
-        names.extend(self.cfg.server_names.iter().cloned());
-        let lifetime = Duration::hours(24);
-        let (cert, key) =
-            ca::issue_server_certificate(&signer, &id, &names, lifetime, self.serials.next_serial()?, self.now())?;
-        let chain = format!("{}{}", cert.to_pem(), signer.cert.to_pem());
-        Ok((chain, key, cert.not_after))
     }
 }
 

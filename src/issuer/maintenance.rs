@@ -2,10 +2,11 @@
 //! nextUpdate, refresh gauges. One pass is a plain function of the clock so
 //! tests drive it with a manual clock.
 
-use std::sync::Arc;
+use std::sync::Weak;
 use std::time::Duration as StdDuration;
 
 use super::Issuer;
+use crate::domain::CaRole;
 
 /// How often [`Issuer::run_maintenance`] wakes up.
 pub const MAINTENANCE_INTERVAL: StdDuration = StdDuration::from_secs(60);
@@ -32,7 +33,7 @@ impl Issuer {
             }
             Err(e) => tracing::warn!(error = %e, "purging expired certificates failed"),
         }
-        let pruned = self.revocations.lock().prune(now);
+        let pruned = self.prune_revocations(now);
         let snapshot = self.snapshot();
         // Only the CRLs signed here can be re-signed (imported ones are the
         // operator's: `crl_next_update` and its alert cover them).
@@ -50,7 +51,7 @@ impl Issuer {
         // A CA that expired since the last build must leave the bundle too.
         let ca_expired = snapshot.cas.iter().any(|c| c.not_after <= now.unix_timestamp());
         if due || ca_expired {
-            match self.rebuild_crls().await {
+            match self.publish().await {
                 Ok(_) => report.crls_resigned = true,
                 Err(e) => tracing::error!(error = %e, "re-signing CRLs failed; will retry"),
             }
@@ -63,12 +64,12 @@ impl Issuer {
     /// Seed 002 §4.1: an intermediate less than six months from expiry is
     /// logged at WARN, at most once a day.
     fn warn_expiring_cas(&self, now: time::OffsetDateTime) {
-        let mut last = self.last_expiry_warning.lock();
+        let mut last = self.trust.expiry_warned.lock();
         if last.is_some_and(|t| now - t < time::Duration::days(1)) {
             return;
         }
         let mut warned = false;
-        for ca in self.snapshot().cas.iter().filter(|c| c.active && c.role != crate::store::CaRole::Root) {
+        for ca in self.snapshot().cas.iter().filter(|c| c.active && c.role != CaRole::Root) {
             let left = ca.not_after - now.unix_timestamp();
             if left < 180 * 86_400 {
                 warned = true;
@@ -84,14 +85,15 @@ impl Issuer {
             *last = Some(now);
         }
     }
+}
 
-    /// Runs [`Issuer::maintain`] forever on the real timer.
-    pub async fn run_maintenance(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            self.maintain().await;
-        }
+/// Runs [`Issuer::maintain`] on the real timer until the issuer is gone.
+pub(super) async fn run(issuer: Weak<Issuer>) {
+    let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(issuer) = issuer.upgrade() else { return };
+        issuer.maintain().await;
     }
 }

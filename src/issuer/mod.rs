@@ -10,22 +10,37 @@
 //! * Every refusal (authentication, policy, deny list, bad input) is audited.
 //! * CA private keys exist in memory only inside [`Signers`]; the published
 //!   [`TrustSnapshot`] holds public material only.
+//!
+//! Rooms: `start.rs` (start-up and its background tasks), `hierarchy.rs`
+//! (creating and loading the CAs), `ca_admin.rs` (adding a CA, the server's
+//! certificate), `auth.rs` + `audit.rs` (who calls, what is recorded),
+//! `issue.rs` + `svid.rs` + `jwt_svid.rs` (issuance), `revoke.rs` (revoke,
+//! deny, allow), `trust_state.rs` (the one path of a change to memory and
+//! the publisher) with `publish.rs` (the pure snapshot builder) and
+//! `revocation.rs` (the in-memory revocation state), `feed.rs` (other
+//! replicas' changes), `crl_import.rs`, `entries.rs`, `tokens.rs`,
+//! `queries.rs` (read-only calls), `maintenance.rs`, `metrics.rs`.
 
 mod audit;
 mod auth;
-mod bootstrap;
+mod ca_admin;
 mod crl_import;
 mod entries;
 mod error;
 mod feed;
+mod hierarchy;
 mod issue;
 mod jwt_svid;
 mod maintenance;
 mod metrics;
+mod publish;
+mod queries;
 mod revocation;
 mod revoke;
+mod start;
 mod svid;
 mod tokens;
+mod trust_state;
 
 use std::sync::Arc;
 
@@ -42,13 +57,15 @@ use crate::trust::TrustSnapshot;
 
 pub use audit::AuditAction;
 pub use auth::{Caller, Credentials};
-pub use bootstrap::{InitParams, InitReport};
 pub use entries::{EntryList, EntryRequest};
 pub use error::IssuerError;
+pub use hierarchy::{InitParams, InitReport};
 pub use issue::{GenerateRequest, Issued, SignRequest};
 pub use maintenance::MaintenanceReport;
 pub use metrics::Metrics;
-pub use tokens::{MintRequest, Minted, Status};
+pub use queries::Status;
+pub use start::{BackgroundTask, Existing, IssuerParts, Started};
+pub use tokens::{MintRequest, Minted};
 
 /// Largest request payload (CSR, token) accepted, in bytes.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
@@ -112,6 +129,12 @@ pub(crate) struct TokenKeys {
     pub jwt_svid_signer: Option<Es256Signer>,
 }
 
+/// The keys in use, each set replaced whole when a CA or signing key changes.
+struct Keys {
+    signers: RwLock<Arc<Signers>>,
+    tokens: RwLock<Arc<TokenKeys>>,
+}
+
 pub struct Issuer {
     cfg: IssuerConfig,
     store: Arc<dyn Store>,
@@ -119,22 +142,12 @@ pub struct Issuer {
     clock: Arc<dyn Clock>,
     serials: Arc<dyn SerialSource>,
     policy: PolicyEngine,
-    signers: RwLock<Arc<Signers>>,
-    tokens: RwLock<Arc<TokenKeys>>,
-    snapshot: watch::Sender<Arc<TrustSnapshot>>,
+    keys: Keys,
     /// The registration entries, oldest first (`entries.rs`).
     entries: watch::Sender<EntryList>,
+    /// What is published, and what it is built from (`trust_state.rs`).
+    trust: trust_state::TrustState,
     metrics: Metrics,
-    /// Serialises CRL rebuilds so snapshots publish in order.
-    crl_lock: tokio::sync::Mutex<()>,
-    /// Revoked certificates and the deny list, in memory (`revocation.rs`).
-    revocations: parking_lot::Mutex<revocation::Revocations>,
-    /// Bumped after every committed change; the publisher task (`revoke.rs`)
-    /// builds and publishes one snapshot for however many bumps it missed.
-    publish: watch::Sender<u64>,
-    /// CRLs signed elsewhere for CAs whose key is offline (`crl_import.rs`).
-    imported_crls: RwLock<Vec<crate::ca::Crl>>,
-    last_expiry_warning: parking_lot::Mutex<Option<time::OffsetDateTime>>,
 }
 
 impl Issuer {
@@ -146,33 +159,34 @@ impl Issuer {
         &self.cfg.trust_domain
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
-    pub fn policy(&self) -> &PolicyEngine {
-        &self.policy
-    }
-
-    /// The current public trust state (bundle, CRLs, JWKS).
+    /// The current public trust state (bundle, CRLs, JWKS, deny list).
     pub fn snapshot(&self) -> Arc<TrustSnapshot> {
-        self.snapshot.borrow().clone()
+        self.trust.snapshot()
     }
 
     /// Follows every new trust state as it is published.
     pub fn subscribe(&self) -> watch::Receiver<Arc<TrustSnapshot>> {
-        self.snapshot.subscribe()
+        self.trust.subscribe()
     }
 
     pub fn now(&self) -> time::OffsetDateTime {
         self.clock.now()
     }
 
+    /// Ready to serve: the CA is loaded and published, and the store answers.
+    pub async fn ready(&self) -> Result<(), String> {
+        self.store.ping().await.map_err(|e| e.to_string())?;
+        if self.snapshot().revision == 0 {
+            return Err("CA not loaded".into());
+        }
+        Ok(())
+    }
+
     fn signers(&self) -> Arc<Signers> {
-        self.signers.read().clone()
+        self.keys.signers.read().clone()
     }
 
     fn token_keys(&self) -> Arc<TokenKeys> {
-        self.tokens.read().clone()
+        self.keys.tokens.read().clone()
     }
 }

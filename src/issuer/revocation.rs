@@ -137,13 +137,6 @@ impl Revocations {
         }
     }
 
-    /// A certificate record read back from the store (ignored unless revoked).
-    pub(crate) fn apply_revoked_record(&mut self, cert: CertRecord) {
-        if let Some(r) = revoked_entry(cert) {
-            self.apply_revoked(r);
-        }
-    }
-
     /// An identity was denied (its certificates come through `apply_revoked`).
     pub(crate) fn apply_denied(&mut self, record: DenyRecord) {
         if self.denied.get(&record.spiffe_id) != Some(&record) {

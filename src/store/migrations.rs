@@ -297,14 +297,11 @@ pub(super) fn count_active(now: i64) -> Stmt {
 }
 
 /// Revokes one active certificate: one row changed, or none.
+/// Revokes one active certificate, returning its row after the change.
 pub(super) fn revoke_one(serial: &str, reason: &str, at: i64) -> Stmt {
     let sql = "UPDATE certificates SET status = 'revoked', revoked_at = $2, revocation_reason = $3 \
-               WHERE serial = $1 AND status = 'active'";
+               WHERE serial = $1 AND status = 'active' RETURNING *";
     stmt!(sql, serial, at, reason)
-}
-
-pub(super) fn count_cert(serial: &str) -> Stmt {
-    stmt!("SELECT COUNT(*) AS n FROM certificates WHERE serial = $1", serial)
 }
 
 pub(super) fn select_revoked(issuer_id: &str, now: i64) -> Stmt {
@@ -323,15 +320,15 @@ pub(super) fn select_revoked_all(now: i64) -> Stmt {
 }
 
 /// Revokes every unexpired active certificate of `e`'s identity, returning
-/// their `serial`s. The reason is the deny reason when that is an RFC 5280
-/// reason name, `cessationOfOperation` otherwise.
+/// them as CRL entries. The reason is the deny reason when that is an RFC
+/// 5280 reason name, `cessationOfOperation` otherwise.
 pub(super) fn revoke_identity(e: &DenyRecord, now: i64) -> Stmt {
     let sql = "UPDATE certificates SET status = 'revoked', revoked_at = $2, revocation_reason = $3 \
-               WHERE spiffe_id = $1 AND status = 'active' AND not_after > $2 RETURNING serial";
+               WHERE spiffe_id = $1 AND status = 'active' AND not_after > $2 \
+               RETURNING serial, revoked_at, revocation_reason, not_after, issuer_id, spiffe_id, fingerprint";
     let reason = e.reason.parse::<RevocationReason>().map_or(RevocationReason::CessationOfOperation, |r| r).as_str();
     stmt!(sql, &e.spiffe_id, now, reason)
 }
-
 
 pub(super) fn purge_certs(not_after_before: i64) -> Stmt {
     stmt!("DELETE FROM certificates WHERE not_after <= $1", not_after_before)

@@ -258,6 +258,15 @@ pub enum RevokeOutcome {
     NotFound,
 }
 
+/// A revocation's outcome and the certificate as it is after it (none when
+/// no certificate has the serial): everything the caller needs, from the
+/// one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub outcome: RevokeOutcome,
+    pub certificate: Option<CertRecord>,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -324,7 +333,7 @@ pub trait Store: Send + Sync + 'static {
     async fn active_certificate_count(&self, now: i64) -> StoreResult<u64>;
 
     /// Marks one certificate revoked, with its audit record, in one transaction.
-    async fn revoke(&self, serial: &str, reason: &str, at: i64, audit: &AuditRecord) -> StoreResult<RevokeOutcome>;
+    async fn revoke(&self, serial: &str, reason: &str, at: i64, audit: &AuditRecord) -> StoreResult<Revocation>;
     /// Revoked certificates of one issuer with `not_after > now`.
     async fn revoked_unexpired(&self, issuer_id: &str, now: i64) -> StoreResult<Vec<RevokedEntry>>;
     /// Revoked certificates of every issuer with `not_after > now` (for
@@ -335,8 +344,8 @@ pub trait Store: Send + Sync + 'static {
     /// Adds (or updates the reason of) a deny-list entry and revokes every
     /// unexpired active certificate of that identity (reason
     /// `cessationOfOperation` unless given), with the audit record, in one
-    /// transaction. Returns the serials it revoked.
-    async fn deny(&self, entry: &DenyRecord, now: i64, audit: &AuditRecord) -> StoreResult<Vec<String>>;
+    /// transaction. Returns the certificates it revoked, by serial.
+    async fn deny(&self, entry: &DenyRecord, now: i64, audit: &AuditRecord) -> StoreResult<Vec<RevokedEntry>>;
     /// Removes a deny-list entry; `false` if there was none. Writes the audit record.
     async fn allow(&self, spiffe_id: &str, audit: &AuditRecord) -> StoreResult<bool>;
     async fn denied(&self, spiffe_id: &str) -> StoreResult<Option<DenyRecord>>;

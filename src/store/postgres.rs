@@ -35,8 +35,8 @@ use super::entries as entry_sql;
 use super::migrations::{self as sql, Param, Stmt};
 use super::{
     AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CertFilter, CertRecord, ChangeBatch, ChangeKind, DenyRecord,
-    EntryRecord, ImportedCrlRecord, RevokeOutcome, RevokedEntry, Row, SigningKeyRecord, Store, StoreError, StoreResult,
-    redact_url,
+    EntryRecord, ImportedCrlRecord, Revocation, RevokeOutcome, RevokedEntry, Row, SigningKeyRecord, Store, StoreError,
+    StoreResult, redact_url,
 };
 
 const POOL_SIZE: usize = 16;
@@ -221,20 +221,24 @@ impl Store for PostgresStore {
         count(&self.client().await?, &sql::count_active(now)).await
     }
 
-    async fn revoke(&self, serial: &str, reason: &str, at: i64, audit: &AuditRecord) -> StoreResult<RevokeOutcome> {
+    async fn revoke(&self, serial: &str, reason: &str, at: i64, audit: &AuditRecord) -> StoreResult<Revocation> {
         let mut client = self.client().await?;
         let tx = begin(&mut client).await?;
-        let outcome = if exec(&tx, &sql::revoke_one(serial, reason, at)).await? == 1 {
-            exec(&tx, &sql::insert_audit(audit)).await?;
-            append_changes(&tx, &[change_sql::insert(ChangeKind::Revoke, serial, at)]).await?;
-            RevokeOutcome::Revoked
-        } else if count(&tx, &sql::count_cert(serial)).await? > 0 {
-            RevokeOutcome::AlreadyRevoked
-        } else {
-            RevokeOutcome::NotFound
+        let revocation = match one(&tx, &sql::revoke_one(serial, reason, at), super::cert_from_row).await? {
+            Some(certificate) => {
+                exec(&tx, &sql::insert_audit(audit)).await?;
+                append_changes(&tx, &[change_sql::insert(ChangeKind::Revoke, serial, at)]).await?;
+                Revocation { outcome: RevokeOutcome::Revoked, certificate: Some(certificate) }
+            }
+            None => {
+                let certificate = one(&tx, &sql::select_cert(serial), super::cert_from_row).await?;
+                let outcome =
+                    if certificate.is_some() { RevokeOutcome::AlreadyRevoked } else { RevokeOutcome::NotFound };
+                Revocation { outcome, certificate }
+            }
         };
         tx.commit().await.map_err(pg_err)?;
-        Ok(outcome)
+        Ok(revocation)
     }
 
     async fn revoked_unexpired(&self, issuer_id: &str, now: i64) -> StoreResult<Vec<RevokedEntry>> {
@@ -245,17 +249,17 @@ impl Store for PostgresStore {
         self.all(sql::select_revoked_all(now), super::revoked_from_row).await
     }
 
-    async fn deny(&self, entry: &DenyRecord, now: i64, audit: &AuditRecord) -> StoreResult<Vec<String>> {
+    async fn deny(&self, entry: &DenyRecord, now: i64, audit: &AuditRecord) -> StoreResult<Vec<RevokedEntry>> {
         let mut client = self.client().await?;
         let tx = begin(&mut client).await?;
         lock_identity(&tx, &entry.spiffe_id).await?;
         exec(&tx, &sql::upsert_deny(entry)).await?;
-        let mut serials = all(&tx, &sql::revoke_identity(entry, now), |r| r.text("serial")).await?;
+        let mut revoked = all(&tx, &sql::revoke_identity(entry, now), super::revoked_from_row).await?;
         exec(&tx, &sql::insert_audit(audit)).await?;
         append_changes(&tx, &[change_sql::insert(ChangeKind::Deny, &entry.spiffe_id, now)]).await?;
         tx.commit().await.map_err(pg_err)?;
-        serials.sort();
-        Ok(serials)
+        revoked.sort_by(|a, b| a.serial.cmp(&b.serial));
+        Ok(revoked)
     }
 
     async fn allow(&self, spiffe_id: &str, audit: &AuditRecord) -> StoreResult<bool> {

@@ -24,7 +24,8 @@ use super::group_commit::GroupCommit;
 use super::migrations::{self as sql, Param, Stmt};
 use super::{
     AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CertFilter, CertRecord, ChangeBatch, ChangeKind, DenyRecord,
-    EntryRecord, ImportedCrlRecord, RevokeOutcome, RevokedEntry, Row, SigningKeyRecord, Store, StoreError, StoreResult,
+    EntryRecord, ImportedCrlRecord, Revocation, RevokeOutcome, RevokedEntry, Row, SigningKeyRecord, Store, StoreError,
+    StoreResult,
 };
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -231,20 +232,19 @@ impl Store for SqliteStore {
         self.run(move |c| count(c, &count_active)).await
     }
 
-    async fn revoke(&self, serial: &str, reason: &str, at: i64, audit: &AuditRecord) -> StoreResult<RevokeOutcome> {
+    async fn revoke(&self, serial: &str, reason: &str, at: i64, audit: &AuditRecord) -> StoreResult<Revocation> {
         let (revoke, log) = (sql::revoke_one(serial, reason, at), sql::insert_audit(audit));
-        let exists = sql::count_cert(serial);
+        let select = sql::select_cert(serial);
         let change = change_sql::insert(ChangeKind::Revoke, serial, at);
         self.write(move |tx| {
-            if exec(tx, &revoke)? == 1 {
+            if let Some(certificate) = one(tx, &revoke, super::cert_from_row)? {
                 exec(tx, &log)?;
                 append_changes(tx, &[change])?;
-                Ok(RevokeOutcome::Revoked)
-            } else if count(tx, &exists)? > 0 {
-                Ok(RevokeOutcome::AlreadyRevoked)
-            } else {
-                Ok(RevokeOutcome::NotFound)
+                return Ok(Revocation { outcome: RevokeOutcome::Revoked, certificate: Some(certificate) });
             }
+            let certificate = one(tx, &select, super::cert_from_row)?;
+            let outcome = if certificate.is_some() { RevokeOutcome::AlreadyRevoked } else { RevokeOutcome::NotFound };
+            Ok(Revocation { outcome, certificate })
         })
         .await
     }
@@ -257,17 +257,17 @@ impl Store for SqliteStore {
         self.all(sql::select_revoked_all(now), super::revoked_from_row).await
     }
 
-    async fn deny(&self, entry: &DenyRecord, now: i64, audit: &AuditRecord) -> StoreResult<Vec<String>> {
+    async fn deny(&self, entry: &DenyRecord, now: i64, audit: &AuditRecord) -> StoreResult<Vec<RevokedEntry>> {
         let (upsert, revoke) = (sql::upsert_deny(entry), sql::revoke_identity(entry, now));
         let log = sql::insert_audit(audit);
         let change = change_sql::insert(ChangeKind::Deny, &entry.spiffe_id, now);
         self.write(move |tx| {
             exec(tx, &upsert)?;
-            let mut serials = all(tx, &revoke, |r| r.text("serial"))?;
+            let mut revoked = all(tx, &revoke, super::revoked_from_row)?;
             exec(tx, &log)?;
             append_changes(tx, &[change])?;
-            serials.sort();
-            Ok(serials)
+            revoked.sort_by(|a, b| a.serial.cmp(&b.serial));
+            Ok(revoked)
         })
         .await
     }

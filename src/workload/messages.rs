@@ -7,9 +7,9 @@ use serde_json::Value as Json;
 
 use super::WorkloadError;
 use crate::cache::IdentitySet;
-use crate::trust::TrustSnapshot;
 use crate::proto::spiffe::google::protobuf::{ListValue, NullValue, Struct, Value, value::Kind};
 use crate::proto::spiffe::{JwtBundlesResponse, X509BundlesResponse, X509svid, X509svidResponse};
+use crate::trust::TrustSnapshot;
 
 /// Every SVID of the set, with the bundle, the DER CRLs and the federated
 /// bundles. `NoIdentity` when the set holds no SVID (any more).

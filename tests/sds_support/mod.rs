@@ -29,8 +29,8 @@ use tonic::{Request, Status, Streaming};
 use trustmesh::ca::{KeyAlgorithm, PrivateKey};
 use trustmesh::cache::{CacheError, IdentitySet, IdentitySource, IdentityWatch, Svid};
 use trustmesh::domain::{Selector, SelectorKind, SpiffeId, TrustDomain};
-use trustmesh::trust::{DenyList, TrustSnapshot};
 use trustmesh::sds::{CallerAttestor, SECRET_TYPE, SdsServer};
+use trustmesh::trust::{DenyList, TrustSnapshot};
 
 pub const ALICE: &str = "spiffe://example.org/alice";
 pub const ALICE_ADMIN: &str = "spiffe://example.org/alice-admin";

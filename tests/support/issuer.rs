@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use trustmesh::ca::Kek;
 use trustmesh::domain::{ManualClock, RandomSerials, TrustDomain};
-use trustmesh::issuer::{InitParams, Issuer, IssuerConfig};
+use trustmesh::issuer::{Existing, InitParams, Issuer, IssuerConfig, IssuerParts};
 use trustmesh::policy::PolicyEngine;
 use trustmesh::store::Store;
 
@@ -22,16 +22,18 @@ pub async fn start(dir: &Path, clock: &ManualClock) -> (Arc<Issuer>, Arc<dyn Sto
             text.to_string()
         }
     };
-    let (issuer, _) = Issuer::start(
-        IssuerConfig::new(TrustDomain::parse("example.org").unwrap()),
-        store.clone(),
-        Kek::from_file_contents(&kek_text).unwrap(),
-        Arc::new(clock.clone()),
-        Arc::new(RandomSerials::default()),
-        PolicyEngine::embedded().unwrap(),
-        &InitParams::default(),
-    )
+    let (issuer, _) = Issuer::start(IssuerParts {
+        cfg: IssuerConfig::new(TrustDomain::parse("example.org").unwrap()),
+        store: store.clone(),
+        kek: Kek::from_file_contents(&kek_text).unwrap(),
+        clock: Arc::new(clock.clone()),
+        serials: Arc::new(RandomSerials::default()),
+        policy: PolicyEngine::embedded().unwrap(),
+        init: InitParams::default(),
+        existing: Existing::Load,
+    })
     .await
-    .unwrap();
+    .unwrap()
+    .spawn();
     (issuer, store)
 }

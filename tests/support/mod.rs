@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod issuer;
+pub mod minter;
 pub mod postgres;
 pub mod socket;
 

@@ -16,9 +16,9 @@ use super::*;
 use crate::ca::{KeyAlgorithm, PrivateKey};
 use crate::cache::{IdentitySet, Svid};
 use crate::domain::{SpiffeId, TrustDomain};
-use crate::trust::TrustSnapshot;
 use crate::sds::memo::SecretCache;
 use crate::sds::protocol::{Catalog, Lookup, SECRET_TYPE};
+use crate::trust::TrustSnapshot;
 
 const BUNDLE: &str = "-----BEGIN CERTIFICATE-----\nROOT\n-----END CERTIFICATE-----\n\
                       -----BEGIN CERTIFICATE-----\nSERVICES\n-----END CERTIFICATE-----\n";

@@ -1,21 +1,16 @@
-//! Start-up: load the CA hierarchy from the store, or create it once.
-//!
-//! With several replicas on one database the first to commit the hierarchy
-//! wins; the others find `init_hierarchy` returned `false` and load the
-//! winner's CAs. Nothing is ever regenerated on restart.
+//! Setting up the CA hierarchy: creating it (generated, or around an
+//! imported CA), sealing its keys, and loading them back with each CA linked
+//! to its parents. Used at start-up and when a CA is added.
 
 use std::sync::Arc;
 
-use parking_lot::RwLock;
 use time::{Duration, OffsetDateTime};
-use tokio::sync::watch;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::{Issuer, IssuerConfig, IssuerError, Metrics, Signers, TokenKeys, TrustSnapshot};
+use super::{IssuerConfig, IssuerError, Signers, TokenKeys};
 use crate::ca::{self, CaCertificate, IntermediateParams, Kek, KeyAlgorithm, PrivateKey, RootParams, Signer};
-use crate::domain::{Clock, SerialSource};
-use crate::policy::PolicyEngine;
-use crate::store::{CaRecord, CaRole, SigningKeyRecord, Store};
+use crate::domain::{CaRole, SerialSource};
+use crate::store::{CaRecord, SigningKeyRecord, Store};
 use crate::token::{Es256Signer, VerifyingKey};
 
 /// Purpose of a signing key that signs trustmesh's own tokens.
@@ -55,149 +50,7 @@ pub struct InitReport {
     pub root_fingerprint: String,
 }
 
-impl Issuer {
-    /// Loads the PKI from the store, creating it first with `init` when the
-    /// store holds none.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn start(
-        cfg: IssuerConfig,
-        store: Arc<dyn Store>,
-        kek: Kek,
-        clock: Arc<dyn Clock>,
-        serials: Arc<dyn SerialSource>,
-        policy: PolicyEngine,
-        init: &InitParams,
-    ) -> Result<(Arc<Self>, InitReport), IssuerError> {
-        check_trust_domain(&cfg, store.as_ref()).await?;
-        let mut created = false;
-        if !has_root(store.as_ref()).await? {
-            let (cas, keys) = create_hierarchy(&cfg, init, &kek, serials.as_ref(), clock.now())?;
-            created = store.init_hierarchy(&cas, &keys).await?;
-        }
-        let cas = store.cas().await?;
-        let signers = load_signers(&cas, &kek)?;
-        let tokens = load_token_keys(store.as_ref(), &kek, clock.now().unix_timestamp()).await?;
-        let root_fingerprint = signers.services.root().fingerprint.clone();
-        if created {
-            log_created(&cas, &cfg);
-        }
-        let metrics = Metrics::new();
-        let (snapshot, _) = watch::channel(Arc::new(TrustSnapshot::empty(&cfg.trust_domain)));
-        // The feed position is read first: changes committed while the state
-        // loads are applied again (idempotently) rather than missed.
-        let feed_cursor = store.change_revision().await?;
-        let change_signal = store.change_signal();
-        // The deny list and revoked serials are in memory before anything is served.
-        let revocations = super::revocation::Revocations::load(store.as_ref(), clock.now()).await?;
-        let (publish, publish_requests) = watch::channel(0u64);
-        let imported_crls = super::crl_import::load(store.as_ref()).await?;
-        let issuer = Arc::new(Self {
-            cfg,
-            entries: super::entries::load(store.as_ref()).await?,
-            store,
-            kek,
-            clock,
-            serials,
-            policy,
-            signers: RwLock::new(Arc::new(signers)),
-            tokens: RwLock::new(Arc::new(tokens)),
-            snapshot,
-            metrics,
-            crl_lock: tokio::sync::Mutex::new(()),
-            revocations: parking_lot::Mutex::new(revocations),
-            publish,
-            imported_crls: RwLock::new(imported_crls),
-            last_expiry_warning: parking_lot::Mutex::new(None),
-        });
-        issuer.rebuild_crls().await?;
-        tokio::spawn(super::revoke::publisher(Arc::downgrade(&issuer), publish_requests));
-        if let Some(signal) = change_signal {
-            tokio::spawn(super::feed::follow(Arc::downgrade(&issuer), signal, feed_cursor));
-        }
-        issuer.metrics.refresh_counts(&issuer).await;
-        Ok((issuer, InitReport { created, root_fingerprint }))
-    }
-
-    /// Whether the store holds a PKI (a root CA), without changing it.
-    pub async fn holds_pki(store: &dyn Store) -> Result<bool, IssuerError> {
-        has_root(store).await
-    }
-
-    /// Loads the CAs and signing keys again (another replica added one).
-    pub(super) async fn reload_keys(&self) -> Result<(), IssuerError> {
-        let cas = self.store.cas().await?;
-        let signers = load_signers(&cas, &self.kek)?;
-        let tokens = load_token_keys(self.store.as_ref(), &self.kek, self.now().unix_timestamp()).await?;
-        *self.signers.write() = Arc::new(signers);
-        *self.tokens.write() = Arc::new(tokens);
-        self.reload_imported_crls().await?;
-        tracing::info!(cas = cas.len(), "CAs and signing keys reloaded: changed by another replica");
-        Ok(())
-    }
-
-    /// `pki init`: creates the hierarchy in the store; refuses when one exists.
-    pub async fn init_offline(
-        cfg: &IssuerConfig,
-        store: &dyn Store,
-        kek: &Kek,
-        clock: &dyn Clock,
-        serials: &dyn SerialSource,
-        params: &InitParams,
-    ) -> Result<InitReport, IssuerError> {
-        check_trust_domain(cfg, store).await?;
-        if has_root(store).await? {
-            return Err(IssuerError::FailedPrecondition(
-                "the PKI is already initialized (a root CA exists in the database)".into(),
-            ));
-        }
-        let (cas, keys) = create_hierarchy(cfg, params, kek, serials, clock.now())?;
-        if !store.init_hierarchy(&cas, &keys).await? {
-            return Err(IssuerError::FailedPrecondition("another process initialized the PKI concurrently".into()));
-        }
-        log_created(&cas, cfg);
-        let root = cas.iter().find(|c| c.role == CaRole::Root).map(|c| c.id.clone()).unwrap_or_default();
-        Ok(InitReport { created: true, root_fingerprint: root })
-    }
-
-    /// `pki ca create-intermediary`: a new intermediate signed by the root
-    /// that becomes the active signer of its role. The previous one stays in
-    /// the bundle until it expires.
-    pub(crate) async fn add_intermediate(
-        &self,
-        role: CaRole,
-        common_name: &str,
-        ttl_days: u32,
-    ) -> Result<CaRecord, IssuerError> {
-        let signers = self.signers();
-        let root = signers.root.clone().ok_or_else(|| {
-            IssuerError::FailedPrecondition(
-                "the root key is offline: create intermediates where the root key is kept".into(),
-            )
-        })?;
-        let params = IntermediateParams {
-            common_name: common_name.to_string(),
-            lifetime: Duration::days(i64::from(ttl_days)),
-            trust_domain: self.cfg.trust_domain.clone(),
-        };
-        let now = self.clock.now();
-        let signer = ca::create_intermediate(&root, &params, self.serials.next_serial()?, now)?;
-        let record = ca_record(&signer, role, true, &self.kek, now)?;
-        self.store.insert_ca(&record).await?;
-        let cas = self.store.cas().await?;
-        *self.signers.write() = Arc::new(load_signers(&cas, &self.kek)?);
-        tracing::info!(
-            ca_name = %record.common_name,
-            fingerprint = %record.id,
-            role = role.as_str(),
-            signed_by = %root.cert.fingerprint,
-            "CA initialized"
-        );
-        self.rebuild_crls().await?;
-        Ok(record)
-    }
-}
-
-async fn check_trust_domain(cfg: &IssuerConfig, store: &dyn Store) -> Result<(), IssuerError> {
+pub(super) async fn check_trust_domain(cfg: &IssuerConfig, store: &dyn Store) -> Result<(), IssuerError> {
     let stored = store.init_setting("trust_domain", cfg.trust_domain.as_str()).await?;
     if stored != cfg.trust_domain.as_str() {
         return Err(IssuerError::FailedPrecondition(format!(
@@ -208,12 +61,12 @@ async fn check_trust_domain(cfg: &IssuerConfig, store: &dyn Store) -> Result<(),
     Ok(())
 }
 
-async fn has_root(store: &dyn Store) -> Result<bool, IssuerError> {
+pub(super) async fn has_root(store: &dyn Store) -> Result<bool, IssuerError> {
     Ok(store.cas().await?.iter().any(|c| c.role == CaRole::Root))
 }
 
 /// Builds every record of a new hierarchy (CAs and JWT keys), keys sealed.
-fn create_hierarchy(
+pub(super) fn create_hierarchy(
     cfg: &IssuerConfig,
     params: &InitParams,
     kek: &Kek,
@@ -289,7 +142,7 @@ fn create_hierarchy(
     Ok((cas, keys))
 }
 
-fn ca_record(
+pub(super) fn ca_record(
     signer: &Signer,
     role: CaRole,
     active: bool,
@@ -331,7 +184,7 @@ fn signing_key_record(purpose: &str, kek: &Kek, now: OffsetDateTime) -> Result<S
 }
 
 /// Opens the sealed keys of the active CAs and links each to its parents.
-pub(crate) fn load_signers(cas: &[CaRecord], kek: &Kek) -> Result<Signers, IssuerError> {
+pub(super) fn load_signers(cas: &[CaRecord], kek: &Kek) -> Result<Signers, IssuerError> {
     let certs: Vec<(&CaRecord, CaCertificate)> =
         cas.iter().map(|r| CaCertificate::from_der(&r.cert_der).map(|c| (r, c))).collect::<Result<_, _>>()?;
     let open = |record: &CaRecord, cert: &CaCertificate| -> Result<Option<Arc<Signer>>, IssuerError> {
@@ -394,7 +247,7 @@ fn issued_by(child: &CaCertificate, parent: &CaCertificate) -> bool {
     c.issuer().as_raw() == p.subject().as_raw() && c.verify_signature(Some(p.public_key())).is_ok()
 }
 
-pub(crate) async fn load_token_keys(store: &dyn Store, kek: &Kek, now: i64) -> Result<TokenKeys, IssuerError> {
+pub(super) async fn load_token_keys(store: &dyn Store, kek: &Kek, now: i64) -> Result<TokenKeys, IssuerError> {
     let records = store.signing_keys().await?;
     let mut verifying = Vec::new();
     let mut jwt_svid_keys = Vec::new();
@@ -433,7 +286,7 @@ pub(crate) async fn load_token_keys(store: &dyn Store, kek: &Kek, now: i64) -> R
     Ok(TokenKeys { signer, verifying, accepted: Default::default(), jwt_svid_keys, jwt_svid_signer })
 }
 
-fn log_created(cas: &[CaRecord], cfg: &IssuerConfig) {
+pub(super) fn log_created(cas: &[CaRecord], cfg: &IssuerConfig) {
     let root = cas.iter().find(|c| c.role == CaRole::Root);
     for ca in cas.iter().filter(|c| c.sealed_key.is_some()) {
         tracing::info!(

@@ -1,0 +1,112 @@
+//! Building a [`TrustSnapshot`]: a pure function of what is in memory — the
+//! CA half (views and bundle, rebuilt only when a CA changes or expires), the
+//! keys that sign CRLs, the revocation state, the imported CRLs and the
+//! JWKS. No store, no clock: `now` comes in, the snapshot goes out.
+
+use std::sync::Arc;
+
+use time::{Duration, OffsetDateTime};
+
+use super::revocation::RevocationView;
+use crate::ca::{self, CaCertificate, CaError, Crl, Signer};
+use crate::domain::CaRole;
+use crate::store::CaRecord;
+use crate::trust::{CaView, TrustSnapshot};
+
+/// The CA half of a snapshot: every unexpired CA, root first, then the
+/// intermediates oldest first, and their PEM bundle.
+#[derive(Debug, Clone, Default)]
+pub(super) struct CaPart {
+    pub cas: Vec<CaView>,
+    pub bundle_pem: String,
+    /// The earliest notAfter of the CAs in it: from then on it is stale.
+    pub valid_until: i64,
+}
+
+impl CaPart {
+    /// The part of `records` unexpired at `now` (Unix seconds).
+    pub fn build(records: &[CaRecord], now: i64) -> Result<Self, CaError> {
+        let mut live: Vec<&CaRecord> = records.iter().filter(|r| r.not_after > now).collect();
+        live.sort_by_key(|r| (r.role != CaRole::Root, r.created_at));
+        let mut part = Self { valid_until: i64::MAX, ..Self::default() };
+        for r in live {
+            let cert = CaCertificate::from_der(&r.cert_der)?;
+            part.bundle_pem.push_str(&cert.to_pem());
+            part.valid_until = part.valid_until.min(r.not_after);
+            part.cas.push(CaView {
+                role: r.role,
+                common_name: r.common_name.clone(),
+                fingerprint: r.id.clone(),
+                algorithm: cert.algorithm.clone(),
+                not_before: r.not_before,
+                not_after: r.not_after,
+                active: r.active,
+                key_online: r.sealed_key.is_some(),
+            });
+        }
+        Ok(part)
+    }
+
+    fn holds(&self, fingerprint: &str) -> bool {
+        self.cas.iter().any(|c| c.fingerprint == fingerprint)
+    }
+}
+
+/// Everything one publication is made of.
+pub(super) struct Inputs {
+    pub ca: Arc<CaPart>,
+    /// Every CA whose key is online.
+    pub signers: Vec<Arc<Signer>>,
+    /// CRLs signed elsewhere for CAs whose key is offline.
+    pub imported: Vec<Crl>,
+    pub revocations: RevocationView,
+    pub previous: Arc<TrustSnapshot>,
+    pub jwks: serde_json::Value,
+    pub crl_validity: Duration,
+    pub now: OffsetDateTime,
+}
+
+/// A snapshot, and how many revoked serials its CRLs list.
+pub(super) struct Built {
+    pub snapshot: TrustSnapshot,
+    pub revoked: usize,
+}
+
+/// One CRL per unexpired CA whose key is online (its unexpired revoked
+/// serials), the imported CRLs of CAs still in the bundle, the deny list,
+/// and the CA half, as the next snapshot after `previous`.
+pub(super) fn build(inputs: Inputs) -> Result<Built, CaError> {
+    let Inputs { ca, signers, imported, revocations, previous, jwks, crl_validity, now } = inputs;
+    let deny = if previous.generation == revocations.generation {
+        previous.deny.clone()
+    } else {
+        revocations.deny_list(now, &previous.deny)
+    };
+    let number = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let mut revoked = 0;
+    let mut crls = signers
+        .iter()
+        .filter(|s| s.cert.not_after > now)
+        .map(|signer| {
+            let entries = revocations.crl_entries(&signer.cert.fingerprint, now);
+            revoked += entries.len();
+            ca::build_crl(signer, &entries, number, now, crl_validity)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    crls.extend(imported.into_iter().filter(|c| ca.holds(&c.issuer_fingerprint)));
+    let crl_pem = crls.iter().map(Crl::to_pem).collect();
+    let snapshot = TrustSnapshot {
+        revision: previous.revision + 1,
+        trust_domain: previous.trust_domain.clone(),
+        cas: ca.cas.clone(),
+        bundle_pem: ca.bundle_pem.clone(),
+        crls,
+        crl_pem,
+        jwks,
+        deny,
+        generation: revocations.generation,
+        built_at: now,
+        published_at: std::time::Instant::now(),
+    };
+    Ok(Built { snapshot, revoked })
+}
