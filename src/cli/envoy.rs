@@ -16,7 +16,7 @@ use crate::domain::SpiffeId;
 use crate::sds::bootstrap::{self, Bootstrap, Listener, SdsServer, Upstream};
 
 /// The local socket `serve` listens on by default (SPEC §1).
-const DEFAULT_SOCKET: &str = "/tmp/trustmesh/public/api.sock";
+use crate::config::DEFAULT_SOCKET;
 
 #[derive(Debug, Subcommand)]
 pub enum EnvoyCommand {

@@ -11,6 +11,8 @@ use crate::domain::TrustDomain;
 
 /// Exit code for bad configuration (sysexits EX_USAGE).
 pub const EXIT_CONFIG: i32 = 64;
+/// Where the local socket is, unless `--socket` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/tmp/trustmesh/public/api.sock";
 
 #[derive(Debug, thiserror::Error)]
 #[error("{setting}: {message}")]
@@ -36,7 +38,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TRUSTMESH_HTTP_LISTEN", default_value = "127.0.0.1:4021")]
     pub http_listen: String,
     /// Local socket for the Workload API and SDS (mode 0777 in a 0755 folder, outside the data directory).
-    #[arg(long, env = "TRUSTMESH_SOCKET", default_value = "/tmp/trustmesh/public/api.sock")]
+    #[arg(long, env = "TRUSTMESH_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Trust domain of this CA (lowercase, e.g. example.org).
     #[arg(long, env = "TRUSTMESH_TRUST_DOMAIN", default_value = "example.org")]
@@ -211,6 +213,7 @@ mod tests {
         assert_eq!(c.database_url, "sqlite:///tmp/d/trustmesh.db");
         assert_eq!(c.svid_ttl, Duration::hours(1));
         assert_eq!(c.kek_file, PathBuf::from("/tmp/d/kek"));
+        assert_eq!(c.socket, PathBuf::from("/tmp/trustmesh/public/api.sock"), "SPEC §1");
     }
 
     #[test]

@@ -50,10 +50,9 @@ pub const MAX_CONNECTION_SECS: u32 = 3600;
 /// refused by the CRL at once).
 pub const MAX_TCP_CONNECTION_SECS: u32 = 600;
 /// Name of the deny-list HTTP filter in every inbound HTTP listener, and of
-/// the ECDS resource (`TypedExtensionConfig`) trustmesh serves for it.
-pub const DENY_FILTER: &str = "trustmesh-deny-http";
-/// The only config type the deny-list filter accepts over ECDS.
-pub const RBAC_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+/// the ECDS resource (`TypedExtensionConfig`) trustmesh serves for it; its
+/// only accepted config type is [`RBAC_TYPE`].
+pub use super::deny::{DENY_FILTER, RBAC_TYPE};
 
 /// Everything a bootstrap is made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,8 +298,8 @@ fn deny_filter() -> Value {
             // Deny nothing: used when trustmesh removes the resource or Envoy
             // rejects the first one; the CRLs still refuse revoked certificates
             // at the handshake. Never applied without warming.
-            "default_config": {"@type": RBAC_TYPE_URL, "rules": {"action": "DENY"}},
-            "type_urls": [RBAC_TYPE_URL],
+            "default_config": {"@type": RBAC_TYPE, "rules": {"action": "DENY"}},
+            "type_urls": [RBAC_TYPE],
         },
     })
 }
