@@ -4,13 +4,13 @@
 //! workload entitlement decision built on it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod harness;
+mod support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use harness::Server;
 use serde_json::{Value, json};
+use support::server::{self, Server};
 use trustmesh::attest::token_selectors;
 use trustmesh::domain::{Principal, Selector, SpiffeId};
 use trustmesh::issuer::{Caller, EntryRequest, Issuer};
@@ -217,7 +217,7 @@ fn only_authorized_tokens_manage_entries() {
 #[test]
 fn policy_check_explains_workload_entitlement() {
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(harness::BIN)
+        let out = std::process::Command::new(server::BIN)
             .args(["--output", "json", "policy", "check"])
             .args(args)
             .output()
@@ -235,7 +235,7 @@ fn policy_check_explains_workload_entitlement() {
     assert_eq!(run(&[&workload[..], &foreign].concat()), "DENY [\"foreign-trust-domain\"]");
     let node = ["--principal", "Node::\"node-a\"", "--action", "obtain_svid", "--resource", "spiffe://example.org/db"];
     assert_eq!(run(&[&node[..], &["--entry-matched"]].concat()), "ALLOW [\"node-entitled\"]");
-    let text = std::process::Command::new(harness::BIN)
+    let text = std::process::Command::new(server::BIN)
         .args(["policy", "check", "--entry-matched"])
         .args(workload)
         .args(web)

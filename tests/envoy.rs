@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod envoy_support;
-mod harness;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,17 +14,12 @@ use std::time::Duration;
 use envoy_support::config::{self, CLIENT_LISTENER, SERVER_LISTENER, Tls};
 use envoy_support::http::{self, Upstream};
 use envoy_support::{Envoy, envoy_bin};
-use harness::{Server, entry_for, openssl_ok};
+use support::openssl::{normalize_serial, openssl_self_signed, pem_blocks, pem_file_serial};
+use support::process::poll;
+use support::server::{self, Server, entry_for};
 
 const SERVER_ID: &str = "spiffe://example.org/test/envoy-server";
 const CLIENT_ID: &str = "spiffe://example.org/test/envoy-client";
-
-/// The serial of a PEM certificate file, lower-case hex without leading
-/// zeros (as Envoy's `/certs` prints it).
-fn pem_serial(path: &Path) -> String {
-    let out = openssl_ok(&["x509", "-in", path.to_str().unwrap(), "-noout", "-serial"]);
-    envoy_support::normalize_serial(out.trim().trim_start_matches("serial="))
-}
 
 /// The `URI=` element of an `x-forwarded-client-cert` value as the upstream
 /// echoed it (`xfcc=By=…;Hash=…;URI=spiffe://…`).
@@ -84,8 +79,8 @@ fn envoy_harness_runs_a_static_envoy() {
     assert_eq!(upstream.requests(), 3);
 
     // /certs shows exactly the certificates on disk.
-    assert_eq!(envoy_server.serials_of(SERVER_ID), vec![pem_serial(&server_cert)]);
-    assert_eq!(envoy_client.serials_of(CLIENT_ID), vec![pem_serial(&client_cert)]);
+    assert_eq!(envoy_server.serials_of(SERVER_ID), vec![pem_file_serial(&server_cert)]);
+    assert_eq!(envoy_client.serials_of(CLIENT_ID), vec![pem_file_serial(&client_cert)]);
     assert!(!envoy_server.ca_serials().is_empty());
 
     // /stats: one handshake per request (max_requests_per_connection: 1).
@@ -247,7 +242,7 @@ impl Mesh {
     fn issued_serials(&self, spiffe_id: &str) -> Vec<String> {
         let list = self.tm.json(&["pki", "cert", "list", "--include-expired", "--spiffe-id", spiffe_id]);
         let items = list.as_array().cloned().unwrap_or_default();
-        items.iter().filter_map(|c| c["serial"].as_str()).map(envoy_support::normalize_serial).collect()
+        items.iter().filter_map(|c| c["serial"].as_str()).map(normalize_serial).collect()
     }
 }
 
@@ -287,10 +282,10 @@ fn two_envoys_get_everything_from_trustmesh() {
     assert!(mesh.issued_serials(CLIENT_ID).contains(&client_serials[0]), "{}", mesh.diagnostics());
     // The validation contexts hold trustmesh's root.
     let bundle = std::fs::read_to_string(mesh.tm.bundle_path()).unwrap();
-    let root = harness::pem_blocks(&bundle, "CERTIFICATE")[0].clone();
+    let root = pem_blocks(&bundle, "CERTIFICATE")[0].clone();
     let root_file = mesh.dir.path().join("root.pem");
     std::fs::write(&root_file, root).unwrap();
-    let root_serial = pem_serial(&root_file);
+    let root_serial = pem_file_serial(&root_file);
     assert!(mesh.server.ca_serials().contains(&root_serial), "{}", mesh.diagnostics());
     assert!(mesh.client.ca_serials().contains(&root_serial), "{}", mesh.diagnostics());
     // SDS stats: every secret arrived and none was rejected.
@@ -713,7 +708,7 @@ const EXAMPLE_BACKEND_PORT: &str = "18080";
 /// applied it, so wait a moment for the counter).
 fn has_deny_list(envoy: &Envoy) -> bool {
     let applied = || (envoy.counter(envoy_support::DENY_LIST_RELOADS) >= 1).then_some(());
-    harness::poll(Duration::from_secs(5), applied).is_some()
+    poll(Duration::from_secs(5), applied).is_some()
 }
 
 /// Every `envoy/*.yaml` with its placeholders substituted as
@@ -783,7 +778,7 @@ fn run_examples(tm: &Server, dir: &Path) {
 
 /// `trustmesh envoy bootstrap` run locally (it needs no server).
 fn bootstrap_cli(args: &[&str]) -> String {
-    let out = std::process::Command::new(harness::BIN)
+    let out = std::process::Command::new(server::BIN)
         .args(["--data-dir", "/nonexistent", "envoy", "bootstrap"])
         .args(args)
         .stdin(std::process::Stdio::null())
@@ -799,7 +794,7 @@ fn every_example_and_generated_bootstrap_passes_envoy_validate() {
     // A CA file for the TLS-port variants (Envoy reads it while validating).
     let ca = dir.path().join("ca.pem");
     let key = dir.path().join("ca.key");
-    harness::openssl_self_signed(&ca, &key, "/CN=validate", "1", &[]);
+    openssl_self_signed(&ca, &key, "/CN=validate", "1", &[]);
     let token = dir.path().join("node.token");
     std::fs::write(&token, "t.o.k").unwrap();
 

@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod envoy_support;
-mod harness;
 mod replicas_support;
 mod support;
 
@@ -18,9 +17,11 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use envoy_support::http::{Outcome, Probe, Upstream, failures, first_refusal};
-use envoy_support::{Envoy, client_bootstrap, envoy_bin, normalize_serial, server_bootstrap};
-use harness::{Server, crl_serials_of, entry_for, openssl, pem_blocks, poll};
+use envoy_support::{Envoy, client_bootstrap, envoy_bin, server_bootstrap};
 use replicas_support::*;
+use support::openssl::{crl_serials_of, normalize_serial, openssl, pem_blocks};
+use support::process::poll;
+use support::server::{Server, entry_for};
 
 /// What SPEC §5 promises: a push reaches every proxy within a second.
 const WITHIN: Duration = Duration::from_secs(1);
@@ -55,7 +56,7 @@ fn replicas_create_the_ca_once() {
     }
     assert!(failed.is_empty(), "a replica did not start:\n{}", failed.join("\n"));
     let (a, b) = (&replicas[0], &replicas[1]);
-    assert_eq!(harness::mode(&kek), 0o600);
+    assert_eq!(support::mode(&kek), 0o600);
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())

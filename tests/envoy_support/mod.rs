@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use crate::harness::Server;
-pub use crate::harness::normalize_serial;
+use crate::support::openssl::normalize_serial;
+use crate::support::server::Server;
 
 /// The Envoy release the tests are written against (`install_envoy` in
 /// `scripts/install-test-deps.sh` pins the same).
@@ -405,7 +405,7 @@ impl Envoy {
     pub fn stop(&mut self) {
         let taken = self.child.lock().take();
         if let Some(mut child) = taken {
-            crate::harness::terminate(&mut child, Duration::from_secs(5));
+            crate::support::process::terminate(&mut child, Duration::from_secs(5));
         }
     }
 }

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::harness::{Server, wait_or_kill};
 use crate::support::postgres;
+use crate::support::process::wait_or_kill;
+use crate::support::server::Server;
 
 /// A KEK file (0600) for every replica of one database.
 pub fn kek_file(dir: &Path) -> PathBuf {

@@ -6,14 +6,13 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::envoy_support::http::{self, Probe, Upstream};
-use crate::envoy_support::{self, Envoy, client_bootstrap, envoy_bin, normalize_serial, server_bootstrap};
-use crate::harness::{Server, crl_serials_of, entry_for, openssl, pem_blocks};
+use crate::envoy_support::{self, Envoy, client_bootstrap, envoy_bin, server_bootstrap};
+use crate::support::openssl::{crl_serials_of, normalize_serial};
+use crate::support::server::{Server, entry_for};
 
 pub const SERVER_ID: &str = "spiffe://example.org/revocation/server";
 pub const A_ID: &str = "spiffe://example.org/revocation/client-a";
@@ -147,60 +146,4 @@ impl Scene {
 pub fn crl_serials(tm: &Server, dir: &Path) -> (BTreeSet<String>, String) {
     let crls = tm.crls();
     (crls.iter().flat_map(|c| crl_serials_of(dir, c)).collect(), crls.concat())
-}
-
-/// The certificate chain a TLS server presents (PEM blocks, leaf first), as
-/// `openssl s_client -showcerts` sees it, connecting with `cert`/`key`.
-pub fn presented_chain(addr: SocketAddr, cert: &Path, key: &Path) -> Vec<String> {
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-connect", &addr.to_string(), "-showcerts", "-cert"])
-        .arg(cert)
-        .arg("-key")
-        .arg(key)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("openssl must be installed (the README's test command installs it)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    let chain = pem_blocks(&String::from_utf8_lossy(&out.stdout), "CERTIFICATE");
-    assert!(!chain.is_empty(), "s_client to {addr} saw no certificate: {}", String::from_utf8_lossy(&out.stderr));
-    chain
-}
-
-/// The serial of a PEM certificate, normalized.
-pub fn pem_serial(dir: &Path, pem: &str) -> String {
-    let f = dir.join("serial-of.pem");
-    std::fs::write(&f, pem).unwrap();
-    let out = openssl(&["x509", "-in", f.to_str().unwrap(), "-noout", "-serial"]);
-    normalize_serial(String::from_utf8_lossy(&out.stdout).trim().trim_start_matches("serial="))
-}
-
-/// `openssl verify -crl_check` of `chain[0]` with the trust bundle as
-/// CAs, the rest of `chain` as untrusted intermediates and `crl_pem` as CRLs:
-/// (success, openssl's output).
-pub fn openssl_verify(dir: &Path, name: &str, chain: &[String], bundle: &Path, crl_pem: &str) -> (bool, String) {
-    let leaf = dir.join(format!("{name}-leaf.pem"));
-    let untrusted = dir.join(format!("{name}-untrusted.pem"));
-    let crl = dir.join(format!("{name}-crl.pem"));
-    std::fs::write(&leaf, &chain[0]).unwrap();
-    std::fs::write(&untrusted, chain[1..].concat()).unwrap();
-    std::fs::write(&crl, crl_pem).unwrap();
-    let mut args = vec!["verify", "-crl_check", "-CRLfile", crl.to_str().unwrap()];
-    args.extend(["-CAfile", bundle.to_str().unwrap()]);
-    if chain.len() > 1 {
-        args.extend(["-untrusted", untrusted.to_str().unwrap()]);
-    }
-    args.push(leaf.to_str().unwrap());
-    let out = openssl(&args);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
 }

@@ -1,19 +1,47 @@
-//! Helpers shared by the integration tests. Each test binary uses only some.
-#![allow(dead_code)]
+//! Helpers shared by the integration tests, one module per concern. Each
+//! test binary declares `mod support;` and uses only some of them.
+//!
+//! | module | what it is for |
+//! |---|---|
+//! | `server` | the real `trustmesh` binary: `serve` on ephemeral ports, the CLI against it |
+//! | `openssl` | PEM text, normalized serials, and openssl as an independent verifier |
+//! | `process` | stopping child processes, polling with a deadline |
+//! | `issuer` | the issuing service in-process on SQLite |
+//! | `postgres` | throwaway PostgreSQL servers (shared, or one a test can stop and start) |
+//! | `socket` | gRPC over a Unix socket, a raw Workload API client |
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod issuer;
+pub mod openssl;
 pub mod postgres;
+pub mod process;
+pub mod server;
 pub mod socket;
+
+use std::path::{Path, PathBuf};
 
 /// The repository's `.venv` Python (with py-spiffe), which
 /// `scripts/install-test-deps.sh` installs; a test that needs it fails
 /// without it.
-pub fn venv_python() -> std::path::PathBuf {
-    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+pub fn venv_python() -> PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
     assert!(
         python.exists(),
         "{} is missing: run scripts/install-test-deps.sh (installs py-spiffe into .venv)",
         python.display()
     );
     python
+}
+
+/// The uid this test runs as (0 in CI), for `unix:uid:` selectors.
+pub fn my_uid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The permission bits of `path`.
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
