@@ -20,6 +20,7 @@ use envoy_support::http::{Outcome, Probe, Upstream, failures, first_refusal};
 use envoy_support::{Envoy, client_bootstrap, envoy_bin, server_bootstrap};
 use replicas_support::*;
 use support::openssl::{crl_serials_of, normalize_serial, openssl, pem_blocks};
+use support::postgres;
 use support::process::poll;
 use support::server::{Server, entry_for};
 
@@ -29,7 +30,7 @@ const WITHIN: Duration = Duration::from_secs(1);
 #[test]
 fn replicas_create_the_ca_once() {
     let dir = tempfile::tempdir().unwrap();
-    let url = block_on(support::postgres::fresh_database());
+    let url = block_on(postgres::fresh_database());
     // Both start at the same moment on the empty database, and both create
     // the shared KEK file that does not exist yet: one key wins, both use it.
     let kek = dir.path().join("shared.kek");
@@ -110,7 +111,7 @@ const CLIENT_ROUTE: &str = "to_server";
 /// Two replicas, A and B, on a fresh database, each in its folder in `dir`:
 /// the database's URL and both.
 fn two_replicas(dir: &Path) -> (String, Server, Server) {
-    let url = block_on(support::postgres::fresh_database());
+    let url = block_on(postgres::fresh_database());
     let kek = kek_file(dir);
     let a = replica(dir, "a", &url, &kek);
     let b = replica(dir, "b", &url, &kek);
@@ -254,7 +255,7 @@ fn converges(b: &Server, dir: &Path, revoked: &BTreeSet<String>, ids: &[&str], t
 #[test]
 fn no_change_is_lost_when_a_replicas_database_connection_drops() {
     // A server of this test's own: it is stopped and started again below.
-    let pg = Postgres::start();
+    let pg = postgres::Server::start();
     let url = pg.url("postgres");
     let dir = tempfile::tempdir().unwrap();
     let kek = kek_file(dir.path());
