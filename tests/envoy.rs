@@ -1,25 +1,30 @@
 //! End-to-end with real Envoy 1.40 processes (from `.venv`, installed by
 //! `scripts/install-test-deps.sh`; or `$TRUSTMESH_ENVOY`): two Envoys that get
 //! their certificates and trust bundle from trustmesh over SDS serve mTLS
-//! between them, across rotations and a trustmesh restart. Loopback and Unix
-//! sockets only; every process is stopped on drop.
+//! between them, across rotations and a trustmesh restart. Every bootstrap
+//! comes from the shipped generator (`trustmesh envoy bootstrap`). Loopback
+//! and Unix sockets only; every process is stopped on drop.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod envoy_support;
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use envoy_support::config::{self, CLIENT_LISTENER, SERVER_LISTENER, Tls};
-use envoy_support::http::{self, Upstream};
-use envoy_support::{Envoy, envoy_bin};
+use support::envoy::bootstrap::{bootstrap_json, bootstrap_with_token, client_bootstrap, server_bootstrap, with_files};
+use support::envoy::http::{self, Upstream};
+use support::envoy::{self as envoy_support, Envoy, envoy_bin};
 use support::openssl::{normalize_serial, openssl_self_signed, pem_blocks, pem_file_serial};
 use support::process::poll;
 use support::server::{self, Server, entry_for};
 
 const SERVER_ID: &str = "spiffe://example.org/test/envoy-server";
 const CLIENT_ID: &str = "spiffe://example.org/test/envoy-client";
+/// The server-side Envoy's inbound mTLS listener.
+const SERVER_LISTENER: &str = "mtls_in";
+/// The client-side Envoy's outbound route: a plain HTTP listener and the
+/// cluster that originates mTLS to the server-side Envoy.
+const CLIENT_ROUTE: &str = "to_server";
 
 /// The `URI=` element of an `x-forwarded-client-cert` value as the upstream
 /// echoed it (`xfcc=By=…;Hash=…;URI=spiffe://…`).
@@ -31,7 +36,7 @@ fn xfcc_uri(body: &str) -> Option<String> {
 /// One request through the client-side Envoy; asserts 200 and returns the
 /// client SPIFFE ID the upstream saw.
 fn request_ok(client: &Envoy, server: &Envoy) -> String {
-    let addr = client.listener_addr(CLIENT_LISTENER);
+    let addr = client.listener_addr(CLIENT_ROUTE);
     let r = http::get(addr, "/hello")
         .unwrap_or_else(|e| panic!("{e}\nclient {}\nserver {}", client.diagnostics(), server.diagnostics()));
     assert_eq!(r.status, 200, "body {:?}\nclient {}\nserver {}", r.body, client.diagnostics(), server.diagnostics());
@@ -42,35 +47,29 @@ fn request_ok(client: &Envoy, server: &Envoy) -> String {
 fn envoy_harness_runs_a_static_envoy() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
-    let pair = |name: &str, id: &str| -> (PathBuf, PathBuf) {
-        let cert = dir.path().join(format!("{name}.pem"));
-        let key = dir.path().join(format!("{name}.key"));
-        server.ok(&[
-            "pki",
-            "cert",
-            "generate",
-            "--spiffe-id",
-            id,
-            "--output-cert",
-            cert.to_str().unwrap(),
-            "--output-key",
-            key.to_str().unwrap(),
-        ]);
-        (cert, key)
-    };
+    let pair = |name: &str, id: &str| server.generate(dir.path(), name, id, &[]);
     let (server_cert, server_key) = pair("server", SERVER_ID);
     let (client_cert, client_key) = pair("client", CLIENT_ID);
     let ca = server.bundle_path();
 
+    // The generator's bootstraps, with certificates from files and no
+    // control plane.
     let upstream = Upstream::start();
-    let server_tls = Tls::Files { cert: server_cert.clone(), key: server_key, ca: ca.clone() };
-    let envoy_server =
-        Envoy::start(&config::server_side("static-server", &server_tls, CLIENT_ID, upstream.port(), None));
+    let listener = format!("{SERVER_LISTENER}:0:{CLIENT_ID}");
+    let backend = format!("127.0.0.1:{}", upstream.port());
+    let server_args = ["--bind", "127.0.0.1", "--listener", &listener, "--backend", &backend];
+    let generated = bootstrap_json(&server, "static-server", SERVER_ID, &server_args);
+    let envoy_server = Envoy::start(&with_files(&generated, &server_cert, &server_key, &ca));
     let server_port = envoy_server.listener_port(SERVER_LISTENER);
     assert_ne!(server_port, 0);
 
-    let client_tls = Tls::Files { cert: client_cert.clone(), key: client_key, ca };
-    let envoy_client = Envoy::start(&config::client_side("static-client", &client_tls, SERVER_ID, server_port, None));
+    let route = format!("{CLIENT_ROUTE}:0:127.0.0.1:{server_port}:{SERVER_ID}");
+    let client_args = ["--upstream", &route, "--new-connection-per-request"];
+    let static_client = |node: &str, id: &str, cert: &Path, key: &Path| {
+        let generated = bootstrap_json(&server, node, id, &client_args);
+        Envoy::start(&with_files(&generated, cert, key, &ca))
+    };
+    let envoy_client = static_client("static-client", CLIENT_ID, &client_cert, &client_key);
 
     // Requests through both Envoys reach the upstream with the client's ID.
     for _ in 0..3 {
@@ -90,10 +89,10 @@ fn envoy_harness_runs_a_static_envoy() {
 
     // A client the server does not accept (its certificate has another SAN)
     // is refused at the handshake: the client-side Envoy answers 503.
-    let (other_cert, other_key) = pair("other", "spiffe://example.org/test/someone-else");
-    let other_tls = Tls::Files { cert: other_cert, key: other_key, ca: server.bundle_path() };
-    let envoy_other = Envoy::start(&config::client_side("static-other", &other_tls, SERVER_ID, server_port, None));
-    let r = http::get(envoy_other.listener_addr(CLIENT_LISTENER), "/").unwrap();
+    let other_id = "spiffe://example.org/test/someone-else";
+    let (other_cert, other_key) = pair("other", other_id);
+    let envoy_other = static_client("static-other", other_id, &other_cert, &other_key);
+    let r = http::get(envoy_other.listener_addr(CLIENT_ROUTE), "/").unwrap();
     assert_eq!(r.status, 503, "{}", r.body);
     envoy_server.wait_until("a SAN verification failure", Duration::from_secs(5), |e| {
         e.sum("listener.127.0.0.1_", ".ssl.fail_verify_san") >= 1
@@ -101,24 +100,16 @@ fn envoy_harness_runs_a_static_envoy() {
     assert_eq!(upstream.requests(), 3);
 
     // The SDS bootstraps the other tests use are valid Envoy configuration.
-    let servers = [
-        config::SdsServer::Socket(dir.path().join("api.sock")),
-        config::SdsServer::Tls { addr: server.api, token: "t.o.k".into(), ca_file: server.bundle_path() },
-    ];
-    for sds in &servers {
-        for delta in [false, true] {
-            let tls = Tls::Sds {
-                cert: CLIENT_ID.into(),
-                validation: "ROOTCA".into(),
-                source: config::sds_source(sds, delta),
-            };
-            for text in [
-                config::server_side("v", &tls, CLIENT_ID, 9, Some(sds)),
-                config::client_side("v", &tls, SERVER_ID, 9, Some(sds)),
-            ] {
-                if let Err(e) = envoy_support::validate(&text) {
-                    panic!("invalid bootstrap ({sds:?}, delta {delta}): {e}\n{text}");
-                }
+    for delta in [false, true] {
+        let opts = MeshOptions { server_delta: delta, client_delta: delta, ..Default::default() };
+        for text in [
+            Mesh::server_bootstrap(&server, &opts, 9),
+            Mesh::client_bootstrap(&server, &opts, 9),
+            bad_callers_bootstrap(&server, "v", CLIENT_ID, None),
+            bad_callers_bootstrap(&server, "v", CLIENT_ID, Some("t.o.k")),
+        ] {
+            if let Err(e) = envoy_support::validate(&text) {
+                panic!("invalid bootstrap (delta {delta}): {e}\n{text}");
             }
         }
     }
@@ -186,36 +177,33 @@ impl Mesh {
             extra.extend(["--svid-ttl", t.as_str()]);
         }
         let tm = Server::start(&data, &extra);
-        let socket = Server::socket_path(&data);
         let server_bin = envoy_bin();
         let client_bin = envoy_support::envoy_alias(dir.path(), "client-envoy");
         entry_for(&tm, SERVER_ID, &server_bin);
         entry_for(&tm, CLIENT_ID, &client_bin);
         let upstream = Upstream::start();
-        let server = Envoy::start_with(&server_bin, &Self::server_bootstrap(&socket, &opts, upstream.port()), &[]);
+        let server = Envoy::start_with(&server_bin, &Self::server_bootstrap(&tm, &opts, upstream.port()), &[]);
         let server_port = server.listener_port(SERVER_LISTENER);
-        let client = Envoy::start_with(&client_bin, &Self::client_bootstrap(&socket, &opts, server_port), &[]);
+        let client = Envoy::start_with(&client_bin, &Self::client_bootstrap(&tm, &opts, server_port), &[]);
         Mesh { client, server, upstream, tm, opts, dir }
     }
 
-    fn server_bootstrap(socket: &Path, opts: &MeshOptions, upstream_port: u16) -> String {
-        let sds = config::SdsServer::Socket(socket.to_path_buf());
-        let tls = Tls::Sds {
-            cert: SERVER_ID.into(),
-            validation: opts.validation.into(),
-            source: config::sds_source(&sds, opts.server_delta),
-        };
-        config::server_side("envoy-server", &tls, CLIENT_ID, upstream_port, Some(&sds))
+    /// The server side: listener `mtls_in` accepting the client, in front of
+    /// the upstream, secrets over ADS.
+    fn server_bootstrap(tm: &Server, opts: &MeshOptions, upstream_port: u16) -> String {
+        let listener = format!("{SERVER_LISTENER}:0:{CLIENT_ID}");
+        let delta: &[&str] = if opts.server_delta { &["--delta"] } else { &[] };
+        let args = [&["--validation", opts.validation], delta].concat();
+        server_bootstrap(tm, "envoy-server", SERVER_ID, &listener, upstream_port, &args)
     }
 
-    fn client_bootstrap(socket: &Path, opts: &MeshOptions, server_port: u16) -> String {
-        let sds = config::SdsServer::Socket(socket.to_path_buf());
-        let tls = Tls::Sds {
-            cert: CLIENT_ID.into(),
-            validation: opts.validation.into(),
-            source: config::sds_source(&sds, opts.client_delta),
-        };
-        config::client_side("envoy-client", &tls, SERVER_ID, server_port, Some(&sds))
+    /// The client side: route `to_server` to the server-side Envoy, one
+    /// request per connection, secrets over SDS.
+    fn client_bootstrap(tm: &Server, opts: &MeshOptions, server_port: u16) -> String {
+        let route = format!("{CLIENT_ROUTE}:0:127.0.0.1:{server_port}:{SERVER_ID}");
+        let delta: &[&str] = if opts.client_delta { &["--delta"] } else { &[] };
+        let args = [&["--validation", opts.validation], delta].concat();
+        client_bootstrap(tm, "envoy-client", CLIENT_ID, &route, true, &args)
     }
 
     fn request_ok(&self) -> String {
@@ -223,7 +211,7 @@ impl Mesh {
     }
 
     fn traffic(&self) -> http::Traffic {
-        http::Traffic::start(self.client.listener_addr(CLIENT_LISTENER), "/traffic", Duration::from_millis(50))
+        http::Traffic::start(self.client.listener_addr(CLIENT_ROUTE), "/traffic", Duration::from_millis(50))
     }
 
     /// Everything that helps to understand a failure.
@@ -509,48 +497,46 @@ fn wait_for_log(tm: &Server, message: &str, fields: &[(&str, &str)]) -> serde_js
     }
 }
 
+/// A client-side Envoy of `bad_sds_callers_get_clear_errors` that asks for
+/// the certificate `cert`, over the local socket or, with `token`, over the
+/// TLS port. Its route's port is never dialled: no request is sent.
+fn bad_callers_bootstrap(tm: &Server, node_id: &str, cert: &str, token: Option<&str>) -> String {
+    let route = format!("{CLIENT_ROUTE}:0:127.0.0.1:9:{SERVER_ID}");
+    let args = ["--validation", "spiffe://example.org", "--upstream", &route, "--new-connection-per-request"];
+    match token {
+        Some(token) => bootstrap_with_token(tm, node_id, cert, token, &args),
+        None => support::envoy::bootstrap::bootstrap(tm, node_id, cert, &args),
+    }
+}
+
 #[test]
 fn bad_sds_callers_get_clear_errors() {
     const NODE_A_ID: &str = "spiffe://example.org/envoy/node-a";
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let tm = Server::start(&data, &[]);
-    let socket = Server::socket_path(&data);
     tm.ok(&["entry", "create", "--spiffe-id", NODE_A_ID, "--selector", "token:sub:node-a"]);
     tm.ok(&["entry", "create", "--spiffe-id", "spiffe://example.org/envoy/node-b", "--selector", "token:sub:node-b"]);
     entry_for(&tm, CLIENT_ID, &envoy_bin());
     let token = |node: &str| tm.ok(&["token", "mint", "node", node]).trim().to_string();
-    let over_tls = |token: String| config::SdsServer::Tls { addr: tm.api, token, ca_file: tm.bundle_path() };
-    let bootstrap = |node_id: &str, cert: &str, sds: &config::SdsServer| {
-        let tls = Tls::Sds {
-            cert: cert.into(),
-            validation: "spiffe://example.org".into(),
-            source: config::sds_source(sds, false),
-        };
-        // The cluster's peer port is never dialled: no request is sent.
-        config::client_side(node_id, &tls, SERVER_ID, 9, Some(sds))
-    };
+    let bootstrap = |node_id: &str, cert: &str, token: Option<&str>| bad_callers_bootstrap(&tm, node_id, cert, token);
     let debug = ["--component-log-level", "config:debug"];
 
     // Controls: node-a's own token over the TLS port, and the entry's binary
     // over the local socket, get their certificates.
-    let good_tls = Envoy::start_with(&envoy_bin(), &bootstrap("node-a", NODE_A_ID, &over_tls(token("node-a"))), &debug);
+    let good_tls = Envoy::start_with(&envoy_bin(), &bootstrap("node-a", NODE_A_ID, Some(&token("node-a"))), &debug);
     assert_eq!(good_tls.serials_of(NODE_A_ID).len(), 1, "{}", good_tls.diagnostics());
-    let local = config::SdsServer::Socket(socket.clone());
-    let good_local = Envoy::start_with(&envoy_bin(), &bootstrap("local", CLIENT_ID, &local), &debug);
+    let good_local = Envoy::start_with(&envoy_bin(), &bootstrap("local", CLIENT_ID, None), &debug);
     assert_eq!(good_local.serials_of(CLIENT_ID).len(), 1, "{}", good_local.diagnostics());
 
     // A token for another node, asking for node-a's certificate.
-    let other_node = Envoy::spawn(&envoy_bin(), &bootstrap("node-a", NODE_A_ID, &over_tls(token("node-b"))), &debug);
+    let other_node = Envoy::spawn(&envoy_bin(), &bootstrap("node-a", NODE_A_ID, Some(&token("node-b"))), &debug);
     // A token trustmesh never minted.
-    let forged = Envoy::spawn(
-        &envoy_bin(),
-        &bootstrap("node-a", NODE_A_ID, &over_tls("eyJhbGciOiJFUzI1NiJ9.e30.AAAA".into())),
-        &debug,
-    );
+    let forged =
+        Envoy::spawn(&envoy_bin(), &bootstrap("node-a", NODE_A_ID, Some("eyJhbGciOiJFUzI1NiJ9.e30.AAAA")), &debug);
     // A local caller that no entry matches (another executable path).
     let stranger_bin = envoy_support::envoy_alias(dir.path(), "stranger");
-    let stranger = Envoy::spawn(&stranger_bin, &bootstrap("stranger", CLIENT_ID, &local), &debug);
+    let stranger = Envoy::spawn(&stranger_bin, &bootstrap("stranger", CLIENT_ID, None), &debug);
 
     // A name the caller may not have: trustmesh answers without it (listing
     // it in the response's `resource_errors`, which Envoy 1.40 neither logs

@@ -7,7 +7,6 @@
 //! process is stopped on drop.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod envoy_support;
 mod replicas_support;
 mod support;
 
@@ -16,9 +15,10 @@ use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use envoy_support::http::{Outcome, Probe, Upstream, failures, first_refusal};
-use envoy_support::{Envoy, client_bootstrap, envoy_bin, server_bootstrap};
 use replicas_support::*;
+use support::envoy::bootstrap::{client_bootstrap, server_bootstrap};
+use support::envoy::http::{Outcome, Probe, Upstream, failures, first_refusal};
+use support::envoy::{Envoy, envoy_alias, envoy_bin};
 use support::openssl::{crl_serials_of, normalize_serial, openssl, pem_blocks};
 use support::postgres;
 use support::process::poll;
@@ -135,7 +135,7 @@ fn a_deny_through_replica_a_cuts_an_envoy_on_replica_b_within_a_second() {
     // The entries are created through A, after B started: B learns them only
     // from the feed.
     let server_bin = envoy_bin();
-    let client_bin = envoy_support::envoy_alias(dir.path(), "replicas-client");
+    let client_bin = envoy_alias(dir.path(), "replicas-client");
     let created = Instant::now();
     entry_for(&a, SERVER_ID, &server_bin);
     entry_for(&a, CLIENT_ID, &client_bin);
@@ -143,7 +143,7 @@ fn a_deny_through_replica_a_cuts_an_envoy_on_replica_b_within_a_second() {
     // The Envoys' bootstraps come from `trustmesh envoy bootstrap` and point at B's socket only.
     let upstream = Upstream::start();
     let listener = format!("{SERVER_LISTENER}:0:{CLIENT_ID}");
-    let text = server_bootstrap(&b, "replicas-server", SERVER_ID, &listener, upstream.port());
+    let text = server_bootstrap(&b, "replicas-server", SERVER_ID, &listener, upstream.port(), &[]);
     let server = Envoy::spawn(&server_bin, &text, &[]);
     server.wait_until("B serving the server's entry created through A", Duration::from_secs(10), |e| {
         !e.serials_of(SERVER_ID).is_empty()
@@ -153,7 +153,7 @@ fn a_deny_through_replica_a_cuts_an_envoy_on_replica_b_within_a_second() {
     server.wait_deny_list();
     let port = server.listener_port(SERVER_LISTENER);
     let route = format!("{CLIENT_ROUTE}:0:127.0.0.1:{port}:{SERVER_ID}");
-    let text = client_bootstrap(&b, "replicas-client", CLIENT_ID, &route, true);
+    let text = client_bootstrap(&b, "replicas-client", CLIENT_ID, &route, true, &[]);
     let client = Envoy::spawn(&client_bin, &text, &[]);
     client.wait_until("B serving the client's entry created through A", Duration::from_secs(10), |e| {
         !e.serials_of(CLIENT_ID).is_empty()

@@ -6,14 +6,13 @@
 //! Unix sockets only; every process is stopped on drop.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod envoy_support;
 mod revocation_support;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use envoy_support::http::{Outcome, failures, first_refusal};
 use revocation_support::*;
+use support::envoy::http::{Outcome, failures, first_refusal};
 use support::openssl::{normalize_serial, openssl_verify, pem_serial, presented_chain};
 use support::process::poll;
 use support::server::Server;

@@ -9,8 +9,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::envoy_support::http::{self, Probe, Upstream};
-use crate::envoy_support::{self, Envoy, client_bootstrap, envoy_bin, server_bootstrap};
+use crate::support::envoy::bootstrap::{client_bootstrap, server_bootstrap};
+use crate::support::envoy::http::{self, Probe, Upstream};
+use crate::support::envoy::{Envoy, envoy_alias, envoy_bin};
 use crate::support::openssl::{crl_serials_of, normalize_serial};
 use crate::support::server::{Server, entry_for};
 
@@ -66,21 +67,21 @@ impl Scene {
         for spec in specs {
             if !client_bins.iter().any(|(id, _)| *id == spec.id) {
                 let name = spec.id.rsplit('/').next().unwrap();
-                let bin = envoy_support::envoy_alias(dir.path(), name);
+                let bin = envoy_alias(dir.path(), name);
                 entry_for(&tm, spec.id, &bin);
                 client_bins.push((spec.id, bin));
             }
         }
         let upstream = Upstream::start();
         let listener = format!("{SERVER_LISTENER}:0:{A_ID},{B_ID}");
-        let text = server_bootstrap(&tm, "revocation-server", SERVER_ID, &listener, upstream.port());
+        let text = server_bootstrap(&tm, "revocation-server", SERVER_ID, &listener, upstream.port(), &[]);
         let server = Envoy::start_with(&server_bin, &text, &[]);
         server.wait_deny_list();
         let port = server.listener_port(SERVER_LISTENER);
         let mut clients = Vec::new();
         for spec in specs {
             let route = format!("{CLIENT_ROUTE}:0:127.0.0.1:{port}:{SERVER_ID}");
-            let text = client_bootstrap(&tm, spec.label, spec.id, &route, spec.fresh);
+            let text = client_bootstrap(&tm, spec.label, spec.id, &route, spec.fresh, &[]);
             let bin = &client_bins.iter().find(|(id, _)| *id == spec.id).unwrap().1;
             clients.push((*spec, Envoy::start_with(bin, &text, &[])));
         }

@@ -6,11 +6,13 @@
 //! | `server` | the real `trustmesh` binary: `serve` on ephemeral ports, the CLI against it |
 //! | `openssl` | PEM text, normalized serials, and openssl as an independent verifier |
 //! | `process` | stopping child processes, polling with a deadline |
+//! | `envoy` | real Envoy processes, their bootstraps from the shipped generator, HTTP through them |
 //! | `issuer` | the issuing service in-process on SQLite |
 //! | `postgres` | throwaway PostgreSQL servers (shared, or one a test can stop and start) |
 //! | `socket` | gRPC over a Unix socket, a raw Workload API client |
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod envoy;
 pub mod issuer;
 pub mod openssl;
 pub mod postgres;
