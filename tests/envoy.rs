@@ -216,13 +216,11 @@ impl Mesh {
 
     /// Everything that helps to understand a failure.
     fn diagnostics(&self) -> String {
-        let log = self.tm.log();
-        let lines: Vec<&str> = log.lines().collect();
         format!(
             "client {}\nserver {}\n--- trustmesh log tail ---\n{}",
             self.client.diagnostics(),
             self.server.diagnostics(),
-            lines[lines.len().saturating_sub(60)..].join("\n")
+            self.tm.log_tail(60)
         )
     }
 

@@ -7,7 +7,6 @@
 //! process is stopped on drop.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod replicas_support;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,13 +14,13 @@ use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use replicas_support::*;
 use support::envoy::bootstrap::{client_bootstrap, server_bootstrap};
 use support::envoy::http::{Outcome, Probe, Upstream, failures, first_refusal};
 use support::envoy::{Envoy, envoy_alias, envoy_bin};
 use support::openssl::{crl_serials_of, normalize_serial, openssl, pem_blocks};
 use support::postgres;
 use support::process::poll;
+use support::replicas::*;
 use support::server::{Server, entry_for};
 
 /// What SPEC §5 promises: a push reaches every proxy within a second.
@@ -75,14 +74,14 @@ fn replicas_create_the_ca_once() {
 
     // The database holds one root (and one CA of each other role), and it is
     // the root both serve.
-    let roles: BTreeMap<String, i64> = replicas_support::query(&url, "SELECT role, count(*) FROM cas GROUP BY role")
+    let roles: BTreeMap<String, i64> = query(&url, "SELECT role, count(*) FROM cas GROUP BY role")
         .iter()
         .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
         .collect();
     let expected: BTreeMap<String, i64> =
         [("root", 1), ("services", 1), ("transport", 1)].into_iter().map(|(role, n)| (role.to_string(), n)).collect();
     assert_eq!(roles, expected, "CAs in the database by role");
-    let root: Vec<u8> = replicas_support::query(&url, "SELECT cert_der FROM cas WHERE role = 'root'")[0].get(0);
+    let root: Vec<u8> = query(&url, "SELECT cert_der FROM cas WHERE role = 'root'")[0].get(0);
     let served: Vec<Vec<u8>> = pem::parse_many(&bundle_a).unwrap().iter().map(|p| p.contents().to_vec()).collect();
     assert!(served.contains(&root), "the database's root is not in the served bundle");
 
@@ -277,7 +276,7 @@ fn no_change_is_lost_when_a_replicas_database_connection_drops() {
 
     // 1. B's listening connection is terminated; the changes follow at once.
     let sql = format!("SELECT pg_terminate_backend({})", b_listener.iter().next().unwrap());
-    replicas_support::query(&url, &sql);
+    query(&url, &sql);
     // The changes start once the connection is gone (B reconnects after 0.1 s).
     let gone = poll(Duration::from_secs(5), || Some(()).filter(|_| listener_pids(&url).is_disjoint(&b_listener)));
     assert!(gone.is_some(), "B's terminated listener did not exit");
@@ -347,7 +346,7 @@ fn verify_crl(dir: &Path, crl: &str, bundle: &Path) -> (bool, String) {
 /// The certificates the database says are revoked and unexpired at `now` (normalized serials).
 fn revoked_unexpired_in_db(url: &str, now: i64) -> BTreeSet<String> {
     let sql = format!("SELECT serial FROM certificates WHERE status = 'revoked' AND not_after > {now}");
-    replicas_support::query(url, &sql).iter().map(|r| normalize_serial(&r.get::<_, String>(0))).collect()
+    query(url, &sql).iter().map(|r| normalize_serial(&r.get::<_, String>(0))).collect()
 }
 
 fn unix_now() -> i64 {

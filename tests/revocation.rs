@@ -6,15 +6,14 @@
 //! Unix sockets only; every process is stopped on drop.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod revocation_support;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use revocation_support::*;
 use support::envoy::http::{Outcome, failures, first_refusal};
 use support::openssl::{normalize_serial, openssl_verify, pem_serial, presented_chain};
 use support::process::poll;
+use support::revocation::*;
 use support::server::Server;
 
 /// What SPEC §5 promises: a push reaches every proxy within a second.

@@ -9,6 +9,8 @@
 //! | `envoy` | real Envoy processes, their bootstraps from the shipped generator, HTTP through them |
 //! | `issuer` | the issuing service in-process on SQLite |
 //! | `postgres` | throwaway PostgreSQL servers (shared, or one a test can stop and start) |
+//! | `replicas` | replicas of `trustmesh serve` on one PostgreSQL database |
+//! | `revocation` | the revocation scene: trustmesh, a backend, a server-side Envoy and client-side Envoys |
 //! | `socket` | gRPC over a Unix socket, a raw Workload API client |
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -17,6 +19,8 @@ pub mod issuer;
 pub mod openssl;
 pub mod postgres;
 pub mod process;
+pub mod replicas;
+pub mod revocation;
 pub mod server;
 pub mod socket;
 
@@ -40,6 +44,12 @@ pub fn my_uid() -> u32 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The last `n` lines of `text`, for failure messages.
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The permission bits of `path`.

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::my_uid;
 use super::openssl::{crl_serials_of, pem_blocks};
 use super::process::terminate;
+use super::{last_lines, my_uid};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_trustmesh");
 
@@ -166,6 +166,11 @@ impl Server {
 
     pub fn log(&self) -> String {
         self.log.lock().clone()
+    }
+
+    /// The last `lines` lines of the log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        last_lines(&self.log(), lines)
     }
 
     /// Every CRL of `GET /pki/crl` (PEM blocks); asserts there is one.

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::Value;
 
+use crate::support::last_lines;
+
 /// The Envoy release the tests are written against (`install_envoy` in
 /// `scripts/install-test-deps.sh` pins the same).
 pub const ENVOY_VERSION: &str = "1.40.0";
@@ -217,9 +219,7 @@ impl Envoy {
     /// The tail of the log and the SDS, ECDS, TLS and RBAC stats, for panic
     /// messages.
     pub fn diagnostics(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+        let tail = last_lines(&self.log(), 80);
         let stats = match http::get(self.admin, "/stats") {
             Ok(r) => r
                 .body

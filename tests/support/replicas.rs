@@ -2,7 +2,6 @@
 //! (each with its own data directory, ports and socket, all with the same
 //! KEK file) and reading what each one publishes. Everything started here is
 //! stopped on drop, also when a test fails.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -85,7 +84,5 @@ pub fn workload_ids(socket: &Path) -> Result<BTreeSet<String>, String> {
 
 /// The tail of a replica's log, for failure messages.
 pub fn log_tail(name: &str, server: &Server) -> String {
-    let log = server.log();
-    let lines: Vec<&str> = log.lines().collect();
-    format!("--- replica {name} log tail ---\n{}\n", lines[lines.len().saturating_sub(40)..].join("\n"))
+    format!("--- replica {name} log tail ---\n{}\n", server.log_tail(40))
 }
