@@ -10,9 +10,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
+use support::fixtures::selectors;
 use support::server::{self, Server};
 use trustmesh::attest::token_selectors;
-use trustmesh::domain::{Principal, Selector, SpiffeId};
+use trustmesh::domain::{Principal, Selector, SpiffeId, SystemClock};
 use trustmesh::issuer::{Caller, EntryRequest, Issuer};
 
 fn tmp() -> tempfile::TempDir {
@@ -246,30 +247,9 @@ fn policy_check_explains_workload_entitlement() {
 
 // ---- in-process: the published list and entitlement ------------------------
 
+/// A real issuer on temp SQLite, on the system clock.
 async fn issuer(dir: &std::path::Path) -> Arc<Issuer> {
-    let store = trustmesh::store::open(&format!("sqlite://{}", dir.join("t.db").display())).await.unwrap();
-    let kek_path = dir.join("kek");
-    if !kek_path.exists() {
-        std::fs::write(&kek_path, trustmesh::ca::Kek::generate().unwrap().1.as_bytes()).unwrap();
-    }
-    let kek = trustmesh::ca::Kek::from_file_contents(&std::fs::read_to_string(&kek_path).unwrap()).unwrap();
-    let cfg = trustmesh::issuer::IssuerConfig::new(trustmesh::domain::TrustDomain::parse("example.org").unwrap());
-    Issuer::start(
-        cfg,
-        store,
-        kek,
-        Arc::new(trustmesh::domain::SystemClock),
-        Arc::new(trustmesh::domain::RandomSerials::default()),
-        trustmesh::policy::PolicyEngine::embedded().unwrap(),
-        &trustmesh::issuer::InitParams::default(),
-    )
-    .await
-    .unwrap()
-    .0
-}
-
-fn sels(texts: &[&str]) -> BTreeSet<Selector> {
-    texts.iter().map(|t| Selector::parse(t).unwrap()).collect()
+    support::issuer::start_on(dir, Arc::new(SystemClock)).await.0
 }
 
 #[tokio::test]
@@ -294,13 +274,16 @@ async fn the_entry_list_is_published_and_decides_entitlement() {
     assert_eq!(published, BTreeSet::from([web.id.clone(), db.id.clone()]));
 
     let workload = Principal::Workload { selectors: vec!["unix:uid:1000".into(), "unix:gid:5".into()] };
-    let caller = sels(&["unix:uid:1000", "unix:gid:5"]);
+    let caller = selectors(&["unix:uid:1000", "unix:gid:5"]);
     let decide = |p: &Principal, s: &BTreeSet<Selector>, id: &str| {
         issuer.decide_svid(p, s, &SpiffeId::parse(id).unwrap()).to_string()
     };
     assert_eq!(decide(&workload, &caller, "spiffe://example.org/web"), "ALLOW by workload-entitled");
     assert_eq!(decide(&workload, &caller, "spiffe://example.org/db"), "DENY (no policy permits)");
-    assert_eq!(decide(&workload, &sels(&["unix:uid:1001"]), "spiffe://example.org/web"), "DENY (no policy permits)");
+    assert_eq!(
+        decide(&workload, &selectors(&["unix:uid:1001"]), "spiffe://example.org/web"),
+        "DENY (no policy permits)"
+    );
     let node = Principal::Node { id: "node-a".into() };
     assert_eq!(decide(&node, &token_selectors("node-a"), "spiffe://example.org/db"), "ALLOW by node-entitled");
     assert_eq!(decide(&node, &token_selectors("node-b"), "spiffe://example.org/db"), "DENY (no policy permits)");

@@ -7,20 +7,24 @@
 //! | `openssl` | PEM text, normalized serials, and openssl as an independent verifier |
 //! | `process` | stopping child processes, polling with a deadline |
 //! | `envoy` | real Envoy processes, their bootstraps from the shipped generator, HTTP through them |
+//! | `fixtures` | entries, selectors, SVIDs, trust snapshots, identity sets, a fake identity source |
 //! | `issuer` | the issuing service in-process on SQLite |
 //! | `postgres` | throwaway PostgreSQL servers (shared, or one a test can stop and start) |
 //! | `replicas` | replicas of `trustmesh serve` on one PostgreSQL database |
 //! | `revocation` | the revocation scene: trustmesh, a backend, a server-side Envoy and client-side Envoys |
+//! | `sds` | the SDS server in-process with a fake identity source and attestor; xDS test clients |
 //! | `socket` | gRPC over a Unix socket, a raw Workload API client |
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod envoy;
+pub mod fixtures;
 pub mod issuer;
 pub mod openssl;
 pub mod postgres;
 pub mod process;
 pub mod replicas;
 pub mod revocation;
+pub mod sds;
 pub mod server;
 pub mod socket;
 
