@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use support::envoy::bootstrap::{bootstrap_json, bootstrap_with_token, client_bootstrap, server_bootstrap, with_files};
 use support::envoy::http::{self, Upstream};
-use support::envoy::{self as envoy_support, Envoy, envoy_bin};
+use support::envoy::{DENY_LIST_RELOADS, ENVOY_VERSION, Envoy, envoy_alias, envoy_bin, sum_stats, validate};
 use support::openssl::{normalize_serial, openssl_self_signed, pem_blocks, pem_file_serial};
 use support::process::poll;
 use support::server::{self, Server, entry_for};
@@ -108,7 +108,7 @@ fn envoy_harness_runs_a_static_envoy() {
             bad_callers_bootstrap(&server, "v", CLIENT_ID, None),
             bad_callers_bootstrap(&server, "v", CLIENT_ID, Some("t.o.k")),
         ] {
-            if let Err(e) = envoy_support::validate(&text) {
+            if let Err(e) = validate(&text) {
                 panic!("invalid bootstrap (delta {delta}): {e}\n{text}");
             }
         }
@@ -178,7 +178,7 @@ impl Mesh {
         }
         let tm = Server::start(&data, &extra);
         let server_bin = envoy_bin();
-        let client_bin = envoy_support::envoy_alias(dir.path(), "client-envoy");
+        let client_bin = envoy_alias(dir.path(), "client-envoy");
         entry_for(&tm, SERVER_ID, &server_bin);
         entry_for(&tm, CLIENT_ID, &client_bin);
         let upstream = Upstream::start();
@@ -533,7 +533,7 @@ fn bad_sds_callers_get_clear_errors() {
     let forged =
         Envoy::spawn(&envoy_bin(), &bootstrap("node-a", NODE_A_ID, Some("eyJhbGciOiJFUzI1NiJ9.e30.AAAA")), &debug);
     // A local caller that no entry matches (another executable path).
-    let stranger_bin = envoy_support::envoy_alias(dir.path(), "stranger");
+    let stranger_bin = envoy_alias(dir.path(), "stranger");
     let stranger = Envoy::spawn(&stranger_bin, &bootstrap("stranger", CLIENT_ID, None), &debug);
 
     // A name the caller may not have: trustmesh answers without it (listing
@@ -605,7 +605,7 @@ fn every_example_and_generated_bootstrap_reaches_live_and_serves_mtls() {
 
     // Local socket: the Envoy binary's path tells the two sides apart.
     let server_bin = envoy_bin();
-    let client_bin = envoy_support::envoy_alias(dir.path(), "client-envoy");
+    let client_bin = envoy_alias(dir.path(), "client-envoy");
     entry_for(&tm, SERVER_ID, &server_bin);
     entry_for(&tm, CLIENT_ID, &client_bin);
     // TLS port: node tokens; the IDs' last segment is the token's subject.
@@ -691,7 +691,7 @@ const EXAMPLE_BACKEND_PORT: &str = "18080";
 /// arrived: the listener warms on it; the reload is counted once the worker
 /// applied it, so wait a moment for the counter).
 fn has_deny_list(envoy: &Envoy) -> bool {
-    let applied = || (envoy.counter(envoy_support::DENY_LIST_RELOADS) >= 1).then_some(());
+    let applied = || (envoy.counter(DENY_LIST_RELOADS) >= 1).then_some(());
     poll(Duration::from_secs(5), applied).is_some()
 }
 
@@ -712,7 +712,7 @@ fn run_examples(tm: &Server, dir: &Path) {
     assert!(files.len() >= 5, "expected the example bootstraps in {}: {files:?}", root.display());
 
     let socket = Server::socket_path(&tm.data_dir);
-    let example_bin = envoy_support::envoy_alias(dir, "example-envoy");
+    let example_bin = envoy_alias(dir, "example-envoy");
     entry_for(tm, EXAMPLE_ID, &example_bin);
     tm.ok(&["entry", "create", "--spiffe-id", EXAMPLE_ID, "--selector", "token:sub:example-tls"]);
     let token = tm.ok(&["token", "mint", "node", "example-tls"]).trim().to_string();
@@ -753,7 +753,7 @@ fn run_examples(tm: &Server, dir: &Path) {
             // Through the TCP proxy: no HTTP connection manager added a header.
             assert_eq!((r.status, r.body.trim()), (200, "xfcc="), "[{name}] tcp\n{}", envoy.diagnostics());
             let stats = envoy.stats();
-            assert!(envoy_support::sum_stats(&stats, "tcp.tcp_in.", "downstream_cx_total") >= 1, "[{name}]");
+            assert!(sum_stats(&stats, "tcp.tcp_in.", "downstream_cx_total") >= 1, "[{name}]");
         }
         assert_eq!(envoy.serials_of(EXAMPLE_ID).len(), 1, "[{name}] {}", envoy.diagnostics());
         eprintln!("[{name}] ok");
@@ -791,8 +791,8 @@ fn every_example_and_generated_bootstrap_passes_envoy_validate() {
         }
         let text =
             std::fs::read_to_string(&path).unwrap().replace("/tmp/trustmesh/ca-bundle.pem", ca.to_str().unwrap());
-        if let Err(e) = envoy_support::validate(&text) {
-            panic!("{} is not valid for Envoy {}: {e}", path.display(), envoy_support::ENVOY_VERSION);
+        if let Err(e) = validate(&text) {
+            panic!("{} is not valid for Envoy {}: {e}", path.display(), ENVOY_VERSION);
         }
         checked += 1;
     }
@@ -829,7 +829,7 @@ fn every_example_and_generated_bootstrap_passes_envoy_validate() {
                 }
                 args.extend_from_slice(shape);
                 let text = bootstrap_cli(&args);
-                if let Err(e) = envoy_support::validate(&text) {
+                if let Err(e) = validate(&text) {
                     panic!("bootstrap {args:?} is not valid: {e}\n{text}");
                 }
             }
