@@ -1,5 +1,6 @@
-//! Helpers shared by the integration tests, one module per concern. Each
-//! test binary declares `mod support;` and uses only some of them.
+//! Helpers shared by the integration tests, one module per concern. Every
+//! test binary that uses helpers declares `mod support;` (and no helper
+//! module of its own, `tests/tidy.rs` checks) and uses only some of them.
 //!
 //! | module | what it is for |
 //! |---|---|

@@ -22,7 +22,8 @@ pub fn bootstrap(tm: &Server, node_id: &str, spiffe_id: &str, args: &[&str]) -> 
 }
 
 /// [`bootstrap`] over `tm`'s TLS port with `token` instead of the local
-/// socket (the server recognised by its identity in `tm`'s CA bundle).
+/// socket (the server recognised as `spiffe://<td>/trustmesh/server` of the
+/// trust domain of `spiffe_id`, against `tm`'s CA bundle).
 pub fn bootstrap_with_token(tm: &Server, node_id: &str, spiffe_id: &str, token: &str, args: &[&str]) -> String {
     // The generator copies the token into the bootstrap: the file can go.
     let file = tempfile::NamedTempFile::new().unwrap();
