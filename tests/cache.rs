@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use support::minter::FakeCa;
@@ -16,8 +15,10 @@ use tokio::sync::watch;
 use trustmesh::cache::{
     CacheError, CacheInputs, CacheOptions, IdentityCache, IdentitySet, IdentitySource, IdentityWatch, ManualTimer,
 };
-use trustmesh::domain::{Entry, ManualClock, Selector, SpiffeId};
+use trustmesh::domain::{Entry, ManualClock, SpiffeId};
 use x509_parser::prelude::FromDer;
+
+use support::fixtures::{entry, selectors};
 
 const START: i64 = 1_800_000_000;
 const HANG_GUARD: std::time::Duration = std::time::Duration::from_secs(20);
@@ -41,26 +42,8 @@ async fn setup(entries: Vec<Entry>) -> Env {
     Env { timer, ca, entries, cache }
 }
 
-fn entry(name: &str, created_at: i64, selectors: &[&str]) -> Entry {
-    Entry {
-        id: format!("{name}-id"),
-        spiffe_id: id(name),
-        selectors: sels(selectors),
-        dns_names: vec![format!("{name}.example.org")],
-        ttl_seconds: None,
-        jwt_ttl_seconds: None,
-        hint: None,
-        federates_with: vec![],
-        created_at,
-    }
-}
-
 fn id(name: &str) -> SpiffeId {
     SpiffeId::parse(&format!("spiffe://example.org/svc/{name}")).unwrap()
-}
-
-fn sels(selectors: &[&str]) -> BTreeSet<Selector> {
-    selectors.iter().map(|s| Selector::parse(s).unwrap()).collect()
 }
 
 /// Certificates ever issued to `name`.
@@ -85,8 +68,8 @@ fn public_key_of(der: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn first_watch_mints_once_and_same_selectors_share_the_set() {
-    let env = setup(vec![entry("web", 10, &["unix:uid:1000"])]).await;
-    let w1 = env.cache.watch(sels(&["unix:uid:1000"])).await.unwrap();
+    let env = setup(vec![entry(id("web"), 10, &["unix:uid:1000"])]).await;
+    let w1 = env.cache.watch(selectors(&["unix:uid:1000"])).await.unwrap();
     let set = w1.current();
     assert_eq!(names(&set), [id("web").to_string()]);
     assert!(set.withheld.is_empty() && set.version > 0);
@@ -96,24 +79,24 @@ async fn first_watch_mints_once_and_same_selectors_share_the_set() {
     assert_eq!(svid.chain_der.len(), 2, "leaf then intermediate");
     assert_eq!(public_key_of(&svid.chain_der[0]), svid.key.public_key_der(), "the key matches the leaf");
 
-    let w2 = env.cache.watch(sels(&["unix:uid:1000"])).await.unwrap();
+    let w2 = env.cache.watch(selectors(&["unix:uid:1000"])).await.unwrap();
     assert!(Arc::ptr_eq(&w1.current(), &w2.current()), "one set, one Arc");
     assert_eq!(minted(&env, "web").await, 1);
     assert_eq!((env.cache.selector_sets(), env.cache.warm_entries()), (1, 1));
     assert_eq!(env.ca.attempts(&id("web").to_string()), 1, "one mint asked of the minter");
 
-    assert!(matches!(env.cache.watch(sels(&["unix:uid:7"])).await, Err(CacheError::NoEntry)));
+    assert!(matches!(env.cache.watch(selectors(&["unix:uid:7"])).await, Err(CacheError::NoEntry)));
 }
 
 #[tokio::test]
 async fn extra_selectors_get_more_entries_and_shared_entries_mint_once() {
     let env = setup(vec![
-        entry("web", 20, &["unix:uid:1000"]),
-        entry("envoy", 10, &["unix:uid:1000", "unix:path:/usr/bin/envoy"]),
+        entry(id("web"), 20, &["unix:uid:1000"]),
+        entry(id("envoy"), 10, &["unix:uid:1000", "unix:path:/usr/bin/envoy"]),
     ])
     .await;
-    let narrow = env.cache.watch(sels(&["unix:uid:1000"])).await.unwrap();
-    let wide = env.cache.watch(sels(&["unix:uid:1000", "unix:path:/usr/bin/envoy"])).await.unwrap();
+    let narrow = env.cache.watch(selectors(&["unix:uid:1000"])).await.unwrap();
+    let wide = env.cache.watch(selectors(&["unix:uid:1000", "unix:path:/usr/bin/envoy"])).await.unwrap();
     assert_eq!(names(&narrow.current()), [id("web").to_string()]);
     assert_eq!(names(&wide.current()), [id("envoy").to_string(), id("web").to_string()], "oldest entry first");
     assert!(Arc::ptr_eq(&narrow.current().svids[0], &wide.current().svids[1]), "one SVID for both sets");
@@ -123,8 +106,8 @@ async fn extra_selectors_get_more_entries_and_shared_entries_mint_once() {
 
 #[tokio::test]
 async fn rotation_comes_between_forty_and_sixty_percent_with_a_new_key() {
-    let env = setup(vec![entry("web", 10, &["unix:uid:1000"])]).await;
-    let mut w = env.cache.watch(sels(&["unix:uid:1000"])).await.unwrap();
+    let env = setup(vec![entry(id("web"), 10, &["unix:uid:1000"])]).await;
+    let mut w = env.cache.watch(selectors(&["unix:uid:1000"])).await.unwrap();
     let first = w.current();
     let old = first.svids[0].clone();
     env.timer.until_sleeping(1).await;
@@ -150,9 +133,9 @@ async fn rotation_comes_between_forty_and_sixty_percent_with_a_new_key() {
 
 #[tokio::test]
 async fn an_entry_no_caller_holds_is_not_rotated() {
-    let env = setup(vec![entry("gone", 10, &["unix:uid:1"]), entry("kept", 20, &["unix:uid:2"])]).await;
-    let dropped = env.cache.watch(sels(&["unix:uid:1"])).await.unwrap();
-    let mut kept = env.cache.watch(sels(&["unix:uid:2"])).await.unwrap();
+    let env = setup(vec![entry(id("gone"), 10, &["unix:uid:1"]), entry(id("kept"), 20, &["unix:uid:2"])]).await;
+    let dropped = env.cache.watch(selectors(&["unix:uid:1"])).await.unwrap();
+    let mut kept = env.cache.watch(selectors(&["unix:uid:2"])).await.unwrap();
     let kept_serial = kept.current().svids[0].serial.clone();
     env.timer.until_sleeping(2).await;
     drop(dropped);
@@ -171,10 +154,10 @@ async fn an_entry_no_caller_holds_is_not_rotated() {
 /// comes back within the SVID's lifetime gets the same one.
 #[tokio::test]
 async fn a_caller_that_comes_back_before_the_rotation_point_gets_the_same_svid() {
-    let env = setup(vec![entry("web", 10, &["unix:uid:1"])]).await;
-    let first = env.cache.watch(sels(&["unix:uid:1"])).await.unwrap().current().svids[0].clone();
+    let env = setup(vec![entry(id("web"), 10, &["unix:uid:1"])]).await;
+    let first = env.cache.watch(selectors(&["unix:uid:1"])).await.unwrap().current().svids[0].clone();
     for _ in 0..200 {
-        let again = env.cache.watch(sels(&["unix:uid:1"])).await.unwrap();
+        let again = env.cache.watch(selectors(&["unix:uid:1"])).await.unwrap();
         assert!(Arc::ptr_eq(&again.current().svids[0], &first), "the same SVID, not a new mint");
     }
     assert_eq!(minted(&env, "web").await, 1);
@@ -192,7 +175,7 @@ async fn a_caller_that_comes_back_before_the_rotation_point_gets_the_same_svid()
     .await
     .expect("the lingering SVID is dropped at its rotation point");
     assert_eq!(minted(&env, "web").await, 1);
-    let later = env.cache.watch(sels(&["unix:uid:1"])).await.unwrap();
+    let later = env.cache.watch(selectors(&["unix:uid:1"])).await.unwrap();
     assert_ne!(later.current().svids[0].serial, first.serial);
     assert_eq!(minted(&env, "web").await, 2);
 }
@@ -201,8 +184,8 @@ async fn a_caller_that_comes_back_before_the_rotation_point_gets_the_same_svid()
 /// over), it gets a burst of mints and then one per refill interval.
 #[tokio::test]
 async fn mints_of_one_entry_are_rate_limited() {
-    let env = setup(vec![entry("web", 10, &["unix:uid:1"])]).await;
-    let mut w = env.cache.watch(sels(&["unix:uid:1"])).await.unwrap();
+    let env = setup(vec![entry(id("web"), 10, &["unix:uid:1"])]).await;
+    let mut w = env.cache.watch(selectors(&["unix:uid:1"])).await.unwrap();
     for _ in 1..trustmesh::cache::MINT_BURST {
         let serial = w.current().svids[0].serial.clone();
         env.ca.revoke(&serial);
@@ -224,10 +207,10 @@ async fn mints_of_one_entry_are_rate_limited() {
 
 #[tokio::test]
 async fn entry_changes_add_and_withdraw_svids() {
-    let web = entry("web", 10, &["unix:uid:1000"]);
-    let api = entry("api", 20, &["unix:uid:1000"]);
+    let web = entry(id("web"), 10, &["unix:uid:1000"]);
+    let api = entry(id("api"), 20, &["unix:uid:1000"]);
     let env = setup(vec![web.clone(), api.clone()]).await;
-    let mut w = env.cache.watch(sels(&["unix:uid:1000"])).await.unwrap();
+    let mut w = env.cache.watch(selectors(&["unix:uid:1000"])).await.unwrap();
     let before = w.current();
     assert_eq!(before.svids.len(), 2);
 
@@ -237,7 +220,7 @@ async fn entry_changes_add_and_withdraw_svids() {
     assert!(Arc::ptr_eq(&after.svids[0], &before.svids[0]));
     assert_eq!(env.cache.warm_entries(), 1);
 
-    let db = entry("db", 30, &["unix:uid:1000"]);
+    let db = entry(id("db"), 30, &["unix:uid:1000"]);
     env.entries.send_replace(Arc::new(vec![web, db]));
     let added = until(&mut w, |s| s.svids.len() == 2).await;
     assert_eq!(names(&added), [id("web").to_string(), id("db").to_string()]);
@@ -246,8 +229,8 @@ async fn entry_changes_add_and_withdraw_svids() {
 
 #[tokio::test]
 async fn a_denied_identity_is_withheld_at_once_and_returns_when_allowed() {
-    let env = setup(vec![entry("web", 10, &["unix:uid:1000"]), entry("api", 20, &["unix:uid:1000"])]).await;
-    let mut w = env.cache.watch(sels(&["unix:uid:1000"])).await.unwrap();
+    let env = setup(vec![entry(id("web"), 10, &["unix:uid:1000"]), entry(id("api"), 20, &["unix:uid:1000"])]).await;
+    let mut w = env.cache.watch(selectors(&["unix:uid:1000"])).await.unwrap();
     let before = w.current();
     let old_web = before.svids[0].serial.clone();
 
@@ -274,9 +257,9 @@ async fn a_denied_identity_is_withheld_at_once_and_returns_when_allowed() {
     assert_eq!(minted(&env, "web").await, 2);
 
     // Denied before anyone asked: the caller gets the denial, nothing is minted.
-    let fresh = setup(vec![entry("web", 10, &["unix:uid:1000"])]).await;
+    let fresh = setup(vec![entry(id("web"), 10, &["unix:uid:1000"])]).await;
     fresh.ca.deny(&id("web").to_string(), "retired");
-    let w = fresh.cache.watch(sels(&["unix:uid:1000"])).await.unwrap();
+    let w = fresh.cache.watch(selectors(&["unix:uid:1000"])).await.unwrap();
     assert!(w.current().svids.is_empty());
     assert!(w.current().withheld[0].1.contains("retired"));
     assert_eq!(minted(&fresh, "web").await, 0);
@@ -284,8 +267,8 @@ async fn a_denied_identity_is_withheld_at_once_and_returns_when_allowed() {
 
 #[tokio::test]
 async fn a_revoked_svid_is_replaced_at_once_and_the_new_crl_comes_with_it() {
-    let env = setup(vec![entry("web", 10, &["unix:uid:1000"]), entry("api", 20, &["unix:uid:1000"])]).await;
-    let mut w = env.cache.watch(sels(&["unix:uid:1000"])).await.unwrap();
+    let env = setup(vec![entry(id("web"), 10, &["unix:uid:1000"]), entry(id("api"), 20, &["unix:uid:1000"])]).await;
+    let mut w = env.cache.watch(selectors(&["unix:uid:1000"])).await.unwrap();
     let before = w.current();
     let (web, api) = (before.svids[0].serial.clone(), before.svids[1].serial.clone());
 
@@ -303,9 +286,9 @@ async fn a_revoked_svid_is_replaced_at_once_and_the_new_crl_comes_with_it() {
 
 #[tokio::test]
 async fn trust_changes_reach_every_live_set_and_versions_only_move_forward() {
-    let env = setup(vec![entry("web", 10, &["unix:uid:1"]), entry("api", 20, &["unix:uid:2"])]).await;
-    let mut a = env.cache.watch(sels(&["unix:uid:1"])).await.unwrap();
-    let mut b = env.cache.watch(sels(&["unix:uid:2"])).await.unwrap();
+    let env = setup(vec![entry(id("web"), 10, &["unix:uid:1"]), entry(id("api"), 20, &["unix:uid:2"])]).await;
+    let mut a = env.cache.watch(selectors(&["unix:uid:1"])).await.unwrap();
+    let mut b = env.cache.watch(selectors(&["unix:uid:2"])).await.unwrap();
     let (a0, b0) = (a.current(), b.current());
 
     let trust = env.ca.publish();
@@ -320,16 +303,16 @@ async fn trust_changes_reach_every_live_set_and_versions_only_move_forward() {
     env.ca.deny(&id("web").to_string(), "test");
     versions.push(until(&mut a, |s| s.svids.is_empty()).await.version);
     drop((a, b));
-    let again = env.cache.watch(sels(&["unix:uid:2"])).await.unwrap();
+    let again = env.cache.watch(selectors(&["unix:uid:2"])).await.unwrap();
     versions.push(again.current().version);
     assert!(versions.windows(2).all(|v| v[0] < v[1]), "{versions:?}");
 }
 
 #[tokio::test]
 async fn a_failing_renewal_keeps_the_old_svid_until_it_expires_and_backs_off() {
-    let good = entry("web", 10, &["unix:uid:1000"]);
+    let good = entry(id("web"), 10, &["unix:uid:1000"]);
     let env = setup(vec![good.clone()]).await;
-    let mut w = env.cache.watch(sels(&["unix:uid:1000"])).await.unwrap();
+    let mut w = env.cache.watch(selectors(&["unix:uid:1000"])).await.unwrap();
     let first = w.current();
     let old = first.svids[0].clone();
 
@@ -359,17 +342,17 @@ async fn a_failing_renewal_keeps_the_old_svid_until_it_expires_and_backs_off() {
     assert_eq!(minted(&env, "web").await, 2);
 
     // A caller whose only entry cannot be issued is told so.
-    let broken = Entry { dns_names: vec!["not a dns name".into()], ..entry("api", 20, &["unix:uid:5"]) };
+    let broken = Entry { dns_names: vec!["not a dns name".into()], ..entry(id("api"), 20, &["unix:uid:5"]) };
     env.entries.send_replace(Arc::new(vec![broken]));
-    let err = env.cache.watch(sels(&["unix:uid:5"])).await.err().unwrap();
+    let err = env.cache.watch(selectors(&["unix:uid:5"])).await.err().unwrap();
     assert!(matches!(err, CacheError::Unavailable(ref m) if m.contains("issuance failed")), "{err}");
     assert_eq!(env.cache.selector_sets(), 1, "the failed caller's set is released");
 }
 
 #[tokio::test]
 async fn a_thousand_watchers_of_one_selector_set_cost_one_mint() {
-    let env = setup(vec![entry("web", 10, &["unix:uid:1000"])]).await;
-    let watches = futures::future::join_all((0..1000).map(|_| env.cache.watch(sels(&["unix:uid:1000"])))).await;
+    let env = setup(vec![entry(id("web"), 10, &["unix:uid:1000"])]).await;
+    let watches = futures::future::join_all((0..1000).map(|_| env.cache.watch(selectors(&["unix:uid:1000"])))).await;
     let watches: Vec<IdentityWatch> = watches.into_iter().map(Result::unwrap).collect();
     let first = watches[0].current();
     assert!(watches.iter().all(|w| Arc::ptr_eq(&w.current(), &first)));

@@ -1,12 +1,14 @@
 //! End-to-end: the real binary, the real CLI, openssl as the verifier.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod harness;
+mod support;
 
 use std::fs;
 
-use harness::{Server, make_csr, metric, mode, openssl, openssl_ok, pem_blocks};
 use serde_json::{Value, json};
+use support::mode;
+use support::openssl::{make_csr, openssl, openssl_ok, pem_blocks};
+use support::server::{self, Server, metric};
 
 const TD: &str = "example.org";
 
@@ -94,7 +96,7 @@ fn bad_configuration_exits_64_before_binding() {
         (vec!["--svid-ttl", "soon"], "--svid-ttl"),
         (vec!["--database-url", "mysql://db"], "--database-url"),
     ] {
-        let out = std::process::Command::new(harness::BIN)
+        let out = std::process::Command::new(server::BIN)
             .arg("--data-dir")
             .arg(dir.path().join("never"))
             .arg("serve")
@@ -694,7 +696,7 @@ fn server_log_never_contains_keys_or_tokens() {
 #[test]
 fn policy_check_explains_allow_and_deny() {
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(harness::BIN).args(["policy", "check"]).args(args).output().unwrap();
+        let out = std::process::Command::new(server::BIN).args(["policy", "check"]).args(args).output().unwrap();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).to_string(),
@@ -724,7 +726,7 @@ fn policy_check_explains_allow_and_deny() {
     let (ok, out, _) =
         run(&["--principal", "Admin::\"ops\"", "--action", "deny_identity", "--resource", "spiffe://example.org/x/y"]);
     assert!(ok && out.contains("ALLOW") && out.contains("admin-all"), "{out}");
-    let out = std::process::Command::new(harness::BIN)
+    let out = std::process::Command::new(server::BIN)
         .args([
             "--output",
             "json",
@@ -773,9 +775,9 @@ fn pki_init_imports_a_root_and_refuses_a_second_init() {
     let dir = tmp();
     let d = dir.path();
     let data = d.join("data");
-    let (cert, key) = harness::openssl_root(d);
+    let (cert, key) = support::openssl::openssl_root(d);
     let run = |args: &[&str]| {
-        std::process::Command::new(harness::BIN).arg("--data-dir").arg(&data).args(args).output().unwrap()
+        std::process::Command::new(server::BIN).arg("--data-dir").arg(&data).args(args).output().unwrap()
     };
     let out = run(&["pki", "init", "--import-cert", cert.to_str().unwrap(), "--import-key", key.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -801,12 +803,12 @@ fn pki_init_imports_an_intermediate_and_keeps_the_root_offline() {
     let dir = tmp();
     let d = dir.path();
     let data = d.join("data");
-    let (root, root_key) = harness::openssl_root(d);
-    let (chain, ikey) = harness::openssl_intermediate(d, &root, &root_key);
+    let (root, root_key) = support::openssl::openssl_root(d);
+    let (chain, ikey) = support::openssl::openssl_intermediate(d, &root, &root_key);
     // A key that does not match is refused.
-    let out = harness::pki_init_import(&data, &chain, &root_key);
+    let out = server::pki_init_import(&data, &chain, &root_key);
     assert!(!out.status.success(), "a mismatched key was accepted");
-    let out = harness::pki_init_import(&data, &chain, &ikey);
+    let out = server::pki_init_import(&data, &chain, &ikey);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s = Server::start(&data, &[]);
     let status = s.json(&["pki", "status"]);

@@ -4,15 +4,16 @@
 //! workload entitlement decision built on it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod harness;
+mod support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use harness::Server;
 use serde_json::{Value, json};
+use support::fixtures::selectors;
+use support::server::{self, Server};
 use trustmesh::attest::token_selectors;
-use trustmesh::domain::{Principal, Selector, SpiffeId};
+use trustmesh::domain::{Principal, Selector, SpiffeId, SystemClock};
 use trustmesh::issuer::{Caller, EntryRequest, Issuer};
 
 fn tmp() -> tempfile::TempDir {
@@ -217,7 +218,7 @@ fn only_authorized_tokens_manage_entries() {
 #[test]
 fn policy_check_explains_workload_entitlement() {
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(harness::BIN)
+        let out = std::process::Command::new(server::BIN)
             .args(["--output", "json", "policy", "check"])
             .args(args)
             .output()
@@ -235,7 +236,7 @@ fn policy_check_explains_workload_entitlement() {
     assert_eq!(run(&[&workload[..], &foreign].concat()), "DENY [\"foreign-trust-domain\"]");
     let node = ["--principal", "Node::\"node-a\"", "--action", "obtain_svid", "--resource", "spiffe://example.org/db"];
     assert_eq!(run(&[&node[..], &["--entry-matched"]].concat()), "ALLOW [\"node-entitled\"]");
-    let text = std::process::Command::new(harness::BIN)
+    let text = std::process::Command::new(server::BIN)
         .args(["policy", "check", "--entry-matched"])
         .args(workload)
         .args(web)
@@ -246,32 +247,9 @@ fn policy_check_explains_workload_entitlement() {
 
 // ---- in-process: the published list and entitlement ------------------------
 
+/// A real issuer on temp SQLite, on the system clock.
 async fn issuer(dir: &std::path::Path) -> Arc<Issuer> {
-    let store = trustmesh::store::open(&format!("sqlite://{}", dir.join("t.db").display())).await.unwrap();
-    let kek_path = dir.join("kek");
-    if !kek_path.exists() {
-        std::fs::write(&kek_path, trustmesh::ca::Kek::generate().unwrap().1.as_bytes()).unwrap();
-    }
-    let kek = trustmesh::ca::Kek::from_file_contents(&std::fs::read_to_string(&kek_path).unwrap()).unwrap();
-    let cfg = trustmesh::issuer::IssuerConfig::new(trustmesh::domain::TrustDomain::parse("example.org").unwrap());
-    Issuer::start(trustmesh::issuer::IssuerParts {
-        cfg,
-        store,
-        kek,
-        clock: Arc::new(trustmesh::domain::SystemClock),
-        serials: Arc::new(trustmesh::domain::RandomSerials::default()),
-        policy: trustmesh::policy::PolicyEngine::embedded().unwrap(),
-        init: trustmesh::issuer::InitParams::default(),
-        existing: trustmesh::issuer::Existing::Load,
-    })
-    .await
-    .unwrap()
-    .spawn()
-    .0
-}
-
-fn sels(texts: &[&str]) -> BTreeSet<Selector> {
-    texts.iter().map(|t| Selector::parse(t).unwrap()).collect()
+    support::issuer::start_on(dir, Arc::new(SystemClock)).await.0
 }
 
 #[tokio::test]
@@ -296,13 +274,16 @@ async fn the_entry_list_is_published_and_decides_entitlement() {
     assert_eq!(published, BTreeSet::from([web.id.clone(), db.id.clone()]));
 
     let workload = Principal::Workload { selectors: vec!["unix:uid:1000".into(), "unix:gid:5".into()] };
-    let caller = sels(&["unix:uid:1000", "unix:gid:5"]);
+    let caller = selectors(&["unix:uid:1000", "unix:gid:5"]);
     let decide = |p: &Principal, s: &BTreeSet<Selector>, id: &str| {
         issuer.decide_svid(p, s, &SpiffeId::parse(id).unwrap()).to_string()
     };
     assert_eq!(decide(&workload, &caller, "spiffe://example.org/web"), "ALLOW by workload-entitled");
     assert_eq!(decide(&workload, &caller, "spiffe://example.org/db"), "DENY (no policy permits)");
-    assert_eq!(decide(&workload, &sels(&["unix:uid:1001"]), "spiffe://example.org/web"), "DENY (no policy permits)");
+    assert_eq!(
+        decide(&workload, &selectors(&["unix:uid:1001"]), "spiffe://example.org/web"),
+        "DENY (no policy permits)"
+    );
     let node = Principal::Node { id: "node-a".into() };
     assert_eq!(decide(&node, &token_selectors("node-a"), "spiffe://example.org/db"), "ALLOW by node-entitled");
     assert_eq!(decide(&node, &token_selectors("node-b"), "spiffe://example.org/db"), "DENY (no policy permits)");

@@ -1,30 +1,30 @@
 //! End-to-end with real Envoy 1.40 processes (from `.venv`, installed by
 //! `scripts/install-test-deps.sh`; or `$TRUSTMESH_ENVOY`): two Envoys that get
 //! their certificates and trust bundle from trustmesh over SDS serve mTLS
-//! between them, across rotations and a trustmesh restart. Loopback and Unix
-//! sockets only; every process is stopped on drop.
+//! between them, across rotations and a trustmesh restart. Every bootstrap
+//! comes from the shipped generator (`trustmesh envoy bootstrap`). Loopback
+//! and Unix sockets only; every process is stopped on drop.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod envoy_support;
-mod harness;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use envoy_support::config::{self, CLIENT_LISTENER, SERVER_LISTENER, Tls};
-use envoy_support::http::{self, Upstream};
-use envoy_support::{Envoy, envoy_bin};
-use harness::{Server, entry_for, openssl_ok};
+use support::envoy::bootstrap::{bootstrap_json, bootstrap_with_token, client_bootstrap, server_bootstrap, with_files};
+use support::envoy::http::{self, Upstream};
+use support::envoy::{DENY_LIST_RELOADS, ENVOY_VERSION, Envoy, envoy_alias, envoy_bin, sum_stats, validate};
+use support::openssl::{normalize_serial, openssl_self_signed, pem_blocks, pem_file_serial};
+use support::process::poll;
+use support::server::{self, Server, entry_for};
 
 const SERVER_ID: &str = "spiffe://example.org/test/envoy-server";
 const CLIENT_ID: &str = "spiffe://example.org/test/envoy-client";
-
-/// The serial of a PEM certificate file, lower-case hex without leading
-/// zeros (as Envoy's `/certs` prints it).
-fn pem_serial(path: &Path) -> String {
-    let out = openssl_ok(&["x509", "-in", path.to_str().unwrap(), "-noout", "-serial"]);
-    envoy_support::normalize_serial(out.trim().trim_start_matches("serial="))
-}
+/// The server-side Envoy's inbound mTLS listener.
+const SERVER_LISTENER: &str = "mtls_in";
+/// The client-side Envoy's outbound route: a plain HTTP listener and the
+/// cluster that originates mTLS to the server-side Envoy.
+const CLIENT_ROUTE: &str = "to_server";
 
 /// The `URI=` element of an `x-forwarded-client-cert` value as the upstream
 /// echoed it (`xfcc=By=…;Hash=…;URI=spiffe://…`).
@@ -36,7 +36,7 @@ fn xfcc_uri(body: &str) -> Option<String> {
 /// One request through the client-side Envoy; asserts 200 and returns the
 /// client SPIFFE ID the upstream saw.
 fn request_ok(client: &Envoy, server: &Envoy) -> String {
-    let addr = client.listener_addr(CLIENT_LISTENER);
+    let addr = client.listener_addr(CLIENT_ROUTE);
     let r = http::get(addr, "/hello")
         .unwrap_or_else(|e| panic!("{e}\nclient {}\nserver {}", client.diagnostics(), server.diagnostics()));
     assert_eq!(r.status, 200, "body {:?}\nclient {}\nserver {}", r.body, client.diagnostics(), server.diagnostics());
@@ -47,35 +47,29 @@ fn request_ok(client: &Envoy, server: &Envoy) -> String {
 fn envoy_harness_runs_a_static_envoy() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
-    let pair = |name: &str, id: &str| -> (PathBuf, PathBuf) {
-        let cert = dir.path().join(format!("{name}.pem"));
-        let key = dir.path().join(format!("{name}.key"));
-        server.ok(&[
-            "pki",
-            "cert",
-            "generate",
-            "--spiffe-id",
-            id,
-            "--output-cert",
-            cert.to_str().unwrap(),
-            "--output-key",
-            key.to_str().unwrap(),
-        ]);
-        (cert, key)
-    };
+    let pair = |name: &str, id: &str| server.generate(dir.path(), name, id, &[]);
     let (server_cert, server_key) = pair("server", SERVER_ID);
     let (client_cert, client_key) = pair("client", CLIENT_ID);
     let ca = server.bundle_path();
 
+    // The generator's bootstraps, with certificates from files and no
+    // control plane.
     let upstream = Upstream::start();
-    let server_tls = Tls::Files { cert: server_cert.clone(), key: server_key, ca: ca.clone() };
-    let envoy_server =
-        Envoy::start(&config::server_side("static-server", &server_tls, CLIENT_ID, upstream.port(), None));
+    let listener = format!("{SERVER_LISTENER}:0:{CLIENT_ID}");
+    let backend = format!("127.0.0.1:{}", upstream.port());
+    let server_args = ["--bind", "127.0.0.1", "--listener", &listener, "--backend", &backend];
+    let generated = bootstrap_json(&server, "static-server", SERVER_ID, &server_args);
+    let envoy_server = Envoy::start(&with_files(&generated, &server_cert, &server_key, &ca));
     let server_port = envoy_server.listener_port(SERVER_LISTENER);
     assert_ne!(server_port, 0);
 
-    let client_tls = Tls::Files { cert: client_cert.clone(), key: client_key, ca };
-    let envoy_client = Envoy::start(&config::client_side("static-client", &client_tls, SERVER_ID, server_port, None));
+    let route = format!("{CLIENT_ROUTE}:0:127.0.0.1:{server_port}:{SERVER_ID}");
+    let client_args = ["--upstream", &route, "--new-connection-per-request"];
+    let static_client = |node: &str, id: &str, cert: &Path, key: &Path| {
+        let generated = bootstrap_json(&server, node, id, &client_args);
+        Envoy::start(&with_files(&generated, cert, key, &ca))
+    };
+    let envoy_client = static_client("static-client", CLIENT_ID, &client_cert, &client_key);
 
     // Requests through both Envoys reach the upstream with the client's ID.
     for _ in 0..3 {
@@ -84,8 +78,8 @@ fn envoy_harness_runs_a_static_envoy() {
     assert_eq!(upstream.requests(), 3);
 
     // /certs shows exactly the certificates on disk.
-    assert_eq!(envoy_server.serials_of(SERVER_ID), vec![pem_serial(&server_cert)]);
-    assert_eq!(envoy_client.serials_of(CLIENT_ID), vec![pem_serial(&client_cert)]);
+    assert_eq!(envoy_server.serials_of(SERVER_ID), vec![pem_file_serial(&server_cert)]);
+    assert_eq!(envoy_client.serials_of(CLIENT_ID), vec![pem_file_serial(&client_cert)]);
     assert!(!envoy_server.ca_serials().is_empty());
 
     // /stats: one handshake per request (max_requests_per_connection: 1).
@@ -95,10 +89,10 @@ fn envoy_harness_runs_a_static_envoy() {
 
     // A client the server does not accept (its certificate has another SAN)
     // is refused at the handshake: the client-side Envoy answers 503.
-    let (other_cert, other_key) = pair("other", "spiffe://example.org/test/someone-else");
-    let other_tls = Tls::Files { cert: other_cert, key: other_key, ca: server.bundle_path() };
-    let envoy_other = Envoy::start(&config::client_side("static-other", &other_tls, SERVER_ID, server_port, None));
-    let r = http::get(envoy_other.listener_addr(CLIENT_LISTENER), "/").unwrap();
+    let other_id = "spiffe://example.org/test/someone-else";
+    let (other_cert, other_key) = pair("other", other_id);
+    let envoy_other = static_client("static-other", other_id, &other_cert, &other_key);
+    let r = http::get(envoy_other.listener_addr(CLIENT_ROUTE), "/").unwrap();
     assert_eq!(r.status, 503, "{}", r.body);
     envoy_server.wait_until("a SAN verification failure", Duration::from_secs(5), |e| {
         e.sum("listener.127.0.0.1_", ".ssl.fail_verify_san") >= 1
@@ -106,24 +100,16 @@ fn envoy_harness_runs_a_static_envoy() {
     assert_eq!(upstream.requests(), 3);
 
     // The SDS bootstraps the other tests use are valid Envoy configuration.
-    let servers = [
-        config::SdsServer::Socket(dir.path().join("api.sock")),
-        config::SdsServer::Tls { addr: server.api, token: "t.o.k".into(), ca_file: server.bundle_path() },
-    ];
-    for sds in &servers {
-        for delta in [false, true] {
-            let tls = Tls::Sds {
-                cert: CLIENT_ID.into(),
-                validation: "ROOTCA".into(),
-                source: config::sds_source(sds, delta),
-            };
-            for text in [
-                config::server_side("v", &tls, CLIENT_ID, 9, Some(sds)),
-                config::client_side("v", &tls, SERVER_ID, 9, Some(sds)),
-            ] {
-                if let Err(e) = envoy_support::validate(&text) {
-                    panic!("invalid bootstrap ({sds:?}, delta {delta}): {e}\n{text}");
-                }
+    for delta in [false, true] {
+        let opts = MeshOptions { server_delta: delta, client_delta: delta, ..Default::default() };
+        for text in [
+            Mesh::server_bootstrap(&server, &opts, 9),
+            Mesh::client_bootstrap(&server, &opts, 9),
+            bad_callers_bootstrap(&server, "v", CLIENT_ID, None),
+            bad_callers_bootstrap(&server, "v", CLIENT_ID, Some("t.o.k")),
+        ] {
+            if let Err(e) = validate(&text) {
+                panic!("invalid bootstrap (delta {delta}): {e}\n{text}");
             }
         }
     }
@@ -191,36 +177,33 @@ impl Mesh {
             extra.extend(["--svid-ttl", t.as_str()]);
         }
         let tm = Server::start(&data, &extra);
-        let socket = Server::socket_path(&data);
         let server_bin = envoy_bin();
-        let client_bin = envoy_support::envoy_alias(dir.path(), "client-envoy");
+        let client_bin = envoy_alias(dir.path(), "client-envoy");
         entry_for(&tm, SERVER_ID, &server_bin);
         entry_for(&tm, CLIENT_ID, &client_bin);
         let upstream = Upstream::start();
-        let server = Envoy::start_with(&server_bin, &Self::server_bootstrap(&socket, &opts, upstream.port()), &[]);
+        let server = Envoy::start_with(&server_bin, &Self::server_bootstrap(&tm, &opts, upstream.port()), &[]);
         let server_port = server.listener_port(SERVER_LISTENER);
-        let client = Envoy::start_with(&client_bin, &Self::client_bootstrap(&socket, &opts, server_port), &[]);
+        let client = Envoy::start_with(&client_bin, &Self::client_bootstrap(&tm, &opts, server_port), &[]);
         Mesh { client, server, upstream, tm, opts, dir }
     }
 
-    fn server_bootstrap(socket: &Path, opts: &MeshOptions, upstream_port: u16) -> String {
-        let sds = config::SdsServer::Socket(socket.to_path_buf());
-        let tls = Tls::Sds {
-            cert: SERVER_ID.into(),
-            validation: opts.validation.into(),
-            source: config::sds_source(&sds, opts.server_delta),
-        };
-        config::server_side("envoy-server", &tls, CLIENT_ID, upstream_port, Some(&sds))
+    /// The server side: listener `mtls_in` accepting the client, in front of
+    /// the upstream, secrets over ADS.
+    fn server_bootstrap(tm: &Server, opts: &MeshOptions, upstream_port: u16) -> String {
+        let listener = format!("{SERVER_LISTENER}:0:{CLIENT_ID}");
+        let delta: &[&str] = if opts.server_delta { &["--delta"] } else { &[] };
+        let args = [&["--validation", opts.validation], delta].concat();
+        server_bootstrap(tm, "envoy-server", SERVER_ID, &listener, upstream_port, &args)
     }
 
-    fn client_bootstrap(socket: &Path, opts: &MeshOptions, server_port: u16) -> String {
-        let sds = config::SdsServer::Socket(socket.to_path_buf());
-        let tls = Tls::Sds {
-            cert: CLIENT_ID.into(),
-            validation: opts.validation.into(),
-            source: config::sds_source(&sds, opts.client_delta),
-        };
-        config::client_side("envoy-client", &tls, SERVER_ID, server_port, Some(&sds))
+    /// The client side: route `to_server` to the server-side Envoy, one
+    /// request per connection, secrets over SDS.
+    fn client_bootstrap(tm: &Server, opts: &MeshOptions, server_port: u16) -> String {
+        let route = format!("{CLIENT_ROUTE}:0:127.0.0.1:{server_port}:{SERVER_ID}");
+        let delta: &[&str] = if opts.client_delta { &["--delta"] } else { &[] };
+        let args = [&["--validation", opts.validation], delta].concat();
+        client_bootstrap(tm, "envoy-client", CLIENT_ID, &route, true, &args)
     }
 
     fn request_ok(&self) -> String {
@@ -228,18 +211,16 @@ impl Mesh {
     }
 
     fn traffic(&self) -> http::Traffic {
-        http::Traffic::start(self.client.listener_addr(CLIENT_LISTENER), "/traffic", Duration::from_millis(50))
+        http::Traffic::start(self.client.listener_addr(CLIENT_ROUTE), "/traffic", Duration::from_millis(50))
     }
 
     /// Everything that helps to understand a failure.
     fn diagnostics(&self) -> String {
-        let log = self.tm.log();
-        let lines: Vec<&str> = log.lines().collect();
         format!(
             "client {}\nserver {}\n--- trustmesh log tail ---\n{}",
             self.client.diagnostics(),
             self.server.diagnostics(),
-            lines[lines.len().saturating_sub(60)..].join("\n")
+            self.tm.log_tail(60)
         )
     }
 
@@ -247,7 +228,7 @@ impl Mesh {
     fn issued_serials(&self, spiffe_id: &str) -> Vec<String> {
         let list = self.tm.json(&["pki", "cert", "list", "--include-expired", "--spiffe-id", spiffe_id]);
         let items = list.as_array().cloned().unwrap_or_default();
-        items.iter().filter_map(|c| c["serial"].as_str()).map(envoy_support::normalize_serial).collect()
+        items.iter().filter_map(|c| c["serial"].as_str()).map(normalize_serial).collect()
     }
 }
 
@@ -287,10 +268,10 @@ fn two_envoys_get_everything_from_trustmesh() {
     assert!(mesh.issued_serials(CLIENT_ID).contains(&client_serials[0]), "{}", mesh.diagnostics());
     // The validation contexts hold trustmesh's root.
     let bundle = std::fs::read_to_string(mesh.tm.bundle_path()).unwrap();
-    let root = harness::pem_blocks(&bundle, "CERTIFICATE")[0].clone();
+    let root = pem_blocks(&bundle, "CERTIFICATE")[0].clone();
     let root_file = mesh.dir.path().join("root.pem");
     std::fs::write(&root_file, root).unwrap();
-    let root_serial = pem_serial(&root_file);
+    let root_serial = pem_file_serial(&root_file);
     assert!(mesh.server.ca_serials().contains(&root_serial), "{}", mesh.diagnostics());
     assert!(mesh.client.ca_serials().contains(&root_serial), "{}", mesh.diagnostics());
     // SDS stats: every secret arrived and none was rejected.
@@ -514,48 +495,46 @@ fn wait_for_log(tm: &Server, message: &str, fields: &[(&str, &str)]) -> serde_js
     }
 }
 
+/// A client-side Envoy of `bad_sds_callers_get_clear_errors` that asks for
+/// the certificate `cert`, over the local socket or, with `token`, over the
+/// TLS port. Its route's port is never dialled: no request is sent.
+fn bad_callers_bootstrap(tm: &Server, node_id: &str, cert: &str, token: Option<&str>) -> String {
+    let route = format!("{CLIENT_ROUTE}:0:127.0.0.1:9:{SERVER_ID}");
+    let args = ["--validation", "spiffe://example.org", "--upstream", &route, "--new-connection-per-request"];
+    match token {
+        Some(token) => bootstrap_with_token(tm, node_id, cert, token, &args),
+        None => support::envoy::bootstrap::bootstrap(tm, node_id, cert, &args),
+    }
+}
+
 #[test]
 fn bad_sds_callers_get_clear_errors() {
     const NODE_A_ID: &str = "spiffe://example.org/envoy/node-a";
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let tm = Server::start(&data, &[]);
-    let socket = Server::socket_path(&data);
     tm.ok(&["entry", "create", "--spiffe-id", NODE_A_ID, "--selector", "token:sub:node-a"]);
     tm.ok(&["entry", "create", "--spiffe-id", "spiffe://example.org/envoy/node-b", "--selector", "token:sub:node-b"]);
     entry_for(&tm, CLIENT_ID, &envoy_bin());
     let token = |node: &str| tm.ok(&["token", "mint", "node", node]).trim().to_string();
-    let over_tls = |token: String| config::SdsServer::Tls { addr: tm.api, token, ca_file: tm.bundle_path() };
-    let bootstrap = |node_id: &str, cert: &str, sds: &config::SdsServer| {
-        let tls = Tls::Sds {
-            cert: cert.into(),
-            validation: "spiffe://example.org".into(),
-            source: config::sds_source(sds, false),
-        };
-        // The cluster's peer port is never dialled: no request is sent.
-        config::client_side(node_id, &tls, SERVER_ID, 9, Some(sds))
-    };
+    let bootstrap = |node_id: &str, cert: &str, token: Option<&str>| bad_callers_bootstrap(&tm, node_id, cert, token);
     let debug = ["--component-log-level", "config:debug"];
 
     // Controls: node-a's own token over the TLS port, and the entry's binary
     // over the local socket, get their certificates.
-    let good_tls = Envoy::start_with(&envoy_bin(), &bootstrap("node-a", NODE_A_ID, &over_tls(token("node-a"))), &debug);
+    let good_tls = Envoy::start_with(&envoy_bin(), &bootstrap("node-a", NODE_A_ID, Some(&token("node-a"))), &debug);
     assert_eq!(good_tls.serials_of(NODE_A_ID).len(), 1, "{}", good_tls.diagnostics());
-    let local = config::SdsServer::Socket(socket.clone());
-    let good_local = Envoy::start_with(&envoy_bin(), &bootstrap("local", CLIENT_ID, &local), &debug);
+    let good_local = Envoy::start_with(&envoy_bin(), &bootstrap("local", CLIENT_ID, None), &debug);
     assert_eq!(good_local.serials_of(CLIENT_ID).len(), 1, "{}", good_local.diagnostics());
 
     // A token for another node, asking for node-a's certificate.
-    let other_node = Envoy::spawn(&envoy_bin(), &bootstrap("node-a", NODE_A_ID, &over_tls(token("node-b"))), &debug);
+    let other_node = Envoy::spawn(&envoy_bin(), &bootstrap("node-a", NODE_A_ID, Some(&token("node-b"))), &debug);
     // A token trustmesh never minted.
-    let forged = Envoy::spawn(
-        &envoy_bin(),
-        &bootstrap("node-a", NODE_A_ID, &over_tls("eyJhbGciOiJFUzI1NiJ9.e30.AAAA".into())),
-        &debug,
-    );
+    let forged =
+        Envoy::spawn(&envoy_bin(), &bootstrap("node-a", NODE_A_ID, Some("eyJhbGciOiJFUzI1NiJ9.e30.AAAA")), &debug);
     // A local caller that no entry matches (another executable path).
-    let stranger_bin = envoy_support::envoy_alias(dir.path(), "stranger");
-    let stranger = Envoy::spawn(&stranger_bin, &bootstrap("stranger", CLIENT_ID, &local), &debug);
+    let stranger_bin = envoy_alias(dir.path(), "stranger");
+    let stranger = Envoy::spawn(&stranger_bin, &bootstrap("stranger", CLIENT_ID, None), &debug);
 
     // A name the caller may not have: trustmesh answers without it (listing
     // it in the response's `resource_errors`, which Envoy 1.40 neither logs
@@ -626,7 +605,7 @@ fn every_example_and_generated_bootstrap_reaches_live_and_serves_mtls() {
 
     // Local socket: the Envoy binary's path tells the two sides apart.
     let server_bin = envoy_bin();
-    let client_bin = envoy_support::envoy_alias(dir.path(), "client-envoy");
+    let client_bin = envoy_alias(dir.path(), "client-envoy");
     entry_for(&tm, SERVER_ID, &server_bin);
     entry_for(&tm, CLIENT_ID, &client_bin);
     // TLS port: node tokens; the IDs' last segment is the token's subject.
@@ -712,8 +691,8 @@ const EXAMPLE_BACKEND_PORT: &str = "18080";
 /// arrived: the listener warms on it; the reload is counted once the worker
 /// applied it, so wait a moment for the counter).
 fn has_deny_list(envoy: &Envoy) -> bool {
-    let applied = || (envoy.counter(envoy_support::DENY_LIST_RELOADS) >= 1).then_some(());
-    harness::poll(Duration::from_secs(5), applied).is_some()
+    let applied = || (envoy.counter(DENY_LIST_RELOADS) >= 1).then_some(());
+    poll(Duration::from_secs(5), applied).is_some()
 }
 
 /// Every `envoy/*.yaml` with its placeholders substituted as
@@ -733,7 +712,7 @@ fn run_examples(tm: &Server, dir: &Path) {
     assert!(files.len() >= 5, "expected the example bootstraps in {}: {files:?}", root.display());
 
     let socket = Server::socket_path(&tm.data_dir);
-    let example_bin = envoy_support::envoy_alias(dir, "example-envoy");
+    let example_bin = envoy_alias(dir, "example-envoy");
     entry_for(tm, EXAMPLE_ID, &example_bin);
     tm.ok(&["entry", "create", "--spiffe-id", EXAMPLE_ID, "--selector", "token:sub:example-tls"]);
     let token = tm.ok(&["token", "mint", "node", "example-tls"]).trim().to_string();
@@ -774,7 +753,7 @@ fn run_examples(tm: &Server, dir: &Path) {
             // Through the TCP proxy: no HTTP connection manager added a header.
             assert_eq!((r.status, r.body.trim()), (200, "xfcc="), "[{name}] tcp\n{}", envoy.diagnostics());
             let stats = envoy.stats();
-            assert!(envoy_support::sum_stats(&stats, "tcp.tcp_in.", "downstream_cx_total") >= 1, "[{name}]");
+            assert!(sum_stats(&stats, "tcp.tcp_in.", "downstream_cx_total") >= 1, "[{name}]");
         }
         assert_eq!(envoy.serials_of(EXAMPLE_ID).len(), 1, "[{name}] {}", envoy.diagnostics());
         eprintln!("[{name}] ok");
@@ -783,7 +762,7 @@ fn run_examples(tm: &Server, dir: &Path) {
 
 /// `trustmesh envoy bootstrap` run locally (it needs no server).
 fn bootstrap_cli(args: &[&str]) -> String {
-    let out = std::process::Command::new(harness::BIN)
+    let out = std::process::Command::new(server::BIN)
         .args(["--data-dir", "/nonexistent", "envoy", "bootstrap"])
         .args(args)
         .stdin(std::process::Stdio::null())
@@ -799,7 +778,7 @@ fn every_example_and_generated_bootstrap_passes_envoy_validate() {
     // A CA file for the TLS-port variants (Envoy reads it while validating).
     let ca = dir.path().join("ca.pem");
     let key = dir.path().join("ca.key");
-    harness::openssl_self_signed(&ca, &key, "/CN=validate", "1", &[]);
+    openssl_self_signed(&ca, &key, "/CN=validate", "1", &[]);
     let token = dir.path().join("node.token");
     std::fs::write(&token, "t.o.k").unwrap();
 
@@ -812,8 +791,8 @@ fn every_example_and_generated_bootstrap_passes_envoy_validate() {
         }
         let text =
             std::fs::read_to_string(&path).unwrap().replace("/tmp/trustmesh/ca-bundle.pem", ca.to_str().unwrap());
-        if let Err(e) = envoy_support::validate(&text) {
-            panic!("{} is not valid for Envoy {}: {e}", path.display(), envoy_support::ENVOY_VERSION);
+        if let Err(e) = validate(&text) {
+            panic!("{} is not valid for Envoy {}: {e}", path.display(), ENVOY_VERSION);
         }
         checked += 1;
     }
@@ -850,7 +829,7 @@ fn every_example_and_generated_bootstrap_passes_envoy_validate() {
                 }
                 args.extend_from_slice(shape);
                 let text = bootstrap_cli(&args);
-                if let Err(e) = envoy_support::validate(&text) {
+                if let Err(e) = validate(&text) {
                     panic!("bootstrap {args:?} is not valid: {e}\n{text}");
                 }
             }

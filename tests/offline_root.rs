@@ -6,12 +6,14 @@
 //! with a clear reason and change nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod harness;
+mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use harness::{Server, openssl, openssl_ok, pem_blocks};
+use support::openssl::{openssl, openssl_intermediate, openssl_ok, openssl_root, pem_blocks};
+use support::process::poll;
+use support::server::{Server, pki_init_import};
 
 /// `openssl ca -gencrl` for the offline root: CRL number `number`, valid
 /// for `seconds`, listing nothing.
@@ -65,7 +67,7 @@ fn published_crl_count(s: &Server) -> usize {
 }
 
 fn wait_for_crl_count(s: &Server, n: usize) {
-    harness::poll(std::time::Duration::from_secs(2), || (published_crl_count(s) == n).then_some(()));
+    poll(std::time::Duration::from_secs(2), || (published_crl_count(s) == n).then_some(()));
     assert_eq!(published_crl_count(s), n, "published CRLs");
 }
 
@@ -74,9 +76,9 @@ fn an_offline_roots_crl_is_imported_published_and_checked() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let data = d.join("data");
-    let (root, root_key) = harness::openssl_root(d);
-    let (chain, ikey) = harness::openssl_intermediate(d, &root, &root_key);
-    let out = harness::pki_init_import(&data, &chain, &ikey);
+    let (root, root_key) = openssl_root(d);
+    let (chain, ikey) = openssl_intermediate(d, &root, &root_key);
+    let out = pki_init_import(&data, &chain, &ikey);
     assert!(out.status.success(), "{}", stderr(&out));
     let mut s = Server::start(&data, &[]);
     let (good, _) = s.generate(d, "good", "spiffe://example.org/svc/good", &[]);
@@ -125,7 +127,7 @@ fn an_offline_roots_crl_is_imported_published_and_checked() {
     // Another root's CRL: not a CA of this trust domain.
     let other = d.join("other");
     fs::create_dir_all(&other).unwrap();
-    let (other_root, other_key) = harness::openssl_root(&other);
+    let (other_root, other_key) = openssl_root(&other);
     let stranger = root_crl(&other, &other_root, &other_key, 9, 86_400);
     let refused = import(&s, &stranger);
     assert!(stderr(&refused).contains("signature does not verify"), "{}", stderr(&refused));

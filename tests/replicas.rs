@@ -7,9 +7,6 @@
 //! process is stopped on drop.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod envoy_support;
-mod harness;
-mod replicas_support;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,10 +14,14 @@ use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use envoy_support::http::{Outcome, Probe, Upstream, failures, first_refusal};
-use envoy_support::{Envoy, client_bootstrap, envoy_bin, normalize_serial, server_bootstrap};
-use harness::{Server, crl_serials_of, entry_for, openssl, pem_blocks, poll};
-use replicas_support::*;
+use support::envoy::bootstrap::{client_bootstrap, server_bootstrap};
+use support::envoy::http::{Outcome, Probe, Upstream, failures, first_refusal};
+use support::envoy::{Envoy, envoy_alias, envoy_bin};
+use support::openssl::{crl_serials_of, normalize_serial, openssl, pem_blocks};
+use support::postgres;
+use support::process::poll;
+use support::replicas::*;
+use support::server::{Server, entry_for};
 
 /// What SPEC §5 promises: a push reaches every proxy within a second.
 const WITHIN: Duration = Duration::from_secs(1);
@@ -28,7 +29,7 @@ const WITHIN: Duration = Duration::from_secs(1);
 #[test]
 fn replicas_create_the_ca_once() {
     let dir = tempfile::tempdir().unwrap();
-    let url = block_on(support::postgres::fresh_database());
+    let url = block_on(postgres::fresh_database());
     // Both start at the same moment on the empty database, and both create
     // the shared KEK file that does not exist yet: one key wins, both use it.
     let kek = dir.path().join("shared.kek");
@@ -55,7 +56,7 @@ fn replicas_create_the_ca_once() {
     }
     assert!(failed.is_empty(), "a replica did not start:\n{}", failed.join("\n"));
     let (a, b) = (&replicas[0], &replicas[1]);
-    assert_eq!(harness::mode(&kek), 0o600);
+    assert_eq!(support::mode(&kek), 0o600);
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
@@ -73,14 +74,14 @@ fn replicas_create_the_ca_once() {
 
     // The database holds one root (and one CA of each other role), and it is
     // the root both serve.
-    let roles: BTreeMap<String, i64> = replicas_support::query(&url, "SELECT role, count(*) FROM cas GROUP BY role")
+    let roles: BTreeMap<String, i64> = query(&url, "SELECT role, count(*) FROM cas GROUP BY role")
         .iter()
         .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
         .collect();
     let expected: BTreeMap<String, i64> =
         [("root", 1), ("services", 1), ("transport", 1)].into_iter().map(|(role, n)| (role.to_string(), n)).collect();
     assert_eq!(roles, expected, "CAs in the database by role");
-    let root: Vec<u8> = replicas_support::query(&url, "SELECT cert_der FROM cas WHERE role = 'root'")[0].get(0);
+    let root: Vec<u8> = query(&url, "SELECT cert_der FROM cas WHERE role = 'root'")[0].get(0);
     let served: Vec<Vec<u8>> = pem::parse_many(&bundle_a).unwrap().iter().map(|p| p.contents().to_vec()).collect();
     assert!(served.contains(&root), "the database's root is not in the served bundle");
 
@@ -109,7 +110,7 @@ const CLIENT_ROUTE: &str = "to_server";
 /// Two replicas, A and B, on a fresh database, each in its folder in `dir`:
 /// the database's URL and both.
 fn two_replicas(dir: &Path) -> (String, Server, Server) {
-    let url = block_on(support::postgres::fresh_database());
+    let url = block_on(postgres::fresh_database());
     let kek = kek_file(dir);
     let a = replica(dir, "a", &url, &kek);
     let b = replica(dir, "b", &url, &kek);
@@ -133,7 +134,7 @@ fn a_deny_through_replica_a_cuts_an_envoy_on_replica_b_within_a_second() {
     // The entries are created through A, after B started: B learns them only
     // from the feed.
     let server_bin = envoy_bin();
-    let client_bin = envoy_support::envoy_alias(dir.path(), "replicas-client");
+    let client_bin = envoy_alias(dir.path(), "replicas-client");
     let created = Instant::now();
     entry_for(&a, SERVER_ID, &server_bin);
     entry_for(&a, CLIENT_ID, &client_bin);
@@ -141,7 +142,7 @@ fn a_deny_through_replica_a_cuts_an_envoy_on_replica_b_within_a_second() {
     // The Envoys' bootstraps come from `trustmesh envoy bootstrap` and point at B's socket only.
     let upstream = Upstream::start();
     let listener = format!("{SERVER_LISTENER}:0:{CLIENT_ID}");
-    let text = server_bootstrap(&b, "replicas-server", SERVER_ID, &listener, upstream.port());
+    let text = server_bootstrap(&b, "replicas-server", SERVER_ID, &listener, upstream.port(), &[]);
     let server = Envoy::spawn(&server_bin, &text, &[]);
     server.wait_until("B serving the server's entry created through A", Duration::from_secs(10), |e| {
         !e.serials_of(SERVER_ID).is_empty()
@@ -151,7 +152,7 @@ fn a_deny_through_replica_a_cuts_an_envoy_on_replica_b_within_a_second() {
     server.wait_deny_list();
     let port = server.listener_port(SERVER_LISTENER);
     let route = format!("{CLIENT_ROUTE}:0:127.0.0.1:{port}:{SERVER_ID}");
-    let text = client_bootstrap(&b, "replicas-client", CLIENT_ID, &route, true);
+    let text = client_bootstrap(&b, "replicas-client", CLIENT_ID, &route, true, &[]);
     let client = Envoy::spawn(&client_bin, &text, &[]);
     client.wait_until("B serving the client's entry created through A", Duration::from_secs(10), |e| {
         !e.serials_of(CLIENT_ID).is_empty()
@@ -253,7 +254,7 @@ fn converges(b: &Server, dir: &Path, revoked: &BTreeSet<String>, ids: &[&str], t
 #[test]
 fn no_change_is_lost_when_a_replicas_database_connection_drops() {
     // A server of this test's own: it is stopped and started again below.
-    let pg = Postgres::start();
+    let pg = postgres::Server::start();
     let url = pg.url("postgres");
     let dir = tempfile::tempdir().unwrap();
     let kek = kek_file(dir.path());
@@ -275,7 +276,7 @@ fn no_change_is_lost_when_a_replicas_database_connection_drops() {
 
     // 1. B's listening connection is terminated; the changes follow at once.
     let sql = format!("SELECT pg_terminate_backend({})", b_listener.iter().next().unwrap());
-    replicas_support::query(&url, &sql);
+    query(&url, &sql);
     // The changes start once the connection is gone (B reconnects after 0.1 s).
     let gone = poll(Duration::from_secs(5), || Some(()).filter(|_| listener_pids(&url).is_disjoint(&b_listener)));
     assert!(gone.is_some(), "B's terminated listener did not exit");
@@ -345,7 +346,7 @@ fn verify_crl(dir: &Path, crl: &str, bundle: &Path) -> (bool, String) {
 /// The certificates the database says are revoked and unexpired at `now` (normalized serials).
 fn revoked_unexpired_in_db(url: &str, now: i64) -> BTreeSet<String> {
     let sql = format!("SELECT serial FROM certificates WHERE status = 'revoked' AND not_after > {now}");
-    replicas_support::query(url, &sql).iter().map(|r| normalize_serial(&r.get::<_, String>(0))).collect()
+    query(url, &sql).iter().map(|r| normalize_serial(&r.get::<_, String>(0))).collect()
 }
 
 fn unix_now() -> i64 {

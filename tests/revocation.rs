@@ -6,16 +6,15 @@
 //! Unix sockets only; every process is stopped on drop.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod envoy_support;
-mod harness;
-mod revocation_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use envoy_support::http::{Outcome, failures, first_refusal};
-use envoy_support::normalize_serial;
-use harness::{Server, poll};
-use revocation_support::*;
+use support::envoy::http::{Outcome, failures, first_refusal};
+use support::openssl::{normalize_serial, openssl_verify, pem_serial, presented_chain};
+use support::process::poll;
+use support::revocation::*;
+use support::server::Server;
 
 /// What SPEC §5 promises: a push reaches every proxy within a second.
 const WITHIN: Duration = Duration::from_secs(1);

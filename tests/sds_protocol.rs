@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod sds_support;
+mod support;
 
 use std::collections::HashMap;
 
@@ -18,7 +18,8 @@ use envoy_types::pb::google::rpc::Status as RpcStatus;
 use prost::Message;
 use tonic::Code;
 
-use sds_support::*;
+use support::fixtures::{fake_svid, fake_trust};
+use support::sds::*;
 
 fn nack_detail() -> Option<RpcStatus> {
     Some(RpcStatus { code: 13, message: "Failed to load certificate chain".into(), details: Vec::new() })
@@ -41,7 +42,7 @@ async fn a_nack_is_logged_and_never_answered_with_a_resend() {
     assert_eq!(names(&second), vec!["ROOTCA".to_string(), ALICE.to_string()]);
     s.send(req(&[ALICE, "ROOTCA"], &second.version_info, &second.nonce)).await;
     // A new state goes out.
-    h.source.update("alice", |set| set.svids[0] = svid(ALICE, "a2"));
+    h.source.update(&caller("alice"), |set| set.svids[0] = fake_svid(ALICE, "a2"));
     let third = s.recv().await;
     assert_eq!((third.version_info.as_str(), third.nonce.as_str()), ("3", "3"));
     let alice = third.resources.iter().map(secret).find(|s| s.name == ALICE).unwrap();
@@ -55,7 +56,7 @@ async fn a_stale_nonce_is_ignored() {
     let mut s = Sotw::ads(h.channel().await, "alice").await.unwrap();
     s.send(req(&[ALICE], "", "")).await;
     let first = s.recv().await;
-    h.source.update("alice", |set| set.svids[0] = svid(ALICE, "a2"));
+    h.source.update(&caller("alice"), |set| set.svids[0] = fake_svid(ALICE, "a2"));
     let second = s.recv().await;
     assert_eq!(second.nonce, "2");
     // The ACK of the first response arrives late, asking for another name: ignored.
@@ -83,7 +84,7 @@ async fn delta_unsubscribe_stops_updates_for_that_name() {
     s.send(delta(&["spiffe://example.org"], &["ROOTCA"], &first.nonce)).await;
     let second = s.recv().await;
     assert_eq!(delta_names(&second), vec!["spiffe://example.org".to_string()]);
-    h.publish_trust(trust(2, "root-2"));
+    h.publish_trust(fake_trust(2, "root-2"));
     let third = s.recv().await;
     assert_eq!(delta_names(&third), vec!["spiffe://example.org".to_string()], "no update for the unsubscribed ROOTCA");
     assert!(third.removed_resources.is_empty());
@@ -101,7 +102,7 @@ async fn a_delta_reconnect_with_initial_versions_receives_only_what_changed() {
         first.resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
     drop(s);
 
-    h.source.update("alice", |set| set.svids[1] = svid(ALICE_ADMIN, "aa2"));
+    h.source.update(&caller("alice"), |set| set.svids[1] = fake_svid(ALICE_ADMIN, "aa2"));
     let mut s = Delta::ads(h.channel().await, "alice").await.unwrap();
     s.send(DeltaDiscoveryRequest { initial_resource_versions: versions.clone(), ..delta(&wanted, &[], "") }).await;
     let resumed = s.recv().await;
@@ -131,7 +132,7 @@ async fn an_unentitled_name_gets_a_clear_error_while_the_others_keep_working() {
     assert_eq!(detail.code, Code::NotFound as i32);
     assert_eq!(detail.message, format!("the caller is not entitled to {BOB}"));
     s.send(req(&[ALICE, BOB, "ROOTCA"], &first.version_info, &first.nonce)).await;
-    h.publish_trust(trust(2, "root-2"));
+    h.publish_trust(fake_trust(2, "root-2"));
     // The new bundle goes out alone: the unchanged certificate is not resent.
     let second = s.recv().await;
     assert_eq!(names(&second), vec!["ROOTCA".to_string()]);
@@ -260,7 +261,7 @@ async fn a_garbage_node_is_a_clear_error_on_the_first_request_and_never_parsed_a
     let mut garbage = vec![0xff; 61 * 1024];
     garbage[0] = 0x0a;
     tx.send(raw(&["ROOTCA"], &first.nonce, &garbage)).await.unwrap();
-    h.publish_trust(trust(2, "root-2"));
+    h.publish_trust(fake_trust(2, "root-2"));
     let second = rx.message().await.unwrap().unwrap();
     assert_eq!(second.nonce, "2");
 }
@@ -284,7 +285,7 @@ async fn a_caller_without_an_entry_is_permission_denied() {
 #[tokio::test]
 async fn fetch_secrets_answers_once_with_the_set_version() {
     let h = Harness::start().await;
-    h.source.update("alice", |_| {});
+    h.source.update(&caller("alice"), |_| {});
     let mut client = SecretDiscoveryServiceClient::new(h.channel().await);
     let r = client.fetch_secrets(with_caller("alice", req(&["default", "ROOTCA"], "", ""))).await.unwrap().into_inner();
     assert_eq!(r.version_info, "2");
@@ -307,7 +308,7 @@ async fn one_bundle_change_reaches_100_streams_with_identical_bytes() {
         s.send(req(&["ROOTCA"], &first.version_info, &first.nonce)).await;
         streams.push((s, first.resources[0].value.clone()));
     }
-    h.publish_trust(trust(2, "root-2"));
+    h.publish_trust(fake_trust(2, "root-2"));
     let mut pushed = Vec::new();
     for (s, before) in &mut streams {
         let r = s.recv().await;
@@ -369,7 +370,7 @@ async fn the_deny_list_filter_config_travels_on_the_ads_stream_with_the_secrets(
     s.send(ecds(&[DENY_FILTER], &first.version_info, &first.nonce)).await;
 
     // A denial: the filter config is pushed with the ID in its match map.
-    let base = h.source.current("alice").trust.clone();
+    let base = h.source.current(&caller("alice")).trust.clone();
     h.publish_trust(with_deny(&base, 1, &[BOB]));
     let pushed = s.recv().await;
     assert_eq!(pushed.type_url, EXTENSION_CONFIG_TYPE, "only the filter config changed");
@@ -377,7 +378,7 @@ async fn the_deny_list_filter_config_travels_on_the_ads_stream_with_the_secrets(
     s.send(ecds(&[DENY_FILTER], &pushed.version_info, &pushed.nonce)).await;
 
     // A new trust snapshot with the same deny list pushes the secrets' side only.
-    let t = with_deny(&h.source.current("alice").trust, 1, &[BOB]);
+    let t = with_deny(&h.source.current(&caller("alice")).trust, 1, &[BOB]);
     let mut bundle = (*t).clone();
     bundle.bundle_pem.push_str("-----BEGIN CERTIFICATE-----\nnew\n-----END CERTIFICATE-----\n");
     h.publish_trust(Arc::new(bundle));

@@ -1,6 +1,7 @@
 //! Keeps the architecture true without review: the pure modules import no I/O
-//! crates, the servers never import each other, and generated code stays in
-//! `src/proto`.
+//! crates, the servers never import each other, generated code stays in
+//! `src/proto`, and the tests share one support tree and the shipped Envoy
+//! bootstrap generator.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -144,6 +145,41 @@ fn generated_code_is_imported_only_by_servers_and_cli() {
         }
     }
     assert!(violations.is_empty(), "only servers and the CLI may import crate::proto: {violations:?}");
+}
+
+/// Helpers live in `tests/support/` (every test binary declares `mod
+/// support;`, a multi-file binary also its own files), and every Envoy
+/// bootstrap of the tests comes from `trustmesh envoy bootstrap`: only
+/// `support/envoy/bootstrap.rs`, which adjusts generated ones, names a
+/// bootstrap's fields.
+#[test]
+fn tests_share_one_support_tree_and_the_shipped_bootstrap_generator() {
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut violations = Vec::new();
+    for e in fs::read_dir(&tests).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if e.path().is_dir() && !["support", "hardening", "workload_py"].contains(&name.as_str()) {
+            violations.push(format!("tests/{name}/: helpers belong in tests/support/"));
+        }
+    }
+    let bootstrap_field = ["\"static", "_resources\""].concat();
+    for f in rust_files(&tests) {
+        let rel = f.strip_prefix(&tests).unwrap_or(&f).to_string_lossy().to_string();
+        if rel.starts_with("support/") {
+            continue;
+        }
+        let text = code(&f);
+        for module in text.lines().filter_map(|l| l.trim().strip_prefix("mod ")?.strip_suffix(';')) {
+            let own_file = f.ends_with("main.rs") && f.with_file_name(format!("{module}.rs")).exists();
+            if module != "support" && !own_file {
+                violations.push(format!("tests/{rel} declares mod {module}; helpers belong in tests/support/"));
+            }
+        }
+        if text.contains(&bootstrap_field) {
+            violations.push(format!("tests/{rel} writes an Envoy bootstrap: use support::envoy::bootstrap"));
+        }
+    }
+    assert!(violations.is_empty(), "one test support tree:\n{}", violations.join("\n"));
 }
 
 #[test]

@@ -18,50 +18,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use parking_lot::Mutex;
 use tokio::sync::watch;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use trustmesh::app::IssuerSide;
 use trustmesh::attest::UnixPeer;
 use trustmesh::ca::PrivateKey;
-use trustmesh::cache::{
-    CacheError, CacheInputs, CacheOptions, FixedJitter, IdentityCache, IdentitySet, IdentitySource, IdentityWatch,
-    ManualTimer, Svid,
-};
+use trustmesh::cache::{CacheInputs, CacheOptions, FixedJitter, IdentityCache, ManualTimer, Svid};
 use trustmesh::domain::{Entry, ManualClock, Selector, SpiffeId};
-use trustmesh::issuer::{Caller, GenerateRequest, Issuer};
+use trustmesh::issuer::{Caller, Issuer};
 use trustmesh::proto::spiffe::{
     JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
 };
-use trustmesh::trust::TrustSnapshot;
 use trustmesh::workload::{CallerAttestor, JwtSvidSource, LocalAttestor, WorkloadApi};
+
+use support::fixtures::{FakeSource, entry, identity_set, minted_svid};
 
 const TD: &str = "spiffe://example.org";
 const WEB: &str = "spiffe://example.org/web/1";
 const DB: &str = "spiffe://example.org/db/1";
-
-/// The identities of one caller, published by the test.
-struct FakeIdentities {
-    /// The selectors a caller must hold to get `set`.
-    entitled: Mutex<BTreeSet<Selector>>,
-    set: watch::Sender<Arc<IdentitySet>>,
-    trust: watch::Receiver<Arc<TrustSnapshot>>,
-}
-
-#[async_trait::async_trait]
-impl IdentitySource for FakeIdentities {
-    async fn watch(&self, selectors: BTreeSet<Selector>) -> Result<IdentityWatch, CacheError> {
-        if !self.entitled.lock().is_subset(&selectors) {
-            return Err(CacheError::NoEntry);
-        }
-        Ok(IdentityWatch { updates: self.set.subscribe(), guard: Box::new(()) })
-    }
-
-    fn trust(&self) -> watch::Receiver<Arc<TrustSnapshot>> {
-        self.trust.clone()
-    }
-}
 
 /// Attests a local-socket caller by its uid.
 struct UidAttestor;
@@ -79,12 +54,16 @@ impl CallerAttestor for UidAttestor {
     }
 }
 
+/// The Workload API on a fake identity source: the test publishes the
+/// identities of its own uid.
 struct Harness {
     _dir: tempfile::TempDir,
     socket: PathBuf,
     issuer: Arc<Issuer>,
     clock: ManualClock,
-    identities: Arc<FakeIdentities>,
+    identities: Arc<FakeSource>,
+    /// This process's selector, `unix:uid:<uid>`, the name of its identities.
+    caller: String,
     _shutdown: watch::Sender<bool>,
 }
 
@@ -94,27 +73,14 @@ impl Harness {
         let clock = ManualClock::at(real_now());
         let issuer = issuer(dir.path(), &clock).await;
         let uid = std::fs::metadata(dir.path()).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
-        let trust = issuer.subscribe();
-        let empty = IdentitySet { version: 0, svids: vec![], withheld: vec![], trust: issuer.snapshot() };
-        let identities = Arc::new(FakeIdentities {
-            entitled: Mutex::new(BTreeSet::from([Selector::parse(&format!("unix:uid:{uid}")).unwrap()])),
-            set: watch::channel(Arc::new(empty)).0,
-            trust,
-        });
-        // Like the real cache: a new trust snapshot is a new version of the set.
-        let (follow, mut snapshots) = (identities.clone(), issuer.subscribe());
-        tokio::spawn(async move {
-            while snapshots.changed().await.is_ok() {
-                let trust = snapshots.borrow_and_update().clone();
-                follow.set.send_modify(|set| {
-                    *set = Arc::new(IdentitySet { version: set.version + 1, trust, ..(**set).clone() })
-                });
-            }
-        });
+        let caller = format!("unix:uid:{uid}");
+        let identities = Arc::new(FakeSource::new(issuer.subscribe()));
+        identities.publish(&caller, identity_set(0, vec![], issuer.snapshot()));
+        identities.follow_trust();
         let jwt: Arc<dyn JwtSvidSource> = Arc::new(IssuerSide(issuer.clone()));
         let router = WorkloadApi::new(identities.clone(), Arc::new(UidAttestor), jwt).routes();
         let (socket, shutdown) = serve(dir.path(), router);
-        Self { _dir: dir, socket, issuer, clock, identities, _shutdown: shutdown }
+        Self { _dir: dir, socket, issuer, clock, identities, caller, _shutdown: shutdown }
     }
 
     fn endpoint(&self) -> String {
@@ -123,32 +89,13 @@ impl Harness {
 
     /// A fresh SVID for `id` from the real issuer.
     async fn mint(&self, id: &str, hint: Option<&str>) -> Arc<Svid> {
-        let req =
-            GenerateRequest { common_name: String::new(), spiffe_id: id.into(), dns_names: vec![], ttl_seconds: 3600 };
-        let issued = self.issuer.generate(&Caller::system(), &req).await.unwrap();
-        let chain_der =
-            pem::parse_many(&issued.chain_pem).unwrap().into_iter().map(|p| p.contents().to_vec()).collect();
-        let at = |t: i64| time::OffsetDateTime::from_unix_timestamp(t).unwrap();
-        Arc::new(Svid {
-            entry_id: format!("entry-{id}"),
-            spiffe_id: SpiffeId::parse(id).unwrap(),
-            hint: hint.map(str::to_string),
-            chain_der,
-            chain_pem: issued.chain_pem.clone(),
-            key: issued.private_key.unwrap(),
-            serial: issued.record.serial.clone(),
-            not_before: at(issued.record.not_before),
-            not_after: at(issued.record.not_after),
-            jwt_ttl: None,
-        })
+        minted_svid(&self.issuer, id, hint).await
     }
 
     /// Publishes a new set holding exactly `svids`.
     fn publish(&self, svids: Vec<Arc<Svid>>) {
         let trust = self.issuer.snapshot();
-        self.identities.set.send_modify(|set| {
-            *set = Arc::new(IdentitySet { version: set.version + 1, svids, withheld: vec![], trust })
-        });
+        self.identities.update(&self.caller, |set| *set = identity_set(set.version, svids, trust));
     }
 
     /// Our generated client; `header` adds `workload.spiffe.io: true`.
@@ -416,7 +363,7 @@ async fn the_security_header_is_required_and_callers_without_identity_are_denied
         assert!(status.message().contains("workload.spiffe.io"), "{status:?}");
     }
 
-    *h.identities.entitled.lock() = BTreeSet::from([Selector::parse("unix:uid:4242").unwrap()]);
+    h.identities.withdraw(&h.caller);
     let raw = h.raw(true).await;
     let denied = [
         raw.clone().fetch_x509svid(X509svidRequest {}).await.map(|_| ()).unwrap_err(),
@@ -616,20 +563,6 @@ impl Real {
         let router = WorkloadApi::new(cache, Arc::new(LocalAttestor), jwt).routes();
         let (socket, shutdown) = serve(dir.path(), router);
         Self { dir, socket, timer, entries, _shutdown: shutdown }
-    }
-}
-
-fn entry(id: &str, created_at: i64, selectors: &[String]) -> Entry {
-    Entry {
-        id: format!("entry-{created_at}"),
-        spiffe_id: SpiffeId::parse(id).unwrap(),
-        selectors: selectors.iter().map(|s| Selector::parse(s).unwrap()).collect(),
-        dns_names: vec![],
-        ttl_seconds: None,
-        jwt_ttl_seconds: None,
-        hint: None,
-        federates_with: vec![],
-        created_at,
     }
 }
 

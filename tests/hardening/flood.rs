@@ -8,7 +8,9 @@ use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Server, metric_with, my_uid, poll, try_http_get};
+use crate::support::my_uid;
+use crate::support::process::poll;
+use crate::support::server::{Server, metric_with, try_http_get};
 use crate::support::socket;
 use crate::tmp;
 

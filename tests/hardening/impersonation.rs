@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::harness::{self, BIN, Server, make_csr_with_sans};
+use crate::support::openssl::make_csr_with_sans;
+use crate::support::process::poll;
+use crate::support::server::{BIN, Server};
 use crate::tmp;
 
 /// A TLS server that is not trustmesh: it presents `cert` (with its chain)
@@ -139,10 +141,8 @@ fn a_certificate_that_names_localhost_cannot_impersonate_the_api_server() {
     assert!(err.contains("not the trustmesh server") && err.contains(evil), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(
-        harness::poll(Duration::from_secs(5), || {
-            (impostor.handshakes_failed.load(Ordering::Relaxed) > 0).then_some(())
-        })
-        .is_some()
+        poll(Duration::from_secs(5), || { (impostor.handshakes_failed.load(Ordering::Relaxed) > 0).then_some(()) })
+            .is_some()
     );
     assert_eq!(impostor.bytes_received.load(Ordering::Relaxed), 0, "the impostor received application data");
 

@@ -13,8 +13,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use trustmesh::proto::admin::v1 as pb;
 use trustmesh::proto::admin::v1::admin_client::AdminClient;
 
-use crate::harness::{Server, make_csr, mode, my_uid};
+use crate::support::openssl::make_csr;
+use crate::support::server::Server;
 use crate::support::socket;
+use crate::support::{mode, my_uid};
 use crate::tmp;
 
 const TD_ID: &str = "spiffe://example.org/svc/api";

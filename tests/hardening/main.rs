@@ -4,8 +4,6 @@
 //! inconsistent or corrupt state.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../harness/mod.rs"]
-mod harness;
 #[path = "../support/mod.rs"]
 mod support;
 

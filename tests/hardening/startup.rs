@@ -7,7 +7,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::harness::{Server, failed_start};
+use crate::support::server::{Server, failed_start};
 use crate::tmp;
 
 /// Exit 64, and the failure said once (one JSON event) naming `words`.

@@ -1,18 +1,24 @@
-//! A real issuing service on SQLite in a directory, on a manual clock. The
-//! KEK is kept in `<dir>/kek`, so starting again on the same directory loads
-//! the same CA (a restart).
+//! A real issuing service on SQLite in a directory. The KEK is kept in
+//! `<dir>/kek`, so starting again on the same directory loads the same CA (a
+//! restart).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use trustmesh::ca::Kek;
-use trustmesh::domain::{ManualClock, RandomSerials, TrustDomain};
+use trustmesh::domain::{Clock, ManualClock, RandomSerials, TrustDomain};
 use trustmesh::issuer::{Existing, InitParams, Issuer, IssuerConfig, IssuerParts};
 use trustmesh::policy::PolicyEngine;
 use trustmesh::store::Store;
 
-/// Starts (or restarts) the issuer of trust domain example.org kept in `dir`.
+/// Starts (or restarts) the issuer of trust domain example.org kept in `dir`,
+/// on a manual clock.
 pub async fn start(dir: &Path, clock: &ManualClock) -> (Arc<Issuer>, Arc<dyn Store>) {
+    start_on(dir, Arc::new(clock.clone())).await
+}
+
+/// [`start`] on any clock (e.g. `SystemClock`).
+pub async fn start_on(dir: &Path, clock: Arc<dyn Clock>) -> (Arc<Issuer>, Arc<dyn Store>) {
     let store = trustmesh::store::open(&format!("sqlite://{}", dir.join("t.db").display())).await.unwrap();
     let kek_text = match std::fs::read_to_string(dir.join("kek")) {
         Ok(text) => text,
@@ -26,7 +32,7 @@ pub async fn start(dir: &Path, clock: &ManualClock) -> (Arc<Issuer>, Arc<dyn Sto
         cfg: IssuerConfig::new(TrustDomain::parse("example.org").unwrap()),
         store: store.clone(),
         kek: Kek::from_file_contents(&kek_text).unwrap(),
-        clock: Arc::new(clock.clone()),
+        clock,
         serials: Arc::new(RandomSerials::default()),
         policy: PolicyEngine::embedded().unwrap(),
         init: InitParams::default(),

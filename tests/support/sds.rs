@@ -1,7 +1,7 @@
 //! The SDS server in-process on a Unix socket in a temp dir, with a fake
-//! identity source (tests publish identity sets and choose their versions)
-//! and a fake attestor (the caller names itself in `x-test-caller`).
-#![allow(dead_code)]
+//! identity source (tests publish identity sets and choose their versions,
+//! `support::fixtures`) and a fake attestor (the caller names itself in
+//! `x-test-caller`); xDS streams and requests of a test client.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -17,73 +17,28 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
 use envoy_types::pb::google::protobuf::{Any, Struct, Value, value::Kind};
 use hyper_util::rt::TokioIo;
-use parking_lot::Mutex;
 use prost::Message;
-use time::OffsetDateTime;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status, Streaming};
 
-use trustmesh::ca::{KeyAlgorithm, PrivateKey};
-use trustmesh::cache::{CacheError, IdentitySet, IdentitySource, IdentityWatch, Svid};
-use trustmesh::domain::{Selector, SelectorKind, SpiffeId, TrustDomain};
+use trustmesh::domain::{Selector, SelectorKind};
 use trustmesh::sds::{CallerAttestor, SECRET_TYPE, SdsServer};
-use trustmesh::trust::{DenyList, TrustSnapshot};
+use trustmesh::trust::TrustSnapshot;
+
+use super::fixtures::{FakeSource, fake_svid, fake_trust, identity_set};
 
 pub const ALICE: &str = "spiffe://example.org/alice";
 pub const ALICE_ADMIN: &str = "spiffe://example.org/alice-admin";
 pub const BOB: &str = "spiffe://example.org/bob";
 pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 
-/// Identity sets by caller name; a caller nobody published has no entry.
-#[derive(Default)]
-pub struct FakeSource {
-    callers: Mutex<HashMap<String, watch::Sender<Arc<IdentitySet>>>>,
-}
-
-impl FakeSource {
-    /// Publishes `set` as the caller's current identities.
-    pub fn publish(&self, caller: &str, set: IdentitySet) {
-        let mut callers = self.callers.lock();
-        match callers.get(caller) {
-            Some(tx) => {
-                tx.send_replace(Arc::new(set));
-            }
-            None => {
-                callers.insert(caller.to_string(), watch::channel(Arc::new(set)).0);
-            }
-        }
-    }
-
-    /// The caller's current set, changed by `f`, with the next version.
-    pub fn update(&self, caller: &str, f: impl FnOnce(&mut IdentitySet)) {
-        let mut set = (*self.current(caller)).clone();
-        set.version += 1;
-        f(&mut set);
-        self.publish(caller, set);
-    }
-
-    pub fn current(&self, caller: &str) -> Arc<IdentitySet> {
-        self.callers.lock()[caller].borrow().clone()
-    }
-}
-
-#[async_trait::async_trait]
-impl IdentitySource for FakeSource {
-    async fn watch(&self, selectors: BTreeSet<Selector>) -> Result<IdentityWatch, CacheError> {
-        let name = selectors.iter().find(|s| s.kind() == SelectorKind::TokenSub).map(|s| s.value().to_string());
-        let callers = self.callers.lock();
-        match name.and_then(|n| callers.get(&n)) {
-            Some(tx) => Ok(IdentityWatch { updates: tx.subscribe(), guard: Box::new(()) }),
-            None => Err(CacheError::NoEntry),
-        }
-    }
-
-    fn trust(&self) -> watch::Receiver<Arc<TrustSnapshot>> {
-        watch::channel(trust(0, "none")).1
-    }
+/// The selector of the caller named `name` (as [`HeaderAttestor`] attests
+/// it), the name of its identities in the [`FakeSource`].
+pub fn caller(name: &str) -> String {
+    format!("token:sub:{name}")
 }
 
 /// The caller is whoever `x-test-caller` names (`token:sub:<name>`).
@@ -106,41 +61,6 @@ impl CallerAttestor for HeaderAttestor {
     }
 }
 
-pub fn trust(revision: u64, tag: &str) -> Arc<TrustSnapshot> {
-    Arc::new(TrustSnapshot {
-        revision,
-        trust_domain: TrustDomain::parse("example.org").unwrap(),
-        cas: Vec::new(),
-        bundle_pem: format!("-----BEGIN CERTIFICATE-----\n{tag}\n-----END CERTIFICATE-----\n"),
-        crls: Vec::new(),
-        crl_pem: format!("-----BEGIN X509 CRL-----\nCRL-{tag}\n-----END X509 CRL-----\n"),
-        jwks: serde_json::json!({"keys": []}),
-        deny: Arc::new(DenyList::default()),
-        generation: revision,
-        built_at: OffsetDateTime::from_unix_timestamp(1_700_000_000 + revision as i64).unwrap(),
-        published_at: std::time::Instant::now(),
-    })
-}
-
-pub fn svid(id: &str, serial: &str) -> Arc<Svid> {
-    Arc::new(Svid {
-        entry_id: format!("entry-{id}"),
-        spiffe_id: SpiffeId::parse(id).unwrap(),
-        hint: None,
-        chain_der: Vec::new(),
-        chain_pem: format!("-----BEGIN CERTIFICATE-----\n{serial}\n-----END CERTIFICATE-----\n"),
-        key: PrivateKey::generate(KeyAlgorithm::EcP256).unwrap(),
-        serial: serial.into(),
-        not_before: OffsetDateTime::UNIX_EPOCH,
-        not_after: OffsetDateTime::UNIX_EPOCH,
-        jwt_ttl: None,
-    })
-}
-
-pub fn identity_set(version: u64, svids: Vec<Arc<Svid>>, trust: Arc<TrustSnapshot>) -> IdentitySet {
-    IdentitySet { version, svids, withheld: Vec::new(), trust }
-}
-
 /// The server on a fresh socket; alice holds two SVIDs, bob one.
 pub struct Harness {
     pub source: Arc<FakeSource>,
@@ -151,10 +71,12 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start() -> Self {
-        let source = Arc::new(FakeSource::default());
-        let t = trust(1, "root-1");
-        source.publish("alice", identity_set(1, vec![svid(ALICE, "a1"), svid(ALICE_ADMIN, "aa1")], t.clone()));
-        source.publish("bob", identity_set(1, vec![svid(BOB, "b1")], t));
+        // No trust snapshot beside the identity sets' (the sender goes at once).
+        let source = Arc::new(FakeSource::new(watch::channel(fake_trust(0, "none")).1));
+        let t = fake_trust(1, "root-1");
+        let alice = vec![fake_svid(ALICE, "a1"), fake_svid(ALICE_ADMIN, "aa1")];
+        source.publish(&caller("alice"), identity_set(1, alice, t.clone()));
+        source.publish(&caller("bob"), identity_set(1, vec![fake_svid(BOB, "b1")], t));
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("sds.sock");
         let listener = UnixListener::bind(&socket).unwrap();
@@ -183,8 +105,8 @@ impl Harness {
 
     /// Publishes a new trust bundle into every caller's set.
     pub fn publish_trust(&self, t: Arc<TrustSnapshot>) {
-        for caller in ["alice", "bob"] {
-            self.source.update(caller, |s| s.trust = t.clone());
+        for name in ["alice", "bob"] {
+            self.source.update(&caller(name), |s| s.trust = t.clone());
         }
     }
 }
@@ -237,35 +159,43 @@ impl<Req, Resp: std::fmt::Debug> XdsStream<Req, Resp> {
     }
 }
 
+/// What opening a stream returns: the server's response stream.
+type Opened<Resp> = Result<tonic::Response<Streaming<Resp>>, Status>;
+
+impl<Req, Resp> XdsStream<Req, Resp> {
+    /// Opens a stream as `caller` with `call`, one of the generated clients'
+    /// streaming methods.
+    async fn open<F: Future<Output = Opened<Resp>>>(
+        caller: &str,
+        call: impl FnOnce(Request<ReceiverStream<Req>>) -> F,
+    ) -> Result<Self, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let rx = call(with_caller(caller, ReceiverStream::new(rx))).await?.into_inner();
+        Ok(Self { tx, rx })
+    }
+}
+
 impl Sotw {
     pub async fn sds(channel: Channel, caller: &str) -> Result<Self, Status> {
-        let (tx, rx) = mpsc::channel(16);
         let mut client = SecretDiscoveryServiceClient::new(channel);
-        let rx = client.stream_secrets(with_caller(caller, ReceiverStream::new(rx))).await?.into_inner();
-        Ok(Self { tx, rx })
+        Self::open(caller, |r| client.stream_secrets(r)).await
     }
 
     pub async fn ads(channel: Channel, caller: &str) -> Result<Self, Status> {
-        let (tx, rx) = mpsc::channel(16);
         let mut client = AggregatedDiscoveryServiceClient::new(channel);
-        let rx = client.stream_aggregated_resources(with_caller(caller, ReceiverStream::new(rx))).await?.into_inner();
-        Ok(Self { tx, rx })
+        Self::open(caller, |r| client.stream_aggregated_resources(r)).await
     }
 }
 
 impl Delta {
     pub async fn sds(channel: Channel, caller: &str) -> Result<Self, Status> {
-        let (tx, rx) = mpsc::channel(16);
         let mut client = SecretDiscoveryServiceClient::new(channel);
-        let rx = client.delta_secrets(with_caller(caller, ReceiverStream::new(rx))).await?.into_inner();
-        Ok(Self { tx, rx })
+        Self::open(caller, |r| client.delta_secrets(r)).await
     }
 
     pub async fn ads(channel: Channel, caller: &str) -> Result<Self, Status> {
-        let (tx, rx) = mpsc::channel(16);
         let mut client = AggregatedDiscoveryServiceClient::new(channel);
-        let rx = client.delta_aggregated_resources(with_caller(caller, ReceiverStream::new(rx))).await?.into_inner();
-        Ok(Self { tx, rx })
+        Self::open(caller, |r| client.delta_aggregated_resources(r)).await
     }
 }
 

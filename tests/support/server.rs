@@ -1,8 +1,7 @@
 //! Runs the real `trustmesh` binary for end-to-end tests: a server on
 //! ephemeral loopback ports in a temp data directory, the CLI against it, and
-//! `openssl` as an independent verifier. Servers are stopped on drop, also
-//! when a test fails.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! what it publishes (metrics, CRLs, the plaintext HTTP port). Servers are
+//! stopped on drop, also when a test fails.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -10,9 +9,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use std::time::{Duration, Instant};
+
+use super::openssl::{crl_serials_of, pem_blocks};
+use super::process::terminate;
+use super::{last_lines, my_uid};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_trustmesh");
 
@@ -165,6 +168,11 @@ impl Server {
         self.log.lock().clone()
     }
 
+    /// The last `lines` lines of the log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        last_lines(&self.log(), lines)
+    }
+
     /// Every CRL of `GET /pki/crl` (PEM blocks); asserts there is one.
     pub fn crls(&self) -> Vec<String> {
         let (code, body) = self.get("/pki/crl");
@@ -267,46 +275,6 @@ pub fn metric_with(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f6
         .and_then(|v| v.parse().ok())
 }
 
-/// SIGTERM to `child`, then [`wait_or_kill`].
-pub fn terminate(child: &mut Child, timeout: Duration) {
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    wait_or_kill(child, timeout);
-}
-
-/// Waits up to `timeout` for `child` to exit; SIGKILL after that.
-pub fn wait_or_kill(child: &mut Child, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// Polls `f` every 20 ms until it returns `Some`, at most `timeout`.
-pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The uid this test runs as (0 in CI), for `unix:uid:` selectors.
-pub fn my_uid() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// `trustmesh entry create` through `server` for the processes of this uid
 /// run from `bin`: selectors `unix:uid:<me>` and `unix:path:<bin>`, so
 /// processes started through different paths (see `envoy_alias`) get
@@ -333,167 +301,6 @@ pub fn try_http_get(addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>), Stri
     let head = String::from_utf8_lossy(&buf[..split]).to_string();
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("no HTTP status")?;
     Ok((status, buf[split + 4..].to_vec()))
-}
-
-/// Runs openssl. Without openssl the test fails (it never passes vacuously).
-pub fn openssl(args: &[&str]) -> Output {
-    Command::new("openssl")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("openssl must be installed (the README's test command installs it)")
-}
-
-pub fn openssl_ok(args: &[&str]) -> String {
-    let out = openssl(args);
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// A self-signed P-256 certificate from `openssl req -x509` into `cert` and
-/// `key`: `subject`, valid `days`, plus `extra` arguments (e.g. `-addext`).
-pub fn openssl_self_signed(cert: &Path, key: &Path, subject: &str, days: &str, extra: &[&str]) {
-    let mut args = vec!["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    args.extend(["-keyout", key.to_str().unwrap(), "-out", cert.to_str().unwrap(), "-subj", subject, "-days", days]);
-    args.extend_from_slice(extra);
-    openssl_ok(&args);
-}
-
-/// Makes a key (`ec`, `ec384`, `rsa2048`, `rsa1024`, `ed25519`) and a CSR with the given URI SANs.
-pub fn make_csr(dir: &Path, name: &str, kind: &str, uris: &[&str]) -> PathBuf {
-    let sans: Vec<String> = uris.iter().map(|u| format!("URI:{u}")).collect();
-    make_csr_with_sans(dir, name, kind, &sans.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
-/// Like [`make_csr`], with subjectAltName entries as openssl writes them
-/// (`URI:spiffe://…`, `DNS:name`).
-pub fn make_csr_with_sans(dir: &Path, name: &str, kind: &str, sans: &[&str]) -> PathBuf {
-    let key = dir.join(format!("{name}.key"));
-    let csr = dir.join(format!("{name}.csr"));
-    let key_s = key.to_str().unwrap();
-    match kind {
-        "ec" => openssl_ok(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key_s]),
-        "ec384" => openssl_ok(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384", "-out", key_s]),
-        "rsa2048" => openssl_ok(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key_s]),
-        "rsa1024" => openssl_ok(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024", "-out", key_s]),
-        "ed25519" => openssl_ok(&["genpkey", "-algorithm", "ED25519", "-out", key_s]),
-        other => panic!("unknown key kind {other}"),
-    };
-    let mut args = vec!["req", "-new", "-key", key_s, "-subj", "/O=test", "-out", csr.to_str().unwrap()];
-    let san;
-    if !sans.is_empty() {
-        san = format!("subjectAltName={}", sans.join(","));
-        args.push("-addext");
-        args.push(&san);
-    }
-    openssl_ok(&args);
-    csr
-}
-
-/// The serials one PEM CRL lists (normalized), as `openssl crl -text` prints
-/// them (through a file in `dir`).
-pub fn crl_serials_of(dir: &Path, crl: &str) -> BTreeSet<String> {
-    let f = dir.join("one.crl.pem");
-    std::fs::write(&f, crl).unwrap();
-    let out = openssl(&["crl", "-in", f.to_str().unwrap(), "-noout", "-text"]);
-    assert!(out.status.success(), "openssl crl -text: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Serial Number:"))
-        .map(|s| normalize_serial(s.trim()))
-        .collect()
-}
-
-/// A certificate serial as lower-case hex without leading zeros or colons, so
-/// Envoy's `/certs`, openssl and trustmesh's output compare equal.
-pub fn normalize_serial(s: &str) -> String {
-    let hex: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect::<String>().to_lowercase();
-    hex.trim_start_matches('0').to_string()
-}
-
-/// Splits a PEM bundle into its blocks of the given label.
-pub fn pem_blocks(pem: &str, label: &str) -> Vec<String> {
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let mut out = Vec::new();
-    let mut rest = pem;
-    while let Some(start) = rest.find(&begin) {
-        let Some(stop) = rest[start..].find(&end) else { break };
-        out.push(format!("{}\n", &rest[start..start + stop + end.len()]));
-        rest = &rest[start + stop + end.len()..];
-    }
-    out
-}
-
-pub fn mode(path: &Path) -> u32 {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
-/// An offline root made with openssl: P-256, self-signed CA, SPIFFE trust
-/// domain example.org. Returns (certificate, key).
-pub fn openssl_root(d: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (d.join("offline-root.pem"), d.join("offline-root.key"));
-    let extensions = [
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        "-addext",
-        "subjectAltName=URI:spiffe://example.org",
-    ];
-    openssl_self_signed(&cert, &key, "/CN=Offline Root", "3650", &extensions);
-    (cert, key)
-}
-
-/// An issuing CA signed by the offline root with openssl, for `pki init
-/// --import-cert`. Returns (chain PEM: intermediate then root, intermediate key).
-pub fn openssl_intermediate(d: &Path, root: &Path, root_key: &Path) -> (PathBuf, PathBuf) {
-    let (ikey, icsr, icert) = (d.join("int.key"), d.join("int.csr"), d.join("int.pem"));
-    let p = |p: &Path| p.to_str().unwrap().to_string();
-    openssl_ok(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        &p(&ikey),
-        "-out",
-        &p(&icsr),
-        "-subj",
-        "/CN=Imported Issuing CA",
-    ]);
-    let ext = d.join("ext.cnf");
-    std::fs::write(&ext, "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectAltName=URI:spiffe://example.org\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n").unwrap();
-    openssl_ok(&[
-        "x509",
-        "-req",
-        "-in",
-        &p(&icsr),
-        "-CA",
-        &p(root),
-        "-CAkey",
-        &p(root_key),
-        "-CAcreateserial",
-        "-days",
-        "365",
-        "-extfile",
-        &p(&ext),
-        "-out",
-        &p(&icert),
-    ]);
-    let chain = d.join("chain.pem");
-    let text = format!("{}{}", std::fs::read_to_string(&icert).unwrap(), std::fs::read_to_string(root).unwrap());
-    std::fs::write(&chain, text).unwrap();
-    (chain, ikey)
 }
 
 /// `trustmesh pki init --import-cert CERT --import-key KEY` on a data directory.
