@@ -6,6 +6,7 @@
 //! (4) read the start time again. A process that vanished, turned zombie or
 //! whose start time changed fails the attestation.
 
+use crate::domain::text;
 use std::collections::BTreeSet;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -106,14 +107,14 @@ pub(super) fn parse_stat(text: &str, pid: i32) -> Result<(&str, u64), String> {
     let close = text.rfind(')').filter(|c| *c > open).ok_or("no ')' after the command name")?;
     let head = &text[..open];
     if head != pid.to_string() {
-        return Err(format!("it is about process {:?}, not {pid}", head.chars().take(16).collect::<String>()));
+        return Err(format!("it is about process {:?}, not {pid}", text::shorten(head, 16)));
     }
     let fields: Vec<&str> = text[close + 1..].split_ascii_whitespace().collect();
     // fields[0] is field 3 (state), so field 22 (starttime) is fields[19].
     let (Some(state), Some(start)) = (fields.first(), fields.get(19)) else {
         return Err(format!("{} fields after the command name, expected at least 20", fields.len()));
     };
-    let start = start.parse().map_err(|_| format!("start time {:?} is not a number", shorten(start)))?;
+    let start = start.parse().map_err(|_| format!("start time {:?} is not a number", text::shorten(start, 32)))?;
     Ok((state, start))
 }
 
@@ -123,7 +124,7 @@ fn effective_uid(dir: &Path, pid: i32) -> Result<u32, AttestError> {
     let text = read(&path, pid)?;
     let line = text.lines().find_map(|l| l.strip_prefix("Uid:")).ok_or_else(|| malformed(&path, "no Uid: line"))?;
     let euid = line.split_ascii_whitespace().nth(1).ok_or_else(|| malformed(&path, "Uid: has no effective uid"))?;
-    euid.parse().map_err(|_| malformed(&path, format!("effective uid {:?} is not a number", shorten(euid))))
+    euid.parse().map_err(|_| malformed(&path, format!("effective uid {:?} is not a number", text::shorten(euid, 32))))
 }
 
 /// Reads a small `/proc` file; a missing process (ENOENT, ESRCH) is `Gone`.
@@ -169,10 +170,6 @@ fn find_name(bytes: &[u8], id: u32) -> Option<String> {
 
 fn malformed(path: &Path, reason: impl Into<String>) -> AttestError {
     AttestError::Malformed { path: path.display().to_string(), reason: reason.into() }
-}
-
-fn shorten(text: &str) -> String {
-    text.chars().take(32).collect()
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use crate::domain::{SpiffeId, TrustDomain};
 use super::CaError;
 use super::asn1::{KeyKind, announced_len};
 use super::template::check_dns_name;
-use crate::domain::text::MAX_DNS_NAMES;
+use crate::domain::text::{self, MAX_DNS_NAMES};
 
 /// Largest CSR accepted, PEM or DER.
 pub const MAX_CSR_BYTES: usize = 64 * 1024;
@@ -98,7 +98,7 @@ fn csr_der(input: &[u8]) -> Result<Cow<'_, [u8]>, CaError> {
     if blocks.is_empty() {
         return Err(encoding_error("no complete PEM block (missing END line?)".to_string()));
     }
-    let labels: Vec<String> = blocks.iter().map(|b| b.tag().chars().take(64).collect()).collect();
+    let labels: Vec<String> = blocks.iter().map(|b| text::shorten(b.tag(), 64)).collect();
     let mut csrs: Vec<::pem::Pem> = blocks.into_iter().filter(|b| CSR_LABELS.contains(&b.tag())).collect();
     if csrs.len() > 1 {
         return Err(encoding_error(format!("{} CERTIFICATE REQUEST blocks, expected one", csrs.len())));

@@ -5,6 +5,7 @@
 //! [`PrivateKey::pkcs8_der`] (to be sealed under the KEK) or
 //! [`PrivateKey::to_pem`] (a zeroizing string); `Debug` shows the algorithm only.
 
+use crate::domain::text;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -174,7 +175,7 @@ impl FromStr for KeyAlgorithm {
         match s.trim().to_ascii_uppercase().as_str() {
             "EC-P256" => Ok(Self::EcP256),
             "EC-P384" => Ok(Self::EcP384),
-            _ => Err(CaError::UnknownAlgorithm { value: s.chars().take(64).collect() }),
+            _ => Err(CaError::UnknownAlgorithm { value: text::shorten(s, 64) }),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Pieces shared by every certificate template: validity windows, subject
 //! names, SANs and the checks on what callers put in them.
 
+use crate::domain::text;
 use rcgen::{DistinguishedName, DnType, SanType, SerialNumber};
 use time::{Duration, OffsetDateTime};
 
@@ -50,7 +51,7 @@ pub(crate) fn subject(common_name: Option<&str>) -> Result<DistinguishedName, Ca
 }
 
 fn check_common_name(cn: &str) -> Result<(), CaError> {
-    let fail = |reason| CaError::CommonName { name: cn.chars().take(80).collect(), reason };
+    let fail = |reason| CaError::CommonName { name: text::shorten(cn, 80), reason };
     if cn.trim().is_empty() {
         return Err(fail("must not be empty"));
     }
@@ -93,7 +94,7 @@ pub(crate) fn dns_san(name: &str) -> Result<SanType, CaError> {
 /// digits, `-` and `.`, an optional `*.` prefix, labels of 1 to 63
 /// characters that neither start nor end with `-`, at most 253 characters.
 pub fn check_dns_name(name: &str) -> Result<(), CaError> {
-    let fail = |reason| CaError::DnsName { name: name.chars().take(260).collect(), reason };
+    let fail = |reason| CaError::DnsName { name: text::shorten(name, 260), reason };
     if name.is_empty() {
         return Err(fail("empty"));
     }

@@ -1,5 +1,6 @@
 //! Who is calling: the principals that authorization policy speaks of.
 
+use super::text;
 use std::fmt;
 use std::str::FromStr;
 
@@ -36,7 +37,7 @@ impl FromStr for TokenKind {
             "admin" => Ok(Self::Admin),
             "node" => Ok(Self::Node),
             "bootstrap" => Ok(Self::Bootstrap),
-            _ => Err(DomainError::TokenKind(s.chars().take(32).collect())),
+            _ => Err(DomainError::TokenKind(text::shorten(s, 32))),
         }
     }
 }

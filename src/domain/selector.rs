@@ -1,6 +1,7 @@
 //! Selectors: what a caller proved about itself, and what a registration
 //! entry requires (SPEC §3). Text form `<type>:<value>`, e.g. `unix:uid:1000`.
 
+use super::text;
 use std::fmt;
 use std::str::FromStr;
 
@@ -63,7 +64,7 @@ pub struct Selector {
 impl Selector {
     pub fn new(kind: SelectorKind, value: &str) -> Result<Self, DomainError> {
         validate(kind, value).map_err(|reason| DomainError::Selector {
-            value: format!("{}{}", kind.prefix(), value.chars().take(96).collect::<String>()),
+            value: format!("{}{}", kind.prefix(), text::shorten(value, 96)),
             reason,
         })?;
         Ok(Self { kind, value: value.to_string() })
@@ -76,7 +77,7 @@ impl Selector {
             }
         }
         Err(DomainError::Selector {
-            value: text.chars().take(96).collect(),
+            value: text::shorten(text, 96),
             reason: "unknown type: expected unix:uid:, unix:gid:, unix:user:, unix:group:, unix:path:, \
                      unix:sha256:, token:sub: or x509:spiffe-id:"
                 .into(),

@@ -1,5 +1,6 @@
 //! Certificate serial numbers: positive, random, at least 128 bits.
 
+use super::text;
 use std::fmt;
 use std::str::FromStr;
 
@@ -76,7 +77,7 @@ impl FromStr for Serial {
         let cleaned = cleaned.strip_prefix("0x").unwrap_or(&cleaned);
         let padded = if cleaned.len() % 2 == 1 { format!("0{cleaned}") } else { cleaned.to_string() };
         let bytes = hex::decode(&padded)
-            .map_err(|_| DomainError::Serial { value: s.chars().take(64).collect(), reason: "not hexadecimal" })?;
+            .map_err(|_| DomainError::Serial { value: text::shorten(s, 64), reason: "not hexadecimal" })?;
         Self::from_bytes(&bytes)
     }
 }

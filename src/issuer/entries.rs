@@ -6,6 +6,7 @@
 //! every create and delete; the SDS and Workload API servers match callers
 //! against it, never against the store.
 
+use crate::domain::text;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -49,7 +50,7 @@ impl Issuer {
     /// `IssuerError::Store(StoreError::Conflict)`.
     pub async fn create_entry(&self, caller: &Caller, req: EntryRequest) -> Result<Entry, IssuerError> {
         const ACTION: AuditAction = AuditAction::CreateEntry;
-        let target: String = req.spiffe_id.chars().take(256).collect();
+        let target = text::shorten(&req.spiffe_id, 256);
         let id = self.audited(caller, ACTION, &target, async { new_entry_id() }).await?;
         self.authorize_entry(caller, ACTION, &id, &target).await?;
         let spiffe_id = self.parse_id_audited(caller, ACTION, &req.spiffe_id).await?;
@@ -159,7 +160,7 @@ impl Issuer {
     /// Finds the entry an argument names, authorizing before revealing
     /// whether it exists.
     async fn resolve(&self, caller: &Caller, action: AuditAction, arg: &str) -> Result<Entry, IssuerError> {
-        let shown: String = arg.chars().take(256).collect();
+        let shown = text::shorten(arg, 256);
         let wanted = self.audited(caller, action, &shown, async { EntryRef::parse(arg) }).await?;
         let records = self.audited(caller, action, &shown, async { Ok(self.store.entries().await?) }).await?;
         let found: Vec<&EntryRecord> = records.iter().filter(|r| wanted.names(r)).collect();
@@ -230,7 +231,7 @@ impl EntryRef {
         if arg.len() == 32 && arg.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(Self::Id(arg.to_ascii_lowercase()));
         }
-        let shown: String = arg.chars().take(96).collect();
+        let shown = text::shorten(arg, 96);
         Err(IssuerError::InvalidArgument(format!(
             "{shown:?} is neither an entry id (32 hex digits) nor a spiffe:// ID"
         )))

@@ -6,6 +6,7 @@
 //! Invariant: no error message contains a token; audiences, key ids and
 //! SPIFFE IDs are not secrets and are named (shortened).
 
+use crate::domain::text;
 use serde_json::{Value, json};
 use time::Duration;
 
@@ -84,8 +85,8 @@ impl Issuer {
         if !audiences.contains(&audience) {
             return Err(invalid(format!(
                 "audience {:?} is not among the token's audiences {:?}",
-                short(audience),
-                audiences.iter().map(|a| short(a)).collect::<Vec<_>>()
+                text::quoted(audience),
+                audiences.iter().map(|a| text::quoted(a)).collect::<Vec<_>>()
             )));
         }
         Ok(claims)
@@ -106,14 +107,9 @@ fn check_audiences(audience: &[String]) -> Result<(), IssuerError> {
         if a.is_empty() || a.len() > MAX_AUDIENCE_LEN || a.chars().any(char::is_control) {
             return Err(IssuerError::InvalidArgument(format!(
                 "audience {:?} must be 1 to {MAX_AUDIENCE_LEN} printable characters",
-                short(a)
+                text::quoted(a)
             )));
         }
     }
     Ok(())
-}
-
-/// Keeps values named in errors short.
-fn short(value: &str) -> String {
-    value.chars().take(64).collect()
 }

@@ -34,7 +34,7 @@ pub struct Minted {
 impl Issuer {
     pub async fn mint_token(&self, caller: &Caller, req: &MintRequest) -> Result<Minted, IssuerError> {
         const ACTION: AuditAction = AuditAction::Policy(Action::MintToken);
-        let target = format!("{}:{}", req.kind, req.subject.chars().take(128).collect::<String>());
+        let target = format!("{}:{}", req.kind, text::quoted(&req.subject));
         self.authorize(caller, Action::MintToken, &Resource::Token(req.kind), &target).await?;
         let claims = self.audited(caller, ACTION, &target, async { self.token_claims(req) }).await?;
         let token = self.mint_unchecked(&claims)?;

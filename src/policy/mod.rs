@@ -125,18 +125,5 @@ fn chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// Keeps values named in errors short, whatever came in.
-fn shorten(value: &str) -> String {
-    const MAX: usize = 128;
-    if value.len() <= MAX {
-        return value.to_string();
-    }
-    let mut end = MAX;
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &value[..end])
-}
-
 #[cfg(test)]
 mod tests;

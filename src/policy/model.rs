@@ -6,7 +6,8 @@ use std::str::FromStr;
 
 use cedar_policy::{Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
 
-use super::{PolicyError, shorten};
+use super::PolicyError;
+use crate::domain::text::quoted;
 use crate::domain::{Principal, SpiffeId, TokenKind};
 
 /// Every action trustmesh authorizes. `Display`/`FromStr` use the Cedar
@@ -106,7 +107,7 @@ impl FromStr for Action {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bare = s.trim().trim_start_matches("Trustmesh::").trim_start_matches("Action::");
         let bare = bare.trim_matches('"').replace('-', "_");
-        Self::ALL.into_iter().find(|a| a.as_str() == bare).ok_or_else(|| PolicyError::UnknownAction(shorten(s)))
+        Self::ALL.into_iter().find(|a| a.as_str() == bare).ok_or_else(|| PolicyError::UnknownAction(quoted(s)))
     }
 }
 
@@ -129,7 +130,7 @@ impl fmt::Display for Resource {
 /// given separately) or `Workload::"unix:uid:1000,unix:gid:0"`. The type may
 /// carry the `Trustmesh::` prefix.
 pub fn parse_principal(text: &str, bootstrap_spiffe_ids: &[SpiffeId]) -> Result<Principal, PolicyError> {
-    let fail = |reason: &str| PolicyError::Principal { value: shorten(text), reason: reason.into() };
+    let fail = |reason: &str| PolicyError::Principal { value: quoted(text), reason: reason.into() };
     let (ty, id) = split_uid(text)
         .ok_or_else(|| fail("expected Type::\"id\" with Type one of Admin, Node, Workload, Bootstrap"))?;
     if id.is_empty() {
@@ -159,7 +160,7 @@ pub fn parse_principal(text: &str, bootstrap_spiffe_ids: &[SpiffeId]) -> Result<
 /// `Token::"node"`, `Entry::"id"`, or `DnsName::"name@spiffe://…"` (a DNS
 /// name for a certificate of that identity).
 pub fn parse_resource(text: &str) -> Result<Resource, PolicyError> {
-    let fail = |reason: String| PolicyError::Resource { value: shorten(text), reason };
+    let fail = |reason: String| PolicyError::Resource { value: quoted(text), reason };
     let text = text.trim();
     if text.starts_with("spiffe://") {
         return SpiffeId::parse(text).map(Resource::Identity).map_err(|e| fail(e.to_string()));

@@ -31,6 +31,7 @@
 //!   so the TCP proxy closes each after [`MAX_TCP_CONNECTION_SECS`]: a revoked
 //!   peer's open TCP connection lives at most that long.
 
+use crate::domain::text;
 use serde_json::{Value, json};
 
 use crate::domain::SpiffeId;
@@ -125,7 +126,7 @@ pub enum BootstrapError {
 }
 
 pub(crate) fn invalid(what: &'static str, value: &str, reason: impl Into<String>) -> BootstrapError {
-    BootstrapError::Invalid { what, value: value.chars().take(200).collect(), reason: reason.into() }
+    BootstrapError::Invalid { what, value: text::shorten(value, 200), reason: reason.into() }
 }
 
 /// The bootstrap as a JSON value.

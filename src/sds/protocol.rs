@@ -6,6 +6,7 @@
 //! by two kinds of input — a request from the client, and "the state changed"
 //! (a new [`Catalog`]) — and answers with replies to send and notices to log.
 
+use crate::domain::text;
 use std::fmt;
 use std::sync::Arc;
 
@@ -229,7 +230,11 @@ pub(crate) fn check_names(field: &'static str, names: &[String]) -> Result<(), P
 
 pub(crate) fn check_name(name: &str) -> Result<(), ProtocolError> {
     if name.len() > MAX_NAME_BYTES {
-        return Err(ProtocolError::NameTooLong { prefix: prefix(name), len: name.len(), limit: MAX_NAME_BYTES });
+        return Err(ProtocolError::NameTooLong {
+            prefix: text::shorten(name, 64),
+            len: name.len(),
+            limit: MAX_NAME_BYTES,
+        });
     }
     Ok(())
 }
@@ -240,7 +245,7 @@ pub(crate) fn check_type_url(type_url: &str) -> Result<(), ProtocolError> {
     }
     if type_url.len() > MAX_TYPE_URL_BYTES {
         return Err(ProtocolError::TypeUrlTooLong {
-            prefix: prefix(type_url),
+            prefix: text::shorten(type_url, 64),
             len: type_url.len(),
             limit: MAX_TYPE_URL_BYTES,
         });
@@ -291,11 +296,6 @@ pub(crate) fn nonce_is(nonce: &str, sent: u64) -> bool {
         && b[0] != b'0'
         && b.iter().all(u8::is_ascii_digit)
         && nonce.parse::<u64>() == Ok(sent)
-}
-
-/// The first 64 characters, for error messages about huge input.
-fn prefix(text: &str) -> String {
-    text.chars().take(64).collect()
 }
 
 /// A catalog given as data, for the state-machine tests.

@@ -21,6 +21,7 @@
 //! every stream that sends it; each name is looked up once per identity-set
 //! version and validator ([`Catalogs`]), however many streams read it.
 
+use crate::domain::text;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
@@ -224,7 +225,7 @@ impl SecretCatalog {
             _ if name.starts_with("spiffe://") => self.spiffe_name(name),
             _ => Lookup::Missing(format!(
                 "unknown resource name {:?}: expected a SPIFFE ID, spiffe://<trust-domain>, default, ROOTCA or ALL",
-                name.chars().take(128).collect::<String>()
+                text::quoted(name)
             )),
         }
     }
@@ -276,7 +277,7 @@ impl SecretCatalog {
         if name != deny::DENY_FILTER {
             return Lookup::Missing(format!(
                 "unknown extension config {:?}: trustmesh serves {}",
-                name.chars().take(128).collect::<String>(),
+                text::quoted(name),
                 deny::DENY_FILTER
             ));
         }

@@ -2,6 +2,7 @@
 //! streams themselves are driven in `stream.rs`; the protocol is in the
 //! state machines. Nothing here decides what a reply contains.
 
+use crate::domain::text;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -132,7 +133,7 @@ fn method(req: &http::Request<Body>, service: &str) -> Option<String> {
 }
 
 fn unimplemented(req: &http::Request<Body>) -> http::Response<Body> {
-    let path: String = req.uri().path().chars().take(200).collect();
+    let path = text::shorten(req.uri().path(), 200);
     Status::unimplemented(format!("method {path} is not implemented")).into_http()
 }
 

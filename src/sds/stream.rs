@@ -71,7 +71,7 @@ async fn serve_as<M: Machine>(
 ) -> http::Response<Body> {
     // Only identity encoding is served (what tonic's `Grpc` refuses the same way).
     if let Some(encoding) = req.headers().get(GRPC_ENCODING).filter(|v| v.as_bytes() != b"identity") {
-        let name: String = String::from_utf8_lossy(encoding.as_bytes()).chars().take(64).collect();
+        let name = text::shorten(&String::from_utf8_lossy(encoding.as_bytes()), 64);
         return Status::unimplemented(format!("Content is compressed with `{name}` which isn't supported")).into_http();
     }
     // The first message (with Envoy's large node) goes to the driver past

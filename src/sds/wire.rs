@@ -15,6 +15,7 @@
 //! no protobuf encoding, no allocation and one copy of the shared bytes per
 //! stream. The structs remain for `FetchSecrets` and as the clients' view.
 
+use crate::domain::text;
 use prost::Message as _;
 use prost::bytes::{BufMut, Bytes};
 
@@ -165,19 +166,8 @@ pub fn parse_node(bytes: &Bytes) -> Result<NodeInfo, prost::DecodeError> {
             _ => ignored = Some(format!("{DISABLE_SPIFFE_VALIDATION} is not a boolean; using the SPIFFE validator")),
         }
     }
-    Ok(NodeInfo { id: truncate(node.id), cluster: truncate(node.cluster), validator, ignored })
-}
-
-/// Node ids end up in logs: keep them bounded.
-fn truncate(mut s: String) -> String {
-    if s.len() > 256 {
-        let mut end = 256;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-    s
+    // Node ids end up in logs: keep them bounded.
+    Ok(NodeInfo { id: text::shorten(&node.id, 256), cluster: text::shorten(&node.cluster, 256), validator, ignored })
 }
 
 impl DiscoveryRequest {

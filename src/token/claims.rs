@@ -8,8 +8,9 @@ use serde_json::{Map, Value, json};
 #[cfg(doc)]
 use super::jws::SignatureMemo;
 use super::jws::{Es256Signer, VerifyingKey, verify_es256};
-use super::{TokenError, shorten};
+use super::TokenError;
 use crate::domain::TokenKind;
+use crate::domain::text::quoted;
 
 /// The claims of a trustmesh token.
 ///
@@ -95,13 +96,13 @@ pub fn check_claims(
 ) -> Result<TokenClaims, TokenError> {
     let claims = TokenClaims::from_json(value)?;
     if claims.iss != rules.issuer {
-        return Err(TokenError::WrongIssuer { expected: shorten(&rules.issuer), found: shorten(&claims.iss) });
+        return Err(TokenError::WrongIssuer { expected: quoted(&rules.issuer), found: quoted(&claims.iss) });
     }
     let audiences = audiences(value)?;
     if !audiences.contains(&rules.audience) {
         return Err(TokenError::WrongAudience {
-            expected: shorten(&rules.audience),
-            found: audiences.iter().take(8).map(|a| shorten(a)).collect(),
+            expected: quoted(&rules.audience),
+            found: audiences.iter().take(8).map(|a| quoted(a)).collect(),
         });
     }
     let leeway = rules.leeway_seconds.max(0);
@@ -117,8 +118,8 @@ pub fn check_claims(
         let presented = presented_cert_sha256_b64url.ok_or(TokenError::CertificateMissing)?;
         if bound.trim_end_matches('=') != presented.trim_end_matches('=') {
             return Err(TokenError::CertificateMismatch {
-                token_thumbprint: shorten(bound),
-                presented_thumbprint: shorten(presented),
+                token_thumbprint: quoted(bound),
+                presented_thumbprint: quoted(presented),
             });
         }
     }
@@ -169,7 +170,7 @@ impl TokenClaims {
         let kind = [TokenKind::Admin, TokenKind::Node, TokenKind::Bootstrap]
             .into_iter()
             .find(|k| k.as_str() == principal)
-            .ok_or_else(|| TokenError::UnknownKind(shorten(&principal)))?;
+            .ok_or_else(|| TokenError::UnknownKind(quoted(&principal)))?;
         let single_use = match value.get("single_use") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,

@@ -12,7 +12,8 @@ use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair as _};
 use serde_json::{Map, Value, json};
 
-use super::{TokenError, shorten};
+use super::TokenError;
+use crate::domain::text::quoted;
 
 /// Longest token accepted (and minted): 8 KiB.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -59,7 +60,7 @@ impl Es256Signer {
         let rng = SystemRandom::new();
         let key =
             EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8_der, &rng).map_err(|e| {
-                TokenError::Key { kid: shorten(&kid), reason: format!("not a PKCS#8 P-256 private key ({e})") }
+                TokenError::Key { kid: quoted(&kid), reason: format!("not a PKCS#8 P-256 private key ({e})") }
             })?;
         Ok(Self { kid, key, rng })
     }
@@ -111,7 +112,7 @@ impl VerifyingKey {
     pub fn from_spki_der(kid: String, spki: &[u8]) -> Result<Self, TokenError> {
         let point = spki
             .strip_prefix(SPKI_P256_PREFIX.as_slice())
-            .ok_or_else(|| TokenError::Key { kid: shorten(&kid), reason: "not a P-256 SubjectPublicKeyInfo".into() })?;
+            .ok_or_else(|| TokenError::Key { kid: quoted(&kid), reason: "not a P-256 SubjectPublicKeyInfo".into() })?;
         Self::from_point(kid, point)
     }
 
@@ -119,7 +120,7 @@ impl VerifyingKey {
     pub fn from_jwk(jwk: &Value) -> Result<Self, TokenError> {
         let field = |name: &str| jwk.get(name).and_then(Value::as_str);
         let kid = field("kid").ok_or(TokenError::MissingKid)?.to_string();
-        let fail = |reason: &str| TokenError::Key { kid: shorten(&kid), reason: reason.into() };
+        let fail = |reason: &str| TokenError::Key { kid: quoted(&kid), reason: reason.into() };
         if field("kty") != Some("EC") || field("crv") != Some("P-256") {
             return Err(fail("JWK is not kty EC with crv P-256"));
         }
@@ -162,7 +163,7 @@ impl VerifyingKey {
             .try_into()
             .ok()
             .filter(|p: &[u8; POINT_LEN]| p[0] == 0x04)
-            .ok_or_else(|| TokenError::Key { kid: shorten(&kid), reason: "not an uncompressed P-256 point".into() })?;
+            .ok_or_else(|| TokenError::Key { kid: quoted(&kid), reason: "not an uncompressed P-256 point".into() })?;
         Ok(Self { kid, point })
     }
 }
@@ -192,9 +193,9 @@ pub fn verify_es256(token: &str, keys: &[VerifyingKey]) -> Result<Value, TokenEr
     match header.get("alg") {
         None => return Err(TokenError::MissingAlg),
         Some(Value::String(alg)) if alg == ALG => {}
-        Some(Value::String(alg)) => return Err(TokenError::AlgRefused { alg: shorten(alg) }),
+        Some(Value::String(alg)) => return Err(TokenError::AlgRefused { alg: quoted(alg) }),
         Some(other) => {
-            return Err(TokenError::AlgRefused { alg: shorten(&other.to_string()) });
+            return Err(TokenError::AlgRefused { alg: quoted(&other.to_string()) });
         }
     }
     if header.contains_key("crit") {
@@ -271,7 +272,7 @@ fn find_key<'k>(header: &Map<String, Value>, keys: &'k [VerifyingKey]) -> Result
         Some(Value::String(kid)) => kid.as_str(),
         Some(_) => return Err(TokenError::UnknownKid { kid: "<not a string>".into() }),
     };
-    keys.iter().find(|k| k.kid == kid).ok_or_else(|| TokenError::UnknownKid { kid: shorten(kid) })
+    keys.iter().find(|k| k.kid == kid).ok_or_else(|| TokenError::UnknownKid { kid: quoted(kid) })
 }
 
 /// The key that verified a token [`verify_es256`] accepted.
@@ -298,7 +299,7 @@ fn spki_der(point: &[u8]) -> Vec<u8> {
 fn check_kid(kid: &str) -> Result<(), TokenError> {
     if kid.is_empty() || kid.len() > 128 || kid.chars().any(char::is_control) {
         return Err(TokenError::Key {
-            kid: shorten(kid),
+            kid: quoted(kid),
             reason: "a key id must be 1 to 128 printable characters".into(),
         });
     }

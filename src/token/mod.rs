@@ -81,18 +81,5 @@ pub enum TokenError {
     CertificateMismatch { token_thumbprint: String, presented_thumbprint: String },
 }
 
-/// Keeps values named in errors short, whatever came in.
-fn shorten(value: &str) -> String {
-    const MAX: usize = 64;
-    if value.len() <= MAX {
-        return value.to_string();
-    }
-    let mut end = MAX;
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &value[..end])
-}
-
 #[cfg(test)]
 mod tests;

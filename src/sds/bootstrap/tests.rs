@@ -150,10 +150,7 @@ fn inbound_http_listeners_get_the_deny_filter_first() {
         assert_eq!(discovery["config_source"]["resource_api_version"], "V3");
         assert_eq!(discovery["config_source"]["initial_fetch_timeout"], "0s");
         assert_eq!(discovery["type_urls"], serde_json::json!([RBAC_TYPE]));
-        assert_eq!(
-            discovery["default_config"],
-            serde_json::json!({"@type": RBAC_TYPE, "rules": {"action": "DENY"}})
-        );
+        assert_eq!(discovery["default_config"], serde_json::json!({"@type": RBAC_TYPE, "rules": {"action": "DENY"}}));
         assert!(discovery.get("apply_default_config_without_warming").is_none());
         // XFCC with the hash and the URI, whatever came from the client replaced.
         assert_eq!(hcm["forward_client_cert_details"], "SANITIZE_SET");
