@@ -1,8 +1,6 @@
 //! The `trustmesh` binary: parse the command line, run it, exit with its code.
 
-use clap::Parser;
-
 fn main() {
-    let cli = trustmesh::cli::Cli::parse();
+    let cli = trustmesh::cli::parse();
     std::process::exit(trustmesh::cli::run(cli));
 }

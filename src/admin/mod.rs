@@ -1,6 +1,7 @@
-//! The admin server: gRPC admin service and HTTPS on one TLS port, and the
-//! plaintext read-only HTTP listener. The only module (with the future SDS and
-//! Workload API servers) that touches tonic, axum and sockets.
+//! The admin server: the gRPC admin service and HTTPS on one TLS port, and
+//! the plaintext read-only HTTP listener. Like the other servers (`sds`,
+//! `workload`, `telemetry`), it touches tonic and axum; the sockets are
+//! `net`'s.
 
 mod grpc;
 mod http;

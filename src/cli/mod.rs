@@ -90,6 +90,28 @@ pub enum Command {
     },
 }
 
+/// Flags every admin command takes (global, so they may come before or after
+/// the command) that `serve` does not use: hidden from `serve --help`.
+const CLIENT_ONLY: [&str; 6] = ["output", "server", "token", "ca_file", "client_cert", "client_key"];
+
+/// The command line as clap knows it, with `serve --help` listing only what
+/// `serve` uses.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    cmd.build();
+    cmd.mut_subcommand("serve", |serve| {
+        serve.mut_args(|a| if CLIENT_ONLY.contains(&a.get_id().as_str()) { a.hide(true) } else { a })
+    })
+}
+
+/// Parses the process's arguments (exits with clap's message on bad input).
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 /// Runs the parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let log_format = match LogFormat::parse(cli.log_format.as_deref()) {
@@ -154,4 +176,25 @@ pub(crate) fn fail(reason: &str) -> i32 {
 fn fail_config(reason: &str) -> i32 {
     eprintln!("error: {}", reason.replace('\n', " "));
     EXIT_CONFIG
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_help_lists_only_what_serve_uses() {
+        let mut cmd = command();
+        cmd.clone().debug_assert();
+        let serve = cmd.find_subcommand_mut("serve").unwrap();
+        let help = serve.render_long_help().to_string();
+        for flag in ["--listen", "--socket", "--data-dir", "--log-format", "--header-timeout"] {
+            assert!(help.contains(flag), "serve --help lacks {flag}");
+        }
+        for flag in ["--server ", "--token", "--ca-file", "--client-cert", "--client-key", "--output"] {
+            assert!(!help.contains(flag), "serve --help lists the client's {flag}");
+        }
+        let status = cmd.find_subcommand_mut("pki").unwrap().find_subcommand_mut("status").unwrap();
+        assert!(status.render_long_help().to_string().contains("--server "), "admin commands keep them");
+    }
 }

@@ -7,8 +7,12 @@
 //! [`DENY_FILTER`]; an Envoy config names its HTTP RBAC filter so (first in
 //! the chain, as `trustmesh envoy bootstrap` writes it) and gets the list.
 //!
-//! The RBAC uses the `matcher` form (envoy-notes: constant cost per request
-//! at any list size, where a `principals` list is a linear scan):
+//! The RBAC uses the `matcher` form. The denied identities are one hash-map
+//! lookup per request at any list size (envoy-notes; a `principals` list
+//! would be a linear scan); the revoked certificates of identities not
+//! denied are an `or_matcher` of header predicates, tried one by one — a
+//! cost linear in their number, which short SVID lifetimes keep small
+//! (each leaves the list at its notAfter plus the connection grace):
 //!
 //! 1. `envoy.matching.inputs.uri_san` in an `exact_match_map` of the denied
 //!    SPIFFE IDs → DENY (an X.509-SVID has exactly one URI SAN, so the input,

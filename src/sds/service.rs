@@ -1,6 +1,7 @@
 //! The tonic services: routing by method, attestation, `FetchSecrets`. The
-//! streams themselves are driven in `stream.rs`; the protocol is in the
-//! state machines. Nothing here decides what a reply contains.
+//! streams themselves are driven in `stream.rs` (with the first request
+//! taken out of the body by `tap.rs`); the protocol is in the state
+//! machines. Nothing here decides what a reply contains.
 
 use crate::domain::text;
 use std::convert::Infallible;
@@ -115,8 +116,9 @@ xds_service!(
 );
 
 xds_service!(
-    /// `envoy.service.discovery.v3.AggregatedDiscoveryService` (secrets only for
-    /// now: other type URLs get a per-request error).
+    /// `envoy.service.discovery.v3.AggregatedDiscoveryService`: secrets and
+    /// the deny-list filter config (ECDS); other type URLs get a per-request
+    /// error.
     AggregatedDiscovery,
     ADS,
     |shared, req, method| match method.as_deref() {
