@@ -36,12 +36,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         serials.next_serial()?,
         now,
+        &ring::rand::SystemRandom::new(),
     )?;
     let services = trustmesh::ca::create_intermediate(
         &root,
         &IntermediateParams { common_name: "bench services".into(), lifetime: Duration::days(30), trust_domain: td },
         serials.next_serial()?,
         now,
+        &ring::rand::SystemRandom::new(),
     )?;
     let mut results = Vec::new();
     for &n in &sizes {

@@ -36,7 +36,7 @@ pub async fn start_issuer(dir: &Path) -> Result<(Arc<Issuer>, Arc<dyn Store>), S
     let kek_text = match std::fs::read_to_string(&kek_path) {
         Ok(t) => t,
         Err(_) => {
-            let (_, text) = Kek::generate().map_err(|e| format!("kek: {e}"))?;
+            let (_, text) = Kek::generate(&ring::rand::SystemRandom::new()).map_err(|e| format!("kek: {e}"))?;
             std::fs::write(&kek_path, text.as_bytes()).map_err(|e| format!("{}: {e}", kek_path.display()))?;
             text.to_string()
         }

@@ -113,7 +113,7 @@ async fn a_database_of_another_trust_domain_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::at(START);
     let (_, store) = issuer(dir.path(), &clock).await;
-    let (kek, _) = Kek::generate().unwrap();
+    let (kek, _) = Kek::generate(&ring::rand::SystemRandom::new()).unwrap();
     let cfg = IssuerConfig::new(TrustDomain::parse("other.org").unwrap());
     let err = Issuer::start(trustmesh::issuer::IssuerParts {
         cfg,
@@ -136,7 +136,7 @@ async fn a_wrong_kek_is_refused_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::at(START);
     let (_, store) = issuer(dir.path(), &clock).await;
-    let (other, _) = Kek::generate().unwrap();
+    let (other, _) = Kek::generate(&ring::rand::SystemRandom::new()).unwrap();
     let cfg = IssuerConfig::new(TrustDomain::parse("example.org").unwrap());
     let err = Issuer::start(trustmesh::issuer::IssuerParts {
         cfg,

@@ -182,6 +182,34 @@ fn tests_share_one_support_tree_and_the_shipped_bootstrap_generator() {
     assert!(violations.is_empty(), "one test support tree:\n{}", violations.join("\n"));
 }
 
+/// Where a pure module may make randomness itself: the injected serial
+/// source (as `SystemClock` is the injected clock), and the insides of the
+/// ECDSA primitives, which draw their nonces from ring's generator (rcgen
+/// asks a key to sign with no generator to hand it). Everywhere else
+/// randomness comes in as a parameter.
+const OWN_RANDOMNESS: &[&str] = &["domain/serial.rs", "ca/key.rs", "token/jws.rs"];
+
+#[test]
+fn pure_modules_take_randomness_as_a_parameter() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut violations = Vec::new();
+    for module in PURE {
+        for f in module_files(module) {
+            let rel = f.strip_prefix(&src).unwrap_or(&f).to_string_lossy().to_string();
+            let is_test = rel.contains("/tests/") || rel.ends_with("/tests.rs");
+            if is_test || OWN_RANDOMNESS.contains(&rel.as_str()) {
+                continue;
+            }
+            let code = code(&f);
+            let code = code.split("#[cfg(test)]").next().unwrap_or_default();
+            if code.contains("SystemRandom::new") {
+                violations.push(rel);
+            }
+        }
+    }
+    assert!(violations.is_empty(), "these make their own randomness (take a `&dyn SecureRandom`): {violations:?}");
+}
+
 #[test]
 fn the_checker_catches_a_violation() {
     assert!(names("use tokio::sync;", "tokio"));

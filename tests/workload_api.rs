@@ -332,7 +332,7 @@ async fn bad_jwt_requests_and_tokens_are_refused_with_the_right_codes() {
     let kid = serde_json::from_slice::<serde_json::Value>(&b64.decode(parts[0]).unwrap()).unwrap()["kid"].clone();
     let rogue = trustmesh::token::Es256Signer::from_pkcs8(
         kid.as_str().unwrap().into(),
-        &trustmesh::token::generate_es256_pkcs8().unwrap(),
+        &trustmesh::token::generate_es256_pkcs8(&ring::rand::SystemRandom::new()).unwrap(),
     )
     .unwrap();
     let rogue_token = rogue.sign(&claims).unwrap();

@@ -71,7 +71,7 @@ pub fn load_kek(path: &Path) -> anyhow::Result<Kek> {
 /// Creates the KEK (0600). Replicas starting together may share one KEK
 /// file: only the first one's key is ever written; the others read it.
 pub fn create_kek(path: &Path) -> anyhow::Result<Kek> {
-    let (kek, text) = Kek::generate()?;
+    let (kek, text) = Kek::generate(&ring::rand::SystemRandom::new())?;
     let tmp = files::temp_path(path);
     files::create_new(&tmp, text.as_bytes(), 0o600)?;
     let linked = fs::hard_link(&tmp, path);

@@ -2,6 +2,7 @@
 //! importing an existing CA (certificate chain + key) from PEM.
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyIdMethod, KeyUsagePurpose};
+use ring::rand::SecureRandom;
 use time::{Duration, OffsetDateTime};
 
 use crate::domain::{Serial, TrustDomain};
@@ -40,10 +41,15 @@ pub struct ImportedCa {
 /// A new self-signed root: CA:TRUE pathlen 1 (critical), keyUsage
 /// keyCertSign + cRLSign (critical), SKI, URI SAN `spiffe://<td>`,
 /// subject CN + O=trustmesh, notBefore backdated 60 s.
-pub fn create_root(params: &RootParams, serial: Serial, now: OffsetDateTime) -> Result<Signer, CaError> {
+pub fn create_root(
+    params: &RootParams,
+    serial: Serial,
+    now: OffsetDateTime,
+    rng: &dyn SecureRandom,
+) -> Result<Signer, CaError> {
     let not_before = cert_time(now - CA_BACKDATE)?;
     let not_after = cert_time(end_of(now, params.lifetime)?)?;
-    let key = PrivateKey::generate(params.algorithm)?;
+    let key = PrivateKey::generate(params.algorithm, rng)?;
     let template = ca_template(
         &params.common_name,
         &params.trust_domain,
@@ -76,6 +82,7 @@ pub fn create_intermediate(
     params: &IntermediateParams,
     serial: Serial,
     now: OffsetDateTime,
+    rng: &dyn SecureRandom,
 ) -> Result<Signer, CaError> {
     if let Some(td) = parent.cert.trust_domain()
         && *td != params.trust_domain
@@ -91,7 +98,7 @@ pub fn create_intermediate(
     }
     let not_before = cert_time((now - CA_BACKDATE).max(parent.cert.not_before))?;
     let not_after = cert_time(end_of(now, params.lifetime)?.min(parent.cert.not_after))?;
-    let key = PrivateKey::generate(KeyAlgorithm::EcP256)?;
+    let key = PrivateKey::generate(KeyAlgorithm::EcP256, rng)?;
     let mut template = ca_template(
         &params.common_name,
         &params.trust_domain,

@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyUsagePurpose, SanType};
+use ring::rand::SecureRandom;
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
@@ -92,6 +93,7 @@ pub fn issue_server_certificate(
     lifetime: Duration,
     serial: Serial,
     now: OffsetDateTime,
+    rng: &dyn SecureRandom,
 ) -> Result<(IssuedCertificate, PrivateKey), CaError> {
     let mut dns_names = Vec::new();
     let mut ips = Vec::new();
@@ -101,7 +103,7 @@ pub fn issue_server_certificate(
             Err(_) => dns_names.push(name),
         }
     }
-    let key = PrivateKey::generate(KeyAlgorithm::EcP256)?;
+    let key = PrivateKey::generate(KeyAlgorithm::EcP256, rng)?;
     let spki = key.public_key_der();
     let issued = issue_leaf(
         issuer,

@@ -9,7 +9,7 @@ use std::fmt;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use ring::rand::{SecureRandom, SystemRandom};
+use ring::rand::SecureRandom;
 use zeroize::{Zeroize as _, Zeroizing};
 
 use super::CaError;
@@ -21,13 +21,11 @@ const TAG_LEN: usize = 16;
 /// An AES-256-GCM key-encryption key.
 pub struct Kek {
     key: LessSafeKey,
-    rng: SystemRandom,
 }
 
 impl Kek {
     /// A fresh random KEK and its file form (base64 of the 32 bytes, newline).
-    pub fn generate() -> Result<(Self, Zeroizing<String>), CaError> {
-        let rng = SystemRandom::new();
+    pub fn generate(rng: &dyn SecureRandom) -> Result<(Self, Zeroizing<String>), CaError> {
         let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
         rng.fill(&mut bytes[..]).map_err(|_| CaError::Randomness)?;
         let mut text = Zeroizing::new(String::with_capacity(KEY_LEN.div_ceil(3) * 4 + 1));
@@ -55,9 +53,9 @@ impl Kek {
     }
 
     /// Encrypts `plaintext`, authenticating `aad` with it.
-    pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CaError> {
+    pub fn seal(&self, plaintext: &[u8], aad: &[u8], rng: &dyn SecureRandom) -> Result<Vec<u8>, CaError> {
         let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).map_err(|_| CaError::Randomness)?;
+        rng.fill(&mut nonce).map_err(|_| CaError::Randomness)?;
         let mut out = Vec::with_capacity(MAGIC.len() + NONCE_LEN + plaintext.len() + TAG_LEN);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&nonce);
@@ -103,7 +101,7 @@ impl Kek {
     fn from_bytes(bytes: &[u8]) -> Result<Self, CaError> {
         let key = UnboundKey::new(&AES_256_GCM, bytes)
             .map_err(|_| CaError::InvalidKek { reason: format!("expected {KEY_LEN} bytes") })?;
-        Ok(Self { key: LessSafeKey::new(key), rng: SystemRandom::new() })
+        Ok(Self { key: LessSafeKey::new(key) })
     }
 }
 
@@ -120,24 +118,27 @@ mod tests {
 
     #[test]
     fn round_trip_through_the_file_form() {
-        let (kek, file) = Kek::generate().unwrap();
+        let (kek, file) = Kek::generate(&ring::rand::SystemRandom::new()).unwrap();
         assert!(file.ends_with('\n'));
         assert_eq!(file.trim().len(), 44);
-        let sealed = kek.seal(b"secret key bytes", b"ca-1").unwrap();
+        let sealed = kek.seal(b"secret key bytes", b"ca-1", &ring::rand::SystemRandom::new()).unwrap();
         assert_eq!(&sealed[..4], b"tmk1");
         assert_eq!(sealed.len(), 4 + 12 + 16 + 16);
         let reread = Kek::from_file_contents(&format!("  {}  \n", file.trim())).unwrap();
         assert_eq!(reread.open(&sealed, b"ca-1").unwrap().as_slice(), b"secret key bytes");
         // Fresh nonce every time.
-        assert_ne!(kek.seal(b"x", b"").unwrap(), kek.seal(b"x", b"").unwrap());
+        assert_ne!(
+            kek.seal(b"x", b"", &ring::rand::SystemRandom::new()).unwrap(),
+            kek.seal(b"x", b"", &ring::rand::SystemRandom::new()).unwrap()
+        );
         assert_eq!(format!("{kek:?}"), "Kek(AES-256-GCM, redacted)");
     }
 
     #[test]
     fn wrong_kek_aad_or_tampering_fail() {
-        let (kek, _) = Kek::generate().unwrap();
-        let (other, _) = Kek::generate().unwrap();
-        let sealed = kek.seal(b"secret", b"ca-1").unwrap();
+        let (kek, _) = Kek::generate(&ring::rand::SystemRandom::new()).unwrap();
+        let (other, _) = Kek::generate(&ring::rand::SystemRandom::new()).unwrap();
+        let sealed = kek.seal(b"secret", b"ca-1", &ring::rand::SystemRandom::new()).unwrap();
         for (k, blob, aad) in [(&other, sealed.clone(), &b"ca-1"[..]), (&kek, sealed.clone(), &b"ca-2"[..])] {
             let err = k.open(&blob, aad).unwrap_err().to_string();
             assert!(err.contains("authentication failed"), "{err}");

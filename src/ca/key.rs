@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use rcgen::{PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PublicKeyData, SignatureAlgorithm};
-use ring::rand::SystemRandom;
+use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{
     ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair, EcdsaSigningAlgorithm, KeyPair as _,
 };
@@ -37,10 +37,9 @@ pub struct PrivateKey {
 }
 
 impl PrivateKey {
-    /// A fresh key from the system CSPRNG.
-    pub fn generate(alg: KeyAlgorithm) -> Result<Self, CaError> {
-        let rng = SystemRandom::new();
-        let doc = EcdsaKeyPair::generate_pkcs8(alg.ring_signing(), &rng)
+    /// A fresh key from `rng`.
+    pub fn generate(alg: KeyAlgorithm, rng: &dyn SecureRandom) -> Result<Self, CaError> {
+        let doc = EcdsaKeyPair::generate_pkcs8(alg.ring_signing(), rng)
             .map_err(|_| CaError::KeyGeneration { algorithm: alg })?;
         Self::from_pkcs8_der(doc.as_ref())
     }
@@ -230,7 +229,7 @@ Rz6ZEJm/yeSBI0ckzIxAY7SnPJk5KE1j6g==
 
     #[test]
     fn generate_and_reload() {
-        let key = PrivateKey::generate(KeyAlgorithm::EcP384).unwrap();
+        let key = PrivateKey::generate(KeyAlgorithm::EcP384, &ring::rand::SystemRandom::new()).unwrap();
         assert_eq!(key.algorithm(), KeyAlgorithm::EcP384);
         let again = PrivateKey::from_pem(&key.to_pem()).unwrap();
         assert_eq!(again.pkcs8_der(), key.pkcs8_der());
@@ -249,7 +248,7 @@ Rz6ZEJm/yeSBI0ckzIxAY7SnPJk5KE1j6g==
     #[test]
     fn reads_sec1_without_parameters() {
         // ring's PKCS#8 holds a SEC1 key without curve parameters; unwrap it.
-        let key = PrivateKey::generate(KeyAlgorithm::EcP384).unwrap();
+        let key = PrivateKey::generate(KeyAlgorithm::EcP384, &ring::rand::SystemRandom::new()).unwrap();
         let (_, pkcs8) = x509_parser::der_parser::der::parse_der_sequence(key.pkcs8_der()).unwrap();
         let sec1 = pkcs8.as_sequence().unwrap()[2].as_slice().unwrap();
         let pem = secret_to_pem("EC PRIVATE KEY", sec1);

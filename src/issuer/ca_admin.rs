@@ -60,7 +60,13 @@ impl Issuer {
             trust_domain: self.cfg.trust_domain.clone(),
         };
         let now = self.clock.now();
-        let signer = ca::create_intermediate(&root, &params, self.serials.next_serial()?, now)?;
+        let signer = ca::create_intermediate(
+            &root,
+            &params,
+            self.serials.next_serial()?,
+            now,
+            &ring::rand::SystemRandom::new(),
+        )?;
         let record = hierarchy::ca_record(&signer, role, true, &self.kek, now)?;
         self.store.insert_ca(&record).await?;
         let cas = self.store.cas().await?;
@@ -85,8 +91,15 @@ impl Issuer {
         let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
         names.extend(self.cfg.server_names.iter().cloned());
         let lifetime = Duration::hours(24);
-        let (cert, key) =
-            ca::issue_server_certificate(&signer, &id, &names, lifetime, self.serials.next_serial()?, self.now())?;
+        let (cert, key) = ca::issue_server_certificate(
+            &signer,
+            &id,
+            &names,
+            lifetime,
+            self.serials.next_serial()?,
+            self.now(),
+            &ring::rand::SystemRandom::new(),
+        )?;
         let chain = format!("{}{}", cert.to_pem(), signer.cert.to_pem());
         Ok((chain, key, cert.not_after))
     }

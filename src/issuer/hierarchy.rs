@@ -103,12 +103,14 @@ pub(super) fn create_hierarchy(
                     &intermediate("trustmesh Services CA"),
                     serials.next_serial()?,
                     now,
+                    &ring::rand::SystemRandom::new(),
                 )?;
                 let transport = ca::create_intermediate(
                     &imported,
                     &intermediate("trustmesh Transport CA"),
                     serials.next_serial()?,
                     now,
+                    &ring::rand::SystemRandom::new(),
                 )?;
                 cas.push(ca_record(&imported, CaRole::Root, true, kek, now)?);
                 cas.push(ca_record(&services, CaRole::Services, true, kek, now)?);
@@ -128,11 +130,22 @@ pub(super) fn create_hierarchy(
                 },
                 serials.next_serial()?,
                 now,
+                &ring::rand::SystemRandom::new(),
             )?;
-            let services =
-                ca::create_intermediate(&root, &intermediate("trustmesh Services CA"), serials.next_serial()?, now)?;
-            let transport =
-                ca::create_intermediate(&root, &intermediate("trustmesh Transport CA"), serials.next_serial()?, now)?;
+            let services = ca::create_intermediate(
+                &root,
+                &intermediate("trustmesh Services CA"),
+                serials.next_serial()?,
+                now,
+                &ring::rand::SystemRandom::new(),
+            )?;
+            let transport = ca::create_intermediate(
+                &root,
+                &intermediate("trustmesh Transport CA"),
+                serials.next_serial()?,
+                now,
+                &ring::rand::SystemRandom::new(),
+            )?;
             cas.push(ca_record(&root, CaRole::Root, true, kek, now)?);
             cas.push(ca_record(&services, CaRole::Services, true, kek, now)?);
             cas.push(ca_record(&transport, CaRole::Transport, true, kek, now)?);
@@ -151,7 +164,8 @@ pub(super) fn ca_record(
 ) -> Result<CaRecord, IssuerError> {
     let mut record = public_ca_record(&signer.cert, role, now);
     record.active = active;
-    record.sealed_key = Some(kek.seal(signer.key().pkcs8_der(), record.id.as_bytes())?);
+    record.sealed_key =
+        Some(kek.seal(signer.key().pkcs8_der(), record.id.as_bytes(), &ring::rand::SystemRandom::new())?);
     Ok(record)
 }
 
@@ -170,11 +184,11 @@ fn public_ca_record(cert: &CaCertificate, role: CaRole, now: OffsetDateTime) -> 
 }
 
 fn signing_key_record(purpose: &str, kek: &Kek, now: OffsetDateTime) -> Result<SigningKeyRecord, IssuerError> {
-    let key = PrivateKey::generate(KeyAlgorithm::EcP256)?;
+    let key = PrivateKey::generate(KeyAlgorithm::EcP256, &ring::rand::SystemRandom::new())?;
     let public = key.public_key_der();
     let kid = format!("{purpose}-{}", &ca::fingerprint(&public)[..16]);
     Ok(SigningKeyRecord {
-        sealed_key: kek.seal(key.pkcs8_der(), kid.as_bytes())?,
+        sealed_key: kek.seal(key.pkcs8_der(), kid.as_bytes(), &ring::rand::SystemRandom::new())?,
         kid,
         purpose: purpose.to_string(),
         public_key_der: public,

@@ -89,7 +89,7 @@ impl Issuer {
             return self.refuse(caller, ACTION, &id.to_string(), err).await;
         }
         let started = Instant::now();
-        let key = PrivateKey::generate(KeyAlgorithm::EcP256)?;
+        let key = PrivateKey::generate(KeyAlgorithm::EcP256, &ring::rand::SystemRandom::new())?;
         let cn = (!req.common_name.is_empty()).then_some(req.common_name.as_str());
         let issued = self
             .issue(

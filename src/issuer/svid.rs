@@ -27,7 +27,7 @@ impl Issuer {
     pub async fn issue_for_entry(&self, entry: &Entry) -> Result<(IssuedCertificate, PrivateKey, String), IssuerError> {
         let span = tracing::info_span!("obtain_svid", entry_id = %entry.id);
         async {
-            let key = PrivateKey::generate(KeyAlgorithm::EcP256)?;
+            let key = PrivateKey::generate(KeyAlgorithm::EcP256, &ring::rand::SystemRandom::new())?;
             let ttl_seconds = entry.ttl_seconds.map_or(0, u64::from);
             let issued = self
                 .issue(

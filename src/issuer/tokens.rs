@@ -102,7 +102,7 @@ impl Issuer {
             exp: now + lifetime.whole_seconds(),
             iat: now,
             nbf: Some(now),
-            jti: token::new_jti().map_err(|e| IssuerError::Internal(e.to_string()))?,
+            jti: token::new_jti(&ring::rand::SystemRandom::new()).map_err(|e| IssuerError::Internal(e.to_string()))?,
             kind: req.kind,
             single_use: req.single_use,
             spiffe_ids,

@@ -2,13 +2,13 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use ring::rand::{SecureRandom as _, SystemRandom};
+use ring::rand::SecureRandom;
 use serde_json::{Map, Value, json};
 
+use super::TokenError;
 #[cfg(doc)]
 use super::jws::SignatureMemo;
 use super::jws::{Es256Signer, VerifyingKey, verify_es256};
-use super::TokenError;
 use crate::domain::TokenKind;
 use crate::domain::text::quoted;
 
@@ -126,13 +126,11 @@ pub fn check_claims(
     Ok(claims)
 }
 
-/// A fresh token id: 128 random bits, base64url. Fails only when the system
-/// random number generator does, and then no token is minted.
-pub fn new_jti() -> Result<String, TokenError> {
+/// A fresh token id: 128 random bits from `rng`, base64url. Fails only when
+/// the random number generator does, and then no token is minted.
+pub fn new_jti(rng: &dyn SecureRandom) -> Result<String, TokenError> {
     let mut bytes = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| TokenError::Signing("the system random number generator failed".into()))?;
+    rng.fill(&mut bytes).map_err(|_| TokenError::Signing("the system random number generator failed".into()))?;
     Ok(B64.encode(bytes))
 }
 

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use parking_lot::{Mutex, MutexGuard};
 use ring::digest;
-use ring::rand::SystemRandom;
+use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{self, EcdsaKeyPair, KeyPair as _};
 use serde_json::{Map, Value, json};
 
@@ -46,9 +46,8 @@ pub struct VerifyingKey {
 
 /// Generates a fresh P-256 key as PKCS#8 DER, for [`Es256Signer::from_pkcs8`].
 /// The caller stores it encrypted; it is key material.
-pub fn generate_es256_pkcs8() -> Result<Vec<u8>, TokenError> {
-    let rng = SystemRandom::new();
-    EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+pub fn generate_es256_pkcs8(rng: &dyn SecureRandom) -> Result<Vec<u8>, TokenError> {
+    EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, rng)
         .map(|doc| doc.as_ref().to_vec())
         .map_err(|_| TokenError::Signing("could not generate a P-256 key".into()))
 }

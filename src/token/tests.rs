@@ -11,7 +11,7 @@ use crate::domain::TokenKind;
 const NOW: i64 = 1_750_000_000;
 
 fn signer(kid: &str) -> Es256Signer {
-    Es256Signer::from_pkcs8(kid.into(), &generate_es256_pkcs8().unwrap()).unwrap()
+    Es256Signer::from_pkcs8(kid.into(), &generate_es256_pkcs8(&ring::rand::SystemRandom::new()).unwrap()).unwrap()
 }
 
 fn rules() -> TokenRules {
@@ -26,7 +26,7 @@ fn claims() -> TokenClaims {
         exp: NOW + 3600,
         iat: NOW,
         nbf: None,
-        jti: new_jti().unwrap(),
+        jti: new_jti(&ring::rand::SystemRandom::new()).unwrap(),
         kind: TokenKind::Node,
         single_use: false,
         spiffe_ids: vec![],
@@ -66,8 +66,8 @@ fn round_trip() {
     let header: Value = serde_json::from_slice(&B64.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
     assert_eq!(header, json!({"alg": "ES256", "kid": "k1", "typ": "JWT"}));
     assert!(format!("{s:?}").contains("redacted"));
-    assert_ne!(new_jti().unwrap(), new_jti().unwrap());
-    assert_eq!(B64.decode(new_jti().unwrap()).unwrap().len(), 16);
+    assert_ne!(new_jti(&ring::rand::SystemRandom::new()).unwrap(), new_jti(&ring::rand::SystemRandom::new()).unwrap());
+    assert_eq!(B64.decode(new_jti(&ring::rand::SystemRandom::new()).unwrap()).unwrap().len(), 16);
 }
 
 #[test]
@@ -247,7 +247,7 @@ fn jwks_matches_spki_point() {
 
 #[test]
 fn refuses_bad_keys_without_leaking_them() {
-    let secret = generate_es256_pkcs8().unwrap();
+    let secret = generate_es256_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
     let mut broken = secret.clone();
     broken.truncate(40);
     let err = Es256Signer::from_pkcs8("k1".into(), &broken).unwrap_err().to_string();

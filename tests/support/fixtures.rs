@@ -48,7 +48,7 @@ pub fn fake_svid(spiffe_id: &str, serial: &str) -> Arc<Svid> {
         hint: None,
         chain_der: Vec::new(),
         chain_pem: format!("-----BEGIN CERTIFICATE-----\n{serial}\n-----END CERTIFICATE-----\n"),
-        key: PrivateKey::generate(KeyAlgorithm::EcP256).unwrap(),
+        key: PrivateKey::generate(KeyAlgorithm::EcP256, &ring::rand::SystemRandom::new()).unwrap(),
         serial: serial.into(),
         not_before: OffsetDateTime::UNIX_EPOCH,
         not_after: OffsetDateTime::UNIX_EPOCH,

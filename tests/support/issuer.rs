@@ -23,7 +23,7 @@ pub async fn start_on(dir: &Path, clock: Arc<dyn Clock>) -> (Arc<Issuer>, Arc<dy
     let kek_text = match std::fs::read_to_string(dir.join("kek")) {
         Ok(text) => text,
         Err(_) => {
-            let (_, text) = Kek::generate().unwrap();
+            let (_, text) = Kek::generate(&ring::rand::SystemRandom::new()).unwrap();
             std::fs::write(dir.join("kek"), text.as_bytes()).unwrap();
             text.to_string()
         }

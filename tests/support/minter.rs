@@ -57,6 +57,7 @@ impl FakeCa {
             },
             serials.next_serial().unwrap(),
             now,
+            &ring::rand::SystemRandom::new(),
         )
         .unwrap();
         let params = IntermediateParams {
@@ -64,7 +65,9 @@ impl FakeCa {
             lifetime: Duration::days(730),
             trust_domain: td,
         };
-        let services = create_intermediate(&root, &params, serials.next_serial().unwrap(), now).unwrap();
+        let services =
+            create_intermediate(&root, &params, serials.next_serial().unwrap(), now, &ring::rand::SystemRandom::new())
+                .unwrap();
         let bundle_pem = format!("{}{}", root.cert.to_pem(), services.cert.to_pem());
         let mut first = TrustSnapshot::empty(&TrustDomain::parse("example.org").unwrap());
         first.revision = 1;
@@ -157,7 +160,7 @@ impl SvidMinter for FakeCa {
                 return Err(MintError::Denied { spiffe_id: id, reason: reason.clone() });
             }
         }
-        let key = PrivateKey::generate(KeyAlgorithm::EcP256).unwrap();
+        let key = PrivateKey::generate(KeyAlgorithm::EcP256, &ring::rand::SystemRandom::new()).unwrap();
         let request = SvidRequest {
             spiffe_id: &entry.spiffe_id,
             dns_names: &entry.dns_names,

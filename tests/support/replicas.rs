@@ -13,7 +13,7 @@ use crate::support::server::Server;
 /// A KEK file (0600) for every replica of one database.
 pub fn kek_file(dir: &Path) -> PathBuf {
     use std::os::unix::fs::OpenOptionsExt;
-    let (_, text) = trustmesh::ca::Kek::generate().unwrap();
+    let (_, text) = trustmesh::ca::Kek::generate(&ring::rand::SystemRandom::new()).unwrap();
     let path = dir.join("shared.kek");
     let mut f = std::fs::OpenOptions::new().create_new(true).write(true).mode(0o600).open(&path).unwrap();
     f.write_all(text.as_bytes()).unwrap();

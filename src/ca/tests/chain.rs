@@ -49,7 +49,8 @@ fn intermediate_profile() {
     assert_eq!(x.signature_algorithm.algorithm, OID_SIG_ECDSA_WITH_SHA384, "signed by the P-384 root");
     assert_eq!(authority_key_id(&x), h.root.cert.subject_key_id());
     // A P-256 CA signs with ECDSA-SHA256.
-    let below = create_intermediate(&h.services, &intermediate("x"), serial(5), now());
+    let below =
+        create_intermediate(&h.services, &intermediate("x"), serial(5), now(), &ring::rand::SystemRandom::new());
     assert!(matches!(below, Err(CaError::Chain { .. })), "pathlen 0 forbids a CA below");
     let leaf_signer_alg = {
         let (issued, _) = crate::ca::issue_server_certificate(
@@ -59,6 +60,7 @@ fn intermediate_profile() {
             Duration::hours(1),
             serial(6),
             now(),
+            &ring::rand::SystemRandom::new(),
         )
         .unwrap();
         x509(&issued.der).signature_algorithm.algorithm.to_id_string()
@@ -70,10 +72,10 @@ fn intermediate_profile() {
 fn intermediate_is_capped_and_stays_in_its_trust_domain() {
     let h = hierarchy();
     let long = IntermediateParams { lifetime: Duration::days(ROOT_DAYS * 2), ..intermediate("long") };
-    let c = create_intermediate(&h.root, &long, serial(7), now()).unwrap();
+    let c = create_intermediate(&h.root, &long, serial(7), now(), &ring::rand::SystemRandom::new()).unwrap();
     assert_eq!(c.cert.not_after, h.root.cert.not_after);
     let foreign = IntermediateParams { trust_domain: TrustDomain::parse("other.org").unwrap(), ..intermediate("f") };
-    let err = create_intermediate(&h.root, &foreign, serial(8), now()).unwrap_err();
+    let err = create_intermediate(&h.root, &foreign, serial(8), now(), &ring::rand::SystemRandom::new()).unwrap_err();
     assert!(matches!(err, CaError::TrustDomainMismatch { .. }), "{err}");
 }
 
@@ -93,7 +95,7 @@ fn import_a_good_chain() {
 fn import_refusals() {
     let h = hierarchy();
     let chain = format!("{}{}", h.services.cert.to_pem(), h.root.cert.to_pem());
-    let other = PrivateKey::generate(KeyAlgorithm::EcP256).unwrap();
+    let other = PrivateKey::generate(KeyAlgorithm::EcP256, &ring::rand::SystemRandom::new()).unwrap();
     let err = import_ca(&chain, &other.to_pem()).unwrap_err();
     assert!(matches!(err, CaError::KeyMismatch { .. }), "{err}");
     assert!(err.to_string().contains("trustmesh Services CA"), "{err}");
@@ -116,6 +118,7 @@ fn import_refusals() {
         Duration::hours(1),
         serial(9),
         now(),
+        &ring::rand::SystemRandom::new(),
     )
     .unwrap();
     let err = import_ca(&format!("{}{}", leaf.to_pem(), h.root.cert.to_pem()), &key.to_pem()).unwrap_err();

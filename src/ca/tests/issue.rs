@@ -158,6 +158,7 @@ fn server_certificate_has_ip_sans_and_its_own_key() {
         Duration::days(1),
         serial(20),
         now(),
+        &ring::rand::SystemRandom::new(),
     )
     .unwrap();
     let x = x509(&issued.der);

@@ -66,9 +66,17 @@ pub(super) fn hierarchy() -> &'static Hierarchy {
             },
             serial(1),
             now(),
+            &ring::rand::SystemRandom::new(),
         )
         .unwrap();
-        let services = create_intermediate(&root, &intermediate("trustmesh Services CA"), serial(2), now()).unwrap();
+        let services = create_intermediate(
+            &root,
+            &intermediate("trustmesh Services CA"),
+            serial(2),
+            now(),
+            &ring::rand::SystemRandom::new(),
+        )
+        .unwrap();
         Hierarchy { root, services }
     })
 }
