@@ -1,5 +1,5 @@
 //! The statements of the change feed (`changes`, schema version 3), shared by
-//! both backends like those of `migrations`, and the row decoder.
+//! both backends like those of `statements`, and the row decoder.
 //!
 //! Each backend appends with [`insert`] inside the transaction of the write it
 //! records. PostgreSQL first takes the change lock (`postgres.rs`), so
@@ -11,8 +11,9 @@
 
 use std::borrow::Cow;
 
-use super::migrations::{Param, Stmt, stmt};
-use super::{CaRecord, ChangeKind, ChangeRecord, Row, SigningKeyRecord, StoreError, StoreResult};
+use super::rows::Row;
+use super::statements::{Param, Stmt, stmt};
+use super::{CaRecord, ChangeKind, ChangeRecord, SigningKeyRecord, StoreError, StoreResult};
 
 /// The `settings` key of the highest purged revision.
 const PURGED_THROUGH: &str = "changes_purged_through";

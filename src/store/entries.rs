@@ -1,5 +1,5 @@
 //! The statements of the `entries` table (schema version 2), shared by both
-//! backends like those of `migrations`, and the row decoder.
+//! backends like those of `statements`, and the row decoder.
 //!
 //! Lists (selectors, DNS names, federated trust domains) are stored as JSON
 //! arrays of strings. The selector list is stored sorted and without
@@ -9,8 +9,9 @@
 
 use std::borrow::Cow;
 
-use super::migrations::{Param, Stmt, stmt};
-use super::{EntryRecord, Row, StoreError, StoreResult};
+use super::rows::Row;
+use super::statements::{Param, Stmt, stmt};
+use super::{EntryRecord, StoreError, StoreResult};
 
 /// Inserts one entry (selectors canonicalized).
 pub(super) fn insert_entry(e: &EntryRecord) -> StoreResult<Stmt> {

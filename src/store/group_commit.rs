@@ -14,8 +14,8 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use super::migrations::Stmt;
 use super::sqlite::{exec, join_err, sqlite_err};
+use super::statements::Stmt;
 use super::{StoreError, StoreResult};
 
 /// Most records in one transaction.

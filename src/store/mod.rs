@@ -25,6 +25,15 @@
 //! revision, so a lost notification delays a change but never loses it.
 //! [`Store::purge_expired`] drops changes older than [`CHANGE_RETENTION`]; a
 //! reader that fell behind them is told to reload ([`ChangeBatch::truncated`]).
+//!
+//! ## Layout
+//!
+//! This file holds the trait, its error and [`open`]; every public item of
+//! the submodules is re-exported here, the only path callers name. The
+//! record types are in `records.rs`, their row decoders in `rows.rs`, the
+//! append-only migrations in `schema.rs`, and the statements both backends
+//! run in `statements.rs` (those of the registration entries in `entries.rs`,
+//! those of the change feed in `changes.rs`).
 
 use async_trait::async_trait;
 
@@ -34,238 +43,20 @@ pub mod sqlite;
 mod changes;
 mod entries;
 mod group_commit;
-mod migrations;
+mod records;
+mod rows;
+mod schema;
+mod statements;
 
 pub use crate::domain::CaRole;
-
-/// A CA certificate and its private key, sealed under the KEK.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CaRecord {
-    /// SHA-256 fingerprint of the certificate DER, lowercase hex. Primary key.
-    pub id: String,
-    pub role: CaRole,
-    pub common_name: String,
-    pub cert_der: Vec<u8>,
-    /// `None` when the key is kept offline (an imported root).
-    pub sealed_key: Option<Vec<u8>>,
-    pub not_before: i64,
-    pub not_after: i64,
-    /// The signer currently used for its role (one active per role).
-    pub active: bool,
-    pub created_at: i64,
-}
-
-/// A JWT signing key (token signing or JWT-SVID signing), sealed under the KEK.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SigningKeyRecord {
-    pub kid: String,
-    /// `token` or `jwt-svid`.
-    pub purpose: String,
-    /// SubjectPublicKeyInfo DER.
-    pub public_key_der: Vec<u8>,
-    pub sealed_key: Vec<u8>,
-    pub created_at: i64,
-    pub not_after: i64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CertStatus {
-    Active,
-    Revoked,
-}
-
-/// An issued end-entity certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertRecord {
-    /// Lowercase hex serial. Primary key.
-    pub serial: String,
-    pub spiffe_id: String,
-    /// `CaRecord::id` of the issuer.
-    pub issuer_id: String,
-    /// SHA-256 of the DER, lowercase hex.
-    pub fingerprint: String,
-    pub not_before: i64,
-    pub not_after: i64,
-    pub status: CertStatus,
-    pub revoked_at: Option<i64>,
-    /// RFC 5280 reason name (`keyCompromise`, …) when revoked.
-    pub revocation_reason: Option<String>,
-    pub cert_der: Vec<u8>,
-}
-
-/// A CRL signed elsewhere for a CA whose key is offline (an imported root).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImportedCrlRecord {
-    /// `CaRecord::id` of the CA that signed it.
-    pub issuer_id: String,
-    pub crl_der: Vec<u8>,
-    pub number: i64,
-    pub this_update: i64,
-    pub next_update: i64,
-    pub imported_at: i64,
-}
-
-/// A revoked, still unexpired certificate: one CRL entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RevokedEntry {
-    pub serial: String,
-    pub revoked_at: i64,
-    pub reason: Option<String>,
-    pub not_after: i64,
-    /// `CaRecord::id` of the issuer.
-    pub issuer_id: String,
-    pub spiffe_id: String,
-    /// SHA-256 of the certificate DER, lowercase hex.
-    pub fingerprint: String,
-}
+pub use records::{
+    AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, CertStatus, ChangeBatch, ChangeKind, ChangeRecord,
+    DenyRecord, EntryRecord, ImportedCrlRecord, Revocation, RevokeOutcome, RevokedEntry, SigningKeyRecord,
+};
 
 /// How long change records are kept (7 days): a replica that was away longer
 /// reloads everything ([`ChangeBatch::truncated`]).
 pub const CHANGE_RETENTION: i64 = 7 * 24 * 3600;
-
-/// What a [`ChangeRecord`] says changed; its `subject` names the object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ChangeKind {
-    /// A certificate was revoked ([`Store::revoke`]); subject: the serial.
-    /// `at`: the revocation time.
-    Revoke,
-    /// An identity was denied, or its deny reason changed ([`Store::deny`]),
-    /// and its unexpired certificates were revoked; subject: the SPIFFE ID.
-    /// `at`: the `now` of the call.
-    Deny,
-    /// A denial was lifted ([`Store::allow`]); subject: the SPIFFE ID. `at`:
-    /// the audit record's.
-    Allow,
-    /// A registration entry was created or deleted; subject: the entry id.
-    /// `at`: the audit record's.
-    Entry,
-    /// A CA was added (and others of its role possibly deactivated) by
-    /// [`Store::insert_ca`] or [`Store::init_hierarchy`]; one record per CA,
-    /// subject: the CA id. `at`: the CA's `created_at`.
-    Ca,
-    /// A signing key was added by [`Store::insert_signing_key`] or
-    /// [`Store::init_hierarchy`]; subject: the kid. `at`: the key's `created_at`.
-    SigningKey,
-}
-
-impl ChangeKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Revoke => "revoke",
-            Self::Deny => "deny",
-            Self::Allow => "allow",
-            Self::Entry => "entry",
-            Self::Ca => "ca",
-            Self::SigningKey => "signing_key",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "revoke" => Some(Self::Revoke),
-            "deny" => Some(Self::Deny),
-            "allow" => Some(Self::Allow),
-            "entry" => Some(Self::Entry),
-            "ca" => Some(Self::Ca),
-            "signing_key" => Some(Self::SigningKey),
-            _ => None,
-        }
-    }
-}
-
-/// One row of the change feed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChangeRecord {
-    /// Assigned by the store: increasing, committed in this order (with gaps).
-    pub revision: i64,
-    pub kind: ChangeKind,
-    pub subject: String,
-    pub at: i64,
-}
-
-/// An answer of [`Store::changes_since`].
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ChangeBatch {
-    pub changes: Vec<ChangeRecord>,
-    /// Rows after `after` were purged: the reader must reload everything.
-    pub truncated: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DenyRecord {
-    pub spiffe_id: String,
-    pub reason: String,
-    pub denied_at: i64,
-    pub denied_by: String,
-}
-
-/// One audit log line: who did what to what, and how it ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditRecord {
-    /// Assigned by the store; ignored on append.
-    pub id: i64,
-    pub at: i64,
-    pub actor: String,
-    pub action: String,
-    /// SPIFFE ID, serial or other object acted on ("" when none).
-    pub target: String,
-    /// `ok`, `denied` or `error`.
-    pub outcome: String,
-    pub reason: String,
-}
-
-/// A registration entry as stored (the domain `Entry` in text form).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EntryRecord {
-    pub id: String,
-    pub spiffe_id: String,
-    /// Sorted selector texts (`unix:uid:1000`, …).
-    pub selectors: Vec<String>,
-    pub dns_names: Vec<String>,
-    pub ttl_seconds: Option<i64>,
-    pub jwt_ttl_seconds: Option<i64>,
-    pub hint: Option<String>,
-    pub federates_with: Vec<String>,
-    pub created_at: i64,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct CertFilter {
-    pub spiffe_id: Option<String>,
-    /// Only certificates with `not_after` in `(now, before]`.
-    pub expiring_before: Option<i64>,
-    /// Exclude certificates with `not_after <= now`.
-    pub unexpired_at: Option<i64>,
-    pub limit: Option<u32>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct AuditFilter {
-    pub since: Option<i64>,
-    /// Matches `target`.
-    pub target: Option<String>,
-    /// Only records older than this id (paging from the newest).
-    pub before_id: Option<i64>,
-    /// The newest `limit` matching records (oldest first in the result).
-    pub limit: Option<u32>,
-}
-
-/// What a revocation changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RevokeOutcome {
-    Revoked,
-    AlreadyRevoked,
-    NotFound,
-}
-
-/// A revocation's outcome and the certificate as it is after it (none when
-/// no certificate has the serial): everything the caller needs, from the
-/// one transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Revocation {
-    pub outcome: RevokeOutcome,
-    pub certificate: Option<CertRecord>,
-}
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -438,160 +229,9 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
-// ---- helpers shared by the backends ----------------------------------------
-
-/// Column access by name. Each backend implements it for its row type; a
-/// value of the wrong type is `StoreError::Corrupt`.
-trait Row {
-    fn int(&self, col: &str) -> StoreResult<i64>;
-    fn opt_int(&self, col: &str) -> StoreResult<Option<i64>>;
-    fn text(&self, col: &str) -> StoreResult<String>;
-    fn opt_text(&self, col: &str) -> StoreResult<Option<String>>;
-    fn bytes(&self, col: &str) -> StoreResult<Vec<u8>>;
-    fn opt_bytes(&self, col: &str) -> StoreResult<Option<Vec<u8>>>;
-    fn boolean(&self, col: &str) -> StoreResult<bool>;
-}
-
-/// Implements [`Row`] for a backend's row type with its `get` method and
-/// error mapping.
-macro_rules! impl_row {
-    ($row:ty, $get:ident, $err:expr) => {
-        impl super::Row for $row {
-            fn int(&self, col: &str) -> StoreResult<i64> {
-                self.$get(col).map_err($err)
-            }
-            fn opt_int(&self, col: &str) -> StoreResult<Option<i64>> {
-                self.$get(col).map_err($err)
-            }
-            fn text(&self, col: &str) -> StoreResult<String> {
-                self.$get(col).map_err($err)
-            }
-            fn opt_text(&self, col: &str) -> StoreResult<Option<String>> {
-                self.$get(col).map_err($err)
-            }
-            fn bytes(&self, col: &str) -> StoreResult<Vec<u8>> {
-                self.$get(col).map_err($err)
-            }
-            fn opt_bytes(&self, col: &str) -> StoreResult<Option<Vec<u8>>> {
-                self.$get(col).map_err($err)
-            }
-            fn boolean(&self, col: &str) -> StoreResult<bool> {
-                self.$get(col).map_err($err)
-            }
-        }
-    };
-}
-use impl_row;
-
-fn ca_from_row(r: &dyn Row) -> StoreResult<CaRecord> {
-    let role = r.text("role")?;
-    let unknown = || StoreError::Corrupt(format!("unknown CA role {role:?}"));
-    Ok(CaRecord {
-        id: r.text("id")?,
-        role: CaRole::parse(&role).ok_or_else(unknown)?,
-        common_name: r.text("common_name")?,
-        cert_der: r.bytes("cert_der")?,
-        sealed_key: r.opt_bytes("sealed_key")?,
-        not_before: r.int("not_before")?,
-        not_after: r.int("not_after")?,
-        active: r.boolean("active")?,
-        created_at: r.int("created_at")?,
-    })
-}
-
-fn key_from_row(r: &dyn Row) -> StoreResult<SigningKeyRecord> {
-    Ok(SigningKeyRecord {
-        kid: r.text("kid")?,
-        purpose: r.text("purpose")?,
-        public_key_der: r.bytes("public_key_der")?,
-        sealed_key: r.bytes("sealed_key")?,
-        created_at: r.int("created_at")?,
-        not_after: r.int("not_after")?,
-    })
-}
-
-fn cert_from_row(r: &dyn Row) -> StoreResult<CertRecord> {
-    let status = match r.text("status")?.as_str() {
-        "active" => CertStatus::Active,
-        "revoked" => CertStatus::Revoked,
-        other => return Err(StoreError::Corrupt(format!("unknown status {other:?}"))),
-    };
-    Ok(CertRecord {
-        serial: r.text("serial")?,
-        spiffe_id: r.text("spiffe_id")?,
-        issuer_id: r.text("issuer_id")?,
-        fingerprint: r.text("fingerprint")?,
-        not_before: r.int("not_before")?,
-        not_after: r.int("not_after")?,
-        status,
-        revoked_at: r.opt_int("revoked_at")?,
-        revocation_reason: r.opt_text("revocation_reason")?,
-        cert_der: r.bytes("cert_der")?,
-    })
-}
-
-fn imported_crl_from_row(r: &dyn Row) -> StoreResult<ImportedCrlRecord> {
-    Ok(ImportedCrlRecord {
-        issuer_id: r.text("issuer_id")?,
-        crl_der: r.bytes("crl_der")?,
-        number: r.int("number")?,
-        this_update: r.int("this_update")?,
-        next_update: r.int("next_update")?,
-        imported_at: r.int("imported_at")?,
-    })
-}
-
-fn revoked_from_row(r: &dyn Row) -> StoreResult<RevokedEntry> {
-    Ok(RevokedEntry {
-        serial: r.text("serial")?,
-        revoked_at: r.opt_int("revoked_at")?.unwrap_or_default(),
-        reason: r.opt_text("revocation_reason")?,
-        not_after: r.int("not_after")?,
-        issuer_id: r.text("issuer_id")?,
-        spiffe_id: r.text("spiffe_id")?,
-        fingerprint: r.text("fingerprint")?,
-    })
-}
-
-fn deny_from_row(r: &dyn Row) -> StoreResult<DenyRecord> {
-    Ok(DenyRecord {
-        spiffe_id: r.text("spiffe_id")?,
-        reason: r.text("reason")?,
-        denied_at: r.int("denied_at")?,
-        denied_by: r.text("denied_by")?,
-    })
-}
-
-fn audit_from_row(r: &dyn Row) -> StoreResult<AuditRecord> {
-    Ok(AuditRecord {
-        id: r.int("id")?,
-        at: r.int("at")?,
-        actor: r.text("actor")?,
-        action: r.text("action")?,
-        target: r.text("target")?,
-        outcome: r.text("outcome")?,
-        reason: r.text("reason")?,
-    })
-}
-
-/// A `COUNT(*) AS n` result.
-fn count_from_row(r: &dyn Row) -> StoreResult<u64> {
-    let n = r.int("n")?;
-    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative count {n}")))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{ChangeKind, redact_url};
-
-    #[test]
-    fn change_kinds_roundtrip() {
-        use ChangeKind::*;
-        for kind in [Revoke, Deny, Allow, Entry, Ca, SigningKey] {
-            assert_eq!(ChangeKind::parse(kind.as_str()), Some(kind));
-        }
-        assert_eq!(ChangeKind::parse("signing-key"), None);
-    }
+    use super::redact_url;
 
     #[test]
     fn passwords_never_survive_redaction() {

@@ -4,8 +4,8 @@
 //! or a local network). Writes that must not race between replicas — the
 //! migrations, the CA hierarchy and CA rotation — take a transaction-scoped
 //! advisory lock; everything else is settled by unique keys and
-//! `ON CONFLICT`. Every multi-row change is one transaction. The statements
-//! come from `migrations`.
+//! `ON CONFLICT`. Every multi-row change is one transaction. The schema comes
+//! from `schema`, the statements from `statements`, rows are decoded by `rows`.
 //!
 //! The change feed: every transaction that appends a change record takes
 //! [`CHANGES_LOCK`] right before its insert and holds it until it commits, so
@@ -32,10 +32,12 @@ use tokio_postgres::{AsyncMessage, Client, Connection, IsolationLevel, NoTls, So
 
 use super::changes as change_sql;
 use super::entries as entry_sql;
-use super::migrations::{self as sql, Param, Stmt};
+use super::rows::{self, Row};
+use super::schema;
+use super::statements::{self as sql, Param, Stmt};
 use super::{
     AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CertFilter, CertRecord, ChangeBatch, ChangeKind, DenyRecord,
-    EntryRecord, ImportedCrlRecord, Revocation, RevokeOutcome, RevokedEntry, Row, SigningKeyRecord, Store, StoreError,
+    EntryRecord, ImportedCrlRecord, Revocation, RevokeOutcome, RevokedEntry, SigningKeyRecord, Store, StoreError,
     StoreResult, redact_url,
 };
 
@@ -169,7 +171,7 @@ impl Store for PostgresStore {
     }
 
     async fn cas(&self) -> StoreResult<Vec<CaRecord>> {
-        self.all(sql::select_cas(), super::ca_from_row).await
+        self.all(sql::select_cas(), rows::ca_from_row).await
     }
 
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<()> {
@@ -190,11 +192,11 @@ impl Store for PostgresStore {
     }
 
     async fn imported_crls(&self) -> StoreResult<Vec<ImportedCrlRecord>> {
-        self.all(sql::select_imported_crls(), super::imported_crl_from_row).await
+        self.all(sql::select_imported_crls(), rows::imported_crl_from_row).await
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
-        self.all(sql::select_keys(), super::key_from_row).await
+        self.all(sql::select_keys(), rows::key_from_row).await
     }
 
     async fn record_issuance(&self, cert: &CertRecord, audit: &AuditRecord) -> StoreResult<bool> {
@@ -210,11 +212,11 @@ impl Store for PostgresStore {
     }
 
     async fn certificate(&self, serial: &str) -> StoreResult<Option<CertRecord>> {
-        self.one(sql::select_cert(serial), super::cert_from_row).await
+        self.one(sql::select_cert(serial), rows::cert_from_row).await
     }
 
     async fn certificates(&self, filter: &CertFilter) -> StoreResult<Vec<CertRecord>> {
-        self.all(sql::certificates(filter), super::cert_from_row).await
+        self.all(sql::certificates(filter), rows::cert_from_row).await
     }
 
     async fn active_certificate_count(&self, now: i64) -> StoreResult<u64> {
@@ -224,14 +226,14 @@ impl Store for PostgresStore {
     async fn revoke(&self, serial: &str, reason: &str, at: i64, audit: &AuditRecord) -> StoreResult<Revocation> {
         let mut client = self.client().await?;
         let tx = begin(&mut client).await?;
-        let revocation = match one(&tx, &sql::revoke_one(serial, reason, at), super::cert_from_row).await? {
+        let revocation = match one(&tx, &sql::revoke_one(serial, reason, at), rows::cert_from_row).await? {
             Some(certificate) => {
                 exec(&tx, &sql::insert_audit(audit)).await?;
                 append_changes(&tx, &[change_sql::insert(ChangeKind::Revoke, serial, at)]).await?;
                 Revocation { outcome: RevokeOutcome::Revoked, certificate: Some(certificate) }
             }
             None => {
-                let certificate = one(&tx, &sql::select_cert(serial), super::cert_from_row).await?;
+                let certificate = one(&tx, &sql::select_cert(serial), rows::cert_from_row).await?;
                 let outcome =
                     if certificate.is_some() { RevokeOutcome::AlreadyRevoked } else { RevokeOutcome::NotFound };
                 Revocation { outcome, certificate }
@@ -242,11 +244,11 @@ impl Store for PostgresStore {
     }
 
     async fn revoked_unexpired(&self, issuer_id: &str, now: i64) -> StoreResult<Vec<RevokedEntry>> {
-        self.all(sql::select_revoked(issuer_id, now), super::revoked_from_row).await
+        self.all(sql::select_revoked(issuer_id, now), rows::revoked_from_row).await
     }
 
     async fn revoked_unexpired_all(&self, now: i64) -> StoreResult<Vec<RevokedEntry>> {
-        self.all(sql::select_revoked_all(now), super::revoked_from_row).await
+        self.all(sql::select_revoked_all(now), rows::revoked_from_row).await
     }
 
     async fn deny(&self, entry: &DenyRecord, now: i64, audit: &AuditRecord) -> StoreResult<Vec<RevokedEntry>> {
@@ -254,7 +256,7 @@ impl Store for PostgresStore {
         let tx = begin(&mut client).await?;
         lock_identity(&tx, &entry.spiffe_id).await?;
         exec(&tx, &sql::upsert_deny(entry)).await?;
-        let mut revoked = all(&tx, &sql::revoke_identity(entry, now), super::revoked_from_row).await?;
+        let mut revoked = all(&tx, &sql::revoke_identity(entry, now), rows::revoked_from_row).await?;
         exec(&tx, &sql::insert_audit(audit)).await?;
         append_changes(&tx, &[change_sql::insert(ChangeKind::Deny, &entry.spiffe_id, now)]).await?;
         tx.commit().await.map_err(pg_err)?;
@@ -275,11 +277,11 @@ impl Store for PostgresStore {
     }
 
     async fn denied(&self, spiffe_id: &str) -> StoreResult<Option<DenyRecord>> {
-        self.one(sql::select_deny(spiffe_id), super::deny_from_row).await
+        self.one(sql::select_deny(spiffe_id), rows::deny_from_row).await
     }
 
     async fn deny_list(&self) -> StoreResult<Vec<DenyRecord>> {
-        self.all(sql::select_deny_list(), super::deny_from_row).await
+        self.all(sql::select_deny_list(), rows::deny_from_row).await
     }
 
     async fn consume_token_id(&self, jti: &str, expires_at: i64) -> StoreResult<bool> {
@@ -288,7 +290,7 @@ impl Store for PostgresStore {
     }
 
     async fn token_id_used(&self, jti: &str) -> StoreResult<bool> {
-        Ok(self.one(sql::select_token(jti), super::count_from_row).await?.unwrap_or(0) > 0)
+        Ok(self.one(sql::select_token(jti), rows::count_from_row).await?.unwrap_or(0) > 0)
     }
 
     async fn purge_expired(&self, now: i64, grace: i64) -> StoreResult<u64> {
@@ -331,7 +333,7 @@ impl Store for PostgresStore {
     }
 
     async fn audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
-        let mut records = self.all(sql::audit(filter), super::audit_from_row).await?;
+        let mut records = self.all(sql::audit(filter), rows::audit_from_row).await?;
         records.reverse();
         Ok(records)
     }
@@ -491,11 +493,11 @@ fn safe_url(url: &str) -> String {
 async fn migrate(client: &mut Object) -> StoreResult<()> {
     let tx = begin(client).await?;
     lock(&tx, MIGRATION_LOCK).await?;
-    tx.batch_execute(sql::CREATE_VERSION_TABLE).await.map_err(pg_err)?;
+    tx.batch_execute(schema::CREATE_VERSION_TABLE).await.map_err(pg_err)?;
     let found = one(&tx, &sql::select_version(), |r| r.int("version")).await?;
     let found = found.unwrap_or_default();
     let mut version = found;
-    for migration in sql::pending(found)? {
+    for migration in schema::pending(found)? {
         tx.batch_execute(migration.postgres).await.map_err(pg_err)?;
         version = migration.version;
     }
@@ -534,7 +536,7 @@ async fn exec(c: &impl GenericClient, s: &Stmt) -> StoreResult<u64> {
 }
 
 async fn count(c: &impl GenericClient, s: &Stmt) -> StoreResult<u64> {
-    Ok(one(c, s, super::count_from_row).await?.unwrap_or_default())
+    Ok(one(c, s, rows::count_from_row).await?.unwrap_or_default())
 }
 
 async fn one<T>(c: &impl GenericClient, s: &Stmt, decode: Decoder<T>) -> StoreResult<Option<T>> {
@@ -563,7 +565,7 @@ fn value(p: &Param) -> &(dyn ToSql + Sync) {
     }
 }
 
-super::impl_row!(tokio_postgres::Row, try_get, decode_err);
+rows::impl_row!(tokio_postgres::Row, try_get, decode_err);
 
 fn decode_err(e: tokio_postgres::Error) -> StoreError {
     StoreError::Corrupt(e.to_string())

@@ -3,7 +3,8 @@
 //! One connection behind a `parking_lot::Mutex`; every call runs on tokio's
 //! blocking pool. WAL with `synchronous=FULL`, so a call that returned `Ok`
 //! has reached the disk. Write transactions start `IMMEDIATE`, so they never
-//! fail half-way on a lock upgrade. The statements come from `migrations`.
+//! fail half-way on a lock upgrade. The schema comes from `schema`, the
+//! statements from `statements`, rows are decoded by `rows`.
 //!
 //! Change records are appended inside the write's transaction; with one
 //! process per data directory there is nobody to notify, so
@@ -21,10 +22,12 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavio
 use super::changes as change_sql;
 use super::entries as entry_sql;
 use super::group_commit::GroupCommit;
-use super::migrations::{self as sql, Param, Stmt};
+use super::rows::{self, Row};
+use super::schema;
+use super::statements::{self as sql, Param, Stmt};
 use super::{
     AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CertFilter, CertRecord, ChangeBatch, ChangeKind, DenyRecord,
-    EntryRecord, ImportedCrlRecord, Revocation, RevokeOutcome, RevokedEntry, Row, SigningKeyRecord, Store, StoreError,
+    EntryRecord, ImportedCrlRecord, Revocation, RevokeOutcome, RevokedEntry, SigningKeyRecord, Store, StoreError,
     StoreResult,
 };
 
@@ -179,7 +182,7 @@ impl Store for SqliteStore {
     }
 
     async fn cas(&self) -> StoreResult<Vec<CaRecord>> {
-        self.all(sql::select_cas(), super::ca_from_row).await
+        self.all(sql::select_cas(), rows::ca_from_row).await
     }
 
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<()> {
@@ -207,11 +210,11 @@ impl Store for SqliteStore {
     }
 
     async fn imported_crls(&self) -> StoreResult<Vec<ImportedCrlRecord>> {
-        self.all(sql::select_imported_crls(), super::imported_crl_from_row).await
+        self.all(sql::select_imported_crls(), rows::imported_crl_from_row).await
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
-        self.all(sql::select_keys(), super::key_from_row).await
+        self.all(sql::select_keys(), rows::key_from_row).await
     }
 
     async fn record_issuance(&self, cert: &CertRecord, audit: &AuditRecord) -> StoreResult<bool> {
@@ -220,11 +223,11 @@ impl Store for SqliteStore {
     }
 
     async fn certificate(&self, serial: &str) -> StoreResult<Option<CertRecord>> {
-        self.one(sql::select_cert(serial), super::cert_from_row).await
+        self.one(sql::select_cert(serial), rows::cert_from_row).await
     }
 
     async fn certificates(&self, filter: &CertFilter) -> StoreResult<Vec<CertRecord>> {
-        self.all(sql::certificates(filter), super::cert_from_row).await
+        self.all(sql::certificates(filter), rows::cert_from_row).await
     }
 
     async fn active_certificate_count(&self, now: i64) -> StoreResult<u64> {
@@ -237,12 +240,12 @@ impl Store for SqliteStore {
         let select = sql::select_cert(serial);
         let change = change_sql::insert(ChangeKind::Revoke, serial, at);
         self.write(move |tx| {
-            if let Some(certificate) = one(tx, &revoke, super::cert_from_row)? {
+            if let Some(certificate) = one(tx, &revoke, rows::cert_from_row)? {
                 exec(tx, &log)?;
                 append_changes(tx, &[change])?;
                 return Ok(Revocation { outcome: RevokeOutcome::Revoked, certificate: Some(certificate) });
             }
-            let certificate = one(tx, &select, super::cert_from_row)?;
+            let certificate = one(tx, &select, rows::cert_from_row)?;
             let outcome = if certificate.is_some() { RevokeOutcome::AlreadyRevoked } else { RevokeOutcome::NotFound };
             Ok(Revocation { outcome, certificate })
         })
@@ -250,11 +253,11 @@ impl Store for SqliteStore {
     }
 
     async fn revoked_unexpired(&self, issuer_id: &str, now: i64) -> StoreResult<Vec<RevokedEntry>> {
-        self.all(sql::select_revoked(issuer_id, now), super::revoked_from_row).await
+        self.all(sql::select_revoked(issuer_id, now), rows::revoked_from_row).await
     }
 
     async fn revoked_unexpired_all(&self, now: i64) -> StoreResult<Vec<RevokedEntry>> {
-        self.all(sql::select_revoked_all(now), super::revoked_from_row).await
+        self.all(sql::select_revoked_all(now), rows::revoked_from_row).await
     }
 
     async fn deny(&self, entry: &DenyRecord, now: i64, audit: &AuditRecord) -> StoreResult<Vec<RevokedEntry>> {
@@ -263,7 +266,7 @@ impl Store for SqliteStore {
         let change = change_sql::insert(ChangeKind::Deny, &entry.spiffe_id, now);
         self.write(move |tx| {
             exec(tx, &upsert)?;
-            let mut revoked = all(tx, &revoke, super::revoked_from_row)?;
+            let mut revoked = all(tx, &revoke, rows::revoked_from_row)?;
             exec(tx, &log)?;
             append_changes(tx, &[change])?;
             revoked.sort_by(|a, b| a.serial.cmp(&b.serial));
@@ -287,11 +290,11 @@ impl Store for SqliteStore {
     }
 
     async fn denied(&self, spiffe_id: &str) -> StoreResult<Option<DenyRecord>> {
-        self.one(sql::select_deny(spiffe_id), super::deny_from_row).await
+        self.one(sql::select_deny(spiffe_id), rows::deny_from_row).await
     }
 
     async fn deny_list(&self) -> StoreResult<Vec<DenyRecord>> {
-        self.all(sql::select_deny_list(), super::deny_from_row).await
+        self.all(sql::select_deny_list(), rows::deny_from_row).await
     }
 
     async fn consume_token_id(&self, jti: &str, expires_at: i64) -> StoreResult<bool> {
@@ -300,7 +303,7 @@ impl Store for SqliteStore {
     }
 
     async fn token_id_used(&self, jti: &str) -> StoreResult<bool> {
-        Ok(self.one(sql::select_token(jti), super::count_from_row).await?.unwrap_or(0) > 0)
+        Ok(self.one(sql::select_token(jti), rows::count_from_row).await?.unwrap_or(0) > 0)
     }
 
     async fn purge_expired(&self, now: i64, grace: i64) -> StoreResult<u64> {
@@ -353,7 +356,7 @@ impl Store for SqliteStore {
     }
 
     async fn audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
-        let mut records = self.all(sql::audit(filter), super::audit_from_row).await?;
+        let mut records = self.all(sql::audit(filter), rows::audit_from_row).await?;
         records.reverse();
         Ok(records)
     }
@@ -432,10 +435,10 @@ fn prepare(mut conn: Connection, journal: &str) -> StoreResult<Connection> {
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate);
     let tx = tx.map_err(sqlite_err)?;
-    tx.execute_batch(sql::CREATE_VERSION_TABLE).map_err(sqlite_err)?;
+    tx.execute_batch(schema::CREATE_VERSION_TABLE).map_err(sqlite_err)?;
     let found = one(&tx, &sql::select_version(), |r| r.int("version"))?.unwrap_or_default();
     let mut version = found;
-    for migration in sql::pending(found)? {
+    for migration in schema::pending(found)? {
         tx.execute_batch(migration.sqlite).map_err(sqlite_err)?;
         version = migration.version;
     }
@@ -453,7 +456,7 @@ pub(super) fn exec(c: &Connection, s: &Stmt) -> StoreResult<u64> {
 }
 
 fn count(c: &Connection, s: &Stmt) -> StoreResult<u64> {
-    Ok(one(c, s, super::count_from_row)?.unwrap_or_default())
+    Ok(one(c, s, rows::count_from_row)?.unwrap_or_default())
 }
 
 fn one<T>(c: &Connection, s: &Stmt, decode: Decoder<T>) -> StoreResult<Option<T>> {
@@ -490,7 +493,7 @@ impl rusqlite::ToSql for Param {
     }
 }
 
-super::impl_row!(rusqlite::Row<'_>, get, sqlite_err);
+rows::impl_row!(rusqlite::Row<'_>, get, sqlite_err);
 
 /// The one mapping from rusqlite errors to `StoreError`.
 pub(super) fn sqlite_err(e: rusqlite::Error) -> StoreError {

@@ -1,155 +1,19 @@
-//! The schema, and every statement both backends run against it.
+//! Every statement both backends run, with its bound values ([`Stmt`]).
 //!
-//! Boundary: this file holds the only table list and the only copy of each
-//! statement with its bound values ([`Stmt`]) — the registration-entry
-//! statements live next door in `entries.rs`; a backend only executes them.
-//! Statements use PostgreSQL placeholders (`$1`); the SQLite backend rewrites
-//! them to `?1`. Both dialects accept `TRUE`/`FALSE`, `ON CONFLICT`,
-//! `RETURNING` and partial indexes, so only the DDL's column types differ
-//! (`BLOB`/`BYTEA`, the audit id).
-//!
-//! Invariant: migrations are append-only. A released migration is never
-//! edited; a schema change is a new entry at the end of [`MIGRATIONS`].
+//! Boundary: this file holds the only copy of each statement — those of the
+//! registration entries live next door in `entries.rs`, those of the change
+//! feed in `changes.rs`, both built with the same [`Stmt`] and [`stmt!`]; a
+//! backend only executes them. The tables they run against are created in
+//! `schema.rs`. Statements use PostgreSQL placeholders (`$1`); the SQLite
+//! backend rewrites them to `?1`. Both dialects accept `TRUE`/`FALSE`,
+//! `ON CONFLICT` and `RETURNING`, so one text serves both.
 
 use std::borrow::Cow;
 
 use crate::domain::RevocationReason;
 
 use super::{AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, CertStatus, DenyRecord};
-use super::{ImportedCrlRecord, SigningKeyRecord, StoreError, StoreResult};
-
-/// One schema step, in both dialects.
-pub(super) struct Migration {
-    pub version: i64,
-    pub sqlite: &'static str,
-    pub postgres: &'static str,
-}
-
-/// Every migration, oldest first; the last version is what this binary writes.
-pub(super) const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        sqlite: schema_v1!(blob = "BLOB", audit_id = "INTEGER PRIMARY KEY AUTOINCREMENT"),
-        postgres: schema_v1!(blob = "BYTEA", audit_id = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
-    },
-    Migration { version: 2, sqlite: SCHEMA_V2, postgres: SCHEMA_V2 },
-    Migration {
-        version: 3,
-        sqlite: schema_v3!(revision = "INTEGER PRIMARY KEY AUTOINCREMENT"),
-        postgres: schema_v3!(revision = "BIGSERIAL PRIMARY KEY"),
-    },
-    Migration { version: 4, sqlite: schema_v4!(blob = "BLOB"), postgres: schema_v4!(blob = "BYTEA") },
-];
-
-/// Version 4: CRLs signed elsewhere for CAs whose key is offline (one per CA,
-/// the newest by CRL number).
-macro_rules! schema_v4 {
-    (blob = $blob:literal) => {
-        concat!(
-            "CREATE TABLE imported_crls (issuer_id TEXT PRIMARY KEY REFERENCES cas (id), crl_der ",
-            $blob,
-            " NOT NULL, number BIGINT NOT NULL, this_update BIGINT NOT NULL, next_update BIGINT NOT NULL,",
-            " imported_at BIGINT NOT NULL);",
-        )
-    };
-}
-use schema_v4;
-
-/// Version 2: registration entries. Lists are JSON arrays of strings;
-/// `match_key` (SHA-256 of the SPIFFE ID and the sorted selector set) makes
-/// the same identity with the same selectors unique without indexing long text.
-const SCHEMA_V2: &str = "CREATE TABLE entries (id TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, \
-     match_key TEXT NOT NULL UNIQUE, selectors TEXT NOT NULL, dns_names TEXT NOT NULL, ttl_seconds BIGINT, \
-     jwt_ttl_seconds BIGINT, hint TEXT, federates_with TEXT NOT NULL, created_at BIGINT NOT NULL);\
-     CREATE INDEX entries_created_at ON entries (created_at, id);";
-
-/// Version 3: the change feed (statements in `changes.rs`). SQLite's
-/// `AUTOINCREMENT` never reuses a revision, even after the newest rows are
-/// purged; `at` is indexed for the purge.
-macro_rules! schema_v3 {
-    (revision = $revision:literal) => {
-        concat!(
-            "CREATE TABLE changes (revision ",
-            $revision,
-            ", kind TEXT NOT NULL, subject TEXT NOT NULL, at BIGINT NOT NULL);",
-            "CREATE INDEX changes_at ON changes (at);",
-        )
-    };
-}
-use schema_v3;
-
-/// The schema version this binary understands.
-pub(super) fn latest_version() -> i64 {
-    MIGRATIONS.last().map_or(0, |m| m.version)
-}
-
-/// The migrations a database at version `found` still needs, or
-/// `SchemaTooNew` when it was written by a newer binary.
-pub(super) fn pending(found: i64) -> StoreResult<impl Iterator<Item = &'static Migration>> {
-    let supported = latest_version();
-    if found > supported {
-        return Err(StoreError::SchemaTooNew { found, supported });
-    }
-    Ok(MIGRATIONS.iter().filter(move |m| m.version > found))
-}
-
-/// Created before anything else, so the version can be read on any database.
-pub(super) const CREATE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)";
-
-pub(super) fn select_version() -> Stmt {
-    stmt!("SELECT COALESCE(MAX(version), 0) AS version FROM schema_version")
-}
-
-pub(super) fn set_version(version: i64) -> [Stmt; 2] {
-    [stmt!("DELETE FROM schema_version"), stmt!("INSERT INTO schema_version (version) VALUES ($1)", version)]
-}
-
-/// Version 1: one table per record type of `store::mod`.
-macro_rules! schema_v1 {
-    (blob = $blob:literal, audit_id = $audit_id:literal) => {
-        concat!(
-            "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
-            "CREATE TABLE cas (id TEXT PRIMARY KEY,",
-            " role TEXT NOT NULL CHECK (role IN ('root', 'services', 'transport')),",
-            " common_name TEXT NOT NULL, cert_der ",
-            $blob,
-            " NOT NULL, sealed_key ",
-            $blob,
-            ",",
-            " not_before BIGINT NOT NULL, not_after BIGINT NOT NULL, active BOOLEAN NOT NULL,",
-            " created_at BIGINT NOT NULL);",
-            "CREATE UNIQUE INDEX cas_one_active_per_role ON cas (role) WHERE active;",
-            "CREATE TABLE signing_keys (kid TEXT PRIMARY KEY, purpose TEXT NOT NULL,",
-            " public_key_der ",
-            $blob,
-            " NOT NULL, sealed_key ",
-            $blob,
-            " NOT NULL,",
-            " created_at BIGINT NOT NULL, not_after BIGINT NOT NULL);",
-            "CREATE TABLE certificates (serial TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL,",
-            " issuer_id TEXT NOT NULL REFERENCES cas (id), fingerprint TEXT NOT NULL,",
-            " not_before BIGINT NOT NULL, not_after BIGINT NOT NULL,",
-            " status TEXT NOT NULL CHECK (status IN ('active', 'revoked')),",
-            " revoked_at BIGINT, revocation_reason TEXT, cert_der ",
-            $blob,
-            " NOT NULL);",
-            "CREATE INDEX certificates_spiffe_id ON certificates (spiffe_id);",
-            "CREATE INDEX certificates_not_after ON certificates (not_after);",
-            "CREATE INDEX certificates_issuer_status ON certificates (issuer_id, status);",
-            "CREATE TABLE deny_list (spiffe_id TEXT PRIMARY KEY, reason TEXT NOT NULL,",
-            " denied_at BIGINT NOT NULL, denied_by TEXT NOT NULL);",
-            "CREATE TABLE used_tokens (jti TEXT PRIMARY KEY, expires_at BIGINT NOT NULL);",
-            "CREATE INDEX used_tokens_expires_at ON used_tokens (expires_at);",
-            "CREATE TABLE audit (id ",
-            $audit_id,
-            ", at BIGINT NOT NULL, actor TEXT NOT NULL,",
-            " action TEXT NOT NULL, target TEXT NOT NULL, outcome TEXT NOT NULL, reason TEXT NOT NULL);",
-            "CREATE INDEX audit_at ON audit (at);",
-            "CREATE INDEX audit_target ON audit (target);",
-        )
-    };
-}
-use schema_v1;
+use super::{ImportedCrlRecord, SigningKeyRecord, StoreError};
 
 /// One statement and the values bound to `$1`, `$2`, ….
 pub(super) struct Stmt {
@@ -193,6 +57,16 @@ macro_rules! stmt {
     };
 }
 pub(super) use stmt;
+
+/// The schema version recorded by the last migration (0 on a new database).
+pub(super) fn select_version() -> Stmt {
+    stmt!("SELECT COALESCE(MAX(version), 0) AS version FROM schema_version")
+}
+
+/// Records `version` as the schema version, in the migrations' transaction.
+pub(super) fn set_version(version: i64) -> [Stmt; 2] {
+    [stmt!("DELETE FROM schema_version"), stmt!("INSERT INTO schema_version (version) VALUES ($1)", version)]
+}
 
 pub(super) fn ping() -> Stmt {
     stmt!("SELECT 1")
@@ -296,7 +170,6 @@ pub(super) fn count_active(now: i64) -> Stmt {
     stmt!("SELECT COUNT(*) AS n FROM certificates WHERE status = 'active' AND not_after > $1", now)
 }
 
-/// Revokes one active certificate: one row changed, or none.
 /// Revokes one active certificate, returning its row after the change.
 pub(super) fn revoke_one(serial: &str, reason: &str, at: i64) -> Stmt {
     let sql = "UPDATE certificates SET status = 'revoked', revoked_at = $2, revocation_reason = $3 \
