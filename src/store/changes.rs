@@ -9,8 +9,6 @@
 //! [`PURGED_THROUGH`]: `changes_since(after)` with `after` below it is
 //! `truncated`, and `change_revision` never falls below it.
 
-use std::borrow::Cow;
-
 use super::rows::Row;
 use super::statements::{Param, Stmt, stmt};
 use super::{CaRecord, ChangeKind, ChangeRecord, SigningKeyRecord, StoreError, StoreResult};

@@ -7,8 +7,6 @@
 //! of the SPIFFE ID and that list, is unique: the same identity with the same
 //! selectors twice is a `StoreError::Conflict`.
 
-use std::borrow::Cow;
-
 use super::rows::Row;
 use super::statements::{Param, Stmt, stmt};
 use super::{EntryRecord, StoreError, StoreResult};
@@ -85,14 +83,10 @@ fn match_key(spiffe_id: &str, canonical: &[String]) -> StoreResult<String> {
     Ok(hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes())))
 }
 
-/// `[a, b, c]`, cut at 256 characters: conflicts name the selectors without
+/// `[a, b, c]`, cut at 256 bytes: conflicts name the selectors without
 /// echoing a huge request.
-fn short_list(selectors: &[String]) -> Cow<'static, str> {
-    let text = format!("[{}]", selectors.join(", "));
-    if text.chars().count() <= 256 {
-        return Cow::Owned(text);
-    }
-    Cow::Owned(format!("{}…]", text.chars().take(255).collect::<String>()))
+fn short_list(selectors: &[String]) -> String {
+    crate::domain::text::shorten(&format!("[{}]", selectors.join(", ")), 256)
 }
 
 #[cfg(test)]
@@ -114,7 +108,7 @@ mod tests {
     #[test]
     fn conflict_names_are_bounded() {
         let long: Vec<String> = (0..32).map(|i| format!("unix:path:/{}", "x".repeat(400 + i))).collect();
-        assert!(short_list(&long).chars().count() <= 258);
+        assert!(short_list(&long).len() <= 256 + "…".len());
         assert_eq!(short_list(&["unix:uid:1".into()]), "[unix:uid:1]");
     }
 

@@ -86,8 +86,6 @@ pub trait Store: Send + Sync + 'static {
     /// Cheap liveness probe for `/ready`.
     async fn ping(&self) -> StoreResult<()>;
 
-    /// Returns the stored value, if any, of a settings key (e.g. `trust_domain`).
-    async fn setting(&self, key: &str) -> StoreResult<Option<String>>;
     /// Sets a key only if it is absent; returns the value now stored (the
     /// existing one when another replica won the race).
     async fn init_setting(&self, key: &str, value: &str) -> StoreResult<String>;
@@ -125,11 +123,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Marks one certificate revoked, with its audit record, in one transaction.
     async fn revoke(&self, serial: &str, reason: &str, at: i64, audit: &AuditRecord) -> StoreResult<Revocation>;
-    /// Revoked certificates of one issuer with `not_after > now`.
-    async fn revoked_unexpired(&self, issuer_id: &str, now: i64) -> StoreResult<Vec<RevokedEntry>>;
     /// Revoked certificates of every issuer with `not_after > now` (for
-    /// loading the revocation state at start), by issuer, then as
-    /// [`Store::revoked_unexpired`].
+    /// loading the revocation state at start), by issuer, then by revocation
+    /// time.
     async fn revoked_unexpired_all(&self, now: i64) -> StoreResult<Vec<RevokedEntry>>;
 
     /// Adds (or updates the reason of) a deny-list entry and revokes every

@@ -130,10 +130,6 @@ impl Store for PostgresStore {
         self.one(sql::ping(), |_| Ok(())).await.map(drop)
     }
 
-    async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
-        self.one(sql::select_setting(key), |r| r.text("value")).await
-    }
-
     async fn init_setting(&self, key: &str, value: &str) -> StoreResult<String> {
         // Read committed: a concurrent insert makes ours wait, then do nothing,
         // and the SELECT (a new snapshot) sees the winner's value.
@@ -241,10 +237,6 @@ impl Store for PostgresStore {
         };
         tx.commit().await.map_err(pg_err)?;
         Ok(revocation)
-    }
-
-    async fn revoked_unexpired(&self, issuer_id: &str, now: i64) -> StoreResult<Vec<RevokedEntry>> {
-        self.all(sql::select_revoked(issuer_id, now), rows::revoked_from_row).await
     }
 
     async fn revoked_unexpired_all(&self, now: i64) -> StoreResult<Vec<RevokedEntry>> {

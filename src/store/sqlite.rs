@@ -141,10 +141,6 @@ impl Store for SqliteStore {
         self.one(sql::ping(), |_| Ok(())).await.map(drop)
     }
 
-    async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
-        self.one(sql::select_setting(key), |r| r.text("value")).await
-    }
-
     async fn init_setting(&self, key: &str, value: &str) -> StoreResult<String> {
         let (insert, select) = (sql::insert_setting(key, value), sql::select_setting(key));
         let missing = StoreError::Backend(format!("setting {key:?} vanished after insert"));
@@ -250,10 +246,6 @@ impl Store for SqliteStore {
             Ok(Revocation { outcome, certificate })
         })
         .await
-    }
-
-    async fn revoked_unexpired(&self, issuer_id: &str, now: i64) -> StoreResult<Vec<RevokedEntry>> {
-        self.all(sql::select_revoked(issuer_id, now), rows::revoked_from_row).await
     }
 
     async fn revoked_unexpired_all(&self, now: i64) -> StoreResult<Vec<RevokedEntry>> {

@@ -53,7 +53,7 @@ impl Stmt {
 
 macro_rules! stmt {
     ($sql:expr $(, $value:expr)* $(,)?) => {
-        Stmt { sql: Cow::Borrowed($sql), params: vec![$(Param::from($value)),*], conflict: None }
+        Stmt { sql: std::borrow::Cow::Borrowed($sql), params: vec![$(Param::from($value)),*], conflict: None }
     };
 }
 pub(super) use stmt;
@@ -175,13 +175,6 @@ pub(super) fn revoke_one(serial: &str, reason: &str, at: i64) -> Stmt {
     let sql = "UPDATE certificates SET status = 'revoked', revoked_at = $2, revocation_reason = $3 \
                WHERE serial = $1 AND status = 'active' RETURNING *";
     stmt!(sql, serial, at, reason)
-}
-
-pub(super) fn select_revoked(issuer_id: &str, now: i64) -> Stmt {
-    let sql = "SELECT serial, revoked_at, revocation_reason, not_after, issuer_id, spiffe_id, fingerprint \
-               FROM certificates WHERE issuer_id = $1 AND status = 'revoked' AND not_after > $2 \
-               ORDER BY revoked_at, serial";
-    stmt!(sql, issuer_id, now)
 }
 
 /// Every issuer's revoked unexpired certificates, by issuer.
