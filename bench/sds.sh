@@ -7,22 +7,28 @@
 #   2. starts trustmesh on a temp data dir and socket, creates one entry
 #      (spiffe://example.org/bench/envoy, selector unix:uid:<my uid>) that
 #      serves every stream, and one certificate per run to revoke;
-#   3. per run (N x flavor): a FRESH trustmesh process on the same data dir
-#      (freed memory of an earlier run would hide the cost of the next one),
-#      then bench/sds_streams.rs: one warm-up stream, N streams (default +
-#      ROOTCA, ~61 KB node on the first request, every response ACKed), RSS,
-#      then `trustmesh pki cert revoke <serial>` and the time until every
-#      stream has the new ROOTCA;
+#   3. per run (N x API x flavor x node setting): a FRESH trustmesh process on
+#      the same data dir (freed memory of an earlier run would hide the cost
+#      of the next one), then bench/sds_streams.rs: one warm-up stream, N
+#      streams over N/100 connections (default + ROOTCA, a ~61 KB node on the
+#      first request only or on every request — Envoy's default — every
+#      response ACKed), RSS, 3 rounds of repeated ACKs from every stream for
+#      the server's CPU per ACK (counted through /metrics), then `trustmesh
+#      pki cert revoke <serial>` and the time until every stream has the new
+#      ROOTCA;
 #   4. stops everything (trap) and prints a summary against the targets.
-# Tunables (environment): SDS_BENCH_NS ("1000 10000"), SDS_BENCH_FLAVORS
-# ("delta sotw"), BENCH_PER_CONN (100), BENCH_OPEN_CONCURRENCY (100),
-# BENCH_NODE_BYTES (61000), BENCH_API (sds), SDS_BENCH_SUMMARY_OUT (file).
+# Tunables (environment): SDS_BENCH_NS ("1000 10000"), SDS_BENCH_APIS
+# ("sds ads"), SDS_BENCH_FLAVORS ("delta sotw"), SDS_BENCH_NODES ("first
+# every"), BENCH_PER_CONN (100), BENCH_OPEN_CONCURRENCY (100),
+# BENCH_NODE_BYTES (61000), BENCH_ACK_ROUNDS (3), SDS_BENCH_SUMMARY_OUT (file).
 set -euo pipefail
 
 source "$(dirname "$0")/lib.sh"
 bench_init sds
 NS=${SDS_BENCH_NS:-1000 10000}
+APIS=${SDS_BENCH_APIS:-sds ads}
 FLAVORS=${SDS_BENCH_FLAVORS:-delta sotw}
+NODES=${SDS_BENCH_NODES:-first every}
 # 10,000 streams over ~100 connections need few descriptors, but be generous.
 raise_open_files
 
@@ -41,8 +47,12 @@ start_trustmesh setup --socket "$SOCKET"
 tm entry create --spiffe-id spiffe://example.org/bench/envoy --selector "unix:uid:$(id -u)" >&2
 RUNS=()
 for n in $NS; do
-    for flavor in $FLAVORS; do
-        RUNS+=("$n:$flavor")
+    for api in $APIS; do
+        for flavor in $FLAVORS; do
+            for node in $NODES; do
+                RUNS+=("$n:$api:$flavor:$node")
+            done
+        done
     done
 done
 SERIALS=()
@@ -56,15 +66,18 @@ stop_pid "$TM_PID" trustmesh
 TM_PID=""
 
 for i in "${!RUNS[@]}"; do
-    n=${RUNS[$i]%%:*}
-    flavor=${RUNS[$i]#*:}
-    say "run $((i + 1))/${#RUNS[@]}: $n $flavor streams (load before: $(load))"
-    start_trustmesh "tm-$n-$flavor" --socket "$SOCKET"
-    "$BENCH" --socket "$SOCKET" --server-pid "$TM_PID" --streams "$n" --flavor "$flavor" \
+    IFS=: read -r n api flavor node <<< "${RUNS[$i]}"
+    name=$n-$api-$flavor-$node
+    every=0
+    [ "$node" = every ] && every=1
+    say "run $((i + 1))/${#RUNS[@]}: $n $api $flavor streams, node on $node request(s) (load before: $(load))"
+    start_trustmesh "tm-$name" --socket "$SOCKET"
+    "$BENCH" --socket "$SOCKET" --server-pid "$TM_PID" --streams "$n" --api "$api" --flavor "$flavor" \
+        --node-every "$every" --metrics-url "http://$HTTP/metrics" \
         -- "$TM" --data-dir "$DATA" --server "https://$API" pki cert revoke "${SERIALS[$i]}" \
-        | tee "$WORK/run-$n-$flavor.out"
+        | tee "$WORK/run-$name.out"
     echo "load after: $(load)" >&2
-    grep -c '"xds stream opened"' "$WORK/tm-$n-$flavor.log" | sed 's/^/server log: streams opened: /' >&2 || true
+    grep -c '"xds stream opened"' "$WORK/tm-$name.log" | sed 's/^/server log: streams opened: /' >&2 || true
     stop_pid "$TM_PID" trustmesh
     TM_PID=""
 done
@@ -73,34 +86,46 @@ say "summary"
 {
     cat "$WORK/machine.txt"
     echo
-    printf '  %-6s %-6s %8s %10s %12s %9s %9s %9s %9s %11s %11s %s\n' N flavor open_s "KiB/stream" "anon KiB/st" "cmd_ms" "p50_ms" "p99_ms" "max_ms" "p99_start" "p99_first" "load (mem | fan-out)"
+    printf '  %-6s %-4s %-6s %-6s %8s %10s %9s %9s %9s %9s %9s %s\n' N api flavor node open_s "KiB/stream" "ack_µs" "cmd_ms" \
+        "p50_ms" "p99_ms" "max_ms" "load (mem | fan-out)"
     for run in "${RUNS[@]}"; do
-        n=${run%%:*}
-        flavor=${run#*:}
-        o=$WORK/run-$n-$flavor.out
+        IFS=: read -r n api flavor node <<< "$run"
+        o=$WORK/run-$n-$api-$flavor-$node.out
         [ -f "$o" ] || continue
-        printf '  %-6s %-6s %8s %10s %12s %9s %9s %9s %9s %11s %11s %s | %s\n' "$n" "$flavor" "$(field open_s "$o")" \
-            "$(python3 -c "print(f'{$(field per_stream_bytes "$o")/1024:.1f}')")" \
-            "$(python3 -c "print(f'{$(field anon_per_stream_bytes "$o")/1024:.1f}')")" \
-            "$(field cmd_ms "$o")" "$(field p50_ms "$o")" "$(field p99_ms "$o")" "$(field max_ms "$o")" \
-            "$(field p99_from_start_ms "$o")" "$(field p99_from_first_ms "$o")" \
-            "$(field load_mem "$o")" "$(field load_fanout "$o")"
+        printf '  %-6s %-4s %-6s %-6s %8s %10s %9s %9s %9s %9s %9s %s | %s\n' "$n" "$api" "$flavor" "$node" \
+            "$(field open_s "$o")" "$(python3 -c "print(f'{$(field per_stream_bytes "$o")/1024:.1f}')")" \
+            "$(field ack_cpu_us "$o")" "$(field cmd_ms "$o")" "$(field p50_ms "$o")" "$(field p99_ms "$o")" \
+            "$(field max_ms "$o")" "$(field load_mem "$o")" "$(field load_fanout "$o")"
     done
     echo
-    echo "  (p50/p99/max: from the revoke command's return to each stream's new ROOTCA; p99_start: from the"
-    echo "   command's start; p99_first: from the first stream that had it; KiB/stream: VmRSS delta / N)"
-    for flavor in $FLAVORS; do
-        o=$WORK/run-10000-$flavor.out
-        [ -f "$o" ] || continue
-        python3 - "$flavor" "$(field per_stream_bytes "$o")" "$(field p99_ms "$o")" <<'EOF'
+    echo "  (p50/p99/max: from the revoke command's return to each stream's new ROOTCA; KiB/stream: VmRSS"
+    echo "   delta / N; ack_µs: server CPU per repeated ACK, node as the run sends it)"
+    for api in $APIS; do
+        for flavor in $FLAVORS; do
+            for node in $NODES; do
+                o=$WORK/run-10000-$api-$flavor-$node.out
+                [ -f "$o" ] || continue
+                python3 - "$api $flavor, node on $node" "$(field per_stream_bytes "$o")" "$(field p99_ms "$o")" <<'EOF'
 import sys
-flavor, mem, p99 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+what, mem, p99 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 kib = mem / 1024
-print(f"  target memory <= 20 KiB/stream at 10,000 ({flavor}): {kib:.1f} KiB -> "
+print(f"  target memory <= 20 KiB/stream at 10,000 ({what}): {kib:.1f} KiB -> "
       + ("MET" if kib <= 20 else f"MISSED by {kib - 20:.1f} KiB ({kib / 20:.1f}x)"))
-print(f"  target fan-out p99 <= 250 ms at 10,000 ({flavor}): {p99:.0f} ms -> "
+print(f"  target fan-out p99 <= 250 ms at 10,000 ({what}): {p99:.0f} ms -> "
       + ("MET" if p99 <= 250 else f"MISSED by {p99 - 250:.0f} ms ({p99 / 250:.1f}x)"))
 EOF
+            done
+            first=$WORK/run-10000-$api-$flavor-first.out
+            every=$WORK/run-10000-$api-$flavor-every.out
+            [ -f "$first" ] && [ -f "$every" ] || continue
+            python3 - "$api $flavor" "$(field ack_cpu_us "$first")" "$(field ack_cpu_us "$every")" <<'EOF'
+import sys
+what, first, every = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+ratio = every / first
+print(f"  target per-ACK CPU with the node <= 1.5x without ({what}): {every:.1f} vs {first:.1f} us = {ratio:.2f}x -> "
+      + ("MET" if ratio <= 1.5 else "MISSED"))
+EOF
+        done
     done
 } | tee "$WORK/summary.txt"
 if [ -n "${SDS_BENCH_SUMMARY_OUT:-}" ]; then

@@ -80,6 +80,12 @@ sds_streams: memory per SDS stream and fan-out latency of a trust-bundle change.
   --per-conn K             streams per HTTP/2 connection (100)
   --open-concurrency C     stream openings in flight at once (100)
   --node-bytes B           encoded size of the node on the first request (61000; 0: id and cluster only)
+  --node-every 0|1         1: the node on every request, ACKs included (Envoy's default); 0: on the
+                           first request only (set_node_on_first_message_only) (0)
+  --ack-rounds R           after the streams are open, each sends R more ACKs of its last response;
+                           server CPU per ACK (needs the server's ACK count: in process, or
+                           --metrics-url) (3; 0: skip)
+  --metrics-url URL        the server's Prometheus endpoint (http://HOST:PORT/metrics)
   --settle S               seconds to wait after the last ACK before reading RSS (3)
   --timeout S              seconds to wait for every stream to see the change (60)
   --client-threads T       tokio worker threads of this client (1)
@@ -100,6 +106,9 @@ struct Args {
     per_conn: usize,
     open_concurrency: usize,
     node_bytes: usize,
+    node_every: bool,
+    ack_rounds: u32,
+    metrics_url: Option<String>,
     settle: f64,
     timeout: f64,
     client_threads: usize,
@@ -172,6 +181,9 @@ fn parse_args() -> Result<Args, String> {
         per_conn: num(get("per-conn"), 100, "per-conn")?.max(1),
         open_concurrency: num(get("open-concurrency"), 100, "open-concurrency")?.max(1),
         node_bytes: num(get("node-bytes"), 61_000, "node-bytes")?,
+        node_every: num(get("node-every"), 0u8, "node-every")? != 0,
+        ack_rounds: num(get("ack-rounds"), 3, "ack-rounds")?,
+        metrics_url: get("metrics-url"),
         settle: num(get("settle"), 3.0, "settle")?,
         timeout: num(get("timeout"), 60.0, "timeout")?,
         client_threads: num(get("client-threads"), 1, "client-threads")?.max(1),
@@ -283,6 +295,10 @@ struct Shared {
     responses: AtomicU64,
     /// Encoded bytes of every response received.
     response_bytes: AtomicU64,
+    /// The node on every request, not only the first.
+    node_every: bool,
+    /// Rounds of repeated ACKs asked of every stream (`--ack-rounds`).
+    reack: tokio::sync::watch::Sender<u32>,
 }
 
 impl Shared {
@@ -373,7 +389,12 @@ async fn sotw_stream(
 ) {
     let names: Vec<String> = NAMES.iter().map(|s| s.to_string()).collect();
     let (tx, rx) = mpsc::channel::<SotwRequest>(4);
-    let first = SotwRequest { node, resource_names: names.clone(), type_url: SECRET_TYPE.into(), ..Default::default() };
+    let first = SotwRequest {
+        node: node.clone(),
+        resource_names: names.clone(),
+        type_url: SECRET_TYPE.into(),
+        ..Default::default()
+    };
     let _ = tx.send(first).await;
     // Large CRLs make large validation contexts: no 4 MB cap on this side.
     let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
@@ -392,8 +413,23 @@ async fn sotw_stream(
         };
     let mut opened = Some(opened);
     let (mut rootca, mut default) = (None, false);
+    let mut reack = shared.reack.subscribe();
+    reack.mark_unchanged();
+    let mut last_ack = None;
     loop {
-        let r = match responses.message().await {
+        let next = tokio::select! {
+            m = responses.message() => m,
+            Ok(()) = reack.changed() => {
+                let rounds = *reack.borrow_and_update();
+                for ack in std::iter::repeat_n(last_ack.clone(), rounds as usize).flatten() {
+                    if tx.send(ack).await.is_err() {
+                        return shared.ended("request stream closed".into());
+                    }
+                }
+                continue;
+            }
+        };
+        let r = match next {
             Ok(Some(r)) => r,
             Ok(None) | Err(_) if opened.is_some() => {
                 if let Some(o) = opened.take() {
@@ -417,11 +453,12 @@ async fn sotw_stream(
         }
         let ack = SotwRequest {
             version_info: r.version_info,
+            node: if shared.node_every { node.clone() } else { Bytes::new() },
             resource_names: names.clone(),
             type_url: r.type_url,
             response_nonce: r.nonce,
-            ..Default::default()
         };
+        last_ack = Some(ack.clone());
         if tx.send(ack).await.is_err() {
             return shared.ended("request stream closed".into());
         }
@@ -448,7 +485,7 @@ async fn delta_stream(
 ) {
     let (tx, rx) = mpsc::channel::<DeltaRequest>(4);
     let first = DeltaRequest {
-        node,
+        node: node.clone(),
         type_url: SECRET_TYPE.into(),
         resource_names_subscribe: NAMES.iter().map(|s| s.to_string()).collect(),
         response_nonce: String::new(),
@@ -471,8 +508,23 @@ async fn delta_stream(
     };
     let mut opened = Some(opened);
     let (mut rootca, mut default) = (None, false);
+    let mut reack = shared.reack.subscribe();
+    reack.mark_unchanged();
+    let mut last_ack = None;
     loop {
-        let r = match responses.message().await {
+        let next = tokio::select! {
+            m = responses.message() => m,
+            Ok(()) = reack.changed() => {
+                let rounds = *reack.borrow_and_update();
+                for ack in std::iter::repeat_n(last_ack.clone(), rounds as usize).flatten() {
+                    if tx.send(ack).await.is_err() {
+                        return shared.ended("request stream closed".into());
+                    }
+                }
+                continue;
+            }
+        };
+        let r = match next {
             Ok(Some(r)) => r,
             Ok(None) | Err(_) if opened.is_some() => {
                 if let Some(o) = opened.take() {
@@ -494,7 +546,13 @@ async fn delta_stream(
             }
             rootca = Some(h);
         }
-        let ack = DeltaRequest { type_url: r.type_url, response_nonce: r.nonce, ..Default::default() };
+        let ack = DeltaRequest {
+            node: if shared.node_every { node.clone() } else { Bytes::new() },
+            type_url: r.type_url,
+            response_nonce: r.nonce,
+            ..Default::default()
+        };
+        last_ack = Some(ack.clone());
         if tx.send(ack).await.is_err() {
             return shared.ended("request stream closed".into());
         }
@@ -596,10 +654,26 @@ fn start_in_process(dir: &std::path::Path, call: Call, prefill: usize) -> Result
 }
 
 /// ACKs the in-process server has counted (`trustmesh.sds.acks`).
+/// The server's `trustmesh_sds_acks` counter, read from its Prometheus
+/// endpoint (`http://HOST:PORT/PATH`, plain HTTP/1.0).
+async fn scrape_acks(url: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut conn = tokio::net::TcpStream::connect(host).await.ok()?;
+    conn.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await.ok()?;
+    let mut body = String::new();
+    conn.read_to_string(&mut body).await.ok()?;
+    Some(acks_in(&body))
+}
+
 fn server_acks(telemetry: &trustmesh::telemetry::Telemetry) -> f64 {
-    telemetry
-        .render()
-        .lines()
+    acks_in(&telemetry.render())
+}
+
+/// The sum of the `trustmesh_sds_acks` samples in a Prometheus text page.
+fn acks_in(page: &str) -> f64 {
+    page.lines()
         .filter(|l| l.starts_with("trustmesh_sds_acks"))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
@@ -653,11 +727,12 @@ async fn run(args: Args, server: Option<&InProcess>) -> i32 {
     let server_cpu_ms = || if in_process { threads_cpu_ms(SERVER_THREADS) } else { cpu_ms(pid) };
     let client_cpu_ms = || if in_process { threads_cpu_ms(CLIENT_THREADS) } else { cpu_ms(std::process::id()) };
     eprintln!(
-        "sds_streams: {n} {flavor} streams ({} API), {} per connection, {} openings in flight, node {} bytes on the first request",
+        "sds_streams: {n} {flavor} streams ({} API), {} per connection, {} openings in flight, node {} bytes on {}",
         if args.ads { "ADS" } else { "SDS" },
         args.per_conn,
         args.open_concurrency,
-        node.len()
+        node.len(),
+        if args.node_every { "every request" } else { "the first request" }
     );
 
     let shared = Arc::new(Shared {
@@ -671,6 +746,8 @@ async fn run(args: Args, server: Option<&InProcess>) -> i32 {
         first_end: parking_lot::Mutex::new(None),
         responses: AtomicU64::new(0),
         response_bytes: AtomicU64::new(0),
+        node_every: args.node_every,
+        reack: tokio::sync::watch::Sender::new(0),
     });
 
     // One warm-up stream on its own connection, kept open: the server mints
@@ -800,13 +877,57 @@ async fn run(args: Args, server: Option<&InProcess>) -> i32 {
     }
 
     let mut result = format!(
-        "RESULT flavor={flavor} api={} streams={n} conns={conns} per_conn={} node_bytes={} open_s={open_secs:.2} \
-         rss_before_kib={rss_before} rss_open_kib={rss_open} per_stream_bytes={per_stream:.0} \
+        "RESULT flavor={flavor} api={} streams={n} conns={conns} per_conn={} node_bytes={} node_every={} \
+         open_s={open_secs:.2} rss_before_kib={rss_before} rss_open_kib={rss_open} per_stream_bytes={per_stream:.0} \
          anon_per_stream_bytes={per_stream_anon:.0} load_mem=\"{load_mem}\"",
         if args.ads { "ads" } else { "sds" },
         args.per_conn,
-        node.len()
+        node.len(),
+        u8::from(args.node_every)
     );
+
+    // Server CPU per ACK: every stream (the warm-up one too) repeats its last
+    // ACK `ack_rounds` times; the window ends when the server has counted them.
+    if args.ack_rounds > 0 {
+        let acks_now = || async {
+            match (server, &args.metrics_url) {
+                (Some(s), _) => Some(server_acks(&s.telemetry)),
+                (None, Some(url)) => scrape_acks(url).await,
+                (None, None) => None,
+            }
+        };
+        match acks_now().await {
+            None => eprintln!("sds_streams: no ACK count from the server (--metrics-url): per-ACK CPU not measured"),
+            Some(before) => {
+                let want = before + f64::from(args.ack_rounds) * (n + 1) as f64;
+                let cpu_before = server_cpu_ms();
+                let started = Instant::now();
+                shared.reack.send_replace(args.ack_rounds);
+                let deadline = started + Duration::from_secs_f64(args.timeout);
+                let mut counted = before;
+                while counted < want && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    counted = acks_now().await.unwrap_or(counted);
+                }
+                let cpu = server_cpu_ms().saturating_sub(cpu_before);
+                let acks = counted - before;
+                let per_ack_us = cpu as f64 * 1e3 / acks.max(1.0);
+                let (rss_acks, _) = rss_kib(pid);
+                eprintln!(
+                    "{acks:.0} repeated ACKs counted by the server in {:.2} s: server CPU {cpu} ms, {per_ack_us:.1} µs per ACK; VmRSS {rss_acks} KiB after",
+                    started.elapsed().as_secs_f64()
+                );
+                if counted < want {
+                    eprintln!("sds_streams: the server counted {acks:.0} of {} repeated ACKs", want - before);
+                    return 1;
+                }
+                result.push_str(&format!(
+                    " ack_rounds={} acks_counted={acks:.0} ack_cpu_ms={cpu} ack_cpu_us={per_ack_us:.1} rss_after_acks_kib={rss_acks}",
+                    args.ack_rounds
+                ));
+            }
+        }
+    }
 
     let mut code = 0;
     if !args.trigger.is_empty() || server.is_some() {

@@ -11,7 +11,9 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::envoy::bootstrap::{bootstrap_json, bootstrap_with_token, client_bootstrap, server_bootstrap, with_files};
+use support::envoy::bootstrap::{
+    bootstrap_json, bootstrap_with_token, client_bootstrap, node_on_every_request, server_bootstrap, with_files,
+};
 use support::envoy::http::{self, Upstream};
 use support::envoy::{DENY_LIST_RELOADS, ENVOY_VERSION, Envoy, envoy_alias, envoy_bin, sum_stats, validate};
 use support::openssl::{normalize_serial, openssl_self_signed, pem_blocks, pem_file_serial};
@@ -142,6 +144,9 @@ struct MeshOptions {
     client_delta: bool,
     /// The validation context secret each side asks for.
     validation: &'static str,
+    /// Envoy's default: the node on every xDS request, ACKs included (the
+    /// generated bootstraps send it on the first request only).
+    node_on_every_request: bool,
 }
 
 impl Default for MeshOptions {
@@ -151,6 +156,7 @@ impl Default for MeshOptions {
             server_delta: false,
             client_delta: false,
             validation: "spiffe://example.org",
+            node_on_every_request: false,
         }
     }
 }
@@ -194,7 +200,8 @@ impl Mesh {
         let listener = format!("{SERVER_LISTENER}:0:{CLIENT_ID}");
         let delta: &[&str] = if opts.server_delta { &["--delta"] } else { &[] };
         let args = [&["--validation", opts.validation], delta].concat();
-        server_bootstrap(tm, "envoy-server", SERVER_ID, &listener, upstream_port, &args)
+        let yaml = server_bootstrap(tm, "envoy-server", SERVER_ID, &listener, upstream_port, &args);
+        if opts.node_on_every_request { node_on_every_request(&yaml) } else { yaml }
     }
 
     /// The client side: route `to_server` to the server-side Envoy, one
@@ -203,7 +210,8 @@ impl Mesh {
         let route = format!("{CLIENT_ROUTE}:0:127.0.0.1:{server_port}:{SERVER_ID}");
         let delta: &[&str] = if opts.client_delta { &["--delta"] } else { &[] };
         let args = [&["--validation", opts.validation], delta].concat();
-        client_bootstrap(tm, "envoy-client", CLIENT_ID, &route, true, &args)
+        let yaml = client_bootstrap(tm, "envoy-client", CLIENT_ID, &route, true, &args);
+        if opts.node_on_every_request { node_on_every_request(&yaml) } else { yaml }
     }
 
     fn request_ok(&self) -> String {
@@ -287,11 +295,13 @@ fn two_envoys_get_everything_from_trustmesh() {
 #[test]
 fn rotation_under_traffic_has_zero_failures() {
     // 20 s SVIDs rotate at ~10 s (50 % ± 10 %); the client side on delta SDS,
-    // the server side on state-of-the-world SDS.
+    // the server side on state-of-the-world SDS; both at Envoy's default of
+    // sending their whole node with every request and ACK.
     let mesh = Mesh::start(MeshOptions {
         svid_ttl_secs: Some(20),
         client_delta: true,
         validation: "ROOTCA",
+        node_on_every_request: true,
         ..Default::default()
     });
     assert_eq!(mesh.request_ok(), CLIENT_ID);
@@ -352,6 +362,10 @@ fn rotation_under_traffic_has_zero_failures() {
         assert_eq!(sds_stat(envoy, secret, "update_rejected"), 0, "{secret}: {}", envoy.diagnostics());
     }
     assert!(sds_stat(&mesh.client, CLIENT_ID, "update_success") >= 3);
+    // Envoy's node came with every ACK and was never taken for another one.
+    let log = mesh.tm.log();
+    assert!(!log.contains("xds request with another node"), "{}", mesh.tm.log_tail(40));
+    assert!(log.matches("\"xds stream opened\"").count() >= 2, "{}", mesh.tm.log_tail(40));
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
@@ -264,6 +264,39 @@ async fn a_garbage_node_is_a_clear_error_on_the_first_request_and_never_parsed_a
     h.publish_trust(fake_trust(2, "root-2"));
     let second = rx.message().await.unwrap().unwrap();
     assert_eq!(second.nonce, "2");
+}
+
+#[tokio::test]
+async fn envoys_default_node_on_every_request_is_skipped_and_a_changed_node_changes_nothing() {
+    let h = Harness::start().await;
+    let mut s = Sotw::sds(h.channel().await, "alice").await.unwrap();
+    // Envoy's default: its whole node, Envoy-sized, on every request, ACKs and NACKs included.
+    let envoy_sized = |n: Node| Node { user_agent_name: "e".repeat(61_000), ..n };
+    let first_node = envoy_sized(node("n1", "unrelated", Kind::BoolValue(true)));
+    let with_node = |n: &Node, r: DiscoveryRequest| DiscoveryRequest { node: Some(n.clone()), ..r };
+    s.send(with_node(&first_node, req(&["ROOTCA"], "", ""))).await;
+    let r1 = s.recv().await;
+    let spiffe_validator = |r: &DiscoveryResponse| {
+        let rootca = r.resources.iter().map(secret).find(|s| s.name == "ROOTCA").unwrap();
+        let secret::Type::ValidationContext(ctx) = rootca.r#type.unwrap() else { panic!() };
+        ctx.custom_validator_config.is_some()
+    };
+    assert!(spiffe_validator(&r1));
+    // A NACK with the node: its error detail is read, nothing is resent.
+    s.send(with_node(&first_node, DiscoveryRequest { error_detail: nack_detail(), ..req(&["ROOTCA"], "", &r1.nonce) }))
+        .await;
+    // A node that changed mid-stream (it asks for the other validator): the
+    // request is served, the stream keeps its first node's choice.
+    let other_node = envoy_sized(node("n2", "disable_spiffe_cert_validation", Kind::BoolValue(true)));
+    s.send(with_node(&other_node, req(&["ROOTCA", ALICE], "", &r1.nonce))).await;
+    let r2 = s.recv().await;
+    assert_eq!(r2.nonce, "2", "the NACK was not answered with a resend");
+    assert!(names(&r2).contains(&ALICE.to_string()));
+    s.send(with_node(&other_node, req(&["ROOTCA", ALICE], &r2.version_info, &r2.nonce))).await;
+    h.publish_trust(fake_trust(2, "root-2"));
+    let r3 = s.recv().await;
+    assert_eq!(r3.nonce, "3");
+    assert!(spiffe_validator(&r3), "the validator of the first node stays");
 }
 
 #[tokio::test]

@@ -31,9 +31,9 @@ pub mod sotw;
 pub mod wire;
 
 mod metrics;
+mod reader;
 mod service;
 mod stream;
-mod tap;
 mod yaml;
 
 use std::sync::Arc;
@@ -93,7 +93,7 @@ pub enum SdsError {
     Protocol(#[from] protocol::ProtocolError),
     #[error("the node in the first request is not a valid envoy.config.core.v3.Node: {0}")]
     Node(String),
-    #[error("the first request is not a valid xDS request: {0}")]
+    #[error("a request is not a valid xDS request: {0}")]
     Request(String),
     #[error("no registration entry matches the caller's selectors")]
     NoEntry,

@@ -1,6 +1,6 @@
 //! The tonic services: routing by method, attestation, `FetchSecrets`. The
-//! streams themselves are driven in `stream.rs` (with the first request
-//! taken out of the body by `tap.rs`); the protocol is in the state
+//! streams themselves are driven in `stream.rs` (with their requests read
+//! off the body by `reader.rs`); the protocol is in the state
 //! machines. Nothing here decides what a reply contains.
 
 use crate::domain::text;

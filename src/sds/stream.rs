@@ -3,8 +3,10 @@
 //! machine, and sends what it returns. The driver is the response stream
 //! itself (no extra task): it lives exactly as long as the RPC.
 //!
-//! Per ACK the work is: decode the request (the node stays undecoded bytes),
-//! compare a nonce, log. The node is decoded once, from the first request.
+//! Per ACK the work is: read the request's fields past its node
+//! (`reader.rs`: Envoy's ~61 KB node is skipped as it arrives, never copied),
+//! decode the few bytes left, compare a nonce, log. The node is decoded once,
+//! from the first request.
 //! Per push: diff against the catalog all streams of the identity set share,
 //! and write the reply as one gRPC frame ([`ReplyBody`]): a few fields and a
 //! copy of each pre-encoded resource.
@@ -20,16 +22,14 @@ use futures::task::AtomicWaker;
 use prost::Message as _;
 use prost::bytes::Bytes;
 use tonic::body::Body;
-use tonic::codec::BufferSettings;
-use tonic::{Request, Status, Streaming};
-use tonic_prost::ProstDecoder;
+use tonic::{Request, Status};
 
 use super::delta::{DeltaReply, DeltaStream};
 use super::metrics::SdsMetrics;
 use super::protocol::{Catalog, Notice, ProtocolError};
+use super::reader::{Message, NodeSeen, Requests};
 use super::service::Shared;
 use super::sotw::{SotwReply, SotwStream};
-use super::tap::{First, FirstMessageTap};
 use super::{MAX_MESSAGE_BYTES, SdsError, status, wire};
 use crate::cache::IdentityWatch;
 use crate::domain::text;
@@ -58,12 +58,6 @@ pub(crate) async fn serve(
 
 type Replies<R> = Pin<Box<dyn Stream<Item = Result<R, Status>> + Send>>;
 
-/// Initial size of the decoder's per-stream buffer (tonic's default is
-/// 8 KiB): after the first request, an xDS request is a few hundred bytes.
-const DECODE_BUFFER: usize = 1024;
-/// Part of tonic's buffer settings; decoding does not use it (tonic's default).
-const YIELD_THRESHOLD: usize = 32 * 1024;
-
 async fn serve_as<M: Machine>(
     shared: Arc<Shared>,
     req: http::Request<Body>,
@@ -74,18 +68,14 @@ async fn serve_as<M: Machine>(
         let name = text::shorten(&String::from_utf8_lossy(encoding.as_bytes()), 64);
         return Status::unimplemented(format!("Content is compressed with `{name}` which isn't supported")).into_http();
     }
-    // The first message (with Envoy's large node) goes to the driver past
-    // tonic's decoder, whose buffer would otherwise stay that large (`tap.rs`).
     let (parts, body) = req.into_parts();
-    let (body, first) = FirstMessageTap::new(body, MAX_MESSAGE_BYTES);
-    let decoder = ProstDecoder::<M::Request>::new(BufferSettings::new(DECODE_BUFFER, YIELD_THRESHOLD));
-    let requests = Streaming::new_request(decoder, body, None, Some(MAX_MESSAGE_BYTES));
+    let requests = Requests::new(body, M::NODE_FIELD, MAX_MESSAGE_BYTES);
     let request = Request::from_http(http::Request::from_parts(parts, ()));
     let watch = match shared.caller(&request).await {
         Ok(watch) => watch,
         Err(s) => return s.into_http(),
     };
-    let driver = Driver::<M>::new(shared, watch, requests, Some(first), default_type);
+    let driver = Driver::<M>::new(shared, watch, requests, default_type);
     let replies: Replies<M::Response> =
         Box::pin(futures::stream::unfold(driver, |mut d| async move { d.next().await.map(|r| (r, d)) }));
     let mut response = http::Response::new(Body::new(ReplyBody::<M> { replies, done: false }));
@@ -152,6 +142,8 @@ pub(crate) trait Machine: Send + Sized + 'static {
     type Request: prost::Message + Default + Send + 'static;
     type Response: Send + 'static;
     const FLAVOR: &'static str;
+    /// The node's field number in [`Machine::Request`].
+    const NODE_FIELD: u32;
 
     fn node(req: &Self::Request) -> &Bytes;
     fn start(catalog: Arc<dyn Catalog>) -> Self;
@@ -167,11 +159,12 @@ pub(crate) type Out<M> = (Vec<<M as Machine>::Response>, Vec<Notice>);
 
 /// Both flavours drive the same loop; only their wire types differ.
 macro_rules! machine {
-    ($ty:ident, $req:ty, $resp:ty, $encode:path, $len:path, $flavor:literal) => {
+    ($ty:ident, $req:ty, $resp:ty, $encode:path, $len:path, $flavor:literal, $node_field:literal) => {
         impl Machine for $ty {
             type Request = $req;
             type Response = $resp;
             const FLAVOR: &'static str = $flavor;
+            const NODE_FIELD: u32 = $node_field;
 
             fn node(req: &Self::Request) -> &Bytes {
                 &req.node
@@ -197,18 +190,16 @@ macro_rules! machine {
     };
 }
 
-machine!(SotwStream, wire::DiscoveryRequest, SotwReply, wire::encode_sotw, wire::sotw_len, "sotw");
-machine!(DeltaStream, wire::DeltaDiscoveryRequest, DeltaReply, wire::encode_delta, wire::delta_len, "delta");
+machine!(SotwStream, wire::DiscoveryRequest, SotwReply, wire::encode_sotw, wire::sotw_len, "sotw", 2);
+machine!(DeltaStream, wire::DeltaDiscoveryRequest, DeltaReply, wire::encode_delta, wire::delta_len, "delta", 1);
 
 struct Driver<M: Machine> {
     shared: Arc<Shared>,
     watch: IdentityWatch,
-    requests: Streaming<M::Request>,
+    requests: Requests,
     /// Whether the request body may have something: see [`BodyWake`].
     body: Arc<BodyWake>,
     body_waker: Waker,
-    /// The first request, taken out of the body by the tap (`None` once read).
-    first: Option<First>,
     default_type: Option<&'static str>,
     /// Set by the first request (it carries the node).
     machine: Option<(M, wire::NodeInfo)>,
@@ -221,20 +212,13 @@ struct Driver<M: Machine> {
     warnings: Throttle,
 }
 
-enum Event<T> {
-    First(Option<prost::bytes::Bytes>),
-    Request(Result<Option<T>, Status>),
+enum Event {
+    Request(Result<Option<Message>, Status>),
     Changed(bool),
 }
 
 impl<M: Machine> Driver<M> {
-    fn new(
-        shared: Arc<Shared>,
-        watch: IdentityWatch,
-        requests: Streaming<M::Request>,
-        first: Option<First>,
-        default_type: Option<&'static str>,
-    ) -> Self {
+    fn new(shared: Arc<Shared>, watch: IdentityWatch, requests: Requests, default_type: Option<&'static str>) -> Self {
         let body = Arc::new(BodyWake { woken: AtomicBool::new(true), task: AtomicWaker::new() });
         Self {
             shared,
@@ -242,7 +226,6 @@ impl<M: Machine> Driver<M> {
             requests,
             body_waker: Waker::from(body.clone()),
             body,
-            first,
             default_type,
             machine: None,
             queue: VecDeque::new(),
@@ -263,7 +246,6 @@ impl<M: Machine> Driver<M> {
                 return None;
             }
             let started = self.machine.is_some();
-            let tapped = self.first.is_some();
             let (requests, body, body_waker) = (&mut self.requests, &*self.body, &self.body_waker);
             // A change is looked at before the request stream, and the
             // request stream only when it signalled (`BodyWake`): a wake-up
@@ -272,39 +254,11 @@ impl<M: Machine> Driver<M> {
             // connection's lock, shared with the connection's task).
             let event = tokio::select! {
                 biased;
-                f = async {
-                    match self.first.as_mut() {
-                        Some(rx) => rx.await.ok().flatten(),
-                        None => None,
-                    }
-                }, if tapped => Event::First(f),
                 c = self.watch.updates.changed(), if started => Event::Changed(c.is_ok()),
                 r = std::future::poll_fn(|cx| poll_request(requests, body, body_waker, cx)) => Event::Request(r),
             };
             let outcome = match event {
-                Event::First(first) => {
-                    self.first = None;
-                    match first.map(M::Request::decode) {
-                        Some(Ok(req)) => self.on_request(req),
-                        Some(Err(e)) => Err(SdsError::Request(e.to_string())),
-                        // The tap stood aside: the first message comes through tonic.
-                        None => Ok(()),
-                    }
-                }
-                Event::Request(Ok(Some(req))) => {
-                    // The tap hands the first message over before tonic can see
-                    // the second; take it first if both arrived together.
-                    match self.first.as_mut().map(|rx| rx.try_recv()) {
-                        Some(Ok(Some(bytes))) => {
-                            self.first = None;
-                            match M::Request::decode(bytes) {
-                                Ok(first) => self.on_request(first).and_then(|()| self.on_request(req)),
-                                Err(e) => Err(SdsError::Request(e.to_string())),
-                            }
-                        }
-                        _ => self.on_request(req),
-                    }
-                }
+                Event::Request(Ok(Some(message))) => self.on_message(message),
                 Event::Request(Ok(None)) => return None,
                 Event::Request(Err(s)) => {
                     tracing::debug!(node_id = %self.node_id(), code = ?s.code(), error = %s.message(), "xds stream ended by the client");
@@ -325,6 +279,17 @@ impl<M: Machine> Driver<M> {
                 self.queue.push_back(Err(s));
             }
         }
+    }
+
+    fn on_message(&mut self, message: Message) -> Result<(), SdsError> {
+        let req = M::Request::decode(message.bytes).map_err(|e| SdsError::Request(e.to_string()))?;
+        if message.node == NodeSeen::Changed
+            && let Some((_, node)) = &self.machine
+            && let Some(held_back) = self.warnings.admit(std::time::Instant::now())
+        {
+            tracing::warn!(node_id = %node.id, warnings_held_back = held_back, "xds request with another node ignored: the stream keeps the node of its first request; reconnect to change it");
+        }
+        self.on_request(req)
     }
 
     fn on_request(&mut self, req: M::Request) -> Result<(), SdsError> {
@@ -400,18 +365,18 @@ impl Wake for BodyWake {
     }
 }
 
-fn poll_request<T>(
-    requests: &mut Streaming<T>,
+fn poll_request(
+    requests: &mut Requests,
     body: &BodyWake,
     body_waker: &Waker,
     cx: &mut Context<'_>,
-) -> Poll<Result<Option<T>, Status>> {
+) -> Poll<Result<Option<Message>, Status>> {
     // Registered before the flag is read: a signal in between wakes this task.
     body.task.register(cx.waker());
     if !body.woken.swap(false, Ordering::AcqRel) {
         return Poll::Pending;
     }
-    let polled = Pin::new(requests).poll_next(&mut Context::from_waker(body_waker));
+    let polled = requests.poll_next(&mut Context::from_waker(body_waker));
     match polled {
         Poll::Pending => Poll::Pending,
         Poll::Ready(item) => {

@@ -370,7 +370,10 @@ fn a_client_that_nacks_in_a_loop_costs_a_log_line_per_interval() {
         let next = tokio::time::timeout(Duration::from_secs(10), replies.next()).await.unwrap().unwrap().unwrap();
         assert!(!next.resources.is_empty());
     });
-    let nacks = s.log().lines().filter(|l| l.contains("xds nack")).count();
+    // The log reaches this process through a pipe: wait for the first line.
+    let logged = |s: &Server| s.log().lines().filter(|l| l.contains("xds nack")).count();
+    crate::support::process::poll(Duration::from_secs(5), || (logged(&s) > 0).then_some(()));
+    let nacks = logged(&s);
     assert!((1..=3).contains(&nacks), "{nacks} log lines for 500 NACKs");
     assert!(s.log().contains("\"warnings_held_back\"") || nacks == 1);
 }

@@ -63,6 +63,15 @@ pub fn client_bootstrap(
     bootstrap(tm, node_id, spiffe_id, &[&["--upstream", upstream], fresh, args].concat())
 }
 
+/// A generated bootstrap (YAML) at Envoy's default of sending its whole node
+/// on every xDS request (as bootstraps written for other control planes do):
+/// every `set_node_on_first_message_only` the generator wrote becomes false.
+pub fn node_on_every_request(yaml: &str) -> String {
+    const FIRST_ONLY: &str = "set_node_on_first_message_only: true";
+    assert!(yaml.contains(FIRST_ONLY), "the generator no longer writes {FIRST_ONLY}");
+    yaml.replace(FIRST_ONLY, "set_node_on_first_message_only: false")
+}
+
 /// `trustmesh envoy bootstrap` as JSON, for [`with_files`].
 pub fn bootstrap_json(tm: &Server, node_id: &str, spiffe_id: &str, args: &[&str]) -> String {
     let socket = Server::socket_path(&tm.data_dir).display().to_string();
