@@ -12,7 +12,7 @@
 #      of the next one), then bench/sds_streams.rs: one warm-up stream, N
 #      streams over N/100 connections (default + ROOTCA, a ~61 KB node on the
 #      first request only or on every request — Envoy's default — every
-#      response ACKed), RSS, 3 rounds of repeated ACKs from every stream for
+#      response ACKed), RSS, 10 rounds of one repeated ACK from every stream for
 #      the server's CPU per ACK (counted through /metrics), then `trustmesh
 #      pki cert revoke <serial>` and the time until every stream has the new
 #      ROOTCA;
@@ -20,7 +20,7 @@
 # Tunables (environment): SDS_BENCH_NS ("1000 10000"), SDS_BENCH_APIS
 # ("sds ads"), SDS_BENCH_FLAVORS ("delta sotw"), SDS_BENCH_NODES ("first
 # every"), BENCH_PER_CONN (100), BENCH_OPEN_CONCURRENCY (100),
-# BENCH_NODE_BYTES (61000), BENCH_ACK_ROUNDS (3), SDS_BENCH_SUMMARY_OUT (file).
+# BENCH_NODE_BYTES (61000), BENCH_ACK_ROUNDS (10), SDS_BENCH_SUMMARY_OUT (file).
 set -euo pipefail
 
 source "$(dirname "$0")/lib.sh"

@@ -82,9 +82,10 @@ sds_streams: memory per SDS stream and fan-out latency of a trust-bundle change.
   --node-bytes B           encoded size of the node on the first request (61000; 0: id and cluster only)
   --node-every 0|1         1: the node on every request, ACKs included (Envoy's default); 0: on the
                            first request only (set_node_on_first_message_only) (0)
-  --ack-rounds R           after the streams are open, each sends R more ACKs of its last response;
-                           server CPU per ACK (needs the server's ACK count: in process, or
-                           --metrics-url) (3; 0: skip)
+  --ack-rounds R           after the streams are open, R rounds in which every stream sends its last
+                           ACK once more, each round once the server counted the last; server CPU
+                           per ACK (needs the server's ACK count: in process, or --metrics-url)
+                           (10; 0: skip)
   --metrics-url URL        the server's Prometheus endpoint (http://HOST:PORT/metrics)
   --settle S               seconds to wait after the last ACK before reading RSS (3)
   --timeout S              seconds to wait for every stream to see the change (60)
@@ -182,7 +183,7 @@ fn parse_args() -> Result<Args, String> {
         open_concurrency: num(get("open-concurrency"), 100, "open-concurrency")?.max(1),
         node_bytes: num(get("node-bytes"), 61_000, "node-bytes")?,
         node_every: num(get("node-every"), 0u8, "node-every")? != 0,
-        ack_rounds: num(get("ack-rounds"), 3, "ack-rounds")?,
+        ack_rounds: num(get("ack-rounds"), 10, "ack-rounds")?,
         metrics_url: get("metrics-url"),
         settle: num(get("settle"), 3.0, "settle")?,
         timeout: num(get("timeout"), 60.0, "timeout")?,
@@ -902,12 +903,17 @@ async fn run(args: Args, server: Option<&InProcess>) -> i32 {
                 let want = before + f64::from(args.ack_rounds) * (n + 1) as f64;
                 let cpu_before = server_cpu_ms();
                 let started = Instant::now();
-                shared.reack.send_replace(args.ack_rounds);
                 let deadline = started + Duration::from_secs_f64(args.timeout);
                 let mut counted = before;
-                while counted < want && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    counted = acks_now().await.unwrap_or(counted);
+                // One ACK per stream per round, as after a push; the next
+                // round once the server has counted this one's.
+                for round in 1..=args.ack_rounds {
+                    shared.reack.send_replace(1);
+                    let round_want = before + f64::from(round) * (n + 1) as f64;
+                    while counted < round_want && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        counted = acks_now().await.unwrap_or(counted);
+                    }
                 }
                 let cpu = server_cpu_ms().saturating_sub(cpu_before);
                 let acks = counted - before;

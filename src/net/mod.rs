@@ -160,10 +160,13 @@ where
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.first_request);
     // Envoy keeps one long-lived HTTP/2 connection with one stream per SDS
     // resource (or one ADS stream); allow many without flow-control stalls.
+    // Frames up to 256 KiB: a client that sends its 61 KB node with every
+    // xDS request may send each in one DATA frame instead of four.
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(Some(10_000))
+        .max_frame_size(256 * 1024)
         .keep_alive_interval(Some(KEEPALIVE_INTERVAL))
         .keep_alive_timeout(KEEPALIVE_TIMEOUT);
     let connection = builder.serve_connection(io, service);
