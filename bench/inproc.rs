@@ -21,6 +21,7 @@ use trustmesh::issuer::{InitParams, Issuer, IssuerConfig};
 use trustmesh::policy::PolicyEngine;
 use trustmesh::sds::SdsServer;
 use trustmesh::store::Store;
+use trustmesh::trust::Acknowledgements;
 
 pub const TRUST_DOMAIN: &str = "example.org";
 
@@ -86,7 +87,7 @@ pub fn start_sds(issuer: &Arc<Issuer>, socket: &Path) -> Result<Sds, String> {
     });
     let _task = cache.spawn();
     let identities: Arc<dyn IdentitySource> = cache.clone();
-    let sds = SdsServer::new(identities, Arc::new(Attestation::new(Arc::new(side))));
+    let sds = SdsServer::new(identities, Arc::new(Attestation::new(Arc::new(side))), Acknowledgements::new());
     let router = sds.add_to(tonic::service::Routes::default()).prepare().into_axum_router();
     let listener = trustmesh::net::bind_unix(socket).map_err(|e| format!("socket: {e}"))?;
     let (stop, stop_rx) = watch::channel(false);

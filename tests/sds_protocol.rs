@@ -299,6 +299,57 @@ async fn envoys_default_node_on_every_request_is_skipped_and_a_changed_node_chan
     assert!(spiffe_validator(&r3), "the validator of the first node stays");
 }
 
+/// Waits until `f` holds (the server reads requests without answering ACKs).
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn each_stream_reports_the_trust_revision_its_client_acknowledged() {
+    let h = Harness::start().await;
+    let behind = |revision| h.acks.behind(revision).into_iter().map(|b| b.node_id).collect::<Vec<_>>();
+    let n1 = node("n1", "unrelated", Kind::BoolValue(true));
+    let mut s = Sotw::sds(h.channel().await, "alice").await.unwrap();
+    s.send(DiscoveryRequest { node: Some(n1.clone()), ..req(&["ROOTCA"], "", "") }).await;
+    let r1 = s.recv().await;
+    assert_eq!(behind(1), ["n1"], "the first response is in flight");
+    s.send(req(&["ROOTCA"], &r1.version_info, &r1.nonce)).await;
+    eventually("revision 1 acknowledged", || behind(1).is_empty()).await;
+
+    // A new bundle, NACKed: the client kept the old one.
+    h.publish_trust(fake_trust(2, "root-2"));
+    let r2 = s.recv().await;
+    s.send(DiscoveryRequest { error_detail: nack_detail(), ..req(&["ROOTCA"], &r1.version_info, &r2.nonce) }).await;
+    // An unrelated identity change pushes nothing to this stream, and settles nothing.
+    h.source.update(&caller("alice"), |set| set.svids[0] = fake_svid(ALICE, "a2"));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(behind(2), ["n1"], "a NACKed bundle is not held");
+
+    // The next bundle is ACKed: held.
+    h.publish_trust(fake_trust(3, "root-3"));
+    let r3 = s.recv().await;
+    s.send(req(&["ROOTCA"], &r3.version_info, &r3.nonce)).await;
+    eventually("revision 3 acknowledged", || behind(3).is_empty()).await;
+
+    // A stream that asks for nothing the bundle changes holds every revision.
+    let mut other = Sotw::sds(h.channel().await, "alice").await.unwrap();
+    other.send(DiscoveryRequest { node: Some(node("n2", "x", Kind::BoolValue(true))), ..req(&[ALICE], "", "") }).await;
+    let o1 = other.recv().await;
+    other.send(req(&[ALICE], &o1.version_info, &o1.nonce)).await;
+    h.publish_trust(fake_trust(4, "root-4"));
+    let r4 = s.recv().await;
+    eventually("the other stream holds 4 without a push", || behind(4) == ["n1"]).await;
+    s.send(req(&["ROOTCA"], &r4.version_info, &r4.nonce)).await;
+    eventually("both hold 4", || behind(4).is_empty()).await;
+    // Streams that close leave.
+    drop((s, other));
+    eventually("closed streams leave", || h.acks.is_empty()).await;
+}
+
 #[tokio::test]
 async fn a_caller_without_an_entry_is_permission_denied() {
     let h = Harness::start().await;

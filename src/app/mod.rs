@@ -30,6 +30,7 @@ use crate::net::{Gate, Limits, Listener};
 use crate::policy::PolicyEngine;
 use crate::sds::SdsServer;
 use crate::telemetry::Telemetry;
+use crate::trust::Acknowledgements;
 use crate::workload::WorkloadApi;
 
 /// Lifetime of the admin token written at first start.
@@ -199,6 +200,7 @@ async fn run(cfg: &ServeConfig, ready: Ready) -> anyhow::Result<()> {
         let telemetry = telemetry.clone();
         Arc::new(move || telemetry.render())
     };
+    let acks = Acknowledgements::new();
     let side = IssuerSide(issuer.clone());
     let cache = IdentityCache::new(CacheInputs {
         minter: Arc::new(side.clone()),
@@ -209,7 +211,7 @@ async fn run(cfg: &ServeConfig, ready: Ready) -> anyhow::Result<()> {
     let _cache_task = cache.spawn();
     let identities: Arc<dyn IdentitySource> = cache;
     let attestation = Arc::new(Attestation::new(Arc::new(side.clone())));
-    let sds = SdsServer::new(identities.clone(), attestation.clone());
+    let sds = SdsServer::new(identities.clone(), attestation.clone(), acks.clone());
     let workload = WorkloadApi::new(identities, Arc::new(LocalAttestor), Arc::new(side));
     let tls_router = admin::tls_router(issuer.clone(), renderer.clone(), sds.add_to(tonic::service::Routes::default()));
     let http_router = admin::http_router(issuer.clone(), renderer);

@@ -59,8 +59,13 @@ pub struct SdsServer {
 }
 
 impl SdsServer {
-    pub fn new(identities: Arc<dyn IdentitySource>, attest: Arc<dyn CallerAttestor>) -> Self {
-        Self { shared: Arc::new(service::Shared::new(identities, attest)) }
+    /// `acks` learns which trust revision each stream's client has applied.
+    pub fn new(
+        identities: Arc<dyn IdentitySource>,
+        attest: Arc<dyn CallerAttestor>,
+        acks: Arc<crate::trust::Acknowledgements>,
+    ) -> Self {
+        Self { shared: Arc::new(service::Shared::new(identities, attest, acks)) }
     }
 
     /// Both services, ready to serve (`Routes::into_axum_router` to merge

@@ -23,6 +23,7 @@ use super::stream::{self, Kind};
 use super::{CallerAttestor, MAX_MESSAGE_BYTES, SdsError, status, wire};
 use crate::cache::{IdentitySource, IdentityWatch};
 use crate::domain::throttle::Throttle;
+use crate::trust::Acknowledgements;
 
 const SDS: &str = "envoy.service.secret.v3.SecretDiscoveryService";
 const ADS: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
@@ -34,12 +35,18 @@ pub(crate) struct Shared {
     /// One catalog per identity set and validator, shared by its streams.
     pub catalogs: Catalogs,
     pub metrics: SdsMetrics,
+    /// Which trust revision each stream's client holds.
+    pub acks: Arc<Acknowledgements>,
 }
 
 impl Shared {
-    pub fn new(identities: Arc<dyn IdentitySource>, attest: Arc<dyn CallerAttestor>) -> Self {
+    pub fn new(
+        identities: Arc<dyn IdentitySource>,
+        attest: Arc<dyn CallerAttestor>,
+        acks: Arc<Acknowledgements>,
+    ) -> Self {
         let catalogs = Catalogs::new(Arc::new(SecretCache::new()));
-        Self { identities, attest, catalogs, metrics: SdsMetrics::new() }
+        Self { identities, attest, catalogs, metrics: SdsMetrics::new(), acks }
     }
 
     /// Attests the caller and starts following its identities.

@@ -34,6 +34,7 @@ use super::{MAX_MESSAGE_BYTES, SdsError, status, wire};
 use crate::cache::IdentityWatch;
 use crate::domain::text;
 use crate::domain::throttle::Throttle;
+use crate::trust::{AckHandle, AckTracker};
 
 /// Which protocol variant a stream speaks.
 #[derive(Debug, Clone, Copy)]
@@ -146,6 +147,7 @@ pub(crate) trait Machine: Send + Sized + 'static {
     const NODE_FIELD: u32;
 
     fn node(req: &Self::Request) -> &Bytes;
+    fn nonce(reply: &Self::Response) -> u64;
     fn start(catalog: Arc<dyn Catalog>) -> Self;
     fn request(&mut self, req: Self::Request, default_type: Option<&str>) -> Result<Out<Self>, ProtocolError>;
     fn state(&mut self, catalog: Arc<dyn Catalog>) -> Out<Self>;
@@ -168,6 +170,9 @@ macro_rules! machine {
 
             fn node(req: &Self::Request) -> &Bytes {
                 &req.node
+            }
+            fn nonce(reply: &Self::Response) -> u64 {
+                reply.nonce
             }
             fn start(catalog: Arc<dyn Catalog>) -> Self {
                 $ty::new(catalog)
@@ -210,6 +215,10 @@ struct Driver<M: Machine> {
     /// Warnings about this stream's requests (NACKs, unavailable names):
     /// the first at once, then one line per interval.
     warnings: Throttle,
+    /// Which trust revision the client holds, reported to the server's
+    /// acknowledgements (for `pki ca activate`) once the node is known.
+    tracker: AckTracker,
+    ack: Option<AckHandle>,
 }
 
 enum Event {
@@ -232,6 +241,8 @@ impl<M: Machine> Driver<M> {
             done: false,
             trust_revision: 0,
             warnings: Throttle::new(WARNING_INTERVAL),
+            tracker: AckTracker::default(),
+            ack: None,
         }
     }
 
@@ -302,14 +313,33 @@ impl<M: Machine> Driver<M> {
             tracing::info!(node_id = %node.id, cluster = %node.cluster, flavor = M::FLAVOR, validator = ?node.validator, "xds stream opened");
             self.shared.metrics.stream_opened(M::FLAVOR);
             let (catalog, _) = self.catalog(node.validator);
+            self.ack = Some(self.shared.acks.register(&node.id, "sds"));
             self.machine = Some((M::start(catalog), node));
         }
         let Some((machine, node)) = self.machine.as_mut() else { return Ok(()) };
         let (replies, notices) = machine.request(req, default_type)?;
         log_notices(&node.id, &notices, &mut self.warnings);
         count(&self.shared.metrics, &notices, "request", replies.len());
+        self.track(&replies, &notices);
         self.queue.extend(replies.into_iter().map(Ok));
         Ok(())
+    }
+
+    /// Follows what the client holds: what was sent, what it answered.
+    fn track(&mut self, replies: &[M::Response], notices: &[Notice]) {
+        for n in notices {
+            match n {
+                Notice::Ack { nonce, .. } => nonce.parse().map_or((), |n| self.tracker.ack(n)),
+                Notice::Nack { nonce, .. } => nonce.parse().map_or((), |n| self.tracker.nack(n)),
+                _ => {}
+            }
+        }
+        for reply in replies {
+            self.tracker.sent(M::nonce(reply), self.trust_revision);
+        }
+        if let Some(ack) = &self.ack {
+            ack.acked(self.tracker.holds(self.trust_revision));
+        }
     }
 
     fn on_state(&mut self) {
@@ -326,6 +356,7 @@ impl<M: Machine> Driver<M> {
             }
             tracing::debug!(node_id = %node.id, responses = replies.len(), "xds push");
         }
+        self.track(&replies, &notices);
         self.queue.extend(replies.into_iter().map(Ok));
     }
 

@@ -9,6 +9,7 @@
 //! (through a `tokio::sync::watch` handed to them by `app`), and none of
 //! them needs the issuer to do so.
 
+mod acks;
 mod deny;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use time::{Duration, OffsetDateTime};
 use crate::ca::Crl;
 use crate::domain::{CaRole, TrustDomain};
 
+pub use acks::{AckHandle, AckTracker, Acknowledgements, Behind};
 pub use deny::{DenyList, RevokedSerials};
 
 /// The longest an HTTP connection through a trustmesh-configured Envoy

@@ -26,6 +26,7 @@ use tonic::{Request, Status, Streaming};
 
 use trustmesh::domain::{Selector, SelectorKind};
 use trustmesh::sds::{CallerAttestor, SECRET_TYPE, SdsServer};
+use trustmesh::trust::Acknowledgements;
 use trustmesh::trust::TrustSnapshot;
 
 use super::fixtures::{FakeSource, fake_svid, fake_trust, identity_set};
@@ -65,6 +66,8 @@ impl CallerAttestor for HeaderAttestor {
 pub struct Harness {
     pub source: Arc<FakeSource>,
     pub socket: PathBuf,
+    /// Which trust revision each stream's client holds.
+    pub acks: Arc<Acknowledgements>,
     _dir: tempfile::TempDir,
     server: tokio::task::JoinHandle<()>,
 }
@@ -80,14 +83,15 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("sds.sock");
         let listener = UnixListener::bind(&socket).unwrap();
-        let routes = SdsServer::new(source.clone(), Arc::new(HeaderAttestor)).routes();
+        let acks = Acknowledgements::new();
+        let routes = SdsServer::new(source.clone(), Arc::new(HeaderAttestor), acks.clone()).routes();
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_routes(routes)
                 .serve_with_incoming(UnixListenerStream::new(listener))
                 .await;
         });
-        Self { source, socket, _dir: dir, server }
+        Self { source, socket, acks, _dir: dir, server }
     }
 
     /// A new HTTP/2 connection to the socket.
