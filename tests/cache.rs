@@ -31,11 +31,15 @@ struct Env {
 }
 
 async fn setup(entries: Vec<Entry>) -> Env {
+    setup_with(entries, CacheOptions::default()).await
+}
+
+async fn setup_with(entries: Vec<Entry>, options: CacheOptions) -> Env {
     let clock = ManualClock::at(START);
     let ca = FakeCa::new(clock.clone());
     let timer = ManualTimer::new(clock.clone());
     let (entries, rx) = watch::channel(Arc::new(entries));
-    let options = CacheOptions { timer: Some(Arc::new(timer.clone())), ..CacheOptions::default() };
+    let options = CacheOptions { timer: Some(Arc::new(timer.clone())), ..options };
     let inputs = CacheInputs { minter: ca.clone(), entries: rx, trust: ca.trust(), clock: Arc::new(clock) };
     let cache = IdentityCache::with_options(inputs, options);
     cache.spawn();
@@ -284,6 +288,38 @@ async fn a_revoked_svid_is_replaced_at_once_and_the_new_crl_comes_with_it() {
     // Not denied: the old certificate is cut on open connections by its hash only.
     assert!(after.trust.deny.identities.is_empty());
     assert_eq!(after.trust.deny.certificates.len(), 1);
+}
+
+#[tokio::test]
+async fn svids_of_a_tainted_ca_are_reissued_one_per_interval_and_no_more() {
+    let names3 = ["a", "b", "c"];
+    let entries = names3.iter().enumerate().map(|(i, n)| entry(id(n), 10 + i as i64, &["unix:uid:1"])).collect();
+    let env = setup_with(entries, CacheOptions { reissue_rate: 1, ..CacheOptions::default() }).await;
+    let mut w = env.cache.watch(selectors(&["unix:uid:1"])).await.unwrap();
+    assert_eq!(w.current().svids.len(), 3);
+    assert!(w.current().svids.iter().all(|s| s.issuer == env.ca.services_fingerprint()));
+    let counts = |env: &Env| names3.map(|n| env.ca.minted(&id(n).to_string()));
+    // Old (no longer active but not tainted): nothing happens.
+    env.ca.set_services_state(trustmesh::domain::CaState::Old);
+    let trust = env.ca.snapshot();
+    until(&mut w, |s| Arc::ptr_eq(&s.trust, &trust)).await;
+    assert_eq!(counts(&env), [1, 1, 1]);
+
+    // Tainted: the first at once, then one per second of the timer.
+    env.ca.set_services_state(trustmesh::domain::CaState::Tainted);
+    until(&mut w, |_| minted_total(&env, &names3) == 4).await;
+    for (k, expected) in [(1, 5), (2, 6)] {
+        // The pacer sleeps until the next second: nothing more before it.
+        env.timer.until(|d| d.iter().any(|t| t.unix_timestamp() == START + k)).await;
+        assert_eq!(minted_total(&env, &names3), expected - 1);
+        env.timer.advance(1);
+        until(&mut w, |_| minted_total(&env, &names3) == expected).await;
+    }
+    assert_eq!(counts(&env), [2, 2, 2], "each SVID re-issued once");
+}
+
+fn minted_total(env: &Env, names: &[&str]) -> usize {
+    names.iter().map(|n| env.ca.minted(&id(n).to_string())).sum()
 }
 
 #[tokio::test]

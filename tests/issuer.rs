@@ -166,7 +166,10 @@ async fn a_new_intermediate_becomes_the_signer_and_the_old_stays_in_the_bundle()
         .unwrap();
     let snap = issuer.snapshot();
     assert_eq!(snap.services().unwrap().fingerprint, created.id);
-    assert!(snap.cas.iter().any(|c| c.fingerprint == old && !c.active), "old intermediate stays in the bundle");
+    assert!(
+        snap.cas.iter().any(|c| c.fingerprint == old && c.state == trustmesh::domain::CaState::Old),
+        "old intermediate stays in the bundle"
+    );
     assert_eq!(snap.bundle_pem.matches("BEGIN CERTIFICATE").count(), 4);
     let serial = generate(&issuer, "spiffe://example.org/svc/after-rotation", 600).await;
     let cert = store.certificate(&serial).await.unwrap().unwrap();

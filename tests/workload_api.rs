@@ -549,7 +549,11 @@ impl Real {
         let issuer = issuer(dir.path(), &clock).await;
         let timer = ManualTimer::new(clock.clone());
         let (entries, rx) = watch::channel(Arc::new(entries));
-        let options = CacheOptions { timer: Some(Arc::new(timer.clone())), jitter: Arc::new(FixedJitter(0.5)) };
+        let options = CacheOptions {
+            timer: Some(Arc::new(timer.clone())),
+            jitter: Arc::new(FixedJitter(0.5)),
+            ..Default::default()
+        };
         let side = IssuerSide(issuer.clone());
         let inputs = CacheInputs {
             minter: Arc::new(side.clone()),

@@ -68,7 +68,7 @@ impl pb::admin_server::Admin for AdminService {
                 algorithm: ca.algorithm,
                 not_before: ca.not_before,
                 not_after: ca.not_after,
-                active: ca.active,
+                active: ca.state == crate::domain::CaState::Active,
                 key_online: ca.key_online,
             };
             if ca.role == CaRole::Root {

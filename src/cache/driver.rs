@@ -99,6 +99,7 @@ impl Inner {
     fn accept(&self, entry: &Entry, generation: u64, minted: MintedSvid, epoch: u64) -> Result<Next, MintError> {
         let MintedSvid { certificate: cert, key, chain_pem } = minted;
         let chain_der = ca::certs_from_pem(&chain_pem).map_err(|e| MintError::Failed(e.to_string()))?;
+        let issuer = chain_der.get(1).map(|der| ca::fingerprint(der)).unwrap_or_default();
         let svid = Arc::new(Svid {
             entry_id: entry.id.clone(),
             spiffe_id: entry.spiffe_id.clone(),
@@ -107,6 +108,7 @@ impl Inner {
             chain_pem,
             key,
             serial: cert.serial.to_string(),
+            issuer,
             not_before: cert.not_before,
             not_after: cert.not_after,
             jwt_ttl: entry.jwt_ttl_seconds.map(|s| Duration::seconds(i64::from(s))),

@@ -37,8 +37,11 @@ pub(super) async fn follow_trust(cache: Weak<Inner>, mut trust: watch::Receiver<
     loop {
         let current = trust.borrow_and_update().clone();
         let Some(inner) = cache.upgrade() else { return };
-        inner.on_trust(current);
+        let due = inner.on_trust(current);
         drop(inner);
+        if !due.is_empty() {
+            tokio::spawn(reissue(cache.clone(), due));
+        }
         if trust.changed().await.is_err() {
             return;
         }
@@ -87,7 +90,9 @@ impl Inner {
     /// Takes a new trust snapshot: SVIDs of identities on its deny list are
     /// withdrawn in the same version, drivers of identities whose denial was
     /// lifted are woken, and an SVID that was revoked is replaced at once.
-    fn on_trust(&self, trust: Arc<TrustSnapshot>) {
+    /// Returns the SVIDs signed by a CA the snapshot retires (tainted or
+    /// revoked), to be re-issued at the cache's pace.
+    fn on_trust(&self, trust: Arc<TrustSnapshot>) -> Vec<(String, u64)> {
         let mut state = self.state.lock();
         state.deny_epoch += 1;
         for slot in state.slots.values_mut() {
@@ -127,7 +132,43 @@ impl Inner {
         for id in bare {
             state.remove_slot(&id);
         }
+        let mut due: Vec<(String, u64)> = state
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.svid.as_ref().is_some_and(|svid| trust.retired(&svid.issuer)))
+            .map(|(id, slot)| (id.clone(), slot.generation))
+            .filter(|(id, _)| !state.reissuing.contains(id))
+            .collect();
+        due.sort();
+        state.reissuing.extend(due.iter().map(|(id, _)| id.clone()));
         state.trust = trust;
         state.publish_all();
+        due
+    }
+}
+
+/// Re-issues the SVIDs of `due` (signed by a retired CA), one per
+/// `reissue_interval`: each driver is woken and mints under the active CA,
+/// unless its SVID was replaced meanwhile.
+async fn reissue(cache: Weak<Inner>, due: Vec<(String, u64)>) {
+    let Some(inner) = cache.upgrade() else { return };
+    let (timer, start, interval) = (inner.timer.clone(), inner.clock.now(), inner.reissue_interval);
+    tracing::info!(
+        svids = due.len(),
+        per_second = 1.0 / interval.as_seconds_f64(),
+        "re-issuing SVIDs signed by a retired CA"
+    );
+    drop(inner);
+    for (i, (entry_id, generation)) in due.into_iter().enumerate() {
+        timer.sleep_until(start + interval * u32::try_from(i).unwrap_or(u32::MAX)).await;
+        let Some(inner) = cache.upgrade() else { return };
+        let mut state = inner.state.lock();
+        state.reissuing.remove(&entry_id);
+        let trust = state.trust.clone();
+        if let Some(slot) = state.slot_mut(&entry_id, generation)
+            && slot.svid.as_ref().is_some_and(|svid| trust.retired(&svid.issuer))
+        {
+            slot.wake.notify_one();
+        }
     }
 }

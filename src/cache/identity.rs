@@ -30,11 +30,18 @@ pub struct CacheOptions {
     pub timer: Option<Arc<dyn Timer>>,
     /// Where in 40–60 % of its lifetime each SVID is replaced. Default: [`RingJitter`].
     pub jitter: Arc<dyn Jitter>,
+    /// How many SVIDs signed by a tainted or revoked CA are re-issued per
+    /// second (`pki ca taint`). Default: [`DEFAULT_REISSUE_RATE`].
+    pub reissue_rate: u32,
 }
+
+/// SVIDs re-issued per second after their CA is tainted: a fleet's worth of
+/// signatures spread out rather than all at once.
+pub const DEFAULT_REISSUE_RATE: u32 = 100;
 
 impl Default for CacheOptions {
     fn default() -> Self {
-        Self { timer: None, jitter: Arc::new(RingJitter::default()) }
+        Self { timer: None, jitter: Arc::new(RingJitter::default()), reissue_rate: DEFAULT_REISSUE_RATE }
     }
 }
 
@@ -65,6 +72,7 @@ impl IdentityCache {
                 clock,
                 timer,
                 jitter: options.jitter,
+                reissue_interval: time::Duration::seconds(1) / options.reissue_rate.max(1),
                 entries,
                 state: Mutex::new(state),
                 metrics: CacheMetrics::new(),

@@ -30,7 +30,7 @@ mod state;
 mod timing;
 
 pub use budget::{BURST as MINT_BURST, REFILL as MINT_REFILL};
-pub use identity::{CacheInputs, CacheOptions, IdentityCache};
+pub use identity::{CacheInputs, CacheOptions, DEFAULT_REISSUE_RATE, IdentityCache};
 pub use timing::{FixedJitter, Jitter, ManualTimer, RingJitter, Timer, TokioTimer, rotation_at};
 
 use std::collections::BTreeSet;
@@ -56,6 +56,8 @@ pub struct Svid {
     /// Never logged; leaves the process only inside SDS / Workload API responses.
     pub key: PrivateKey,
     pub serial: String,
+    /// Fingerprint of the CA that signed it (SHA-256 of its DER, hex).
+    pub issuer: String,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
     /// JWT-SVID lifetime set by the entry (`None`: the server's default).

@@ -37,6 +37,8 @@ pub(super) struct Inner {
     pub(super) clock: Arc<dyn Clock>,
     pub(super) timer: Arc<dyn Timer>,
     pub(super) jitter: Arc<dyn Jitter>,
+    /// Between two re-issues of SVIDs whose CA was retired.
+    pub(super) reissue_interval: time::Duration,
     pub(super) entries: watch::Receiver<Arc<Vec<Entry>>>,
     pub(super) state: Mutex<State>,
     pub(super) metrics: CacheMetrics,
@@ -53,6 +55,8 @@ pub(super) struct State {
     pub(super) deny_epoch: u64,
     /// How often each entry may still be minted.
     pub(super) budgets: MintBudgets,
+    /// Entries whose SVID (signed by a retired CA) waits for its re-issue.
+    pub(super) reissuing: std::collections::HashSet<String>,
     versions: u64,
     generations: u64,
 }
@@ -91,6 +95,7 @@ impl State {
             trust,
             deny_epoch: 0,
             budgets: MintBudgets::default(),
+            reissuing: std::collections::HashSet::new(),
             versions: 0,
             generations: 0,
         }

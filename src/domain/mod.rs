@@ -5,6 +5,7 @@
 //! [`SerialSource`].
 
 mod ca_role;
+mod ca_state;
 mod clock;
 mod entry;
 mod id;
@@ -16,6 +17,7 @@ pub mod text;
 pub mod throttle;
 
 pub use ca_role::CaRole;
+pub use ca_state::{CaState, CaStep};
 pub use clock::{Clock, ManualClock, SystemClock, unix_seconds};
 pub use entry::{Entry, MAX_SELECTORS, entitled};
 pub use id::{MAX_ID_LEN, RESERVED_PATH, SpiffeId, TrustDomain};

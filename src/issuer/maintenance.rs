@@ -6,7 +6,7 @@ use std::sync::Weak;
 use std::time::Duration as StdDuration;
 
 use super::Issuer;
-use crate::domain::CaRole;
+use crate::domain::{CaRole, CaState};
 
 /// How often [`Issuer::run_maintenance`] wakes up.
 pub const MAINTENANCE_INTERVAL: StdDuration = StdDuration::from_secs(60);
@@ -69,7 +69,7 @@ impl Issuer {
             return;
         }
         let mut warned = false;
-        for ca in self.snapshot().cas.iter().filter(|c| c.active && c.role != CaRole::Root) {
+        for ca in self.snapshot().cas.iter().filter(|c| c.state == CaState::Active && c.role != CaRole::Root) {
             let left = ca.not_after - now.unix_timestamp();
             if left < 180 * 86_400 {
                 warned = true;

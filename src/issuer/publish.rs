@@ -9,7 +9,7 @@ use time::{Duration, OffsetDateTime};
 
 use super::revocation::RevocationView;
 use crate::ca::{self, CaCertificate, CaError, Crl, Signer};
-use crate::domain::CaRole;
+use crate::domain::{CaRole, CaState};
 use crate::store::CaRecord;
 use crate::trust::{CaView, TrustSnapshot};
 
@@ -40,7 +40,7 @@ impl CaPart {
                 algorithm: cert.algorithm.clone(),
                 not_before: r.not_before,
                 not_after: r.not_after,
-                active: r.active,
+                state: if r.active { CaState::Active } else { CaState::Old },
                 key_online: r.sealed_key.is_some(),
             });
         }

@@ -25,7 +25,10 @@ impl Issuer {
         let mut warnings = Vec::new();
         for ca in &snapshot.cas {
             let left = ca.not_after - now;
-            if ca.active && ca.role != crate::store::CaRole::Root && left < 180 * 86_400 {
+            if ca.state == crate::domain::CaState::Active
+                && ca.role != crate::store::CaRole::Root
+                && left < 180 * 86_400
+            {
                 warnings.push(format!("{} expires in {} days: rotate it", ca.common_name, left / 86_400));
             }
         }

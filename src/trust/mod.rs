@@ -17,7 +17,7 @@ use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 
 use crate::ca::Crl;
-use crate::domain::{CaRole, TrustDomain};
+use crate::domain::{CaRole, CaState, TrustDomain};
 
 pub use acks::{AckHandle, AckTracker, Acknowledgements, Behind};
 pub use deny::{DenyList, RevokedSerials};
@@ -42,7 +42,7 @@ pub struct CaView {
     pub algorithm: String,
     pub not_before: i64,
     pub not_after: i64,
-    pub active: bool,
+    pub state: CaState,
     pub key_online: bool,
 }
 
@@ -105,6 +105,12 @@ impl TrustSnapshot {
 
     /// The active Services CA (the issuer of workload SVIDs).
     pub fn services(&self) -> Option<&CaView> {
-        self.cas.iter().find(|c| c.role == CaRole::Services && c.active)
+        self.cas.iter().find(|c| c.role == CaRole::Services && c.state == CaState::Active)
+    }
+
+    /// Whether certificates signed by the CA with this fingerprint are to be
+    /// replaced now: it is tainted or revoked (`pki ca taint`, `pki ca revoke`).
+    pub fn retired(&self, fingerprint: &str) -> bool {
+        self.cas.iter().any(|c| c.fingerprint == fingerprint && matches!(c.state, CaState::Tainted | CaState::Revoked))
     }
 }

@@ -16,8 +16,8 @@ use trustmesh::ca::{
     create_root,
 };
 use trustmesh::cache::{MintError, MintedSvid, SvidMinter};
-use trustmesh::domain::{Clock, Entry, ManualClock, RandomSerials, SerialSource, TrustDomain};
-use trustmesh::trust::{DenyList, RevokedSerials, TrustSnapshot};
+use trustmesh::domain::{CaRole, CaState, Clock, Entry, ManualClock, RandomSerials, SerialSource, TrustDomain};
+use trustmesh::trust::{CaView, DenyList, RevokedSerials, TrustSnapshot};
 
 /// Default lifetime of the SVIDs it mints (an entry may set its own).
 pub const SVID_TTL: Duration = Duration::hours(1);
@@ -40,6 +40,8 @@ struct State {
     certificates: HashMap<String, (String, String)>,
     denied: BTreeMap<String, String>,
     revoked: Vec<String>,
+    /// The Services CA's rotation state, once a test set one.
+    services_state: Option<CaState>,
 }
 
 impl FakeCa {
@@ -122,6 +124,17 @@ impl FakeCa {
         self.publish()
     }
 
+    /// Sets the Services CA's rotation state (e.g. tainted) and publishes.
+    pub fn set_services_state(&self, state: CaState) -> Arc<TrustSnapshot> {
+        self.state.lock().services_state = Some(state);
+        self.publish()
+    }
+
+    /// The fingerprint of the CA that signs what it mints.
+    pub fn services_fingerprint(&self) -> String {
+        self.services.cert.fingerprint.clone()
+    }
+
     /// A new snapshot of the current state (a new revision, new CRLs).
     pub fn publish(&self) -> Arc<TrustSnapshot> {
         let state = self.state.lock();
@@ -143,6 +156,19 @@ impl FakeCa {
         next.revision = previous.revision + 1;
         next.bundle_pem = self.bundle_pem.clone();
         next.deny = Arc::new(deny);
+        if let Some(state) = state.services_state {
+            let c = &self.services.cert;
+            next.cas = vec![CaView {
+                role: CaRole::Services,
+                common_name: c.common_name.clone(),
+                fingerprint: c.fingerprint.clone(),
+                algorithm: c.algorithm.clone(),
+                not_before: c.not_before.unix_timestamp(),
+                not_after: c.not_after.unix_timestamp(),
+                state,
+                key_online: true,
+            }];
+        }
         let next = Arc::new(next);
         self.trust.send_replace(next.clone());
         next

@@ -43,6 +43,7 @@ fn svid(id: &str, serial: &str) -> Arc<Svid> {
         chain_pem: format!("-----BEGIN CERTIFICATE-----\n{serial}\n-----END CERTIFICATE-----\n"),
         key: PrivateKey::generate(KeyAlgorithm::EcP256, &ring::rand::SystemRandom::new()).unwrap(),
         serial: serial.into(),
+        issuer: String::new(),
         not_before: OffsetDateTime::UNIX_EPOCH,
         not_after: OffsetDateTime::UNIX_EPOCH,
         jwt_ttl: None,
