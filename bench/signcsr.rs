@@ -333,6 +333,7 @@ async fn trustmesh_task(
                 spiffe_id: csr.spiffe_id.clone(),
                 dns_names: vec![],
                 ttl_seconds,
+                profile: String::new(),
             });
             req.metadata_mut().insert("authorization", token.clone());
             client.generate_certificate(req).await.map(|r| r.into_inner().certificate_pem)
@@ -341,6 +342,7 @@ async fn trustmesh_task(
                 csr: csr.der.clone(),
                 spiffe_id: csr.spiffe_id.clone(),
                 ttl_seconds,
+                profile: String::new(),
             });
             req.metadata_mut().insert("authorization", token.clone());
             client.sign_csr(req).await.map(|r| r.into_inner().certificate_pem)

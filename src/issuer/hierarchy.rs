@@ -215,6 +215,7 @@ pub(super) fn load_signers(cas: &[CaRecord], kek: &Kek) -> Result<Signers, Issue
     };
     let mut services = None;
     let mut transport = None;
+    let mut profiles = None;
     let mut root = None;
     let mut crl_signers = Vec::new();
     for (record, cert) in &certs {
@@ -227,12 +228,13 @@ pub(super) fn load_signers(cas: &[CaRecord], kek: &Kek) -> Result<Signers, Issue
             CaRole::Root => root = Some(signer),
             CaRole::Services => services = Some(signer),
             CaRole::Transport => transport = Some(signer),
+            CaRole::Profiles => profiles = Some(signer),
         }
     }
     let services =
         services.ok_or_else(|| IssuerError::FailedPrecondition("no active Services CA with an online key".into()))?;
     let transport = transport.unwrap_or_else(|| services.clone());
-    Ok(Signers { services, transport, root, crl_signers })
+    Ok(Signers { services, transport, profiles, root, crl_signers })
 }
 
 /// The chain above `cert` (issuer first, root last), found by name and signature.

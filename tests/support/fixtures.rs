@@ -92,6 +92,7 @@ pub fn fake_trust(revision: u64, tag: &str) -> Arc<TrustSnapshot> {
         bundle_pem: format!("-----BEGIN CERTIFICATE-----\n{tag}\n-----END CERTIFICATE-----\n"),
         crls: Vec::new(),
         crl_pem: format!("-----BEGIN X509 CRL-----\nCRL-{tag}\n-----END X509 CRL-----\n"),
+        profiles: Default::default(),
         jwks: serde_json::json!({"keys": []}),
         deny: Arc::new(DenyList::default()),
         generation: revision,
