@@ -260,7 +260,7 @@ impl Issuer {
             fingerprint = %certificate.fingerprint,
             serial = %record.serial,
             spiffe_id = %record.spiffe_id,
-            target = %target,
+            subject = %target,
             ttl_seconds = (certificate.not_after - certificate.not_before).whole_seconds(),
             issuer = %signer.cert.common_name,
             algorithm = %algorithm,

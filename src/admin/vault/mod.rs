@@ -41,6 +41,9 @@ use crate::policy::Action;
 /// Largest request body read (a CSR is at most 64 KiB).
 pub const MAX_BODY: usize = 256 * 1024;
 
+/// How long `revoke` waits for the CRLs that list the serial.
+const PUBLISHED_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The `/v1/…` routes.
 pub fn routes(issuer: Arc<Issuer>) -> Router {
     Router::new().route("/v1/{*path}", any(handle)).with_state(issuer)
@@ -138,7 +141,8 @@ fn verb(method: &Method, query: Option<&str>) -> Option<Verb> {
 
 async fn handle(State(issuer): State<Arc<Issuer>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let path = parts.uri.path().strip_prefix("/v1/").unwrap_or_default().to_string();
+    // Clients escape what they put in a path (hvac writes a serial's `:` as `%3A`).
+    let path = percent_decoded(parts.uri.path().strip_prefix("/v1/").unwrap_or_default());
     let (mount, rest) = path.split_once('/').unwrap_or((path.as_str(), ""));
     let known_mount = issuer.config().mounts.iter().any(|m| m == mount);
     let endpoint = if known_mount { Endpoint::parse(rest) } else { None };
@@ -183,6 +187,28 @@ async fn handle(State(issuer): State<Arc<Issuer>>, request: Request) -> Response
     };
     let call = Call { issuer: &issuer, caller: &caller, mount };
     call.dispatch(endpoint, verb, &fields).await
+}
+
+/// `%XX` escapes decoded; an escape that is not one, or that does not
+/// decode to UTF-8, is kept as it was (and names no endpoint).
+fn percent_decoded(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| path.to_string())
 }
 
 fn err_text(err: &crate::issuer::IssuerError) -> String {
@@ -275,6 +301,10 @@ impl Call<'_> {
             crate::issuer::IssuerError::NotFound(why) => crate::issuer::IssuerError::InvalidArgument(why),
             other => other,
         })?;
+        // As Vault's revoke rebuilds the CRL before it answers, the answer
+        // waits until the CRLs that list the serial are published (the
+        // revocation is durable already; a slow publication delays only this).
+        let _ = tokio::time::timeout(PUBLISHED_WITHIN, self.issuer.published()).await;
         Ok(wire::ok(wire::revoked_data(&record), Vec::new()))
     }
 
@@ -344,5 +374,7 @@ mod tests {
         assert!(Endpoint::Issue("web").allows(Verb::Write) && !Endpoint::Issue("web").allows(Verb::Read));
         assert!(Endpoint::Role("web").allows(Verb::Delete) && !Endpoint::Role("web").allows(Verb::List));
         assert!(Endpoint::Certs.allows(Verb::List) && !Endpoint::Certs.allows(Verb::Read));
+        assert_eq!(percent_decoded("pki/cert/1a%3A2b%3a3c"), "pki/cert/1a:2b:3c");
+        assert_eq!(percent_decoded("pki/%zz/%4"), "pki/%zz/%4");
     }
 }

@@ -9,7 +9,8 @@ use std::net::IpAddr;
 use super::{KeyType, Profile};
 use crate::domain::text::quoted;
 
-/// A subject key as a profile judges it.
+/// A subject key as a profile judges it. Displayed as the CLI and metrics
+/// name key types: `EC-P256`, `RSA-2048`, `Ed25519`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyShape {
     /// An EC key on P-256 (256) or P-384 (384).
@@ -22,8 +23,8 @@ pub enum KeyShape {
 impl fmt::Display for KeyShape {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Ec(bits) => write!(f, "EC P-{bits}"),
-            Self::Rsa(bits) => write!(f, "RSA {bits}"),
+            Self::Ec(bits) => write!(f, "EC-P{bits}"),
+            Self::Rsa(bits) => write!(f, "RSA-{bits}"),
             Self::Ed25519 => f.write_str("Ed25519"),
         }
     }
