@@ -986,7 +986,10 @@ async fn sqlite_version_2_database_gains_the_change_feed() {
     let path = dir.path().join("t.db");
     drop(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE imported_crls; DROP TABLE changes; UPDATE schema_version SET version = 2").unwrap();
+    conn.execute_batch(
+        "DROP TABLE profiles; DROP TABLE imported_crls; DROP TABLE changes; UPDATE schema_version SET version = 2",
+    )
+    .unwrap();
     drop(conn);
     let store: Arc<dyn Store> = Arc::new(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
     seed(&store).await;
@@ -1180,7 +1183,8 @@ async fn sqlite_version_1_database_gains_entries() {
     drop(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP TABLE imported_crls; DROP TABLE entries; DROP TABLE changes; UPDATE schema_version SET version = 1",
+        "DROP TABLE profiles; DROP TABLE imported_crls; DROP TABLE entries; DROP TABLE changes; \
+         UPDATE schema_version SET version = 1",
     )
     .unwrap();
     drop(conn);

@@ -194,9 +194,6 @@ fn requested_names(req: &X509CertificationRequest<'_>) -> Result<Names, CaError>
             }
         }
     }
-    if uris.len() + dns.len() + ips.len() > 2 * MAX_DNS_NAMES {
-        return Err(san_error(format!("{} names requested", uris.len() + dns.len() + ips.len())));
-    }
     Ok((uris, dns, ips))
 }
 

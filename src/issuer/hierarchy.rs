@@ -18,6 +18,8 @@ pub(crate) const PURPOSE_TOKEN: &str = "token";
 /// Purpose of a signing key that signs JWT-SVIDs.
 pub(crate) const PURPOSE_JWT_SVID: &str = "jwt-svid";
 const SIGNING_KEY_LIFETIME: Duration = Duration::days(365);
+/// The CA that signs certificates issued under a profile without a SPIFFE ID.
+pub(super) const PROFILES_CA_NAME: &str = "trustmesh Profiles CA";
 
 /// How to create the hierarchy: generated (`serve` on an empty store, or
 /// `pki init` with flags) or imported from PEM (`pki init --import-cert/--import-key`).
@@ -112,9 +114,17 @@ pub(super) fn create_hierarchy(
                     now,
                     &ring::rand::SystemRandom::new(),
                 )?;
+                let profiles = ca::create_intermediate(
+                    &imported,
+                    &intermediate(PROFILES_CA_NAME),
+                    serials.next_serial()?,
+                    now,
+                    &ring::rand::SystemRandom::new(),
+                )?;
                 cas.push(ca_record(&imported, CaRole::Root, true, kek, now)?);
                 cas.push(ca_record(&services, CaRole::Services, true, kek, now)?);
                 cas.push(ca_record(&transport, CaRole::Transport, true, kek, now)?);
+                cas.push(ca_record(&profiles, CaRole::Profiles, true, kek, now)?);
             } else {
                 // An imported intermediate signs for both roles; the root stays offline.
                 cas.push(ca_record(&imported, CaRole::Services, true, kek, now)?);
@@ -146,9 +156,17 @@ pub(super) fn create_hierarchy(
                 now,
                 &ring::rand::SystemRandom::new(),
             )?;
+            let profiles = ca::create_intermediate(
+                &root,
+                &intermediate(PROFILES_CA_NAME),
+                serials.next_serial()?,
+                now,
+                &ring::rand::SystemRandom::new(),
+            )?;
             cas.push(ca_record(&root, CaRole::Root, true, kek, now)?);
             cas.push(ca_record(&services, CaRole::Services, true, kek, now)?);
             cas.push(ca_record(&transport, CaRole::Transport, true, kek, now)?);
+            cas.push(ca_record(&profiles, CaRole::Profiles, true, kek, now)?);
         }
     }
     let keys = vec![signing_key_record(PURPOSE_TOKEN, kek, now)?, signing_key_record(PURPOSE_JWT_SVID, kek, now)?];

@@ -18,8 +18,7 @@ use super::{Issuer, IssuerConfig, IssuerError, Keys, Metrics};
 use crate::ca::Kek;
 use crate::domain::{CaRole, Clock, SerialSource};
 
-/// The profiles CA trustmesh creates: its common name and lifetime.
-const PROFILES_CA_NAME: &str = "trustmesh Profiles CA";
+/// The lifetime of the profiles CA a PKI made before profiles gains at start.
 const PROFILES_CA_DAYS: u32 = 730;
 use crate::policy::PolicyEngine;
 use crate::store::Store;
@@ -126,15 +125,15 @@ impl Issuer {
     }
 
     /// Creates the profiles CA (signed by the root) when there is none yet
-    /// and the root key is online: PKIs made before profiles existed gain it
-    /// at their next start. Without the root key, certificates without a
-    /// SPIFFE ID cannot be issued, and say why.
+    /// and the root key is online: a PKI made before profiles existed gains
+    /// it at its next start (a new one is created with it). Without the root
+    /// key, certificates without a SPIFFE ID cannot be issued, and say why.
     async fn ensure_profiles_ca(&self) -> Result<(), IssuerError> {
         let signers = self.signers();
         if signers.profiles.is_some() || signers.root.is_none() {
             return Ok(());
         }
-        self.add_intermediate(CaRole::Profiles, PROFILES_CA_NAME, PROFILES_CA_DAYS).await.map(drop)
+        self.add_intermediate(CaRole::Profiles, hierarchy::PROFILES_CA_NAME, PROFILES_CA_DAYS).await.map(drop)
     }
 
     /// Whether the store holds a PKI (a root CA), without changing it.
