@@ -11,15 +11,16 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::envoy::bootstrap::server_bootstrap;
 use support::envoy::http::Upstream;
 use support::envoy::{Envoy, envoy_bin};
 use support::openssl::{crl_serials_of, mtls_get, normalize_serial, openssl_ok, openssl_verify, pem_blocks};
+use support::process::{poll, wait_or_kill};
 use support::server::{Server, entry_for};
 use support::{mode, venv_python};
 
@@ -73,14 +74,7 @@ fn run_py(s: &Server, script: &str, out: &Path, env: &[(&str, &str)]) {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_or_kill(&mut child, Duration::from_secs(120));
     let result = child.wait_with_output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&result.stdout), String::from_utf8_lossy(&result.stderr));
     assert!(
@@ -220,20 +214,8 @@ fn seed_003_tenant_certificates() {
     assert_eq!(listed.lines().collect::<Vec<_>>(), ["keystore-server", "openkcm-client-cert-role"]);
     let shown = s.json(&["pki", "profile", "show", "openkcm-client-cert-role", "--mount", "pki_client_certs"]);
     assert_eq!((shown["key_type"].as_str(), shown["client_flag"].as_bool()), (Some("ec"), Some(true)));
-    let (cert, key) = (dir.path().join("globex.pem"), dir.path().join("globex.key"));
-    s.ok(&[
-        "pki",
-        "cert",
-        "generate",
-        "--profile",
-        "pki_client_certs/openkcm-client-cert-role",
-        "--common-name",
-        "tenant-globex",
-        "--output-cert",
-        cert.to_str().unwrap(),
-        "--output-key",
-        key.to_str().unwrap(),
-    ]);
+    let tenant_profile = ["--profile", "pki_client_certs/openkcm-client-cert-role", "--common-name"];
+    let (cert, key) = s.generate_with(dir.path(), "globex", &[&tenant_profile[..], &["tenant-globex"]].concat());
     assert_eq!(mode(&key), 0o600);
     let chain = out.join("chain.pem");
     let ok = openssl_ok(&["verify", "-CAfile", chain.to_str().unwrap(), cert.to_str().unwrap()]);
@@ -241,19 +223,7 @@ fn seed_003_tenant_certificates() {
     let text = openssl_ok(&["x509", "-in", cert.to_str().unwrap(), "-noout", "-subject", "-ext", "extendedKeyUsage"]);
     assert!(text.contains("CN = tenant-globex") && text.contains("TLS Web Client Authentication"), "{text}");
     assert!(!text.contains("Server Authentication"), "{text}");
-    let refused = s.fails(&[
-        "pki",
-        "cert",
-        "generate",
-        "--profile",
-        "pki_client_certs/openkcm-client-cert-role",
-        "--common-name",
-        "acme",
-        "--output-cert",
-        cert.to_str().unwrap(),
-        "--output-key",
-        key.to_str().unwrap(),
-    ]);
+    let refused = s.try_generate(dir.path(), "acme", &[&tenant_profile[..], &["acme"]].concat()).unwrap_err();
     assert!(refused.contains("common name acme not allowed"), "{refused}");
     s.ok(&[
         "pki",
@@ -303,35 +273,17 @@ fn a_mesh_envoy_refuses_a_profile_certificate() {
             })
             .collect();
 
-    s.ok(&[
-        "pki",
-        "profile",
-        "create",
-        "tenant",
-        "--key-type",
-        "ec",
-        "--allowed-domain",
-        "tenant-*",
-        "--allow-glob-domains",
-        "--client-only",
-    ]);
-    let cert_pair = |name: &str, args: &[&str]| -> (PathBuf, PathBuf) {
-        let (cert, key) = (dir.path().join(format!("{name}.pem")), dir.path().join(format!("{name}.key")));
-        let mut all = vec!["pki", "cert", "generate"];
-        all.extend_from_slice(args);
-        all.extend(["--output-cert", cert.to_str().unwrap(), "--output-key", key.to_str().unwrap()]);
-        s.ok(&all);
-        (cert, key)
-    };
-    let (tenant_cert, tenant_key) = cert_pair("tenant", &["--profile", "tenant", "--common-name", "tenant-acme"]);
-    let (svid_cert, svid_key) = cert_pair("svid", &["--spiffe-id", CLIENT_ID]);
+    s.ok(&support::fixtures::TENANT_PROFILE);
+    let (tenant_cert, tenant_key) =
+        s.generate_with(dir.path(), "tenant", &["--profile", "tenant", "--common-name", "tenant-acme"]);
+    let (svid_cert, svid_key) = s.generate(dir.path(), "svid", CLIENT_ID, &[]);
     let issuer = openssl_ok(&["x509", "-in", tenant_cert.to_str().unwrap(), "-noout", "-issuer"]);
     assert!(issuer.contains("trustmesh Profiles CA"), "{issuer}");
 
     for (mode, envoy) in &envoys {
         let addr = envoy.listener_addr("mtls_in");
         let wait = |what: &str| {
-            support::process::poll(Duration::from_secs(20), || mtls_get(addr, &svid_cert, &svid_key, "/").ok())
+            poll(Duration::from_secs(20), || mtls_get(addr, &svid_cert, &svid_key, "/").ok())
                 .unwrap_or_else(|| panic!("{mode}: {what}\n{}", envoy.diagnostics()))
         };
         let status = wait("the SVID is never accepted");

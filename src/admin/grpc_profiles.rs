@@ -15,9 +15,17 @@ fn mount(m: &str) -> &str {
     if m.is_empty() { DEFAULT_MOUNT } else { m }
 }
 
-/// `NAME` (mount `pki`) or `MOUNT/NAME`.
-fn split_profile(profile: &str) -> (&str, &str) {
-    profile.split_once('/').unwrap_or((DEFAULT_MOUNT, profile))
+/// A request under `profile` (`NAME`, of mount `pki`, or `MOUNT/NAME`),
+/// with `spiffe_id` (may be empty) as its URI SAN.
+fn under(profile: &str, spiffe_id: String, ttl_seconds: u64) -> ProfileRequest {
+    let (mount, name) = profile.split_once('/').unwrap_or((DEFAULT_MOUNT, profile));
+    ProfileRequest {
+        mount: mount.into(),
+        profile: name.into(),
+        uri_sans: if spiffe_id.is_empty() { vec![] } else { vec![spiffe_id] },
+        ttl_seconds,
+        ..ProfileRequest::default()
+    }
 }
 
 pub(super) async fn put(
@@ -70,15 +78,10 @@ pub(super) async fn generate(
     caller: &Caller,
     req: pb::GenerateCertificateRequest,
 ) -> Result<pb::GenerateCertificateResponse, Status> {
-    let (mount, profile) = split_profile(&req.profile);
     let request = ProfileRequest {
-        mount: mount.into(),
-        profile: profile.into(),
         common_name: req.common_name,
         dns_names: req.dns_names,
-        uri_sans: if req.spiffe_id.is_empty() { vec![] } else { vec![req.spiffe_id] },
-        ttl_seconds: req.ttl_seconds,
-        ..ProfileRequest::default()
+        ..under(&req.profile, req.spiffe_id, req.ttl_seconds)
     };
     let issued = issuer.issue_with_profile(caller, &request).await.map_err(status)?;
     let private_key_pem = issued.private_key.as_ref().map(|k| k.to_pem().to_string()).unwrap_or_default();
@@ -93,15 +96,7 @@ pub(super) async fn sign(
     caller: &Caller,
     req: pb::SignCsrRequest,
 ) -> Result<pb::SignCsrResponse, Status> {
-    let (mount, profile) = split_profile(&req.profile);
-    let request = ProfileRequest {
-        mount: mount.into(),
-        profile: profile.into(),
-        uri_sans: if req.spiffe_id.is_empty() { vec![] } else { vec![req.spiffe_id] },
-        ttl_seconds: req.ttl_seconds,
-        csr: Some(req.csr),
-        ..ProfileRequest::default()
-    };
+    let request = ProfileRequest { csr: Some(req.csr), ..under(&req.profile, req.spiffe_id, req.ttl_seconds) };
     let issued = issuer.issue_with_profile(caller, &request).await.map_err(status)?;
     let (chain, info) = answer(issuer, &issued);
     Ok(pb::SignCsrResponse { certificate_pem: chain, certificate: Some(info) })

@@ -200,3 +200,18 @@ impl IdentitySource for FakeSource {
 fn selector(text: &str) -> Selector {
     Selector::parse(text).unwrap_or_else(|e| panic!("{text:?} is not a selector: {e}"))
 }
+
+/// `trustmesh pki profile create` of the profile `tenant` (mount `pki`): EC
+/// P-256 client certificates whose CN is a tenant id (`tenant-*`), no SPIFFE ID.
+pub const TENANT_PROFILE: [&str; 10] = [
+    "pki",
+    "profile",
+    "create",
+    "tenant",
+    "--key-type",
+    "ec",
+    "--allowed-domain",
+    "tenant-*",
+    "--allow-glob-domains",
+    "--client-only",
+];

@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::process::wait_or_kill;
 
 /// Runs openssl. Without openssl the test fails (it never passes vacuously).
 pub fn openssl(args: &[&str]) -> Output {
@@ -192,14 +194,7 @@ pub fn presented_chain(addr: SocketAddr, cert: &Path, key: &Path) -> Vec<String>
         .stderr(Stdio::piped())
         .spawn()
         .expect("openssl must be installed (the README's test command installs it)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_or_kill(&mut child, Duration::from_secs(10));
     let out = child.wait_with_output().unwrap();
     let chain = pem_blocks(&String::from_utf8_lossy(&out.stdout), "CERTIFICATE");
     assert!(!chain.is_empty(), "s_client to {addr} saw no certificate: {}", String::from_utf8_lossy(&out.stderr));
@@ -245,14 +240,7 @@ pub fn mtls_get(addr: SocketAddr, cert: &Path, key: &Path, path: &str) -> Result
         .expect("openssl must be installed (the README's test command installs it)");
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let _ = child.stdin.take().map(|mut stdin| stdin.write_all(request.as_bytes()));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_or_kill(&mut child, Duration::from_secs(15));
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     match stdout.lines().find(|l| l.starts_with("HTTP/1.1 ")) {
