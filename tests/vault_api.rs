@@ -129,6 +129,9 @@ fn hvac_against_trustmesh_and_bad_input() {
     let listed = crl_serials_of(&out, &crls[0]);
     assert!(listed.contains(&normalize_serial(result["revoked"].as_str().unwrap())), "{listed:?}");
     assert!(!listed.contains(&normalize_serial(result["signed"].as_str().unwrap())));
+    // The SVID revoked through the PKI API is in the mesh's CRLs when revoke answered.
+    let svid = normalize_serial(result["svid"].as_str().unwrap());
+    assert!(s.crl_serials(&out).contains(&svid), "the mesh's CRLs miss the SVID revoked through /v1");
     let text = openssl_ok(&["crl", "-in", out.join("crl.pem").to_str().unwrap(), "-noout", "-text"]);
     assert!(text.contains("trustmesh Profiles CA"), "the mount's CRL is the profiles CA's first: {text}");
     for (name, revoked) in [("issued", true), ("signed", false)] {

@@ -92,6 +92,18 @@ def main():
     assert cert(ca_pem).subject == leaf.issuer
     assert crl.is_signature_valid(cert(ca_pem).public_key())
 
+    # A certificate with a SPIFFE ID is an SVID of the mesh (Services CA);
+    # revoking it through this API is the mesh's revocation.
+    pki.create_or_update_role("mesh", extra_params={
+        "key_type": "ec", "allowed_uri_sans": "spiffe://example.org/web/*", "require_cn": False,
+    }, mount_point=MOUNT)
+    svid = pki.generate_certificate("mesh", "", extra_params={"uri_sans": "spiffe://example.org/web/1"},
+                                    mount_point=MOUNT)["data"]
+    uris = cert(svid["certificate"]).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert uris.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://example.org/web/1"]
+    assert common_name(cert(svid["issuing_ca"])) == "trustmesh Services CA"
+    pki.revoke_certificate(svid["serial_number"], mount_point=MOUNT)
+
     # Delete the role: reading it is a 404 (hvac's InvalidPath).
     pki.delete_role(ROLE, mount_point=MOUNT)
     try:
@@ -105,7 +117,9 @@ def main():
     write("chain.pem", chain_pem)
     write("ca.pem", ca_pem)
     write("crl.pem", crl_pem)
-    write("result.json", json.dumps({"revoked": issued["serial_number"], "signed": signed["serial_number"]}))
+    write("result.json", json.dumps({
+        "revoked": issued["serial_number"], "signed": signed["serial_number"], "svid": svid["serial_number"],
+    }))
     print("ok")
 
 
