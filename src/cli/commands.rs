@@ -314,7 +314,7 @@ async fn cert(ctx: Context, command: CertCommand) -> i32 {
             ctx.output.print(&views, |list| {
                 let mut out = format!("{:<36} {:<60} {:<8} {}\n", "SERIAL", "SPIFFE ID", "STATUS", "EXPIRES");
                 for c in list {
-                    out.push_str(&format!("{:<36} {:<60} {:<8} {}\n", c.serial, c.spiffe_id, c.status, c.expires));
+                    out.push_str(&format!("{:<36} {:<60} {:<8} {}\n", c.serial, c.subject(), c.status, c.expires));
                 }
                 out
             });

@@ -199,7 +199,10 @@ impl Store for PostgresStore {
     async fn record_issuance(&self, cert: &CertRecord, audit: &AuditRecord) -> StoreResult<bool> {
         let mut client = self.client().await?;
         let tx = begin(&mut client).await?;
-        lock_identity(&tx, &cert.spiffe_id).await?;
+        // A certificate without a SPIFFE ID (a profile's) has no identity a denial could race.
+        if !cert.spiffe_id.is_empty() {
+            lock_identity(&tx, &cert.spiffe_id).await?;
+        }
         if exec(&tx, &sql::insert_cert(cert)).await? == 0 {
             return Ok(false);
         }
