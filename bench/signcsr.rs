@@ -12,12 +12,16 @@
 //!     cargo bench --bench signcsr -- --target openbao --addr 127.0.0.1:8200 \
 //!         --token root --mount pki --role spiffe --mode sign --server-pid <bao pid>
 //!
+//! trustmesh's OpenBao-compatible PKI API (the same requests as OpenBao's,
+//! over TLS): `--target trustmesh-pki --addr 127.0.0.1:4020 --ca-file
+//! trustmesh-data/ca-bundle.pem --token-file trustmesh-data/admin.token`.
+//!
 //! Every flag also reads `BENCH_<FLAG>` (e.g. `BENCH_DURATION=20`). The same
-//! client drives both: `--concurrency` tasks (64) on one tokio runtime, each
-//! sending its next request as soon as the previous one answered. trustmesh
-//! is reached over `--connections` HTTP/2 connections (4); OpenBao over one
-//! HTTP/1.1 keep-alive connection per task (HTTP/1.1 has one request in flight
-//! per connection). CSRs are P-256 with the URI SAN
+//! client drives all three: `--concurrency` tasks (64) on one tokio runtime,
+//! each sending its next request as soon as the previous one answered.
+//! trustmesh's gRPC API is reached over `--connections` HTTP/2 connections
+//! (4); the PKI APIs (OpenBao's, trustmesh's) over one HTTP/1.1 keep-alive
+//! connection per task (HTTP/1.1 has one request in flight per connection). CSRs are P-256 with the URI SAN
 //! `spiffe://example.org/bench/<i>`, made before the clock starts.
 //!
 //! The server's CPU time is `utime + stime` of `/proc/<--server-pid>/stat`
@@ -54,11 +58,11 @@ const STOP: u8 = 2;
 const USAGE: &str = "\
 signcsr: certificates/s, latency and server CPU per certificate of a running server.
 
-  --target trustmesh|openbao   (trustmesh)
-  --mode   sign|generate (trustmesh), sign|issue (openbao)   (sign)
-  --addr   https://HOST:PORT (trustmesh) or HOST:PORT (openbao)
+  --target trustmesh|trustmesh-pki|openbao   (trustmesh)
+  --mode   sign|generate (trustmesh), sign|issue (trustmesh-pki, openbao)   (sign)
+  --addr   https://HOST:PORT (trustmesh) or HOST:PORT (trustmesh-pki, openbao)
   --ca-file FILE               trustmesh's ca-bundle.pem
-  --token T | --token-file F   bearer token (trustmesh) or X-Vault-Token (openbao)
+  --token T | --token-file F   bearer token (trustmesh) or X-Vault-Token (trustmesh-pki, openbao)
   --server-pid PID             the server process, for its CPU time
   --duration S (10)  --warmup S (2)  --concurrency N (64)  --connections N (4, trustmesh)
   --csrs N (4096)  --raw-secs S (0: skip ring's verify+sign reference)
@@ -121,8 +125,8 @@ fn args() -> Args {
         }
     }
     let target = get("target").unwrap_or_else(|| "trustmesh".into());
-    if target != "trustmesh" && target != "openbao" {
-        fatal("--target is trustmesh or openbao");
+    if !["trustmesh", "trustmesh-pki", "openbao"].contains(&target.as_str()) {
+        fatal("--target is trustmesh, trustmesh-pki or openbao");
     }
     let mode = get("mode").unwrap_or_else(|| "sign".into());
     let modes: &[&str] = if target == "trustmesh" { &["sign", "generate"] } else { &["sign", "issue"] };
@@ -155,7 +159,7 @@ fn args() -> Args {
         addr,
         token,
     };
-    if a.target == "trustmesh" && a.ca_file.is_none() {
+    if a.target != "openbao" && a.ca_file.is_none() {
         fatal("--ca-file (the server's ca-bundle.pem) is required for trustmesh");
     }
     a
@@ -333,6 +337,7 @@ async fn trustmesh_task(
                 spiffe_id: csr.spiffe_id.clone(),
                 dns_names: vec![],
                 ttl_seconds,
+                profile: String::new(),
             });
             req.metadata_mut().insert("authorization", token.clone());
             client.generate_certificate(req).await.map(|r| r.into_inner().certificate_pem)
@@ -341,6 +346,7 @@ async fn trustmesh_task(
                 csr: csr.der.clone(),
                 spiffe_id: csr.spiffe_id.clone(),
                 ttl_seconds,
+                profile: String::new(),
             });
             req.metadata_mut().insert("authorization", token.clone());
             client.sign_csr(req).await.map(|r| r.into_inner().certificate_pem)
@@ -380,11 +386,18 @@ async fn trustmesh_clients(a: &Args) -> Vec<AdminClient<Channel>> {
 
 // ---------- OpenBao: JSON over HTTP/1.1 keep-alive ----------
 
+/// A byte stream the HTTP/1.1 client speaks over: plain TCP (OpenBao's dev
+/// server) or TLS (trustmesh's API port).
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
 /// A minimal HTTP/1.1 client on one keep-alive connection: enough for
-/// OpenBao's JSON API (Content-Length or chunked responses).
+/// Vault's JSON API (Content-Length or chunked responses), OpenBao's and
+/// trustmesh's alike; over TLS when `tls` is set.
 struct Http1 {
     addr: String,
-    conn: Option<BufReader<TcpStream>>,
+    tls: Option<tokio_rustls::TlsConnector>,
+    conn: Option<BufReader<Box<dyn Stream>>>,
 }
 
 impl Http1 {
@@ -392,7 +405,15 @@ impl Http1 {
         if self.conn.is_none() {
             let s = TcpStream::connect(&self.addr).await.map_err(|e| format!("connect {}: {e}", self.addr))?;
             s.set_nodelay(true).map_err(|e| e.to_string())?;
-            self.conn = Some(BufReader::new(s));
+            let stream: Box<dyn Stream> = match &self.tls {
+                None => Box::new(s),
+                Some(connector) => {
+                    let host = self.addr.rsplit_once(':').map_or(self.addr.as_str(), |(h, _)| h).to_string();
+                    let name = rustls_pki_types::ServerName::try_from(host).map_err(|e| e.to_string())?;
+                    Box::new(connector.connect(name, s).await.map_err(|e| format!("TLS to {}: {e}", self.addr))?)
+                }
+            };
+            self.conn = Some(BufReader::new(stream));
         }
         let result = self.exchange(path, token, body).await;
         match &result {
@@ -475,8 +496,10 @@ impl Http1 {
     }
 }
 
-async fn openbao_task(
+#[allow(clippy::too_many_arguments)]
+async fn vault_api_task(
     addr: String,
+    tls: Option<tokio_rustls::TlsConnector>,
     path: String,
     token: String,
     bodies: Arc<Vec<Vec<u8>>>,
@@ -484,7 +507,7 @@ async fn openbao_task(
     stride: usize,
     shared: Arc<Shared>,
 ) -> Vec<u32> {
-    let mut http = Http1 { addr, conn: None };
+    let mut http = Http1 { addr, tls, conn: None };
     let mut lat = Vec::with_capacity(1 << 16);
     let mut i = start;
     while shared.running() {
@@ -505,6 +528,24 @@ async fn openbao_task(
         }
     }
     lat
+}
+
+/// TLS to trustmesh's API port, trusting its `ca-bundle.pem`; HTTP/1.1.
+fn tls_connector(a: &Args) -> tokio_rustls::TlsConnector {
+    let ca_file = a.ca_file.clone().unwrap_or_default();
+    let pem = std::fs::read_to_string(&ca_file).unwrap_or_else(|e| fatal(&format!("--ca-file {ca_file}: {e}")));
+    let mut roots = rustls::RootCertStore::empty();
+    for der in trustmesh::ca::certs_from_pem(&pem).unwrap_or_else(|e| fatal(&format!("--ca-file {ca_file}: {e}"))) {
+        roots.add(rustls_pki_types::CertificateDer::from(der)).unwrap_or_else(|e| fatal(&format!("CA: {e}")));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| fatal(&format!("TLS: {e}")))
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 fn memfind(hay: &[u8], needle: &[u8]) -> bool {
@@ -611,9 +652,11 @@ async fn run(a: Args) {
             .collect();
         let bodies = Arc::new(bodies);
         let path = format!("/v1/{}/{}/{}", a.mount, a.mode, a.role);
+        let tls = (a.target == "trustmesh-pki").then(|| tls_connector(&a));
         for i in 0..a.concurrency {
-            tasks.push(tokio::spawn(openbao_task(
+            tasks.push(tokio::spawn(vault_api_task(
                 a.addr.clone(),
+                tls.clone(),
                 path.clone(),
                 a.token.clone(),
                 bodies.clone(),

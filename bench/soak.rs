@@ -206,6 +206,7 @@ async fn run(a: Args, token: MetadataValue<Ascii>, node: Node, csrs: Arc<Vec<Vec
                     csr: csrs[i % csrs.len()].clone(),
                     spiffe_id: format!("spiffe://example.org/soak/{}", i % csrs.len()),
                     ttl_seconds: 3600,
+                    profile: String::new(),
                 };
                 i += 1;
                 tokio::spawn(async move {
@@ -234,6 +235,7 @@ async fn run(a: Args, token: MetadataValue<Ascii>, node: Node, csrs: Arc<Vec<Vec
                     csr: vec![b'x'; 900_000],
                     spiffe_id: "spiffe://example.org/soak/garbage".into(),
                     ttl_seconds: 0,
+                    profile: String::new(),
                 };
                 let _ = client.sign_csr(authorized(&token, garbage)).await;
                 let long = RevokeCertificateRequest { serial: "f".repeat(100_000), reason: String::new() };

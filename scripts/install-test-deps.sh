@@ -92,12 +92,17 @@ install_envoy() {
 }
 install_envoy
 
-# py-spiffe (PyPI `spiffe`), the second independent Workload API client, for
-# tests/workload_api.rs, which runs tests/workload_py/*.py with the same
-# `.venv` at the repository root (created here too if missing).
-PY_SPIFFE_VERSION=0.3.2
+# The Python clients the tests drive trustmesh with, from PyPI, into the same
+# `.venv` at the repository root (created here too if missing):
+#   - py-spiffe (`spiffe`), the second independent Workload API client, for
+#     tests/workload_api.rs (tests/workload_py/*.py);
+#   - hvac, the Vault client, and cryptography (keys and CSRs), for
+#     tests/vault_api.rs (tests/vault_py/*.py), which point hvac, unmodified,
+#     at trustmesh's OpenBao-compatible PKI API.
+# The Python tests fail, never skip, when one is missing.
+PY_CLIENTS=("spiffe==0.3.2" "hvac==2.4.0" "cryptography==51.0.1")
 install_python_clients() {
-    local root venv py
+    local root venv py pin name version
     root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
     venv="$root/.venv"
     py="$venv/bin/python"
@@ -111,11 +116,15 @@ install_python_clients() {
             python3 -m venv "$venv"
         fi
     fi
-    if ! "$py" -m pip show spiffe 2>/dev/null | grep -qx "Version: $PY_SPIFFE_VERSION"; then
-        "$py" -m pip install --disable-pip-version-check --quiet "spiffe==$PY_SPIFFE_VERSION"
-    fi
-    if ! "$py" -c 'import spiffe' 2>/dev/null; then
-        echo "install_python_clients: .venv cannot import spiffe after installing spiffe==$PY_SPIFFE_VERSION" >&2
+    for pin in "${PY_CLIENTS[@]}"; do
+        name="${pin%%==*}"
+        version="${pin##*==}"
+        if ! "$py" -m pip show "$name" 2>/dev/null | grep -qx "Version: $version"; then
+            "$py" -m pip install --disable-pip-version-check --quiet "$pin"
+        fi
+    done
+    if ! "$py" -c 'import spiffe, hvac, cryptography' 2>/dev/null; then
+        echo "install_python_clients: .venv cannot import spiffe, hvac and cryptography after installing ${PY_CLIENTS[*]}" >&2
         return 1
     fi
 }

@@ -50,7 +50,10 @@ fn first_start_creates_hierarchy_and_restart_keeps_it() {
     let status = s.json(&["pki", "status"]);
     assert_eq!(status["trust_domain"], TD);
     assert_eq!(status["root"]["algorithm"], "EC-P384");
-    assert_eq!(status["intermediates"].as_array().unwrap().len(), 2);
+    let mut roles: Vec<&str> =
+        status["intermediates"].as_array().unwrap().iter().map(|c| c["role"].as_str().unwrap()).collect();
+    roles.sort_unstable();
+    assert_eq!(roles, ["profiles", "services", "transport"], "the profiles CA is not in the bundle");
     let root = status["root"]["fingerprint"].as_str().unwrap().to_string();
     assert!(s.ok(&["pki", "status"]).contains("PKI Status: HEALTHY"));
     // The root is self-signed P-384 with the trust domain's SPIFFE ID.

@@ -78,8 +78,10 @@ fn replicas_create_the_ca_once() {
         .iter()
         .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
         .collect();
-    let expected: BTreeMap<String, i64> =
-        [("root", 1), ("services", 1), ("transport", 1)].into_iter().map(|(role, n)| (role.to_string(), n)).collect();
+    let expected: BTreeMap<String, i64> = [("root", 1), ("services", 1), ("transport", 1), ("profiles", 1)]
+        .into_iter()
+        .map(|(role, n)| (role.to_string(), n))
+        .collect();
     assert_eq!(roles, expected, "CAs in the database by role");
     let root: Vec<u8> = query(&url, "SELECT cert_der FROM cas WHERE role = 'root'")[0].get(0);
     let served: Vec<Vec<u8>> = pem::parse_many(&bundle_a).unwrap().iter().map(|p| p.contents().to_vec()).collect();
@@ -415,4 +417,23 @@ fn every_published_crl_verifies_with_openssl() {
         let listed = check_crls(name, server, &url, dir.path());
         assert!(!listed.contains(&normalize_serial(&short)), "replica {name} still lists the expired {short}");
     }
+}
+
+/// A profile written through one replica is in force on the other within a
+/// second (the change feed), and so is its deletion.
+#[test]
+fn a_profile_written_through_one_replica_issues_on_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_url, a, b) = two_replicas(dir.path());
+    a.ok(&support::fixtures::TENANT_PROFILE);
+    let generate = |server: &Server| {
+        server.try_generate(dir.path(), "t", &["--profile", "tenant", "--common-name", "tenant-acme"])
+    };
+    let started = Instant::now();
+    poll(Duration::from_secs(10), || generate(&b).ok())
+        .unwrap_or_else(|| panic!("replica b never learned the profile\n{}", diagnostics(&a, &b, &[])));
+    assert!(started.elapsed() < WITHIN + Duration::from_millis(500), "{:?}", started.elapsed());
+    a.ok(&["pki", "profile", "delete", "tenant"]);
+    poll(Duration::from_secs(10), || generate(&b).err())
+        .unwrap_or_else(|| panic!("replica b kept the deleted profile\n{}", diagnostics(&a, &b, &[])));
 }

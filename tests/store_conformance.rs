@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use trustmesh::store::{
     AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CaRole, CertFilter, CertRecord, CertStatus, ChangeBatch,
-    ChangeKind, ChangeRecord, DenyRecord, EntryRecord, ImportedCrlRecord, RevokeOutcome, RevokedEntry,
-    SigningKeyRecord, Store, StoreError,
+    ChangeKind, ChangeRecord, DenyRecord, EntryRecord, ImportedCrlRecord, ProfileKey, ProfileRecord, RevokeOutcome,
+    RevokedEntry, SigningKeyRecord, Store, StoreError,
 };
 
 macro_rules! conformance {
@@ -73,6 +73,8 @@ conformance!(
     revoked_unexpired_all_fields,
     concurrent_changes_never_skipped,
     imported_crls_only_move_forward,
+    profiles_roundtrip_replace_and_delete,
+    certificates_of_a_profile_and_mount,
 );
 
 const NOW: i64 = 1_700_000_000;
@@ -202,6 +204,62 @@ async fn certificate_filters(s: Arc<dyn Store>) {
     assert_eq!(list(limited).await, ["b1", "a3"]);
     let all = CertFilter { spiffe_id: Some(a.into()), unexpired_at: Some(NOW), limit: Some(1), ..Default::default() };
     assert_eq!(list(all).await, ["a2"]);
+}
+
+async fn profiles_roundtrip_replace_and_delete(s: Arc<dyn Store>) {
+    let (web, tenant) = (profile("pki", "web", r#"{"ttl":60}"#, NOW), profile("pki_client", "tenant", "{}", NOW + 1));
+    let other = profile("pki", "api", "{}", NOW + 2);
+    for p in [&web, &tenant, &other] {
+        s.put_profile(p, &audit("manage_profiles", &format!("{}/{}", p.key.mount, p.key.name), p.created_at))
+            .await
+            .unwrap();
+    }
+    let names = |list: Vec<ProfileRecord>| list.into_iter().map(|p| format!("{}/{}", p.key.mount, p.key.name));
+    assert_eq!(names(s.profiles().await.unwrap()).collect::<Vec<_>>(), ["pki/api", "pki/web", "pki_client/tenant"]);
+    assert_eq!(s.profile(&web.key).await.unwrap(), Some(web.clone()));
+    assert_eq!(s.profile(&profile_key("pki", "nope")).await.unwrap(), None);
+    assert_eq!(s.profile(&profile_key("pki_client", "web")).await.unwrap(), None, "profiles live in their mount");
+
+    let replaced = ProfileRecord { spec: r#"{"ttl":120}"#.into(), created_at: NOW + 50, updated_at: NOW + 50, ..web };
+    s.put_profile(&replaced, &audit("manage_profiles", "pki/web", NOW + 50)).await.unwrap();
+    let stored = s.profile(&replaced.key).await.unwrap().unwrap();
+    assert_eq!((stored.spec.as_str(), stored.created_at, stored.updated_at), (r#"{"ttl":120}"#, NOW, NOW + 50));
+
+    assert!(s.delete_profile(&replaced.key, &audit("manage_profiles", "pki/web", NOW + 60)).await.unwrap());
+    assert!(!s.delete_profile(&replaced.key, &audit("manage_profiles", "pki/web", NOW + 61)).await.unwrap());
+    assert_eq!(s.profile(&replaced.key).await.unwrap(), None);
+    assert_eq!(s.audit(&AuditFilter::default()).await.unwrap().len(), 6, "every write audited, the no-op delete too");
+    let changes = changes_after(&s, 0).await;
+    let profile_changes: Vec<_> = changes.iter().filter(|c| c.0 == ChangeKind::Profile).map(|c| c.1.as_str()).collect();
+    assert_eq!(profile_changes, ["pki/web", "pki_client/tenant", "pki/api", "pki/web", "pki/web"]);
+}
+
+async fn certificates_of_a_profile_and_mount(s: Arc<dyn Store>) {
+    seed(&s).await;
+    s.insert_ca(&ca("a-profiles", CaRole::Profiles, true, NOW + 3)).await.unwrap();
+    assert!(s.cas().await.unwrap().iter().any(|c| c.role == CaRole::Profiles && c.active));
+    let mut tenant = cert("c1", "", "a-profiles", NOW, NOW + 600);
+    tenant.profile = Some(profile_key("pki_client", "tenant"));
+    tenant.common_name = Some("tenant-acme".into());
+    let mut svid = cert("c2", "spiffe://example.org/web", "a-services", NOW + 1, NOW + 600);
+    svid.profile = Some(profile_key("pki", "web"));
+    let plain = cert("c3", "spiffe://example.org/db", "a-services", NOW + 2, NOW + 600);
+    for c in [&tenant, &svid, &plain] {
+        s.record_issuance(c, &audit("issue", &c.serial, NOW)).await.unwrap();
+    }
+    assert_eq!(s.certificate("c1").await.unwrap(), Some(tenant.clone()));
+    let of = |mount: &str| {
+        let (s, mount) = (s.clone(), mount.to_string());
+        async move {
+            let filter = CertFilter { mount: Some(mount), ..Default::default() };
+            s.certificates(&filter).await.unwrap().into_iter().map(|c| c.serial).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(of("pki_client").await, ["c1"]);
+    assert_eq!(of("pki").await, ["c2"]);
+    assert!(of("other").await.is_empty());
+    let revoked = s.revoke("c1", "superseded", NOW + 5, &audit("revoke", "c1", NOW + 5)).await.unwrap();
+    assert_eq!(revoked.certificate.unwrap().common_name.as_deref(), Some("tenant-acme"));
 }
 
 async fn active_certificate_count(s: Arc<dyn Store>) {
@@ -928,11 +986,48 @@ async fn sqlite_version_2_database_gains_the_change_feed() {
     let path = dir.path().join("t.db");
     drop(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE imported_crls; DROP TABLE changes; UPDATE schema_version SET version = 2").unwrap();
+    conn.execute_batch(
+        "DROP TABLE profiles; DROP TABLE imported_crls; DROP TABLE changes; UPDATE schema_version SET version = 2",
+    )
+    .unwrap();
     drop(conn);
     let store: Arc<dyn Store> = Arc::new(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
     seed(&store).await;
     assert_eq!(changes_after(&store, 0).await.len(), 5);
+}
+
+/// A database written before profiles (schema 4, data in every table that
+/// references the CAs) migrates without losing a row or a reference, and
+/// then takes the `profiles` CA role, profiles and certificates with a mount.
+#[tokio::test]
+async fn sqlite_version_4_database_gains_profiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    {
+        let store: Arc<dyn Store> = Arc::new(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
+        seed(&store).await;
+        let c = cert("0a", "spiffe://example.org/web", "a-services", NOW, NOW + 60);
+        store.record_issuance(&c, &audit("issue", &c.spiffe_id, NOW)).await.unwrap();
+        store.revoke("0a", "keyCompromise", NOW, &audit("revoke", "0a", NOW)).await.unwrap();
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("DROP TABLE profiles; DROP INDEX certificates_mount; UPDATE schema_version SET version = 4")
+        .unwrap();
+    drop(conn);
+    let store: Arc<dyn Store> = Arc::new(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
+    let kept = store.certificate("0a").await.unwrap().unwrap();
+    assert_eq!((kept.status, kept.revoked_at, kept.profile), (CertStatus::Revoked, Some(NOW), None));
+    assert_eq!(store.cas().await.unwrap().len(), 3);
+    store.insert_ca(&ca("a-profiles", CaRole::Profiles, true, NOW + 3)).await.unwrap();
+    store.put_profile(&profile("pki", "web", "{}", NOW), &audit("manage_profiles", "pki/web", NOW)).await.unwrap();
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let dangling: i64 = conn.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(dangling, 0);
+    let tables: String = conn
+        .query_row("SELECT group_concat(name) FROM sqlite_master WHERE name LIKE '%_v4'", [], |r| r.get(0))
+        .unwrap_or_default();
+    assert_eq!(tables, "", "the renamed tables are gone");
 }
 
 /// Two replicas on one database.
@@ -1088,7 +1183,8 @@ async fn sqlite_version_1_database_gains_entries() {
     drop(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP TABLE imported_crls; DROP TABLE entries; DROP TABLE changes; UPDATE schema_version SET version = 1",
+        "DROP TABLE profiles; DROP TABLE imported_crls; DROP TABLE entries; DROP TABLE changes; \
+         UPDATE schema_version SET version = 1",
     )
     .unwrap();
     drop(conn);
@@ -1271,7 +1367,17 @@ fn cert(serial: &str, spiffe_id: &str, issuer: &str, not_before: i64, not_after:
         revoked_at: None,
         revocation_reason: None,
         cert_der: vec![0x30, 0x82, 0, 0xff],
+        profile: None,
+        common_name: None,
     }
+}
+
+fn profile_key(mount: &str, name: &str) -> ProfileKey {
+    ProfileKey { mount: mount.into(), name: name.into() }
+}
+
+fn profile(mount: &str, name: &str, spec: &str, at: i64) -> ProfileRecord {
+    ProfileRecord { key: profile_key(mount, name), spec: spec.into(), created_at: at, updated_at: at }
 }
 
 fn audit(action: &str, target: &str, at: i64) -> AuditRecord {

@@ -13,6 +13,7 @@ use crate::policy::Action;
 use crate::proto::admin::v1 as pb;
 use crate::store::{AuditFilter, CaRecord, CaRole, CertFilter, CertRecord, CertStatus, StoreError};
 
+use super::grpc_profiles;
 use crate::attest::TlsPeer;
 
 /// Most audit records in one `ListAudit` page, and about the most bytes.
@@ -97,7 +98,10 @@ impl pb::admin_server::Admin for AdminService {
         let role = match req.role.as_str() {
             "" | "services" => CaRole::Services,
             "transport" => CaRole::Transport,
-            other => return Err(Status::invalid_argument(format!("role {other:?} is not services or transport"))),
+            "profiles" => CaRole::Profiles,
+            other => {
+                return Err(Status::invalid_argument(format!("role {other:?} is not services, transport or profiles")));
+            }
         };
         let record =
             self.issuer.create_intermediary(&caller, role, &req.common_name, req.ttl_days).await.map_err(status)?;
@@ -127,6 +131,9 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::GenerateCertificateResponse>, Status> {
         let caller = self.caller(&request, AuditAction::Policy(Action::IssueCertificate)).await?;
         let req = request.into_inner();
+        if !req.profile.is_empty() {
+            return grpc_profiles::generate(&self.issuer, &caller, req).await.map(Response::new);
+        }
         let issued = self
             .issuer
             .generate(
@@ -151,6 +158,9 @@ impl pb::admin_server::Admin for AdminService {
     async fn sign_csr(&self, request: Request<pb::SignCsrRequest>) -> Result<Response<pb::SignCsrResponse>, Status> {
         let caller = self.caller(&request, AuditAction::Policy(Action::SignCsr)).await?;
         let req = request.into_inner();
+        if !req.profile.is_empty() {
+            return grpc_profiles::sign(&self.issuer, &caller, req).await.map(Response::new);
+        }
         let issued = self
             .issuer
             .sign_csr(&caller, &SignRequest { csr: req.csr, spiffe_id: req.spiffe_id, ttl_seconds: req.ttl_seconds })
@@ -173,6 +183,7 @@ impl pb::admin_server::Admin for AdminService {
             spiffe_id: (!req.spiffe_id.is_empty()).then_some(req.spiffe_id),
             expiring_before: (req.expiring_within_seconds > 0).then(|| now.saturating_add(req.expiring_within_seconds)),
             unexpired_at: (!req.include_expired).then_some(now),
+            mount: None,
             limit: (req.limit > 0).then_some(req.limit),
         };
         let certs = self.issuer.list_certificates(&caller, &filter).await.map_err(status)?;
@@ -340,6 +351,38 @@ impl pb::admin_server::Admin for AdminService {
         let entry = self.issuer.delete_entry(&caller, &request.into_inner().id).await.map_err(status)?;
         Ok(Response::new(entry_info(&entry)))
     }
+
+    async fn put_profile(
+        &self,
+        request: Request<pb::PutProfileRequest>,
+    ) -> Result<Response<pb::ProfileResponse>, Status> {
+        let caller = self.caller(&request, AuditAction::Policy(Action::ManageProfiles)).await?;
+        grpc_profiles::put(&self.issuer, &caller, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn show_profile(
+        &self,
+        request: Request<pb::ShowProfileRequest>,
+    ) -> Result<Response<pb::ProfileResponse>, Status> {
+        let caller = self.caller(&request, AuditAction::Policy(Action::ReadProfiles)).await?;
+        grpc_profiles::show(&self.issuer, &caller, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn list_profiles(
+        &self,
+        request: Request<pb::ListProfilesRequest>,
+    ) -> Result<Response<pb::ListProfilesResponse>, Status> {
+        let caller = self.caller(&request, AuditAction::Policy(Action::ReadProfiles)).await?;
+        grpc_profiles::list(&self.issuer, &caller, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn delete_profile(
+        &self,
+        request: Request<pb::DeleteProfileRequest>,
+    ) -> Result<Response<pb::DeleteProfileResponse>, Status> {
+        let caller = self.caller(&request, AuditAction::Policy(Action::ManageProfiles)).await?;
+        grpc_profiles::delete(&self.issuer, &caller, request.into_inner()).await.map(Response::new)
+    }
 }
 
 fn entry_info(e: &Entry) -> pb::Entry {
@@ -370,7 +413,7 @@ fn ca_info(r: &CaRecord) -> pb::CaInfo {
     }
 }
 
-fn cert_info(c: &CertRecord, now: i64) -> pb::CertificateInfo {
+pub(super) fn cert_info(c: &CertRecord, now: i64) -> pb::CertificateInfo {
     let status = match c.status {
         CertStatus::Revoked => "revoked",
         CertStatus::Active if c.not_after <= now => "expired",
@@ -386,5 +429,7 @@ fn cert_info(c: &CertRecord, now: i64) -> pb::CertificateInfo {
         status: status.into(),
         revoked_at: c.revoked_at.unwrap_or_default(),
         revocation_reason: c.revocation_reason.clone().unwrap_or_default(),
+        common_name: c.common_name.clone().unwrap_or_default(),
+        profile: c.profile.as_ref().map(|p| format!("{}/{}", p.mount, p.name)).unwrap_or_default(),
     }
 }

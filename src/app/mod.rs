@@ -44,6 +44,7 @@ pub fn issuer_config(cfg: &ServeConfig) -> IssuerConfig {
     ic.bootstrap_ttl = cfg.bootstrap_ttl;
     ic.crl_validity = cfg.crl_validity;
     ic.server_names = cfg.server_names.clone();
+    ic.mounts = cfg.pki_mounts.clone();
     ic
 }
 

@@ -68,11 +68,21 @@ pub trait BearerVerifier: Send + Sync + 'static {
 }
 
 /// The bearer token of a request's `authorization` metadata, without its
-/// `Bearer ` prefix: the one place both TLS-port servers read it.
+/// `Bearer ` prefix: the one place the TLS-port servers read it (with
+/// [`vault_token`] for the PKI API).
 pub fn bearer(metadata: &MetadataMap) -> Option<String> {
-    metadata
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
+    bearer_of(metadata.get("authorization").and_then(|v| v.to_str().ok()))
+}
+
+/// The token of a PKI API request (HTTP): `X-Vault-Token`, as Vault clients
+/// send it, else an `Authorization: Bearer` header.
+pub fn vault_token(headers: &http::HeaderMap) -> Option<String> {
+    let vault = headers.get("x-vault-token").and_then(|v| v.to_str().ok()).map(str::trim).filter(|t| !t.is_empty());
+    vault.map(str::to_string).or_else(|| bearer_of(headers.get("authorization").and_then(|v| v.to_str().ok())))
+}
+
+fn bearer_of(authorization: Option<&str>) -> Option<String> {
+    authorization
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(|v| v.trim().to_string())
 }

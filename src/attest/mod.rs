@@ -24,7 +24,7 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::domain::{Selector, SelectorKind, SpiffeId};
 
-pub use caller::{Attestation, BearerVerifier, CallerAttestor, LocalAttestor, bearer};
+pub use caller::{Attestation, BearerVerifier, CallerAttestor, LocalAttestor, bearer, vault_token};
 pub use unix::{Attestor, unix_selectors};
 
 /// Kernel peer credentials of a local-socket connection (`SO_PEERCRED`),

@@ -12,6 +12,7 @@ use x509_parser::x509::SubjectPublicKeyInfo;
 use zeroize::Zeroizing;
 
 use super::CaError;
+use crate::domain::KeyShape;
 
 const MIN_RSA_BITS: usize = 2048;
 const MAX_RSA_BITS: usize = 8192;
@@ -68,6 +69,17 @@ impl KeyKind {
 
     pub(crate) fn is_rsa(&self) -> bool {
         matches!(self, Self::Rsa(_))
+    }
+
+    /// The key as a profile judges it (`None` for keys trustmesh refuses anyway).
+    pub(crate) fn shape(&self) -> Option<KeyShape> {
+        match self {
+            Self::EcP256 => Some(KeyShape::Ec(256)),
+            Self::EcP384 => Some(KeyShape::Ec(384)),
+            Self::Ed25519 => Some(KeyShape::Ed25519),
+            Self::Rsa(bits) => u32::try_from(*bits).ok().map(KeyShape::Rsa),
+            Self::EcOther(_) | Self::Other(_) => None,
+        }
     }
 
     /// The subject keys trustmesh certifies: EC P-256, EC P-384, Ed25519 and

@@ -14,19 +14,19 @@ use crate::domain::{Serial, SpiffeId, TrustDomain};
 
 use super::cert::{authority_key_id, parse, subject_key_id, uri_sans, verify_issued_by};
 use super::error::rfc3339;
-use super::{CaCertificate, CaError, Signer};
+use super::{CaCertificate, CaError, LeafUsage, Signer};
 
 /// What a leaf (X.509-SVID or server certificate) must contain.
 pub(crate) struct LeafExpectation<'a> {
-    pub spiffe_id: &'a SpiffeId,
+    pub spiffe_id: Option<&'a SpiffeId>,
     pub dns_names: &'a [String],
     pub ips: &'a [IpAddr],
     pub spki: &'a [u8],
     pub serial: &'a Serial,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
-    /// RSA subject keys also get keyEncipherment.
-    pub rsa: bool,
+    /// Exactly these key usages and extended key usages.
+    pub usage: &'a LeafUsage,
 }
 
 /// What a CA certificate created here must contain.
@@ -51,10 +51,11 @@ pub(crate) fn validate_leaf(issuer: &Signer, der: &[u8], want: &LeafExpectation<
     if x.public_key().raw != want.spki {
         return Err(fail("the subject public key is not the requested one".into()));
     }
-    let names = sans(&x).map_err(fail)?;
-    let want_uri = want.spiffe_id.to_string();
-    if names.uris != [want_uri.as_str()] {
-        return Err(fail(format!("URI SANs are {:?}, expected exactly [{want_uri:?}]", names.uris)));
+    let expects_names = want.spiffe_id.is_some() || !want.dns_names.is_empty() || !want.ips.is_empty();
+    let names = sans(&x, expects_names).map_err(fail)?;
+    let want_uris: Vec<String> = want.spiffe_id.iter().map(|id| id.to_string()).collect();
+    if names.uris != want_uris {
+        return Err(fail(format!("URI SANs are {:?}, expected exactly {want_uris:?}", names.uris)));
     }
     if names.dns != want.dns_names {
         return Err(fail(format!("DNS SANs are {:?}, expected {:?}", names.dns, want.dns_names)));
@@ -67,19 +68,14 @@ pub(crate) fn validate_leaf(issuer: &Signer, der: &[u8], want: &LeafExpectation<
         _ => return Err(fail("basicConstraints is not a critical CA:FALSE".into())),
     }
     match x.key_usage() {
-        Ok(Some(ku))
-            if ku.critical
-                && ku.value.digital_signature()
-                && ku.value.key_encipherment() == want.rsa
-                && !ku.value.key_cert_sign()
-                && !ku.value.crl_sign() => {}
-        _ => return Err(fail("keyUsage is not the critical leaf key usage".into())),
+        Ok(Some(ku)) if ku.critical && want.usage.matches_key_usage(ku.value) => {}
+        Ok(None) if want.usage.key_usages.is_empty() => {}
+        _ => return Err(fail(format!("keyUsage is not the critical {:?}", want.usage.key_usages))),
     }
     match x.extended_key_usage() {
-        Ok(Some(eku)) if eku.value.server_auth && eku.value.client_auth && !eku.value.any => {}
-        _ => {
-            return Err(fail("extendedKeyUsage is not serverAuth + clientAuth".into()));
-        }
+        Ok(Some(eku)) if want.usage.matches_ext_key_usage(eku.value) => {}
+        Ok(None) if want.usage.ext_key_usages.is_empty() => {}
+        _ => return Err(fail(format!("extendedKeyUsage is not {:?}", want.usage.ext_key_usages))),
     }
     if authority_key_id(&x).is_none() || subject_key_id(&x).is_none() {
         return Err(fail("authority or subject key identifier missing".into()));
@@ -158,19 +154,23 @@ fn common(
     Ok(())
 }
 
-struct Sans<'a> {
-    uris: Vec<&'a str>,
+struct Sans {
+    uris: Vec<String>,
     dns: Vec<String>,
     ips: Vec<IpAddr>,
 }
 
-fn sans<'a>(x: &'a X509Certificate<'_>) -> Result<Sans<'a>, String> {
-    let ext =
-        x.subject_alternative_name().map_err(|e| format!("subjectAltName: {e}"))?.ok_or("subjectAltName is missing")?;
+/// The SANs; a missing extension is an error only when names are expected.
+fn sans(x: &X509Certificate<'_>, expected: bool) -> Result<Sans, String> {
     let mut out = Sans { uris: Vec::new(), dns: Vec::new(), ips: Vec::new() };
+    let ext = match x.subject_alternative_name().map_err(|e| format!("subjectAltName: {e}"))? {
+        Some(ext) => ext,
+        None if !expected => return Ok(out),
+        None => return Err("subjectAltName is missing".into()),
+    };
     for name in &ext.value.general_names {
         match name {
-            GeneralName::URI(u) => out.uris.push(u),
+            GeneralName::URI(u) => out.uris.push((*u).to_string()),
             GeneralName::DNSName(d) => out.dns.push((*d).to_string()),
             GeneralName::IPAddress(bytes) => out.ips.push(ip_from(bytes)?),
             other => return Err(format!("unexpected SAN {other:?}")),

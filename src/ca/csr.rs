@@ -1,8 +1,11 @@
 //! PKCS#10 certificate signing requests, parsed and checked in full before
 //! anything is signed: size, encoding, key type, proof of possession, and
-//! the one SPIFFE ID they ask for.
+//! the one SPIFFE ID they ask for ([`parse_csr`]), or, for a profile's
+//! `sign`, every name they ask for, judged by the profile later
+//! ([`parse_csr_request`]).
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::cri_attributes::ParsedCriAttribute;
@@ -10,7 +13,7 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::oid_registry::{OID_PKCS1_SHA1WITHRSA, OID_SHA1_WITH_RSA, OID_X509_EXT_SUBJECT_ALT_NAME};
 use x509_parser::prelude::FromDer;
 
-use crate::domain::{SpiffeId, TrustDomain};
+use crate::domain::{KeyShape, SpiffeId, TrustDomain};
 
 use super::CaError;
 use super::asn1::{KeyKind, announced_len};
@@ -35,11 +38,60 @@ pub struct Csr {
     pub key_algorithm: String,
 }
 
+/// A CSR whose encoding, key and signature are checked, with every name it
+/// asks for, for a profile to judge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsrRequest {
+    /// The subject's first CN, when it has one.
+    pub common_name: Option<String>,
+    pub uris: Vec<String>,
+    pub dns_names: Vec<String>,
+    pub ips: Vec<IpAddr>,
+    /// SubjectPublicKeyInfo DER of the key whose possession was proven.
+    pub public_key_der: Vec<u8>,
+    pub key: KeyShape,
+    /// "EC-P256", "RSA-2048", "Ed25519", …
+    pub key_algorithm: String,
+}
+
 /// Parses a CSR (PEM "CERTIFICATE REQUEST" / "NEW CERTIFICATE REQUEST", or
 /// DER) and checks it: at most 64 KiB, an accepted key type, a valid
 /// self-signature, exactly one URI SAN that is a SPIFFE ID in `trust_domain`,
 /// and valid DNS SANs (no other SAN types).
 pub fn parse_csr(input: &[u8], trust_domain: &TrustDomain) -> Result<Csr, CaError> {
+    let req = parse_csr_request(input)?;
+    if !req.ips.is_empty() {
+        return Err(CaError::CsrSan { reason: "only URI and DNS names are accepted, found an IP address".into() });
+    }
+    let [uri] = req.uris.as_slice() else {
+        return Err(CaError::CsrUriSanCount { count: req.uris.len() });
+    };
+    let spiffe_id = SpiffeId::parse(uri).map_err(|source| CaError::CsrSpiffeId { source })?;
+    if !spiffe_id.is_member_of(trust_domain) {
+        return Err(CaError::ForeignTrustDomain {
+            spiffe_id: spiffe_id.to_string(),
+            found: spiffe_id.trust_domain().to_string(),
+            expected: trust_domain.to_string(),
+        });
+    }
+    if req.dns_names.len() > MAX_DNS_NAMES {
+        return Err(CaError::TooManyDnsNames { count: req.dns_names.len(), limit: MAX_DNS_NAMES });
+    }
+    for name in &req.dns_names {
+        check_dns_name(name)?;
+    }
+    Ok(Csr {
+        spiffe_id,
+        dns_names: req.dns_names,
+        public_key_der: req.public_key_der,
+        key_algorithm: req.key_algorithm,
+    })
+}
+
+/// Parses and checks a CSR as [`parse_csr`] does, up to and including its
+/// proof of possession, and returns every name it asks for: its CN and its
+/// URI, DNS and IP SANs (any other SAN type is refused).
+pub fn parse_csr_request(input: &[u8]) -> Result<CsrRequest, CaError> {
     if input.len() > MAX_CSR_BYTES {
         return Err(CaError::CsrTooLarge { size: input.len(), limit: MAX_CSR_BYTES });
     }
@@ -60,26 +112,21 @@ pub fn parse_csr(input: &[u8], trust_domain: &TrustDomain) -> Result<Csr, CaErro
         });
     }
     req.verify_signature().map_err(|e| CaError::CsrSignature { reason: e.to_string() })?;
-
-    let (uris, dns_names) = requested_names(&req)?;
-    let [uri] = uris.as_slice() else {
-        return Err(CaError::CsrUriSanCount { count: uris.len() });
-    };
-    let spiffe_id = SpiffeId::parse(uri).map_err(|source| CaError::CsrSpiffeId { source })?;
-    if !spiffe_id.is_member_of(trust_domain) {
-        return Err(CaError::ForeignTrustDomain {
-            spiffe_id: spiffe_id.to_string(),
-            found: spiffe_id.trust_domain().to_string(),
-            expected: trust_domain.to_string(),
-        });
-    }
-    if dns_names.len() > MAX_DNS_NAMES {
-        return Err(CaError::TooManyDnsNames { count: dns_names.len(), limit: MAX_DNS_NAMES });
-    }
-    for name in &dns_names {
-        check_dns_name(name)?;
-    }
-    Ok(Csr { spiffe_id, dns_names, public_key_der: info.subject_pki.raw.to_vec(), key_algorithm: kind.to_string() })
+    let key = kind.shape().ok_or_else(|| CaError::UnsupportedKey {
+        key_type: kind.to_string(),
+        reason: "unknown public key algorithm".into(),
+    })?;
+    let (uris, dns_names, ips) = requested_names(&req)?;
+    let common_name = info.subject.iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_string);
+    Ok(CsrRequest {
+        common_name,
+        uris,
+        dns_names,
+        ips,
+        public_key_der: info.subject_pki.raw.to_vec(),
+        key,
+        key_algorithm: kind.to_string(),
+    })
 }
 
 /// The DER of the CSR: the one CSR block of PEM input, or the input itself.
@@ -109,11 +156,14 @@ fn csr_der(input: &[u8]) -> Result<Cow<'_, [u8]>, CaError> {
     Ok(Cow::Owned(first.into_contents()))
 }
 
-/// URI SANs and DNS SANs requested in the extensionRequest attribute.
-fn requested_names(req: &X509CertificationRequest<'_>) -> Result<(Vec<String>, Vec<String>), CaError> {
+type Names = (Vec<String>, Vec<String>, Vec<IpAddr>);
+
+/// URI, DNS and IP SANs requested in the extensionRequest attribute.
+fn requested_names(req: &X509CertificationRequest<'_>) -> Result<Names, CaError> {
     let san_error = |reason: String| CaError::CsrSan { reason };
     let mut uris = Vec::new();
     let mut dns = Vec::new();
+    let mut ips = Vec::new();
     let mut seen = false;
     for attr in req.certification_request_info.iter_attributes() {
         let ParsedCriAttribute::ExtensionRequest(ext_req) = attr.parsed_attribute() else {
@@ -131,9 +181,12 @@ fn requested_names(req: &X509CertificationRequest<'_>) -> Result<(Vec<String>, V
                 match name {
                     GeneralName::URI(u) => uris.push((*u).to_string()),
                     GeneralName::DNSName(d) => dns.push((*d).to_string()),
+                    GeneralName::IPAddress(bytes) => ips.push(ip_of(bytes).ok_or_else(|| {
+                        san_error(format!("an IP address SAN of {} bytes (4 or 16 expected)", bytes.len()))
+                    })?),
                     other => {
                         return Err(san_error(format!(
-                            "only URI and DNS names are accepted, found {}",
+                            "only URI, DNS and IP names are accepted, found {}",
                             kind_of(other)
                         )));
                     }
@@ -141,7 +194,15 @@ fn requested_names(req: &X509CertificationRequest<'_>) -> Result<(Vec<String>, V
             }
         }
     }
-    Ok((uris, dns))
+    Ok((uris, dns, ips))
+}
+
+fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
+        _ => None,
+    }
 }
 
 fn kind_of(name: &GeneralName<'_>) -> &'static str {

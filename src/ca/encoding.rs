@@ -39,6 +39,11 @@ pub(crate) fn to_pem(label: &str, der: &[u8]) -> String {
     ::pem::encode_config(&::pem::Pem::new(label, der), config)
 }
 
+/// One DER certificate as PEM ("CERTIFICATE").
+pub fn cert_to_pem(der: &[u8]) -> String {
+    to_pem("CERTIFICATE", der)
+}
+
 /// PEM text of secret DER, built in one zeroizing buffer.
 pub(crate) fn secret_to_pem(label: &str, der: &[u8]) -> Zeroizing<String> {
     const LINE: usize = 48; // 64 base64 characters

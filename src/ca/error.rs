@@ -24,6 +24,8 @@ pub enum CaError {
     InvalidKey { reason: String },
     #[error("the private key does not match the certificate {subject:?}")]
     KeyMismatch { subject: String },
+    #[error("cannot generate a {key} key: {reason}")]
+    LeafKey { key: String, reason: String },
 
     // --- key-encryption key -------------------------------------------------
     #[error("invalid key-encryption key: {reason}")]
@@ -85,6 +87,8 @@ pub enum CaError {
     CommonName { name: String, reason: &'static str },
     #[error("serial {serial} has {bits} significant bits; at least 128 are required")]
     SerialTooShort { serial: String, bits: usize },
+    #[error("invalid certificate usage: {reason}")]
+    Usage { reason: String },
     #[error("lifetime must be positive, got {seconds} s")]
     Lifetime { seconds: i64 },
     #[error("issuer {subject:?} expired at {}", rfc3339(.not_after))]
@@ -135,6 +139,8 @@ impl CaError {
                 | Self::DnsName { .. }
                 | Self::CommonName { .. }
                 | Self::Lifetime { .. }
+                | Self::Usage { .. }
+                | Self::LeafKey { .. }
                 | Self::Crl { .. }
                 | Self::InvalidCrl { .. }
         )

@@ -1,10 +1,12 @@
-//! Issuing leaves: X.509-SVIDs (SPIFFE X509-SVID profile, SPEC §4) and the
-//! server's own TLS certificate. Every certificate is validated after
-//! signing ([`super::check::validate_leaf`]) before it is returned.
+//! Issuing leaves: X.509-SVIDs (SPIFFE X509-SVID profile, SPEC §4),
+//! certificates issued under a profile (the profile's names and usages, with
+//! or without a SPIFFE ID), and the server's own TLS certificate. Every
+//! certificate is validated after signing ([`super::check::validate_leaf`])
+//! before it is returned.
 
 use std::net::IpAddr;
 
-use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyUsagePurpose, SanType};
+use rcgen::{CertificateParams, IsCa, KeyIdMethod, SanType};
 use ring::rand::SecureRandom;
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::FromDer;
@@ -16,8 +18,8 @@ use crate::domain::{RESERVED_PATH, Serial, SpiffeId};
 use super::asn1::KeyKind;
 use super::check::{LeafExpectation, validate_leaf};
 use super::encoding::{fingerprint, to_pem};
-use super::template::{LEAF_BACKDATE, cert_time, dedup, dns_san, end_of, leaf_serial, spiffe_san, subject};
-use super::{CaError, KeyAlgorithm, PrivateKey, Signer};
+use super::template::{cert_time, dedup, dns_san, end_of, leaf_serial, spiffe_san, subject};
+use super::{CaError, KeyAlgorithm, LeafUsage, PrivateKey, Signer};
 
 /// One X.509-SVID to sign.
 #[derive(Debug, Clone)]
@@ -33,13 +35,30 @@ pub struct SvidRequest<'a> {
     pub common_name: Option<&'a str>,
 }
 
+/// One certificate to sign under a profile: its names and usage are what
+/// the issuer allowed; a SPIFFE ID (at most one URI SAN) is optional.
+#[derive(Debug, Clone)]
+pub struct LeafRequest<'a> {
+    pub spiffe_id: Option<&'a SpiffeId>,
+    pub common_name: Option<&'a str>,
+    pub dns_names: &'a [String],
+    pub ips: &'a [IpAddr],
+    /// SubjectPublicKeyInfo DER of the subject key.
+    pub public_key_der: &'a [u8],
+    /// notAfter = min(now + lifetime, issuer notAfter).
+    pub lifetime: Duration,
+    pub serial: Serial,
+    pub usage: &'a LeafUsage,
+}
+
 /// A signed and validated leaf certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuedCertificate {
     pub der: Vec<u8>,
     pub serial: Serial,
     pub fingerprint: String,
-    pub spiffe_id: SpiffeId,
+    /// The URI SAN: always there in an X.509-SVID, optional under a profile.
+    pub spiffe_id: Option<SpiffeId>,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
 }
@@ -72,13 +91,48 @@ pub fn issue_svid(
     issue_leaf(
         issuer,
         &Leaf {
-            spiffe_id: request.spiffe_id,
+            spiffe_id: Some(request.spiffe_id),
             dns_names: &dns_names,
             ips: &[],
             spki: request.public_key_der,
             lifetime: request.lifetime,
             serial: &request.serial,
             common_name: request.common_name,
+            usage: None,
+        },
+        now,
+    )
+}
+
+/// Signs a certificate under a profile: the SPIFFE ID (if any) as its one
+/// URI SAN, then the DNS and IP SANs; CA:FALSE; exactly the requested key
+/// usages and extended key usages; AKI + SKI; notBefore backdated as asked.
+/// Refuses a reserved identity, as [`issue_svid`] does.
+pub fn issue_leaf_certificate(
+    issuer: &Signer,
+    request: &LeafRequest<'_>,
+    now: OffsetDateTime,
+) -> Result<IssuedCertificate, CaError> {
+    if let Some(id) = request.spiffe_id.filter(|id| id.is_reserved()) {
+        return Err(CaError::ReservedIdentity { spiffe_id: id.to_string(), reserved: RESERVED_PATH });
+    }
+    if request.dns_names.len() > MAX_DNS_NAMES {
+        return Err(CaError::TooManyDnsNames { count: request.dns_names.len(), limit: MAX_DNS_NAMES });
+    }
+    let dns_names = dedup(request.dns_names);
+    let mut ips = request.ips.to_vec();
+    ips.dedup();
+    issue_leaf(
+        issuer,
+        &Leaf {
+            spiffe_id: request.spiffe_id,
+            dns_names: &dns_names,
+            ips: &ips,
+            spki: request.public_key_der,
+            lifetime: request.lifetime,
+            serial: &request.serial,
+            common_name: request.common_name,
+            usage: Some(request.usage),
         },
         now,
     )
@@ -108,13 +162,14 @@ pub fn issue_server_certificate(
     let issued = issue_leaf(
         issuer,
         &Leaf {
-            spiffe_id,
+            spiffe_id: Some(spiffe_id),
             dns_names: &dns_names,
             ips: &ips,
             spki: &spki,
             lifetime,
             serial: &serial,
             common_name: None,
+            usage: None,
         },
         now,
     )?;
@@ -122,23 +177,25 @@ pub fn issue_server_certificate(
 }
 
 struct Leaf<'a> {
-    spiffe_id: &'a SpiffeId,
+    spiffe_id: Option<&'a SpiffeId>,
     dns_names: &'a [String],
     ips: &'a [IpAddr],
     spki: &'a [u8],
     lifetime: Duration,
     serial: &'a Serial,
     common_name: Option<&'a str>,
+    /// `None`: the X.509-SVID usage for the key's type.
+    usage: Option<&'a LeafUsage>,
 }
 
 fn issue_leaf(issuer: &Signer, leaf: &Leaf<'_>, now: OffsetDateTime) -> Result<IssuedCertificate, CaError> {
     let serial_number = leaf_serial(leaf.serial)?;
-    if let Some(td) = issuer.cert.trust_domain()
-        && !leaf.spiffe_id.is_member_of(td)
+    if let (Some(td), Some(id)) = (issuer.cert.trust_domain(), leaf.spiffe_id)
+        && !id.is_member_of(td)
     {
         return Err(CaError::ForeignTrustDomain {
-            spiffe_id: leaf.spiffe_id.to_string(),
-            found: leaf.spiffe_id.trust_domain().to_string(),
+            spiffe_id: id.to_string(),
+            found: id.trust_domain().to_string(),
             expected: td.to_string(),
         });
     }
@@ -146,7 +203,6 @@ fn issue_leaf(issuer: &Signer, leaf: &Leaf<'_>, now: OffsetDateTime) -> Result<I
     if issuer.cert.not_after <= now {
         return Err(CaError::IssuerExpired { subject: issuer.cert.label(), not_after: issuer.cert.not_after });
     }
-    let not_before = cert_time((now - LEAF_BACKDATE).max(issuer.cert.not_before))?;
     let not_after = cert_time(requested_end.min(issuer.cert.not_after))?;
 
     let (_, spki) = SubjectPublicKeyInfo::from_der(leaf.spki).map_err(|e| CaError::UnsupportedKey {
@@ -157,9 +213,20 @@ fn issue_leaf(issuer: &Signer, leaf: &Leaf<'_>, now: OffsetDateTime) -> Result<I
     kind.check_subject_key()?;
     let public_key = rcgen::SubjectPublicKeyInfo::from_der(leaf.spki)
         .map_err(|e| CaError::UnsupportedKey { key_type: kind.to_string(), reason: e.to_string() })?;
+    let svid_usage;
+    let usage = match leaf.usage {
+        Some(usage) => usage,
+        None => {
+            svid_usage = LeafUsage::svid(kind.is_rsa());
+            &svid_usage
+        }
+    };
+    let not_before = cert_time((now - usage.backdate).max(issuer.cert.not_before))?;
 
     let mut sans: Vec<SanType> = Vec::with_capacity(1 + leaf.dns_names.len() + leaf.ips.len());
-    sans.push(spiffe_san(leaf.spiffe_id)?);
+    if let Some(id) = leaf.spiffe_id {
+        sans.push(spiffe_san(id)?);
+    }
     for name in leaf.dns_names {
         sans.push(dns_san(name)?);
     }
@@ -172,12 +239,8 @@ fn issue_leaf(issuer: &Signer, leaf: &Leaf<'_>, now: OffsetDateTime) -> Result<I
     p.not_after = not_after;
     p.subject_alt_names = sans;
     p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = if kind.is_rsa() {
-        vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment]
-    } else {
-        vec![KeyUsagePurpose::DigitalSignature]
-    };
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = usage.rcgen_key_usages();
+    p.extended_key_usages = usage.rcgen_ext_key_usages();
     p.use_authority_key_identifier_extension = true;
     p.key_identifier_method = KeyIdMethod::Sha256;
 
@@ -194,14 +257,14 @@ fn issue_leaf(issuer: &Signer, leaf: &Leaf<'_>, now: OffsetDateTime) -> Result<I
             serial: leaf.serial,
             not_before,
             not_after,
-            rsa: kind.is_rsa(),
+            usage,
         },
     )?;
     Ok(IssuedCertificate {
         fingerprint: fingerprint(&der),
         der,
         serial: leaf.serial.clone(),
-        spiffe_id: leaf.spiffe_id.clone(),
+        spiffe_id: leaf.spiffe_id.cloned(),
         not_before,
         not_after,
     })

@@ -1,5 +1,6 @@
 //! The certificate authority core: keys, the key-encryption key, CA
-//! certificates, CSRs, X.509-SVIDs, server certificates and CRLs.
+//! certificates, CSRs, X.509-SVIDs, certificates issued under a profile,
+//! server certificates and CRLs.
 //!
 //! Invariants:
 //!
@@ -36,7 +37,9 @@ mod error;
 mod issue;
 mod kek;
 mod key;
+mod leaf_key;
 mod template;
+mod usage;
 
 #[cfg(test)]
 mod tests;
@@ -45,10 +48,14 @@ pub use crate::domain::RevocationReason;
 pub use cert::{CaCertificate, Signer};
 pub use create::{ImportedCa, IntermediateParams, RootParams, create_intermediate, create_root, import_ca};
 pub use crl::{Crl, CrlEntry, MAX_CRL_BYTES, build_crl, parse_crl};
-pub use csr::{Csr, MAX_CSR_BYTES, parse_csr};
-pub use encoding::{certs_from_pem, fingerprint, sha256_b64url};
+pub use csr::{Csr, CsrRequest, MAX_CSR_BYTES, parse_csr, parse_csr_request};
+pub use encoding::{cert_to_pem, certs_from_pem, fingerprint, sha256_b64url};
 pub use error::CaError;
-pub use issue::{IssuedCertificate, SvidRequest, issue_server_certificate, issue_svid};
+pub use issue::{
+    IssuedCertificate, LeafRequest, SvidRequest, issue_leaf_certificate, issue_server_certificate, issue_svid,
+};
 pub use kek::Kek;
 pub use key::{KeyAlgorithm, PrivateKey};
+pub use leaf_key::LeafKey;
 pub use template::check_dns_name;
+pub use usage::{ExtKeyUsage, KeyUsage, LeafUsage};

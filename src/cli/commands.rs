@@ -39,6 +39,11 @@ pub enum PkiCommand {
         #[command(subcommand)]
         command: CrlCommand,
     },
+    /// Issuance profiles: the roles of a PKI mount (key, lifetime, names, usages).
+    Profile {
+        #[command(subcommand)]
+        command: super::profiles::ProfileCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,12 +74,16 @@ pub enum CaCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum CertCommand {
-    /// Generate a key and a certificate for an identity.
+    /// Generate a key and a certificate for an identity, or under a profile.
     Generate {
         #[arg(long, default_value = "")]
         common_name: String,
-        #[arg(long)]
+        /// The SPIFFE ID (optional with --profile: a certificate without one, e.g. a tenant's client certificate).
+        #[arg(long, required_unless_present = "profile", default_value = "")]
         spiffe_id: String,
+        /// Issue under this profile: NAME (mount pki) or MOUNT/NAME; its key type, lifetime, names and usages apply.
+        #[arg(long)]
+        profile: Option<String>,
         #[arg(long = "dns-name")]
         dns_names: Vec<String>,
         /// Lifetime in hours (decimals allowed) [default: the server's SVID lifetime].
@@ -85,12 +94,15 @@ pub enum CertCommand {
         #[arg(long)]
         output_key: PathBuf,
     },
-    /// Sign a PKCS#10 CSR (PEM or DER) whose URI SAN is the SPIFFE ID.
+    /// Sign a PKCS#10 CSR (PEM or DER) whose URI SAN is the SPIFFE ID, or under a profile.
     SignCsr {
         #[arg(long)]
         csr: PathBuf,
-        #[arg(long)]
+        #[arg(long, required_unless_present = "profile", default_value = "")]
         spiffe_id: String,
+        /// Sign under this profile: NAME (mount pki) or MOUNT/NAME.
+        #[arg(long)]
+        profile: Option<String>,
         #[arg(long)]
         ttl_hours: Option<f64>,
         /// Where to write the leaf followed by its intermediate.
@@ -189,6 +201,7 @@ pub async fn pki(ctx: Context, command: PkiCommand) -> i32 {
             0
         }
         PkiCommand::Cert { command } => cert(ctx, command).await,
+        PkiCommand::Profile { command } => super::profiles::profile(ctx, command).await,
         PkiCommand::Identity { command } => identity(ctx, command).await,
         PkiCommand::Crl { command: CrlCommand::Import { file } } => {
             let crl = match read_bounded(&file, crate::ca::MAX_CRL_BYTES) {
@@ -233,7 +246,7 @@ fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
 
 async fn cert(ctx: Context, command: CertCommand) -> i32 {
     match command {
-        CertCommand::Generate { common_name, spiffe_id, dns_names, ttl_hours, output_cert, output_key } => {
+        CertCommand::Generate { common_name, spiffe_id, profile, dns_names, ttl_hours, output_cert, output_key } => {
             let ttl_seconds = match hours(ttl_hours) {
                 Ok(t) => t,
                 Err(e) => return fail(&e),
@@ -244,7 +257,13 @@ async fn cert(ctx: Context, command: CertCommand) -> i32 {
             let r = call!(
                 ctx,
                 generate_certificate,
-                pb::GenerateCertificateRequest { common_name, spiffe_id, dns_names, ttl_seconds }
+                pb::GenerateCertificateRequest {
+                    common_name,
+                    spiffe_id,
+                    dns_names,
+                    ttl_seconds,
+                    profile: profile.unwrap_or_default()
+                }
             );
             if let Err(e) = files::write_private(&output_key, r.private_key_pem.as_bytes())
                 .and_then(|()| files::write_public(&output_cert, r.certificate_pem.as_bytes()))
@@ -255,7 +274,7 @@ async fn cert(ctx: Context, command: CertCommand) -> i32 {
             ctx.output.print(&view, |v| format!("[ok] Certificate generated:\n{}", v.text()));
             0
         }
-        CertCommand::SignCsr { csr, spiffe_id, ttl_hours, output_cert } => {
+        CertCommand::SignCsr { csr, spiffe_id, profile, ttl_hours, output_cert } => {
             let ttl_seconds = match hours(ttl_hours) {
                 Ok(t) => t,
                 Err(e) => return fail(&e),
@@ -267,7 +286,8 @@ async fn cert(ctx: Context, command: CertCommand) -> i32 {
             if let Err(e) = writable(&[&output_cert]) {
                 return fail(&e);
             }
-            let r = call!(ctx, sign_csr, pb::SignCsrRequest { csr, spiffe_id, ttl_seconds });
+            let request = pb::SignCsrRequest { csr, spiffe_id, ttl_seconds, profile: profile.unwrap_or_default() };
+            let r = call!(ctx, sign_csr, request);
             if let Err(e) = files::write_public(&output_cert, r.certificate_pem.as_bytes()) {
                 return fail(&e.to_string());
             }
@@ -294,7 +314,7 @@ async fn cert(ctx: Context, command: CertCommand) -> i32 {
             ctx.output.print(&views, |list| {
                 let mut out = format!("{:<36} {:<60} {:<8} {}\n", "SERIAL", "SPIFFE ID", "STATUS", "EXPIRES");
                 for c in list {
-                    out.push_str(&format!("{:<36} {:<60} {:<8} {}\n", c.serial, c.spiffe_id, c.status, c.expires));
+                    out.push_str(&format!("{:<36} {:<60} {:<8} {}\n", c.serial, c.subject(), c.status, c.expires));
                 }
                 out
             });

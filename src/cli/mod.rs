@@ -24,6 +24,7 @@ mod entries;
 mod envoy;
 mod local;
 mod output;
+mod profiles;
 mod views;
 
 use std::path::PathBuf;

@@ -106,6 +106,23 @@ pub(super) struct CertView {
     pub(super) status: String,
     pub(super) revoked_at: Option<String>,
     pub(super) revocation_reason: Option<String>,
+    /// The subject CN, for a certificate issued under a profile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) common_name: Option<String>,
+    /// `mount/name` of the profile it was issued under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) profile: Option<String>,
+}
+
+impl CertView {
+    /// What a listing names the certificate by: its SPIFFE ID, else `CN=…`.
+    pub(super) fn subject(&self) -> String {
+        match (&self.spiffe_id, &self.common_name) {
+            (id, _) if !id.is_empty() => id.clone(),
+            (_, Some(cn)) => format!("CN={cn}"),
+            _ => String::new(),
+        }
+    }
 }
 
 impl From<&pb::CertificateInfo> for CertView {
@@ -120,6 +137,8 @@ impl From<&pb::CertificateInfo> for CertView {
             status: c.status.clone(),
             revoked_at: (c.revoked_at > 0).then(|| rfc3339(c.revoked_at)),
             revocation_reason: (!c.revocation_reason.is_empty()).then(|| c.revocation_reason.clone()),
+            common_name: (!c.common_name.is_empty()).then(|| c.common_name.clone()),
+            profile: (!c.profile.is_empty()).then(|| c.profile.clone()),
         }
     }
 }
@@ -144,10 +163,17 @@ impl IssuedView {
     pub(super) fn text(&self) -> String {
         let mut out = String::new();
         if let Some(c) = &self.certificate {
+            let label = if c.spiffe_id.is_empty() { "Subject:    " } else { "SPIFFE ID:  " };
             out.push_str(&format!(
-                "  Serial:      {}\n  Fingerprint: {}\n  SPIFFE ID:   {}\n  Expires:     {}\n",
-                c.serial, c.fingerprint, c.spiffe_id, c.expires
+                "  Serial:      {}\n  Fingerprint: {}\n  {label} {}\n  Expires:     {}\n",
+                c.serial,
+                c.fingerprint,
+                c.subject(),
+                c.expires
             ));
+            if let Some(profile) = &c.profile {
+                out.push_str(&format!("  Profile:     {profile}\n"));
+            }
         }
         out.push_str(&format!("  Cert:        {}\n", self.cert_file));
         if let Some(k) = &self.key_file {

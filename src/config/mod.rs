@@ -76,6 +76,9 @@ pub struct ServeArgs {
     /// Seconds a connection may stay open with no request in flight (an open SDS or Workload API stream is one).
     #[arg(long, env = "TRUSTMESH_IDLE_TIMEOUT", default_value = "300")]
     pub idle_timeout: String,
+    /// PKI mounts of the OpenBao-compatible API (/v1/<mount>/…), each with its own profiles.
+    #[arg(long = "pki-mount", env = "TRUSTMESH_PKI_MOUNTS", value_delimiter = ',', default_value = "pki")]
+    pub pki_mounts: Vec<String>,
 }
 
 /// `serve` settings after validation.
@@ -99,6 +102,7 @@ pub struct ServeConfig {
     pub kek_provisioned: bool,
     pub header_timeout: std::time::Duration,
     pub idle_timeout: std::time::Duration,
+    pub pki_mounts: Vec<String>,
 }
 
 impl ServeConfig {
@@ -142,6 +146,17 @@ impl ServeConfig {
             ));
         }
         let max_cert_ttl = seconds("--max-cert-ttl/TRUSTMESH_MAX_CERT_TTL", &args.max_cert_ttl, 60, 3650 * 86_400)?;
+        let mut pki_mounts = Vec::new();
+        for mount in &args.pki_mounts {
+            crate::domain::profile::check_mount(mount)
+                .map_err(|e| ConfigError::new("--pki-mount/TRUSTMESH_PKI_MOUNTS", e))?;
+            if !pki_mounts.contains(mount) {
+                pki_mounts.push(mount.clone());
+            }
+        }
+        if pki_mounts.is_empty() {
+            return Err(ConfigError::new("--pki-mount/TRUSTMESH_PKI_MOUNTS", "name at least one mount"));
+        }
         if svid_ttl > max_cert_ttl {
             return Err(ConfigError::new("--svid-ttl/TRUSTMESH_SVID_TTL", "must not exceed --max-cert-ttl"));
         }
@@ -165,6 +180,7 @@ impl ServeConfig {
                 .unsigned_abs(),
             idle_timeout: seconds("--idle-timeout/TRUSTMESH_IDLE_TIMEOUT", &args.idle_timeout, 1, 86_400)?
                 .unsigned_abs(),
+            pki_mounts,
         })
     }
 }
@@ -214,6 +230,9 @@ mod tests {
         assert_eq!(c.svid_ttl, Duration::hours(1));
         assert_eq!(c.kek_file, PathBuf::from("/tmp/d/kek"));
         assert_eq!(c.socket, PathBuf::from("/tmp/trustmesh/public/api.sock"), "SPEC §1");
+        assert_eq!(c.pki_mounts, ["pki"], "SPEC §15");
+        let two = parse(&["--pki-mount", "pki,pki_client_certs,pki"]).unwrap();
+        assert_eq!(two.pki_mounts, ["pki", "pki_client_certs"]);
     }
 
     #[test]
@@ -229,6 +248,8 @@ mod tests {
             (vec!["--http-listen", "127.0.0.1:4020"], "--http-listen"),
             (vec!["--header-timeout", "0"], "--header-timeout"),
             (vec!["--idle-timeout", "x"], "--idle-timeout"),
+            (vec!["--pki-mount", "pki/x"], "--pki-mount"),
+            (vec!["--pki-mount", ""], "--pki-mount"),
         ] {
             let err = parse(&args).unwrap_err().to_string();
             assert!(err.contains(needle), "{args:?}: {err}");

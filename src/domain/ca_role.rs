@@ -9,6 +9,10 @@ pub enum CaRole {
     Services,
     /// Signs the server's own TLS certificate and node certificates.
     Transport,
+    /// Signs the certificates issued under a profile that carry no SPIFFE ID
+    /// (a tenant's client certificate). Kept out of every bundle and CRL set
+    /// the mesh validates with, so such a certificate never passes there.
+    Profiles,
 }
 
 impl CaRole {
@@ -17,6 +21,7 @@ impl CaRole {
             Self::Root => "root",
             Self::Services => "services",
             Self::Transport => "transport",
+            Self::Profiles => "profiles",
         }
     }
 
@@ -25,6 +30,7 @@ impl CaRole {
             "root" => Some(Self::Root),
             "services" => Some(Self::Services),
             "transport" => Some(Self::Transport),
+            "profiles" => Some(Self::Profiles),
             _ => None,
         }
     }

@@ -1,4 +1,4 @@
-//! Pure domain types: identities, serials, principals and time.
+//! Pure domain types: identities, serials, principals, issuance profiles and time.
 //!
 //! Everything here can only hold valid values ("parse, don't validate"); nothing
 //! here performs I/O. Time and randomness are injected through [`Clock`] and
@@ -10,6 +10,7 @@ mod clock;
 mod entry;
 mod id;
 mod principal;
+pub mod profile;
 mod reason;
 mod selector;
 mod serial;
@@ -22,6 +23,7 @@ pub use clock::{Clock, ManualClock, SystemClock, unix_seconds};
 pub use entry::{Entry, MAX_SELECTORS, entitled};
 pub use id::{MAX_ID_LEN, RESERVED_PATH, SpiffeId, TrustDomain};
 pub use principal::{Principal, TokenKind};
+pub use profile::{KeyShape, KeyType, Profile, ProfileRef};
 pub use reason::RevocationReason;
 pub use selector::{Selector, SelectorKind};
 pub use serial::{RandomSerials, Serial, SerialSource};

@@ -1,6 +1,7 @@
 //! The audit trail's vocabulary: what a record says was done. Every policy
-//! action is one (by its Cedar name); the entry operations and the spending
-//! of a single-use token are the others.
+//! action is one (by its Cedar name); the entry operations, the spending
+//! of a single-use token and the PKI API's refusals of malformed calls are
+//! the others.
 
 use crate::policy::Action;
 
@@ -15,6 +16,9 @@ pub enum AuditAction {
     DeleteEntry,
     /// A single-use token spent by another call first.
     SpendToken,
+    /// A call of the PKI API refused before it named an action: an unknown
+    /// path or method, a body that is not JSON or is too large.
+    PkiApi,
 }
 
 impl AuditAction {
@@ -26,6 +30,7 @@ impl AuditAction {
             Self::ShowEntry => "show_entry",
             Self::DeleteEntry => "delete_entry",
             Self::SpendToken => "spend_token",
+            Self::PkiApi => "pki_api",
         }
     }
 }
@@ -56,6 +61,7 @@ mod tests {
                 AuditAction::ShowEntry,
                 AuditAction::DeleteEntry,
                 AuditAction::SpendToken,
+                AuditAction::PkiApi,
             ]
             .map(AuditAction::as_str),
         );

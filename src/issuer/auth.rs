@@ -141,7 +141,11 @@ impl Issuer {
         if decision.allowed {
             // An issuance spends its token after checking its input (`issue`).
             return match action {
-                Action::SignCsr | Action::IssueCertificate | Action::ObtainSvid | Action::UseDnsName => Ok(()),
+                Action::SignCsr
+                | Action::IssueCertificate
+                | Action::ObtainSvid
+                | Action::UseDnsName
+                | Action::UseProfile => Ok(()),
                 _ => self.spend(caller).await,
             };
         }
@@ -185,6 +189,15 @@ impl Issuer {
         match step.await {
             Ok(v) => Ok(v),
             Err(e) => self.refuse(caller, action, target, e).await,
+        }
+    }
+
+    /// Refuses a call for what it sent (a server's own check of its wire
+    /// form), audited and counted like every refusal here.
+    pub async fn reject(&self, caller: &Caller, action: AuditAction, target: &str, reason: String) -> IssuerError {
+        match self.refuse::<()>(caller, action, &text::quoted(target), IssuerError::InvalidArgument(reason)).await {
+            Err(e) => e,
+            Ok(()) => IssuerError::Internal("a refusal that was not one".into()),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Following the other replicas: every write another `trustmesh serve` makes
-//! to the shared database (revocation, denial, allow, entry, CA, signing key)
+//! to the shared database (revocation, denial, allow, entry, CA, signing key,
+//! profile)
 //! arrives as a row of the store's change feed, and is applied here to this
 //! replica's memory and published to its streams like a local change.
 //!
@@ -97,6 +98,7 @@ impl Issuer {
                 },
                 ChangeKind::Entry => entries = true,
                 ChangeKind::Ca | ChangeKind::SigningKey => keys = true,
+                ChangeKind::Profile => self.reload_profile(&change.subject).await?,
             }
         }
         if entries {

@@ -18,6 +18,14 @@ pub(crate) const PURPOSE_TOKEN: &str = "token";
 /// Purpose of a signing key that signs JWT-SVIDs.
 pub(crate) const PURPOSE_JWT_SVID: &str = "jwt-svid";
 const SIGNING_KEY_LIFETIME: Duration = Duration::days(365);
+/// The CA that signs certificates issued under a profile without a SPIFFE ID.
+pub(super) const PROFILES_CA_NAME: &str = "trustmesh Profiles CA";
+/// The intermediates a new hierarchy has below its root.
+const INTERMEDIATES: [(CaRole, &str); 3] = [
+    (CaRole::Services, "trustmesh Services CA"),
+    (CaRole::Transport, "trustmesh Transport CA"),
+    (CaRole::Profiles, PROFILES_CA_NAME),
+];
 
 /// How to create the hierarchy: generated (`serve` on an empty store, or
 /// `pki init` with flags) or imported from PEM (`pki init --import-cert/--import-key`).
@@ -73,10 +81,20 @@ pub(super) fn create_hierarchy(
     serials: &dyn SerialSource,
     now: OffsetDateTime,
 ) -> Result<(Vec<CaRecord>, Vec<SigningKeyRecord>), IssuerError> {
-    let intermediate = |name: &str| IntermediateParams {
-        common_name: name.to_string(),
-        lifetime: Duration::days(i64::from(params.intermediate_ttl_days)),
-        trust_domain: cfg.trust_domain.clone(),
+    // The root's record, then one active intermediate per role below it.
+    let below_root = |root: &Signer| -> Result<Vec<CaRecord>, IssuerError> {
+        let mut records = vec![ca_record(root, CaRole::Root, true, kek, now)?];
+        for (role, name) in INTERMEDIATES {
+            let below = IntermediateParams {
+                common_name: name.to_string(),
+                lifetime: Duration::days(i64::from(params.intermediate_ttl_days)),
+                trust_domain: cfg.trust_domain.clone(),
+            };
+            let rng = ring::rand::SystemRandom::new();
+            let signer = ca::create_intermediate(root, &below, serials.next_serial()?, now, &rng)?;
+            records.push(ca_record(&signer, role, true, kek, now)?);
+        }
+        Ok(records)
     };
     let mut cas = Vec::new();
     match &params.import {
@@ -98,23 +116,7 @@ pub(super) fn create_hierarchy(
                 cas.push(public_ca_record(parent, CaRole::Root, now));
             }
             if imported.cert.self_signed {
-                let services = ca::create_intermediate(
-                    &imported,
-                    &intermediate("trustmesh Services CA"),
-                    serials.next_serial()?,
-                    now,
-                    &ring::rand::SystemRandom::new(),
-                )?;
-                let transport = ca::create_intermediate(
-                    &imported,
-                    &intermediate("trustmesh Transport CA"),
-                    serials.next_serial()?,
-                    now,
-                    &ring::rand::SystemRandom::new(),
-                )?;
-                cas.push(ca_record(&imported, CaRole::Root, true, kek, now)?);
-                cas.push(ca_record(&services, CaRole::Services, true, kek, now)?);
-                cas.push(ca_record(&transport, CaRole::Transport, true, kek, now)?);
+                cas.extend(below_root(&imported)?);
             } else {
                 // An imported intermediate signs for both roles; the root stays offline.
                 cas.push(ca_record(&imported, CaRole::Services, true, kek, now)?);
@@ -132,23 +134,7 @@ pub(super) fn create_hierarchy(
                 now,
                 &ring::rand::SystemRandom::new(),
             )?;
-            let services = ca::create_intermediate(
-                &root,
-                &intermediate("trustmesh Services CA"),
-                serials.next_serial()?,
-                now,
-                &ring::rand::SystemRandom::new(),
-            )?;
-            let transport = ca::create_intermediate(
-                &root,
-                &intermediate("trustmesh Transport CA"),
-                serials.next_serial()?,
-                now,
-                &ring::rand::SystemRandom::new(),
-            )?;
-            cas.push(ca_record(&root, CaRole::Root, true, kek, now)?);
-            cas.push(ca_record(&services, CaRole::Services, true, kek, now)?);
-            cas.push(ca_record(&transport, CaRole::Transport, true, kek, now)?);
+            cas.extend(below_root(&root)?);
         }
     }
     let keys = vec![signing_key_record(PURPOSE_TOKEN, kek, now)?, signing_key_record(PURPOSE_JWT_SVID, kek, now)?];
@@ -215,6 +201,7 @@ pub(super) fn load_signers(cas: &[CaRecord], kek: &Kek) -> Result<Signers, Issue
     };
     let mut services = None;
     let mut transport = None;
+    let mut profiles = None;
     let mut root = None;
     let mut crl_signers = Vec::new();
     for (record, cert) in &certs {
@@ -227,12 +214,13 @@ pub(super) fn load_signers(cas: &[CaRecord], kek: &Kek) -> Result<Signers, Issue
             CaRole::Root => root = Some(signer),
             CaRole::Services => services = Some(signer),
             CaRole::Transport => transport = Some(signer),
+            CaRole::Profiles => profiles = Some(signer),
         }
     }
     let services =
         services.ok_or_else(|| IssuerError::FailedPrecondition("no active Services CA with an online key".into()))?;
     let transport = transport.unwrap_or_else(|| services.clone());
-    Ok(Signers { services, transport, root, crl_signers })
+    Ok(Signers { services, transport, profiles, root, crl_signers })
 }
 
 /// The chain above `cert` (issuer first, root last), found by name and signature.

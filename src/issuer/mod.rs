@@ -14,7 +14,8 @@
 //! Rooms: `start.rs` (start-up and its background tasks), `hierarchy.rs`
 //! (creating and loading the CAs), `ca_admin.rs` (adding a CA, the server's
 //! certificate), `auth.rs` + `audit.rs` (who calls, what is recorded),
-//! `issue.rs` + `svid.rs` + `jwt_svid.rs` (issuance), `revoke.rs` (revoke,
+//! `issue.rs` + `svid.rs` + `jwt_svid.rs` (issuance), `profiles.rs` +
+//! `profile_issue.rs` (issuance profiles and issuing under them), `revoke.rs` (revoke,
 //! deny, allow), `trust_state.rs` (the one path of a change to memory and
 //! the publisher) with `publish.rs` (the pure snapshot builder) and
 //! `revocation.rs` (the in-memory revocation state), `feed.rs` (other
@@ -33,6 +34,8 @@ mod issue;
 mod jwt_svid;
 mod maintenance;
 mod metrics;
+mod profile_issue;
+mod profiles;
 mod publish;
 mod queries;
 mod revocation;
@@ -63,6 +66,7 @@ pub use hierarchy::{InitParams, InitReport};
 pub use issue::{GenerateRequest, Issued, SignRequest};
 pub use maintenance::MaintenanceReport;
 pub use metrics::Metrics;
+pub use profile_issue::{ProfileIssued, ProfileRequest};
 pub use queries::Status;
 pub use start::{BackgroundTask, Existing, IssuerParts, Started};
 pub use tokens::{MintRequest, Minted};
@@ -84,6 +88,8 @@ pub struct IssuerConfig {
     pub crl_validity: Duration,
     /// Extra DNS names / IPs for the server's own TLS certificate.
     pub server_names: Vec<String>,
+    /// The PKI mounts served (`/v1/<mount>/…`), each with its own profiles.
+    pub mounts: Vec<String>,
 }
 
 impl IssuerConfig {
@@ -96,6 +102,7 @@ impl IssuerConfig {
             bootstrap_ttl: Duration::hours(24),
             crl_validity: Duration::days(7),
             server_names: Vec::new(),
+            mounts: vec![crate::domain::profile::DEFAULT_MOUNT.to_string()],
         }
     }
 
@@ -113,6 +120,9 @@ impl IssuerConfig {
 pub(crate) struct Signers {
     pub services: Arc<Signer>,
     pub transport: Arc<Signer>,
+    /// Signs certificates issued under a profile without a SPIFFE ID; `None`
+    /// until it exists (it needs the root key online).
+    pub profiles: Option<Arc<Signer>>,
     /// `None` when the root key is kept offline (imported intermediate).
     pub root: Option<Arc<Signer>>,
     /// Every CA whose key is online, for CRL signing (includes the above).
@@ -145,6 +155,8 @@ pub struct Issuer {
     keys: Keys,
     /// The registration entries, oldest first (`entries.rs`).
     entries: watch::Sender<EntryList>,
+    /// The issuance profiles (`profiles.rs`).
+    profiles: profiles::Profiles,
     /// What is published, and what it is built from (`trust_state.rs`).
     trust: trust_state::TrustState,
     metrics: Metrics,

@@ -11,14 +11,16 @@ use super::revocation::RevocationView;
 use crate::ca::{self, CaCertificate, CaError, Crl, Signer};
 use crate::domain::{CaRole, CaState};
 use crate::store::CaRecord;
-use crate::trust::{CaView, TrustSnapshot};
+use crate::trust::{CaView, ProfilesTrust, TrustSnapshot};
 
 /// The CA half of a snapshot: every unexpired CA, root first, then the
-/// intermediates oldest first, and their PEM bundle.
+/// intermediates oldest first, and their PEM bundles: the mesh's, and the
+/// profiles CAs' apart.
 #[derive(Debug, Clone, Default)]
 pub(super) struct CaPart {
     pub cas: Vec<CaView>,
     pub bundle_pem: String,
+    pub profiles_pem: String,
     /// The earliest notAfter of the CAs in it: from then on it is stale.
     pub valid_until: i64,
 }
@@ -31,7 +33,11 @@ impl CaPart {
         let mut part = Self { valid_until: i64::MAX, ..Self::default() };
         for r in live {
             let cert = CaCertificate::from_der(&r.cert_der)?;
-            part.bundle_pem.push_str(&cert.to_pem());
+            if r.role == CaRole::Profiles {
+                part.profiles_pem.push_str(&cert.to_pem());
+            } else {
+                part.bundle_pem.push_str(&cert.to_pem());
+            }
             part.valid_until = part.valid_until.min(r.not_after);
             part.cas.push(CaView {
                 role: r.role,
@@ -49,6 +55,10 @@ impl CaPart {
 
     fn holds(&self, fingerprint: &str) -> bool {
         self.cas.iter().any(|c| c.fingerprint == fingerprint)
+    }
+
+    fn is_profiles(&self, fingerprint: &str) -> bool {
+        self.cas.iter().any(|c| c.fingerprint == fingerprint && c.role == CaRole::Profiles)
     }
 }
 
@@ -73,8 +83,9 @@ pub(super) struct Built {
 }
 
 /// One CRL per unexpired CA whose key is online (its unexpired revoked
-/// serials), the imported CRLs of CAs still in the bundle, the deny list,
-/// and the CA half, as the next snapshot after `previous`.
+/// serials; the profiles CAs' kept apart), the imported CRLs of CAs still in
+/// the bundle, the deny list, and the CA half, as the next snapshot after
+/// `previous`.
 pub(super) fn build(inputs: Inputs) -> Result<Built, CaError> {
     let Inputs { ca, signers, imported, revocations, previous, jwks, crl_validity, now } = inputs;
     let deny = if previous.generation == revocations.generation {
@@ -84,17 +95,20 @@ pub(super) fn build(inputs: Inputs) -> Result<Built, CaError> {
     };
     let number = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
     let mut revoked = 0;
-    let mut crls = signers
-        .iter()
-        .filter(|s| s.cert.not_after > now)
-        .map(|signer| {
-            let entries = revocations.crl_entries(&signer.cert.fingerprint, now);
-            revoked += entries.len();
-            ca::build_crl(signer, &entries, number, now, crl_validity)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let (mut crls, mut profile_crls) = (Vec::new(), Vec::new());
+    for signer in signers.iter().filter(|s| s.cert.not_after > now) {
+        let entries = revocations.crl_entries(&signer.cert.fingerprint, now);
+        revoked += entries.len();
+        let crl = ca::build_crl(signer, &entries, number, now, crl_validity)?;
+        if ca.is_profiles(&signer.cert.fingerprint) { profile_crls.push(crl) } else { crls.push(crl) }
+    }
     crls.extend(imported.into_iter().filter(|c| ca.holds(&c.issuer_fingerprint)));
     let crl_pem = crls.iter().map(Crl::to_pem).collect();
+    let profiles = ProfilesTrust {
+        bundle_pem: ca.profiles_pem.clone(),
+        crl_pem: profile_crls.iter().map(Crl::to_pem).collect(),
+        crls: profile_crls,
+    };
     let snapshot = TrustSnapshot {
         revision: previous.revision + 1,
         trust_domain: previous.trust_domain.clone(),
@@ -102,6 +116,7 @@ pub(super) fn build(inputs: Inputs) -> Result<Built, CaError> {
         bundle_pem: ca.bundle_pem.clone(),
         crls,
         crl_pem,
+        profiles,
         jwks,
         deny,
         generation: revocations.generation,

@@ -2,7 +2,8 @@
 //! audit log, the bundle. Each is authorized like any other call.
 
 use super::auth::Caller;
-use super::{Issuer, IssuerError};
+use super::{AuditAction, Issuer, IssuerError};
+use crate::domain::{Serial, text};
 use crate::policy::{Action, Resource};
 use crate::store::{AuditFilter, AuditRecord, CertFilter, CertRecord, DenyRecord};
 use crate::trust::CaView;
@@ -79,5 +80,36 @@ impl Issuer {
     pub async fn deny_list(&self, caller: &Caller) -> Result<Vec<DenyRecord>, IssuerError> {
         self.authorize(caller, Action::ReadDenied, &Resource::AuditLog, "").await?;
         Ok(self.store.deny_list().await?)
+    }
+}
+
+/// Most certificates one listing of a mount returns (newest first).
+pub const MAX_MOUNT_LISTING: u32 = 100_000;
+
+impl Issuer {
+    /// One certificate by serial (hex, `:` between octets allowed), as the
+    /// PKI API's `cert/:serial` reads it; the read is audited.
+    pub async fn certificate(&self, caller: &Caller, serial: &str) -> Result<Option<CertRecord>, IssuerError> {
+        const ACTION: AuditAction = AuditAction::Policy(Action::ReadCertificates);
+        self.bounded(caller, ACTION, serial, &[("serial", serial, text::MAX_SERIAL)]).await?;
+        let resource = Resource::Certificate(serial.to_ascii_lowercase());
+        self.authorize(caller, Action::ReadCertificates, &resource, serial).await?;
+        let serial: Serial = self.audited(caller, ACTION, serial, async { Ok(serial.parse::<Serial>()?) }).await?;
+        let found = self.store.certificate(&serial.to_string()).await?;
+        let outcome = if found.is_some() { "read" } else { "not found" };
+        self.audit_read(caller, ACTION, &serial.to_string(), outcome).await?;
+        Ok(found)
+    }
+
+    /// The certificates issued under a mount's profiles, newest first (at
+    /// most [`MAX_MOUNT_LISTING`]); the read is audited.
+    pub async fn mount_certificates(&self, caller: &Caller, mount: &str) -> Result<Vec<CertRecord>, IssuerError> {
+        const ACTION: AuditAction = AuditAction::Policy(Action::ReadCertificates);
+        self.authorize(caller, Action::ReadCertificates, &Resource::AuditLog, mount).await?;
+        let filter =
+            CertFilter { mount: Some(mount.to_string()), limit: Some(MAX_MOUNT_LISTING), ..CertFilter::default() };
+        let certificates = self.store.certificates(&filter).await?;
+        self.audit_read(caller, ACTION, mount, &format!("{} certificates listed", certificates.len())).await?;
+        Ok(certificates)
     }
 }

@@ -77,7 +77,9 @@ impl RevocationView {
             .by_issuer
             .values()
             .flat_map(|m| m.values())
-            .filter(|r| r.not_after > horizon && !self.denied.contains_key(&r.spiffe_id))
+            // A certificate without a SPIFFE ID (a profile's) never reaches
+            // a proxy of the mesh: only its CRL lists it.
+            .filter(|r| r.not_after > horizon && !r.spiffe_id.is_empty() && !self.denied.contains_key(&r.spiffe_id))
             .map(|r| &r.fingerprint)
             .collect();
         let same_for_proxies =

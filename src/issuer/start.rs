@@ -16,7 +16,10 @@ use super::hierarchy::{self, InitParams, InitReport};
 use super::trust_state::TrustState;
 use super::{Issuer, IssuerConfig, IssuerError, Keys, Metrics};
 use crate::ca::Kek;
-use crate::domain::{Clock, SerialSource};
+use crate::domain::{CaRole, Clock, SerialSource};
+
+/// The lifetime of the profiles CA a PKI made before profiles gains at start.
+const PROFILES_CA_DAYS: u32 = 730;
 use crate::policy::PolicyEngine;
 use crate::store::Store;
 
@@ -96,6 +99,7 @@ impl Issuer {
         let (trust, publish_requests) = TrustState::load(store.as_ref(), &cfg, cas, clock.now()).await?;
         let issuer = Arc::new(Self {
             entries: super::entries::load(store.as_ref()).await?,
+            profiles: super::profiles::Profiles::load(store.as_ref()).await?,
             cfg,
             store,
             kek,
@@ -106,6 +110,7 @@ impl Issuer {
             trust,
             metrics: Metrics::new(),
         });
+        issuer.ensure_profiles_ca().await?;
         issuer.publish().await?;
         issuer.metrics.refresh_counts(&issuer).await;
         let weak = Arc::downgrade(&issuer);
@@ -117,6 +122,18 @@ impl Issuer {
             tasks.push(Box::pin(super::feed::follow(weak, signal, feed_cursor)));
         }
         Ok(Started { issuer, report: InitReport { created, root_fingerprint }, tasks })
+    }
+
+    /// Creates the profiles CA (signed by the root) when there is none yet
+    /// and the root key is online: a PKI made before profiles existed gains
+    /// it at its next start (a new one is created with it). Without the root
+    /// key, certificates without a SPIFFE ID cannot be issued, and say why.
+    async fn ensure_profiles_ca(&self) -> Result<(), IssuerError> {
+        let signers = self.signers();
+        if signers.profiles.is_some() || signers.root.is_none() {
+            return Ok(());
+        }
+        self.add_intermediate(CaRole::Profiles, hierarchy::PROFILES_CA_NAME, PROFILES_CA_DAYS).await.map(drop)
     }
 
     /// Whether the store holds a PKI (a root CA), without changing it.

@@ -10,7 +10,7 @@
 use tracing::Instrument;
 
 use super::auth::Caller;
-use super::issue::SubjectKey;
+use super::issue::{Issuance, SubjectKey};
 use super::{Issuer, IssuerError};
 use crate::ca::{IssuedCertificate, KeyAlgorithm, PrivateKey};
 use crate::domain::Entry;
@@ -28,18 +28,11 @@ impl Issuer {
         let span = tracing::info_span!("obtain_svid", entry_id = %entry.id);
         async {
             let key = PrivateKey::generate(KeyAlgorithm::EcP256, &ring::rand::SystemRandom::new())?;
-            let ttl_seconds = entry.ttl_seconds.map_or(0, u64::from);
-            let issued = self
-                .issue(
-                    &Caller::system(),
-                    Action::ObtainSvid,
-                    &entry.spiffe_id,
-                    SubjectKey::Generated(key),
-                    &entry.dns_names,
-                    None,
-                    ttl_seconds,
-                )
-                .await?;
+            let lifetime = self.lifetime(entry.ttl_seconds.map_or(0, u64::from));
+            let key = SubjectKey::Generated(key);
+            let issuance =
+                Issuance::svid(self, Action::ObtainSvid, &entry.spiffe_id, key, &entry.dns_names, None, lifetime);
+            let issued = self.issue(&Caller::system(), issuance).await?;
             let key = issued.private_key.ok_or_else(|| {
                 IssuerError::Internal(format!("no generated key for serial {}", issued.record.serial))
             })?;

@@ -11,7 +11,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use super::model::{self, Action, Resource};
 use super::{Decision, DecisionContext, PolicyError, chain};
-use crate::domain::{Principal, SpiffeId, TokenKind, TrustDomain};
+use crate::domain::{Principal, ProfileRef, SpiffeId, TokenKind, TrustDomain};
 
 const SCHEMA_FILE: &str = "schema.cedarschema";
 const DEFAULT_FILE: &str = "default.cedar";
@@ -230,6 +230,7 @@ fn check_schema_fits(schema: &Schema) -> Result<(), PolicyError> {
         Resource::Token(TokenKind::Node),
         Resource::AuditLog,
         Resource::Entry("probe".into()),
+        Resource::Profile(ProfileRef::new("pki", "probe").map_err(mismatch)?),
     ];
     let mut probe = Vec::new();
     for p in &principals {

@@ -8,7 +8,7 @@ use cedar_policy::{Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpres
 
 use super::PolicyError;
 use crate::domain::text::quoted;
-use crate::domain::{Principal, SpiffeId, TokenKind};
+use crate::domain::{Principal, ProfileRef, SpiffeId, TokenKind};
 
 /// Every action trustmesh authorizes. `Display`/`FromStr` use the Cedar
 /// action id (`Trustmesh::Action::"sign_csr"`).
@@ -30,6 +30,12 @@ pub enum Action {
     ReadAudit,
     ManageEntries,
     UseDnsName,
+    /// Issue or sign a certificate under a profile.
+    UseProfile,
+    /// Write or delete a profile.
+    ManageProfiles,
+    /// Read or list profiles.
+    ReadProfiles,
 }
 
 /// What an action is done to.
@@ -51,10 +57,12 @@ pub enum Resource {
         name: String,
         identity: SpiffeId,
     },
+    /// An issuance profile (a role of a PKI mount).
+    Profile(ProfileRef),
 }
 
 impl Action {
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 19] = [
         Self::SignCsr,
         Self::IssueCertificate,
         Self::ObtainSvid,
@@ -71,6 +79,9 @@ impl Action {
         Self::ReadAudit,
         Self::ManageEntries,
         Self::UseDnsName,
+        Self::UseProfile,
+        Self::ManageProfiles,
+        Self::ReadProfiles,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -91,6 +102,9 @@ impl Action {
             Self::ReadAudit => "read_audit",
             Self::ManageEntries => "manage_entries",
             Self::UseDnsName => "use_dns_name",
+            Self::UseProfile => "use_profile",
+            Self::ManageProfiles => "manage_profiles",
+            Self::ReadProfiles => "read_profiles",
         }
     }
 }
@@ -121,6 +135,7 @@ impl fmt::Display for Resource {
             Self::AuditLog => f.write_str("AuditLog"),
             Self::Entry(id) => write!(f, "Entry::{id:?}"),
             Self::DnsName { name, identity } => write!(f, "DnsName::{:?}", format!("{name}@{identity}")),
+            Self::Profile(profile) => write!(f, "Profile::{:?}", profile.to_string()),
         }
     }
 }
@@ -157,8 +172,8 @@ pub fn parse_principal(text: &str, bootstrap_spiffe_ids: &[SpiffeId]) -> Result<
 
 /// Parses the CLI form of a resource: a `spiffe://` ID (or
 /// `Identity::"spiffe://…"`), `Ca`, `AuditLog`, `Certificate::"serial"`,
-/// `Token::"node"`, `Entry::"id"`, or `DnsName::"name@spiffe://…"` (a DNS
-/// name for a certificate of that identity).
+/// `Token::"node"`, `Entry::"id"`, `DnsName::"name@spiffe://…"` (a DNS
+/// name for a certificate of that identity), or `Profile::"mount/name"`.
 pub fn parse_resource(text: &str) -> Result<Resource, PolicyError> {
     let fail = |reason: String| PolicyError::Resource { value: quoted(text), reason };
     let text = text.trim();
@@ -183,6 +198,11 @@ pub fn parse_resource(text: &str) -> Result<Resource, PolicyError> {
         "Certificate" => Ok(Resource::Certificate(id.to_string())),
         "Token" => id.parse().map(Resource::Token).map_err(|e: crate::domain::DomainError| fail(e.to_string())),
         "Entry" => Ok(Resource::Entry(id.to_string())),
+        "Profile" => {
+            let (mount, name) =
+                id.split_once('/').ok_or_else(|| fail("a Profile is \"mount/name\", e.g. \"pki/web\"".into()))?;
+            ProfileRef::new(mount, name).map(Resource::Profile).map_err(fail)
+        }
         "DnsName" => {
             let (name, identity) = id
                 .split_once('@')
@@ -190,7 +210,7 @@ pub fn parse_resource(text: &str) -> Result<Resource, PolicyError> {
             let identity = SpiffeId::parse(identity).map_err(|e| fail(e.to_string()))?;
             Ok(Resource::DnsName { name: name.to_string(), identity })
         }
-        _ => Err(fail("the type must be Identity, Ca, Certificate, Token, AuditLog, Entry or DnsName".into())),
+        _ => Err(fail("the type must be Identity, Ca, Certificate, Token, AuditLog, Entry, DnsName or Profile".into())),
     }
 }
 
@@ -252,6 +272,11 @@ pub(super) fn resource_entity(resource: &Resource) -> Result<Entity, String> {
                 ("trust_domain", string(identity.trust_domain().as_str())),
                 ("last_segment", string(identity.last_segment())),
             ],
+        ),
+        Resource::Profile(profile) => entity(
+            "Profile",
+            &profile.to_string(),
+            [("mount", string(profile.mount())), ("name", string(profile.name()))],
         ),
     }
 }

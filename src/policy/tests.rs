@@ -45,6 +45,9 @@ fn resource_for(action: Action) -> Resource {
         Action::MintToken => Resource::Token(TokenKind::Bootstrap),
         Action::ManageEntries => Resource::Entry("e1".into()),
         Action::UseDnsName => dns("api.example.org", "spiffe://example.org/node/node-a"),
+        Action::UseProfile | Action::ManageProfiles | Action::ReadProfiles => {
+            Resource::Profile(crate::domain::ProfileRef::new("pki", "web").unwrap())
+        }
     }
 }
 
@@ -129,6 +132,44 @@ fn decision_table() {
 
 fn dns(name: &str, identity: &str) -> Resource {
     Resource::DnsName { name: name.into(), identity: id(identity) }
+}
+
+fn profile(mount: &str, name: &str) -> Resource {
+    Resource::Profile(crate::domain::ProfileRef::new(mount, name).unwrap())
+}
+
+/// Profiles are the admins' alone by default; a policy names who may use
+/// which one, and the CLI form of the resource reads back.
+#[test]
+fn a_policy_can_give_one_service_one_profile() {
+    let default = PolicyEngine::embedded().unwrap();
+    for action in [Action::UseProfile, Action::ManageProfiles, Action::ReadProfiles] {
+        assert!(default.decide(&admin(), action, &profile("pki", "web"), &td()).allowed);
+        for who in [node("cmk-api"), bootstrap(), workload()] {
+            assert!(!default.decide(&who, action, &profile("pki", "web"), &td()).allowed, "{action}");
+        }
+    }
+    let allow = r#"
+        @id("cmk-tenant-certs")
+        permit (principal == Trustmesh::Node::"cmk-api", action == Trustmesh::Action::"use_profile",
+                resource == Trustmesh::Profile::"pki_client_certs/tenant-client");
+    "#;
+    let engine = PolicyEngine::from_sources(None, &[("cmk.cedar".into(), allow.into())]).unwrap();
+    let tenant = profile("pki_client_certs", "tenant-client");
+    let d = engine.decide(&node("cmk-api"), Action::UseProfile, &tenant, &td());
+    assert!(d.allowed && d.policy_ids == ["cmk-tenant-certs"], "{d}");
+    for (who, action, resource) in [
+        (node("cmk-api"), Action::UseProfile, profile("pki_client_certs", "admin-client")),
+        (node("cmk-api"), Action::UseProfile, profile("pki", "tenant-client")),
+        (node("cmk-api"), Action::ManageProfiles, tenant.clone()),
+        (node("other"), Action::UseProfile, tenant.clone()),
+    ] {
+        assert!(!engine.decide(&who, action, &resource, &td()).allowed, "{action} {resource}");
+    }
+    assert_eq!(crate::policy::parse_resource(r#"Profile::"pki_client_certs/tenant-client""#).unwrap(), tenant);
+    for bad in [r#"Profile::"tenant-client""#, r#"Profile::"pki/a/b""#] {
+        assert!(crate::policy::parse_resource(bad).is_err(), "{bad}");
+    }
 }
 
 /// DNS SANs are refused to nodes and bootstrap tokens by default; an

@@ -14,7 +14,7 @@
 //! ## The change feed
 //!
 //! Every write another replica must apply (revoke, deny, allow, entries, CAs,
-//! signing keys) appends a [`ChangeRecord`] to the `changes` table in the same
+//! signing keys, profiles) appends a [`ChangeRecord`] to the `changes` table in the same
 //! transaction, so replicas sharing one PostgreSQL follow each other with
 //! [`Store::changes_since`] instead of reloading tables. Revisions only grow,
 //! and a revision is visible only once every smaller one that will ever exist
@@ -33,7 +33,8 @@
 //! record types are in `records.rs`, their row decoders in `rows.rs`, the
 //! append-only migrations in `schema.rs`, and the statements both backends
 //! run in `statements.rs` (those of the registration entries in `entries.rs`,
-//! those of the change feed in `changes.rs`).
+//! those of the issuance profiles in `profiles.rs`, those of the change feed
+//! in `changes.rs`).
 
 use async_trait::async_trait;
 
@@ -43,6 +44,7 @@ pub mod sqlite;
 mod changes;
 mod entries;
 mod group_commit;
+mod profiles;
 mod records;
 mod rows;
 mod schema;
@@ -51,7 +53,8 @@ mod statements;
 pub use crate::domain::CaRole;
 pub use records::{
     AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, CertStatus, ChangeBatch, ChangeKind, ChangeRecord,
-    DenyRecord, EntryRecord, ImportedCrlRecord, Revocation, RevokeOutcome, RevokedEntry, SigningKeyRecord,
+    DenyRecord, EntryRecord, ImportedCrlRecord, ProfileKey, ProfileRecord, Revocation, RevokeOutcome, RevokedEntry,
+    SigningKeyRecord,
 };
 
 /// How long change records are kept (7 days): a replica that was away longer
@@ -162,6 +165,16 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes an entry and writes its audit record in one transaction;
     /// `false` (and no audit record) when there was none.
     async fn delete_entry(&self, id: &str, audit: &AuditRecord) -> StoreResult<bool>;
+
+    /// Creates or replaces an issuance profile (keeping its `created_at`),
+    /// with its audit record and a `profile` change, in one transaction.
+    async fn put_profile(&self, profile: &ProfileRecord, audit: &AuditRecord) -> StoreResult<()>;
+    /// Deletes a profile with its audit record and a `profile` change in one
+    /// transaction; `false` (and only the audit record) when there was none.
+    async fn delete_profile(&self, key: &ProfileKey, audit: &AuditRecord) -> StoreResult<bool>;
+    async fn profile(&self, key: &ProfileKey) -> StoreResult<Option<ProfileRecord>>;
+    /// Every profile, by mount, then name.
+    async fn profiles(&self) -> StoreResult<Vec<ProfileRecord>>;
 
     async fn append_audit(&self, record: &AuditRecord) -> StoreResult<()>;
     /// Oldest first, at most `limit` (default 1000), the newest ones.

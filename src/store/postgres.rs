@@ -32,13 +32,14 @@ use tokio_postgres::{AsyncMessage, Client, Connection, IsolationLevel, NoTls, So
 
 use super::changes as change_sql;
 use super::entries as entry_sql;
+use super::profiles as profile_sql;
 use super::rows::{self, Row};
 use super::schema;
 use super::statements::{self as sql, Param, Stmt};
 use super::{
     AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CertFilter, CertRecord, ChangeBatch, ChangeKind, DenyRecord,
-    EntryRecord, ImportedCrlRecord, Revocation, RevokeOutcome, RevokedEntry, SigningKeyRecord, Store, StoreError,
-    StoreResult, redact_url,
+    EntryRecord, ImportedCrlRecord, ProfileKey, ProfileRecord, Revocation, RevokeOutcome, RevokedEntry,
+    SigningKeyRecord, Store, StoreError, StoreResult, redact_url,
 };
 
 const POOL_SIZE: usize = 16;
@@ -198,7 +199,10 @@ impl Store for PostgresStore {
     async fn record_issuance(&self, cert: &CertRecord, audit: &AuditRecord) -> StoreResult<bool> {
         let mut client = self.client().await?;
         let tx = begin(&mut client).await?;
-        lock_identity(&tx, &cert.spiffe_id).await?;
+        // A certificate without a SPIFFE ID (a profile's) has no identity a denial could race.
+        if !cert.spiffe_id.is_empty() {
+            lock_identity(&tx, &cert.spiffe_id).await?;
+        }
         if exec(&tx, &sql::insert_cert(cert)).await? == 0 {
             return Ok(false);
         }
@@ -318,6 +322,32 @@ impl Store for PostgresStore {
         }
         tx.commit().await.map_err(pg_err)?;
         Ok(deleted)
+    }
+
+    async fn put_profile(&self, profile: &ProfileRecord, audit: &AuditRecord) -> StoreResult<()> {
+        let change = change_sql::insert(ChangeKind::Profile, &profile_sql::subject(&profile.key), audit.at);
+        self.write_with_changes(&[profile_sql::upsert_profile(profile), sql::insert_audit(audit)], &[change]).await
+    }
+
+    async fn delete_profile(&self, key: &ProfileKey, audit: &AuditRecord) -> StoreResult<bool> {
+        let mut client = self.client().await?;
+        let tx = begin(&mut client).await?;
+        let deleted = exec(&tx, &profile_sql::delete_profile(key)).await? > 0;
+        exec(&tx, &sql::insert_audit(audit)).await?;
+        if deleted {
+            let change = change_sql::insert(ChangeKind::Profile, &profile_sql::subject(key), audit.at);
+            append_changes(&tx, &[change]).await?;
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(deleted)
+    }
+
+    async fn profile(&self, key: &ProfileKey) -> StoreResult<Option<ProfileRecord>> {
+        self.one(profile_sql::select_profile(key), profile_sql::profile_from_row).await
+    }
+
+    async fn profiles(&self) -> StoreResult<Vec<ProfileRecord>> {
+        self.all(profile_sql::select_profiles(), profile_sql::profile_from_row).await
     }
 
     async fn append_audit(&self, record: &AuditRecord) -> StoreResult<()> {

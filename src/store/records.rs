@@ -64,6 +64,27 @@ pub struct CertRecord {
     /// RFC 5280 reason name (`keyCompromise`, …) when revoked.
     pub revocation_reason: Option<String>,
     pub cert_der: Vec<u8>,
+    /// The mount and profile it was issued under (`None`: issued without one).
+    pub profile: Option<ProfileKey>,
+    /// The subject CN, when it has one.
+    pub common_name: Option<String>,
+}
+
+/// A profile's mount and name as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProfileKey {
+    pub mount: String,
+    pub name: String,
+}
+
+/// An issuance profile (a Vault PKI role) as stored: its fields as JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileRecord {
+    pub key: ProfileKey,
+    /// `domain::Profile` as JSON.
+    pub spec: String,
+    pub created_at: i64,
+    pub updated_at: i64,
 }
 
 /// A CRL signed elsewhere for a CA whose key is offline (an imported root).
@@ -115,6 +136,9 @@ pub enum ChangeKind {
     /// A signing key was added by [`Store::insert_signing_key`] or
     /// [`Store::init_hierarchy`]; subject: the kid. `at`: the key's `created_at`.
     SigningKey,
+    /// A profile was written or deleted ([`Store::put_profile`],
+    /// [`Store::delete_profile`]); subject: `mount/name`. `at`: the audit record's.
+    Profile,
 }
 
 impl ChangeKind {
@@ -126,6 +150,7 @@ impl ChangeKind {
             Self::Entry => "entry",
             Self::Ca => "ca",
             Self::SigningKey => "signing_key",
+            Self::Profile => "profile",
         }
     }
 
@@ -137,6 +162,7 @@ impl ChangeKind {
             "entry" => Some(Self::Entry),
             "ca" => Some(Self::Ca),
             "signing_key" => Some(Self::SigningKey),
+            "profile" => Some(Self::Profile),
             _ => None,
         }
     }
@@ -205,6 +231,8 @@ pub struct CertFilter {
     pub expiring_before: Option<i64>,
     /// Exclude certificates with `not_after <= now`.
     pub unexpired_at: Option<i64>,
+    /// Only certificates issued under a profile of this mount.
+    pub mount: Option<String>,
     pub limit: Option<u32>,
 }
 
@@ -242,7 +270,7 @@ mod tests {
     #[test]
     fn change_kinds_roundtrip() {
         use ChangeKind::*;
-        for kind in [Revoke, Deny, Allow, Entry, Ca, SigningKey] {
+        for kind in [Revoke, Deny, Allow, Entry, Ca, SigningKey, Profile] {
             assert_eq!(ChangeKind::parse(kind.as_str()), Some(kind));
         }
         assert_eq!(ChangeKind::parse("signing-key"), None);

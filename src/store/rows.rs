@@ -8,7 +8,7 @@
 //! live with their statements, in `entries.rs` and `changes.rs`.
 
 use super::{AuditRecord, CaRecord, CaRole, CertRecord, CertStatus, DenyRecord, ImportedCrlRecord};
-use super::{RevokedEntry, SigningKeyRecord, StoreError, StoreResult};
+use super::{ProfileKey, RevokedEntry, SigningKeyRecord, StoreError, StoreResult};
 
 /// Column access by name. Each backend implements it for its row type; a
 /// value of the wrong type is `StoreError::Corrupt`.
@@ -97,6 +97,11 @@ pub(super) fn cert_from_row(r: &dyn Row) -> StoreResult<CertRecord> {
         revoked_at: r.opt_int("revoked_at")?,
         revocation_reason: r.opt_text("revocation_reason")?,
         cert_der: r.bytes("cert_der")?,
+        profile: match (r.opt_text("mount")?, r.opt_text("profile")?) {
+            (Some(mount), Some(name)) => Some(ProfileKey { mount, name }),
+            _ => None,
+        },
+        common_name: r.opt_text("common_name")?,
     })
 }
 

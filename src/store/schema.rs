@@ -34,6 +34,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         postgres: schema_v3!(revision = "BIGSERIAL PRIMARY KEY"),
     },
     Migration { version: 4, sqlite: schema_v4!(blob = "BLOB"), postgres: schema_v4!(blob = "BYTEA") },
+    Migration { version: 5, sqlite: SQLITE_V5, postgres: POSTGRES_V5 },
 ];
 
 /// The schema version this binary understands.
@@ -137,3 +138,59 @@ macro_rules! schema_v4 {
     };
 }
 use schema_v4;
+
+/// Version 5: issuance profiles (Vault roles, statements in `profiles.rs`),
+/// the `profiles` CA role, and on each certificate the mount and profile it
+/// was issued under and its CN.
+///
+/// SQLite cannot change a CHECK constraint in place, and its foreign keys
+/// stay on inside the migrations' transaction, so `cas` is rebuilt with the
+/// tables that reference it: each is renamed aside (a renamed parent takes
+/// its children's references along), recreated, refilled, and the old ones
+/// dropped children first, so no reference ever dangles.
+const SQLITE_V5: &str = concat!(
+    "ALTER TABLE certificates RENAME TO certificates_v4;",
+    "ALTER TABLE imported_crls RENAME TO imported_crls_v4;",
+    "ALTER TABLE cas RENAME TO cas_v4;",
+    "CREATE TABLE cas (id TEXT PRIMARY KEY,",
+    " role TEXT NOT NULL CHECK (role IN ('root', 'services', 'transport', 'profiles')),",
+    " common_name TEXT NOT NULL, cert_der BLOB NOT NULL, sealed_key BLOB,",
+    " not_before BIGINT NOT NULL, not_after BIGINT NOT NULL, active BOOLEAN NOT NULL,",
+    " created_at BIGINT NOT NULL);",
+    "INSERT INTO cas SELECT id, role, common_name, cert_der, sealed_key, not_before, not_after, active, created_at",
+    " FROM cas_v4;",
+    "CREATE TABLE certificates (serial TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL,",
+    " issuer_id TEXT NOT NULL REFERENCES cas (id), fingerprint TEXT NOT NULL,",
+    " not_before BIGINT NOT NULL, not_after BIGINT NOT NULL,",
+    " status TEXT NOT NULL CHECK (status IN ('active', 'revoked')),",
+    " revoked_at BIGINT, revocation_reason TEXT, cert_der BLOB NOT NULL,",
+    " mount TEXT, profile TEXT, common_name TEXT);",
+    "INSERT INTO certificates (serial, spiffe_id, issuer_id, fingerprint, not_before, not_after, status,",
+    " revoked_at, revocation_reason, cert_der) SELECT serial, spiffe_id, issuer_id, fingerprint, not_before,",
+    " not_after, status, revoked_at, revocation_reason, cert_der FROM certificates_v4;",
+    "CREATE TABLE imported_crls (issuer_id TEXT PRIMARY KEY REFERENCES cas (id), crl_der BLOB NOT NULL,",
+    " number BIGINT NOT NULL, this_update BIGINT NOT NULL, next_update BIGINT NOT NULL,",
+    " imported_at BIGINT NOT NULL);",
+    "INSERT INTO imported_crls SELECT issuer_id, crl_der, number, this_update, next_update, imported_at",
+    " FROM imported_crls_v4;",
+    "DROP TABLE imported_crls_v4;",
+    "DROP TABLE certificates_v4;",
+    "DROP TABLE cas_v4;",
+    "CREATE UNIQUE INDEX cas_one_active_per_role ON cas (role) WHERE active;",
+    "CREATE INDEX certificates_spiffe_id ON certificates (spiffe_id);",
+    "CREATE INDEX certificates_not_after ON certificates (not_after);",
+    "CREATE INDEX certificates_issuer_status ON certificates (issuer_id, status);",
+    "CREATE INDEX certificates_mount ON certificates (mount, not_before) WHERE mount IS NOT NULL;",
+    "CREATE TABLE profiles (mount TEXT NOT NULL, name TEXT NOT NULL, spec TEXT NOT NULL,",
+    " created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, PRIMARY KEY (mount, name));",
+);
+
+/// Version 5 on PostgreSQL, which changes the constraint and adds the columns in place.
+const POSTGRES_V5: &str = concat!(
+    "ALTER TABLE cas DROP CONSTRAINT cas_role_check;",
+    "ALTER TABLE cas ADD CONSTRAINT cas_role_check CHECK (role IN ('root', 'services', 'transport', 'profiles'));",
+    "ALTER TABLE certificates ADD COLUMN mount TEXT, ADD COLUMN profile TEXT, ADD COLUMN common_name TEXT;",
+    "CREATE INDEX certificates_mount ON certificates (mount, not_before) WHERE mount IS NOT NULL;",
+    "CREATE TABLE profiles (mount TEXT NOT NULL, name TEXT NOT NULL, spec TEXT NOT NULL,",
+    " created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, PRIMARY KEY (mount, name));",
+);

@@ -22,13 +22,14 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavio
 use super::changes as change_sql;
 use super::entries as entry_sql;
 use super::group_commit::GroupCommit;
+use super::profiles as profile_sql;
 use super::rows::{self, Row};
 use super::schema;
 use super::statements::{self as sql, Param, Stmt};
 use super::{
     AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CertFilter, CertRecord, ChangeBatch, ChangeKind, DenyRecord,
-    EntryRecord, ImportedCrlRecord, Revocation, RevokeOutcome, RevokedEntry, SigningKeyRecord, Store, StoreError,
-    StoreResult,
+    EntryRecord, ImportedCrlRecord, ProfileKey, ProfileRecord, Revocation, RevokeOutcome, RevokedEntry,
+    SigningKeyRecord, Store, StoreError, StoreResult,
 };
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -341,6 +342,39 @@ impl Store for SqliteStore {
             Ok(deleted)
         })
         .await
+    }
+
+    async fn put_profile(&self, profile: &ProfileRecord, audit: &AuditRecord) -> StoreResult<()> {
+        let (upsert, log) = (profile_sql::upsert_profile(profile), sql::insert_audit(audit));
+        let change = change_sql::insert(ChangeKind::Profile, &profile_sql::subject(&profile.key), audit.at);
+        self.write(move |tx| {
+            exec(tx, &upsert)?;
+            exec(tx, &log)?;
+            append_changes(tx, &[change])
+        })
+        .await
+    }
+
+    async fn delete_profile(&self, key: &ProfileKey, audit: &AuditRecord) -> StoreResult<bool> {
+        let (delete, log) = (profile_sql::delete_profile(key), sql::insert_audit(audit));
+        let change = change_sql::insert(ChangeKind::Profile, &profile_sql::subject(key), audit.at);
+        self.write(move |tx| {
+            let deleted = exec(tx, &delete)? > 0;
+            exec(tx, &log)?;
+            if deleted {
+                append_changes(tx, &[change])?;
+            }
+            Ok(deleted)
+        })
+        .await
+    }
+
+    async fn profile(&self, key: &ProfileKey) -> StoreResult<Option<ProfileRecord>> {
+        self.one(profile_sql::select_profile(key), profile_sql::profile_from_row).await
+    }
+
+    async fn profiles(&self) -> StoreResult<Vec<ProfileRecord>> {
+        self.all(profile_sql::select_profiles(), profile_sql::profile_from_row).await
     }
 
     async fn append_audit(&self, record: &AuditRecord) -> StoreResult<()> {

@@ -142,10 +142,12 @@ pub(super) fn select_keys() -> Stmt {
 /// changed then).
 pub(super) fn insert_cert(c: &CertRecord) -> Stmt {
     let sql = "INSERT INTO certificates (serial, spiffe_id, issuer_id, fingerprint, not_before, not_after, \
-               status, revoked_at, revocation_reason, cert_der) \
-               SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
+               status, revoked_at, revocation_reason, cert_der, mount, profile, common_name) \
+               SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
                WHERE NOT EXISTS (SELECT 1 FROM deny_list WHERE spiffe_id = $2)";
     let status = status_str(c.status);
+    let mount = c.profile.as_ref().map(|p| p.mount.clone());
+    let profile = c.profile.as_ref().map(|p| p.name.clone());
     stmt!(
         sql,
         &c.serial,
@@ -157,7 +159,10 @@ pub(super) fn insert_cert(c: &CertRecord) -> Stmt {
         status,
         c.revoked_at,
         &c.revocation_reason,
-        &c.cert_der
+        &c.cert_der,
+        &mount,
+        &profile,
+        &c.common_name
     )
     .on_conflict(format!("certificate serial {}", c.serial))
 }
@@ -245,6 +250,7 @@ pub(super) fn certificates(f: &CertFilter) -> Stmt {
     q.and("spiffe_id =", f.spiffe_id.as_ref());
     q.and("not_after <=", f.expiring_before);
     q.and("not_after >", f.unexpired_at);
+    q.and("mount =", f.mount.as_ref());
     q.finish("not_before DESC, serial DESC", f.limit)
 }
 

@@ -46,19 +46,37 @@ pub struct CaView {
     pub key_online: bool,
 }
 
+/// The CAs that sign certificates issued under a profile without a SPIFFE ID
+/// (role `profiles`), and their CRLs. Published for the PKI API only
+/// (`/v1/<mount>/ca_chain`, `/v1/<mount>/crl`): never part of the bundle or
+/// the CRL set the mesh validates with, so such a certificate is refused by
+/// every Envoy and workload of the trust domain.
+#[derive(Debug, Clone, Default)]
+pub struct ProfilesTrust {
+    /// The unexpired profiles CAs, oldest first, PEM.
+    pub bundle_pem: String,
+    pub crls: Vec<Crl>,
+    /// `crls`, PEM, concatenated.
+    pub crl_pem: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct TrustSnapshot {
     /// Moves forward with every publication.
     pub revision: u64,
     pub trust_domain: TrustDomain,
-    /// Every unexpired CA: root first, then intermediates oldest first.
+    /// Every unexpired CA: root first, then intermediates oldest first
+    /// (the profiles CAs too).
     pub cas: Vec<CaView>,
-    /// Root and unexpired intermediates, PEM.
+    /// Root and unexpired intermediates, PEM: the mesh's bundle (without the profiles CAs).
     pub bundle_pem: String,
-    /// One CRL per CA whose key is online, and the imported ones of CAs whose key is not.
+    /// One CRL per CA of the bundle whose key is online, and the imported
+    /// ones of CAs whose key is not.
     pub crls: Vec<Crl>,
     /// All CRLs, PEM, concatenated.
     pub crl_pem: String,
+    /// The profiles CAs and their CRLs, apart from the mesh's.
+    pub profiles: ProfilesTrust,
     /// JWT-SVID signing keys.
     pub jwks: serde_json::Value,
     /// What proxies refuse on already-open connections, and every revoked serial.
@@ -80,6 +98,7 @@ impl TrustSnapshot {
             bundle_pem: String::new(),
             crls: Vec::new(),
             crl_pem: String::new(),
+            profiles: ProfilesTrust::default(),
             jwks: serde_json::json!({ "keys": [] }),
             deny: Arc::new(DenyList::default()),
             generation: 0,
@@ -88,14 +107,19 @@ impl TrustSnapshot {
         }
     }
 
-    /// The earliest nextUpdate of any published CRL.
+    /// The earliest nextUpdate of any published CRL (the profiles CAs' too).
     pub fn earliest_next_update(&self) -> Option<OffsetDateTime> {
-        self.crls.iter().map(|c| c.next_update).min()
+        self.crls.iter().chain(&self.profiles.crls).map(|c| c.next_update).min()
     }
 
-    /// The CRL issued by the CA with this fingerprint.
+    /// The CRL issued by the CA with this fingerprint (a profiles CA's too).
     pub fn crl_of(&self, issuer_fingerprint: &str) -> Option<&Crl> {
-        self.crls.iter().find(|c| c.issuer_fingerprint == issuer_fingerprint)
+        self.crls.iter().chain(&self.profiles.crls).find(|c| c.issuer_fingerprint == issuer_fingerprint)
+    }
+
+    /// The active profiles CA.
+    pub fn profiles_ca(&self) -> Option<&CaView> {
+        self.cas.iter().find(|c| c.role == CaRole::Profiles && c.state == CaState::Active)
     }
 
     /// The root CA.

@@ -94,6 +94,7 @@ pub fn fake_trust(revision: u64, tag: &str) -> Arc<TrustSnapshot> {
         bundle_pem: format!("-----BEGIN CERTIFICATE-----\n{tag}\n-----END CERTIFICATE-----\n"),
         crls: Vec::new(),
         crl_pem: format!("-----BEGIN X509 CRL-----\nCRL-{tag}\n-----END X509 CRL-----\n"),
+        profiles: Default::default(),
         jwks: serde_json::json!({"keys": []}),
         deny: Arc::new(DenyList::default()),
         generation: revision,
@@ -201,3 +202,18 @@ impl IdentitySource for FakeSource {
 fn selector(text: &str) -> Selector {
     Selector::parse(text).unwrap_or_else(|e| panic!("{text:?} is not a selector: {e}"))
 }
+
+/// `trustmesh pki profile create` of the profile `tenant` (mount `pki`): EC
+/// P-256 client certificates whose CN is a tenant id (`tenant-*`), no SPIFFE ID.
+pub const TENANT_PROFILE: [&str; 10] = [
+    "pki",
+    "profile",
+    "create",
+    "tenant",
+    "--key-type",
+    "ec",
+    "--allowed-domain",
+    "tenant-*",
+    "--allow-glob-domains",
+    "--client-only",
+];

@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::process::wait_or_kill;
 
 /// Runs openssl. Without openssl the test fails (it never passes vacuously).
 pub fn openssl(args: &[&str]) -> Output {
@@ -192,14 +194,7 @@ pub fn presented_chain(addr: SocketAddr, cert: &Path, key: &Path) -> Vec<String>
         .stderr(Stdio::piped())
         .spawn()
         .expect("openssl must be installed (the README's test command installs it)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_or_kill(&mut child, Duration::from_secs(10));
     let out = child.wait_with_output().unwrap();
     let chain = pem_blocks(&String::from_utf8_lossy(&out.stdout), "CERTIFICATE");
     assert!(!chain.is_empty(), "s_client to {addr} saw no certificate: {}", String::from_utf8_lossy(&out.stderr));
@@ -225,4 +220,31 @@ pub fn openssl_verify(dir: &Path, name: &str, chain: &[String], bundle: &Path, c
     let out = openssl(&args);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
+}
+
+/// One HTTP/1.1 GET over TLS with `openssl s_client`, presenting
+/// `cert`/`key` (the server's certificate is not checked: the question is
+/// whether the server takes the client's). The response's status line, or
+/// what s_client said when there was none (a refused handshake).
+pub fn mtls_get(addr: SocketAddr, cert: &Path, key: &Path, path: &str) -> Result<String, String> {
+    use std::io::Write as _;
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string(), "-quiet", "-ign_eof", "-cert"])
+        .arg(cert)
+        .arg("-key")
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl must be installed (the README's test command installs it)");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let _ = child.stdin.take().map(|mut stdin| stdin.write_all(request.as_bytes()));
+    wait_or_kill(&mut child, Duration::from_secs(15));
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match stdout.lines().find(|l| l.starts_with("HTTP/1.1 ")) {
+        Some(status) => Ok(status.trim().to_string()),
+        None => Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr))),
+    }
 }

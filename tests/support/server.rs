@@ -124,12 +124,27 @@ impl Server {
     /// `pki cert generate` for `spiffe_id` into `<dir>/<name>.pem` and
     /// `<dir>/<name>.key` (plus any `extra` flags); returns both paths.
     pub fn generate(&self, dir: &Path, name: &str, spiffe_id: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+        self.generate_with(dir, name, &[&["--spiffe-id", spiffe_id], extra].concat())
+    }
+
+    /// `pki cert generate` with `args` (`--profile P --common-name CN`, …)
+    /// into `<dir>/<name>.pem` and `<dir>/<name>.key`; returns both paths.
+    pub fn generate_with(&self, dir: &Path, name: &str, args: &[&str]) -> (PathBuf, PathBuf) {
+        self.try_generate(dir, name, args).unwrap_or_else(|e| panic!("pki cert generate {args:?} failed: {e}"))
+    }
+
+    /// [`Server::generate_with`] that returns the CLI's one-line reason when it fails.
+    pub fn try_generate(&self, dir: &Path, name: &str, args: &[&str]) -> Result<(PathBuf, PathBuf), String> {
         let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
-        let mut args = vec!["pki", "cert", "generate", "--spiffe-id", spiffe_id];
-        args.extend_from_slice(extra);
-        args.extend(["--output-cert", cert.to_str().unwrap(), "--output-key", key.to_str().unwrap()]);
-        self.ok(&args);
-        (cert, key)
+        let mut all = vec!["pki", "cert", "generate"];
+        all.extend_from_slice(args);
+        all.extend(["--output-cert", cert.to_str().unwrap(), "--output-key", key.to_str().unwrap()]);
+        let out = self.cli(&all);
+        if out.status.success() {
+            Ok((cert, key))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
     }
 
     /// Mints a bootstrap token for `ids` through the CLI (as an admin would).

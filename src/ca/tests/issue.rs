@@ -11,7 +11,10 @@ use crate::domain::{Serial, SpiffeId};
 use super::{csr_der, hierarchy, id, now, now_s, p256, serial, td, x509};
 use crate::ca::cert::{authority_key_id, subject_key_id};
 use crate::ca::check::{LeafExpectation, validate_leaf};
-use crate::ca::{CaError, IssuedCertificate, SvidRequest, issue_server_certificate, issue_svid, parse_csr};
+use crate::ca::{
+    CaError, ExtKeyUsage, IssuedCertificate, KeyUsage, LeafRequest, LeafUsage, SvidRequest, issue_leaf_certificate,
+    issue_server_certificate, issue_svid, parse_csr,
+};
 
 const RSA_2048_CSR: &str = include_str!("fixtures/rsa2048.csr");
 
@@ -38,7 +41,7 @@ fn p256_csr_to_svid_has_the_svid_profile() {
     let csr = parse_csr(&csr_der(&key, &["spiffe://example.org/web"], &["web.example.org"]), &td()).unwrap();
     assert_eq!(csr.key_algorithm, "EC-P256");
     let issued = issue(&csr.public_key_der, "spiffe://example.org/web", &csr.dns_names, Duration::hours(1)).unwrap();
-    assert_eq!(issued.spiffe_id.to_string(), "spiffe://example.org/web");
+    assert_eq!(issued.spiffe_id.as_ref().map(ToString::to_string).as_deref(), Some("spiffe://example.org/web"));
     assert_eq!(issued.fingerprint, crate::ca::fingerprint(&issued.der));
     assert!(issued.to_pem().starts_with("-----BEGIN CERTIFICATE-----\n"));
 
@@ -187,25 +190,74 @@ fn the_post_sign_check_catches_a_profile_difference() {
     let spki = p256().subject_public_key_info();
     let issued = issue(&spki, "spiffe://example.org/a", &[], Duration::hours(1)).unwrap();
     let other = id("spiffe://example.org/b");
+    let (svid, rsa_svid) = (LeafUsage::svid(false), LeafUsage::svid(true));
     let mut want = LeafExpectation {
-        spiffe_id: &issued.spiffe_id,
+        spiffe_id: issued.spiffe_id.as_ref(),
         dns_names: &[],
         ips: &[],
         spki: &spki,
         serial: &issued.serial,
         not_before: issued.not_before,
         not_after: issued.not_after,
-        rsa: false,
+        usage: &svid,
     };
     validate_leaf(&h.services, &issued.der, &want).unwrap();
-    want.spiffe_id = &other;
+    want.spiffe_id = Some(&other);
     let err = validate_leaf(&h.services, &issued.der, &want).unwrap_err();
     assert!(matches!(err, CaError::SelfCheck { .. }), "{err}");
-    want.spiffe_id = &issued.spiffe_id;
-    want.rsa = true;
+    want.spiffe_id = None;
+    assert!(validate_leaf(&h.services, &issued.der, &want).is_err(), "a URI SAN that was not asked for");
+    want.spiffe_id = issued.spiffe_id.as_ref();
+    want.usage = &rsa_svid;
     assert!(validate_leaf(&h.services, &issued.der, &want).is_err());
-    want.rsa = false;
+    want.usage = &svid;
     // Signed by the Services CA, so it does not validate against the root.
     let err = validate_leaf(&h.root, &issued.der, &want).unwrap_err().to_string();
     assert!(err.contains("is not the subject of") || err.contains("does not verify"), "{err}");
+}
+
+/// A tenant's client certificate under a profile: a CN, no URI SAN, an IP
+/// SAN, client-auth only, the profile's key usages and backdating; and the
+/// post-sign check holds it to exactly that.
+#[test]
+fn a_profile_leaf_has_exactly_the_profiles_names_and_usages() {
+    let h = hierarchy();
+    let spki = p256().subject_public_key_info();
+    let usage =
+        LeafUsage::from_names(&["DigitalSignature", "KeyAgreement"], &["ClientAuth"], Duration::seconds(45)).unwrap();
+    let ips: Vec<IpAddr> = vec!["10.0.0.7".parse().unwrap()];
+    let dns = vec!["tenant-acme".to_string()];
+    let request = LeafRequest {
+        spiffe_id: None,
+        common_name: Some("tenant-acme"),
+        dns_names: &dns,
+        ips: &ips,
+        public_key_der: &spki,
+        lifetime: Duration::days(30),
+        serial: serial(11),
+        usage: &usage,
+    };
+    let issued = issue_leaf_certificate(&h.services, &request, now()).unwrap();
+    assert_eq!(issued.spiffe_id, None);
+    assert_eq!(issued.not_before, now_s() - Duration::seconds(45));
+    let x = x509(&issued.der);
+    assert_eq!(crate::ca::cert::common_name(&x).as_deref(), Some("tenant-acme"));
+    assert!(crate::ca::cert::uri_sans(&x).is_empty());
+    let ku = x.key_usage().unwrap().unwrap().value;
+    assert!(ku.digital_signature() && ku.key_agreement() && !ku.key_encipherment());
+    let eku = x.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.client_auth && !eku.server_auth);
+    assert_eq!(usage.key_usages, [KeyUsage::DigitalSignature, KeyUsage::KeyAgreement]);
+    assert_eq!(usage.ext_key_usages, [ExtKeyUsage::ClientAuth]);
+
+    // No names at all: no subjectAltName extension, and the check accepts that.
+    let bare = LeafRequest { dns_names: &[], ips: &[], serial: serial(12), ..request.clone() };
+    let issued = issue_leaf_certificate(&h.services, &bare, now()).unwrap();
+    assert!(x509(&issued.der).subject_alternative_name().unwrap().is_none());
+
+    let reserved = id("spiffe://example.org/trustmesh/server");
+    let err =
+        issue_leaf_certificate(&h.services, &LeafRequest { spiffe_id: Some(&reserved), ..request }, now()).unwrap_err();
+    assert!(matches!(err, CaError::ReservedIdentity { .. }), "{err}");
+    assert!(LeafUsage::from_names(&["CertSign"], &[], Duration::ZERO).is_err());
 }
