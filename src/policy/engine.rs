@@ -22,6 +22,9 @@ const EMBEDDED_POLICIES: &str = include_str!("default.cedar");
 #[derive(Debug)]
 pub struct PolicyEngine {
     schema: Schema,
+    /// The schema's action entities (with their groups), which every
+    /// request's entities start from.
+    actions: Entities,
     policies: PolicySet,
     authorizer: Authorizer,
     /// Decisions already made. A decision depends only on the request (the
@@ -98,7 +101,8 @@ impl PolicyEngine {
                 .collect();
             return Err(PolicyError::Invalid { problems });
         }
-        Ok(Self { schema, policies: set, authorizer: Authorizer::new(), decisions: Mutex::default() })
+        let actions = schema.action_entities().map_err(|e| PolicyError::SchemaMismatch(chain(&e)))?;
+        Ok(Self { schema, actions, policies: set, authorizer: Authorizer::new(), decisions: Mutex::default() })
     }
 
     /// Decides whether `principal` may do `action` on `resource`, in the
@@ -179,7 +183,12 @@ impl PolicyEngine {
         let p = model::principal_entity(principal)?;
         let r = model::resource_entity(resource)?;
         let (p_uid, r_uid) = (p.uid(), r.uid());
-        let entities = Entities::from_entities([p, r], Some(&self.schema))
+        // The principal and resource entities are checked against the schema
+        // once, at load (`check_schema_fits`), not on every request.
+        let entities = self
+            .actions
+            .clone()
+            .add_entities([p, r], None)
             .map_err(|e| format!("entities do not fit the schema: {}", chain(&e)))?;
         let context = context(trust_domain, ctx)?;
         let request = Request::new(p_uid, model::action_uid(action)?, r_uid, context, Some(&self.schema))

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sqlite::{exec, join_err, sqlite_err};
+use super::sqlite::{exec, sqlite_err};
 use super::statements::Stmt;
 use super::{StoreError, StoreResult};
 
@@ -27,15 +27,24 @@ struct Pending {
 }
 
 pub(super) struct GroupCommit {
-    queue: mpsc::UnboundedSender<Pending>,
+    /// `None` once dropping: the writer sees the queue close.
+    queue: Option<mpsc::UnboundedSender<Pending>>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl GroupCommit {
-    /// Starts the committing task on the current tokio runtime.
-    pub(super) fn start(conn: Arc<Mutex<Connection>>) -> Self {
+    /// Starts the committing thread. It is an OS thread of its own, not a
+    /// task: every issuance waits on it, so it must not queue behind the
+    /// requests that feed it on the runtime's workers. Dropping the
+    /// `GroupCommit` waits for it to commit what it holds and end, so the
+    /// connection can be closed (and the WAL folded in) right after.
+    pub(super) fn start(conn: Arc<Mutex<Connection>>) -> StoreResult<Self> {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(conn, rx));
-        Self { queue }
+        let writer = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run(&conn, rx))
+            .map_err(|e| StoreError::Backend(format!("cannot start the SQLite writer: {e}")))?;
+        Ok(Self { queue: Some(queue), writer: Some(writer) })
     }
 
     /// Writes `stmts` in the next batch; returns once that batch is durable:
@@ -43,32 +52,37 @@ impl GroupCommit {
     /// of the submission was kept.
     pub(super) async fn submit(&self, stmts: Vec<Stmt>) -> StoreResult<bool> {
         let (done, result) = oneshot::channel();
-        self.queue
-            .send(Pending { stmts, done })
-            .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?;
-        result.await.map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?
+        let stopped = || StoreError::Unavailable("the SQLite writer has stopped".into());
+        self.queue.as_ref().ok_or_else(stopped)?.send(Pending { stmts, done }).map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
     }
 }
 
-async fn run(conn: Arc<Mutex<Connection>>, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        self.queue = None;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
         }
-        let conn = Arc::clone(&conn);
-        let outcome = tokio::task::spawn_blocking(move || {
-            let results = commit(&mut conn.lock(), &batch);
-            for (p, r) in batch.into_iter().zip(results) {
-                let _ = p.done.send(r);
-            }
-        })
-        .await;
-        if let Err(e) = outcome {
-            tracing::error!(error = %join_err(e), "SQLite group commit failed");
+    }
+}
+
+fn run(conn: &Mutex<Connection>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        drain(&mut rx, &mut batch);
+        let results = commit(&mut conn.lock(), &batch);
+        for (p, r) in batch.into_iter().zip(results) {
+            let _ = p.done.send(r);
+        }
+    }
+}
+
+fn drain(rx: &mut mpsc::UnboundedReceiver<Pending>, batch: &mut Vec<Pending>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(p) => batch.push(p),
+            Err(_) => return,
         }
     }
 }

@@ -42,6 +42,7 @@ pub mod postgres;
 pub mod sqlite;
 
 mod changes;
+mod checkpoint;
 mod entries;
 mod group_commit;
 mod profiles;

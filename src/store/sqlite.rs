@@ -20,6 +20,7 @@ use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
 use super::changes as change_sql;
+use super::checkpoint::Checkpointer;
 use super::entries as entry_sql;
 use super::group_commit::GroupCommit;
 use super::profiles as profile_sql;
@@ -34,13 +35,18 @@ use super::{
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Fields drop in this order: the checkpoint thread's connection closes
+/// first and the writer thread ends, so that closing `conn`, the last
+/// connection, folds the WAL into the database file.
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    /// WAL checkpoints on a thread of their own (file databases only).
+    _checkpoints: Option<Checkpointer>,
     /// Concurrent issuance records share one transaction and fsync.
     issuance: GroupCommit,
     /// The first sign of a damaged database seen while serving: from then on
     /// `ping` fails with it, so `/ready` and `pki status` say so.
     corrupt: Arc<Mutex<Option<String>>>,
+    conn: Arc<Mutex<Connection>>,
 }
 
 impl SqliteStore {
@@ -61,17 +67,19 @@ impl SqliteStore {
                 other => other,
             };
             check_integrity(&conn).map_err(named)?;
-            prepare(conn, "wal").map_err(named)
+            let conn = prepare(conn, "wal").map_err(named)?;
+            let checkpoints = Checkpointer::start(&conn, &path).map_err(named)?;
+            Ok::<_, StoreError>((conn, checkpoints))
         })
         .await
         .map_err(join_err)??;
-        Ok(Self::with_connection(conn))
+        Self::with_connection(conn.0, Some(conn.1))
     }
 
-    fn with_connection(conn: Connection) -> Self {
+    fn with_connection(conn: Connection, checkpoints: Option<Checkpointer>) -> StoreResult<Self> {
         let conn = Arc::new(Mutex::new(conn));
-        let issuance = GroupCommit::start(Arc::clone(&conn));
-        Self { conn, issuance, corrupt: Arc::default() }
+        let issuance = GroupCommit::start(Arc::clone(&conn))?;
+        Ok(Self { _checkpoints: checkpoints, issuance, corrupt: Arc::default(), conn })
     }
 
     /// Remembers the first corruption a call ran into.
@@ -89,7 +97,7 @@ impl SqliteStore {
     /// A private in-memory database, for unit tests.
     pub fn open_in_memory() -> StoreResult<Self> {
         let conn = Connection::open_in_memory().map_err(sqlite_err)?;
-        Ok(Self::with_connection(prepare(conn, "memory")?))
+        Self::with_connection(prepare(conn, "memory")?, None)
     }
 
     /// Runs `f` on the connection, on the blocking pool.
