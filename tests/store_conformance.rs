@@ -12,10 +12,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use CaState::{Active, Old, Prepared, Revoked, Tainted};
 use trustmesh::store::{
-    AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CaRole, CertFilter, CertRecord, CertStatus, ChangeBatch,
-    ChangeKind, ChangeRecord, DenyRecord, EntryRecord, ImportedCrlRecord, ProfileKey, ProfileRecord, RevokeOutcome,
-    RevokedEntry, SigningKeyRecord, Store, StoreError,
+    AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CaRole, CaState, CertFilter, CertRecord, CertStatus,
+    ChangeBatch, ChangeKind, ChangeRecord, DenyRecord, EntryRecord, ImportedCrlRecord, ProfileKey, ProfileRecord,
+    RevokeOutcome, RevokedEntry, SigningKeyRecord, Store, StoreError,
 };
 
 macro_rules! conformance {
@@ -46,6 +47,13 @@ conformance!(
     init_hierarchy_once,
     init_hierarchy_race,
     insert_ca_rotates_role,
+    preparing_then_activating_a_ca_makes_the_previous_active_one_old,
+    two_activations_racing_in_one_role_leave_exactly_one_active,
+    a_step_the_rotation_forbids_is_refused_and_changes_nothing,
+    an_unknown_ca_is_not_found_and_nothing_is_written,
+    setting_the_state_a_ca_has_writes_only_the_audit_record,
+    every_ca_state_change_appears_in_the_change_feed,
+    live_certificate_counts_per_issuer_exclude_revoked_and_expired,
     signing_keys_roundtrip,
     record_issuance_and_conflict,
     certificate_filters,
@@ -138,18 +146,204 @@ async fn init_hierarchy_race(s: Arc<dyn Store>) {
 
 async fn insert_ca_rotates_role(s: Arc<dyn Store>) {
     seed(&s).await;
-    s.insert_ca(&ca("svc-2", CaRole::Services, true, NOW + 10)).await.unwrap();
+    s.insert_ca(&ca("svc-2", CaRole::Services, Active, NOW + 10)).await.unwrap();
     assert_eq!(active_ids(&s).await, ["a-root", "a-transport", "svc-2"]);
+    let demoted = [("a-services", Old, Some(NOW + 10)), ("a-transport", Active, None), ("svc-2", Active, None)];
+    assert_eq!(states(&s).await[1..], state_rows(&demoted), "the previous one is old since the insert");
 
-    s.insert_ca(&ca("svc-3", CaRole::Services, false, NOW + 20)).await.unwrap();
-    assert_eq!(active_ids(&s).await, ["a-root", "a-transport", "svc-2"], "an inactive CA deactivates nothing");
+    s.insert_ca(&ca("svc-3", CaRole::Services, Old, NOW + 20)).await.unwrap();
+    s.insert_ca(&ca("svc-4", CaRole::Services, Prepared, NOW + 30)).await.unwrap();
+    assert_eq!(active_ids(&s).await, ["a-root", "a-transport", "svc-2"], "only an active CA demotes another");
+    let after = state_rows(&[("svc-2", Active, None), ("svc-3", Old, None), ("svc-4", Prepared, None)]);
+    assert_eq!(states(&s).await[3..], after);
 
-    let dup = s.insert_ca(&ca("svc-2", CaRole::Services, true, NOW + 30)).await;
+    let dup = s.insert_ca(&ca("svc-2", CaRole::Services, Active, NOW + 40)).await;
     assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
-    assert_eq!(active_ids(&s).await, ["a-root", "a-transport", "svc-2"], "a failed insert changes nothing");
+    assert_eq!(states(&s).await[3..], after, "a failed insert changes nothing");
 
     let ids: Vec<_> = s.cas().await.unwrap().into_iter().map(|c| c.id).collect();
-    assert_eq!(ids, ["a-root", "a-services", "a-transport", "svc-2", "svc-3"], "oldest first");
+    assert_eq!(ids, ["a-root", "a-services", "a-transport", "svc-2", "svc-3", "svc-4"], "oldest first");
+}
+
+async fn preparing_then_activating_a_ca_makes_the_previous_active_one_old(s: Arc<dyn Store>) {
+    seed(&s).await;
+    s.insert_ca(&ca("svc-2", CaRole::Services, Prepared, NOW + 10)).await.unwrap();
+    let before = states(&s).await;
+    assert_eq!(
+        before[1..],
+        state_rows(&[("a-services", Active, None), ("a-transport", Active, None), ("svc-2", Prepared, None)])
+    );
+    assert_eq!(active_ids(&s).await, ["a-root", "a-services", "a-transport"], "a prepared CA signs nothing yet");
+
+    let activated = s.set_ca_state("svc-2", Active, NOW + 20, &audit("activate_ca", "svc-2", NOW + 20)).await.unwrap();
+    assert_eq!((activated.state, activated.state_changed_at), (Active, Some(NOW + 20)));
+    let stored = s.cas().await.unwrap();
+    assert_eq!(stored.iter().find(|c| c.id == "svc-2"), Some(&activated), "it returns the CA as stored");
+    assert_eq!(
+        states(&s).await,
+        state_rows(&[
+            ("a-root", Active, None),
+            ("a-services", Old, Some(NOW + 20)),
+            ("a-transport", Active, None),
+            ("svc-2", Active, Some(NOW + 20)),
+        ]),
+        "the previous services CA is old, the other roles untouched"
+    );
+    let log = s.audit(&AuditFilter::default()).await.unwrap();
+    assert_eq!(
+        log.iter().map(|a| (a.action.as_str(), a.target.as_str())).collect::<Vec<_>>(),
+        [("activate_ca", "svc-2")]
+    );
+
+    // Through the rest of the rotation: the old one tainted, then revoked.
+    for (to, at) in [(Tainted, NOW + 30), (Revoked, NOW + 40)] {
+        let moved = s.set_ca_state("a-services", to, at, &audit("ca_state", "a-services", at)).await.unwrap();
+        assert_eq!((moved.state, moved.state_changed_at), (to, Some(at)));
+    }
+    assert_eq!(active_ids(&s).await, ["a-root", "a-transport", "svc-2"]);
+}
+
+async fn two_activations_racing_in_one_role_leave_exactly_one_active(s: Arc<dyn Store>) {
+    seed(&s).await;
+    for round in 0..4 {
+        let ids = [format!("svc-{round}-a"), format!("svc-{round}-b")];
+        for (i, id) in ids.iter().enumerate() {
+            s.insert_ca(&ca(id, CaRole::Services, Prepared, NOW + 10 * round + i as i64)).await.unwrap();
+        }
+        let at = NOW + 100 + round;
+        let results = join_all(ids.clone().map(|id| {
+            let s = s.clone();
+            async move { s.set_ca_state(&id, Active, at, &audit("activate_ca", &id, at)).await }
+        }))
+        .await;
+        assert!(results.iter().all(Result::is_ok), "both activations are allowed, one after the other: {results:?}");
+        let services: Vec<_> = s.cas().await.unwrap().into_iter().filter(|c| c.role == CaRole::Services).collect();
+        let active: Vec<_> = services.iter().filter(|c| c.state == Active).map(|c| c.id.clone()).collect();
+        assert_eq!(active.len(), 1, "round {round}: {services:?}");
+        assert!(ids.contains(&active[0]), "the last activation wins: {active:?}");
+        assert!(services.iter().all(|c| c.state == Active || c.state == Old), "every other one is old: {services:?}");
+    }
+    assert_eq!(active_ids(&s).await.len(), 3, "one active CA per role");
+}
+
+async fn a_step_the_rotation_forbids_is_refused_and_changes_nothing(s: Arc<dyn Store>) {
+    seed(&s).await;
+    s.insert_ca(&ca("svc-p", CaRole::Services, Prepared, NOW + 10)).await.unwrap();
+    s.insert_ca(&ca("svc-old", CaRole::Services, Old, NOW + 11)).await.unwrap();
+    s.insert_ca(&ca("svc-r", CaRole::Services, Prepared, NOW + 12)).await.unwrap();
+    s.set_ca_state("svc-r", Revoked, NOW + 13, &audit("revoke_ca", "svc-r", NOW + 13)).await.unwrap();
+    let (cas, revision, audited) = (s.cas().await.unwrap(), s.change_revision().await.unwrap(), audit_len(&s).await);
+
+    // (CA, the state asked for)
+    for (id, to) in [
+        ("svc-r", Active),
+        ("svc-old", Active),
+        ("svc-p", Tainted),
+        ("a-services", Tainted),
+        ("a-services", Revoked),
+        ("a-services", Old),
+        ("svc-p", Old),
+        ("svc-old", Prepared),
+        ("svc-r", Tainted),
+    ] {
+        let from = cas.iter().find(|c| c.id == id).unwrap().state;
+        let why = from.move_to(to).expect_err("the domain forbids it");
+        let refused = s.set_ca_state(id, to, NOW + 20, &audit("ca_state", id, NOW + 20)).await;
+        match &refused {
+            Err(e @ StoreError::Refused { what, reason }) => {
+                assert!(what.contains(id) && reason == why, "{id} {from} -> {to}: {e}");
+                assert!(e.to_string().contains(why), "{e}");
+            }
+            other => panic!("{id} {from} -> {to}: expected Refused, got {other:?}"),
+        }
+    }
+    assert_eq!(s.cas().await.unwrap(), cas, "no CA changed");
+    assert_eq!(s.change_revision().await.unwrap(), revision, "no change appended");
+    assert_eq!(audit_len(&s).await, audited, "a refusal is the caller's to audit");
+}
+
+async fn an_unknown_ca_is_not_found_and_nothing_is_written(s: Arc<dyn Store>) {
+    seed(&s).await;
+    let (cas, revision) = (s.cas().await.unwrap(), s.change_revision().await.unwrap());
+    for to in [Active, Revoked, Prepared] {
+        let missing = s.set_ca_state("no-such-ca", to, NOW, &audit("ca_state", "no-such-ca", NOW)).await;
+        assert!(matches!(&missing, Err(StoreError::NotFound { what }) if what.contains("no-such-ca")), "{missing:?}");
+    }
+    assert_eq!(s.cas().await.unwrap(), cas);
+    assert_eq!(s.change_revision().await.unwrap(), revision);
+    assert_eq!(audit_len(&s).await, 0);
+}
+
+async fn setting_the_state_a_ca_has_writes_only_the_audit_record(s: Arc<dyn Store>) {
+    seed(&s).await;
+    s.insert_ca(&ca("svc-old", CaRole::Services, Old, NOW + 10)).await.unwrap();
+    s.insert_ca(&ca("svc-p", CaRole::Services, Prepared, NOW + 11)).await.unwrap();
+    s.set_ca_state("svc-old", Revoked, NOW + 12, &audit("revoke_ca", "svc-old", NOW + 12)).await.unwrap();
+    let (cas, revision) = (s.cas().await.unwrap(), s.change_revision().await.unwrap());
+    let stored = |id: &str| cas.iter().find(|c| c.id == id).unwrap().clone();
+
+    for (id, to) in [("a-services", Active), ("svc-old", Revoked), ("svc-p", Prepared), ("a-root", Active)] {
+        let again = s.set_ca_state(id, to, NOW + 50, &audit("ca_state", id, NOW + 50)).await.unwrap();
+        assert_eq!(again, stored(id), "{id} is returned unchanged, state_changed_at included");
+    }
+    assert_eq!(s.cas().await.unwrap(), cas);
+    assert_eq!(s.change_revision().await.unwrap(), revision, "no change record");
+    let log = s.audit(&AuditFilter { since: Some(NOW + 50), ..Default::default() }).await.unwrap();
+    assert_eq!(log.len(), 4, "each repeat is audited: {log:?}");
+}
+
+async fn every_ca_state_change_appears_in_the_change_feed(s: Arc<dyn Store>) {
+    seed(&s).await;
+    let base = s.change_revision().await.unwrap();
+    s.insert_ca(&ca("svc-2", CaRole::Services, Prepared, NOW + 10)).await.unwrap();
+    let steps = [("svc-2", Active, NOW + 20), ("a-services", Tainted, NOW + 30), ("a-services", Revoked, NOW + 40)];
+    for (id, to, at) in steps {
+        s.set_ca_state(id, to, at, &audit("ca_state", id, at)).await.unwrap();
+    }
+    let ca_change = |id: &str, at: i64| change(ChangeKind::Ca, id, at);
+    assert_eq!(
+        changes_after(&s, base).await,
+        [
+            ca_change("svc-2", NOW + 10),
+            ca_change("a-services", NOW + 20),
+            ca_change("svc-2", NOW + 20),
+            ca_change("a-services", NOW + 30),
+            ca_change("a-services", NOW + 40),
+        ],
+        "one change per CA whose state changed, at the change"
+    );
+}
+
+async fn live_certificate_counts_per_issuer_exclude_revoked_and_expired(s: Arc<dyn Store>) {
+    seed(&s).await;
+    assert_eq!(s.live_certificates_by_issuer(NOW).await.unwrap(), []);
+    let (x, y) = ("spiffe://example.org/x", "spiffe://example.org/y");
+    for c in [
+        cert("s1", x, "a-services", NOW - 60, NOW + 600),
+        cert("s2", y, "a-services", NOW - 60, NOW + 1),
+        cert("s3", x, "a-services", NOW - 60, NOW + 600),
+        cert("s4", y, "a-services", NOW - 600, NOW),
+        cert("s5", y, "a-services", NOW - 600, NOW - 1),
+        cert("t1", x, "a-transport", NOW - 60, NOW + 600),
+        cert("t2", y, "a-transport", NOW - 60, NOW + 600),
+    ] {
+        s.record_issuance(&c, &audit("issue", &c.spiffe_id, NOW - 60)).await.unwrap();
+    }
+    s.revoke("s3", "superseded", NOW, &audit("revoke", "s3", NOW)).await.unwrap();
+    s.revoke("t1", "keyCompromise", NOW, &audit("revoke", "t1", NOW)).await.unwrap();
+    s.revoke("t2", "keyCompromise", NOW, &audit("revoke", "t2", NOW)).await.unwrap();
+    let counts = |pairs: &[(&str, u64)]| pairs.iter().map(|(id, n)| (id.to_string(), *n)).collect::<Vec<_>>();
+    assert_eq!(
+        s.live_certificates_by_issuer(NOW).await.unwrap(),
+        counts(&[("a-services", 2)]),
+        "s3 revoked, s4 and s5 expired (not_after <= now); a-transport has none left"
+    );
+    assert_eq!(
+        s.live_certificates_by_issuer(NOW - 1).await.unwrap(),
+        counts(&[("a-services", 3)]),
+        "s4 is live a second earlier"
+    );
+    assert_eq!(s.live_certificates_by_issuer(NOW + 1).await.unwrap(), counts(&[("a-services", 1)]));
 }
 
 async fn signing_keys_roundtrip(s: Arc<dyn Store>) {
@@ -236,8 +430,8 @@ async fn profiles_roundtrip_replace_and_delete(s: Arc<dyn Store>) {
 
 async fn certificates_of_a_profile_and_mount(s: Arc<dyn Store>) {
     seed(&s).await;
-    s.insert_ca(&ca("a-profiles", CaRole::Profiles, true, NOW + 3)).await.unwrap();
-    assert!(s.cas().await.unwrap().iter().any(|c| c.role == CaRole::Profiles && c.active));
+    s.insert_ca(&ca("a-profiles", CaRole::Profiles, Active, NOW + 3)).await.unwrap();
+    assert!(s.cas().await.unwrap().iter().any(|c| c.role == CaRole::Profiles && c.state == Active));
     let mut tenant = cert("c1", "", "a-profiles", NOW, NOW + 600);
     tenant.profile = Some(profile_key("pki_client", "tenant"));
     tenant.common_name = Some("tenant-acme".into());
@@ -771,14 +965,18 @@ async fn changes_record_cas_and_keys(s: Arc<dyn Store>) {
     );
     let base = s.change_revision().await.unwrap();
     assert!(!s.init_hierarchy(&hierarchy("b").0, &hierarchy("b").1).await.unwrap());
-    s.insert_ca(&ca("svc-2", CaRole::Services, true, NOW + 10)).await.unwrap();
-    assert!(s.insert_ca(&ca("svc-2", CaRole::Services, true, NOW + 11)).await.is_err());
+    s.insert_ca(&ca("svc-2", CaRole::Services, Active, NOW + 10)).await.unwrap();
+    assert!(s.insert_ca(&ca("svc-2", CaRole::Services, Active, NOW + 11)).await.is_err());
     s.insert_signing_key(&key("k1", "jwt-svid", NOW + 5)).await.unwrap();
     assert!(s.insert_signing_key(&key("k1", "jwt-svid", NOW + 6)).await.is_err());
     assert_eq!(
         changes_after(&s, base).await,
-        [change(ChangeKind::Ca, "svc-2", NOW + 10), change(ChangeKind::SigningKey, "k1", NOW + 5)],
-        "a refused init or a conflict appends nothing"
+        [
+            change(ChangeKind::Ca, "a-services", NOW + 10),
+            change(ChangeKind::Ca, "svc-2", NOW + 10),
+            change(ChangeKind::SigningKey, "k1", NOW + 5)
+        ],
+        "one change per CA the insert changed; a refused init or a conflict appends nothing"
     );
 }
 
@@ -986,6 +1184,7 @@ async fn sqlite_version_2_database_gains_the_change_feed() {
     let path = dir.path().join("t.db");
     drop(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(SQLITE_CAS_BEFORE_V6).unwrap();
     conn.execute_batch(
         "DROP TABLE profiles; DROP TABLE imported_crls; DROP TABLE changes; UPDATE schema_version SET version = 2",
     )
@@ -1011,6 +1210,7 @@ async fn sqlite_version_4_database_gains_profiles() {
         store.revoke("0a", "keyCompromise", NOW, &audit("revoke", "0a", NOW)).await.unwrap();
     }
     let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(SQLITE_CAS_BEFORE_V6).unwrap();
     conn.execute_batch("DROP TABLE profiles; DROP INDEX certificates_mount; UPDATE schema_version SET version = 4")
         .unwrap();
     drop(conn);
@@ -1018,7 +1218,7 @@ async fn sqlite_version_4_database_gains_profiles() {
     let kept = store.certificate("0a").await.unwrap().unwrap();
     assert_eq!((kept.status, kept.revoked_at, kept.profile), (CertStatus::Revoked, Some(NOW), None));
     assert_eq!(store.cas().await.unwrap().len(), 3);
-    store.insert_ca(&ca("a-profiles", CaRole::Profiles, true, NOW + 3)).await.unwrap();
+    store.insert_ca(&ca("a-profiles", CaRole::Profiles, Active, NOW + 3)).await.unwrap();
     store.put_profile(&profile("pki", "web", "{}", NOW), &audit("manage_profiles", "pki/web", NOW)).await.unwrap();
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
@@ -1028,6 +1228,116 @@ async fn sqlite_version_4_database_gains_profiles() {
         .query_row("SELECT group_concat(name) FROM sqlite_master WHERE name LIKE '%_v4'", [], |r| r.get(0))
         .unwrap_or_default();
     assert_eq!(tables, "", "the renamed tables are gone");
+}
+
+/// Turns the `cas` table of a SQLite database back into its shape before
+/// schema 6 (an `active` flag, no state), for the tests of older databases.
+const SQLITE_CAS_BEFORE_V6: &str = "DROP INDEX cas_one_active_per_role; \
+     ALTER TABLE cas ADD COLUMN active BOOLEAN NOT NULL DEFAULT FALSE; UPDATE cas SET active = (state = 'active'); \
+     ALTER TABLE cas DROP COLUMN state; ALTER TABLE cas DROP COLUMN state_changed_at; \
+     CREATE UNIQUE INDEX cas_one_active_per_role ON cas (role) WHERE active;";
+
+/// Schema 5 had an `active` flag where schema 6 has a state: a database
+/// written before CA rotation — an active and an inactive services CA, with
+/// certificates from both — keeps every row and reference, its active CAs
+/// become `active` and the other `old`, and rotation works on it.
+#[tokio::test]
+async fn sqlite_version_5_database_maps_active_cas_to_active_and_the_others_to_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    {
+        let store: Arc<dyn Store> = Arc::new(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
+        fill_before_rotation(&store).await;
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(SQLITE_CAS_BEFORE_V6).unwrap();
+    conn.execute_batch("UPDATE schema_version SET version = 5").unwrap();
+    drop(conn);
+    let store: Arc<dyn Store> = Arc::new(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
+    rotation_after_the_migration(&store).await;
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let dangling: i64 = conn.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(dangling, 0);
+    for (sql, what) in [
+        ("UPDATE cas SET state = 'active' WHERE id = 'svc-old'", "a second active services CA"),
+        ("UPDATE cas SET state = 'retired' WHERE id = 'svc-old'", "an unknown state"),
+        ("UPDATE cas SET state = NULL WHERE id = 'svc-old'", "no state"),
+    ] {
+        assert!(conn.execute(sql, []).is_err(), "the schema refuses {what}");
+    }
+}
+
+#[tokio::test]
+async fn postgres_version_5_database_maps_active_cas_to_active_and_the_others_to_old() {
+    let url = support::postgres::fresh_database().await;
+    {
+        let store: Arc<dyn Store> = Arc::new(trustmesh::store::postgres::PostgresStore::connect(&url).await.unwrap());
+        fill_before_rotation(&store).await;
+    }
+    let admin = admin_client(&url).await;
+    admin
+        .batch_execute(
+            "DROP INDEX cas_one_active_per_role; ALTER TABLE cas ADD COLUMN active BOOLEAN; \
+             UPDATE cas SET active = (state = 'active'); \
+             ALTER TABLE cas ALTER COLUMN active SET NOT NULL, DROP COLUMN state, DROP COLUMN state_changed_at; \
+             CREATE UNIQUE INDEX cas_one_active_per_role ON cas (role) WHERE active; \
+             UPDATE schema_version SET version = 5",
+        )
+        .await
+        .unwrap();
+    let store: Arc<dyn Store> = Arc::new(trustmesh::store::postgres::PostgresStore::connect(&url).await.unwrap());
+    rotation_after_the_migration(&store).await;
+    for (sql, what) in [
+        ("UPDATE cas SET state = 'active' WHERE id = 'svc-old'", "a second active services CA"),
+        ("UPDATE cas SET state = 'retired' WHERE id = 'svc-old'", "an unknown state"),
+        ("UPDATE cas SET state = NULL WHERE id = 'svc-old'", "no state"),
+    ] {
+        assert!(admin.batch_execute(sql).await.is_err(), "the schema refuses {what}");
+    }
+}
+
+/// Hierarchy "a" (every CA active) and an inactive services CA `svc-old`,
+/// each with a live and a revoked certificate.
+async fn fill_before_rotation(s: &Arc<dyn Store>) {
+    seed(s).await;
+    s.insert_ca(&ca("svc-old", CaRole::Services, Old, NOW - 10)).await.unwrap();
+    for (serial, issuer) in [("a1", "a-services"), ("a2", "a-services"), ("o1", "svc-old"), ("o2", "svc-old")] {
+        let c = cert(serial, &format!("spiffe://example.org/{serial}"), issuer, NOW - 60, NOW + 600);
+        s.record_issuance(&c, &audit("issue", &c.spiffe_id, NOW - 60)).await.unwrap();
+    }
+    for serial in ["a2", "o2"] {
+        s.revoke(serial, "superseded", NOW, &audit("revoke", serial, NOW)).await.unwrap();
+    }
+}
+
+/// What [`fill_before_rotation`] wrote, migrated to schema 6, then rotated.
+async fn rotation_after_the_migration(s: &Arc<dyn Store>) {
+    assert_eq!(
+        states(s).await,
+        state_rows(&[
+            ("svc-old", Old, None),
+            ("a-root", Active, None),
+            ("a-services", Active, None),
+            ("a-transport", Active, None),
+        ]),
+        "active stays active, inactive becomes old"
+    );
+    let live = s.live_certificates_by_issuer(NOW).await.unwrap();
+    assert_eq!(live, [("a-services".to_string(), 1), ("svc-old".to_string(), 1)], "every certificate kept");
+    s.insert_ca(&ca("svc-new", CaRole::Services, Prepared, NOW + 10)).await.unwrap();
+    s.set_ca_state("svc-new", Active, NOW + 20, &audit("activate_ca", "svc-new", NOW + 20)).await.unwrap();
+    s.set_ca_state("svc-old", Tainted, NOW + 30, &audit("taint_ca", "svc-old", NOW + 30)).await.unwrap();
+    assert_eq!(
+        states(s).await,
+        state_rows(&[
+            ("svc-old", Tainted, Some(NOW + 30)),
+            ("a-root", Active, None),
+            ("a-services", Old, Some(NOW + 20)),
+            ("a-transport", Active, None),
+            ("svc-new", Active, Some(NOW + 20)),
+        ])
+    );
 }
 
 /// Two replicas on one database.
@@ -1182,6 +1492,7 @@ async fn sqlite_version_1_database_gains_entries() {
     let path = dir.path().join("t.db");
     drop(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(SQLITE_CAS_BEFORE_V6).unwrap();
     conn.execute_batch(
         "DROP TABLE profiles; DROP TABLE imported_crls; DROP TABLE entries; DROP TABLE changes; \
          UPDATE schema_version SET version = 1",
@@ -1310,12 +1621,12 @@ where
 
 /// A root (key kept offline), a services and a transport CA, and two keys, ids prefixed.
 fn hierarchy(prefix: &str) -> (Vec<CaRecord>, Vec<SigningKeyRecord>) {
-    let mut root = ca(&format!("{prefix}-root"), CaRole::Root, true, NOW);
+    let mut root = ca(&format!("{prefix}-root"), CaRole::Root, Active, NOW);
     root.sealed_key = None;
     let cas = vec![
         root,
-        ca(&format!("{prefix}-services"), CaRole::Services, true, NOW + 1),
-        ca(&format!("{prefix}-transport"), CaRole::Transport, true, NOW + 2),
+        ca(&format!("{prefix}-services"), CaRole::Services, Active, NOW + 1),
+        ca(&format!("{prefix}-transport"), CaRole::Transport, Active, NOW + 2),
     ];
     (cas, vec![key(&format!("{prefix}-token"), "token", NOW), key(&format!("{prefix}-jwt"), "jwt-svid", NOW + 1)])
 }
@@ -1326,11 +1637,32 @@ async fn seed(s: &Arc<dyn Store>) {
     assert!(s.init_hierarchy(&cas, &keys).await.unwrap());
 }
 
-async fn active_ids(s: &Arc<dyn Store>) -> Vec<String> {
-    s.cas().await.unwrap().into_iter().filter(|c| c.active).map(|c| c.id).collect::<BTreeSet<_>>().into_iter().collect()
+async fn audit_len(s: &Arc<dyn Store>) -> usize {
+    s.audit(&AuditFilter::default()).await.unwrap().len()
 }
 
-fn ca(id: &str, role: CaRole, active: bool, created_at: i64) -> CaRecord {
+/// Every CA as (id, state, state_changed_at), oldest first.
+async fn states(s: &Arc<dyn Store>) -> Vec<(String, CaState, Option<i64>)> {
+    s.cas().await.unwrap().into_iter().map(|c| (c.id, c.state, c.state_changed_at)).collect()
+}
+
+fn state_rows(rows: &[(&str, CaState, Option<i64>)]) -> Vec<(String, CaState, Option<i64>)> {
+    rows.iter().map(|(id, state, at)| (id.to_string(), *state, *at)).collect()
+}
+
+async fn active_ids(s: &Arc<dyn Store>) -> Vec<String> {
+    s.cas()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.state == Active)
+        .map(|c| c.id)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+fn ca(id: &str, role: CaRole, state: CaState, created_at: i64) -> CaRecord {
     CaRecord {
         id: id.into(),
         role,
@@ -1339,7 +1671,8 @@ fn ca(id: &str, role: CaRole, active: bool, created_at: i64) -> CaRecord {
         sealed_key: Some(vec![0, 1, 2, 255]),
         not_before: created_at - 60,
         not_after: created_at + 86_400,
-        active,
+        state,
+        state_changed_at: None,
         created_at,
     }
 }

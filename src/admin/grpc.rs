@@ -48,7 +48,10 @@ pub fn status(err: IssuerError) -> Status {
         IssuerError::Ca(e) if e.is_bad_input() => Status::invalid_argument(msg),
         IssuerError::NotFound(_) => Status::not_found(msg),
         IssuerError::Store(StoreError::Conflict { .. }) => Status::already_exists(msg),
-        IssuerError::FailedPrecondition(_) => Status::failed_precondition(msg),
+        IssuerError::Store(StoreError::NotFound { .. }) => Status::not_found(msg),
+        IssuerError::FailedPrecondition(_) | IssuerError::Store(StoreError::Refused { .. }) => {
+            Status::failed_precondition(msg)
+        }
         IssuerError::Store(_) => Status::unavailable(msg),
         _ => Status::internal(msg),
     }
@@ -408,7 +411,7 @@ fn ca_info(r: &CaRecord) -> pb::CaInfo {
         algorithm,
         not_before: r.not_before,
         not_after: r.not_after,
-        active: r.active,
+        active: r.state == crate::domain::CaState::Active,
         key_online: r.sealed_key.is_some(),
     }
 }
@@ -431,5 +434,20 @@ pub(super) fn cert_info(c: &CertRecord, now: i64) -> pb::CertificateInfo {
         revocation_reason: c.revocation_reason.clone().unwrap_or_default(),
         common_name: c.common_name.clone().unwrap_or_default(),
         profile: c.profile.as_ref().map(|p| format!("{}/{}", p.mount, p.name)).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_refusals_keep_their_meaning_on_the_wire() {
+        let code = |e: StoreError| status(IssuerError::Store(e)).code();
+        assert_eq!(code(StoreError::NotFound { what: "CA x".into() }), tonic::Code::NotFound);
+        let refused = StoreError::Refused { what: "CA x (revoked)".into(), reason: "a revoked CA …".into() };
+        assert_eq!(code(refused), tonic::Code::FailedPrecondition);
+        assert_eq!(code(StoreError::Conflict { what: "CA x".into() }), tonic::Code::AlreadyExists);
+        assert_eq!(code(StoreError::Unavailable("down".into())), tonic::Code::Unavailable);
     }
 }

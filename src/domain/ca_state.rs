@@ -74,6 +74,35 @@ impl CaState {
     }
 }
 
+impl CaStep {
+    /// The step whose success puts a CA in `state`. None leads to `Prepared`
+    /// (where a CA starts) or to `Old` (where activating its successor puts it).
+    pub fn reaching(state: CaState) -> Option<Self> {
+        match state {
+            CaState::Active => Some(Self::Activate),
+            CaState::Tainted => Some(Self::Taint),
+            CaState::Revoked => Some(Self::Revoke),
+            CaState::Prepared | CaState::Old => None,
+        }
+    }
+}
+
+impl CaState {
+    /// Whether a CA in this state may be put in `to` directly: `to` is where
+    /// it already is (nothing changes), or where [`CaState::after`] takes it
+    /// with the step [`CaStep::reaching`] `to`.
+    pub fn move_to(self, to: CaState) -> Result<CaState, &'static str> {
+        if self == to {
+            return Ok(to);
+        }
+        match CaStep::reaching(to) {
+            Some(step) => self.after(step),
+            None if to == CaState::Old => Err("a CA becomes old only when its successor is activated"),
+            None => Err("a CA is prepared only when it is created"),
+        }
+    }
+}
+
 impl fmt::Display for CaState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -112,6 +141,37 @@ mod tests {
                 (Err(why), Err(word)) => assert!(why.contains(word), "{state} {step:?}: {why}"),
                 (got, want) => panic!("{state} {step:?}: {got:?}, expected {want:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_state_is_reached_directly_only_through_its_step() {
+        const ALL: [CaState; 5] = [Prepared, Active, Old, Tainted, Revoked];
+        for step in [Activate, Taint, Revoke] {
+            for from in ALL {
+                if let Ok(to) = from.after(step) {
+                    assert_eq!(CaStep::reaching(to), Some(step), "{from} {step:?}");
+                    assert_eq!(from.move_to(to), Ok(to), "{from} -> {to}");
+                }
+            }
+        }
+        for from in ALL {
+            assert_eq!(from.move_to(from), Ok(from), "staying is always allowed");
+        }
+        // (from, to, a word of the refusal)
+        let refused: &[(CaState, CaState, &str)] = &[
+            (Revoked, Active, "revoked"),
+            (Old, Active, "only a prepared"),
+            (Prepared, Tainted, "prepared"),
+            (Active, Revoked, "active"),
+            (Active, Old, "successor"),
+            (Prepared, Old, "successor"),
+            (Old, Prepared, "created"),
+            (Revoked, Prepared, "created"),
+        ];
+        for (from, to, word) in refused {
+            let why = from.move_to(*to).expect_err("refused");
+            assert!(why.contains(word), "{from} -> {to}: {why}");
         }
     }
 

@@ -11,7 +11,7 @@ use super::hierarchy;
 use super::trust_state::TrustChange;
 use super::{Issuer, IssuerError};
 use crate::ca::{self, IntermediateParams, PrivateKey};
-use crate::domain::{CaRole, SpiffeId};
+use crate::domain::{CaRole, CaState, SpiffeId};
 use crate::policy::{Action, Resource};
 use crate::store::CaRecord;
 
@@ -67,7 +67,7 @@ impl Issuer {
             now,
             &ring::rand::SystemRandom::new(),
         )?;
-        let record = hierarchy::ca_record(&signer, role, true, &self.kek, now)?;
+        let record = hierarchy::ca_record(&signer, role, CaState::Active, &self.kek, now)?;
         self.store.insert_ca(&record).await?;
         let cas = self.store.cas().await?;
         *self.keys.signers.write() = Arc::new(hierarchy::load_signers(&cas, &self.kek)?);

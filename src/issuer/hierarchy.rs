@@ -9,7 +9,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::{IssuerConfig, IssuerError, Signers, TokenKeys};
 use crate::ca::{self, CaCertificate, IntermediateParams, Kek, KeyAlgorithm, PrivateKey, RootParams, Signer};
-use crate::domain::{CaRole, SerialSource};
+use crate::domain::{CaRole, CaState, SerialSource};
 use crate::store::{CaRecord, SigningKeyRecord, Store};
 use crate::token::{Es256Signer, VerifyingKey};
 
@@ -83,7 +83,7 @@ pub(super) fn create_hierarchy(
 ) -> Result<(Vec<CaRecord>, Vec<SigningKeyRecord>), IssuerError> {
     // The root's record, then one active intermediate per role below it.
     let below_root = |root: &Signer| -> Result<Vec<CaRecord>, IssuerError> {
-        let mut records = vec![ca_record(root, CaRole::Root, true, kek, now)?];
+        let mut records = vec![ca_record(root, CaRole::Root, CaState::Active, kek, now)?];
         for (role, name) in INTERMEDIATES {
             let below = IntermediateParams {
                 common_name: name.to_string(),
@@ -92,7 +92,7 @@ pub(super) fn create_hierarchy(
             };
             let rng = ring::rand::SystemRandom::new();
             let signer = ca::create_intermediate(root, &below, serials.next_serial()?, now, &rng)?;
-            records.push(ca_record(&signer, role, true, kek, now)?);
+            records.push(ca_record(&signer, role, CaState::Active, kek, now)?);
         }
         Ok(records)
     };
@@ -119,7 +119,7 @@ pub(super) fn create_hierarchy(
                 cas.extend(below_root(&imported)?);
             } else {
                 // An imported intermediate signs for both roles; the root stays offline.
-                cas.push(ca_record(&imported, CaRole::Services, true, kek, now)?);
+                cas.push(ca_record(&imported, CaRole::Services, CaState::Active, kek, now)?);
             }
         }
         None => {
@@ -144,12 +144,12 @@ pub(super) fn create_hierarchy(
 pub(super) fn ca_record(
     signer: &Signer,
     role: CaRole,
-    active: bool,
+    state: CaState,
     kek: &Kek,
     now: OffsetDateTime,
 ) -> Result<CaRecord, IssuerError> {
     let mut record = public_ca_record(&signer.cert, role, now);
-    record.active = active;
+    record.state = state;
     record.sealed_key =
         Some(kek.seal(signer.key().pkcs8_der(), record.id.as_bytes(), &ring::rand::SystemRandom::new())?);
     Ok(record)
@@ -164,7 +164,8 @@ fn public_ca_record(cert: &CaCertificate, role: CaRole, now: OffsetDateTime) -> 
         sealed_key: None,
         not_before: cert.not_before.unix_timestamp(),
         not_after: cert.not_after.unix_timestamp(),
-        active: role == CaRole::Root,
+        state: if role == CaRole::Root { CaState::Active } else { CaState::Old },
+        state_changed_at: None,
         created_at: now.unix_timestamp(),
     }
 }
@@ -207,7 +208,7 @@ pub(super) fn load_signers(cas: &[CaRecord], kek: &Kek) -> Result<Signers, Issue
     for (record, cert) in &certs {
         let Some(signer) = open(record, cert)? else { continue };
         crl_signers.push(signer.clone());
-        if !record.active {
+        if record.state != CaState::Active {
             continue;
         }
         match record.role {

@@ -9,7 +9,7 @@ use time::{Duration, OffsetDateTime};
 
 use super::revocation::RevocationView;
 use crate::ca::{self, CaCertificate, CaError, Crl, Signer};
-use crate::domain::{CaRole, CaState};
+use crate::domain::CaRole;
 use crate::store::CaRecord;
 use crate::trust::{CaView, ProfilesTrust, TrustSnapshot};
 
@@ -46,7 +46,7 @@ impl CaPart {
                 algorithm: cert.algorithm.clone(),
                 not_before: r.not_before,
                 not_after: r.not_after,
-                state: if r.active { CaState::Active } else { CaState::Old },
+                state: r.state,
                 key_online: r.sealed_key.is_some(),
             });
         }

@@ -32,7 +32,8 @@
 //! the submodules is re-exported here, the only path callers name. The
 //! record types are in `records.rs`, their row decoders in `rows.rs`, the
 //! append-only migrations in `schema.rs`, and the statements both backends
-//! run in `statements.rs` (those of the registration entries in `entries.rs`,
+//! run in `statements.rs` (those of the CAs and their rotation states in
+//! `cas.rs`, those of the registration entries in `entries.rs`,
 //! those of the issuance profiles in `profiles.rs`, those of the change feed
 //! in `changes.rs`).
 
@@ -41,6 +42,7 @@ use async_trait::async_trait;
 pub mod postgres;
 pub mod sqlite;
 
+mod cas;
 mod changes;
 mod checkpoint;
 mod entries;
@@ -51,7 +53,7 @@ mod rows;
 mod schema;
 mod statements;
 
-pub use crate::domain::CaRole;
+pub use crate::domain::{CaRole, CaState};
 pub use records::{
     AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, CertStatus, ChangeBatch, ChangeKind, ChangeRecord,
     DenyRecord, EntryRecord, ImportedCrlRecord, ProfileKey, ProfileRecord, Revocation, RevokeOutcome, RevokedEntry,
@@ -71,6 +73,13 @@ pub enum StoreError {
     Backend(String),
     #[error("{what} already exists")]
     Conflict { what: String },
+    /// The record a call names does not exist; nothing was written.
+    #[error("{what} not found")]
+    NotFound { what: String },
+    /// The change asked for is not allowed from the record's current state
+    /// (a CA rotation step the domain forbids); nothing was written.
+    #[error("{what}: {reason}")]
+    Refused { what: String, reason: String },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     /// The database engine found damaged storage (a malformed page, not a
@@ -97,11 +106,32 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts the CA hierarchy created at start-up in one transaction, unless
     /// a root already exists; returns `false` (and writes nothing) if one does.
     async fn init_hierarchy(&self, cas: &[CaRecord], keys: &[SigningKeyRecord]) -> StoreResult<bool>;
-    /// Adds one CA (a new intermediate); when `active`, every other CA of the
-    /// same role becomes inactive in the same transaction.
+    /// Adds one CA, as given, with a `ca` change. When its state is `Active`,
+    /// the active CA of its role (if any) becomes `Old`, with
+    /// `state_changed_at` = the new CA's `created_at` and a `ca` change of its
+    /// own, in the same transaction; a CA in any other state touches no other
+    /// CA. A duplicate id is a `Conflict`.
     async fn insert_ca(&self, ca: &CaRecord) -> StoreResult<()>;
     /// Every CA, oldest first.
     async fn cas(&self) -> StoreResult<Vec<CaRecord>>;
+    /// Moves a CA to state `to` at `at`, in one transaction (on PostgreSQL
+    /// under the CA lock, so rotations of every replica are serialized), and
+    /// returns it as it is after the call.
+    ///
+    /// * An unknown id is `NotFound`; a move [`CaState::move_to`] forbids
+    ///   (revoked → active, prepared → tainted, anything → old, …) is
+    ///   `Refused`. Neither writes anything, not even the audit record.
+    /// * Moving to `Active` makes the active CA of its role `Old` at `at`.
+    /// * Every CA whose state changed gets `state_changed_at = at` and a `ca`
+    ///   change (so replicas reload the CAs); the audit record is written.
+    /// * A CA already in `to` is returned unchanged: only the audit record is
+    ///   written, no change.
+    ///
+    /// [`CaState::move_to`]: crate::domain::CaState::move_to
+    async fn set_ca_state(&self, id: &str, to: CaState, at: i64, audit: &AuditRecord) -> StoreResult<CaRecord>;
+    /// How many unrevoked certificates with `not_after > now` each CA issued,
+    /// by CA id; a CA with none is absent.
+    async fn live_certificates_by_issuer(&self, now: i64) -> StoreResult<Vec<(String, u64)>>;
 
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<()>;
 

@@ -30,6 +30,7 @@ use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, Connection, IsolationLevel, NoTls, Socket};
 
+use super::cas as ca_sql;
 use super::changes as change_sql;
 use super::entries as entry_sql;
 use super::profiles as profile_sql;
@@ -37,8 +38,8 @@ use super::rows::{self, Row};
 use super::schema;
 use super::statements::{self as sql, Param, Stmt};
 use super::{
-    AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CertFilter, CertRecord, ChangeBatch, ChangeKind, DenyRecord,
-    EntryRecord, ImportedCrlRecord, ProfileKey, ProfileRecord, Revocation, RevokeOutcome, RevokedEntry,
+    AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CaState, CertFilter, CertRecord, ChangeBatch, ChangeKind,
+    DenyRecord, EntryRecord, ImportedCrlRecord, ProfileKey, ProfileRecord, Revocation, RevokeOutcome, RevokedEntry,
     SigningKeyRecord, Store, StoreError, StoreResult, redact_url,
 };
 
@@ -144,10 +145,10 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let tx = begin(&mut client).await?;
         lock(&tx, CA_LOCK).await?;
-        if count(&tx, &sql::count_roots()).await? > 0 {
+        if count(&tx, &ca_sql::count_roots()).await? > 0 {
             return Ok(false);
         }
-        for s in cas.iter().map(sql::insert_ca).chain(keys.iter().map(sql::insert_key)) {
+        for s in cas.iter().map(ca_sql::insert_ca).chain(keys.iter().map(sql::insert_key)) {
             exec(&tx, &s).await?;
         }
         append_changes(&tx, &change_sql::hierarchy(cas, keys)).await?;
@@ -159,16 +160,46 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let tx = begin(&mut client).await?;
         lock(&tx, CA_LOCK).await?;
-        if ca.active {
-            exec(&tx, &sql::deactivate_role(ca)).await?;
-        }
-        exec(&tx, &sql::insert_ca(ca)).await?;
-        append_changes(&tx, &[change_sql::insert(ChangeKind::Ca, &ca.id, ca.created_at)]).await?;
+        let mut changed = match ca_sql::demote_for(ca) {
+            Some(demote) => all(&tx, &demote, |r| r.text("id")).await?,
+            None => Vec::new(),
+        };
+        exec(&tx, &ca_sql::insert_ca(ca)).await?;
+        changed.push(ca.id.clone());
+        append_changes(&tx, &ca_sql::changed(&changed, ca.created_at)).await?;
         tx.commit().await.map_err(pg_err)
     }
 
     async fn cas(&self) -> StoreResult<Vec<CaRecord>> {
-        self.all(sql::select_cas(), rows::ca_from_row).await
+        self.all(ca_sql::select_cas(), rows::ca_from_row).await
+    }
+
+    async fn set_ca_state(&self, id: &str, to: CaState, at: i64, audit: &AuditRecord) -> StoreResult<CaRecord> {
+        let mut client = self.client().await?;
+        let tx = begin(&mut client).await?;
+        // Serialized with every other CA write: the state read here is the
+        // one the update replaces, and two activations of one role queue.
+        lock(&tx, CA_LOCK).await?;
+        let ca = one(&tx, &ca_sql::select_ca(id), rows::ca_from_row).await?.ok_or_else(|| ca_sql::not_found(id))?;
+        let Some(change) = ca_sql::plan(&ca, to, at)? else {
+            exec(&tx, &sql::insert_audit(audit)).await?;
+            tx.commit().await.map_err(pg_err)?;
+            return Ok(ca);
+        };
+        let mut changed = match &change.demote {
+            Some(demote) => all(&tx, demote, |r| r.text("id")).await?,
+            None => Vec::new(),
+        };
+        let updated = one(&tx, &change.update, rows::ca_from_row).await?.ok_or_else(|| ca_sql::not_found(id))?;
+        exec(&tx, &sql::insert_audit(audit)).await?;
+        changed.push(updated.id.clone());
+        append_changes(&tx, &ca_sql::changed(&changed, at)).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(updated)
+    }
+
+    async fn live_certificates_by_issuer(&self, now: i64) -> StoreResult<Vec<(String, u64)>> {
+        self.all(ca_sql::live_by_issuer(now), ca_sql::live_from_row).await
     }
 
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<()> {
@@ -583,7 +614,6 @@ fn value(p: &Param) -> &(dyn ToSql + Sync) {
         Param::OptText(v) => v,
         Param::Bytes(v) => v,
         Param::OptBytes(v) => v,
-        Param::Bool(v) => v,
     }
 }
 

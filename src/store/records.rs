@@ -9,7 +9,7 @@
 
 #[cfg(doc)]
 use super::Store;
-use crate::domain::CaRole;
+use crate::domain::{CaRole, CaState};
 
 /// A CA certificate and its private key, sealed under the KEK.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,8 +23,11 @@ pub struct CaRecord {
     pub sealed_key: Option<Vec<u8>>,
     pub not_before: i64,
     pub not_after: i64,
-    /// The signer currently used for its role (one active per role).
-    pub active: bool,
+    /// Where it is in its rotation; only an `Active` CA signs, and a role has
+    /// at most one.
+    pub state: CaState,
+    /// When its state last changed (`None`: not since it was created).
+    pub state_changed_at: Option<i64>,
     pub created_at: i64,
 }
 
@@ -129,9 +132,13 @@ pub enum ChangeKind {
     /// A registration entry was created or deleted; subject: the entry id.
     /// `at`: the audit record's.
     Entry,
-    /// A CA was added (and others of its role possibly deactivated) by
-    /// [`Store::insert_ca`] or [`Store::init_hierarchy`]; one record per CA,
-    /// subject: the CA id. `at`: the CA's `created_at`.
+    /// A CA was added by [`Store::insert_ca`] or [`Store::init_hierarchy`]
+    /// (`at`: the CA's `created_at`), changed state by
+    /// [`Store::set_ca_state`] (`at`: the call's), or got an imported CRL
+    /// ([`Store::import_crl`], `at`: the audit record's). One record per CA
+    /// whose row changed — the previous active CA of a role made `Old` by an
+    /// activation has its own, at the activation's `at` (an inserted CA's
+    /// `created_at`); subject: the CA id.
     Ca,
     /// A signing key was added by [`Store::insert_signing_key`] or
     /// [`Store::init_hierarchy`]; subject: the kid. `at`: the key's `created_at`.

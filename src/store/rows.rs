@@ -7,7 +7,7 @@
 //! a panic. The decoders of the registration entries and of the change feed
 //! live with their statements, in `entries.rs` and `changes.rs`.
 
-use super::{AuditRecord, CaRecord, CaRole, CertRecord, CertStatus, DenyRecord, ImportedCrlRecord};
+use super::{AuditRecord, CaRecord, CaRole, CaState, CertRecord, CertStatus, DenyRecord, ImportedCrlRecord};
 use super::{ProfileKey, RevokedEntry, SigningKeyRecord, StoreError, StoreResult};
 
 /// Column access by name. Each backend implements it for its row type; a
@@ -19,7 +19,6 @@ pub(super) trait Row {
     fn opt_text(&self, col: &str) -> StoreResult<Option<String>>;
     fn bytes(&self, col: &str) -> StoreResult<Vec<u8>>;
     fn opt_bytes(&self, col: &str) -> StoreResult<Option<Vec<u8>>>;
-    fn boolean(&self, col: &str) -> StoreResult<bool>;
 }
 
 /// Implements [`Row`] for a backend's row type with its `get` method and
@@ -45,27 +44,25 @@ macro_rules! impl_row {
             fn opt_bytes(&self, col: &str) -> StoreResult<Option<Vec<u8>>> {
                 self.$get(col).map_err($err)
             }
-            fn boolean(&self, col: &str) -> StoreResult<bool> {
-                self.$get(col).map_err($err)
-            }
         }
     };
 }
 pub(super) use impl_row;
 
 pub(super) fn ca_from_row(r: &dyn Row) -> StoreResult<CaRecord> {
-    let role = r.text("role")?;
-    let unknown = || StoreError::Corrupt(format!("unknown CA role {role:?}"));
+    let (id, role, state) = (r.text("id")?, r.text("role")?, r.text("state")?);
+    let unknown = |what: &str, value: &str| StoreError::Corrupt(format!("CA {id}: unknown {what} {value:?}"));
     Ok(CaRecord {
-        id: r.text("id")?,
-        role: CaRole::parse(&role).ok_or_else(unknown)?,
+        role: CaRole::parse(&role).ok_or_else(|| unknown("role", &role))?,
+        state: CaState::parse(&state).ok_or_else(|| unknown("state", &state))?,
+        state_changed_at: r.opt_int("state_changed_at")?,
         common_name: r.text("common_name")?,
         cert_der: r.bytes("cert_der")?,
         sealed_key: r.opt_bytes("sealed_key")?,
         not_before: r.int("not_before")?,
         not_after: r.int("not_after")?,
-        active: r.boolean("active")?,
         created_at: r.int("created_at")?,
+        id,
     })
 }
 

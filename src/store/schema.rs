@@ -35,6 +35,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     },
     Migration { version: 4, sqlite: schema_v4!(blob = "BLOB"), postgres: schema_v4!(blob = "BYTEA") },
     Migration { version: 5, sqlite: SQLITE_V5, postgres: POSTGRES_V5 },
+    Migration { version: 6, sqlite: SQLITE_V6, postgres: POSTGRES_V6 },
 ];
 
 /// The schema version this binary understands.
@@ -194,3 +195,83 @@ const POSTGRES_V5: &str = concat!(
     "CREATE TABLE profiles (mount TEXT NOT NULL, name TEXT NOT NULL, spec TEXT NOT NULL,",
     " created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, PRIMARY KEY (mount, name));",
 );
+
+/// Version 6: CA rotation. Each CA has a `state` (`domain::CaState`) in place
+/// of the `active` flag — an active CA stays `active`, an inactive one becomes
+/// `old` — and the time it last changed (`NULL` until it does); the unique
+/// index keeps one active CA per role.
+///
+/// SQLite drops a column in place once no index names it (no table is
+/// rebuilt, so the foreign keys to `cas` are untouched), but adds a `NOT NULL`
+/// column only with a default: `old` fills the existing rows before the
+/// active ones are set, and stays in the schema, unused, since every insert
+/// names the state. The CHECK is tested against the existing rows as the
+/// column is added.
+const SQLITE_V6: &str = concat!(
+    "DROP INDEX cas_one_active_per_role;",
+    "ALTER TABLE cas ADD COLUMN state TEXT NOT NULL DEFAULT 'old'",
+    " CHECK (state IN ('prepared', 'active', 'old', 'tainted', 'revoked'));",
+    "ALTER TABLE cas ADD COLUMN state_changed_at BIGINT;",
+    "UPDATE cas SET state = 'active' WHERE active;",
+    "ALTER TABLE cas DROP COLUMN active;",
+    "CREATE UNIQUE INDEX cas_one_active_per_role ON cas (role) WHERE state = 'active';",
+);
+
+/// Version 6 on PostgreSQL, in place and without a default: the column is
+/// filled, then made `NOT NULL` and checked.
+const POSTGRES_V6: &str = concat!(
+    "ALTER TABLE cas ADD COLUMN state TEXT, ADD COLUMN state_changed_at BIGINT;",
+    "UPDATE cas SET state = CASE WHEN active THEN 'active' ELSE 'old' END;",
+    "ALTER TABLE cas ALTER COLUMN state SET NOT NULL, ADD CONSTRAINT cas_state_check",
+    " CHECK (state IN ('prepared', 'active', 'old', 'tainted', 'revoked'));",
+    "DROP INDEX cas_one_active_per_role;",
+    "ALTER TABLE cas DROP COLUMN active;",
+    "CREATE UNIQUE INDEX cas_one_active_per_role ON cas (role) WHERE state = 'active';",
+);
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATIONS;
+
+    /// The SQLite steps of versions 1 to 5, as released, then version 6, in
+    /// one transaction with foreign keys on, as `sqlite.rs` runs them.
+    #[test]
+    fn sqlite_version_6_turns_the_active_flag_into_states_in_place() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        let tx = conn.transaction().unwrap();
+        for m in MIGRATIONS.iter().filter(|m| m.version <= 5) {
+            tx.execute_batch(m.sqlite).unwrap();
+        }
+        tx.execute_batch(
+            "INSERT INTO cas VALUES ('r', 'root', 'root', x'00', NULL, 0, 9, TRUE, 1); \
+             INSERT INTO cas VALUES ('s1', 'services', 's1', x'00', x'01', 0, 9, FALSE, 2); \
+             INSERT INTO cas VALUES ('s2', 'services', 's2', x'00', x'01', 0, 9, TRUE, 3); \
+             INSERT INTO certificates (serial, spiffe_id, issuer_id, fingerprint, not_before, not_after, status, \
+             cert_der) VALUES ('01', 'spiffe://td/a', 's1', 'f', 0, 9, 'active', x'00'); \
+             INSERT INTO imported_crls VALUES ('r', x'00', 1, 0, 9, 0);",
+        )
+        .unwrap();
+        let v6 = MIGRATIONS.iter().find(|m| m.version == 6).unwrap();
+        tx.execute_batch(v6.sqlite).unwrap();
+        tx.commit().unwrap();
+
+        let mut select = conn.prepare("SELECT id, state, state_changed_at FROM cas ORDER BY id").unwrap();
+        let rows: Vec<(String, String, Option<i64>)> =
+            select.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();
+        let expected = [("r", "active"), ("s1", "old"), ("s2", "active")];
+        assert_eq!(rows, expected.map(|(id, state)| (id.to_string(), state.to_string(), None)));
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('cas')")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(!columns.contains(&"active".to_string()), "{columns:?}");
+        let dangling: i64 = conn.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(dangling, 0);
+        assert!(conn.execute("UPDATE cas SET state = 'active' WHERE id = 's1'", []).is_err(), "one active per role");
+        assert!(conn.execute("UPDATE cas SET state = 'retired' WHERE id = 's1'", []).is_err(), "known states only");
+    }
+}

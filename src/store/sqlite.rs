@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
+use super::cas as ca_sql;
 use super::changes as change_sql;
 use super::checkpoint::Checkpointer;
 use super::entries as entry_sql;
@@ -28,8 +29,8 @@ use super::rows::{self, Row};
 use super::schema;
 use super::statements::{self as sql, Param, Stmt};
 use super::{
-    AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CertFilter, CertRecord, ChangeBatch, ChangeKind, DenyRecord,
-    EntryRecord, ImportedCrlRecord, ProfileKey, ProfileRecord, Revocation, RevokeOutcome, RevokedEntry,
+    AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CaState, CertFilter, CertRecord, ChangeBatch, ChangeKind,
+    DenyRecord, EntryRecord, ImportedCrlRecord, ProfileKey, ProfileRecord, Revocation, RevokeOutcome, RevokedEntry,
     SigningKeyRecord, Store, StoreError, StoreResult,
 };
 
@@ -161,10 +162,10 @@ impl Store for SqliteStore {
     }
 
     async fn init_hierarchy(&self, cas: &[CaRecord], keys: &[SigningKeyRecord]) -> StoreResult<bool> {
-        let inserts: Vec<_> = cas.iter().map(sql::insert_ca).chain(keys.iter().map(sql::insert_key)).collect();
+        let inserts: Vec<_> = cas.iter().map(ca_sql::insert_ca).chain(keys.iter().map(sql::insert_key)).collect();
         let changes = change_sql::hierarchy(cas, keys);
         self.write(move |tx| {
-            if count(tx, &sql::count_roots())? > 0 {
+            if count(tx, &ca_sql::count_roots())? > 0 {
                 return Ok(false);
             }
             inserts.iter().try_for_each(|s| exec(tx, s).map(drop))?;
@@ -175,19 +176,48 @@ impl Store for SqliteStore {
     }
 
     async fn insert_ca(&self, ca: &CaRecord) -> StoreResult<()> {
-        let deactivate = ca.active.then(|| sql::deactivate_role(ca));
-        let insert = sql::insert_ca(ca);
-        let change = change_sql::insert(ChangeKind::Ca, &ca.id, ca.created_at);
+        let (demote, insert) = (ca_sql::demote_for(ca), ca_sql::insert_ca(ca));
+        let (id, at) = (ca.id.clone(), ca.created_at);
         self.write(move |tx| {
-            deactivate.iter().try_for_each(|s| exec(tx, s).map(drop))?;
+            let mut changed = match &demote {
+                Some(demote) => all(tx, demote, |r| r.text("id"))?,
+                None => Vec::new(),
+            };
             exec(tx, &insert)?;
-            append_changes(tx, &[change])
+            changed.push(id);
+            append_changes(tx, &ca_sql::changed(&changed, at))
         })
         .await
     }
 
     async fn cas(&self) -> StoreResult<Vec<CaRecord>> {
-        self.all(sql::select_cas(), rows::ca_from_row).await
+        self.all(ca_sql::select_cas(), rows::ca_from_row).await
+    }
+
+    async fn set_ca_state(&self, id: &str, to: CaState, at: i64, audit: &AuditRecord) -> StoreResult<CaRecord> {
+        let (select, log) = (ca_sql::select_ca(id), sql::insert_audit(audit));
+        let id = id.to_string();
+        self.write(move |tx| {
+            let ca = one(tx, &select, rows::ca_from_row)?.ok_or_else(|| ca_sql::not_found(&id))?;
+            let Some(change) = ca_sql::plan(&ca, to, at)? else {
+                exec(tx, &log)?;
+                return Ok(ca);
+            };
+            let mut changed = match &change.demote {
+                Some(demote) => all(tx, demote, |r| r.text("id"))?,
+                None => Vec::new(),
+            };
+            let updated = one(tx, &change.update, rows::ca_from_row)?.ok_or_else(|| ca_sql::not_found(&id))?;
+            exec(tx, &log)?;
+            changed.push(id);
+            append_changes(tx, &ca_sql::changed(&changed, at))?;
+            Ok(updated)
+        })
+        .await
+    }
+
+    async fn live_certificates_by_issuer(&self, now: i64) -> StoreResult<Vec<(String, u64)>> {
+        self.all(ca_sql::live_by_issuer(now), ca_sql::live_from_row).await
     }
 
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<()> {
@@ -522,7 +552,6 @@ impl rusqlite::ToSql for Param {
             Param::OptText(v) => v.to_sql()?,
             Param::Bytes(v) => ToSqlOutput::from(v.as_slice()),
             Param::OptBytes(v) => v.to_sql()?,
-            Param::Bool(v) => ToSqlOutput::from(*v),
         })
     }
 }

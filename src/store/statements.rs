@@ -1,8 +1,8 @@
 //! Every statement both backends run, with its bound values ([`Stmt`]).
 //!
 //! Boundary: this file holds the only copy of each statement — those of the
-//! registration entries live next door in `entries.rs`, those of the change
-//! feed in `changes.rs`, both built with the same [`Stmt`] and [`stmt!`]; a
+//! CAs live next door in `cas.rs`, those of the registration entries in
+//! `entries.rs`, those of the change feed in `changes.rs`, all built with the same [`Stmt`] and [`stmt!`]; a
 //! backend only executes them. The tables they run against are created in
 //! `schema.rs`. Statements use PostgreSQL placeholders (`$1`); the SQLite
 //! backend rewrites them to `?1`. Both dialects accept `TRUE`/`FALSE`,
@@ -12,7 +12,7 @@ use std::borrow::Cow;
 
 use crate::domain::RevocationReason;
 
-use super::{AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, CertStatus, DenyRecord};
+use super::{AuditFilter, AuditRecord, CertFilter, CertRecord, CertStatus, DenyRecord};
 use super::{ImportedCrlRecord, SigningKeyRecord, StoreError};
 
 /// One statement and the values bound to `$1`, `$2`, ….
@@ -32,7 +32,6 @@ pub(super) enum Param {
     OptText(Option<String>),
     Bytes(Vec<u8>),
     OptBytes(Option<Vec<u8>>),
-    Bool(bool),
 }
 
 impl Stmt {
@@ -78,39 +77,6 @@ pub(super) fn select_setting(key: &str) -> Stmt {
 
 pub(super) fn insert_setting(key: &str, value: &str) -> Stmt {
     stmt!("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", key, value)
-}
-
-pub(super) fn count_roots() -> Stmt {
-    stmt!("SELECT COUNT(*) AS n FROM cas WHERE role = 'root'")
-}
-
-/// Deactivates every other CA of `ca`'s role.
-pub(super) fn deactivate_role(ca: &CaRecord) -> Stmt {
-    let sql = "UPDATE cas SET active = FALSE WHERE role = $1 AND active AND id <> $2";
-    stmt!(sql, ca.role.as_str(), &ca.id)
-}
-
-pub(super) fn insert_ca(ca: &CaRecord) -> Stmt {
-    let sql = "INSERT INTO cas (id, role, common_name, cert_der, sealed_key, not_before, not_after, \
-               active, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-    let (id, role) = (&ca.id, ca.role.as_str());
-    stmt!(
-        sql,
-        id,
-        role,
-        &ca.common_name,
-        &ca.cert_der,
-        &ca.sealed_key,
-        ca.not_before,
-        ca.not_after,
-        ca.active,
-        ca.created_at
-    )
-    .on_conflict(format!("CA {id} (or a second active {role} CA)"))
-}
-
-pub(super) fn select_cas() -> Stmt {
-    stmt!("SELECT * FROM cas ORDER BY created_at, id")
 }
 
 pub(super) fn insert_key(k: &SigningKeyRecord) -> Stmt {
@@ -307,7 +273,6 @@ macro_rules! param_from {
 param_from! {
     i64 => |v| Param::Int(v),
     Option<i64> => |v| Param::OptInt(v),
-    bool => |v| Param::Bool(v),
     &str => |v| Param::Text(v.to_string()),
     &String => |v| Param::Text(v.clone()),
     &Option<String> => |v| Param::OptText(v.clone()),

@@ -210,8 +210,8 @@ pub(super) fn status(err: &IssuerError) -> StatusCode {
         }
         IssuerError::InvalidArgument(_) | IssuerError::FailedPrecondition(_) => StatusCode::BAD_REQUEST,
         IssuerError::Ca(e) if e.is_bad_input() => StatusCode::BAD_REQUEST,
-        IssuerError::Store(StoreError::Conflict { .. }) => StatusCode::BAD_REQUEST,
-        IssuerError::NotFound(_) => StatusCode::NOT_FOUND,
+        IssuerError::Store(StoreError::Conflict { .. } | StoreError::Refused { .. }) => StatusCode::BAD_REQUEST,
+        IssuerError::NotFound(_) | IssuerError::Store(StoreError::NotFound { .. }) => StatusCode::NOT_FOUND,
         IssuerError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -283,5 +283,9 @@ mod tests {
         assert_eq!(pem_to_base64(pem), "QUJDREVG");
         assert_eq!(status(&IssuerError::NotFound("x".into())), StatusCode::NOT_FOUND);
         assert_eq!(status(&IssuerError::Unauthenticated("x".into())), StatusCode::FORBIDDEN);
+        let missing = IssuerError::Store(StoreError::NotFound { what: "CA x".into() });
+        assert_eq!(status(&missing), StatusCode::NOT_FOUND);
+        let refused = IssuerError::Store(StoreError::Refused { what: "CA x".into(), reason: "no".into() });
+        assert_eq!(status(&refused), StatusCode::BAD_REQUEST);
     }
 }
