@@ -819,6 +819,9 @@ fn pki_init_imports_an_intermediate_and_keeps_the_root_offline() {
     assert_eq!(status["root"]["key_online"], false);
     let err = s.fails(&["pki", "ca", "create-intermediary", "--common-name", "New CA"]);
     assert!(err.contains("offline"), "{err}");
+    // A rotation step that needs the root key names the root whose key is missing.
+    let err = s.fails(&["pki", "ca", "prepare", "--role", "services"]);
+    assert!(err.contains("offline") && err.contains(status["root"]["common_name"].as_str().unwrap()), "{err}");
     let (leaf, _) = s.generate(d, "leaf", "spiffe://example.org/svc/x", &[]);
     openssl_ok(&["verify", "-CAfile", s.bundle_path().to_str().unwrap(), leaf.to_str().unwrap()]);
 }

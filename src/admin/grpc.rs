@@ -13,6 +13,7 @@ use crate::policy::Action;
 use crate::proto::admin::v1 as pb;
 use crate::store::{AuditFilter, CaRecord, CaRole, CertFilter, CertRecord, CertStatus, StoreError};
 
+use super::grpc_cas;
 use super::grpc_profiles;
 use crate::attest::TlsPeer;
 
@@ -74,8 +75,10 @@ impl pb::admin_server::Admin for AdminService {
                 not_after: ca.not_after,
                 active: ca.state == crate::domain::CaState::Active,
                 key_online: ca.key_online,
+                state: ca.state.as_str().into(),
+                ..pb::CaInfo::default()
             };
-            if ca.role == CaRole::Root {
+            if ca.role == CaRole::Root && ca.state == crate::domain::CaState::Active {
                 root = Some(info);
             } else {
                 intermediates.push(info);
@@ -386,6 +389,39 @@ impl pb::admin_server::Admin for AdminService {
         let caller = self.caller(&request, AuditAction::Policy(Action::ManageProfiles)).await?;
         grpc_profiles::delete(&self.issuer, &caller, request.into_inner()).await.map(Response::new)
     }
+
+    async fn prepare_ca(&self, request: Request<pb::PrepareCaRequest>) -> Result<Response<pb::CaList>, Status> {
+        let caller = self.caller(&request, AuditAction::Policy(Action::CreateIntermediary)).await?;
+        grpc_cas::prepare(&self.issuer, &caller, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn activate_ca(&self, request: Request<pb::CaStepRequest>) -> Result<Response<pb::CaList>, Status> {
+        self.ca_step(request, grpc_cas::Step::Activate).await
+    }
+
+    async fn taint_ca(&self, request: Request<pb::CaStepRequest>) -> Result<Response<pb::CaList>, Status> {
+        self.ca_step(request, grpc_cas::Step::Taint).await
+    }
+
+    async fn revoke_ca(&self, request: Request<pb::CaStepRequest>) -> Result<Response<pb::CaList>, Status> {
+        self.ca_step(request, grpc_cas::Step::Revoke).await
+    }
+
+    async fn list_cas(&self, request: Request<pb::ListCasRequest>) -> Result<Response<pb::CaList>, Status> {
+        let caller = self.caller(&request, AuditAction::Policy(Action::ReadStatus)).await?;
+        grpc_cas::list_all(&self.issuer, &caller).await.map(Response::new)
+    }
+}
+
+impl AdminService {
+    async fn ca_step(
+        &self,
+        request: Request<pb::CaStepRequest>,
+        step: grpc_cas::Step,
+    ) -> Result<Response<pb::CaList>, Status> {
+        let caller = self.caller(&request, AuditAction::Policy(Action::CreateIntermediary)).await?;
+        grpc_cas::step(&self.issuer, &caller, step, request.into_inner()).await.map(Response::new)
+    }
 }
 
 fn entry_info(e: &Entry) -> pb::Entry {
@@ -402,7 +438,7 @@ fn entry_info(e: &Entry) -> pb::Entry {
     }
 }
 
-fn ca_info(r: &CaRecord) -> pb::CaInfo {
+pub(super) fn ca_info(r: &CaRecord) -> pb::CaInfo {
     let algorithm = crate::ca::CaCertificate::from_der(&r.cert_der).map(|c| c.algorithm).unwrap_or_default();
     pb::CaInfo {
         role: r.role.as_str().into(),
@@ -413,6 +449,8 @@ fn ca_info(r: &CaRecord) -> pb::CaInfo {
         not_after: r.not_after,
         active: r.state == crate::domain::CaState::Active,
         key_online: r.sealed_key.is_some(),
+        state: r.state.as_str().into(),
+        ..pb::CaInfo::default()
     }
 }
 

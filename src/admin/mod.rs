@@ -5,6 +5,7 @@
 //! `net`'s.
 
 mod grpc;
+mod grpc_cas;
 mod grpc_profiles;
 mod http;
 mod tls;

@@ -30,7 +30,6 @@ use crate::net::{Gate, Limits, Listener};
 use crate::policy::PolicyEngine;
 use crate::sds::SdsServer;
 use crate::telemetry::Telemetry;
-use crate::trust::Acknowledgements;
 use crate::workload::WorkloadApi;
 
 /// Lifetime of the admin token written at first start.
@@ -201,7 +200,6 @@ async fn run(cfg: &ServeConfig, ready: Ready) -> anyhow::Result<()> {
         let telemetry = telemetry.clone();
         Arc::new(move || telemetry.render())
     };
-    let acks = Acknowledgements::new();
     let side = IssuerSide(issuer.clone());
     let cache = IdentityCache::new(CacheInputs {
         minter: Arc::new(side.clone()),
@@ -212,7 +210,7 @@ async fn run(cfg: &ServeConfig, ready: Ready) -> anyhow::Result<()> {
     let _cache_task = cache.spawn();
     let identities: Arc<dyn IdentitySource> = cache;
     let attestation = Arc::new(Attestation::new(Arc::new(side.clone())));
-    let sds = SdsServer::new(identities.clone(), attestation.clone(), acks.clone());
+    let sds = SdsServer::new(identities.clone(), attestation.clone(), issuer.acknowledgements());
     let workload = WorkloadApi::new(identities, Arc::new(LocalAttestor), Arc::new(side));
     let tls_router = admin::tls_router(issuer.clone(), renderer.clone(), sds.add_to(tonic::service::Routes::default()));
     let http_router = admin::http_router(issuer.clone(), renderer);
@@ -290,6 +288,10 @@ async fn keep_files_current(issuer: Arc<Issuer>, tls: Arc<ServerTls>, bundle_pat
             changed = updates.changed() => {
                 if changed.is_err() { return; }
                 let bundle = updates.borrow_and_update().bundle_pem.clone();
+                // A rotated Transport CA: the certificate follows at once.
+                if let Err(e) = tls.renew_if_due(&issuer) {
+                    tracing::error!(error = %e, "server TLS certificate renewal failed; will retry");
+                }
                 if bundle != written {
                     if let Err(e) = files::write_public(&bundle_path, bundle.as_bytes()) {
                         tracing::error!(error = %e, "cannot rewrite the CA bundle file");

@@ -10,7 +10,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
-use crate::domain::TrustDomain;
+use crate::domain::{Serial, TrustDomain};
 
 use super::asn1::KeyKind;
 use super::encoding::{fingerprint, to_pem};
@@ -34,6 +34,8 @@ pub struct CaCertificate {
     pub self_signed: bool,
     /// Key type of the certificate: "EC-P256", "EC-P384", "RSA-4096", …
     pub algorithm: String,
+    /// What its parent's CRL lists when it is revoked.
+    pub serial: Serial,
     subject_key_id: Option<Vec<u8>>,
     path_len: Option<u32>,
     trust_domain: Option<TrustDomain>,
@@ -66,6 +68,8 @@ impl CaCertificate {
             Err(e) => return Err(CaError::certificate(format!("{subject}: keyUsage: {e}"))),
         }
         let self_signed = x.subject().as_raw() == x.issuer().as_raw() && x.verify_signature(None).is_ok();
+        let serial =
+            Serial::from_bytes(x.raw_serial()).map_err(|e| CaError::certificate(format!("{subject}: serial: {e}")))?;
         Ok(Self {
             der: der.to_vec(),
             fingerprint: fingerprint(der),
@@ -74,6 +78,7 @@ impl CaCertificate {
             not_after: x.validity().not_after.to_datetime(),
             self_signed,
             algorithm: KeyKind::of(x.public_key()).to_string(),
+            serial,
             subject_key_id: subject_key_id(&x),
             path_len,
             trust_domain: trust_domain(&x),

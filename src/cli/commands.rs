@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::client::Context;
 use super::output::{parse_duration, rfc3339};
-use super::views::{CaView, CertView, DeniedView, IssuedView, StatusView, render_status};
+use super::views::{CertView, DeniedView, IssuedView, StatusView, render_status};
 use super::{fail, local};
 use crate::files;
 use crate::proto::admin::v1 as pb;
@@ -70,6 +70,38 @@ pub enum CaCommand {
     },
     /// Print the trust bundle (PEM): root and intermediates.
     Bundle,
+    /// Create the next CA of a role, in every bundle but signing nothing yet
+    /// (a root: with an intermediate per role below it).
+    Prepare {
+        /// root, services, transport or profiles.
+        #[arg(long)]
+        role: String,
+        /// [default: the role's name and the time]
+        #[arg(long, default_value = "")]
+        common_name: String,
+        /// [default: 3650 for a root, 730 for an intermediate]
+        #[arg(long, default_value_t = 0)]
+        ttl_days: u32,
+    },
+    /// Make a prepared CA sign; refused until every connected proxy has acknowledged it.
+    Activate {
+        /// The CA's fingerprint (`pki ca list`).
+        id: String,
+        /// Activate without waiting for acknowledgements.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Re-issue every live SVID an old CA signed under the active one.
+    Taint { id: String },
+    /// Take a CA out of the bundles and list it in its parent's CRL; refused while live certificates chain to it.
+    Revoke {
+        id: String,
+        /// Revoke even though live certificates chain to it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Every CA with its state and how many live certificates it signed.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,22 +216,7 @@ pub async fn pki(ctx: Context, command: PkiCommand) -> i32 {
             ctx.output.print(&StatusView::from(&s), render_status);
             0
         }
-        PkiCommand::Ca { command: CaCommand::CreateIntermediary { common_name, ttl_days, role } } => {
-            let ca = call!(ctx, create_intermediary, pb::CreateIntermediaryRequest { common_name, ttl_days, role });
-            let view = CaView::from(&ca);
-            ctx.output.print(&view, |c| {
-                format!(
-                    "[ok] Intermediate CA created and active for {}:\n  {} ({}) expires {}\n",
-                    c.role, c.common_name, c.fingerprint, c.expires
-                )
-            });
-            0
-        }
-        PkiCommand::Ca { command: CaCommand::Bundle } => {
-            let b = call!(ctx, bundle, pb::BundleRequest {});
-            print!("{}", b.pem);
-            0
-        }
+        PkiCommand::Ca { command } => super::cas::ca(ctx, command).await,
         PkiCommand::Cert { command } => cert(ctx, command).await,
         PkiCommand::Profile { command } => super::profiles::profile(ctx, command).await,
         PkiCommand::Identity { command } => identity(ctx, command).await,

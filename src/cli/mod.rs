@@ -18,6 +18,7 @@ macro_rules! call {
     }};
 }
 
+mod cas;
 mod client;
 mod commands;
 mod entries;

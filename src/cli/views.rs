@@ -18,6 +18,11 @@ pub(super) struct CaView {
     pub(super) days_remaining: i64,
     pub(super) active: bool,
     pub(super) key_online: bool,
+    /// prepared, active, old, tainted or revoked.
+    pub(super) state: String,
+    pub(super) live_certificates: u64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub(super) parent: String,
 }
 
 impl From<&pb::CaInfo> for CaView {
@@ -31,6 +36,9 @@ impl From<&pb::CaInfo> for CaView {
             days_remaining: days_left(c.not_after),
             active: c.active,
             key_online: c.key_online,
+            state: c.state.clone(),
+            live_certificates: c.live_certificates,
+            parent: c.parent.clone(),
         }
     }
 }

@@ -16,6 +16,8 @@ pub enum CaRole {
 }
 
 impl CaRole {
+    pub const ALL: [CaRole; 4] = [Self::Root, Self::Services, Self::Transport, Self::Profiles];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Root => "root",
@@ -26,13 +28,7 @@ impl CaRole {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "root" => Some(Self::Root),
-            "services" => Some(Self::Services),
-            "transport" => Some(Self::Transport),
-            "profiles" => Some(Self::Profiles),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
 }
 

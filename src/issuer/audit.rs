@@ -1,7 +1,7 @@
 //! The audit trail's vocabulary: what a record says was done. Every policy
 //! action is one (by its Cedar name); the entry operations, the spending
-//! of a single-use token and the PKI API's refusals of malformed calls are
-//! the others.
+//! of a single-use token, the PKI API's refusals of malformed calls and the
+//! steps of a CA rotation are the others.
 
 use crate::policy::Action;
 
@@ -19,6 +19,11 @@ pub enum AuditAction {
     /// A call of the PKI API refused before it named an action: an unknown
     /// path or method, a body that is not JSON or is too large.
     PkiApi,
+    /// CA rotation steps (authorized as `create_intermediary`).
+    PrepareCa,
+    ActivateCa,
+    TaintCa,
+    RevokeCa,
 }
 
 impl AuditAction {
@@ -31,6 +36,10 @@ impl AuditAction {
             Self::DeleteEntry => "delete_entry",
             Self::SpendToken => "spend_token",
             Self::PkiApi => "pki_api",
+            Self::PrepareCa => "prepare_ca",
+            Self::ActivateCa => "activate_ca",
+            Self::TaintCa => "taint_ca",
+            Self::RevokeCa => "revoke_ca",
         }
     }
 }
@@ -62,6 +71,10 @@ mod tests {
                 AuditAction::DeleteEntry,
                 AuditAction::SpendToken,
                 AuditAction::PkiApi,
+                AuditAction::PrepareCa,
+                AuditAction::ActivateCa,
+                AuditAction::TaintCa,
+                AuditAction::RevokeCa,
             ]
             .map(AuditAction::as_str),
         );

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use time::Duration;
 
 use super::AuditAction;
-use super::auth::{Caller, audit};
+use super::auth::Caller;
 use super::hierarchy;
+use super::rotation::{ACKNOWLEDGEMENT_WAIT, PrepareRequest};
 use super::trust_state::TrustChange;
 use super::{Issuer, IssuerError};
 use crate::ca::{self, IntermediateParams, PrivateKey};
@@ -16,6 +17,11 @@ use crate::policy::{Action, Resource};
 use crate::store::CaRecord;
 
 impl Issuer {
+    /// `pki ca create-intermediary` (seed 002 §3): `prepare` and `activate`
+    /// in one call. Activation waits up to [`ACKNOWLEDGEMENT_WAIT`] for every
+    /// connected stream to acknowledge the new CA; if one has not by then,
+    /// the call is refused naming it, and the CA stays prepared (in every
+    /// bundle) for a later `pki ca activate`.
     pub async fn create_intermediary(
         &self,
         caller: &Caller,
@@ -32,16 +38,17 @@ impl Issuer {
             );
             return self.refuse(caller, ACTION, common_name, err).await;
         }
-        let record =
-            self.audited(caller, ACTION, common_name, self.add_intermediate(role, common_name, ttl_days)).await?;
-        let log = audit(caller, ACTION, &record.id, "ok", common_name, self.now().unix_timestamp());
-        self.store.append_audit(&log).await?;
-        Ok(record)
+        let request = PrepareRequest { role, common_name: Some(common_name.into()), ttl_days: Some(ttl_days) };
+        let prepared = self.prepare_ca(caller, &request).await?;
+        self.acknowledged_within(&prepared, ACKNOWLEDGEMENT_WAIT).await;
+        let id = prepared.first().map(|c| c.id.clone()).unwrap_or_default();
+        let activated = self.activate_ca(caller, &id, false).await?;
+        activated.into_iter().next().ok_or_else(|| IssuerError::Internal("activation changed no CA".into()))
     }
 
-    /// `pki ca create-intermediary`: a new intermediate signed by the root
-    /// that becomes the active signer of its role. The previous one stays in
-    /// the bundle until it expires.
+    /// A new intermediate signed by the root that becomes the active signer
+    /// of its role at once: at start-up, before anything is served (the
+    /// profiles CA of a PKI created before profiles existed).
     pub(crate) async fn add_intermediate(
         &self,
         role: CaRole,
@@ -82,6 +89,11 @@ impl Issuer {
         self.apply(TrustChange::Cas(cas));
         self.publish().await?;
         Ok(record)
+    }
+
+    /// The fingerprint of the CA that signs the server's own TLS certificate.
+    pub fn server_certificate_issuer(&self) -> String {
+        self.signers().transport.cert.fingerprint.clone()
     }
 
     /// The server's own TLS certificate from the Transport CA, with a fresh key.

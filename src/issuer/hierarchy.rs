@@ -2,6 +2,7 @@
 //! imported CA), sealing its keys, and loading them back with each CA linked
 //! to its parents. Used at start-up and when a CA is added.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use time::{Duration, OffsetDateTime};
@@ -21,7 +22,7 @@ const SIGNING_KEY_LIFETIME: Duration = Duration::days(365);
 /// The CA that signs certificates issued under a profile without a SPIFFE ID.
 pub(super) const PROFILES_CA_NAME: &str = "trustmesh Profiles CA";
 /// The intermediates a new hierarchy has below its root.
-const INTERMEDIATES: [(CaRole, &str); 3] = [
+pub(super) const INTERMEDIATES: [(CaRole, &str); 3] = [
     (CaRole::Services, "trustmesh Services CA"),
     (CaRole::Transport, "trustmesh Transport CA"),
     (CaRole::Profiles, PROFILES_CA_NAME),
@@ -207,6 +208,10 @@ pub(super) fn load_signers(cas: &[CaRecord], kek: &Kek) -> Result<Signers, Issue
     let mut crl_signers = Vec::new();
     for (record, cert) in &certs {
         let Some(signer) = open(record, cert)? else { continue };
+        if !record.state.trusted() {
+            // Revoked: out of the bundles, so it signs no CRL either.
+            continue;
+        }
         crl_signers.push(signer.clone());
         if record.state != CaState::Active {
             continue;
@@ -222,6 +227,18 @@ pub(super) fn load_signers(cas: &[CaRecord], kek: &Kek) -> Result<Signers, Issue
         services.ok_or_else(|| IssuerError::FailedPrecondition("no active Services CA with an online key".into()))?;
     let transport = transport.unwrap_or_else(|| services.clone());
     Ok(Signers { services, transport, profiles, root, crl_signers })
+}
+
+/// The CA that signed each CA of `records` (child fingerprint → parent
+/// fingerprint); roots, and CAs whose parent is not among them, have none.
+pub(super) fn parents(records: &[CaRecord]) -> Result<HashMap<String, String>, ca::CaError> {
+    let certs: Vec<(&CaRecord, CaCertificate)> =
+        records.iter().map(|r| CaCertificate::from_der(&r.cert_der).map(|c| (r, c))).collect::<Result<_, _>>()?;
+    Ok(certs
+        .iter()
+        .filter(|(_, c)| !c.self_signed)
+        .filter_map(|(r, c)| parents_of(c, &certs).first().map(|p| (r.id.clone(), p.fingerprint.clone())))
+        .collect())
 }
 
 /// The chain above `cert` (issuer first, root last), found by name and signature.

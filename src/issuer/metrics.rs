@@ -10,6 +10,7 @@ use opentelemetry::metrics::{Counter, Histogram};
 use parking_lot::Mutex;
 
 use super::{Issuer, TrustSnapshot};
+use crate::domain::{CaRole, CaState};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -27,12 +28,37 @@ pub struct Metrics {
 struct Gauges {
     active: AtomicU64,
     denied: AtomicU64,
-    /// (CA name, role, notAfter unix seconds)
-    cas: Mutex<Vec<(String, String, i64)>>,
+    /// Every CA in the published state.
+    cas: Mutex<Vec<CaGauge>>,
+    /// Whether each role has a prepared successor (CA rotation).
+    successors: Mutex<Vec<(String, bool)>>,
+    /// The last count of live certificates per issuing CA (fingerprint).
+    live: Mutex<std::collections::HashMap<String, u64>>,
     /// Earliest CRL nextUpdate, unix seconds (0 = none).
     crl_next_update: AtomicU64,
     /// Bytes of all published CRLs (PEM).
     crl_bytes: AtomicU64,
+}
+
+/// What the gauges say of one CA.
+#[derive(Debug, Clone, Default)]
+struct CaGauge {
+    name: String,
+    role: String,
+    state: String,
+    not_after: i64,
+    /// Unexpired, unrevoked certificates it signed (from the last count).
+    live: u64,
+}
+
+impl CaGauge {
+    fn labels(&self) -> [KeyValue; 3] {
+        [
+            KeyValue::new("ca_name", self.name.clone()),
+            KeyValue::new("role", self.role.clone()),
+            KeyValue::new("state", self.state.clone()),
+        ]
+    }
 }
 
 impl Metrics {
@@ -58,11 +84,28 @@ impl Metrics {
             .with_description("Seconds until each CA certificate expires")
             .with_callback(move |o| {
                 let now = time::OffsetDateTime::now_utc().unix_timestamp();
-                for (name, role, not_after) in g.cas.lock().iter() {
-                    o.observe(
-                        not_after - now,
-                        &[KeyValue::new("ca_name", name.clone()), KeyValue::new("role", role.clone())],
-                    );
+                for ca in g.cas.lock().iter() {
+                    o.observe(ca.not_after - now, &ca.labels());
+                }
+            })
+            .build();
+        let g = gauges.clone();
+        meter
+            .u64_observable_gauge("trustmesh.pki.ca_live_certificates")
+            .with_description("Unexpired, unrevoked certificates each CA signed (counted by maintenance)")
+            .with_callback(move |o| {
+                for ca in g.cas.lock().iter() {
+                    o.observe(ca.live, &ca.labels());
+                }
+            })
+            .build();
+        let g = gauges.clone();
+        meter
+            .u64_observable_gauge("trustmesh.pki.ca_successor_prepared")
+            .with_description("1 when a prepared CA waits to succeed the active CA of the role")
+            .with_callback(move |o| {
+                for (role, prepared) in g.successors.lock().iter() {
+                    o.observe(u64::from(*prepared), &[KeyValue::new("role", role.clone())]);
                 }
             })
             .build();
@@ -168,6 +211,9 @@ impl Metrics {
         if let Ok(n) = issuer.store.active_certificate_count(now).await {
             self.gauges.active.store(n, Ordering::Relaxed);
         }
+        if let Ok(live) = issuer.store.live_certificates_by_issuer(now).await {
+            *self.gauges.live.lock() = live.into_iter().collect();
+        }
         self.observe(&issuer.snapshot());
     }
 
@@ -175,8 +221,26 @@ impl Metrics {
     /// every publication).
     pub(crate) fn observe(&self, snapshot: &TrustSnapshot) {
         self.gauges.denied.store(snapshot.deny.identities.len() as u64, Ordering::Relaxed);
-        *self.gauges.cas.lock() =
-            snapshot.cas.iter().map(|c| (c.common_name.clone(), c.role.as_str().to_string(), c.not_after)).collect();
+        let live = self.gauges.live.lock();
+        *self.gauges.cas.lock() = snapshot
+            .cas
+            .iter()
+            .map(|c| CaGauge {
+                name: c.common_name.clone(),
+                role: c.role.as_str().to_string(),
+                state: c.state.as_str().to_string(),
+                not_after: c.not_after,
+                live: live.get(&c.fingerprint).copied().unwrap_or(0),
+            })
+            .collect();
+        *self.gauges.successors.lock() = CaRole::ALL
+            .iter()
+            .filter(|role| snapshot.cas.iter().any(|c| c.role == **role && c.state == CaState::Active))
+            .map(|role| {
+                let prepared = snapshot.cas.iter().any(|c| c.role == *role && c.state == CaState::Prepared);
+                (role.as_str().to_string(), prepared)
+            })
+            .collect();
         let next = snapshot.earliest_next_update().map_or(0, |t| t.unix_timestamp());
         self.gauges.crl_next_update.store(u64::try_from(next).unwrap_or(0), Ordering::Relaxed);
     }

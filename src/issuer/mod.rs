@@ -16,7 +16,7 @@
 //! certificate), `auth.rs` + `audit.rs` (who calls, what is recorded),
 //! `issue.rs` + `svid.rs` + `jwt_svid.rs` (issuance), `profiles.rs` +
 //! `profile_issue.rs` (issuance profiles and issuing under them), `revoke.rs` (revoke,
-//! deny, allow), `trust_state.rs` (the one path of a change to memory and
+//! deny, allow), `rotation.rs` (a CA's prepare, activate, taint, revoke), `trust_state.rs` (the one path of a change to memory and
 //! the publisher) with `publish.rs` (the pure snapshot builder) and
 //! `revocation.rs` (the in-memory revocation state), `feed.rs` (other
 //! replicas' changes), `crl_import.rs`, `entries.rs`, `tokens.rs`,
@@ -40,6 +40,7 @@ mod publish;
 mod queries;
 mod revocation;
 mod revoke;
+mod rotation;
 mod start;
 mod svid;
 mod tokens;
@@ -56,7 +57,7 @@ use crate::domain::{Clock, SerialSource, TrustDomain};
 use crate::policy::PolicyEngine;
 use crate::store::Store;
 use crate::token::{Es256Signer, TokenRules, VerifyingKey};
-use crate::trust::TrustSnapshot;
+use crate::trust::{Acknowledgements, TrustSnapshot};
 
 pub use audit::AuditAction;
 pub use auth::{Caller, Credentials};
@@ -68,6 +69,7 @@ pub use maintenance::MaintenanceReport;
 pub use metrics::Metrics;
 pub use profile_issue::{ProfileIssued, ProfileRequest};
 pub use queries::Status;
+pub use rotation::{CaListing, PrepareRequest};
 pub use start::{BackgroundTask, Existing, IssuerParts, Started};
 pub use tokens::{MintRequest, Minted};
 
@@ -159,6 +161,9 @@ pub struct Issuer {
     profiles: profiles::Profiles,
     /// What is published, and what it is built from (`trust_state.rs`).
     trust: trust_state::TrustState,
+    /// Which trust revision each connected stream has acknowledged: SDS
+    /// streams report into it, `pki ca activate` asks it (`rotation.rs`).
+    acks: Arc<Acknowledgements>,
     metrics: Metrics,
 }
 
@@ -174,6 +179,12 @@ impl Issuer {
     /// The current public trust state (bundle, CRLs, JWKS, deny list).
     pub fn snapshot(&self) -> Arc<TrustSnapshot> {
         self.trust.snapshot()
+    }
+
+    /// Where the streams serving this issuer's trust state report what they
+    /// have acknowledged.
+    pub fn acknowledgements(&self) -> Arc<Acknowledgements> {
+        self.acks.clone()
     }
 
     /// Follows every new trust state as it is published.

@@ -3,24 +3,28 @@
 //! keys that sign CRLs, the revocation state, the imported CRLs and the
 //! JWKS. No store, no clock: `now` comes in, the snapshot goes out.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use time::{Duration, OffsetDateTime};
 
 use super::revocation::RevocationView;
-use crate::ca::{self, CaCertificate, CaError, Crl, Signer};
-use crate::domain::CaRole;
+use crate::ca::{self, CaCertificate, CaError, Crl, CrlEntry, Signer};
+use crate::domain::{CaRole, RevocationReason};
 use crate::store::CaRecord;
 use crate::trust::{CaView, ProfilesTrust, TrustSnapshot};
 
 /// The CA half of a snapshot: every unexpired CA, root first, then the
-/// intermediates oldest first, and their PEM bundles: the mesh's, and the
-/// profiles CAs' apart.
+/// intermediates oldest first, and the PEM bundles of those not revoked: the
+/// mesh's, and the profiles CAs' apart. A revoked CA stays in `cas` (its
+/// state says so) and is listed in its parent's CRL.
 #[derive(Debug, Clone, Default)]
 pub(super) struct CaPart {
     pub cas: Vec<CaView>,
     pub bundle_pem: String,
     pub profiles_pem: String,
+    /// The CRL entries of revoked CAs, by the fingerprint of their parent.
+    pub revoked_children: HashMap<String, Vec<CrlEntry>>,
     /// The earliest notAfter of the CAs in it: from then on it is stale.
     pub valid_until: i64,
 }
@@ -28,12 +32,22 @@ pub(super) struct CaPart {
 impl CaPart {
     /// The part of `records` unexpired at `now` (Unix seconds).
     pub fn build(records: &[CaRecord], now: i64) -> Result<Self, CaError> {
+        let parents = super::hierarchy::parents(records)?;
         let mut live: Vec<&CaRecord> = records.iter().filter(|r| r.not_after > now).collect();
         live.sort_by_key(|r| (r.role != CaRole::Root, r.created_at));
         let mut part = Self { valid_until: i64::MAX, ..Self::default() };
         for r in live {
             let cert = CaCertificate::from_der(&r.cert_der)?;
-            if r.role == CaRole::Profiles {
+            if !r.state.trusted() {
+                if let Some(parent) = parents.get(&r.id) {
+                    let at = r.state_changed_at.unwrap_or(now);
+                    part.revoked_children.entry(parent.clone()).or_default().push(CrlEntry {
+                        serial: cert.serial.clone(),
+                        revoked_at: OffsetDateTime::from_unix_timestamp(at).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                        reason: Some(RevocationReason::CessationOfOperation),
+                    });
+                }
+            } else if r.role == CaRole::Profiles {
                 part.profiles_pem.push_str(&cert.to_pem());
             } else {
                 part.bundle_pem.push_str(&cert.to_pem());
@@ -97,7 +111,8 @@ pub(super) fn build(inputs: Inputs) -> Result<Built, CaError> {
     let mut revoked = 0;
     let (mut crls, mut profile_crls) = (Vec::new(), Vec::new());
     for signer in signers.iter().filter(|s| s.cert.not_after > now) {
-        let entries = revocations.crl_entries(&signer.cert.fingerprint, now);
+        let mut entries = revocations.crl_entries(&signer.cert.fingerprint, now);
+        entries.extend(ca.revoked_children.get(&signer.cert.fingerprint).into_iter().flatten().cloned());
         revoked += entries.len();
         let crl = ca::build_crl(signer, &entries, number, now, crl_validity)?;
         if ca.is_profiles(&signer.cert.fingerprint) { profile_crls.push(crl) } else { crls.push(crl) }

@@ -108,6 +108,7 @@ impl Issuer {
             policy,
             keys: Keys { signers: RwLock::new(Arc::new(signers)), tokens: RwLock::new(Arc::new(tokens)) },
             trust,
+            acks: crate::trust::Acknowledgements::new(),
             metrics: Metrics::new(),
         });
         issuer.ensure_profiles_ca().await?;
@@ -149,7 +150,7 @@ impl Issuer {
         *self.keys.signers.write() = Arc::new(signers);
         *self.keys.tokens.write() = Arc::new(tokens);
         let imported = super::crl_import::load(self.store.as_ref(), &cas).await?;
-        tracing::info!(cas = cas.len(), "CAs and signing keys reloaded: changed by another replica");
+        tracing::info!(cas = cas.len(), "CAs and signing keys loaded again");
         self.apply(super::trust_state::TrustChange::Imported(imported));
         self.apply(super::trust_state::TrustChange::Cas(cas));
         Ok(())

@@ -6,6 +6,7 @@
 //! A `deny` commits its transaction, applies what the store returned, and
 //! makes no further store round trip.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration as StdDuration;
 
@@ -38,6 +39,9 @@ pub(super) struct TrustState {
     build: tokio::sync::Mutex<()>,
     /// When an expiring CA was last warned about (`maintenance.rs`).
     pub(super) expiry_warned: Mutex<Option<OffsetDateTime>>,
+    /// The revision of the first snapshot published here that held each CA
+    /// (by fingerprint): what a stream must have acknowledged to trust it.
+    first_published: Mutex<HashMap<String, u64>>,
 }
 
 /// A change to what is revoked or trusted, made here or by another replica.
@@ -78,6 +82,7 @@ impl TrustState {
             requests,
             build: tokio::sync::Mutex::new(()),
             expiry_warned: Mutex::new(None),
+            first_published: Mutex::default(),
         };
         Ok((state, receiver))
     }
@@ -97,6 +102,19 @@ impl TrustState {
             Err(e) => {
                 tracing::error!(error = %e, "a stored CA certificate is unreadable; the bundle keeps the last good one")
             }
+        }
+    }
+
+    /// The revision of the first snapshot published here holding the CA
+    /// with this fingerprint in its bundles.
+    pub(super) fn first_published(&self, fingerprint: &str) -> Option<u64> {
+        self.first_published.lock().get(fingerprint).copied()
+    }
+
+    fn note_published(&self, snapshot: &TrustSnapshot) {
+        let mut first = self.first_published.lock();
+        for ca in snapshot.cas.iter().filter(|c| c.state.trusted()) {
+            first.entry(ca.fingerprint.clone()).or_insert(snapshot.revision);
         }
     }
 
@@ -182,6 +200,7 @@ impl Issuer {
             .await
             .map_err(|e| IssuerError::Internal(format!("the CRL builder stopped: {e}")))??;
         let snapshot = Arc::new(built.snapshot);
+        self.trust.note_published(&snapshot);
         self.trust.snapshot.send_replace(snapshot.clone());
         let seconds = started.elapsed().as_secs_f64();
         self.metrics.crl_built(seconds, snapshot.crl_pem.len());

@@ -122,9 +122,11 @@ impl TrustSnapshot {
         self.cas.iter().find(|c| c.role == CaRole::Profiles && c.state == CaState::Active)
     }
 
-    /// The root CA.
+    /// The active root CA (while a root rotates, the prepared or old one is
+    /// beside it), or the only root there is.
     pub fn root(&self) -> Option<&CaView> {
-        self.cas.iter().find(|c| c.role == CaRole::Root)
+        let roots = || self.cas.iter().filter(|c| c.role == CaRole::Root);
+        roots().find(|c| c.state == CaState::Active).or_else(|| roots().next())
     }
 
     /// The active Services CA (the issuer of workload SVIDs).
