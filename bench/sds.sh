@@ -14,12 +14,13 @@
 #      first request only or on every request — Envoy's default — every
 #      response ACKed), RSS, 10 rounds of one repeated ACK from every stream for
 #      the server's CPU per ACK (counted through /metrics), then `trustmesh
-#      pki cert revoke <serial>` and the time until every stream has the new
-#      ROOTCA;
+#      pki cert revoke <serial>` (with SDS_BENCH_CHANGE=prepare: `trustmesh pki
+#      ca prepare --role services`, a CA rotation's first step) and the time
+#      until every stream has the new ROOTCA;
 #   4. stops everything (trap) and prints a summary against the targets.
 # Tunables (environment): SDS_BENCH_NS ("1000 10000"), SDS_BENCH_APIS
 # ("sds ads"), SDS_BENCH_FLAVORS ("delta sotw"), SDS_BENCH_NODES ("first
-# every"), BENCH_PER_CONN (100), BENCH_OPEN_CONCURRENCY (100),
+# every"), SDS_BENCH_CHANGE ("revoke" or "prepare"), BENCH_PER_CONN (100), BENCH_OPEN_CONCURRENCY (100),
 # BENCH_NODE_BYTES (61000), BENCH_ACK_ROUNDS (10), SDS_BENCH_SUMMARY_OUT (file).
 set -euo pipefail
 
@@ -29,6 +30,8 @@ NS=${SDS_BENCH_NS:-1000 10000}
 APIS=${SDS_BENCH_APIS:-sds ads}
 FLAVORS=${SDS_BENCH_FLAVORS:-delta sotw}
 NODES=${SDS_BENCH_NODES:-first every}
+CHANGE=${SDS_BENCH_CHANGE:-revoke}
+case "$CHANGE" in revoke|prepare) ;; *) die "SDS_BENCH_CHANGE is revoke or prepare, not $CHANGE" ;; esac
 # 10,000 streams over ~100 connections need few descriptors, but be generous.
 raise_open_files
 
@@ -72,9 +75,14 @@ for i in "${!RUNS[@]}"; do
     [ "$node" = every ] && every=1
     say "run $((i + 1))/${#RUNS[@]}: $n $api $flavor streams, node on $node request(s) (load before: $(load))"
     start_trustmesh "tm-$name" --socket "$SOCKET"
+    if [ "$CHANGE" = prepare ]; then
+        change=(pki ca prepare --role services)
+    else
+        change=(pki cert revoke "${SERIALS[$i]}")
+    fi
     "$BENCH" --socket "$SOCKET" --server-pid "$TM_PID" --streams "$n" --api "$api" --flavor "$flavor" \
         --node-every "$every" --metrics-url "http://$HTTP/metrics" \
-        -- "$TM" --data-dir "$DATA" --server "https://$API" pki cert revoke "${SERIALS[$i]}" \
+        -- "$TM" --data-dir "$DATA" --server "https://$API" "${change[@]}" \
         | tee "$WORK/run-$name.out"
     echo "load after: $(load)" >&2
     grep -c '"xds stream opened"' "$WORK/tm-$name.log" | sed 's/^/server log: streams opened: /' >&2 || true
@@ -98,7 +106,7 @@ say "summary"
             "$(field max_ms "$o")" "$(field load_mem "$o")" "$(field load_fanout "$o")"
     done
     echo
-    echo "  (p50/p99/max: from the revoke command's return to each stream's new ROOTCA; KiB/stream: VmRSS"
+    echo "  (p50/p99/max: from the $CHANGE command's return to each stream's new ROOTCA; KiB/stream: VmRSS"
     echo "   delta / N; ack_µs: server CPU per repeated ACK, node as the run sends it)"
     for api in $APIS; do
         for flavor in $FLAVORS; do

@@ -15,14 +15,19 @@ use support::envoy::http::failures;
 use support::openssl::{mtls_get, normalize_serial};
 use support::process::poll;
 use support::revocation::*;
+use support::server::Server;
 
-/// The CA of `role` in `state` (`pki ca list`): its fingerprint.
-fn ca_in(scene: &Scene, role: &str, state: &str) -> Option<String> {
-    let list = scene.tm.json(&["pki", "ca", "list"]);
+/// The CA of `role` in `state` on `tm` (`pki ca list`): its fingerprint.
+fn ca_on(tm: &Server, role: &str, state: &str) -> Option<String> {
+    let list = tm.json(&["pki", "ca", "list"]);
     list.as_array()?
         .iter()
         .find(|c| c["role"] == role && c["state"] == state)
         .and_then(|c| c["fingerprint"].as_str().map(str::to_string))
+}
+
+fn ca_in(scene: &Scene, role: &str, state: &str) -> Option<String> {
+    ca_on(&scene.tm, role, state)
 }
 
 /// The issuer fingerprint of each certificate trustmesh issued to `id`, by normalized serial.
@@ -172,4 +177,103 @@ fn bad_steps_are_refused_with_a_clear_reason() {
         .filter(|r| r["outcome"] == "error" && r["action"].as_str().is_some_and(|a| a.ends_with("_ca")))
         .collect();
     assert!(refused.len() >= 7, "{audit:#}");
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to a process.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+#[test]
+fn activation_waits_for_an_envoy_that_has_not_acknowledged_the_new_ca() {
+    let scene = Scene::start(&[B_FRESH]);
+    let client = scene.client("b-fresh");
+    assert!(scene.request("b-fresh").is_ok_and(|r| r.status == 200), "{}", scene.diagnostics());
+    // The client Envoy is stopped: its SDS stream stays open and acknowledges nothing.
+    signal(client.pid(), "STOP");
+    let prepared = scene.tm.json(&["pki", "ca", "prepare", "--role", "services"]);
+    let id = prepared[0]["fingerprint"].as_str().unwrap().to_string();
+    // The server Envoy acknowledges within moments; the stopped one never does.
+    let named = poll(Duration::from_secs(5), || {
+        let err = scene.tm.fails(&["pki", "ca", "activate", &id]);
+        (err.contains("b-fresh") && !err.contains("revocation-server")).then_some(err)
+    });
+    let held = named.is_some();
+    signal(client.pid(), "CONT");
+    assert!(held, "activate was not refused naming the stopped Envoy\n{}", scene.diagnostics());
+    assert_eq!(
+        ca_in(&scene, "services", "prepared").as_deref(),
+        Some(id.as_str()),
+        "a refused activation changed nothing"
+    );
+    // Once it runs again it acknowledges, and activation goes through.
+    activate_once_acknowledged(&scene, &id);
+    assert_eq!(ca_in(&scene, "services", "active").as_deref(), Some(id.as_str()));
+    // The refusals are audited.
+    let audit = scene.tm.json(&["audit", "list", "--limit", "100"]);
+    let refused = audit.as_array().unwrap().iter().any(|r| r["action"] == "activate_ca" && r["outcome"] == "error");
+    assert!(refused, "{audit:#}");
+}
+
+#[test]
+fn py_spiffe_sees_the_new_ca_in_its_bundle_before_an_svid_it_signed() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let tm = Server::start(&dir.path().join("data"), &[]);
+    let python = support::venv_python();
+    let resolved = std::fs::canonicalize(&python).unwrap();
+    support::server::entry_for(&tm, "spiffe://example.org/rotation/py", &resolved);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workload_py/stream_rotation.py");
+    let socket = Server::socket_path(&tm.data_dir);
+    let mut child = support::process::KillOnDrop(
+        std::process::Command::new(&python)
+            .arg(script)
+            .arg("example.org")
+            .env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{}", socket.display()))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = child.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next = || lines.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|e| panic!("py-spiffe: {e}"));
+    // (bundle CAs, SVID issuers) of an update line.
+    let parse = |line: &str| -> (Vec<String>, Vec<String>) {
+        let mut parts = line.split(' ').skip(1);
+        let cas = parts.next().unwrap_or_default().split(',').map(str::to_string).collect();
+        (cas, parts.map(str::to_string).collect())
+    };
+    let first = next();
+    assert!(first.starts_with("update "), "{first}");
+    let old = ca_on(&tm, "services", "active").unwrap();
+    assert_eq!(parse(&first).1, vec![old.clone()], "{first}");
+
+    let prepared = tm.json(&["pki", "ca", "prepare", "--role", "services"]);
+    let new = prepared[0]["fingerprint"].as_str().unwrap().to_string();
+    // Before anything is signed by it, an update brings the new CA in the bundle.
+    let line = next();
+    let (cas, issuers) = parse(&line);
+    assert!(cas.contains(&new) && cas.contains(&old), "{line}");
+    assert_eq!(issuers, vec![old.clone()], "{line}");
+    tm.ok(&["pki", "ca", "activate", &new]);
+    tm.ok(&["pki", "ca", "taint", &old]);
+    // Then the SVID signed by it, with the new CA still in the bundle.
+    let mut seen = vec![line];
+    loop {
+        let line = next();
+        if line == "ok" {
+            break;
+        }
+        assert!(line.starts_with("update "), "py-spiffe: {line}\n{seen:?}");
+        seen.push(line);
+    }
+    let last = parse(seen.last().unwrap());
+    assert_eq!(last.1, vec![new.clone()], "{seen:?}");
+    assert!(last.0.contains(&new), "{seen:?}");
 }

@@ -255,3 +255,53 @@ async fn an_svid_minted_for_an_entry_is_audited_as_obtained_by_the_system() {
     assert!(obtained[0].actor.contains("system"), "{}", obtained[0].actor);
     assert_eq!(minted.certificate.serial.to_string(), store.certificates(&Default::default()).await.unwrap()[0].serial);
 }
+
+#[tokio::test]
+async fn automatic_rotation_prepares_a_successor_at_half_life_and_activates_it_once_acknowledged() {
+    use trustmesh::domain::{CaRole, CaState};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(START);
+    let mut cfg = trustmesh::issuer::IssuerConfig::new(trustmesh::domain::TrustDomain::parse("example.org").unwrap());
+    cfg.ca_rotation_auto = true;
+    // Intermediates of 200 days: half of their life is within the lifetime
+    // of the token signing keys (365 days).
+    let init = trustmesh::issuer::InitParams { intermediate_ttl_days: 200, ..Default::default() };
+    let (issuer, _) = support::issuer::start_configured(dir.path(), Arc::new(clock.clone()), cfg, init).await;
+    let of = |role: CaRole, state: CaState| {
+        issuer
+            .snapshot()
+            .cas
+            .iter()
+            .filter(|c| c.role == role && c.state == state)
+            .map(|c| c.fingerprint.clone())
+            .collect::<Vec<_>>()
+    };
+    let first = of(CaRole::Services, CaState::Active);
+    // Before half of its life nothing happens.
+    clock.advance(90 * 86_400);
+    issuer.maintain().await;
+    assert!(of(CaRole::Services, CaState::Prepared).is_empty());
+    assert_eq!(of(CaRole::Services, CaState::Active), first);
+    // Past half of it a successor is prepared; it is in the bundle, not signing.
+    clock.advance(15 * 86_400);
+    issuer.maintain().await;
+    let prepared = of(CaRole::Services, CaState::Prepared);
+    assert_eq!(prepared.len(), 1, "{:?}", issuer.snapshot().cas);
+    assert_eq!(of(CaRole::Services, CaState::Active), first);
+    // A stream registered and behind holds the activation back.
+    let acks = issuer.acknowledgements();
+    let behind = acks.register("stalled-envoy", "sds");
+    issuer.maintain().await;
+    assert_eq!(of(CaRole::Services, CaState::Prepared), prepared);
+    // Once it has acknowledged the current state, the next pass activates.
+    behind.acked(issuer.snapshot().revision);
+    issuer.maintain().await;
+    assert_eq!(of(CaRole::Services, CaState::Active), prepared);
+    assert_eq!(of(CaRole::Services, CaState::Old), first);
+    // Every intermediate role rotated the same way; the root is left alone.
+    for role in [CaRole::Transport, CaRole::Profiles] {
+        assert_eq!(of(role, CaState::Old).len(), 1, "{role}: {:?}", issuer.snapshot().cas);
+    }
+    assert_eq!(of(CaRole::Root, CaState::Active).len(), 1);
+    assert!(of(CaRole::Root, CaState::Prepared).is_empty());
+}

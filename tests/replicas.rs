@@ -437,3 +437,44 @@ fn a_profile_written_through_one_replica_issues_on_the_other() {
     poll(Duration::from_secs(10), || generate(&b).err())
         .unwrap_or_else(|| panic!("replica b kept the deleted profile\n{}", diagnostics(&a, &b, &[])));
 }
+
+/// The states of every CA as one replica lists them (fingerprint → state).
+fn ca_states(server: &Server) -> BTreeMap<String, String> {
+    let list = server.json(&["pki", "ca", "list"]);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["fingerprint"].as_str().unwrap().to_string(), c["state"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn a_ca_prepared_on_one_replica_is_activated_on_the_other_and_both_publish_the_same_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_url, a, b) = two_replicas(dir.path());
+    let prepared = a.json(&["pki", "ca", "prepare", "--role", "services"]);
+    let id = prepared[0]["fingerprint"].as_str().unwrap().to_string();
+    // B publishes the prepared CA in its bundle through the feed.
+    let in_b = poll(Duration::from_secs(5), || {
+        let (_, bundle) = b.get("/pki/ca/bundle");
+        let count = String::from_utf8_lossy(&bundle).matches("BEGIN CERTIFICATE").count();
+        (ca_states(&b).get(&id).map(String::as_str) == Some("prepared") && count == 4).then_some(())
+    });
+    assert!(in_b.is_some(), "replica B never published the prepared CA\n{}", diagnostics(&a, &b, &[]));
+    // Activated through B (no stream is connected to it: nothing to wait for).
+    b.ok(&["pki", "ca", "activate", &id]);
+    let same = poll(Duration::from_secs(5), || {
+        let (sa, sb) = (ca_states(&a), ca_states(&b));
+        (sa == sb && sa.get(&id).map(String::as_str) == Some("active")).then_some(sa)
+    });
+    let states = same.unwrap_or_else(|| panic!("the replicas disagree\n{}", diagnostics(&a, &b, &[])));
+    assert_eq!(states.values().filter(|s| *s == "old").count(), 1, "{states:?}");
+    // Both sign with the new CA now.
+    for (name, server) in [("a", &a), ("b", &b)] {
+        let serial = issue(server, dir.path(), &format!("spiffe://example.org/rotated/{name}"), &[]);
+        let listed =
+            server.json(&["pki", "cert", "list", "--spiffe-id", &format!("spiffe://example.org/rotated/{name}")]);
+        let issuer = listed[0]["issuer"].as_str().unwrap_or_default().to_string();
+        assert_eq!(issuer, id, "replica {name} signed {serial} with another CA");
+    }
+}

@@ -206,10 +206,15 @@ async fn preparing_then_activating_a_ca_makes_the_previous_active_one_old(s: Arc
 async fn two_activations_racing_in_one_role_leave_exactly_one_active(s: Arc<dyn Store>) {
     seed(&s).await;
     for round in 0..4 {
+        // One CA of a role is prepared at a time: a second is refused.
         let ids = [format!("svc-{round}-a"), format!("svc-{round}-b")];
-        for (i, id) in ids.iter().enumerate() {
-            s.insert_ca(&ca(id, CaRole::Services, Prepared, NOW + 10 * round + i as i64)).await.unwrap();
-        }
+        s.insert_ca(&ca(&ids[0], CaRole::Services, Prepared, NOW + 10 * round)).await.unwrap();
+        let second = s.insert_ca(&ca(&ids[1], CaRole::Services, Prepared, NOW + 10 * round + 1)).await;
+        assert!(matches!(second, Err(StoreError::Conflict { .. })), "a second prepared services CA: {second:?}");
+        // The other one comes in as it was: old (a CA loaded from an older release).
+        s.insert_ca(&ca(&ids[1], CaRole::Services, Old, NOW + 10 * round + 1)).await.unwrap();
+        s.set_ca_state(&ids[1], Revoked, NOW + 10 * round + 2, &audit("revoke_ca", &ids[1], NOW)).await.unwrap();
+        let ids = [ids[0].clone(), ids[0].clone()];
         let at = NOW + 100 + round;
         let results = join_all(ids.clone().map(|id| {
             let s = s.clone();
@@ -221,7 +226,10 @@ async fn two_activations_racing_in_one_role_leave_exactly_one_active(s: Arc<dyn 
         let active: Vec<_> = services.iter().filter(|c| c.state == Active).map(|c| c.id.clone()).collect();
         assert_eq!(active.len(), 1, "round {round}: {services:?}");
         assert!(ids.contains(&active[0]), "the last activation wins: {active:?}");
-        assert!(services.iter().all(|c| c.state == Active || c.state == Old), "every other one is old: {services:?}");
+        assert!(
+            services.iter().all(|c| matches!(c.state, Active | Old | Revoked)),
+            "every other one is old (or revoked): {services:?}"
+        );
     }
     assert_eq!(active_ids(&s).await.len(), 3, "one active CA per role");
 }
@@ -230,7 +238,7 @@ async fn a_step_the_rotation_forbids_is_refused_and_changes_nothing(s: Arc<dyn S
     seed(&s).await;
     s.insert_ca(&ca("svc-p", CaRole::Services, Prepared, NOW + 10)).await.unwrap();
     s.insert_ca(&ca("svc-old", CaRole::Services, Old, NOW + 11)).await.unwrap();
-    s.insert_ca(&ca("svc-r", CaRole::Services, Prepared, NOW + 12)).await.unwrap();
+    s.insert_ca(&ca("svc-r", CaRole::Transport, Prepared, NOW + 12)).await.unwrap();
     s.set_ca_state("svc-r", Revoked, NOW + 13, &audit("revoke_ca", "svc-r", NOW + 13)).await.unwrap();
     let (cas, revision, audited) = (s.cas().await.unwrap(), s.change_revision().await.unwrap(), audit_len(&s).await);
 
@@ -1232,7 +1240,7 @@ async fn sqlite_version_4_database_gains_profiles() {
 
 /// Turns the `cas` table of a SQLite database back into its shape before
 /// schema 6 (an `active` flag, no state), for the tests of older databases.
-const SQLITE_CAS_BEFORE_V6: &str = "DROP INDEX cas_one_active_per_role; \
+const SQLITE_CAS_BEFORE_V6: &str = "DROP INDEX cas_one_active_per_role; DROP INDEX cas_one_prepared_per_role; \
      ALTER TABLE cas ADD COLUMN active BOOLEAN NOT NULL DEFAULT FALSE; UPDATE cas SET active = (state = 'active'); \
      ALTER TABLE cas DROP COLUMN state; ALTER TABLE cas DROP COLUMN state_changed_at; \
      CREATE UNIQUE INDEX cas_one_active_per_role ON cas (role) WHERE active;";

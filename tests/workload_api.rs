@@ -379,6 +379,7 @@ async fn the_security_header_is_required_and_callers_without_identity_are_denied
 
 // ---- py-spiffe -------------------------------------------------------------
 
+use support::process::KillOnDrop;
 use support::venv_python;
 
 /// Unmodified py-spiffe: grpc-core sends the percent-encoded socket path as
@@ -692,16 +693,6 @@ async fn raw_stream_lists(
         if der_crl_serials(&message.crl).contains(&norm_serial(serial)) {
             return std::time::Instant::now();
         }
-    }
-}
-
-/// Ends a child process when dropped (also when the test fails).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -42,6 +42,7 @@ pub fn issuer_config(cfg: &ServeConfig) -> IssuerConfig {
     ic.jwt_svid_ttl = cfg.jwt_svid_ttl;
     ic.bootstrap_ttl = cfg.bootstrap_ttl;
     ic.crl_validity = cfg.crl_validity;
+    ic.ca_rotation_auto = cfg.ca_rotation_auto;
     ic.server_names = cfg.server_names.clone();
     ic.mounts = cfg.pki_mounts.clone();
     ic

@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// CRL validity (nextUpdate - thisUpdate), seconds; CRLs are re-signed at half of it.
     #[arg(long, env = "TRUSTMESH_CRL_VALIDITY", default_value = "604800")]
     pub crl_validity: String,
+    /// `auto`: prepare each intermediate's successor at half of its life and activate it once every connected
+    /// proxy has acknowledged it; `manual`: only `pki ca prepare|activate` do.
+    #[arg(long, env = "TRUSTMESH_CA_ROTATION", default_value = "manual")]
+    pub ca_rotation: String,
     /// Seconds a new connection may take to complete its TLS handshake and send its first request headers.
     #[arg(long, env = "TRUSTMESH_HEADER_TIMEOUT", default_value = "10")]
     pub header_timeout: String,
@@ -98,6 +102,8 @@ pub struct ServeConfig {
     pub bootstrap_ttl: Duration,
     pub max_cert_ttl: Duration,
     pub crl_validity: Duration,
+    /// `--ca-rotation auto`.
+    pub ca_rotation_auto: bool,
     /// `--kek-file` was given (the operator provisioned the KEK).
     pub kek_provisioned: bool,
     pub header_timeout: std::time::Duration,
@@ -175,6 +181,17 @@ impl ServeConfig {
             bootstrap_ttl: seconds("--bootstrap-ttl/TRUSTMESH_BOOTSTRAP_TTL", &args.bootstrap_ttl, 60, 366 * 86_400)?,
             max_cert_ttl,
             crl_validity: seconds("--crl-validity/TRUSTMESH_CRL_VALIDITY", &args.crl_validity, 600, 90 * 86_400)?,
+            ca_rotation_auto: match args.ca_rotation.as_str() {
+                "auto" => true,
+                "manual" => false,
+                other => {
+                    let shown = crate::domain::text::shorten(other, 32);
+                    return Err(ConfigError::new(
+                        "--ca-rotation/TRUSTMESH_CA_ROTATION",
+                        format!("{shown:?} is not auto or manual"),
+                    ));
+                }
+            },
             kek_provisioned: args.kek_file.is_some(),
             header_timeout: seconds("--header-timeout/TRUSTMESH_HEADER_TIMEOUT", &args.header_timeout, 1, 600)?
                 .unsigned_abs(),

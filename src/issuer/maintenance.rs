@@ -57,6 +57,9 @@ impl Issuer {
             }
         }
         self.warn_expiring_cas(now);
+        if self.cfg.ca_rotation_auto {
+            self.rotate_automatically().await;
+        }
         self.metrics.refresh_counts(self).await;
         report
     }

@@ -92,6 +92,8 @@ pub struct IssuerConfig {
     pub server_names: Vec<String>,
     /// The PKI mounts served (`/v1/<mount>/…`), each with its own profiles.
     pub mounts: Vec<String>,
+    /// Intermediates rotate by themselves (`--ca-rotation auto`, `rotation.rs`).
+    pub ca_rotation_auto: bool,
 }
 
 impl IssuerConfig {
@@ -105,6 +107,7 @@ impl IssuerConfig {
             crl_validity: Duration::days(7),
             server_names: Vec::new(),
             mounts: vec![crate::domain::profile::DEFAULT_MOUNT.to_string()],
+            ca_rotation_auto: false,
         }
     }
 

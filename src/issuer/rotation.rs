@@ -80,6 +80,17 @@ impl Issuer {
             let err = IssuerError::InvalidArgument("--ttl-days is 1 to 3650".into());
             return self.refuse(caller, ACTION, target, err).await;
         }
+        let waiting =
+            self.snapshot().cas.iter().find(|c| c.state == CaState::Prepared && covers(req.role, c.role)).cloned();
+        if let Some(c) = waiting {
+            let err = IssuerError::FailedPrecondition(format!(
+                "{} CA {} ({}) is prepared already: activate it, or revoke it to discard it",
+                c.role,
+                c.common_name,
+                short(&c.fingerprint)
+            ));
+            return self.refuse(caller, ACTION, target, err).await;
+        }
         let records = self.audited(caller, ACTION, target, async { self.new_cas(req) }).await?;
         for record in &records {
             self.store.insert_ca(record).await?;
@@ -336,11 +347,58 @@ impl Issuer {
         )?)
     }
 
+    /// `--ca-rotation auto`, once per maintenance pass, for each
+    /// intermediate role (the root is rotated by hand): at half of the
+    /// active CA's life a successor is prepared, within the root's life;
+    /// once every stream connected here has acknowledged it, it is
+    /// activated. The CA it replaces stays `old`, trusted until it expires.
+    pub(super) async fn rotate_automatically(&self) {
+        let caller = Caller::system();
+        let now = self.now().unix_timestamp();
+        let snapshot = self.snapshot();
+        for role in [CaRole::Services, CaRole::Transport, CaRole::Profiles] {
+            let of_role = |state| snapshot.cas.iter().find(|c| c.role == role && c.state == state);
+            let Some(active) = of_role(CaState::Active) else { continue };
+            let step = match of_role(CaState::Prepared) {
+                Some(prepared) => {
+                    let records = self.trust.ca_records();
+                    let Some(record) = records.iter().find(|r| r.id == prepared.fingerprint) else { continue };
+                    if self.acknowledged_by_all(std::slice::from_ref(record)).is_err() {
+                        continue;
+                    }
+                    self.activate_ca(&caller, &prepared.fingerprint, false).await.map(drop)
+                }
+                None if now >= active.not_before + (active.not_after - active.not_before) / 2 => {
+                    let days = self.successor_days();
+                    let request = PrepareRequest { role, common_name: None, ttl_days: Some(days) };
+                    self.prepare_ca(&caller, &request).await.map(drop)
+                }
+                None => continue,
+            };
+            if let Err(e) = step {
+                tracing::warn!(role = role.as_str(), error = %e, "automatic CA rotation step failed; retried next pass");
+            }
+        }
+    }
+
+    /// The lifetime of an automatically prepared intermediate: the default,
+    /// or what is left of the root's life (a day short of it).
+    fn successor_days(&self) -> u32 {
+        let left = self.signers().root.as_ref().map_or(0, |r| (r.cert.not_after - self.now()).whole_days() - 1);
+        u32::try_from(left.clamp(1, i64::from(INTERMEDIATE_DAYS))).unwrap_or(1)
+    }
+
     /// Loads the CAs again and publishes the trust state they make.
     pub(super) async fn reload_cas(&self) -> Result<(), IssuerError> {
         self.reload_keys().await?;
         self.publish().await.map(drop)
     }
+}
+
+/// Whether preparing a CA of `asked` makes one of `role` (a root: one of
+/// every role).
+fn covers(asked: CaRole, role: CaRole) -> bool {
+    asked == role || asked == CaRole::Root
 }
 
 /// What the audit log calls a step.

@@ -74,7 +74,7 @@ pub(super) fn insert_ca(ca: &CaRecord) -> Stmt {
         ca.state_changed_at,
         ca.created_at
     )
-    .on_conflict(format!("CA {id} (or a second active {role} CA)"))
+    .on_conflict(format!("CA {id} (or a second active or prepared {role} CA)"))
 }
 
 pub(super) fn select_cas() -> Stmt {

@@ -198,8 +198,9 @@ const POSTGRES_V5: &str = concat!(
 
 /// Version 6: CA rotation. Each CA has a `state` (`domain::CaState`) in place
 /// of the `active` flag — an active CA stays `active`, an inactive one becomes
-/// `old` — and the time it last changed (`NULL` until it does); the unique
-/// index keeps one active CA per role.
+/// `old` — and the time it last changed (`NULL` until it does); unique
+/// indexes keep one active and at most one prepared CA per role (the next
+/// one: two replicas preparing at once cannot both succeed).
 ///
 /// SQLite drops a column in place once no index names it (no table is
 /// rebuilt, so the foreign keys to `cas` are untouched), but adds a `NOT NULL`
@@ -215,6 +216,7 @@ const SQLITE_V6: &str = concat!(
     "UPDATE cas SET state = 'active' WHERE active;",
     "ALTER TABLE cas DROP COLUMN active;",
     "CREATE UNIQUE INDEX cas_one_active_per_role ON cas (role) WHERE state = 'active';",
+    "CREATE UNIQUE INDEX cas_one_prepared_per_role ON cas (role) WHERE state = 'prepared';",
 );
 
 /// Version 6 on PostgreSQL, in place and without a default: the column is
@@ -227,6 +229,7 @@ const POSTGRES_V6: &str = concat!(
     "DROP INDEX cas_one_active_per_role;",
     "ALTER TABLE cas DROP COLUMN active;",
     "CREATE UNIQUE INDEX cas_one_active_per_role ON cas (role) WHERE state = 'active';",
+    "CREATE UNIQUE INDEX cas_one_prepared_per_role ON cas (role) WHERE state = 'prepared';",
 );
 
 #[cfg(test)]

@@ -19,6 +19,18 @@ pub async fn start(dir: &Path, clock: &ManualClock) -> (Arc<Issuer>, Arc<dyn Sto
 
 /// [`start`] on any clock (e.g. `SystemClock`).
 pub async fn start_on(dir: &Path, clock: Arc<dyn Clock>) -> (Arc<Issuer>, Arc<dyn Store>) {
+    let cfg = IssuerConfig::new(TrustDomain::parse("example.org").unwrap());
+    start_configured(dir, clock, cfg, InitParams::default()).await
+}
+
+/// [`start_on`] with settings and, for a new PKI, a hierarchy of the test's
+/// own (trust domain example.org).
+pub async fn start_configured(
+    dir: &Path,
+    clock: Arc<dyn Clock>,
+    cfg: IssuerConfig,
+    init: InitParams,
+) -> (Arc<Issuer>, Arc<dyn Store>) {
     let store = trustmesh::store::open(&format!("sqlite://{}", dir.join("t.db").display())).await.unwrap();
     let kek_text = match std::fs::read_to_string(dir.join("kek")) {
         Ok(text) => text,
@@ -29,13 +41,13 @@ pub async fn start_on(dir: &Path, clock: Arc<dyn Clock>) -> (Arc<Issuer>, Arc<dy
         }
     };
     let (issuer, _) = Issuer::start(IssuerParts {
-        cfg: IssuerConfig::new(TrustDomain::parse("example.org").unwrap()),
+        cfg,
         store: store.clone(),
         kek: Kek::from_file_contents(&kek_text).unwrap(),
         clock,
         serials: Arc::new(RandomSerials::default()),
         policy: PolicyEngine::embedded().unwrap(),
-        init: InitParams::default(),
+        init,
         existing: Existing::Load,
     })
     .await
