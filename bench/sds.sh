@@ -76,6 +76,11 @@ for i in "${!RUNS[@]}"; do
     say "run $((i + 1))/${#RUNS[@]}: $n $api $flavor streams, node on $node request(s) (load before: $(load))"
     start_trustmesh "tm-$name" --socket "$SOCKET"
     if [ "$CHANGE" = prepare ]; then
+        # One CA of a role is prepared at a time: discard the last run's.
+        for id in $(tm --output json pki ca list | python3 -c \
+            'import json,sys; print(" ".join(c["fingerprint"] for c in json.load(sys.stdin) if c["state"] == "prepared"))'); do
+            tm pki ca revoke "$id" > /dev/null
+        done
         change=(pki ca prepare --role services)
     else
         change=(pki cert revoke "${SERIALS[$i]}")
