@@ -16,11 +16,16 @@
 #      the server's CPU per ACK (counted through /metrics), then `trustmesh
 #      pki cert revoke <serial>` (with SDS_BENCH_CHANGE=prepare: `trustmesh pki
 #      ca prepare --role services`, a CA rotation's first step) and the time
-#      until every stream has the new ROOTCA;
+#      until every stream has the new ROOTCA; with SDS_BENCH_CHANGE=taint, the
+#      streams subscribe to SDS_BENCH_IDENTITIES (1000) identities of their
+#      own instead of `default` (entries made at set-up), the change is `pki ca
+#      activate --force <prepared>` then `pki ca taint <the active one>`, and
+#      the time is until every stream has a new certificate;
 #   4. stops everything (trap) and prints a summary against the targets.
 # Tunables (environment): SDS_BENCH_NS ("1000 10000"), SDS_BENCH_APIS
 # ("sds ads"), SDS_BENCH_FLAVORS ("delta sotw"), SDS_BENCH_NODES ("first
-# every"), SDS_BENCH_CHANGE ("revoke" or "prepare"), BENCH_PER_CONN (100), BENCH_OPEN_CONCURRENCY (100),
+# every"), SDS_BENCH_CHANGE ("revoke", "prepare" or "taint"), SDS_BENCH_IDENTITIES (1000),
+# BENCH_PER_CONN (100), BENCH_OPEN_CONCURRENCY (100),
 # BENCH_NODE_BYTES (61000), BENCH_ACK_ROUNDS (10), SDS_BENCH_SUMMARY_OUT (file).
 set -euo pipefail
 
@@ -31,7 +36,9 @@ APIS=${SDS_BENCH_APIS:-sds ads}
 FLAVORS=${SDS_BENCH_FLAVORS:-delta sotw}
 NODES=${SDS_BENCH_NODES:-first every}
 CHANGE=${SDS_BENCH_CHANGE:-revoke}
-case "$CHANGE" in revoke|prepare) ;; *) die "SDS_BENCH_CHANGE is revoke or prepare, not $CHANGE" ;; esac
+case "$CHANGE" in revoke|prepare|taint) ;; *) die "SDS_BENCH_CHANGE is revoke, prepare or taint, not $CHANGE" ;; esac
+IDENTITIES=${SDS_BENCH_IDENTITIES:-1000}
+ID_PREFIX=spiffe://example.org/bench/id-
 # 10,000 streams over ~100 connections need few descriptors, but be generous.
 raise_open_files
 
@@ -48,6 +55,12 @@ tm() { "$TM" --data-dir "$DATA" --server "https://$API" "$@"; }
 say "set-up: one entry for every stream, one certificate per run to revoke"
 start_trustmesh setup --socket "$SOCKET"
 tm entry create --spiffe-id spiffe://example.org/bench/envoy --selector "unix:uid:$(id -u)" >&2
+if [ "$CHANGE" = taint ]; then
+    # One entry per identity the streams subscribe to, all for this uid.
+    seq 0 $((IDENTITIES - 1)) | xargs -P 4 -I{} "$TM" --data-dir "$DATA" --server "https://$API" \
+        entry create --spiffe-id "$ID_PREFIX{}" --selector "unix:uid:$(id -u)" > /dev/null
+    echo "$IDENTITIES entries made" >&2
+fi
 RUNS=()
 for n in $NS; do
     for api in $APIS; do
@@ -75,19 +88,28 @@ for i in "${!RUNS[@]}"; do
     [ "$node" = every ] && every=1
     say "run $((i + 1))/${#RUNS[@]}: $n $api $flavor streams, node on $node request(s) (load before: $(load))"
     start_trustmesh "tm-$name" --socket "$SOCKET"
-    if [ "$CHANGE" = prepare ]; then
-        # One CA of a role is prepared at a time: discard the last run's.
-        for id in $(tm --output json pki ca list | python3 -c \
-            'import json,sys; print(" ".join(c["fingerprint"] for c in json.load(sys.stdin) if c["state"] == "prepared"))'); do
-            tm pki ca revoke "$id" > /dev/null
-        done
-        change=(pki ca prepare --role services)
+    ca_ids() { # the services CAs in state $1
+        tm --output json pki ca list | python3 -c 'import json,sys
+print(" ".join(c["fingerprint"] for c in json.load(sys.stdin) if c["role"] == "services" and c["state"] == sys.argv[1]))' "$1"
+    }
+    extra=()
+    if [ "$CHANGE" = revoke ]; then
+        change=("$TM" --data-dir "$DATA" --server "https://$API" pki cert revoke "${SERIALS[$i]}")
     else
-        change=(pki cert revoke "${SERIALS[$i]}")
+        # One CA of a role is prepared at a time: discard the last run's.
+        for id in $(ca_ids prepared); do tm pki ca revoke "$id" > /dev/null; done
+        if [ "$CHANGE" = prepare ]; then
+            change=("$TM" --data-dir "$DATA" --server "https://$API" pki ca prepare --role services)
+        else
+            old=$(ca_ids active)
+            new=$(tm --output json pki ca prepare --role services | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["fingerprint"])')
+            change=(sh -c "\"\$0\" --data-dir \"\$1\" --server \"\$2\" pki ca activate --force $new >/dev/null &&
+                \"\$0\" --data-dir \"\$1\" --server \"\$2\" pki ca taint $old" "$TM" "$DATA" "https://$API")
+            extra=(--cert-names "$ID_PREFIX:$IDENTITIES" --timeout $((IDENTITIES / 50 + 60)))
+        fi
     fi
     "$BENCH" --socket "$SOCKET" --server-pid "$TM_PID" --streams "$n" --api "$api" --flavor "$flavor" \
-        --node-every "$every" --metrics-url "http://$HTTP/metrics" \
-        -- "$TM" --data-dir "$DATA" --server "https://$API" "${change[@]}" \
+        --node-every "$every" --metrics-url "http://$HTTP/metrics" "${extra[@]}" -- "${change[@]}" \
         | tee "$WORK/run-$name.out"
     echo "load after: $(load)" >&2
     grep -c '"xds stream opened"' "$WORK/tm-$name.log" | sed 's/^/server log: streams opened: /' >&2 || true
@@ -111,7 +133,7 @@ say "summary"
             "$(field max_ms "$o")" "$(field load_mem "$o")" "$(field load_fanout "$o")"
     done
     echo
-    echo "  (p50/p99/max: from the $CHANGE command's return to each stream's new ROOTCA; KiB/stream: VmRSS"
+    echo "  (p50/p99/max: from the $CHANGE command's return to each stream's new ROOTCA (taint: certificate); KiB/stream: VmRSS"
     echo "   delta / N; ack_µs: server CPU per repeated ACK, node as the run sends it)"
     for api in $APIS; do
         for flavor in $FLAVORS; do

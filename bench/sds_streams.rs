@@ -91,6 +91,9 @@ sds_streams: memory per SDS stream and fan-out latency of a trust-bundle change.
   --timeout S              seconds to wait for every stream to see the change (60)
   --client-threads T       tokio worker threads of this client (1)
   --hold S                 seconds to keep the streams open after the measurement (0; for profiling)
+  --cert-names PREFIX:K    stream i subscribes to the certificate PREFIX<i mod K> (a SPIFFE ID the
+                           caller is entitled to) instead of `default`, and the change measured is
+                           a new certificate on every stream instead of a new ROOTCA (a CA taint)
   -- CMD ARGS...           the trigger command (without it: memory only)
 
 Every flag also reads BENCH_<FLAG> (e.g. BENCH_STREAMS=10000).";
@@ -114,6 +117,8 @@ struct Args {
     timeout: f64,
     client_threads: usize,
     hold: f64,
+    /// `--cert-names`: (prefix, how many).
+    cert_names: Option<(String, usize)>,
     trigger: Vec<String>,
 }
 
@@ -189,6 +194,17 @@ fn parse_args() -> Result<Args, String> {
         timeout: num(get("timeout"), 60.0, "timeout")?,
         client_threads: num(get("client-threads"), 1, "client-threads")?.max(1),
         hold: num(get("hold"), 0.0, "hold")?,
+        cert_names: match get("cert-names") {
+            None => None,
+            Some(v) => {
+                let (prefix, k) = v.rsplit_once(':').ok_or("--cert-names: PREFIX:K")?;
+                let k: usize = k.parse().map_err(|_| "--cert-names: K is a number")?;
+                if k == 0 {
+                    return Err("--cert-names: K is at least 1".into());
+                }
+                Some((prefix.to_string(), k))
+            }
+        },
         trigger,
     };
     if let Some(extra) = argv.first() {
@@ -300,9 +316,30 @@ struct Shared {
     node_every: bool,
     /// Rounds of repeated ACKs asked of every stream (`--ack-rounds`).
     reack: tokio::sync::watch::Sender<u32>,
+    /// `--cert-names`: what each stream subscribes to, and a new certificate is the change measured.
+    cert_names: Option<(String, usize)>,
 }
 
 impl Shared {
+    /// The certificate and the validation context stream `i` subscribes to.
+    fn names(&self, i: usize) -> Vec<String> {
+        match &self.cert_names {
+            Some((prefix, k)) => vec![format!("{prefix}{}", i % k), "ROOTCA".into()],
+            None => NAMES.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Notes a response's (ROOTCA, certificate) fingerprints against what
+    /// stream `i` held; true when it is the change measured.
+    fn observe(&self, i: usize, held: &mut (Option<u64>, Option<u64>), got: (Option<u64>, Option<u64>)) -> bool {
+        let watched = |pair: (Option<u64>, Option<u64>)| if self.cert_names.is_some() { pair.1 } else { pair.0 };
+        let before = watched(*held);
+        held.0 = got.0.or(held.0);
+        held.1 = got.1.or(held.1);
+        let after = watched(*held);
+        before.is_some() && after != before && self.rootca_changed(i)
+    }
+
     fn ended(&self, why: String) {
         self.ended.fetch_add(1, Ordering::Relaxed);
         let mut first = self.first_end.lock();
@@ -340,33 +377,29 @@ fn hash_of(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-/// (ROOTCA content fingerprint, whether `default` was present) of a SotW response.
-fn sotw_contents(r: &SotwResponse) -> (Option<u64>, bool) {
-    let mut rootca = None;
-    let mut default = false;
+/// (ROOTCA, certificate) content fingerprints of a SotW response.
+fn sotw_contents(r: &SotwResponse) -> (Option<u64>, Option<u64>) {
+    let (mut rootca, mut cert) = (None, None);
     for any in &r.resources {
         let Ok(a) = AnyBytes::decode(any.clone()) else { continue };
         let Ok(s) = SecretName::decode(a.value.clone()) else { continue };
         match s.name.as_str() {
             "ROOTCA" => rootca = Some(hash_of(any)),
-            "default" => default = true,
-            _ => {}
+            _ => cert = Some(hash_of(any)),
         }
     }
-    (rootca, default)
+    (rootca, cert)
 }
 
-fn delta_contents(r: &DeltaResponse) -> (Option<u64>, bool) {
-    let mut rootca = None;
-    let mut default = false;
+fn delta_contents(r: &DeltaResponse) -> (Option<u64>, Option<u64>) {
+    let (mut rootca, mut cert) = (None, None);
     for res in &r.resources {
         match res.name.as_str() {
             "ROOTCA" => rootca = Some(hash_of(res.version.as_bytes())),
-            "default" => default = true,
-            _ => {}
+            _ => cert = Some(hash_of(res.version.as_bytes())),
         }
     }
-    (rootca, default)
+    (rootca, cert)
 }
 
 fn path(delta: bool, ads: bool) -> http::uri::PathAndQuery {
@@ -388,7 +421,7 @@ async fn sotw_stream(
     shared: Arc<Shared>,
     opened: oneshot::Sender<Result<(), String>>,
 ) {
-    let names: Vec<String> = NAMES.iter().map(|s| s.to_string()).collect();
+    let names = shared.names(i);
     let (tx, rx) = mpsc::channel::<SotwRequest>(4);
     let first = SotwRequest {
         node: node.clone(),
@@ -413,7 +446,7 @@ async fn sotw_stream(
             }
         };
     let mut opened = Some(opened);
-    let (mut rootca, mut default) = (None, false);
+    let mut held = (None, None);
     let mut reack = shared.reack.subscribe();
     reack.mark_unchanged();
     let mut last_ack = None;
@@ -443,15 +476,7 @@ async fn sotw_stream(
         };
         shared.responses.fetch_add(1, Ordering::Relaxed);
         shared.response_bytes.fetch_add(r.encoded_len() as u64, Ordering::Relaxed);
-        let (r_rootca, r_default) = sotw_contents(&r);
-        default |= r_default;
-        let mut measured = false;
-        if let Some(h) = r_rootca {
-            if rootca.is_some_and(|old| old != h) {
-                measured = shared.rootca_changed(i);
-            }
-            rootca = Some(h);
-        }
+        let measured = shared.observe(i, &mut held, sotw_contents(&r));
         let ack = SotwRequest {
             version_info: r.version_info,
             node: if shared.node_every { node.clone() } else { Bytes::new() },
@@ -466,8 +491,8 @@ async fn sotw_stream(
         if measured {
             shared.rootca_acked(i);
         }
-        if default
-            && rootca.is_some()
+        if held.0.is_some()
+            && held.1.is_some()
             && let Some(o) = opened.take()
         {
             let _ = o.send(Ok(()));
@@ -488,7 +513,7 @@ async fn delta_stream(
     let first = DeltaRequest {
         node: node.clone(),
         type_url: SECRET_TYPE.into(),
-        resource_names_subscribe: NAMES.iter().map(|s| s.to_string()).collect(),
+        resource_names_subscribe: shared.names(i),
         response_nonce: String::new(),
     };
     let _ = tx.send(first).await;
@@ -508,7 +533,7 @@ async fn delta_stream(
         }
     };
     let mut opened = Some(opened);
-    let (mut rootca, mut default) = (None, false);
+    let mut held = (None, None);
     let mut reack = shared.reack.subscribe();
     reack.mark_unchanged();
     let mut last_ack = None;
@@ -538,15 +563,7 @@ async fn delta_stream(
         };
         shared.responses.fetch_add(1, Ordering::Relaxed);
         shared.response_bytes.fetch_add(r.encoded_len() as u64, Ordering::Relaxed);
-        let (r_rootca, r_default) = delta_contents(&r);
-        default |= r_default;
-        let mut measured = false;
-        if let Some(h) = r_rootca {
-            if rootca.is_some_and(|old| old != h) {
-                measured = shared.rootca_changed(i);
-            }
-            rootca = Some(h);
-        }
+        let measured = shared.observe(i, &mut held, delta_contents(&r));
         let ack = DeltaRequest {
             node: if shared.node_every { node.clone() } else { Bytes::new() },
             type_url: r.type_url,
@@ -560,8 +577,8 @@ async fn delta_stream(
         if measured {
             shared.rootca_acked(i);
         }
-        if default
-            && rootca.is_some()
+        if held.0.is_some()
+            && held.1.is_some()
             && let Some(o) = opened.take()
         {
             let _ = o.send(Ok(()));
@@ -749,6 +766,7 @@ async fn run(args: Args, server: Option<&InProcess>) -> i32 {
         response_bytes: AtomicU64::new(0),
         node_every: args.node_every,
         reack: tokio::sync::watch::Sender::new(0),
+        cert_names: args.cert_names.clone(),
     });
 
     // One warm-up stream on its own connection, kept open: the server mints
