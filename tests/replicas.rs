@@ -448,21 +448,41 @@ fn ca_states(server: &Server) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Sends `signal` (`STOP`, `CONT`) to a process.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
 #[test]
-fn a_ca_prepared_on_one_replica_is_activated_on_the_other_and_both_publish_the_same_states() {
+fn a_ca_prepared_on_one_replica_is_activated_on_the_other_once_every_replicas_envoys_have_it() {
     let dir = tempfile::tempdir().unwrap();
     let (_url, a, b) = two_replicas(dir.path());
+    // An Envoy on replica A, held back: its SDS stream stays open and acknowledges nothing.
+    let server_bin = envoy_bin();
+    entry_for(&a, SERVER_ID, &server_bin);
+    let upstream = Upstream::start();
+    let listener = format!("{SERVER_LISTENER}:0:{CLIENT_ID}");
+    let text = server_bootstrap(&a, "replica-a-envoy", SERVER_ID, &listener, upstream.port(), &[]);
+    let envoy = Envoy::spawn(&server_bin, &text, &[]);
+    envoy.wait_live(Duration::from_secs(30));
+    signal(envoy.pid(), "STOP");
+
     let prepared = a.json(&["pki", "ca", "prepare", "--role", "services"]);
     let id = prepared[0]["fingerprint"].as_str().unwrap().to_string();
-    // B publishes the prepared CA in its bundle through the feed.
-    let in_b = poll(Duration::from_secs(5), || {
-        let (_, bundle) = b.get("/pki/ca/bundle");
-        let count = String::from_utf8_lossy(&bundle).matches("BEGIN CERTIFICATE").count();
-        (ca_states(&b).get(&id).map(String::as_str) == Some("prepared") && count == 4).then_some(())
+    // Activation through B is refused while A's Envoy has not acknowledged the CA, naming it.
+    let refused = poll(Duration::from_secs(5), || {
+        let err = b.fails(&["pki", "ca", "activate", &id]);
+        err.contains("replica-a-envoy").then_some(err)
     });
-    assert!(in_b.is_some(), "replica B never published the prepared CA\n{}", diagnostics(&a, &b, &[]));
-    // Activated through B (no stream is connected to it: nothing to wait for).
-    b.ok(&["pki", "ca", "activate", &id]);
+    signal(envoy.pid(), "CONT");
+    let refused = refused.unwrap_or_else(|| panic!("B activated past A's stopped Envoy\n{}", diagnostics(&a, &b, &[])));
+    assert!(refused.contains("on replica"), "{refused}");
+    assert_eq!(ca_states(&b).get(&id).map(String::as_str), Some("prepared"));
+    // Once it runs again it acknowledges; activation through B goes through.
+    let activated =
+        poll(Duration::from_secs(10), || b.cli(&["pki", "ca", "activate", &id]).status.success().then_some(()));
+    assert!(activated.is_some(), "activation still refused\n{}", diagnostics(&a, &b, &[("envoy", &envoy)]));
     let same = poll(Duration::from_secs(5), || {
         let (sa, sb) = (ca_states(&a), ca_states(&b));
         (sa == sb && sa.get(&id).map(String::as_str) == Some("active")).then_some(sa)
@@ -471,10 +491,13 @@ fn a_ca_prepared_on_one_replica_is_activated_on_the_other_and_both_publish_the_s
     assert_eq!(states.values().filter(|s| *s == "old").count(), 1, "{states:?}");
     // Both sign with the new CA now.
     for (name, server) in [("a", &a), ("b", &b)] {
-        let serial = issue(server, dir.path(), &format!("spiffe://example.org/rotated/{name}"), &[]);
-        let listed =
-            server.json(&["pki", "cert", "list", "--spiffe-id", &format!("spiffe://example.org/rotated/{name}")]);
-        let issuer = listed[0]["issuer"].as_str().unwrap_or_default().to_string();
-        assert_eq!(issuer, id, "replica {name} signed {serial} with another CA");
+        let spiffe_id = format!("spiffe://example.org/rotated/{name}");
+        let serial = issue(server, dir.path(), &spiffe_id, &[]);
+        let listed = server.json(&["pki", "cert", "list", "--spiffe-id", &spiffe_id]);
+        assert_eq!(
+            listed[0]["issuer"].as_str().unwrap_or_default(),
+            id,
+            "replica {name} signed {serial} with another CA"
+        );
     }
 }

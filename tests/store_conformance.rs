@@ -54,6 +54,7 @@ conformance!(
     setting_the_state_a_ca_has_writes_only_the_audit_record,
     every_ca_state_change_appears_in_the_change_feed,
     live_certificate_counts_per_issuer_exclude_revoked_and_expired,
+    each_replica_keeps_only_its_last_acknowledgement_report,
     signing_keys_roundtrip,
     record_issuance_and_conflict,
     certificate_filters,
@@ -320,6 +321,17 @@ async fn every_ca_state_change_appears_in_the_change_feed(s: Arc<dyn Store>) {
         ],
         "one change per CA whose state changed, at the change"
     );
+}
+
+async fn each_replica_keeps_only_its_last_acknowledgement_report(s: Arc<dyn Store>) {
+    s.report_acknowledgements("a", r#"{"ca1":["envoy-1"]}"#, NOW).await.unwrap();
+    s.report_acknowledgements("b", "{}", NOW + 1).await.unwrap();
+    s.report_acknowledgements("a", "{}", NOW + 2).await.unwrap();
+    let all = s.acknowledgement_reports(NOW).await.unwrap();
+    assert_eq!(all, vec![("a".to_string(), "{}".to_string(), NOW + 2), ("b".to_string(), "{}".to_string(), NOW + 1)]);
+    // Reports older than asked for are left out (replicas gone quiet).
+    let recent = s.acknowledgement_reports(NOW + 2).await.unwrap();
+    assert_eq!(recent, vec![("a".to_string(), "{}".to_string(), NOW + 2)]);
 }
 
 async fn live_certificate_counts_per_issuer_exclude_revoked_and_expired(s: Arc<dyn Store>) {
@@ -1240,7 +1252,8 @@ async fn sqlite_version_4_database_gains_profiles() {
 
 /// Turns the `cas` table of a SQLite database back into its shape before
 /// schema 6 (an `active` flag, no state), for the tests of older databases.
-const SQLITE_CAS_BEFORE_V6: &str = "DROP INDEX cas_one_active_per_role; DROP INDEX cas_one_prepared_per_role; \
+const SQLITE_CAS_BEFORE_V6: &str = "DROP TABLE stream_acks; \
+     DROP INDEX cas_one_active_per_role; DROP INDEX cas_one_prepared_per_role; \
      ALTER TABLE cas ADD COLUMN active BOOLEAN NOT NULL DEFAULT FALSE; UPDATE cas SET active = (state = 'active'); \
      ALTER TABLE cas DROP COLUMN state; ALTER TABLE cas DROP COLUMN state_changed_at; \
      CREATE UNIQUE INDEX cas_one_active_per_role ON cas (role) WHERE active;";
@@ -1286,7 +1299,8 @@ async fn postgres_version_5_database_maps_active_cas_to_active_and_the_others_to
     let admin = admin_client(&url).await;
     admin
         .batch_execute(
-            "DROP INDEX cas_one_active_per_role; ALTER TABLE cas ADD COLUMN active BOOLEAN; \
+            "DROP TABLE stream_acks; DROP INDEX cas_one_active_per_role; DROP INDEX cas_one_prepared_per_role; \
+             ALTER TABLE cas ADD COLUMN active BOOLEAN; \
              UPDATE cas SET active = (state = 'active'); \
              ALTER TABLE cas ALTER COLUMN active SET NOT NULL, DROP COLUMN state, DROP COLUMN state_changed_at; \
              CREATE UNIQUE INDEX cas_one_active_per_role ON cas (role) WHERE active; \

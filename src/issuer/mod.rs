@@ -167,6 +167,9 @@ pub struct Issuer {
     /// Which trust revision each connected stream has acknowledged: SDS
     /// streams report into it, `pki ca activate` asks it (`rotation.rs`).
     acks: Arc<Acknowledgements>,
+    /// This process among the replicas (random at each start), in the
+    /// acknowledgement reports other replicas read (`rotation.rs`).
+    replica: String,
     metrics: Metrics,
 }
 

@@ -19,7 +19,7 @@
 //!
 //! The states and the steps between them are `domain::CaState`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use time::{Duration, OffsetDateTime};
 
@@ -39,6 +39,13 @@ pub const INTERMEDIATE_DAYS: u32 = 730;
 /// How long `create-intermediary` waits for every stream to acknowledge
 /// the CA it prepared before it activates it.
 pub const ACKNOWLEDGEMENT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often this replica tells the others (through the store) which
+/// prepared CAs its streams have not acknowledged; it writes when that
+/// changes, and at least every `REPORT_REFRESH` seconds.
+const REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+const REPORT_REFRESH: i64 = 2;
+/// Reports older than this (seconds) are from replicas that are gone.
+const REPORT_FRESH: i64 = 10;
 /// Streams named in a refused activation, at most.
 const NAMED: usize = 10;
 
@@ -116,7 +123,7 @@ impl Issuer {
     /// it) the signer of its role; the one it replaces becomes `old`.
     pub async fn activate_ca(&self, caller: &Caller, id: &str, force: bool) -> Result<Vec<CaRecord>, IssuerError> {
         let (ca, group) = self.step_target(caller, id, CaStep::Activate).await?;
-        if !force && let Err(err) = self.acknowledged_by_all(&group) {
+        if !force && let Err(err) = self.acknowledged_by_all(&group).await {
             return self.refuse(caller, step_action(CaStep::Activate), &ca.id, err).await;
         }
         self.set_states(caller, &group, CaState::Active, force).await
@@ -210,14 +217,16 @@ impl Issuer {
     /// Waits until every stream has acknowledged `group`, or `limit` passed.
     pub(super) async fn acknowledged_within(&self, group: &[CaRecord], limit: std::time::Duration) {
         let deadline = tokio::time::Instant::now() + limit;
-        while self.acknowledged_by_all(group).is_err() && tokio::time::Instant::now() < deadline {
+        while self.acknowledged_by_all(group).await.is_err() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 
     /// Refused unless every stream connected here has acknowledged a trust
-    /// revision holding every CA of `group`.
-    fn acknowledged_by_all(&self, group: &[CaRecord]) -> Result<(), IssuerError> {
+    /// revision holding every CA of `group`, and no other replica (one that
+    /// reported within [`REPORT_FRESH`] seconds) has a stream that has not,
+    /// or has not reported since the CA was prepared.
+    async fn acknowledged_by_all(&self, group: &[CaRecord]) -> Result<(), IssuerError> {
         let mut since = 0;
         for ca in group {
             since = since.max(self.trust.first_published(&ca.id).ok_or_else(|| {
@@ -227,26 +236,61 @@ impl Issuer {
                 ))
             })?);
         }
-        let behind = self.acks.behind(since);
-        if behind.is_empty() {
-            return Ok(());
-        }
-        let mut named: Vec<String> = behind
+        let mut named: Vec<String> = self
+            .acks
+            .behind(since)
             .iter()
-            .take(NAMED)
             .map(|b| format!("{} ({}, acknowledged revision {})", b.node_id, b.kind, b.acked))
             .collect();
-        if behind.len() > NAMED {
-            named.push(format!("and {} more", behind.len() - NAMED));
+        let local = named.len();
+        let now = self.now().unix_timestamp();
+        for (replica, pending, at) in self.store.acknowledgement_reports(now - REPORT_FRESH).await? {
+            if replica == self.replica {
+                continue;
+            }
+            let pending: BTreeMap<String, Vec<String>> = serde_json::from_str(&pending).unwrap_or_default();
+            for ca in group {
+                if at <= ca.created_at {
+                    named.push(format!("replica {replica} (no report since CA {} was prepared)", ca.common_name));
+                } else if let Some(nodes) = pending.get(&ca.id) {
+                    named.extend(nodes.iter().map(|n| format!("{n} on replica {replica}")));
+                }
+            }
+        }
+        if named.is_empty() {
+            return Ok(());
+        }
+        let total = named.len();
+        if total > NAMED {
+            named.truncate(NAMED);
+            named.push(format!("and {} more", total - NAMED));
         }
         Err(IssuerError::FailedPrecondition(format!(
-            "{} of {} connected streams have not acknowledged a bundle holding CA {} (revision {since}): {}; \
-             retry once they have, or activate with --force",
-            behind.len(),
-            self.acks.len(),
+            "{total} streams have not acknowledged a bundle holding CA {} ({local} of the {} connected here, \
+             revision {since}): {}; retry once they have, or activate with --force",
             group[0].common_name,
+            self.acks.len(),
             named.join(", ")
         )))
+    }
+
+    /// The prepared CAs some stream connected here has not acknowledged, with
+    /// who (a CA not yet published here: by every stream).
+    fn unacknowledged_here(&self) -> BTreeMap<String, Vec<String>> {
+        let snapshot = self.snapshot();
+        let mut pending = BTreeMap::new();
+        for ca in snapshot.cas.iter().filter(|c| c.state == CaState::Prepared) {
+            let nodes: Vec<String> = match self.trust.first_published(&ca.fingerprint) {
+                None => vec!["every stream (not yet in its bundles)".into()],
+                Some(revision) => {
+                    self.acks.behind(revision).into_iter().map(|b| format!("{} ({})", b.node_id, b.kind)).collect()
+                }
+            };
+            if !nodes.is_empty() {
+                pending.insert(ca.fingerprint.clone(), nodes);
+            }
+        }
+        pending
     }
 
     async fn set_states(
@@ -363,7 +407,7 @@ impl Issuer {
                 Some(prepared) => {
                     let records = self.trust.ca_records();
                     let Some(record) = records.iter().find(|r| r.id == prepared.fingerprint) else { continue };
-                    if self.acknowledged_by_all(std::slice::from_ref(record)).is_err() {
+                    if self.acknowledged_by_all(std::slice::from_ref(record)).await.is_err() {
                         continue;
                     }
                     self.activate_ca(&caller, &prepared.fingerprint, false).await.map(drop)
@@ -392,6 +436,28 @@ impl Issuer {
     pub(super) async fn reload_cas(&self) -> Result<(), IssuerError> {
         self.reload_keys().await?;
         self.publish().await.map(drop)
+    }
+}
+
+/// Keeps this replica's report of unacknowledged prepared CAs current in the
+/// store, for `activate` on any replica, until the issuer is gone.
+pub(super) async fn report_acknowledgements(issuer: std::sync::Weak<Issuer>) {
+    let mut last: Option<(String, i64)> = None;
+    let mut tick = tokio::time::interval(REPORT_INTERVAL);
+    loop {
+        // The first report goes out at once: a replica that has said nothing
+        // is one the others cannot wait for.
+        tick.tick().await;
+        let Some(issuer) = issuer.upgrade() else { return };
+        let pending = serde_json::to_string(&issuer.unacknowledged_here()).unwrap_or_default();
+        let now = issuer.now().unix_timestamp();
+        if last.as_ref().is_some_and(|(said, at)| *said == pending && now - at < REPORT_REFRESH) {
+            continue;
+        }
+        match issuer.store.report_acknowledgements(&issuer.replica, &pending, now).await {
+            Ok(()) => last = Some((pending, now)),
+            Err(e) => tracing::warn!(error = %e, "reporting the streams' acknowledgements failed; will retry"),
+        }
     }
 }
 

@@ -109,6 +109,7 @@ impl Issuer {
             keys: Keys { signers: RwLock::new(Arc::new(signers)), tokens: RwLock::new(Arc::new(tokens)) },
             trust,
             acks: crate::trust::Acknowledgements::new(),
+            replica: replica_id()?,
             metrics: Metrics::new(),
         });
         issuer.ensure_profiles_ca().await?;
@@ -118,6 +119,7 @@ impl Issuer {
         let mut tasks: Vec<BackgroundTask> = vec![
             Box::pin(super::trust_state::publisher(weak.clone(), publish_requests)),
             Box::pin(super::maintenance::run(weak.clone())),
+            Box::pin(super::rotation::report_acknowledgements(weak.clone())),
         ];
         if let Some(signal) = change_signal {
             tasks.push(Box::pin(super::feed::follow(weak, signal, feed_cursor)));
@@ -155,4 +157,15 @@ impl Issuer {
         self.apply(super::trust_state::TrustChange::Cas(cas));
         Ok(())
     }
+}
+
+/// A name for this process among the replicas: the host's name and random hex.
+fn replica_id() -> Result<String, IssuerError> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 6];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| IssuerError::Internal("no randomness for the replica's name".into()))?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    Ok(format!("{}-{}", crate::domain::text::shorten(host.trim(), 32), hex::encode(bytes)))
 }

@@ -107,6 +107,20 @@ pub(super) fn live_by_issuer(now: i64) -> Stmt {
     stmt!(sql, now)
 }
 
+pub(super) fn upsert_report(replica: &str, pending: &str, at: i64) -> Stmt {
+    let sql = "INSERT INTO stream_acks (replica, pending, updated_at) VALUES ($1, $2, $3) \
+               ON CONFLICT (replica) DO UPDATE SET pending = excluded.pending, updated_at = excluded.updated_at";
+    stmt!(sql, replica, pending, at)
+}
+
+pub(super) fn reports_since(since: i64) -> Stmt {
+    stmt!("SELECT replica, pending, updated_at FROM stream_acks WHERE updated_at >= $1 ORDER BY replica", since)
+}
+
+pub(super) fn report_from_row(r: &dyn Row) -> StoreResult<(String, String, i64)> {
+    Ok((r.text("replica")?, r.text("pending")?, r.int("updated_at")?))
+}
+
 pub(super) fn live_from_row(r: &dyn Row) -> StoreResult<(String, u64)> {
     Ok((r.text("issuer_id")?, super::rows::count_from_row(r)?))
 }

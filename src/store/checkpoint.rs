@@ -138,6 +138,9 @@ mod tests {
         }
         let frames = std::fs::metadata(db.with_extension("db-wal")).unwrap().len() / (4096 + 24);
         assert!(rows(&writer) == 10 * RESTART_FRAMES);
-        assert!(frames < 3 * RESTART_FRAMES as u64, "the WAL grew to {frames} frames");
+        // Unbounded, it would hold all ten times the restart length; a writer
+        // whose checkpoint meets the background one mid-copy retries at its
+        // next commit, so the bound has room for that.
+        assert!(frames < 5 * RESTART_FRAMES as u64, "the WAL grew to {frames} frames");
     }
 }

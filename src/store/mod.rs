@@ -132,6 +132,11 @@ pub trait Store: Send + Sync + 'static {
     /// How many unrevoked certificates with `not_after > now` each CA issued,
     /// by CA id; a CA with none is absent.
     async fn live_certificates_by_issuer(&self, now: i64) -> StoreResult<Vec<(String, u64)>>;
+    /// Replaces what `replica` last said of its streams (`pending`: the
+    /// prepared CAs some of them have not acknowledged, as JSON), at `at`.
+    async fn report_acknowledgements(&self, replica: &str, pending: &str, at: i64) -> StoreResult<()>;
+    /// Every replica's last report made at or after `since`: (replica, pending, at).
+    async fn acknowledgement_reports(&self, since: i64) -> StoreResult<Vec<(String, String, i64)>>;
 
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<()>;
 

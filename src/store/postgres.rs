@@ -202,6 +202,14 @@ impl Store for PostgresStore {
         self.all(ca_sql::live_by_issuer(now), ca_sql::live_from_row).await
     }
 
+    async fn report_acknowledgements(&self, replica: &str, pending: &str, at: i64) -> StoreResult<()> {
+        self.write_with_changes(&[ca_sql::upsert_report(replica, pending, at)], &[]).await
+    }
+
+    async fn acknowledgement_reports(&self, since: i64) -> StoreResult<Vec<(String, String, i64)>> {
+        self.all(ca_sql::reports_since(since), ca_sql::report_from_row).await
+    }
+
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<()> {
         let change = change_sql::insert(ChangeKind::SigningKey, &key.kid, key.created_at);
         self.write_with_changes(&[sql::insert_key(key)], &[change]).await

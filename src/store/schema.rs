@@ -196,6 +196,15 @@ const POSTGRES_V5: &str = concat!(
     " created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, PRIMARY KEY (mount, name));",
 );
 
+/// What each replica last said of its streams: the prepared CAs some of
+/// them have not acknowledged (JSON), for `pki ca activate` on any replica.
+/// Rows of replicas gone stay until overwritten and are read by age.
+macro_rules! stream_acks {
+    () => {
+        "CREATE TABLE stream_acks (replica TEXT PRIMARY KEY, pending TEXT NOT NULL, updated_at BIGINT NOT NULL);"
+    };
+}
+
 /// Version 6: CA rotation. Each CA has a `state` (`domain::CaState`) in place
 /// of the `active` flag — an active CA stays `active`, an inactive one becomes
 /// `old` — and the time it last changed (`NULL` until it does); unique
@@ -217,6 +226,7 @@ const SQLITE_V6: &str = concat!(
     "ALTER TABLE cas DROP COLUMN active;",
     "CREATE UNIQUE INDEX cas_one_active_per_role ON cas (role) WHERE state = 'active';",
     "CREATE UNIQUE INDEX cas_one_prepared_per_role ON cas (role) WHERE state = 'prepared';",
+    stream_acks!(),
 );
 
 /// Version 6 on PostgreSQL, in place and without a default: the column is
@@ -230,6 +240,7 @@ const POSTGRES_V6: &str = concat!(
     "ALTER TABLE cas DROP COLUMN active;",
     "CREATE UNIQUE INDEX cas_one_active_per_role ON cas (role) WHERE state = 'active';",
     "CREATE UNIQUE INDEX cas_one_prepared_per_role ON cas (role) WHERE state = 'prepared';",
+    stream_acks!(),
 );
 
 #[cfg(test)]
