@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::envoy::http::failures;
-use support::openssl::{mtls_get, normalize_serial};
+use support::openssl::{mtls_get, normalize_serial, pem_blocks, pem_serial};
 use support::process::poll;
 use support::revocation::*;
 use support::server::Server;
@@ -121,8 +121,20 @@ fn rotate_under_traffic(role: &str) {
     // The certificate made before still chains to the old CA: revoke is refused, then forced.
     let err = scene.tm.fails(&["pki", "ca", "revoke", &retiring]);
     assert!(err.contains("unexpired certificates"), "{err}");
+    let bundle_before = scene.tm.ok(&["pki", "ca", "bundle"]);
     scene.tm.ok(&["pki", "ca", "revoke", &retiring, "--force"]);
     assert_eq!(in_bundle(), before, "the revoked CAs left the bundle");
+    let kept = pem_blocks(&scene.tm.ok(&["pki", "ca", "bundle"]), "CERTIFICATE");
+    let gone: Vec<String> =
+        pem_blocks(&bundle_before, "CERTIFICATE").into_iter().filter(|c| !kept.contains(c)).collect();
+    assert_eq!(gone.len(), if role == "root" { 3 } else { 1 }, "{gone:?}");
+    if role != "root" {
+        // An intermediate's serial goes into its parent's (the root's) CRL;
+        // a revoked root has no parent, and signs no CRL any more.
+        let serial = normalize_serial(&pem_serial(dir, &gone[0]));
+        let (listed, _) = crl_serials(&scene.tm, dir);
+        assert!(listed.contains(&serial), "the revoked CA's serial {serial} is not in the CRLs {listed:?}");
+    }
     let refused = poll(Duration::from_secs(5), || {
         mtls_get(server, &old_cert, &old_key, "/after").map_or(Some(()), |s| (!s.contains(" 200")).then_some(()))
     });
@@ -151,6 +163,9 @@ fn bad_steps_are_refused_with_a_clear_reason() {
     let scene = Scene::start(&[]);
     let active = ca_in(&scene, "services", "active").unwrap();
     let unknown = "ab".repeat(32);
+    let (long, huge) = ("n".repeat(65), "a".repeat(100_000));
+    // A bootstrap token may have an SVID signed, not run the CA.
+    let token = scene.tm.bootstrap_token("rotation-probe", &["spiffe://example.org/probe"], &[]);
     for (args, word) in [
         (vec!["pki", "ca", "activate", unknown.as_str()], "no CA with id"),
         (vec!["pki", "ca", "activate", "not-hex"], "64 hex digits"),
@@ -158,6 +173,10 @@ fn bad_steps_are_refused_with_a_clear_reason() {
         (vec!["pki", "ca", "taint", active.as_str()], "active"),
         (vec!["pki", "ca", "prepare", "--role", "admins"], "role is not root, services"),
         (vec!["pki", "ca", "prepare", "--role", "services", "--ttl-days", "3650"], "outlive its parent"),
+        (vec!["pki", "ca", "prepare", "--role", "services", "--common-name", long.as_str()], "1 to 64 characters"),
+        (vec!["pki", "ca", "activate", huge.as_str()], "64 hex digits"),
+        (vec!["--token", token.as_str(), "pki", "ca", "prepare", "--role", "services"], "permission denied"),
+        (vec!["--token", token.as_str(), "pki", "ca", "revoke", active.as_str()], "permission denied"),
     ] {
         let err = scene.tm.fails(&args);
         assert!(err.contains(word), "{args:?}: {err}");
