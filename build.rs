@@ -3,7 +3,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let fds = protox::compile(["trustmesh/admin/v1/admin.proto"], ["proto"])?;
+    let fds = protox::compile(["trustmesh/admin/v1/admin.proto", "trustmesh/agent/v1/agent.proto"], ["proto"])?;
     // Undecodable requests are INVALID_ARGUMENT, not INTERNAL (src/proto/codec.rs).
     let codec = "crate::proto::codec::InputCodec";
     tonic_prost_build::configure().build_client(true).build_server(true).codec_path(codec).compile_fds(fds)?;

@@ -18,6 +18,9 @@ pub mod issuer;
 // attestation of callers (reads /proc; used by the servers)
 pub mod attest;
 
+// the agent protocol's messages (both sides)
+pub mod sync;
+
 // servers
 pub mod admin;
 pub mod sds;
@@ -26,6 +29,9 @@ pub mod workload;
 
 // transports: accept loops for the servers' routers
 pub mod net;
+
+// the node agent: a client of the server, serving the node's socket
+pub mod agent;
 
 // wiring and entry points
 pub mod app;

@@ -190,6 +190,7 @@ impl pb::admin_server::Admin for AdminService {
             expiring_before: (req.expiring_within_seconds > 0).then(|| now.saturating_add(req.expiring_within_seconds)),
             unexpired_at: (!req.include_expired).then_some(now),
             mount: None,
+            node: None,
             limit: (req.limit > 0).then_some(req.limit),
         };
         let certs = self.issuer.list_certificates(&caller, &filter).await.map_err(status)?;
@@ -332,6 +333,7 @@ impl pb::admin_server::Admin for AdminService {
             jwt_ttl_seconds: (req.jwt_ttl_seconds > 0).then_some(req.jwt_ttl_seconds),
             hint: (!req.hint.is_empty()).then_some(req.hint),
             federates_with: req.federates_with,
+            node: (!req.node.is_empty()).then_some(req.node),
         };
         let created = self.issuer.create_entry(&caller, entry).await.map_err(status)?;
         Ok(Response::new(entry_info(&created)))
@@ -356,6 +358,38 @@ impl pb::admin_server::Admin for AdminService {
         let caller = self.caller(&request, AuditAction::DeleteEntry).await?;
         let entry = self.issuer.delete_entry(&caller, &request.into_inner().id).await.map_err(status)?;
         Ok(Response::new(entry_info(&entry)))
+    }
+
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let caller = self.caller(&request, AuditAction::ListAgents).await?;
+        let agents = self.issuer.list_agents(&caller).await.map_err(status)?;
+        let agents = agents
+            .into_iter()
+            .map(|(a, entries)| pb::AgentInfo {
+                node: a.node,
+                spiffe_id: a.spiffe_id,
+                replica: a.replica.unwrap_or_default(),
+                last_seen: a.last_seen.unwrap_or_default(),
+                svid_not_after: a.not_after,
+                entries: entries as u64,
+                svids: u64::try_from(a.svids).unwrap_or(0),
+                evicted: a.evicted_at.is_some(),
+                attested_at: a.attested_at,
+            })
+            .collect();
+        Ok(Response::new(pb::ListAgentsResponse { agents }))
+    }
+
+    async fn evict_agent(
+        &self,
+        request: Request<pb::EvictAgentRequest>,
+    ) -> Result<Response<pb::EvictAgentResponse>, Status> {
+        let caller = self.caller(&request, AuditAction::EvictAgent).await?;
+        let revoked = self.issuer.evict_agent(&caller, &request.into_inner().node).await.map_err(status)?;
+        Ok(Response::new(pb::EvictAgentResponse { revoked }))
     }
 
     async fn put_profile(
@@ -435,6 +469,7 @@ fn entry_info(e: &Entry) -> pb::Entry {
         hint: e.hint.clone().unwrap_or_default(),
         federates_with: e.federates_with.iter().map(|td| td.as_str().to_string()).collect(),
         created_at: e.created_at,
+        node: e.node.as_ref().map(ToString::to_string).unwrap_or_default(),
     }
 }
 

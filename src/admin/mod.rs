@@ -4,6 +4,7 @@
 //! `workload`, `telemetry`), it touches tonic and axum; the sockets are
 //! `net`'s.
 
+mod agent;
 mod grpc;
 mod grpc_cas;
 mod grpc_profiles;
@@ -31,7 +32,7 @@ const MAX_GRPC_MESSAGE: usize = 4 * MAX_REQUEST_BYTES;
 /// OpenBao-compatible PKI API (`/v1/…`).
 pub fn tls_router(issuer: Arc<Issuer>, metrics: MetricsRenderer, grpc: tonic::service::Routes) -> Router {
     let admin = AdminServer::new(grpc::AdminService::new(issuer.clone())).max_decoding_message_size(MAX_GRPC_MESSAGE);
-    let grpc = grpc.add_service(admin).prepare().into_axum_router();
+    let grpc = grpc.add_service(admin).add_service(agent::server(issuer.clone())).prepare().into_axum_router();
     grpc.merge(http::routes(HttpState { issuer: issuer.clone(), metrics })).merge(vault::routes(issuer))
 }
 

@@ -204,7 +204,7 @@ async fn run(cfg: &ServeConfig, ready: Ready) -> anyhow::Result<()> {
     let side = IssuerSide(issuer.clone());
     let cache = IdentityCache::new(CacheInputs {
         minter: Arc::new(side.clone()),
-        entries: issuer.entries_watch(),
+        entries: wiring::unbound_entries(&issuer),
         trust: issuer.subscribe(),
         clock: Arc::new(SystemClock),
     });

@@ -3,12 +3,35 @@
 
 use std::sync::Arc;
 
+use tokio::sync::watch;
+
 use crate::attest::BearerVerifier;
 use crate::cache::{MintError, MintedSvid, SvidMinter};
 use crate::domain::{Entry, SpiffeId};
-use crate::issuer::{AuditAction, Credentials, Issuer, IssuerError};
+use crate::issuer::{AuditAction, Credentials, EntryList, Issuer, IssuerError};
 use crate::policy::Action;
 use crate::workload::{JwtSvidError, JwtSvidSource};
+
+/// The entries the server's own socket serves: those bound to no node
+/// (an entry with `--node` is served by that node's agent alone).
+pub fn unbound_entries(issuer: &Issuer) -> watch::Receiver<EntryList> {
+    let mut all = issuer.entries_watch();
+    let unbound = |list: &EntryList| -> EntryList { Arc::new(list.iter().filter(|e| e.node.is_none()).cloned().collect()) };
+    let (tx, rx) = watch::channel(unbound(&all.borrow_and_update()));
+    tokio::spawn(async move {
+        while all.changed().await.is_ok() {
+            let next = unbound(&all.borrow_and_update());
+            tx.send_if_modified(|current| {
+                let changed = *current != next;
+                if changed {
+                    *current = next;
+                }
+                changed
+            });
+        }
+    });
+    rx
+}
 
 /// The issuer as each consumer sees it.
 #[derive(Clone)]

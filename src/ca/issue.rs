@@ -176,19 +176,19 @@ pub fn issue_server_certificate(
     Ok((issued, key))
 }
 
-struct Leaf<'a> {
-    spiffe_id: Option<&'a SpiffeId>,
-    dns_names: &'a [String],
-    ips: &'a [IpAddr],
-    spki: &'a [u8],
-    lifetime: Duration,
-    serial: &'a Serial,
-    common_name: Option<&'a str>,
+pub(super) struct Leaf<'a> {
+    pub(super) spiffe_id: Option<&'a SpiffeId>,
+    pub(super) dns_names: &'a [String],
+    pub(super) ips: &'a [IpAddr],
+    pub(super) spki: &'a [u8],
+    pub(super) lifetime: Duration,
+    pub(super) serial: &'a Serial,
+    pub(super) common_name: Option<&'a str>,
     /// `None`: the X.509-SVID usage for the key's type.
-    usage: Option<&'a LeafUsage>,
+    pub(super) usage: Option<&'a LeafUsage>,
 }
 
-fn issue_leaf(issuer: &Signer, leaf: &Leaf<'_>, now: OffsetDateTime) -> Result<IssuedCertificate, CaError> {
+pub(super) fn issue_leaf(issuer: &Signer, leaf: &Leaf<'_>, now: OffsetDateTime) -> Result<IssuedCertificate, CaError> {
     let serial_number = leaf_serial(leaf.serial)?;
     if let (Some(td), Some(id)) = (issuer.cert.trust_domain(), leaf.spiffe_id)
         && !id.is_member_of(td)

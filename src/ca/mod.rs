@@ -38,6 +38,7 @@ mod issue;
 mod kek;
 mod key;
 mod leaf_key;
+mod node;
 mod template;
 mod usage;
 
@@ -57,5 +58,6 @@ pub use issue::{
 pub use kek::Kek;
 pub use key::{KeyAlgorithm, PrivateKey};
 pub use leaf_key::LeafKey;
+pub use node::{csr_der, issue_node_svid};
 pub use template::check_dns_name;
 pub use usage::{ExtKeyUsage, KeyUsage, LeafUsage};

@@ -36,6 +36,12 @@ pub enum EntryCommand {
         /// A foreign trust domain whose bundle the holder receives; repeatable.
         #[arg(long = "federates-with", value_name = "TRUST_DOMAIN")]
         federates_with: Vec<String>,
+        /// Served only by the agent of this node (`trustmesh agent --node-id`), not by the server's socket.
+        #[arg(long, value_name = "NODE", conflicts_with = "parent_id")]
+        node: Option<String>,
+        /// SPIRE's spelling of --node: the agent's ID, spiffe://<td>/trustmesh/agent/<node>.
+        #[arg(long, value_name = "SPIFFE_ID")]
+        parent_id: Option<String>,
     },
     /// List every entry, oldest first.
     List,
@@ -47,7 +53,7 @@ pub enum EntryCommand {
 
 pub async fn entry(ctx: Context, command: EntryCommand) -> i32 {
     match command {
-        EntryCommand::Create { spiffe_id, selectors, dns_names, ttl, jwt_ttl, hint, federates_with } => {
+        EntryCommand::Create { spiffe_id, selectors, dns_names, ttl, jwt_ttl, hint, federates_with, node, parent_id } => {
             let (ttl_seconds, jwt_ttl_seconds) = match (seconds("--ttl", ttl), seconds("--jwt-ttl", jwt_ttl)) {
                 (Ok(t), Ok(j)) => (t, j),
                 (Err(e), _) | (_, Err(e)) => return fail(&e),
@@ -60,6 +66,7 @@ pub async fn entry(ctx: Context, command: EntryCommand) -> i32 {
                 jwt_ttl_seconds,
                 hint: hint.unwrap_or_default(),
                 federates_with,
+                node: node.or(parent_id).unwrap_or_default(),
             };
             let created = call!(ctx, create_entry, request);
             ctx.output.print(&EntryView::from(&created), |e| format!("[ok] Entry created\n{}", e.text()));
@@ -107,6 +114,7 @@ struct EntryView {
     jwt_ttl_seconds: Option<u64>,
     hint: Option<String>,
     federates_with: Vec<String>,
+    node: Option<String>,
     created_at: String,
 }
 
@@ -121,6 +129,7 @@ impl From<&pb::Entry> for EntryView {
             jwt_ttl_seconds: (e.jwt_ttl_seconds > 0).then_some(e.jwt_ttl_seconds),
             hint: (!e.hint.is_empty()).then(|| e.hint.clone()),
             federates_with: e.federates_with.clone(),
+            node: (!e.node.is_empty()).then(|| e.node.clone()),
             created_at: rfc3339(e.created_at),
         }
     }
@@ -138,6 +147,7 @@ impl EntryView {
             ("JWT TTL:", self.jwt_ttl_seconds.map(|t| format!("{t}s"))),
             ("Hint:", self.hint.clone()),
             ("Federates:", (!self.federates_with.is_empty()).then(|| self.federates_with.join(", "))),
+            ("Node:", self.node.clone()),
         ];
         for (label, value) in optional {
             if let Some(v) = value {
@@ -175,9 +185,10 @@ mod tests {
             hint: "front".into(),
             federates_with: vec![],
             created_at: 0,
+            node: "node-a".into(),
         };
         let text = EntryView::from(&e).text();
-        for needle in ["Selectors:  unix:gid:1", "             unix:uid:1", "web.example.org", "600s", "front"] {
+        for needle in ["Selectors:  unix:gid:1", "             unix:uid:1", "web.example.org", "600s", "front", "Node:       node-a"] {
             assert!(text.contains(needle), "{needle:?} in\n{text}");
         }
         assert!(!text.contains("JWT TTL") && !text.contains("Federates"), "{text}");

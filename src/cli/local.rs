@@ -147,7 +147,7 @@ pub fn policy(command: PolicyCommand, output: OutputFormat) -> i32 {
         let principal = policy::parse_principal(&principal, &ids).map_err(|e| e.to_string())?;
         let action: Action = action.parse().map_err(|e: policy::PolicyError| e.to_string())?;
         let resource = policy::parse_resource(&resource).map_err(|e| e.to_string())?;
-        let ctx = policy::DecisionContext { entry_matched };
+        let ctx = policy::DecisionContext { entry_matched, ..Default::default() };
         let decision = engine.decide_with(&principal, action, &resource, &td, &ctx);
         Ok((decision, principal.describe()))
     })();

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{DomainError, Selector, SpiffeId, TrustDomain};
+use super::{DomainError, NodeId, Selector, SpiffeId, TrustDomain};
 
 /// Most selectors one entry may require.
 pub const MAX_SELECTORS: usize = 32;
@@ -24,6 +24,9 @@ pub struct Entry {
     pub federates_with: Vec<TrustDomain>,
     /// Unix seconds; orders entries (`default` is the oldest match).
     pub created_at: i64,
+    /// The node whose agent alone serves it (`entry create --node`); `None`:
+    /// the server's own socket serves it.
+    pub node: Option<NodeId>,
 }
 
 impl Entry {
@@ -77,6 +80,7 @@ mod tests {
             hint: None,
             federates_with: vec![],
             created_at: created,
+            node: None,
         }
     }
 

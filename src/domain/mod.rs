@@ -9,6 +9,7 @@ mod ca_state;
 mod clock;
 mod entry;
 mod id;
+mod node;
 mod principal;
 pub mod profile;
 mod reason;
@@ -22,6 +23,7 @@ pub use ca_state::{CaState, CaStep};
 pub use clock::{Clock, ManualClock, SystemClock, unix_seconds};
 pub use entry::{Entry, MAX_SELECTORS, entitled};
 pub use id::{MAX_ID_LEN, RESERVED_PATH, SpiffeId, TrustDomain};
+pub use node::{MAX_NODE_LEN, NodeId};
 pub use principal::{Principal, TokenKind};
 pub use profile::{KeyShape, KeyType, Profile, ProfileRef};
 pub use reason::RevocationReason;
@@ -38,10 +40,12 @@ pub enum DomainError {
     TrustDomain { value: String, reason: String },
     #[error("invalid serial {value:?}: {reason}")]
     Serial { value: String, reason: &'static str },
-    #[error("unknown token kind {0:?} (expected admin, node or bootstrap)")]
+    #[error("unknown token kind {0:?} (expected admin, node, bootstrap or join)")]
     TokenKind(String),
     #[error("invalid selector {value:?}: {reason}")]
     Selector { value: String, reason: String },
+    #[error("invalid node name {value:?}: {reason}")]
+    Node { value: String, reason: String },
     #[error("invalid entry: {reason}")]
     Entry { reason: String },
     #[error("the system random number generator failed")]

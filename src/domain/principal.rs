@@ -12,6 +12,9 @@ pub enum TokenKind {
     Admin,
     Node,
     Bootstrap,
+    /// Single-use, for one node's first contact (`trustmesh agent`): it
+    /// authenticates nothing but `Attest`.
+    Join,
 }
 
 impl TokenKind {
@@ -20,6 +23,7 @@ impl TokenKind {
             Self::Admin => "admin",
             Self::Node => "node",
             Self::Bootstrap => "bootstrap",
+            Self::Join => "join",
         }
     }
 }
@@ -37,6 +41,7 @@ impl FromStr for TokenKind {
             "admin" => Ok(Self::Admin),
             "node" => Ok(Self::Node),
             "bootstrap" => Ok(Self::Bootstrap),
+            "join" => Ok(Self::Join),
             _ => Err(DomainError::TokenKind(text::shorten(s, 32))),
         }
     }

@@ -24,6 +24,12 @@ pub enum AuditAction {
     ActivateCa,
     TaintCa,
     RevokeCa,
+    /// Node agents (SPEC §12): a join token's attestation, a node SVID's
+    /// renewal, the agent list, an eviction.
+    AttestAgent,
+    RenewAgent,
+    ListAgents,
+    EvictAgent,
 }
 
 impl AuditAction {
@@ -40,6 +46,10 @@ impl AuditAction {
             Self::ActivateCa => "activate_ca",
             Self::TaintCa => "taint_ca",
             Self::RevokeCa => "revoke_ca",
+            Self::AttestAgent => "attest_agent",
+            Self::RenewAgent => "renew_agent",
+            Self::ListAgents => "list_agents",
+            Self::EvictAgent => "evict_agent",
         }
     }
 }
@@ -75,6 +85,10 @@ mod tests {
                 AuditAction::ActivateCa,
                 AuditAction::TaintCa,
                 AuditAction::RevokeCa,
+                AuditAction::AttestAgent,
+                AuditAction::RenewAgent,
+                AuditAction::ListAgents,
+                AuditAction::EvictAgent,
             ]
             .map(AuditAction::as_str),
         );

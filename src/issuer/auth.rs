@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{AuditAction, Issuer, IssuerError};
-use crate::domain::{Principal, SpiffeId, TokenKind, text};
+use crate::domain::{NodeId, Principal, SpiffeId, TokenKind, text};
 use crate::policy::{Action, Resource};
 use crate::store::AuditRecord;
 use crate::token;
@@ -67,15 +67,18 @@ impl Issuer {
     pub async fn authenticate(&self, creds: &Credentials, action: AuditAction) -> Result<Caller, IssuerError> {
         match self.verify_credentials(creds).await {
             Ok(caller) => Ok(caller),
-            Err(err) => {
-                let reason = err.to_string();
-                let record = record(ANONYMOUS.into(), action, "", "denied", &reason, self.now().unix_timestamp());
-                self.write_audit(&record).await;
-                self.metrics.failure(err.kind());
-                tracing::warn!(action = %action, error = %text::quoted(&reason), "authentication failed");
-                Err(err)
-            }
+            Err(err) => Err(self.unauthenticated(action, err).await),
         }
+    }
+
+    /// A failed authentication: audited as `anonymous`, counted, logged.
+    pub(super) async fn unauthenticated(&self, action: AuditAction, err: IssuerError) -> IssuerError {
+        let reason = err.to_string();
+        let record = record(ANONYMOUS.into(), action, "", "denied", &reason, self.now().unix_timestamp());
+        self.write_audit(&record).await;
+        self.metrics.failure(err.kind());
+        tracing::warn!(action = %action, error = %text::quoted(&reason), "authentication failed");
+        err
     }
 
     async fn verify_credentials(&self, creds: &Credentials) -> Result<Caller, IssuerError> {
@@ -87,11 +90,62 @@ impl Issuer {
             return Err(IssuerError::Unauthenticated("token longer than 8 KiB".into()));
         }
         let thumbprint = creds.peer_cert_der.as_deref().map(crate::ca::sha256_b64url);
+        let (claims, single_use) = self.verified_claims(bearer, thumbprint.as_deref()).await?;
+        let principal = match claims.kind {
+            TokenKind::Admin => Principal::Admin { name: claims.sub },
+            TokenKind::Node => Principal::Node { id: claims.sub },
+            TokenKind::Bootstrap => Principal::Bootstrap {
+                subject: claims.sub,
+                spiffe_ids: claims.spiffe_ids.iter().filter_map(|s| SpiffeId::parse(s).ok()).collect(),
+            },
+            TokenKind::Join => {
+                return Err(IssuerError::Unauthenticated(
+                    "a join token only attests a node: give it to `trustmesh agent --join-token-file`".into(),
+                ));
+            }
+        };
+        Ok(Caller { principal, single_use })
+    }
+
+    /// The caller of `Attest`: the node a join token was minted for, with
+    /// the token to spend once the CSR is checked.
+    pub(super) async fn join_caller(&self, token: &str, node: &NodeId) -> Result<Caller, IssuerError> {
+        if token.len() > 8 * 1024 {
+            return Err(IssuerError::Unauthenticated("join token longer than 8 KiB".into()));
+        }
+        let (claims, single_use) = self.verified_claims(token, None).await?;
+        if claims.kind != TokenKind::Join {
+            return Err(IssuerError::Unauthenticated(format!("a {} token is not a join token", claims.kind)));
+        }
+        if claims.sub != node.as_str() {
+            return Err(IssuerError::Unauthenticated(format!(
+                "the join token was minted for node {}, not {node}",
+                text::quoted(&claims.sub)
+            )));
+        }
+        let Some(single_use) = single_use else {
+            return Err(IssuerError::Unauthenticated("a join token must be single-use".into()));
+        };
+        Ok(Caller { principal: Principal::Node { id: node.to_string() }, single_use: Some(single_use) })
+    }
+
+    /// A node agent, authenticated by its node SVID (checked against the
+    /// bundle by the TLS handshake; its serial against the revoked ones here).
+    pub(super) fn agent_caller(node: &NodeId) -> Caller {
+        Caller { principal: Principal::Node { id: node.to_string() }, single_use: None }
+    }
+
+    /// A token's signature and claims, and its single use still to spend.
+    async fn verified_claims(
+        &self,
+        bearer: &str,
+        thumbprint: Option<&str>,
+    ) -> Result<(token::TokenClaims, Option<Arc<SingleUse>>), IssuerError> {
         let now = self.now().unix_timestamp();
         let keys = self.token_keys();
         // The signature once per token (remembered), every claim on every call.
         let value = keys.accepted.verify(bearer, &keys.verifying)?;
-        let claims = token::check_claims(&value, &self.cfg.token_rules(), now, thumbprint.as_deref())?;
+        let claims = token::check_claims(&value, &self.cfg.token_rules(), now, thumbprint)?;
         // A token already spent is refused here; one not yet spent is spent
         // only once the call is allowed and its input checked.
         let single_use = match claims.single_use {
@@ -103,15 +157,7 @@ impl Issuer {
             }
             false => None,
         };
-        let principal = match claims.kind {
-            TokenKind::Admin => Principal::Admin { name: claims.sub },
-            TokenKind::Node => Principal::Node { id: claims.sub },
-            TokenKind::Bootstrap => Principal::Bootstrap {
-                subject: claims.sub,
-                spiffe_ids: claims.spiffe_ids.iter().filter_map(|s| SpiffeId::parse(s).ok()).collect(),
-            },
-        };
-        Ok(Caller { principal, single_use })
+        Ok((claims, single_use))
     }
 
     /// Spends the caller's single-use token, if it came with one: the step

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::AuditAction;
 use super::auth::{Caller, audit};
 use super::{Issuer, IssuerError};
-use crate::domain::{Entry, MAX_SELECTORS, Principal, Selector, SpiffeId, TrustDomain};
+use crate::domain::{Entry, MAX_SELECTORS, NodeId, Principal, Selector, SpiffeId, TrustDomain};
 use crate::policy::{Action, Decision, DecisionContext, Resource};
 use crate::store::{EntryRecord, Store, StoreError};
 
@@ -32,6 +32,9 @@ pub struct EntryRequest {
     pub jwt_ttl_seconds: Option<u64>,
     pub hint: Option<String>,
     pub federates_with: Vec<String>,
+    /// The node whose agent alone serves it: a node name (`--node`) or its
+    /// agent's ID (`--parent-id spiffe://<td>/trustmesh/agent/<node>`).
+    pub node: Option<String>,
 }
 
 /// The published entry list, oldest first.
@@ -127,7 +130,7 @@ impl Issuer {
     /// on this decision writes the audit record itself.
     pub fn decide_svid(&self, principal: &Principal, selectors: &BTreeSet<Selector>, id: &SpiffeId) -> Decision {
         let matched = self.entries.borrow().iter().any(|e| &e.spiffe_id == id && e.matches(selectors));
-        let ctx = DecisionContext { entry_matched: Some(matched) };
+        let ctx = DecisionContext { entry_matched: Some(matched), ..Default::default() };
         let resource = Resource::Identity(id.clone());
         self.policy.decide_with(principal, Action::ObtainSvid, &resource, &self.cfg.trust_domain, &ctx)
     }
@@ -300,6 +303,18 @@ fn build_entry(
             Some(v) => invalid(format!("{name} {v} is longer than the longest certificate lifetime ({max_ttl} s)")),
         }
     };
+    let node = match req.node.as_deref().filter(|n| !n.is_empty()) {
+        None => None,
+        Some(parent) if parent.starts_with("spiffe://") => {
+            let id = SpiffeId::parse(parent)?;
+            Some(NodeId::of_agent_id(&id, own).ok_or_else(|| {
+                IssuerError::InvalidArgument(format!(
+                    "--parent-id {id} is not a node agent of this trust domain (spiffe://{own}/trustmesh/agent/NODE)"
+                ))
+            })?)
+        }
+        Some(name) => Some(NodeId::parse(name)?),
+    };
     let entry = Entry {
         id,
         spiffe_id,
@@ -310,6 +325,7 @@ fn build_entry(
         hint: req.hint.clone().filter(|h| !h.is_empty()),
         federates_with,
         created_at: now,
+        node,
     };
     entry.validate()?;
     Ok(entry)
@@ -331,6 +347,7 @@ impl From<&Entry> for EntryRecord {
             hint: e.hint.clone(),
             federates_with: e.federates_with.iter().map(|td| td.as_str().to_string()).collect(),
             created_at: e.created_at,
+            node: e.node.as_ref().map(ToString::to_string),
         }
     }
 }
@@ -361,6 +378,7 @@ impl TryFrom<&EntryRecord> for Entry {
                 .map(|td| TrustDomain::parse(td).map_err(|e| corrupt(e.to_string())))
                 .collect::<Result<_, _>>()?,
             created_at: r.created_at,
+            node: r.node.as_deref().map(NodeId::parse).transpose().map_err(|e| corrupt(e.to_string()))?,
         })
     }
 }

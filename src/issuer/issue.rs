@@ -12,7 +12,7 @@ use time::Duration;
 use super::auth::{Caller, audit};
 use super::{AuditAction, Issuer, IssuerError, MAX_REQUEST_BYTES};
 use crate::ca::{self, IssuedCertificate, KeyAlgorithm, LeafRequest, LeafUsage, PrivateKey, Signer, SvidRequest};
-use crate::domain::{SpiffeId, text};
+use crate::domain::{NodeId, SpiffeId, text};
 use crate::policy::{Action, Resource};
 use crate::store::{CertRecord, CertStatus, DenyRecord, ProfileKey};
 
@@ -70,6 +70,9 @@ pub(super) struct Issuance<'a> {
     pub signer: Arc<Signer>,
     /// The profile it is issued under, and whether to keep its record.
     pub profile: Option<(&'a ProfileKey, bool)>,
+    /// The node whose agent asked for it: an entry of that node, already
+    /// authorized (identity and DNS names) by [`Issuer::sign_for_agent`].
+    pub node: Option<&'a NodeId>,
 }
 
 impl<'a> Issuance<'a> {
@@ -94,6 +97,7 @@ impl<'a> Issuance<'a> {
             usage: None,
             signer: issuer.signers().services.clone(),
             profile: None,
+            node: None,
         }
     }
 
@@ -170,7 +174,7 @@ impl Issuer {
     pub(super) async fn issue(&self, caller: &Caller, i: Issuance<'_>) -> Result<Issued, IssuerError> {
         let target = i.target();
         let action_name = AuditAction::from(i.action);
-        if let Some(id) = i.spiffe_id {
+        if let (Some(id), None) = (i.spiffe_id, i.node) {
             self.authorize(caller, i.action, &Resource::Identity(id.clone()), &target).await?;
         }
         if let Err(e) = text::bounded_list("DNS names", i.dns_names, text::MAX_DNS_NAMES, 253) {
@@ -179,7 +183,7 @@ impl Issuer {
         // A DNS SAN makes the certificate valid for that host name: each one
         // is the policy's to allow for this identity (admins by default
         // only), unless a profile, which names its own domains, allowed it.
-        if let (Some(id), None) = (i.spiffe_id, &i.profile) {
+        if let (Some(id), None, None) = (i.spiffe_id, &i.profile, i.node) {
             for name in i.dns_names {
                 let resource = Resource::DnsName { name: name.clone(), identity: id.clone() };
                 self.authorize(caller, Action::UseDnsName, &resource, &target).await?;
@@ -240,7 +244,8 @@ impl Issuer {
             .await?;
         let profile = i.profile.map(|(key, _)| key.clone());
         let store = i.profile.is_none_or(|(_, store)| store) || i.spiffe_id.is_some();
-        let record = cert_record(&certificate, &signer.cert.fingerprint, profile, i.common_name);
+        let mut record = cert_record(&certificate, &signer.cert.fingerprint, profile, i.common_name);
+        record.node = i.node.map(ToString::to_string);
         let reason = format!("serial {} until {}", record.serial, record.not_after);
         let log = audit(caller, action_name, &target, "ok", &reason, now.unix_timestamp());
         if !store {
@@ -299,7 +304,7 @@ impl Issuer {
     }
 }
 
-fn cert_record(
+pub(super) fn cert_record(
     cert: &IssuedCertificate,
     issuer_id: &str,
     profile: Option<ProfileKey>,
@@ -318,5 +323,6 @@ fn cert_record(
         cert_der: cert.der.clone(),
         profile,
         common_name: common_name.map(str::to_string),
+        node: None,
     }
 }

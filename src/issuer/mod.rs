@@ -22,6 +22,7 @@
 //! replicas' changes), `crl_import.rs`, `entries.rs`, `tokens.rs`,
 //! `queries.rs` (read-only calls), `maintenance.rs`, `metrics.rs`.
 
+mod agents;
 mod audit;
 mod auth;
 mod ca_admin;
@@ -59,6 +60,7 @@ use crate::store::Store;
 use crate::token::{Es256Signer, TokenRules, VerifyingKey};
 use crate::trust::{Acknowledgements, TrustSnapshot};
 
+pub use agents::{AgentIdentity, NodeSvid, SvidSigned};
 pub use audit::AuditAction;
 pub use auth::{Caller, Credentials};
 pub use entries::{EntryList, EntryRequest};
@@ -82,6 +84,8 @@ pub struct IssuerConfig {
     pub trust_domain: TrustDomain,
     /// Default X.509-SVID lifetime.
     pub svid_ttl: Duration,
+    /// Lifetime of a node agent's node SVID (`TRUSTMESH_AGENT_SVID_TTL`).
+    pub agent_svid_ttl: Duration,
     /// Longest lifetime any certificate request may ask for.
     pub max_cert_ttl: Duration,
     pub jwt_svid_ttl: Duration,
@@ -101,6 +105,7 @@ impl IssuerConfig {
         Self {
             trust_domain,
             svid_ttl: Duration::hours(1),
+            agent_svid_ttl: Duration::hours(24),
             max_cert_ttl: Duration::days(90),
             jwt_svid_ttl: Duration::minutes(5),
             bootstrap_ttl: Duration::hours(24),
@@ -209,6 +214,11 @@ impl Issuer {
             return Err("CA not loaded".into());
         }
         Ok(())
+    }
+
+    /// This process among the replicas (random at each start).
+    pub fn replica(&self) -> &str {
+        &self.replica
     }
 
     fn signers(&self) -> Arc<Signers> {

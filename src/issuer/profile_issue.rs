@@ -131,6 +131,7 @@ impl Issuer {
             usage: Some(&plan.usage),
             signer: signer.clone(),
             profile: Some((&key, !profile.no_store)),
+            node: None,
         };
         let issued = self.issue(caller, issuance).await?;
         self.metrics.sign_duration(started.elapsed().as_secs_f64());

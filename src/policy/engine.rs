@@ -209,6 +209,9 @@ fn context(trust_domain: &TrustDomain, ctx: &DecisionContext) -> Result<Context,
     if let Some(matched) = ctx.entry_matched {
         pairs.push(("entry_matched".to_string(), RestrictedExpression::new_bool(matched)));
     }
+    if let Some(node_entry) = ctx.node_entry {
+        pairs.push(("node_entry".to_string(), RestrictedExpression::new_bool(node_entry)));
+    }
     Context::from_pairs(pairs).map_err(|e| format!("context: {e}"))
 }
 
@@ -252,10 +255,10 @@ fn check_schema_fits(schema: &Schema) -> Result<(), PolicyError> {
     let workload = model::principal_entity(&principals[2]).map_err(mismatch)?.uid();
     let identity = model::resource_entity(&resources[1]).map_err(mismatch)?.uid();
     let td = TrustDomain::parse("example.org").map_err(|e| mismatch(e.to_string()))?;
-    let full = context(&td, &DecisionContext { entry_matched: Some(true) }).map_err(mismatch)?;
+    let full = context(&td, &DecisionContext { entry_matched: Some(true), node_entry: Some(true) }).map_err(mismatch)?;
     let obtain = model::action_uid(Action::ObtainSvid).map_err(mismatch)?;
     Request::new(workload, obtain, identity, full, Some(schema)).map_err(|e| {
-        mismatch(format!("the context of obtain_svid must declare entry_matched?: Bool: {}", chain(&e)))
+        mismatch(format!("the context of obtain_svid must declare entry_matched?: Bool and node_entry?: Bool: {}", chain(&e)))
     })?;
     Ok(())
 }

@@ -82,6 +82,9 @@ pub struct DecisionContext {
     /// requested identity, `Some(false)` when the entries were checked and none
     /// does, `None` when entries play no part in the request.
     pub entry_matched: Option<bool>,
+    /// `Some(true)` when the caller is a node agent and an entry bound to its
+    /// node names the requested identity (SPEC §12).
+    pub node_entry: Option<bool>,
 }
 
 /// Everything that can be wrong with policies, schemas and the CLI forms of

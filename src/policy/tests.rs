@@ -202,8 +202,8 @@ fn entitlement_follows_entry_matched() {
     let engine = PolicyEngine::embedded().unwrap();
     let api = "spiffe://example.org/svc/api";
     let (yes, no, absent) = (
-        DecisionContext { entry_matched: Some(true) },
-        DecisionContext { entry_matched: Some(false) },
+        DecisionContext { entry_matched: Some(true), ..Default::default() },
+        DecisionContext { entry_matched: Some(false), ..Default::default() },
         DecisionContext::default(),
     );
     #[rustfmt::skip]

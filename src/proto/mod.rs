@@ -9,6 +9,12 @@ pub mod admin {
     }
 }
 
+pub mod agent {
+    pub mod v1 {
+        tonic::include_proto!("trustmesh.agent.v1");
+    }
+}
+
 /// The SPIFFE Workload API (`proto/spiffe/workload.proto`, no proto package).
 pub mod spiffe {
     tonic::include_proto!("_");

@@ -15,7 +15,7 @@ use super::{EntryRecord, StoreError, StoreResult};
 pub(super) fn insert_entry(e: &EntryRecord) -> StoreResult<Stmt> {
     let selectors = canonical_selectors(&e.selectors);
     let sql = "INSERT INTO entries (id, spiffe_id, match_key, selectors, dns_names, ttl_seconds, jwt_ttl_seconds, \
-               hint, federates_with, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+               hint, federates_with, created_at, node) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
     let what = format!("an entry for {} with selectors {}", e.spiffe_id, short_list(&selectors));
     Ok(stmt!(
         sql,
@@ -28,7 +28,8 @@ pub(super) fn insert_entry(e: &EntryRecord) -> StoreResult<Stmt> {
         e.jwt_ttl_seconds,
         &e.hint,
         json(&e.federates_with)?.as_str(),
-        e.created_at
+        e.created_at,
+        &e.node
     )
     .on_conflict(what))
 }
@@ -59,6 +60,7 @@ pub(super) fn entry_from_row(r: &dyn Row) -> StoreResult<EntryRecord> {
         hint: r.opt_text("hint")?,
         federates_with: list("federates_with")?,
         created_at: r.int("created_at")?,
+        node: r.opt_text("node")?,
         id,
     })
 }
@@ -124,9 +126,10 @@ mod tests {
             hint: None,
             federates_with: vec!["other.org".into()],
             created_at: 7,
+            node: None,
         };
         let s = insert_entry(&e).ok().map(|s| s.params).unwrap_or_default();
-        assert_eq!(s.len(), 10);
+        assert_eq!(s.len(), 11);
         assert_eq!(s[3], Param::Text("[\"a\",\"b\"]".into()));
         assert_eq!(s[8], Param::Text("[\"other.org\"]".into()));
         assert_eq!(s[9], Param::Int(7));

@@ -42,6 +42,7 @@ use async_trait::async_trait;
 pub mod postgres;
 pub mod sqlite;
 
+mod agents;
 mod cas;
 mod changes;
 mod checkpoint;
@@ -55,7 +56,7 @@ mod statements;
 
 pub use crate::domain::{CaRole, CaState};
 pub use records::{
-    AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, CertStatus, ChangeBatch, ChangeKind, ChangeRecord,
+    AgentRecord, AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, CertStatus, ChangeBatch, ChangeKind, ChangeRecord,
     DenyRecord, EntryRecord, ImportedCrlRecord, ProfileKey, ProfileRecord, Revocation, RevokeOutcome, RevokedEntry,
     SigningKeyRecord,
 };
@@ -98,6 +99,19 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait Store: Send + Sync + 'static {
     /// Cheap liveness probe for `/ready`.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// A node attested (`attested`: with a join token, which also lifts an
+    /// eviction) or renewed its node SVID, with the audit record. A renewal
+    /// of an evicted node changes nothing and returns `false`.
+    async fn put_agent(&self, agent: &AgentRecord, attested: bool, audit: &AuditRecord) -> StoreResult<bool>;
+    /// Where a node's stream is (`None`: it left) and how many SVIDs it serves.
+    async fn agent_seen(&self, node: &str, replica: Option<String>, at: i64, svids: i64) -> StoreResult<()>;
+    /// Marks the node evicted, with the audit record; `false` when it was
+    /// not attested or is evicted already (nothing written).
+    async fn evict_agent(&self, node: &str, at: i64, audit: &AuditRecord) -> StoreResult<bool>;
+    /// Every attested node, by name.
+    async fn agents(&self) -> StoreResult<Vec<AgentRecord>>;
+    async fn agent(&self, node: &str) -> StoreResult<Option<AgentRecord>>;
 
     /// Sets a key only if it is absent; returns the value now stored (the
     /// existing one when another replica won the race).

@@ -30,6 +30,7 @@ use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, Connection, IsolationLevel, NoTls, Socket};
 
+use super::agents as agent_sql;
 use super::cas as ca_sql;
 use super::changes as change_sql;
 use super::entries as entry_sql;
@@ -38,7 +39,7 @@ use super::rows::{self, Row};
 use super::schema;
 use super::statements::{self as sql, Param, Stmt};
 use super::{
-    AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CaState, CertFilter, CertRecord, ChangeBatch, ChangeKind,
+    AgentRecord, AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CaState, CertFilter, CertRecord, ChangeBatch, ChangeKind,
     DenyRecord, EntryRecord, ImportedCrlRecord, ProfileKey, ProfileRecord, Revocation, RevokeOutcome, RevokedEntry,
     SigningKeyRecord, Store, StoreError, StoreResult, redact_url,
 };
@@ -130,6 +131,39 @@ impl PostgresStore {
 impl Store for PostgresStore {
     async fn ping(&self) -> StoreResult<()> {
         self.one(sql::ping(), |_| Ok(())).await.map(drop)
+    }
+
+    async fn put_agent(&self, agent: &AgentRecord, attested: bool, audit: &AuditRecord) -> StoreResult<bool> {
+        let put = if attested { agent_sql::put_agent(agent) } else { agent_sql::renew_agent(agent) };
+        let mut client = self.client().await?;
+        let tx = begin(&mut client).await?;
+        let changed = exec(&tx, &put).await? > 0;
+        exec(&tx, &sql::insert_audit(audit)).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(changed)
+    }
+
+    async fn agent_seen(&self, node: &str, replica: Option<String>, at: i64, svids: i64) -> StoreResult<()> {
+        self.write_with_changes(&[agent_sql::agent_seen(node, &replica, at, svids)], &[]).await
+    }
+
+    async fn evict_agent(&self, node: &str, at: i64, audit: &AuditRecord) -> StoreResult<bool> {
+        let mut client = self.client().await?;
+        let tx = begin(&mut client).await?;
+        let evicted = exec(&tx, &agent_sql::evict_agent(node, at)).await? > 0;
+        if evicted {
+            exec(&tx, &sql::insert_audit(audit)).await?;
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(evicted)
+    }
+
+    async fn agents(&self) -> StoreResult<Vec<AgentRecord>> {
+        self.all(agent_sql::select_agents(), agent_sql::agent_from_row).await
+    }
+
+    async fn agent(&self, node: &str) -> StoreResult<Option<AgentRecord>> {
+        self.one(agent_sql::select_agent(node), agent_sql::agent_from_row).await
     }
 
     async fn init_setting(&self, key: &str, value: &str) -> StoreResult<String> {

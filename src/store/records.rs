@@ -71,6 +71,9 @@ pub struct CertRecord {
     pub profile: Option<ProfileKey>,
     /// The subject CN, when it has one.
     pub common_name: Option<String>,
+    /// The node whose agent obtained it (its node SVID, or an SVID for an
+    /// entry of the node): what `agent evict` revokes.
+    pub node: Option<String>,
 }
 
 /// A profile's mount and name as stored.
@@ -229,6 +232,8 @@ pub struct EntryRecord {
     pub hint: Option<String>,
     pub federates_with: Vec<String>,
     pub created_at: i64,
+    /// The node whose agent serves it.
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -240,6 +245,8 @@ pub struct CertFilter {
     pub unexpired_at: Option<i64>,
     /// Only certificates issued under a profile of this mount.
     pub mount: Option<String>,
+    /// Only certificates a node's agent obtained.
+    pub node: Option<String>,
     pub limit: Option<u32>,
 }
 
@@ -282,4 +289,23 @@ mod tests {
         }
         assert_eq!(ChangeKind::parse("signing-key"), None);
     }
+}
+
+/// An attested node (`agents`, SPEC §12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRecord {
+    pub node: String,
+    /// `spiffe://<td>/trustmesh/agent/<node>`.
+    pub spiffe_id: String,
+    /// Of its current node SVID.
+    pub serial: String,
+    pub not_after: i64,
+    /// When it last presented a join token.
+    pub attested_at: i64,
+    /// The replica its stream is on (`None`: not connected).
+    pub replica: Option<String>,
+    pub last_seen: Option<i64>,
+    /// SVIDs it served when last heard from.
+    pub svids: i64,
+    pub evicted_at: Option<i64>,
 }

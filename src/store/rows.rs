@@ -99,6 +99,7 @@ pub(super) fn cert_from_row(r: &dyn Row) -> StoreResult<CertRecord> {
             _ => None,
         },
         common_name: r.opt_text("common_name")?,
+        node: r.opt_text("node")?,
     })
 }
 

@@ -36,6 +36,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     Migration { version: 4, sqlite: schema_v4!(blob = "BLOB"), postgres: schema_v4!(blob = "BYTEA") },
     Migration { version: 5, sqlite: SQLITE_V5, postgres: POSTGRES_V5 },
     Migration { version: 6, sqlite: SQLITE_V6, postgres: POSTGRES_V6 },
+    Migration { version: 7, sqlite: SCHEMA_V7, postgres: SCHEMA_V7 },
 ];
 
 /// The schema version this binary understands.
@@ -241,6 +242,20 @@ const POSTGRES_V6: &str = concat!(
     "CREATE UNIQUE INDEX cas_one_active_per_role ON cas (role) WHERE state = 'active';",
     "CREATE UNIQUE INDEX cas_one_prepared_per_role ON cas (role) WHERE state = 'prepared';",
     stream_acks!(),
+);
+
+/// Version 7: node agents (SPEC §12). An entry may be bound to a node; a
+/// certificate remembers the node whose agent obtained it (what `agent
+/// evict` revokes); `agents` holds each attested node: its node SVID, the
+/// replica its stream is on and when it was last heard from, and whether it
+/// was evicted. Same text in both dialects.
+const SCHEMA_V7: &str = concat!(
+    "ALTER TABLE entries ADD COLUMN node TEXT;",
+    "ALTER TABLE certificates ADD COLUMN node TEXT;",
+    "CREATE INDEX certificates_node ON certificates (node) WHERE node IS NOT NULL;",
+    "CREATE TABLE agents (node TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, serial TEXT NOT NULL,",
+    " not_after BIGINT NOT NULL, attested_at BIGINT NOT NULL, replica TEXT, last_seen BIGINT,",
+    " svids BIGINT NOT NULL DEFAULT 0, evicted_at BIGINT);",
 );
 
 #[cfg(test)]

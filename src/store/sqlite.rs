@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
+use super::agents as agent_sql;
 use super::cas as ca_sql;
 use super::changes as change_sql;
 use super::checkpoint::Checkpointer;
@@ -29,7 +30,7 @@ use super::rows::{self, Row};
 use super::schema;
 use super::statements::{self as sql, Param, Stmt};
 use super::{
-    AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CaState, CertFilter, CertRecord, ChangeBatch, ChangeKind,
+    AgentRecord, AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CaState, CertFilter, CertRecord, ChangeBatch, ChangeKind,
     DenyRecord, EntryRecord, ImportedCrlRecord, ProfileKey, ProfileRecord, Revocation, RevokeOutcome, RevokedEntry,
     SigningKeyRecord, Store, StoreError, StoreResult,
 };
@@ -149,6 +150,42 @@ impl Store for SqliteStore {
             return Err(StoreError::Damaged(m));
         }
         self.one(sql::ping(), |_| Ok(())).await.map(drop)
+    }
+
+    async fn put_agent(&self, agent: &AgentRecord, attested: bool, audit: &AuditRecord) -> StoreResult<bool> {
+        let put = if attested { agent_sql::put_agent(agent) } else { agent_sql::renew_agent(agent) };
+        let log = sql::insert_audit(audit);
+        self.write(move |tx| {
+            let changed = exec(tx, &put)? > 0;
+            exec(tx, &log)?;
+            Ok(changed)
+        })
+        .await
+    }
+
+    async fn agent_seen(&self, node: &str, replica: Option<String>, at: i64, svids: i64) -> StoreResult<()> {
+        let seen = agent_sql::agent_seen(node, &replica, at, svids);
+        self.write(move |tx| exec(tx, &seen).map(drop)).await
+    }
+
+    async fn evict_agent(&self, node: &str, at: i64, audit: &AuditRecord) -> StoreResult<bool> {
+        let (evict, log) = (agent_sql::evict_agent(node, at), sql::insert_audit(audit));
+        self.write(move |tx| {
+            let evicted = exec(tx, &evict)? > 0;
+            if evicted {
+                exec(tx, &log)?;
+            }
+            Ok(evicted)
+        })
+        .await
+    }
+
+    async fn agents(&self) -> StoreResult<Vec<AgentRecord>> {
+        self.all(agent_sql::select_agents(), agent_sql::agent_from_row).await
+    }
+
+    async fn agent(&self, node: &str) -> StoreResult<Option<AgentRecord>> {
+        self.one(agent_sql::select_agent(node), agent_sql::agent_from_row).await
     }
 
     async fn init_setting(&self, key: &str, value: &str) -> StoreResult<String> {

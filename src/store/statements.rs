@@ -108,8 +108,8 @@ pub(super) fn select_keys() -> Stmt {
 /// changed then).
 pub(super) fn insert_cert(c: &CertRecord) -> Stmt {
     let sql = "INSERT INTO certificates (serial, spiffe_id, issuer_id, fingerprint, not_before, not_after, \
-               status, revoked_at, revocation_reason, cert_der, mount, profile, common_name) \
-               SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
+               status, revoked_at, revocation_reason, cert_der, mount, profile, common_name, node) \
+               SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 \
                WHERE NOT EXISTS (SELECT 1 FROM deny_list WHERE spiffe_id = $2)";
     let status = status_str(c.status);
     let mount = c.profile.as_ref().map(|p| p.mount.clone());
@@ -128,7 +128,8 @@ pub(super) fn insert_cert(c: &CertRecord) -> Stmt {
         &c.cert_der,
         &mount,
         &profile,
-        &c.common_name
+        &c.common_name,
+        &c.node
     )
     .on_conflict(format!("certificate serial {}", c.serial))
 }
@@ -217,6 +218,7 @@ pub(super) fn certificates(f: &CertFilter) -> Stmt {
     q.and("not_after <=", f.expiring_before);
     q.and("not_after >", f.unexpired_at);
     q.and("mount =", f.mount.as_ref());
+    q.and("node =", f.node.as_ref());
     q.finish("not_before DESC, serial DESC", f.limit)
 }
 

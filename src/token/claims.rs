@@ -165,7 +165,7 @@ impl TokenClaims {
     pub fn from_json(value: &Value) -> Result<Self, TokenError> {
         let aud = audiences(value)?.into_iter().next().unwrap_or_default();
         let principal = string(value, "principal")?;
-        let kind = [TokenKind::Admin, TokenKind::Node, TokenKind::Bootstrap]
+        let kind = [TokenKind::Admin, TokenKind::Node, TokenKind::Bootstrap, TokenKind::Join]
             .into_iter()
             .find(|k| k.as_str() == principal)
             .ok_or_else(|| TokenError::UnknownKind(quoted(&principal)))?;
