@@ -4,6 +4,7 @@
 //! ([`ServeError::Startup`], exit 64), and the first port is bound only once
 //! everything else has been checked.
 
+mod agent;
 mod data_dir;
 mod wiring;
 
@@ -16,6 +17,7 @@ use tokio::net::TcpListener;
 
 pub use data_dir::{ADMIN_TOKEN_FILE, BUNDLE_FILE, DataDirLock, create_kek, load_kek, lock_data_dir};
 use data_dir::{Found, Places, Plan};
+pub use agent::agent;
 pub use wiring::IssuerSide;
 
 use crate::admin::{self, ServerTls};

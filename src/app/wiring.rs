@@ -59,12 +59,13 @@ impl BearerVerifier for IssuerSide {
     }
 }
 
+#[async_trait::async_trait]
 impl JwtSvidSource for IssuerSide {
     fn default_ttl(&self) -> time::Duration {
         self.0.config().jwt_svid_ttl
     }
 
-    fn mint(&self, id: &SpiffeId, audience: &[String], ttl: time::Duration) -> Result<String, JwtSvidError> {
+    async fn mint(&self, id: &SpiffeId, audience: &[String], ttl: time::Duration) -> Result<String, JwtSvidError> {
         self.0.mint_jwt_svid(id, audience, ttl).map_err(jwt_error)
     }
 

@@ -16,7 +16,8 @@ use crate::domain::Entry;
 
 /// First retry delay after a failed issuance; doubles up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::seconds(1);
-const BACKOFF_MAX: Duration = Duration::seconds(30);
+/// The longest retry delay unless [`super::CacheOptions::backoff_max`] says otherwise.
+pub(super) const BACKOFF_MAX: Duration = Duration::seconds(30);
 /// Shortest wait before a rotation (a lifetime cut short by an expiring CA
 /// must not turn into a hot loop).
 const MIN_ROTATION_WAIT: Duration = Duration::seconds(5);
@@ -77,7 +78,13 @@ async fn drive(inner: Arc<Inner>, entry_id: String, generation: u64) {
                 Err(err) => inner.failed(&entry, generation, &err, &mut backoff),
             },
             Err(MintError::Denied { reason, .. }) => inner.withhold_denied(&entry, generation, &reason, epoch),
-            Err(err) => inner.failed(&entry, generation, &err, &mut backoff),
+            Err(err) => match inner.fallback(&entry, generation) {
+                // Nothing served yet: what the minter kept (an agent's cache on disk).
+                Some(kept) => inner.accept(&entry, generation, kept, epoch).unwrap_or_else(|e| {
+                    inner.failed(&entry, generation, &e, &mut backoff)
+                }),
+                None => inner.failed(&entry, generation, &err, &mut backoff),
+            },
         };
         match next {
             Next::Until(deadline) => {
@@ -141,6 +148,12 @@ impl Inner {
         Ok(Next::Until(at.max(self.clock.now() + MIN_ROTATION_WAIT)))
     }
 
+    /// What the minter kept for an entry that has no SVID yet.
+    fn fallback(&self, entry: &Entry, generation: u64) -> Option<MintedSvid> {
+        let empty = self.state.lock().slot_mut(&entry.id, generation).is_some_and(|s| s.svid.is_none());
+        if empty { self.minter.kept(entry) } else { None }
+    }
+
     /// The entry spent its mint budget: counted, and logged at most once per
     /// interval for the whole cache.
     fn throttled(&self, entry: &Entry, available_at: OffsetDateTime) {
@@ -198,17 +211,31 @@ impl Inner {
         let mut state = self.state.lock();
         let Some(slot) = state.slot_mut(&entry.id, generation) else { return Next::Stop };
         let mut retry_at = now + *backoff;
+        self.metrics.renewal_failed();
         match &slot.svid {
             Some(old) if old.not_after > now => {
                 retry_at = retry_at.min(old.not_after);
-                tracing::warn!(
-                    spiffe_id = %entry.spiffe_id,
-                    entry_id = %entry.id,
-                    serial = %old.serial,
-                    error = %err,
-                    retry_in_seconds = (retry_at - now).whole_seconds(),
-                    "Certificate renewal failed"
-                );
+                let left = old.not_after - now;
+                let retry_in = (retry_at - now).whole_seconds();
+                let (id, serial) = (&entry.spiffe_id, &old.serial);
+                match renewal_urgency(left, old.not_after - old.not_before) {
+                    Urgency::Warn => tracing::warn!(
+                        spiffe_id = %id, entry_id = %entry.id, serial = %serial, error = %err,
+                        cert_expires_in_seconds = left.whole_seconds(), retry_in_seconds = retry_in,
+                        "Certificate renewal failed"
+                    ),
+                    Urgency::Error => tracing::error!(
+                        spiffe_id = %id, entry_id = %entry.id, serial = %serial, error = %err,
+                        cert_expires_in_seconds = left.whole_seconds(), retry_in_seconds = retry_in,
+                        "Certificate renewal failed; less than 25% of its lifetime left"
+                    ),
+                    Urgency::Critical => tracing::error!(
+                        severity = "CRITICAL",
+                        spiffe_id = %id, entry_id = %entry.id, serial = %serial, error = %err,
+                        cert_expires_in_seconds = left.whole_seconds(), retry_in_seconds = retry_in,
+                        "Certificate renewal failed; it expires in less than 5 minutes"
+                    ),
+                }
                 slot.withheld = Some(format!("renewal failed: {err}"));
             }
             expired => {
@@ -226,7 +253,27 @@ impl Inner {
         }
         slot.settled.send_if_modified(|s| !std::mem::replace(s, true));
         state.publish_holding(&entry.id);
-        *backoff = (*backoff * 2i32).min(BACKOFF_MAX);
+        *backoff = (*backoff * 2i32).min(self.backoff_max);
         Next::Until(retry_at)
+    }
+}
+
+/// How loudly a failed renewal is reported (seed 002 §1.2): WARN, ERROR
+/// below 25 % of the certificate's lifetime, CRITICAL below 5 minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    Warn,
+    Error,
+    Critical,
+}
+
+/// The urgency of a failed renewal with `left` of `lifetime` to go.
+pub fn renewal_urgency(left: Duration, lifetime: Duration) -> Urgency {
+    if left < Duration::minutes(5) {
+        Urgency::Critical
+    } else if left * 4 < lifetime {
+        Urgency::Error
+    } else {
+        Urgency::Warn
     }
 }

@@ -33,6 +33,9 @@ pub struct CacheOptions {
     /// How many SVIDs signed by a tainted or revoked CA are re-issued per
     /// second (`pki ca taint`). Default: [`DEFAULT_REISSUE_RATE`].
     pub reissue_rate: u32,
+    /// The longest wait between retries of a failed issuance (30 s; an
+    /// agent, whose server may come back at any moment, uses 5 s).
+    pub backoff_max: time::Duration,
 }
 
 /// SVIDs re-issued per second after their CA is tainted: a fleet's worth of
@@ -41,7 +44,12 @@ pub const DEFAULT_REISSUE_RATE: u32 = 100;
 
 impl Default for CacheOptions {
     fn default() -> Self {
-        Self { timer: None, jitter: Arc::new(RingJitter::default()), reissue_rate: DEFAULT_REISSUE_RATE }
+        Self {
+            timer: None,
+            jitter: Arc::new(RingJitter::default()),
+            reissue_rate: DEFAULT_REISSUE_RATE,
+            backoff_max: super::driver::BACKOFF_MAX,
+        }
     }
 }
 
@@ -73,6 +81,7 @@ impl IdentityCache {
                 timer,
                 jitter: options.jitter,
                 reissue_interval: time::Duration::seconds(1) / options.reissue_rate.max(1),
+                backoff_max: options.backoff_max.max(time::Duration::seconds(1)),
                 entries,
                 state: Mutex::new(state),
                 metrics: CacheMetrics::new(),
@@ -100,6 +109,18 @@ impl IdentityCache {
     /// Entries whose SVID is currently kept warm (held by a caller).
     pub fn warm_entries(&self) -> usize {
         self.inner.state.lock().warm()
+    }
+
+    /// How many SVIDs the cache holds, and the earliest notAfter among them.
+    pub fn svids(&self) -> (usize, Option<time::OffsetDateTime>) {
+        let state = self.inner.state.lock();
+        let held = state.slots.values().filter_map(|s| s.svid.as_ref());
+        let (mut count, mut earliest) = (0, None::<time::OffsetDateTime>);
+        for svid in held {
+            count += 1;
+            earliest = Some(earliest.map_or(svid.not_after, |e| e.min(svid.not_after)));
+        }
+        (count, earliest)
     }
 
     /// Entries whose SVID is kept for a caller that may come back, until its

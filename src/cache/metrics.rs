@@ -5,6 +5,7 @@ use opentelemetry::metrics::{Counter, Gauge};
 #[derive(Clone)]
 pub(super) struct CacheMetrics {
     rotations: Counter<u64>,
+    renewal_failures: Counter<u64>,
     throttled: Counter<u64>,
     warm_entries: Gauge<u64>,
     selector_sets: Gauge<u64>,
@@ -17,6 +18,10 @@ impl CacheMetrics {
             rotations: meter
                 .u64_counter("trustmesh.svid.rotations")
                 .with_description("X.509-SVIDs replaced by a fresh one before expiry")
+                .build(),
+            renewal_failures: meter
+                .u64_counter("trustmesh.cert.renewal_failure")
+                .with_description("X.509-SVID issuances and renewals that failed (retried with backoff)")
                 .build(),
             throttled: meter
                 .u64_counter("trustmesh.svid.mints_throttled")
@@ -35,6 +40,10 @@ impl CacheMetrics {
 
     pub(super) fn rotated(&self) {
         self.rotations.add(1, &[]);
+    }
+
+    pub(super) fn renewal_failed(&self) {
+        self.renewal_failures.add(1, &[]);
     }
 
     pub(super) fn throttled(&self) {

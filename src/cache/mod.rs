@@ -31,6 +31,7 @@ mod timing;
 
 pub use budget::{BURST as MINT_BURST, REFILL as MINT_REFILL};
 pub use identity::{CacheInputs, CacheOptions, DEFAULT_REISSUE_RATE, IdentityCache};
+pub use driver::{Urgency, renewal_urgency};
 pub use timing::{FixedJitter, Jitter, ManualTimer, RingJitter, Timer, TokioTimer, rotation_at};
 
 use std::collections::BTreeSet;
@@ -118,6 +119,13 @@ impl IdentityWatch {
 pub trait SvidMinter: Send + Sync + 'static {
     /// A new SVID for `entry` (its SPIFFE ID, DNS names and lifetime).
     async fn mint(&self, entry: &Entry) -> Result<MintedSvid, MintError>;
+
+    /// After a failed mint for an entry nothing is served for yet: an SVID
+    /// the minter kept that is still good (an agent restarted while its
+    /// server is away serves its cache). The server keeps none.
+    fn kept(&self, _entry: &Entry) -> Option<MintedSvid> {
+        None
+    }
 }
 
 /// What a minter returns: the certificate, its key, and the chain PEM

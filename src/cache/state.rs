@@ -39,6 +39,8 @@ pub(super) struct Inner {
     pub(super) jitter: Arc<dyn Jitter>,
     /// Between two re-issues of SVIDs whose CA was retired.
     pub(super) reissue_interval: time::Duration,
+    /// The longest wait between retries of a failed issuance.
+    pub(super) backoff_max: time::Duration,
     pub(super) entries: watch::Receiver<Arc<Vec<Entry>>>,
     pub(super) state: Mutex<State>,
     pub(super) metrics: CacheMetrics,

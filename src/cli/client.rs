@@ -16,9 +16,16 @@ use crate::proto::admin::v1::admin_client::AdminClient;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
-    /// Address of the trustmesh API port.
-    #[arg(long, global = true, env = "TRUSTMESH_SERVER", default_value = "https://127.0.0.1:4020")]
-    pub server: String,
+    /// Address of the trustmesh API port (`trustmesh agent`: repeat for each replica, tried in turn).
+    #[arg(
+        long = "server",
+        global = true,
+        env = "TRUSTMESH_SERVER",
+        default_value = "https://127.0.0.1:4020",
+        value_delimiter = ',',
+        action = clap::ArgAction::Append
+    )]
+    pub servers: Vec<String>,
     /// Bearer token [default: <data-dir>/admin.token if readable].
     #[arg(long, global = true, env = "TRUSTMESH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -31,6 +38,13 @@ pub struct ClientArgs {
     /// Private key (PEM) of --client-cert.
     #[arg(long, global = true, env = "TRUSTMESH_CLIENT_KEY", requires = "client_cert")]
     pub client_key: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    /// The server admin commands call: the first one named.
+    pub fn server(&self) -> &str {
+        self.servers.first().map_or("https://127.0.0.1:4020", String::as_str)
+    }
 }
 
 pub struct Context {
@@ -57,7 +71,7 @@ impl Context {
             (Some(cert), Some(key)) => Some(client_identity(cert, key)?),
             _ => None,
         };
-        let channel = crate::net::client::channel(&self.args.server, trust, identity).await?;
+        let channel = crate::net::client::channel(self.args.server(), trust, identity).await?;
         let token = match self.token()? {
             Some(t) => Some(
                 format!("Bearer {t}")

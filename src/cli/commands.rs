@@ -176,11 +176,11 @@ pub enum IdentityCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Mint an ES256 token: admin, node or bootstrap.
+    /// Mint an ES256 token: admin, node, bootstrap, or join (single-use, for `trustmesh agent` on node SUBJECT).
     Mint {
         kind: String,
         subject: String,
-        /// Lifetime, e.g. 1h, 7d [default: bootstrap 24 h (TRUSTMESH_BOOTSTRAP_TTL), others 24 h].
+        /// Lifetime, e.g. 1h, 7d [default: bootstrap 24 h (TRUSTMESH_BOOTSTRAP_TTL), join 10 min, others 24 h].
         #[arg(long)]
         expires_in: Option<String>,
         #[arg(long)]

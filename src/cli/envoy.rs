@@ -238,11 +238,11 @@ pub fn bootstrap_text(
             if token.is_empty() || token.chars().any(|c| c.is_control() || c == ' ') {
                 return Err(format!("the token file {} holds no single token", file.display()));
             }
-            let (host, port) = bootstrap::parse_server_url(&client.server).map_err(|e| e.to_string())?;
+            let (host, port) = bootstrap::parse_server_url(client.server()).map_err(|e| e.to_string())?;
             let ca_path = client.ca_file.clone().unwrap_or_else(|| data_dir.join("ca-bundle.pem"));
             let server_id = server_identity(args.spiffe_id.as_deref(), &ca_path)?;
             let ca = absolute(&ca_path);
-            let shown = format!("--server {} --ca-file {} --token-file {}", client.server, ca, file.display());
+            let shown = format!("--server {} --ca-file {} --token-file {}", client.server(), ca, file.display());
             (SdsServer::Tls { host, port, token, ca_file: ca, server_id }, shown)
         }
         None => {

@@ -18,6 +18,7 @@ macro_rules! call {
     }};
 }
 
+mod agents;
 mod cas;
 mod client;
 mod commands;
@@ -33,7 +34,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::app::ServeError;
-use crate::config::{EXIT_CONFIG, ServeArgs, ServeConfig};
+use crate::config::{AgentArgs, AgentConfig, EXIT_CONFIG, ServeArgs, ServeConfig};
 use crate::telemetry::{LogFormat, init_logging};
 
 pub use output::OutputFormat;
@@ -54,12 +55,30 @@ pub struct Cli {
     pub client: client::ClientArgs,
     #[command(subcommand)]
     pub command: Command,
+    /// Which global flags the command line or environment gave (not defaults).
+    #[arg(skip)]
+    pub given: Given,
+}
+
+/// Global flags given explicitly: `trustmesh agent` has defaults of its own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Given {
+    pub data_dir: bool,
+    pub server: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the CA, the API port and the HTTP port.
     Serve(ServeArgs),
+    /// Run a node agent (no command), or manage the server's agents (list, evict).
+    #[command(args_conflicts_with_subcommands = true)]
+    Agent {
+        #[command(subcommand)]
+        command: Option<agents::AgentCommand>,
+        #[command(flatten)]
+        args: AgentArgs,
+    },
     /// Certificate authority administration.
     Pki {
         #[command(subcommand)]
@@ -111,7 +130,10 @@ pub fn command() -> clap::Command {
 pub fn parse() -> Cli {
     use clap::FromArgMatches;
     let matches = command().get_matches();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let given = |id: &str| !matches!(matches.value_source(id), None | Some(clap::parser::ValueSource::DefaultValue));
+    cli.given = Given { data_dir: given("data_dir"), server: given("servers") };
+    cli
 }
 
 /// Runs the parsed command line; returns the process exit code.
@@ -135,18 +157,21 @@ pub fn run(cli: Cli) -> i32 {
                 Err(e) => return fail_config(&e.to_string()),
             };
             init_logging(log_format);
-            let (code, error) = match runtime.block_on(crate::app::serve(cfg)) {
-                Ok(()) => return 0,
-                Err(ServeError::Startup(e)) => (EXIT_CONFIG, e),
-                Err(ServeError::Runtime(e)) => (1, e),
+            stopped(log_format, runtime.block_on(crate::app::serve(cfg)))
+        }
+        Command::Agent { command: Some(command), .. } => {
+            let ctx = client::Context { args: cli.client, data_dir: cli.data_dir, output };
+            runtime.block_on(agents::agents(ctx, command))
+        }
+        Command::Agent { command: None, args } => {
+            let servers = cli.given.server.then_some(cli.client.servers.as_slice());
+            let data_dir = cli.given.data_dir.then_some(cli.data_dir.clone());
+            let cfg = match AgentConfig::from_args(&args, servers, data_dir, |k| std::env::var(k).ok()) {
+                Ok(c) => c,
+                Err(e) => return fail_config(&e.to_string()),
             };
-            // Said once: as a JSON event where logs are JSON, else as one line.
-            let reason = format!("{error:#}").replace('\n', " ");
-            match log_format {
-                LogFormat::Json => tracing::error!(error = %reason, exit_code = code, "trustmesh stopped"),
-                LogFormat::Pretty => eprintln!("error: {reason}"),
-            }
-            code
+            init_logging(log_format);
+            stopped(log_format, runtime.block_on(crate::app::agent(cfg)))
         }
         Command::Pki { command } => {
             let ctx = client::Context { args: cli.client, data_dir: cli.data_dir, output };
@@ -167,6 +192,22 @@ pub fn run(cli: Cli) -> i32 {
         Command::Policy { command } => local::policy(command, output),
         Command::Envoy { command } => envoy::run(command, &cli.client, &cli.data_dir, output),
     }
+}
+
+/// The exit code of a server or agent that stopped; a failure is said once:
+/// as a JSON event where logs are JSON, else as one line.
+fn stopped(log_format: LogFormat, result: Result<(), ServeError>) -> i32 {
+    let (code, error) = match result {
+        Ok(()) => return 0,
+        Err(ServeError::Startup(e)) => (EXIT_CONFIG, e),
+        Err(ServeError::Runtime(e)) => (1, e),
+    };
+    let reason = format!("{error:#}").replace('\n', " ");
+    match log_format {
+        LogFormat::Json => tracing::error!(error = %reason, exit_code = code, "trustmesh stopped"),
+        LogFormat::Pretty => eprintln!("error: {reason}"),
+    }
+    code
 }
 
 /// Prints the one-line reason of a failure; returns exit code 1.

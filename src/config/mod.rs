@@ -9,6 +9,10 @@ use time::Duration;
 
 use crate::domain::TrustDomain;
 
+mod agent;
+
+pub use agent::{AgentArgs, AgentConfig, DEFAULT_AGENT_DATA_DIR};
+
 /// Exit code for bad configuration (sysexits EX_USAGE).
 pub const EXIT_CONFIG: i32 = 64;
 /// Where the local socket is, unless `--socket` says otherwise.

@@ -12,14 +12,12 @@ use time::Duration;
 
 use super::{Issuer, IssuerError};
 use crate::domain::SpiffeId;
-use crate::token::verify_es256;
+use crate::token::validate_jwt_svid;
 
 /// Most audiences one JWT-SVID may carry.
 const MAX_AUDIENCES: usize = 16;
 /// Longest audience accepted, in bytes.
 const MAX_AUDIENCE_LEN: usize = 256;
-/// Tolerated clock skew on `iat` / `nbf` in the future.
-const LEEWAY_SECONDS: i64 = 30;
 
 impl Issuer {
     /// Signs a JWT-SVID for `id` (a member of this trust domain) valid for
@@ -54,42 +52,9 @@ impl Issuer {
     /// `aud` containing `audience`, `sub` a SPIFFE ID of this trust domain.
     /// Returns the claims. Every refusal is [`IssuerError::InvalidArgument`].
     pub fn validate_jwt_svid(&self, token: &str, audience: &str) -> Result<Value, IssuerError> {
-        let invalid = |reason: String| IssuerError::InvalidArgument(format!("invalid JWT-SVID: {reason}"));
-        if audience.is_empty() {
-            return Err(IssuerError::InvalidArgument("audience is required to validate a JWT-SVID".into()));
-        }
-        if token.is_empty() {
-            return Err(IssuerError::InvalidArgument("the JWT-SVID to validate is empty".into()));
-        }
-        let claims = verify_es256(token, &self.token_keys().jwt_svid_keys).map_err(|e| invalid(e.to_string()))?;
-        let sub = claims.get("sub").and_then(Value::as_str).ok_or_else(|| invalid("claim sub is missing".into()))?;
-        let id = SpiffeId::parse(sub).map_err(|e| invalid(format!("claim sub: {e}")))?;
-        if !id.is_member_of(self.trust_domain()) {
-            return Err(invalid(format!("subject {id} is not in trust domain {}", self.trust_domain())));
-        }
         let now = self.now().unix_timestamp();
-        let exp = claims.get("exp").and_then(Value::as_i64).ok_or_else(|| invalid("claim exp is missing".into()))?;
-        if exp <= now {
-            return Err(invalid(format!("token expired at {exp} (unix seconds)")));
-        }
-        for name in ["iat", "nbf"] {
-            if let Some(at) = claims.get(name).and_then(Value::as_i64).filter(|at| *at > now + LEEWAY_SECONDS) {
-                return Err(invalid(format!("claim {name} {at} is in the future")));
-            }
-        }
-        let audiences: Vec<&str> = match claims.get("aud") {
-            Some(Value::String(a)) => vec![a.as_str()],
-            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
-            _ => return Err(invalid("claim aud is missing".into())),
-        };
-        if !audiences.contains(&audience) {
-            return Err(invalid(format!(
-                "audience {:?} is not among the token's audiences {:?}",
-                text::quoted(audience),
-                audiences.iter().map(|a| text::quoted(a)).collect::<Vec<_>>()
-            )));
-        }
-        Ok(claims)
+        validate_jwt_svid(token, audience, &self.token_keys().jwt_svid_keys, self.trust_domain(), now)
+            .map_err(IssuerError::InvalidArgument)
     }
 }
 

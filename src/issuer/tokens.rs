@@ -5,18 +5,21 @@ use time::Duration;
 use super::AuditAction;
 use super::auth::{Caller, audit};
 use super::{Issuer, IssuerError};
-use crate::domain::{SpiffeId, TokenKind, text};
+use crate::domain::{NodeId, SpiffeId, TokenKind, text};
 use crate::policy::{Action, Resource};
 use crate::token::{self, TokenClaims};
 
 /// Longest lifetime of any minted token.
 const MAX_TOKEN_LIFETIME: Duration = Duration::days(366);
+/// A join token's lifetime unless `--expires-in` says otherwise (SPEC §12).
+const JOIN_TOKEN_LIFETIME: Duration = Duration::minutes(10);
 
 #[derive(Debug, Clone)]
 pub struct MintRequest {
     pub kind: TokenKind,
     pub subject: String,
-    /// 0 = the default for the kind (bootstrap: the configured bootstrap TTL; others 24 h).
+    /// 0 = the default for the kind (bootstrap: the configured bootstrap TTL;
+    /// join: 10 minutes; others 24 h).
     pub expires_in_seconds: u64,
     pub single_use: bool,
     pub spiffe_ids: Vec<String>,
@@ -85,8 +88,12 @@ impl Issuer {
                 ));
             }
         }
+        if req.kind == TokenKind::Join {
+            NodeId::parse(subject)?;
+        }
         let lifetime = match (req.expires_in_seconds, req.kind) {
             (0, TokenKind::Bootstrap) => self.cfg.bootstrap_ttl,
+            (0, TokenKind::Join) => JOIN_TOKEN_LIFETIME,
             (0, _) => Duration::hours(24),
             (s, _) => Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX)),
         };
@@ -104,7 +111,8 @@ impl Issuer {
             nbf: Some(now),
             jti: token::new_jti(&ring::rand::SystemRandom::new()).map_err(|e| IssuerError::Internal(e.to_string()))?,
             kind: req.kind,
-            single_use: req.single_use,
+            // A join token attests one node once.
+            single_use: req.single_use || req.kind == TokenKind::Join,
             spiffe_ids,
             cnf_x5t_s256: req.cert_fingerprint.clone(),
         })

@@ -304,3 +304,56 @@ fn check_kid(kid: &str) -> Result<(), TokenError> {
     }
     Ok(())
 }
+
+/// Tolerated clock skew on a JWT-SVID's `iat` / `nbf` in the future.
+const LEEWAY_SECONDS: i64 = 30;
+
+/// Checks a JWT-SVID of trust domain `td` (the server's, or an agent's with
+/// the keys of the JWKS it was pushed): ES256 signature by one of `keys`,
+/// `exp` after `now`, `iat`/`nbf` not in the future, `aud` containing
+/// `audience`, `sub` a SPIFFE ID of `td`. Returns the claims, or why not
+/// (never quoting the token).
+pub fn validate_jwt_svid(
+    token: &str,
+    audience: &str,
+    keys: &[VerifyingKey],
+    td: &crate::domain::TrustDomain,
+    now: i64,
+) -> Result<Value, String> {
+    use crate::domain::{SpiffeId, text};
+    let invalid = |reason: String| format!("invalid JWT-SVID: {reason}");
+    if audience.is_empty() {
+        return Err("audience is required to validate a JWT-SVID".into());
+    }
+    if token.is_empty() {
+        return Err("the JWT-SVID to validate is empty".into());
+    }
+    let claims = verify_es256(token, keys).map_err(|e| invalid(e.to_string()))?;
+    let sub = claims.get("sub").and_then(Value::as_str).ok_or_else(|| invalid("claim sub is missing".into()))?;
+    let id = SpiffeId::parse(sub).map_err(|e| invalid(format!("claim sub: {e}")))?;
+    if !id.is_member_of(td) {
+        return Err(invalid(format!("subject {id} is not in trust domain {td}")));
+    }
+    let exp = claims.get("exp").and_then(Value::as_i64).ok_or_else(|| invalid("claim exp is missing".into()))?;
+    if exp <= now {
+        return Err(invalid(format!("token expired at {exp} (unix seconds)")));
+    }
+    for name in ["iat", "nbf"] {
+        if let Some(at) = claims.get(name).and_then(Value::as_i64).filter(|at| *at > now + LEEWAY_SECONDS) {
+            return Err(invalid(format!("claim {name} {at} is in the future")));
+        }
+    }
+    let audiences: Vec<&str> = match claims.get("aud") {
+        Some(Value::String(a)) => vec![a.as_str()],
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+        _ => return Err(invalid("claim aud is missing".into())),
+    };
+    if !audiences.contains(&audience) {
+        return Err(invalid(format!(
+            "audience {:?} is not among the token's audiences {:?}",
+            text::quoted(audience),
+            audiences.iter().map(|a| text::quoted(a)).collect::<Vec<_>>()
+        )));
+    }
+    Ok(claims)
+}

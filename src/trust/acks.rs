@@ -70,6 +70,11 @@ impl Acknowledgements {
         behind
     }
 
+    /// The lowest revision any registered stream holds (`None`: no stream).
+    pub fn lowest(&self) -> Option<u64> {
+        self.streams.lock().values().map(|e| e.acked.load(Ordering::Acquire)).min()
+    }
+
     /// How many streams are registered.
     pub fn len(&self) -> usize {
         self.streams.lock().len()

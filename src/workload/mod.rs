@@ -37,12 +37,14 @@ pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 /// Largest request message accepted (audiences, a JWT to validate).
 const MAX_REQUEST_MESSAGE: usize = 64 * 1024;
 
-/// Signs and checks JWT-SVIDs (the issuer in `serve`, wired by `app`).
+/// Signs and checks JWT-SVIDs (the issuer in `serve`, the server through an
+/// agent; wired by `app`).
+#[async_trait::async_trait]
 pub trait JwtSvidSource: Send + Sync + 'static {
     /// Lifetime of a JWT-SVID whose entry sets none.
     fn default_ttl(&self) -> time::Duration;
     /// Signs a JWT-SVID for `id`.
-    fn mint(&self, id: &SpiffeId, audience: &[String], ttl: time::Duration) -> Result<String, JwtSvidError>;
+    async fn mint(&self, id: &SpiffeId, audience: &[String], ttl: time::Duration) -> Result<String, JwtSvidError>;
     /// Checks signature, expiry, audience and trust domain; returns the claims.
     fn validate(&self, token: &str, audience: &str) -> Result<serde_json::Value, JwtSvidError>;
 }

@@ -86,6 +86,7 @@ impl SpiffeWorkloadApi for Service {
                 .api
                 .jwt
                 .mint(&svid.spiffe_id, &audience, svid.jwt_ttl.unwrap_or_else(|| self.api.jwt.default_ttl()))
+                .await
                 .map_err(|e| status(e.into()))?;
             tracing::debug!(spiffe_id = %id, audiences = audience.len(), "JWT-SVID issued");
             svids.push(Jwtsvid { spiffe_id: id, svid: token, hint: svid.hint.clone().unwrap_or_default() });
