@@ -245,6 +245,7 @@ async fn an_svid_minted_for_an_entry_is_audited_as_obtained_by_the_system() {
         hint: None,
         federates_with: vec![],
         created_at: 1,
+        node: None,
     };
     let minted = trustmesh::app::IssuerSide(issuer.clone()).mint(&entry).await.unwrap();
     assert_eq!(minted.chain_pem.matches("BEGIN CERTIFICATE").count(), 2, "leaf, then the issuing CA");

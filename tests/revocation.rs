@@ -29,7 +29,18 @@ fn is_refused(o: &Outcome) -> bool {
 
 #[test]
 fn deny_cuts_new_handshakes_and_open_connections_within_a_second() {
-    let scene = Scene::start(&[A_KEEP, A_FRESH, B_KEEP, B_FRESH]);
+    deny_cuts_within_a_second(Sds::Server);
+}
+
+/// The same promise for Envoys whose identities come from node agents
+/// (SPEC §12): the denial travels server → agent stream → agent's SDS.
+#[test]
+fn deny_reaches_envoys_behind_node_agents_within_a_second() {
+    deny_cuts_within_a_second(Sds::Agents);
+}
+
+fn deny_cuts_within_a_second(sds: Sds) {
+    let scene = Scene::start_with(&[A_KEEP, A_FRESH, B_KEEP, B_FRESH], sds, &[]);
     let origin = Instant::now();
     let labels = ["a-keep", "a-fresh", "b-keep", "b-fresh"];
     let probes: Vec<_> = labels.iter().map(|l| (*l, scene.probe(l))).collect();
@@ -119,7 +130,16 @@ fn deny_cuts_new_handshakes_and_open_connections_within_a_second() {
 
 #[test]
 fn allow_gives_a_fresh_certificate_and_the_old_serial_stays_revoked() {
-    let scene = Scene::start(&[A_KEEP, A_FRESH]);
+    allow_gives_a_fresh_certificate(Sds::Server);
+}
+
+#[test]
+fn allow_gives_a_fresh_certificate_behind_node_agents() {
+    allow_gives_a_fresh_certificate(Sds::Agents);
+}
+
+fn allow_gives_a_fresh_certificate(sds: Sds) {
+    let scene = Scene::start_with(&[A_KEEP, A_FRESH], sds, &[]);
     let old = scene.client("a-fresh").serials_of(A_ID);
     assert_eq!(old.len(), 1, "{}", scene.diagnostics());
     let old = old[0].clone();

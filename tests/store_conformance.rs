@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use CaState::{Active, Old, Prepared, Revoked, Tainted};
 use trustmesh::store::{
-    AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CaRole, CaState, CertFilter, CertRecord, CertStatus,
-    ChangeBatch, ChangeKind, ChangeRecord, DenyRecord, EntryRecord, ImportedCrlRecord, ProfileKey, ProfileRecord,
-    RevokeOutcome, RevokedEntry, SigningKeyRecord, Store, StoreError,
+    AgentRecord, AuditFilter, AuditRecord, CHANGE_RETENTION, CaRecord, CaRole, CaState, CertFilter, CertRecord,
+    CertStatus, ChangeBatch, ChangeKind, ChangeRecord, DenyRecord, EntryRecord, ImportedCrlRecord, ProfileKey,
+    ProfileRecord, RevokeOutcome, RevokedEntry, SigningKeyRecord, Store, StoreError,
 };
 
 macro_rules! conformance {
@@ -70,6 +70,9 @@ conformance!(
     concurrent_issuance,
     concurrent_duplicate_fails_alone,
     entries_roundtrip_oldest_first,
+    an_entry_keeps_its_node,
+    an_attested_agent_renews_is_seen_and_is_evicted_once,
+    certificates_are_listed_by_the_node_that_obtained_them,
     entry_conflicts,
     delete_entry_outcomes,
     concurrent_duplicate_entries,
@@ -811,6 +814,83 @@ async fn entries_roundtrip_oldest_first(s: Arc<dyn Store>) {
     assert_eq!(stored[0], older, "absent optional fields stay absent");
     let web = AuditFilter { target: Some("spiffe://example.org/web".into()), ..Default::default() };
     assert_eq!(s.audit(&web).await.unwrap().len(), 2, "each insert wrote its audit record");
+}
+
+async fn an_entry_keeps_its_node(s: Arc<dyn Store>) {
+    let mut bound = entry("n1", "spiffe://example.org/web", &["unix:uid:1000"], NOW);
+    bound.node = Some("node-a".into());
+    let unbound = entry("n2", "spiffe://example.org/db", &["unix:uid:1000"], NOW + 1);
+    for e in [&bound, &unbound] {
+        s.insert_entry(e, &audit("create_entry", &e.spiffe_id, NOW)).await.unwrap();
+    }
+    assert_eq!(s.entries().await.unwrap(), [bound, unbound]);
+}
+
+fn agent_record(node: &str, serial: &str, not_after: i64, at: i64) -> AgentRecord {
+    AgentRecord {
+        node: node.into(),
+        spiffe_id: format!("spiffe://example.org/trustmesh/agent/{node}"),
+        serial: serial.into(),
+        not_after,
+        attested_at: at,
+        replica: None,
+        last_seen: None,
+        svids: 0,
+        evicted_at: None,
+    }
+}
+
+async fn an_attested_agent_renews_is_seen_and_is_evicted_once(s: Arc<dyn Store>) {
+    assert!(s.agents().await.unwrap().is_empty());
+    let first = agent_record("node-a", "01", NOW + 100, NOW);
+    assert!(s.put_agent(&first, true, &audit("attest_agent", &first.spiffe_id, NOW)).await.unwrap());
+    let renewed = agent_record("node-a", "02", NOW + 200, NOW + 50);
+    assert!(s.put_agent(&renewed, false, &audit("renew_agent", &first.spiffe_id, NOW + 50)).await.unwrap());
+    s.agent_seen("node-a", Some("replica-1".into()), NOW + 60, 7).await.unwrap();
+    let seen = s.agent("node-a").await.unwrap().unwrap();
+    assert_eq!(
+        (seen.serial.as_str(), seen.not_after, seen.attested_at),
+        ("02", NOW + 200, NOW),
+        "a renewal keeps the attestation time"
+    );
+    assert_eq!((seen.replica.as_deref(), seen.last_seen, seen.svids), (Some("replica-1"), Some(NOW + 60), 7));
+
+    assert!(s.evict_agent("node-a", NOW + 70, &audit("evict_agent", &first.spiffe_id, NOW + 70)).await.unwrap());
+    assert!(
+        !s.evict_agent("node-a", NOW + 71, &audit("evict_agent", &first.spiffe_id, NOW + 71)).await.unwrap(),
+        "once"
+    );
+    assert!(!s.evict_agent("node-z", NOW + 71, &audit("evict_agent", "node-z", NOW + 71)).await.unwrap(), "unknown");
+    let evicted = s.agent("node-a").await.unwrap().unwrap();
+    assert_eq!((evicted.evicted_at, evicted.replica), (Some(NOW + 70), None));
+    // An evicted node's renewal changes nothing; a new attestation lifts the eviction.
+    let late = agent_record("node-a", "03", NOW + 300, NOW + 80);
+    assert!(!s.put_agent(&late, false, &audit("renew_agent", &late.spiffe_id, NOW + 80)).await.unwrap());
+    assert_eq!(s.agent("node-a").await.unwrap().unwrap().serial, "02");
+    let again = agent_record("node-a", "04", NOW + 400, NOW + 90);
+    assert!(s.put_agent(&again, true, &audit("attest_agent", &again.spiffe_id, NOW + 90)).await.unwrap());
+    let back = s.agent("node-a").await.unwrap().unwrap();
+    assert_eq!((back.serial.as_str(), back.evicted_at, back.attested_at), ("04", None, NOW + 90));
+    let actions: Vec<String> = s.audit(&AuditFilter::default()).await.unwrap().into_iter().map(|a| a.action).collect();
+    assert_eq!(
+        actions,
+        ["attest_agent", "renew_agent", "evict_agent", "renew_agent", "attest_agent"],
+        "refused evictions write none"
+    );
+}
+
+async fn certificates_are_listed_by_the_node_that_obtained_them(s: Arc<dyn Store>) {
+    seed(&s).await;
+    let mut a = cert("0a", "spiffe://example.org/web", "a-services", NOW, NOW + 100);
+    a.node = Some("node-a".into());
+    let mut b = cert("0b", "spiffe://example.org/web", "a-services", NOW, NOW + 100);
+    b.node = Some("node-b".into());
+    let own = cert("0c", "spiffe://example.org/web", "a-services", NOW, NOW + 100);
+    for c in [&a, &b, &own] {
+        assert!(s.record_issuance(c, &audit("obtain_svid", &c.spiffe_id, NOW)).await.unwrap());
+    }
+    let of_a = s.certificates(&CertFilter { node: Some("node-a".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(of_a, [a]);
 }
 
 async fn entry_conflicts(s: Arc<dyn Store>) {
@@ -1724,6 +1804,7 @@ fn cert(serial: &str, spiffe_id: &str, issuer: &str, not_before: i64, not_after:
         cert_der: vec![0x30, 0x82, 0, 0xff],
         profile: None,
         common_name: None,
+        node: None,
     }
 }
 
@@ -1758,6 +1839,7 @@ fn entry(id: &str, spiffe_id: &str, selectors: &[&str], created_at: i64) -> Entr
         hint: None,
         federates_with: vec![],
         created_at,
+        node: None,
     }
 }
 

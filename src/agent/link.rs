@@ -183,7 +183,8 @@ impl Link {
                     continue;
                 }
             };
-            let request = pb::AttestRequest { node_id: self.node.to_string(), join_token: token.to_string(), csr: csr.clone() };
+            let request =
+                pb::AttestRequest { node_id: self.node.to_string(), join_token: token.to_string(), csr: csr.clone() };
             match client(channel).attest(request).await {
                 Ok(reply) => {
                     let reply = reply.into_inner();

@@ -95,7 +95,8 @@ impl AgentMinter {
             return Err(MintError::Failed(format!("no server reachable (last tried {})", self.link.server())));
         }
         let failed = |why: String| MintError::Failed(why);
-        let key = PrivateKey::generate(KeyAlgorithm::EcP256, &SystemRandom::new()).map_err(|e| failed(e.to_string()))?;
+        let key =
+            PrivateKey::generate(KeyAlgorithm::EcP256, &SystemRandom::new()).map_err(|e| failed(e.to_string()))?;
         let csr = ca::csr_der(&key, &entry.spiffe_id).map_err(|e| failed(e.to_string()))?;
         let (reply, answer) = oneshot::channel();
         self.jobs
@@ -169,7 +170,8 @@ async fn batcher(link: Arc<Link>, mut jobs: mpsc::Receiver<Job>) {
             Ok(mut client) => match client.sign_svids(pb::SignSvidsRequest { csrs }).await {
                 Ok(reply) => Ok(reply.into_inner().svids),
                 Err(status) => {
-                    if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled) {
+                    if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled)
+                    {
                         link.failed();
                     }
                     Err(format!("SignSvids: {}", status.message()))

@@ -82,7 +82,8 @@ impl Agent {
         let trust_domain = bundle_trust_domain(&bundle).map_err(|e| fail(format!("--trust-bundle: {e}")))?;
         let link = Arc::new(Link::new(p.servers, p.node.clone(), trust_domain.clone(), disk.clone(), bundle));
         let node = disk.node().map_err(|e| fail(e.to_string()))?;
-        let node = node.map(link::NodeSvid::from_credentials).transpose().map_err(|e| fail(format!("node SVID: {e}")))?;
+        let node =
+            node.map(link::NodeSvid::from_credentials).transpose().map_err(|e| fail(format!("node SVID: {e}")))?;
         let state = disk.state().map_err(|e| fail(e.to_string()))?;
         let usable = node.as_ref().is_some_and(|n| n.not_after > p.clock.now());
         if let Some(node) = node {
@@ -108,12 +109,18 @@ impl Agent {
                         p.node
                     )));
                 }
-                (None, Some(_)) => tracing::error!("the node SVID has expired; serving the cache until a join token is given"),
+                (None, Some(_)) => {
+                    tracing::error!("the node SVID has expired; serving the cache until a join token is given")
+                }
             }
         }
         let (entries_tx, entries) = watch::channel(Arc::new(Vec::new()));
         let (trust_tx, trust) = watch::channel(Arc::new(TrustSnapshot::empty(&trust_domain)));
-        let feeds = Arc::new(follow::Feeds { entries: entries_tx, trust: trust_tx, revisions: Mutex::new(Revisions::default()) });
+        let feeds = Arc::new(follow::Feeds {
+            entries: entries_tx,
+            trust: trust_tx,
+            revisions: Mutex::new(Revisions::default()),
+        });
         if let Some(state) = &state {
             feeds.apply(&link, state).map_err(|e| fail(format!("{}: {e}", p.data_dir.join("state.pb").display())))?;
             tracing::info!(entries = state.entries.len(), "state loaded from the data directory");

@@ -16,7 +16,8 @@ use crate::workload::{JwtSvidError, JwtSvidSource};
 /// (an entry with `--node` is served by that node's agent alone).
 pub fn unbound_entries(issuer: &Issuer) -> watch::Receiver<EntryList> {
     let mut all = issuer.entries_watch();
-    let unbound = |list: &EntryList| -> EntryList { Arc::new(list.iter().filter(|e| e.node.is_none()).cloned().collect()) };
+    let unbound =
+        |list: &EntryList| -> EntryList { Arc::new(list.iter().filter(|e| e.node.is_none()).cloned().collect()) };
     let (tx, rx) = watch::channel(unbound(&all.borrow_and_update()));
     tokio::spawn(async move {
         while all.changed().await.is_ok() {

@@ -80,9 +80,9 @@ async fn drive(inner: Arc<Inner>, entry_id: String, generation: u64) {
             Err(MintError::Denied { reason, .. }) => inner.withhold_denied(&entry, generation, &reason, epoch),
             Err(err) => match inner.fallback(&entry, generation) {
                 // Nothing served yet: what the minter kept (an agent's cache on disk).
-                Some(kept) => inner.accept(&entry, generation, kept, epoch).unwrap_or_else(|e| {
-                    inner.failed(&entry, generation, &e, &mut backoff)
-                }),
+                Some(kept) => inner
+                    .accept(&entry, generation, kept, epoch)
+                    .unwrap_or_else(|e| inner.failed(&entry, generation, &e, &mut backoff)),
                 None => inner.failed(&entry, generation, &err, &mut backoff),
             },
         };
@@ -259,7 +259,10 @@ impl Inner {
 }
 
 /// How loudly a failed renewal is reported (seed 002 §1.2): WARN, ERROR
-/// below 25 % of the certificate's lifetime, CRITICAL below 5 minutes.
+/// below 25 % of the certificate's lifetime, CRITICAL below 5 minutes — for
+/// a certificate of less than an hour, below a twelfth of its lifetime (the
+/// same share as 5 minutes of an hour), so a 2-minute SVID is not critical
+/// from its first failed renewal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Urgency {
     Warn,
@@ -269,11 +272,35 @@ pub enum Urgency {
 
 /// The urgency of a failed renewal with `left` of `lifetime` to go.
 pub fn renewal_urgency(left: Duration, lifetime: Duration) -> Urgency {
-    if left < Duration::minutes(5) {
+    if left < Duration::minutes(5).min(lifetime / 12) {
         Urgency::Critical
     } else if left * 4 < lifetime {
         Urgency::Error
     } else {
         Urgency::Warn
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_renewal_is_reported_louder_as_the_certificate_nears_its_end() {
+        let hour = Duration::hours(1);
+        for (left, lifetime, urgency) in [
+            (Duration::minutes(30), hour, Urgency::Warn),
+            (Duration::minutes(15), hour, Urgency::Warn),
+            (Duration::minutes(14), hour, Urgency::Error),
+            (Duration::minutes(5), hour, Urgency::Error),
+            (Duration::seconds(299), hour, Urgency::Critical),
+            (Duration::minutes(10), Duration::days(1), Urgency::Error),
+            (Duration::seconds(299), Duration::days(1), Urgency::Critical),
+            (Duration::seconds(60), Duration::seconds(120), Urgency::Warn),
+            (Duration::seconds(29), Duration::seconds(120), Urgency::Error),
+            (Duration::seconds(9), Duration::seconds(120), Urgency::Critical),
+        ] {
+            assert_eq!(renewal_urgency(left, lifetime), urgency, "{left} left of {lifetime}");
+        }
     }
 }

@@ -30,8 +30,8 @@ mod state;
 mod timing;
 
 pub use budget::{BURST as MINT_BURST, REFILL as MINT_REFILL};
-pub use identity::{CacheInputs, CacheOptions, DEFAULT_REISSUE_RATE, IdentityCache};
 pub use driver::{Urgency, renewal_urgency};
+pub use identity::{CacheInputs, CacheOptions, DEFAULT_REISSUE_RATE, IdentityCache};
 pub use timing::{FixedJitter, Jitter, ManualTimer, RingJitter, Timer, TokioTimer, rotation_at};
 
 use std::collections::BTreeSet;

@@ -53,7 +53,17 @@ pub enum EntryCommand {
 
 pub async fn entry(ctx: Context, command: EntryCommand) -> i32 {
     match command {
-        EntryCommand::Create { spiffe_id, selectors, dns_names, ttl, jwt_ttl, hint, federates_with, node, parent_id } => {
+        EntryCommand::Create {
+            spiffe_id,
+            selectors,
+            dns_names,
+            ttl,
+            jwt_ttl,
+            hint,
+            federates_with,
+            node,
+            parent_id,
+        } => {
             let (ttl_seconds, jwt_ttl_seconds) = match (seconds("--ttl", ttl), seconds("--jwt-ttl", jwt_ttl)) {
                 (Ok(t), Ok(j)) => (t, j),
                 (Err(e), _) | (_, Err(e)) => return fail(&e),
@@ -188,7 +198,14 @@ mod tests {
             node: "node-a".into(),
         };
         let text = EntryView::from(&e).text();
-        for needle in ["Selectors:  unix:gid:1", "             unix:uid:1", "web.example.org", "600s", "front", "Node:       node-a"] {
+        for needle in [
+            "Selectors:  unix:gid:1",
+            "             unix:uid:1",
+            "web.example.org",
+            "600s",
+            "front",
+            "Node:       node-a",
+        ] {
             assert!(text.contains(needle), "{needle:?} in\n{text}");
         }
         assert!(!text.contains("JWT TTL") && !text.contains("Federates"), "{text}");

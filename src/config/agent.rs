@@ -66,15 +66,23 @@ impl AgentConfig {
         }
         for s in &servers {
             if !s.starts_with("https://") || s.len() > 512 {
-                return Err(ConfigError::new(SERVER, format!("{:?} is not an https:// URL", crate::domain::text::shorten(s, 64))));
+                return Err(ConfigError::new(
+                    SERVER,
+                    format!("{:?} is not an https:// URL", crate::domain::text::shorten(s, 64)),
+                ));
             }
         }
         let node = args
             .node_id
             .as_deref()
             .ok_or_else(|| ConfigError::new("--node-id/TRUSTMESH_AGENT_NODE_ID", "is required"))
-            .and_then(|n| NodeId::parse(n).map_err(|e| ConfigError::new("--node-id/TRUSTMESH_AGENT_NODE_ID", e.to_string())))?;
-        let data_dir = env("TRUSTMESH_AGENT_DATA_DIR").map(PathBuf::from).or(data_dir).unwrap_or_else(|| DEFAULT_AGENT_DATA_DIR.into());
+            .and_then(|n| {
+                NodeId::parse(n).map_err(|e| ConfigError::new("--node-id/TRUSTMESH_AGENT_NODE_ID", e.to_string()))
+            })?;
+        let data_dir = env("TRUSTMESH_AGENT_DATA_DIR")
+            .map(PathBuf::from)
+            .or(data_dir)
+            .unwrap_or_else(|| DEFAULT_AGENT_DATA_DIR.into());
         if !args.socket.is_absolute() || args.socket.starts_with(&data_dir) {
             return Err(ConfigError::new(
                 "--socket/TRUSTMESH_AGENT_SOCKET",

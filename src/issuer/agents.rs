@@ -96,11 +96,14 @@ impl Issuer {
 
     fn agent_identity(&self, cert_der: Option<&[u8]>) -> Result<AgentIdentity, IssuerError> {
         let unauthenticated = |why: String| IssuerError::Unauthenticated(why);
-        let der = cert_der.ok_or_else(|| unauthenticated("no client certificate: an agent presents its node SVID".into()))?;
+        let der =
+            cert_der.ok_or_else(|| unauthenticated("no client certificate: an agent presents its node SVID".into()))?;
         let cert = IssuedCertificate::from_der(der).map_err(|e| unauthenticated(format!("client certificate: {e}")))?;
-        let id = cert.spiffe_id.as_ref().ok_or_else(|| unauthenticated("the client certificate has no SPIFFE ID".into()))?;
-        let node = NodeId::of_agent_id(id, &self.cfg.trust_domain)
-            .ok_or_else(|| unauthenticated(format!("{id} is not a node SVID (spiffe://<td>/trustmesh/agent/<node>)")))?;
+        let id =
+            cert.spiffe_id.as_ref().ok_or_else(|| unauthenticated("the client certificate has no SPIFFE ID".into()))?;
+        let node = NodeId::of_agent_id(id, &self.cfg.trust_domain).ok_or_else(|| {
+            unauthenticated(format!("{id} is not a node SVID (spiffe://<td>/trustmesh/agent/<node>)"))
+        })?;
         let serial = cert.serial.to_string();
         if self.snapshot().deny.is_revoked(&serial) {
             return Err(unauthenticated(format!(
@@ -124,7 +127,8 @@ impl Issuer {
         let id = node.spiffe_id(&self.cfg.trust_domain)?;
         let target = id.to_string();
         if csr.len() > MAX_REQUEST_BYTES {
-            let err = IssuerError::InvalidArgument(format!("csr of {} bytes is larger than the 1 MiB limit", csr.len()));
+            let err =
+                IssuerError::InvalidArgument(format!("csr of {} bytes is larger than the 1 MiB limit", csr.len()));
             return self.refuse(caller, action, &target, err).await;
         }
         let parsed = self
@@ -147,12 +151,27 @@ impl Issuer {
         let lifetime = self.cfg.agent_svid_ttl;
         let cert = self
             .audited(caller, action, &target, async {
-                Ok(ca::issue_node_svid(&signer, node, &self.cfg.trust_domain, &parsed.public_key_der, lifetime, serial, now)?)
+                Ok(ca::issue_node_svid(
+                    &signer,
+                    node,
+                    &self.cfg.trust_domain,
+                    &parsed.public_key_der,
+                    lifetime,
+                    serial,
+                    now,
+                )?)
             })
             .await?;
         let mut record = super::issue::cert_record(&cert, &signer.cert.fingerprint, None, None);
         record.node = Some(node.to_string());
-        let log = audit(caller, action, &target, "ok", &format!("serial {} until {}", record.serial, record.not_after), now.unix_timestamp());
+        let log = audit(
+            caller,
+            action,
+            &target,
+            "ok",
+            &format!("serial {} until {}", record.serial, record.not_after),
+            now.unix_timestamp(),
+        );
         self.store.record_issuance(&record, &log).await?;
         let agent = AgentRecord {
             node: node.to_string(),
@@ -166,7 +185,8 @@ impl Issuer {
             evicted_at: None,
         };
         if !self.store.put_agent(&agent, attested, &log).await? {
-            let err = IssuerError::Unauthenticated(format!("node {node} was evicted: attest again with a new join token"));
+            let err =
+                IssuerError::Unauthenticated(format!("node {node} was evicted: attest again with a new join token"));
             return self.refuse(caller, action, &target, err).await;
         }
         tracing::info!(node = %node, serial = %record.serial, not_after = record.not_after, "Node SVID issued");
@@ -196,7 +216,12 @@ impl Issuer {
         }
     }
 
-    async fn sign_for_agent_inner(&self, agent: &AgentIdentity, entry_id: &str, csr: &[u8]) -> Result<String, IssuerError> {
+    async fn sign_for_agent_inner(
+        &self,
+        agent: &AgentIdentity,
+        entry_id: &str,
+        csr: &[u8],
+    ) -> Result<String, IssuerError> {
         const ACTION: AuditAction = AuditAction::Policy(Action::ObtainSvid);
         let caller = &agent.caller;
         self.bounded(caller, ACTION, entry_id, &[("entry id", entry_id, 64)]).await?;
@@ -207,12 +232,14 @@ impl Issuer {
         };
         let target = entry.spiffe_id.to_string();
         if csr.len() > MAX_REQUEST_BYTES {
-            let err = IssuerError::InvalidArgument(format!("csr of {} bytes is larger than the 1 MiB limit", csr.len()));
+            let err =
+                IssuerError::InvalidArgument(format!("csr of {} bytes is larger than the 1 MiB limit", csr.len()));
             return self.refuse(caller, ACTION, &target, err).await;
         }
         let ctx = DecisionContext { node_entry: Some(true), ..Default::default() };
         let resource = Resource::Identity(entry.spiffe_id.clone());
-        let decision = self.policy.decide_with(&caller.principal, ACTION_OBTAIN, &resource, &self.cfg.trust_domain, &ctx);
+        let decision =
+            self.policy.decide_with(&caller.principal, ACTION_OBTAIN, &resource, &self.cfg.trust_domain, &ctx);
         if !decision.allowed {
             let err = IssuerError::PermissionDenied(format!("obtain_svid on {target}: {decision}"));
             return self.refuse(caller, ACTION, &target, err).await;
@@ -261,7 +288,8 @@ impl Issuer {
         }
         let ttl = match ttl_seconds {
             0 => entry.jwt_ttl_seconds.map_or(self.cfg.jwt_svid_ttl, |s| Duration::seconds(i64::from(s))),
-            s => Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX)).min(self.cfg.jwt_svid_ttl.max(Duration::hours(1))),
+            s => Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX))
+                .min(self.cfg.jwt_svid_ttl.max(Duration::hours(1))),
         };
         self.mint_jwt_svid(&id, audience, ttl)
     }
@@ -312,7 +340,8 @@ impl Issuer {
         let certs = self.store.certificates(&filter).await?;
         let mut revoked = Vec::new();
         for cert in certs {
-            let log = audit(caller, ACTION, &cert.serial, "ok", &format!("cessationOfOperation (node {node} evicted)"), now);
+            let log =
+                audit(caller, ACTION, &cert.serial, "ok", &format!("cessationOfOperation (node {node} evicted)"), now);
             let r = self.store.revoke(&cert.serial, "cessationOfOperation", now, &log).await?;
             if r.outcome == RevokeOutcome::Revoked {
                 revoked.extend(r.certificate.and_then(revoked_entry));

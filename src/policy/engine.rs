@@ -255,10 +255,14 @@ fn check_schema_fits(schema: &Schema) -> Result<(), PolicyError> {
     let workload = model::principal_entity(&principals[2]).map_err(mismatch)?.uid();
     let identity = model::resource_entity(&resources[1]).map_err(mismatch)?.uid();
     let td = TrustDomain::parse("example.org").map_err(|e| mismatch(e.to_string()))?;
-    let full = context(&td, &DecisionContext { entry_matched: Some(true), node_entry: Some(true) }).map_err(mismatch)?;
+    let full =
+        context(&td, &DecisionContext { entry_matched: Some(true), node_entry: Some(true) }).map_err(mismatch)?;
     let obtain = model::action_uid(Action::ObtainSvid).map_err(mismatch)?;
     Request::new(workload, obtain, identity, full, Some(schema)).map_err(|e| {
-        mismatch(format!("the context of obtain_svid must declare entry_matched?: Bool and node_entry?: Bool: {}", chain(&e)))
+        mismatch(format!(
+            "the context of obtain_svid must declare entry_matched?: Bool and node_entry?: Bool: {}",
+            chain(&e)
+        ))
     })?;
     Ok(())
 }

@@ -56,9 +56,9 @@ mod statements;
 
 pub use crate::domain::{CaRole, CaState};
 pub use records::{
-    AgentRecord, AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, CertStatus, ChangeBatch, ChangeKind, ChangeRecord,
-    DenyRecord, EntryRecord, ImportedCrlRecord, ProfileKey, ProfileRecord, Revocation, RevokeOutcome, RevokedEntry,
-    SigningKeyRecord,
+    AgentRecord, AuditFilter, AuditRecord, CaRecord, CertFilter, CertRecord, CertStatus, ChangeBatch, ChangeKind,
+    ChangeRecord, DenyRecord, EntryRecord, ImportedCrlRecord, ProfileKey, ProfileRecord, Revocation, RevokeOutcome,
+    RevokedEntry, SigningKeyRecord,
 };
 
 /// How long change records are kept (7 days): a replica that was away longer

@@ -111,7 +111,12 @@ pub fn entries_from_wire(list: &[pb::Entry], node: &NodeId) -> Result<Vec<Entry>
         let entry = Entry {
             id: e.id.clone(),
             spiffe_id: SpiffeId::parse(&e.spiffe_id).map_err(|x| fail(x.to_string()))?,
-            selectors: e.selectors.iter().map(|s| Selector::parse(s)).collect::<Result<_, _>>().map_err(|x| fail(x.to_string()))?,
+            selectors: e
+                .selectors
+                .iter()
+                .map(|s| Selector::parse(s))
+                .collect::<Result<_, _>>()
+                .map_err(|x| fail(x.to_string()))?,
             dns_names: e.dns_names.clone(),
             ttl_seconds: (e.ttl_seconds > 0).then_some(e.ttl_seconds),
             jwt_ttl_seconds: (e.jwt_ttl_seconds > 0).then_some(e.jwt_ttl_seconds),
@@ -149,8 +154,11 @@ pub fn trust_from_wire(t: &pb::Trust, td: &TrustDomain) -> Result<TrustSnapshot,
     if ders.is_empty() {
         return bad("an empty bundle");
     }
-    let bundle =
-        ders.iter().map(|d| CaCertificate::from_der(d)).collect::<Result<Vec<_>, _>>().map_err(|e| BadState(format!("bundle: {e}")))?;
+    let bundle = ders
+        .iter()
+        .map(|d| CaCertificate::from_der(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| BadState(format!("bundle: {e}")))?;
     let issuers: Vec<&CaCertificate> = bundle.iter().collect();
     let crls = t
         .crls

@@ -27,7 +27,8 @@ mod jws;
 
 pub use claims::{TokenClaims, TokenRules, check_claims, mint, new_jti, verify};
 pub use jws::{
-    Es256Signer, MAX_TOKEN_LEN, SignatureMemo, VerifyingKey, generate_es256_pkcs8, jwks, validate_jwt_svid, verify_es256,
+    Es256Signer, MAX_TOKEN_LEN, SignatureMemo, VerifyingKey, generate_es256_pkcs8, jwks, validate_jwt_svid,
+    verify_es256,
 };
 
 /// Everything that can be wrong with a token or a token key.

@@ -36,6 +36,7 @@ pub fn entry(spiffe_id: impl Display, created_at: i64, selectors: &[impl AsRef<s
         hint: None,
         federates_with: vec![],
         created_at,
+        node: None,
     }
 }
 

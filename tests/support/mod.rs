@@ -5,6 +5,7 @@
 //! | module | what it is for |
 //! |---|---|
 //! | `server` | the real `trustmesh` binary: `serve` on ephemeral ports, the CLI against it |
+//! | `agent` | the real `trustmesh agent` of a test server, attested with a join token |
 //! | `openssl` | PEM text, normalized serials, and openssl as an independent verifier |
 //! | `process` | stopping child processes, polling with a deadline |
 //! | `envoy` | real Envoy processes, their bootstraps from the shipped generator, HTTP through them |
@@ -18,6 +19,7 @@
 //! | `socket` | gRPC over a Unix socket, a raw Workload API client |
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod agent;
 pub mod envoy;
 pub mod fixtures;
 pub mod issuer;

@@ -8,11 +8,12 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::support::envoy::bootstrap::{client_bootstrap, server_bootstrap};
+use crate::support::agent::Agent;
+use crate::support::envoy::bootstrap::{at_socket, client_bootstrap, server_bootstrap};
 use crate::support::envoy::http::{self, Probe, Upstream};
 use crate::support::envoy::{Envoy, envoy_alias, envoy_bin};
 use crate::support::openssl::{crl_serials_of, normalize_serial};
-use crate::support::server::{Server, entry_for};
+use crate::support::server::{Server, entry_on};
 
 pub const SERVER_ID: &str = "spiffe://example.org/revocation/server";
 pub const A_ID: &str = "spiffe://example.org/revocation/client-a";
@@ -41,12 +42,27 @@ pub const A_FRESH: ClientSpec = ClientSpec { label: "a-fresh", id: A_ID, fresh: 
 pub const B_KEEP: ClientSpec = ClientSpec { label: "b-keep", id: B_ID, fresh: false };
 pub const B_FRESH: ClientSpec = ClientSpec { label: "b-fresh", id: B_ID, fresh: true };
 
-/// Fields drop in order: client Envoys, the server Envoy, the backend,
-/// trustmesh, the folder.
+/// Where the scene's Envoys get their identities: trustmesh's own socket,
+/// or node agents — the server Envoy's on node `node-a`, the clients' on
+/// `node-b` — whose entries are bound to their node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sds {
+    Server,
+    Agents,
+}
+
+/// The nodes of [`Sds::Agents`].
+pub const SERVER_NODE: &str = "node-a";
+pub const CLIENT_NODE: &str = "node-b";
+
+/// Fields drop in order: client Envoys, the server Envoy, the backend, the
+/// agents, trustmesh, the folder.
 pub struct Scene {
     pub clients: Vec<(ClientSpec, Envoy)>,
     pub server: Envoy,
     pub upstream: Upstream,
+    /// [`Sds::Agents`]: the server Envoy's agent, then the clients'.
+    pub agents: Vec<Agent>,
     pub tm: Server,
     pub dir: tempfile::TempDir,
 }
@@ -57,24 +73,41 @@ impl Scene {
     /// identity's Envoys run from their own path of the Envoy binary, which
     /// their registration entry selects.
     pub fn start(specs: &[ClientSpec]) -> Scene {
+        Self::start_with(specs, Sds::Server, &[])
+    }
+
+    /// [`Scene::start`] with the Envoys' identities from `sds`, trustmesh
+    /// started with `serve_args`.
+    pub fn start_with(specs: &[ClientSpec], sds: Sds, serve_args: &[&str]) -> Scene {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let tm = Server::start(&data, &[]);
+        let tm = Server::start(&data, serve_args);
+        let agents = match sds {
+            Sds::Server => Vec::new(),
+            Sds::Agents => [SERVER_NODE, CLIENT_NODE].map(|node| Agent::join(&tm, &[], node, dir.path())).into(),
+        };
+        let node = |i: usize| agents.get(i).map(|a| a.node.as_str());
+        // The generated bootstrap names trustmesh's socket; behind an agent, the agent's.
+        let own_socket = Server::socket_path(&tm.data_dir);
+        let socket = |i: usize, yaml: String| match agents.get(i) {
+            Some(agent) => at_socket(&yaml, &own_socket, &agent.socket),
+            None => yaml,
+        };
         let server_bin = envoy_bin();
-        entry_for(&tm, SERVER_ID, &server_bin);
+        entry_on(&tm, SERVER_ID, &server_bin, node(0));
         let mut client_bins: Vec<(&str, PathBuf)> = Vec::new();
         for spec in specs {
             if !client_bins.iter().any(|(id, _)| *id == spec.id) {
                 let name = spec.id.rsplit('/').next().unwrap();
                 let bin = envoy_alias(dir.path(), name);
-                entry_for(&tm, spec.id, &bin);
+                entry_on(&tm, spec.id, &bin, node(1));
                 client_bins.push((spec.id, bin));
             }
         }
         let upstream = Upstream::start();
         let listener = format!("{SERVER_LISTENER}:0:{A_ID},{B_ID}");
         let text = server_bootstrap(&tm, "revocation-server", SERVER_ID, &listener, upstream.port(), &[]);
-        let server = Envoy::start_with(&server_bin, &text, &[]);
+        let server = Envoy::start_with(&server_bin, &socket(0, text), &[]);
         server.wait_deny_list();
         let port = server.listener_port(SERVER_LISTENER);
         let mut clients = Vec::new();
@@ -82,9 +115,9 @@ impl Scene {
             let route = format!("{CLIENT_ROUTE}:0:127.0.0.1:{port}:{SERVER_ID}");
             let text = client_bootstrap(&tm, spec.label, spec.id, &route, spec.fresh, &[]);
             let bin = &client_bins.iter().find(|(id, _)| *id == spec.id).unwrap().1;
-            clients.push((*spec, Envoy::start_with(bin, &text, &[])));
+            clients.push((*spec, Envoy::start_with(bin, &socket(1, text), &[])));
         }
-        Scene { clients, server, upstream, tm, dir }
+        Scene { clients, server, upstream, agents, tm, dir }
     }
 
     pub fn client(&self, label: &str) -> &Envoy {
@@ -133,6 +166,9 @@ impl Scene {
         let mut out = format!("server {}\n", self.server.diagnostics());
         for (spec, envoy) in &self.clients {
             out.push_str(&format!("client {} {}\n", spec.label, envoy.diagnostics()));
+        }
+        for agent in &self.agents {
+            out.push_str(&format!("--- agent {} log tail ---\n{}\n", agent.node, agent.log_tail(30)));
         }
         out.push_str(&format!("--- trustmesh log tail ---\n{}", self.tm.log_tail(60)));
         out

@@ -295,9 +295,18 @@ pub fn metric_with(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f6
 /// processes started through different paths (see `envoy_alias`) get
 /// different identities.
 pub fn entry_for(server: &Server, spiffe_id: &str, bin: &Path) {
+    entry_on(server, spiffe_id, bin, None);
+}
+
+/// [`entry_for`], bound to the agent of `node` when there is one.
+pub fn entry_on(server: &Server, spiffe_id: &str, bin: &Path, node: Option<&str>) {
     let uid = format!("unix:uid:{}", my_uid());
     let path = format!("unix:path:{}", bin.display());
-    server.ok(&["entry", "create", "--spiffe-id", spiffe_id, "--selector", &uid, "--selector", &path]);
+    let mut args = vec!["entry", "create", "--spiffe-id", spiffe_id, "--selector", &uid, "--selector", &path];
+    if let Some(node) = node {
+        args.extend(["--node", node]);
+    }
+    server.ok(&args);
 }
 
 /// A minimal HTTP/1.0 GET, enough for the read-only endpoints.

@@ -72,6 +72,14 @@ pub fn node_on_every_request(yaml: &str) -> String {
     yaml.replace(FIRST_ONLY, "set_node_on_first_message_only: false")
 }
 
+/// A generated bootstrap that reaches `to` (a node agent's socket) instead
+/// of the server's own socket `from`: the socket path, and nothing else.
+pub fn at_socket(yaml: &str, from: &Path, to: &Path) -> String {
+    let from = from.display().to_string();
+    assert!(yaml.contains(&from), "the generated bootstrap does not name {from}");
+    yaml.replace(&from, &to.display().to_string())
+}
+
 /// `trustmesh envoy bootstrap` as JSON, for [`with_files`].
 pub fn bootstrap_json(tm: &Server, node_id: &str, spiffe_id: &str, args: &[&str]) -> String {
     let socket = Server::socket_path(&tm.data_dir).display().to_string();
