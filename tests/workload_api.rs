@@ -380,20 +380,13 @@ async fn the_security_header_is_required_and_callers_without_identity_are_denied
 // ---- py-spiffe -------------------------------------------------------------
 
 use support::process::KillOnDrop;
-use support::venv_python;
+use support::{py_spiffe as python_at, venv_python};
 
 /// Unmodified py-spiffe: grpc-core sends the percent-encoded socket path as
 /// `:authority`, which the local socket's header filter drops
 /// (`src/net/authority.rs`; see `grpc_core_sends_the_authority_the_filter_drops`).
 fn python(h: &Harness, script: &str, args: &[&str]) -> std::process::Command {
     python_at(&h.socket, script, args)
-}
-
-fn python_at(socket: &Path, script: &str, args: &[&str]) -> std::process::Command {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workload_py").join(script);
-    let mut cmd = std::process::Command::new(venv_python());
-    cmd.arg(script).args(args).env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{}", socket.display()));
-    cmd
 }
 
 /// Runs `tests/workload_py/<script>` to completion (60 s at most); returns stdout.

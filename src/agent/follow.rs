@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use super::disk::Disk;
 use super::link::Link;
 use super::minter::AgentMinter;
-use crate::cache::{IdentityCache, Urgency, renewal_urgency, rotation_at};
+use crate::cache::{IdentityCache, Urgency, issued_lifetime, renewal_urgency, rotation_at};
 use crate::domain::{Clock, Entry};
 use crate::proto::agent::v1 as pb;
 use crate::sync::{BadState, Revisions, entries_from_wire, trust_from_wire};
@@ -145,6 +145,8 @@ impl Sync {
                             self.minter.retain(&self.feeds.entries.borrow());
                             if !synced {
                                 synced = true;
+                                // The server is back: what failed meanwhile is retried now.
+                                self.cache.retry_failed();
                                 tracing::info!(server = %self.link.server(), entries = state.entries.len(), "Agent synced");
                             }
                         }
@@ -248,7 +250,7 @@ pub async fn renew_node(link: Arc<Link>, clock: Arc<dyn Clock>, join_token_file:
 fn log_failed_renewal(svid: &super::link::NodeSvid, now: time::OffsetDateTime, error: &str) {
     let left = svid.not_after - now;
     let seconds = left.whole_seconds();
-    match renewal_urgency(left, svid.not_after - svid.not_before) {
+    match renewal_urgency(left, issued_lifetime(svid.not_before, svid.not_after)) {
         Urgency::Warn => {
             tracing::warn!(cert_expires_in_seconds = seconds, error, "Node SVID renewal failed")
         }

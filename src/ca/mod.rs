@@ -59,5 +59,5 @@ pub use kek::Kek;
 pub use key::{KeyAlgorithm, PrivateKey};
 pub use leaf_key::LeafKey;
 pub use node::{csr_der, issue_node_svid};
-pub use template::check_dns_name;
+pub use template::{LEAF_BACKDATE, check_dns_name};
 pub use usage::{ExtKeyUsage, KeyUsage, LeafUsage};

@@ -15,7 +15,7 @@ pub(crate) const ORGANIZATION: &str = "trustmesh";
 /// Backdating of CA certificates and CRLs (clock skew between machines).
 pub(crate) const CA_BACKDATE: Duration = Duration::seconds(60);
 /// Backdating of leaf certificates (SPEC §4: notBefore 30 s in the past).
-pub(crate) const LEAF_BACKDATE: Duration = Duration::seconds(30);
+pub const LEAF_BACKDATE: Duration = Duration::seconds(30);
 
 const MAX_DNS_NAME: usize = 253;
 const MAX_LABEL: usize = 63;

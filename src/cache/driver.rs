@@ -218,7 +218,7 @@ impl Inner {
                 let left = old.not_after - now;
                 let retry_in = (retry_at - now).whole_seconds();
                 let (id, serial) = (&entry.spiffe_id, &old.serial);
-                match renewal_urgency(left, old.not_after - old.not_before) {
+                match renewal_urgency(left, issued_lifetime(old.not_before, old.not_after)) {
                     Urgency::Warn => tracing::warn!(
                         spiffe_id = %id, entry_id = %entry.id, serial = %serial, error = %err,
                         cert_expires_in_seconds = left.whole_seconds(), retry_in_seconds = retry_in,
@@ -268,6 +268,12 @@ pub enum Urgency {
     Warn,
     Error,
     Critical,
+}
+
+/// What an SVID was issued for: its validity without the backdated notBefore.
+pub fn issued_lifetime(not_before: OffsetDateTime, not_after: OffsetDateTime) -> Duration {
+    let validity = not_after - not_before;
+    if validity > ca::LEAF_BACKDATE * 2 { validity - ca::LEAF_BACKDATE } else { validity }
 }
 
 /// The urgency of a failed renewal with `left` of `lifetime` to go.

@@ -111,6 +111,15 @@ impl IdentityCache {
         self.inner.state.lock().warm()
     }
 
+    /// Retries at once every issuance that failed (an agent whose server is
+    /// back): their drivers stop waiting out their back-off.
+    pub fn retry_failed(&self) {
+        let state = self.inner.state.lock();
+        for slot in state.slots.values().filter(|s| s.withheld.is_some() && !s.denied) {
+            slot.wake.notify_one();
+        }
+    }
+
     /// How many SVIDs the cache holds, and the earliest notAfter among them.
     pub fn svids(&self) -> (usize, Option<time::OffsetDateTime>) {
         let state = self.inner.state.lock();

@@ -30,7 +30,7 @@ mod state;
 mod timing;
 
 pub use budget::{BURST as MINT_BURST, REFILL as MINT_REFILL};
-pub use driver::{Urgency, renewal_urgency};
+pub use driver::{Urgency, issued_lifetime, renewal_urgency};
 pub use identity::{CacheInputs, CacheOptions, DEFAULT_REISSUE_RATE, IdentityCache};
 pub use timing::{FixedJitter, Jitter, ManualTimer, RingJitter, Timer, TokioTimer, rotation_at};
 

@@ -48,6 +48,15 @@ pub fn venv_python() -> PathBuf {
     python
 }
 
+/// `tests/workload_py/<script> ARGS` (py-spiffe, unmodified) against the
+/// Workload API on `socket`.
+pub fn py_spiffe(socket: &Path, script: &str, args: &[&str]) -> std::process::Command {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workload_py").join(script);
+    let mut cmd = std::process::Command::new(venv_python());
+    cmd.arg(script).args(args).env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{}", socket.display()));
+    cmd
+}
+
 /// The uid this test runs as (0 in CI), for `unix:uid:` selectors.
 pub fn my_uid() -> u32 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
