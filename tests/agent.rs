@@ -203,3 +203,61 @@ fn agents_serve_through_a_server_outage_from_memory_and_from_disk_and_renew_once
         assert!(failures(o, origin).is_empty(), "{label} failed during the outage: {:?}\n{diag}", failures(o, origin));
     }
 }
+
+/// The deny list (ECDS) an Envoy holds, as its admin's config dump shows it.
+fn ecds_dump(envoy: &Envoy) -> String {
+    envoy.admin_get("/config_dump?resource=ecds_filters").body
+}
+
+#[test]
+fn an_agent_resumes_on_another_replica_and_a_deny_through_it_reaches_its_envoy() {
+    use support::envoy::bootstrap::server_bootstrap;
+    use support::envoy::envoy_bin;
+    use support::envoy::http::Upstream;
+    use support::replicas::{block_on, kek_file, replica};
+    use support::server::entry_on;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = block_on(support::postgres::fresh_database());
+    let kek = kek_file(dir.path());
+    let mut a = replica(dir.path(), "a", &url, &kek);
+    let b = replica(dir.path(), "b", &url, &kek);
+    entry_on(&a, SERVER_ID, &envoy_bin(), Some("node-a"));
+    let agent = Agent::join(&a, &[&b], "node-a", dir.path());
+    let upstream = Upstream::start();
+    let listener = format!("{SERVER_LISTENER}:0:{A_ID}");
+    let text = server_bootstrap(&a, "replica-server", SERVER_ID, &listener, upstream.port(), &[]);
+    let envoy = Envoy::start(&at_socket(&text, &Server::socket_path(&a.data_dir), &agent.socket));
+    envoy.wait_deny_list();
+    assert_eq!(agent.events("Agent synced")[0]["server"], format!("https://{}", a.api));
+    let on_a = a.json(&["agent", "list"])[0]["connected_replica"].clone();
+    assert!(on_a.is_string(), "{on_a}");
+
+    // The replica the agent is connected to dies: it resumes on the other
+    // within 5 s, with the node SVID it has (no new attestation).
+    a.kill();
+    let killed = Instant::now();
+    let on_b = format!("https://{}", b.api);
+    let resumed = poll(Duration::from_secs(5), || {
+        agent.events("Agent synced").iter().any(|e| e["server"] == on_b.as_str()).then(Instant::now)
+    });
+    let resumed = resumed.unwrap_or_else(|| panic!("not resumed on replica b within 5 s\n{}", agent.log_tail(30)));
+    println!("resumed on replica b {:?} after replica a was killed", resumed - killed);
+    assert!(agent.events("Node SVID received").len() == 1, "attested again\n{}", agent.log_tail(30));
+    let on_b = poll(Duration::from_secs(2), || {
+        let replica = b.json(&["agent", "list"])[0]["connected_replica"].clone();
+        (replica.is_string() && replica != on_a).then_some(replica)
+    });
+    assert!(on_b.is_some(), "`agent list` does not name replica b as the agent's");
+
+    // A denial through the surviving replica reaches the Envoy behind the agent.
+    assert!(!ecds_dump(&envoy).contains(A_ID), "denied before the denial");
+    let t = Instant::now();
+    b.ok(&["pki", "identity", "deny", A_ID, "--reason", "replica failover test"]);
+    let returned = t.elapsed();
+    let reached = poll(Duration::from_secs(5), || ecds_dump(&envoy).contains(A_ID).then(Instant::now));
+    let reached = reached.unwrap_or_else(|| panic!("the denial never reached the Envoy\n{}", agent.log_tail(30)));
+    let latency = reached.saturating_duration_since(t + returned);
+    println!("deny through replica b returned in {returned:?}, in the Envoy's deny list {latency:?} later");
+    assert!(latency <= Duration::from_secs(1), "the denial took {latency:?} to reach the Envoy");
+}
