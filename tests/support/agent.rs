@@ -38,7 +38,8 @@ pub fn agent_paths(dir: &Path, node: &str) -> (PathBuf, PathBuf, PathBuf) {
 
 impl Agent {
     /// Mints a join token for `node` through `tm` and starts an agent of
-    /// `tm` (and of `more` servers, replicas tried in turn) with it.
+    /// `tm` (and of `more` servers, replicas tried in turn) with it; returns
+    /// once it has the server's state (ready).
     pub fn join(tm: &Server, more: &[&Server], node: &str, dir: &Path) -> Agent {
         let (data_dir, socket, token_file) = agent_paths(dir, node);
         let token = tm.json(&["token", "mint", "join", node]);
@@ -47,8 +48,11 @@ impl Agent {
         servers.extend(more.iter().map(|s| format!("https://{}", s.api)));
         let bundle = tm.bundle_path();
         let args = agent_args(&servers, &bundle, Some(&token_file), node, &data_dir, &socket);
-        Self::try_start(node, &data_dir, &socket, args)
-            .unwrap_or_else(|(log, why)| panic!("agent did not start: {why}\n{log}"))
+        let agent = Self::try_start(node, &data_dir, &socket, args)
+            .unwrap_or_else(|(log, why)| panic!("agent did not start: {why}\n{log}"));
+        let ready = super::process::poll(Duration::from_secs(10), || (agent.ready().0 == 200).then_some(()));
+        assert!(ready.is_some(), "agent {node} not ready within 10 s\n{}", agent.log_tail(30));
+        agent
     }
 
     /// Starts `trustmesh agent ARGS` and waits for its `agent ready` line.
@@ -186,4 +190,27 @@ pub fn command(args: &[String]) -> Command {
         }
     }
     c
+}
+
+/// Runs `trustmesh agent ARGS` that must stop before it serves (logs as
+/// text); returns its exit code and the `error:` lines it printed. Killed
+/// (and the test failed) if it runs 30 s.
+pub fn failed_agent(args: &[String]) -> (Option<i32>, Vec<String>) {
+    let mut args = args.to_vec();
+    if let Some(i) = args.iter().position(|a| a == "json") {
+        args[i] = "pretty".into();
+    }
+    let mut child = command(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("trustmesh {args:?} did not stop within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    (out.status.code(), stderr.lines().filter(|l| l.starts_with("error:")).map(str::to_string).collect())
 }
