@@ -75,12 +75,8 @@ fn bad_join_tokens_are_refused_with_a_clear_error_and_audited() {
 
     // Every refusal was audited, and the good agent is served all along.
     let audit = tm.json(&["audit", "list"]);
-    let refusals = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["action"] == "attest_agent" && r["outcome"] == "denied")
-        .count();
+    let refusals =
+        audit.as_array().unwrap().iter().filter(|r| r["action"] == "attest_agent" && r["outcome"] == "denied").count();
     assert!(refusals >= 6, "{refusals} refused attestations audited:\n{audit}");
     assert_eq!(good.ready().0, 200);
     assert_eq!(tm.json(&["agent", "list"]).as_array().unwrap().len(), 1, "no other node was attested");
@@ -103,7 +99,9 @@ fn a_data_directory_with_loose_modes_or_corrupt_files_stops_the_agent_with_one_l
     refused(&args, "node.key has mode 644; it must be 0600");
     chmod(&data.join("node.key"), 0o600);
 
-    for (file, needle) in [("node.key", "node.key is corrupt"), ("state.pb", "state.pb is corrupt"), ("node.pem", "node.pem is corrupt")] {
+    for (file, needle) in
+        [("node.key", "node.key is corrupt"), ("state.pb", "state.pb is corrupt"), ("node.pem", "node.pem is corrupt")]
+    {
         let path = data.join(file);
         let kept = std::fs::read(&path).unwrap();
         std::fs::write(&path, b"\x00garbage\xff").unwrap();
@@ -181,11 +179,19 @@ mod protocol {
         // Attest: a CSR for another node's identity is refused, and does not spend the token.
         let mut anonymous = client(&tm, None).await;
         let node_key = key();
-        let bad = pb::AttestRequest { node_id: "node-a".into(), join_token: token.clone(), csr: csr(&node_key, &node_id("node-b")) };
+        let bad = pb::AttestRequest {
+            node_id: "node-a".into(),
+            join_token: token.clone(),
+            csr: csr(&node_key, &node_id("node-b")),
+        };
         let err = anonymous.attest(bad).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         assert!(err.message().contains("must name exactly spiffe://example.org/trustmesh/agent/node-a"), "{err:?}");
-        let good = pb::AttestRequest { node_id: "node-a".into(), join_token: token.clone(), csr: csr(&node_key, &node_id("node-a")) };
+        let good = pb::AttestRequest {
+            node_id: "node-a".into(),
+            join_token: token.clone(),
+            csr: csr(&node_key, &node_id("node-a")),
+        };
         let svid = anonymous.attest(good.clone()).await.unwrap().into_inner();
         let replay = anonymous.attest(good).await.unwrap_err();
         assert_eq!(replay.code(), Code::Unauthenticated, "{replay:?}");
@@ -230,7 +236,9 @@ mod protocol {
         assert!(errors[4].is_empty() && !answers[4].chain_pem.is_empty(), "the good CSR beside them: {errors:?}");
         assert!(answers[..4].iter().all(|a| a.chain_pem.is_empty()));
         // Too many CSRs in one call; a message over the limit.
-        let many = pb::SignSvidsRequest { csrs: (0..257).map(|_| pb::SvidCsr { entry_id: web.clone(), csr: vec![] }).collect() };
+        let many = pb::SignSvidsRequest {
+            csrs: (0..257).map(|_| pb::SvidCsr { entry_id: web.clone(), csr: vec![] }).collect(),
+        };
         assert_eq!(agent.sign_svids(many).await.unwrap_err().code(), Code::InvalidArgument);
         let huge = sign(&web, vec![0u8; 5 * 1024 * 1024]);
         let err = agent.sign_svids(huge).await.unwrap_err();
@@ -247,7 +255,11 @@ mod protocol {
         let outbound = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
         let mut stream = agent.sync(outbound).await.unwrap().into_inner();
         let state = stream.message().await.unwrap().unwrap();
-        assert_eq!(state.entries.iter().map(|e| e.spiffe_id.as_str()).collect::<Vec<_>>(), [WEB], "only its own entries");
+        assert_eq!(
+            state.entries.iter().map(|e| e.spiffe_id.as_str()).collect::<Vec<_>>(),
+            [WEB],
+            "only its own entries"
+        );
         let out = tm.ok(&["agent", "evict", "node-a"]);
         assert!(out.contains("evicted: 3 certificates revoked"), "{out}");
         let ended = tokio::time::timeout(Duration::from_secs(2), stream.message()).await.expect("the stream ended");
@@ -261,5 +273,260 @@ mod protocol {
         assert!(listed.as_array().unwrap().iter().all(|c| c["status"] == "revoked"), "{listed}");
         let again = tm.fails(&["agent", "evict", "node-a"]);
         assert!(again.contains("no attested node node-a (or it is evicted already)"), "{again}");
+    }
+}
+
+mod garbage {
+    //! A server that sends garbage (a forged CRL, another trust domain, an
+    //! entry that does not parse, a bundle that is not one): the agent
+    //! refuses each state whole and keeps serving what it had.
+
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use parking_lot::Mutex;
+    use ring::rand::SystemRandom;
+    use time::OffsetDateTime;
+    use tonic::{Request, Response, Status, Streaming};
+    use trustmesh::agent::{Agent, AgentParts};
+    use trustmesh::ca::{self, KeyAlgorithm, RootParams, Signer, SvidRequest};
+    use trustmesh::cache::IdentitySource;
+    use trustmesh::domain::{NodeId, RandomSerials, Selector, SerialSource, SpiffeId, SystemClock, TrustDomain};
+    use trustmesh::proto::agent::v1 as pb;
+    use trustmesh::trust::TrustSnapshot;
+
+    const WEB: &str = "spiffe://example.org/garbage/web";
+
+    /// The one good state, then one bad state per stream, in this order.
+    struct Fake {
+        ca: Arc<Signer>,
+        good: pb::SyncState,
+        bad: Vec<pb::SyncState>,
+        streams: Arc<AtomicUsize>,
+        signed: Arc<Mutex<Vec<String>>>,
+    }
+
+    fn serial() -> trustmesh::domain::Serial {
+        RandomSerials::default().next_serial().unwrap()
+    }
+
+    fn leaf(ca: &Signer, csr: &[u8]) -> Result<String, Status> {
+        let td = TrustDomain::parse("example.org").unwrap();
+        let parsed = ca::parse_csr(csr, &td).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let lifetime = time::Duration::hours(1);
+        let now = OffsetDateTime::now_utc();
+        let cert = match NodeId::of_agent_id(&parsed.spiffe_id, &td) {
+            Some(node) => ca::issue_node_svid(ca, &node, &td, &parsed.public_key_der, lifetime, serial(), now),
+            None => {
+                let request = SvidRequest {
+                    spiffe_id: &parsed.spiffe_id,
+                    dns_names: &[],
+                    public_key_der: &parsed.public_key_der,
+                    lifetime,
+                    serial: serial(),
+                    common_name: None,
+                };
+                ca::issue_svid(ca, &request, now)
+            }
+        }
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(format!("{}{}", cert.to_pem(), ca.cert.to_pem()))
+    }
+
+    type States = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::SyncState, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl pb::agent_server::Agent for Fake {
+        async fn attest(&self, request: Request<pb::AttestRequest>) -> Result<Response<pb::NodeSvid>, Status> {
+            let chain_pem = leaf(&self.ca, &request.into_inner().csr)?;
+            Ok(Response::new(pb::NodeSvid { chain_pem, bundle_pem: self.ca.cert.to_pem() }))
+        }
+
+        async fn renew_node_svid(
+            &self,
+            request: Request<pb::RenewNodeSvidRequest>,
+        ) -> Result<Response<pb::NodeSvid>, Status> {
+            let chain_pem = leaf(&self.ca, &request.into_inner().csr)?;
+            Ok(Response::new(pb::NodeSvid { chain_pem, bundle_pem: self.ca.cert.to_pem() }))
+        }
+
+        async fn sign_svids(
+            &self,
+            request: Request<pb::SignSvidsRequest>,
+        ) -> Result<Response<pb::SignSvidsResponse>, Status> {
+            let mut svids = Vec::new();
+            for c in request.into_inner().csrs {
+                let chain_pem = leaf(&self.ca, &c.csr)?;
+                self.signed.lock().push(c.entry_id.clone());
+                svids.push(pb::SignedSvid { entry_id: c.entry_id, chain_pem, error: String::new(), denied: false });
+            }
+            Ok(Response::new(pb::SignSvidsResponse { svids }))
+        }
+
+        async fn mint_jwt_svid(
+            &self,
+            _: Request<pb::MintJwtSvidRequest>,
+        ) -> Result<Response<pb::MintJwtSvidResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        type SyncStream = States;
+
+        async fn sync(&self, _: Request<Streaming<pb::SyncReport>>) -> Result<Response<States>, Status> {
+            let n = self.streams.fetch_add(1, Ordering::SeqCst);
+            let mut states = Vec::new();
+            if n == 0 {
+                states.push(Ok(self.good.clone()));
+            }
+            states.extend(self.bad.get(n).cloned().map(Ok));
+            // Then the stream stays open, sending nothing more.
+            let stream = futures::stream::iter(states).chain(futures::stream::pending());
+            Ok(Response::new(Box::pin(stream)))
+        }
+    }
+
+    use futures::StreamExt as _;
+
+    fn good_state(ca: &Signer) -> pb::SyncState {
+        let td = TrustDomain::parse("example.org").unwrap();
+        let crl = ca::build_crl(ca, &[], 1, OffsetDateTime::now_utc(), time::Duration::days(7)).unwrap();
+        let mut snapshot = TrustSnapshot::empty(&td);
+        snapshot.revision = 7;
+        snapshot.bundle_pem = ca.cert.to_pem();
+        snapshot.crls = vec![crl];
+        let entry = pb::Entry {
+            id: "0a".into(),
+            spiffe_id: WEB.into(),
+            selectors: vec![format!("unix:uid:{}", crate::support::my_uid())],
+            created_at: 1,
+            ..Default::default()
+        };
+        pb::SyncState { entries: vec![entry], trust: Some(trustmesh::sync::trust_to_wire(&snapshot)) }
+    }
+
+    /// What a broken or hostile server could send.
+    fn bad_states(good: &pb::SyncState, other_ca: &Signer) -> Vec<pb::SyncState> {
+        let with_trust = |f: &dyn Fn(&mut pb::Trust)| {
+            let mut s = good.clone();
+            f(s.trust.as_mut().unwrap());
+            s
+        };
+        let forged = ca::build_crl(other_ca, &[], 2, OffsetDateTime::now_utc(), time::Duration::days(7)).unwrap();
+        let mut bad_entry = good.clone();
+        bad_entry.entries[0].selectors = vec!["nonsense".into()];
+        vec![
+            with_trust(&|t| t.crls = vec![forged.der.clone()]),
+            with_trust(&|t| t.trust_domain = "other.org".into()),
+            with_trust(&|t| t.bundle_pem = "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n".into()),
+            with_trust(&|t| t.jwks_json = "[1, 2".into()),
+            with_trust(&|t| t.revoked_serials = (0..3_000_000).map(|i| format!("{i:x}")).collect()),
+            pb::SyncState { entries: good.entries.clone(), trust: None },
+            bad_entry,
+        ]
+    }
+
+    fn root(td: &str) -> Signer {
+        let params = RootParams {
+            common_name: "garbage test root".into(),
+            algorithm: KeyAlgorithm::EcP256,
+            lifetime: time::Duration::days(1),
+            trust_domain: TrustDomain::parse(td).unwrap(),
+        };
+        ca::create_root(&params, serial(), OffsetDateTime::now_utc(), &SystemRandom::new()).unwrap()
+    }
+
+    /// The fake server's TLS: a server certificate for
+    /// spiffe://example.org/trustmesh/server from its root.
+    fn acceptor(ca: &Signer) -> tokio_rustls::TlsAcceptor {
+        let td = TrustDomain::parse("example.org").unwrap();
+        let id = SpiffeId::server(&td).unwrap();
+        let names = vec!["127.0.0.1".to_string()];
+        let (cert, key) = ca::issue_server_certificate(
+            ca,
+            &id,
+            &names,
+            time::Duration::hours(1),
+            serial(),
+            OffsetDateTime::now_utc(),
+            &SystemRandom::new(),
+        )
+        .unwrap();
+        let chain = vec![cert.der.clone().into(), ca.cert.der.clone().into()];
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.pkcs8_der().to_vec().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn states_that_fail_their_checks_change_nothing_the_agent_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Arc::new(root("example.org"));
+        let good = good_state(&ca);
+        let bad = bad_states(&good, &root("example.org"));
+        let count = bad.len();
+        let streams = Arc::new(AtomicUsize::new(0));
+        let signed = Arc::new(Mutex::new(Vec::new()));
+        let fake = Fake { ca: ca.clone(), good, bad, streams: streams.clone(), signed: signed.clone() };
+        let router = tonic::service::Routes::new(pb::agent_server::AgentServer::new(fake)).prepare().into_axum_router();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let limits = trustmesh::net::Limits::from_fd_limit(4096, Duration::from_secs(10), Duration::from_secs(300));
+        let gate = trustmesh::net::Gate::new(trustmesh::net::Listener::Tls, limits.tls);
+        let server = tokio::spawn(trustmesh::net::serve_tls(listener, acceptor(&ca), router, gate, stopped));
+
+        let token = dir.path().join("join");
+        std::fs::write(&token, "any").unwrap();
+        let data_dir = dir.path().join("agent");
+        std::fs::create_dir(&data_dir).unwrap();
+        let (kek, _) = ca::Kek::generate(&SystemRandom::new()).unwrap();
+        let agent = Agent::start(AgentParts {
+            servers: vec![format!("https://{addr}")],
+            node: NodeId::parse("node-a").unwrap(),
+            data_dir: data_dir.clone(),
+            trust_bundle: Some(ca.cert.to_pem()),
+            join_token_file: Some(token),
+            kek,
+            clock: Arc::new(SystemClock),
+        })
+        .await
+        .unwrap();
+        let tasks: Vec<_> = agent.tasks.into_iter().map(tokio::spawn).collect();
+
+        // Every bad state was sent (each on a stream of its own, after a refusal).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while streams.load(Ordering::SeqCst) < count + 1 {
+            assert!(tokio::time::Instant::now() < deadline, "only {} streams", streams.load(Ordering::SeqCst));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // What the agent holds is the good state, as first applied.
+        let trust = agent.trust.borrow().clone();
+        assert_eq!(trust.revision, 1, "one state applied, none after it");
+        assert_eq!(trust.bundle_pem, ca.cert.to_pem());
+        assert_eq!(trust.crls.len(), 1);
+        assert_eq!(trust.trust_domain.as_str(), "example.org");
+        // And it serves its SVID from it.
+        let uid = format!("unix:uid:{}", crate::support::my_uid());
+        let selectors: BTreeSet<Selector> = [Selector::parse(&uid).unwrap()].into();
+        let watch = agent.cache.watch(selectors).await.unwrap();
+        let set = watch.current();
+        assert_eq!(set.svids.len(), 1, "{:?}", set.withheld);
+        assert_eq!(set.svids[0].spiffe_id.to_string(), WEB);
+        assert_eq!(*signed.lock(), ["0a"], "its key's CSR was signed by the server");
+
+        stop.send(true).unwrap();
+        for t in tasks {
+            t.abort();
+        }
+        let _ = server.await;
     }
 }

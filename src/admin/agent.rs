@@ -31,10 +31,12 @@ use crate::trust::TrustSnapshot;
 /// Most CSRs one `SignSvids` call may carry.
 const MAX_CSRS_PER_CALL: usize = 256;
 
+/// The trust state of the newest revision, written once for every stream.
+type Encoded = Arc<Mutex<Option<(u64, Arc<pb::Trust>)>>>;
+
 pub struct AgentService {
     issuer: Arc<Issuer>,
-    /// The trust state of the newest revision, written once for every stream.
-    encoded: Arc<Mutex<Option<(u64, Arc<pb::Trust>)>>>,
+    encoded: Encoded,
 }
 
 /// The service, with its message limits.
@@ -129,7 +131,7 @@ impl pb::agent_server::Agent for AgentService {
 /// the agent goes, its node SVID is revoked, or the server stops.
 async fn follow(
     issuer: Arc<Issuer>,
-    encoded: Arc<Mutex<Option<(u64, Arc<pb::Trust>)>>>,
+    encoded: Encoded,
     agent: AgentIdentity,
     mut reports: Streaming<pb::SyncReport>,
     tx: mpsc::Sender<Result<pb::SyncState, Status>>,

@@ -126,6 +126,8 @@ impl Sync {
                 return Ended::Refused;
             }
         };
+        // A server answered: issuances go to it from now on.
+        self.link.set_connected(true);
         self.feeds.revisions.lock().forget_server();
         let mut synced = false;
         let mut latest = 0;

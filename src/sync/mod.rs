@@ -15,6 +15,10 @@
 //! receives another replica's numbers, so it numbers what it applies itself
 //! ([`Revisions`]), and reports acknowledgements back in the server's numbers.
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
