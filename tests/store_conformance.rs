@@ -1284,6 +1284,7 @@ async fn sqlite_version_2_database_gains_the_change_feed() {
     let path = dir.path().join("t.db");
     drop(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(BEFORE_V7).unwrap();
     conn.execute_batch(SQLITE_CAS_BEFORE_V6).unwrap();
     conn.execute_batch(
         "DROP TABLE profiles; DROP TABLE imported_crls; DROP TABLE changes; UPDATE schema_version SET version = 2",
@@ -1310,6 +1311,7 @@ async fn sqlite_version_4_database_gains_profiles() {
         store.revoke("0a", "keyCompromise", NOW, &audit("revoke", "0a", NOW)).await.unwrap();
     }
     let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(BEFORE_V7).unwrap();
     conn.execute_batch(SQLITE_CAS_BEFORE_V6).unwrap();
     conn.execute_batch("DROP TABLE profiles; DROP INDEX certificates_mount; UPDATE schema_version SET version = 4")
         .unwrap();
@@ -1328,6 +1330,36 @@ async fn sqlite_version_4_database_gains_profiles() {
         .query_row("SELECT group_concat(name) FROM sqlite_master WHERE name LIKE '%_v4'", [], |r| r.get(0))
         .unwrap_or_default();
     assert_eq!(tables, "", "the renamed tables are gone");
+}
+
+/// Takes a database (either dialect) back to schema 6: no agents, no nodes.
+const BEFORE_V7: &str = "DROP TABLE agents; DROP INDEX certificates_node; \
+     ALTER TABLE certificates DROP COLUMN node; ALTER TABLE entries DROP COLUMN node;";
+
+/// A schema 6 database keeps its entries and certificates, which belong to
+/// no node, and gains the agents table.
+#[tokio::test]
+async fn sqlite_version_6_database_gains_agents_and_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let web = entry("e1", "spiffe://example.org/web", &["unix:uid:1"], NOW);
+    {
+        let store: Arc<dyn Store> = Arc::new(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
+        seed(&store).await;
+        let c = cert("0a", "spiffe://example.org/web", "a-services", NOW, NOW + 60);
+        store.record_issuance(&c, &audit("issue", &c.spiffe_id, NOW)).await.unwrap();
+        store.insert_entry(&web, &audit("create_entry", &web.spiffe_id, NOW)).await.unwrap();
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(BEFORE_V7).unwrap();
+    conn.execute_batch("UPDATE schema_version SET version = 6").unwrap();
+    drop(conn);
+    let store: Arc<dyn Store> = Arc::new(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
+    assert_eq!(store.entries().await.unwrap(), [web]);
+    assert_eq!(store.certificate("0a").await.unwrap().unwrap().node, None);
+    let agent = agent_record("node-a", "0b", NOW + 60, NOW);
+    assert!(store.put_agent(&agent, true, &audit("attest_agent", &agent.spiffe_id, NOW)).await.unwrap());
+    assert_eq!(store.agents().await.unwrap().len(), 1);
 }
 
 /// Turns the `cas` table of a SQLite database back into its shape before
@@ -1351,6 +1383,7 @@ async fn sqlite_version_5_database_maps_active_cas_to_active_and_the_others_to_o
         fill_before_rotation(&store).await;
     }
     let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(BEFORE_V7).unwrap();
     conn.execute_batch(SQLITE_CAS_BEFORE_V6).unwrap();
     conn.execute_batch("UPDATE schema_version SET version = 5").unwrap();
     drop(conn);
@@ -1379,12 +1412,12 @@ async fn postgres_version_5_database_maps_active_cas_to_active_and_the_others_to
     let admin = admin_client(&url).await;
     admin
         .batch_execute(
-            "DROP TABLE stream_acks; DROP INDEX cas_one_active_per_role; DROP INDEX cas_one_prepared_per_role; \
+            &format!("{BEFORE_V7} DROP TABLE stream_acks; DROP INDEX cas_one_active_per_role; DROP INDEX cas_one_prepared_per_role; \
              ALTER TABLE cas ADD COLUMN active BOOLEAN; \
              UPDATE cas SET active = (state = 'active'); \
              ALTER TABLE cas ALTER COLUMN active SET NOT NULL, DROP COLUMN state, DROP COLUMN state_changed_at; \
              CREATE UNIQUE INDEX cas_one_active_per_role ON cas (role) WHERE active; \
-             UPDATE schema_version SET version = 5",
+             UPDATE schema_version SET version = 5"),
         )
         .await
         .unwrap();
@@ -1594,6 +1627,7 @@ async fn sqlite_version_1_database_gains_entries() {
     let path = dir.path().join("t.db");
     drop(trustmesh::store::sqlite::SqliteStore::open(&path).await.unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(BEFORE_V7).unwrap();
     conn.execute_batch(SQLITE_CAS_BEFORE_V6).unwrap();
     conn.execute_batch(
         "DROP TABLE profiles; DROP TABLE imported_crls; DROP TABLE entries; DROP TABLE changes; \

@@ -113,7 +113,7 @@ pub enum Command {
 
 /// Flags every admin command takes (global, so they may come before or after
 /// the command) that `serve` does not use: hidden from `serve --help`.
-const CLIENT_ONLY: [&str; 6] = ["output", "server", "token", "ca_file", "client_cert", "client_key"];
+const CLIENT_ONLY: [&str; 6] = ["output", "servers", "token", "ca_file", "client_cert", "client_key"];
 
 /// The command line as clap knows it, with `serve --help` listing only what
 /// `serve` uses.

@@ -58,6 +58,7 @@ fn embedded_policies_load_with_their_ids() {
         engine.policy_ids(),
         [
             "admin-all",
+            "agent-node-entries",
             "any-read-bundle",
             "bootstrap-minted-for",
             "foreign-trust-domain",
