@@ -84,6 +84,7 @@ fn workloads_get_their_nodes_svids_through_the_agent_socket_and_nothing_else() {
     assert_eq!(row["entries"], 1, "{row}");
     assert!(row["connected_replica"].is_string(), "{row}");
     assert_eq!(a.ready().0, 200);
+    assert_eq!(support::server::http_get(a.http, "/health").0, 200);
     let metrics = a.metrics();
     for name in ["trustmesh_agent_last_sync_age_seconds", "trustmesh_agent_svid_min_remaining_seconds"] {
         assert!(metrics.contains(name), "{name} missing from the agent's /metrics:\n{metrics}");
@@ -195,6 +196,8 @@ fn agents_serve_through_a_server_outage_from_memory_and_from_disk_and_renew_once
         now.len() == 1 && now != before
     });
     println!("renewed {:?} after the server was back", back.elapsed());
+    let failures_counted = support::server::metric(&scene.agents[0].metrics(), "trustmesh_cert_renewal_failure_total");
+    assert!(failures_counted.is_some_and(|n| n >= 2.0), "renewal failures counted: {failures_counted:?}");
     std::thread::sleep(Duration::from_secs(2));
     let outcomes: Vec<_> = probes.into_iter().map(|(l, p)| (l, p.stop())).collect();
     let diag = scene.diagnostics();
