@@ -530,3 +530,35 @@ mod garbage {
         let _ = server.await;
     }
 }
+
+#[test]
+fn entries_are_bound_to_a_node_by_name_or_by_spires_parent_id_and_bad_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let tm = Server::start(&dir.path().join("data"), &[]);
+    let create = |extra: &[&str]| {
+        let base = ["entry", "create", "--spiffe-id", "spiffe://example.org/bound", "--selector", "unix:uid:4242"];
+        tm.cli(&[&base[..], extra].concat())
+    };
+    let ok = |extra: &[&str]| {
+        let out = create(extra);
+        assert!(out.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let fails = |extra: &[&str], needle: &str| {
+        let out = create(extra);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success() && err.contains(needle), "{extra:?}: {needle:?} not in {err:?}");
+    };
+    assert!(ok(&["--node", "node-a"]).contains("Node:       node-a"));
+    let by_parent = ok(&["--parent-id", "spiffe://example.org/trustmesh/agent/node-b", "--selector", "unix:gid:1"]);
+    assert!(by_parent.contains("Node:       node-b"), "{by_parent}");
+    fails(&["--node", "a/b"], "invalid node name");
+    fails(&["--node", &"n".repeat(129)], "longer than 128 bytes");
+    fails(&["--parent-id", "spiffe://example.org/web"], "is not a node agent of this trust domain");
+    fails(&["--parent-id", "spiffe://other.org/trustmesh/agent/x"], "is not a node agent of this trust domain");
+    fails(&["--parent-id", "not a spiffe id"], "invalid node name");
+    fails(&["--node", "a", "--parent-id", "spiffe://example.org/trustmesh/agent/a"], "cannot be used with");
+    let listed = tm.json(&["entry", "list"]);
+    let nodes: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|e| e["node"].as_str()).collect();
+    assert_eq!(nodes, ["node-a", "node-b"], "only the good ones were created");
+}

@@ -75,8 +75,8 @@ fn activate_once_acknowledged(scene: &Scene, id: &str) -> Vec<String> {
 
 /// prepare → activate → taint → revoke of the CA of `role`, under traffic
 /// through a client Envoy that opens a new connection per request.
-fn rotate_under_traffic(role: &str) {
-    let scene = Scene::start(&[B_FRESH]);
+fn rotate_under_traffic(role: &str, sds: Sds) {
+    let scene = Scene::start_with(&[B_FRESH], sds, &[]);
     let dir = scene.dir.path();
     let old = ca_in(&scene, "services", "active").unwrap();
     let old_root = ca_in(&scene, "root", "active").unwrap();
@@ -150,12 +150,19 @@ fn rotate_under_traffic(role: &str) {
 
 #[test]
 fn a_services_ca_rotates_under_traffic_without_a_failed_request() {
-    rotate_under_traffic("services");
+    rotate_under_traffic("services", Sds::Server);
 }
 
 #[test]
 fn a_root_rotates_under_traffic_without_a_failed_request() {
-    rotate_under_traffic("root");
+    rotate_under_traffic("root", Sds::Server);
+}
+
+/// Envoys behind node agents: the agents report what their Envoys
+/// acknowledged, and re-issue through the server after the taint.
+#[test]
+fn a_root_rotates_under_traffic_behind_node_agents_without_a_failed_request() {
+    rotate_under_traffic("root", Sds::Agents);
 }
 
 #[test]
@@ -206,7 +213,20 @@ fn signal(pid: u32, signal: &str) {
 
 #[test]
 fn activation_waits_for_an_envoy_that_has_not_acknowledged_the_new_ca() {
-    let scene = Scene::start(&[B_FRESH]);
+    activation_waits(Sds::Server, "b-fresh", "revocation-server");
+}
+
+/// Behind agents, activation waits for the agent whose Envoy has not
+/// acknowledged, named by its node.
+#[test]
+fn activation_waits_for_an_agent_whose_envoy_has_not_acknowledged_the_new_ca() {
+    activation_waits(Sds::Agents, CLIENT_NODE, SERVER_NODE);
+}
+
+/// Activation is refused naming `held` (the stopped Envoy, or its agent)
+/// and not `acknowledged` (the server Envoy, or its agent).
+fn activation_waits(sds: Sds, held: &str, acknowledged: &str) {
+    let scene = Scene::start_with(&[B_FRESH], sds, &[]);
     let client = scene.client("b-fresh");
     assert!(scene.request("b-fresh").is_ok_and(|r| r.status == 200), "{}", scene.diagnostics());
     // The client Envoy is stopped: its SDS stream stays open and acknowledges nothing.
@@ -216,7 +236,7 @@ fn activation_waits_for_an_envoy_that_has_not_acknowledged_the_new_ca() {
     // The server Envoy acknowledges within moments; the stopped one never does.
     let named = poll(Duration::from_secs(5), || {
         let err = scene.tm.fails(&["pki", "ca", "activate", &id]);
-        (err.contains("b-fresh") && !err.contains("revocation-server")).then_some(err)
+        (err.contains(held) && !err.contains(acknowledged)).then_some(err)
     });
     let held = named.is_some();
     signal(client.pid(), "CONT");
