@@ -48,9 +48,10 @@ install_postgres() {
 }
 install_postgres
 
-# openssl verifies every certificate and CRL the end-to-end tests obtain.
+# openssl verifies every certificate and CRL the end-to-end tests obtain;
+# systemd-analyze (package systemd) verifies the units in deploy/systemd.
 install_tools() {
-    apt_install_missing openssl ca-certificates
+    apt_install_missing openssl ca-certificates systemd
 }
 install_tools
 

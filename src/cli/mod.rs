@@ -72,6 +72,10 @@ pub enum Command {
     /// Run the CA, the API port and the HTTP port.
     Serve(ServeArgs),
     /// Run a node agent (no command), or manage the server's agents (list, evict).
+    ///
+    /// The agent takes the global --server (repeat it for each replica, tried in turn)
+    /// [env: TRUSTMESH_AGENT_SERVER=, comma-separated] and --data-dir
+    /// [env: TRUSTMESH_AGENT_DATA_DIR=] [default: ./trustmesh-agent].
     #[command(args_conflicts_with_subcommands = true)]
     Agent {
         #[command(subcommand)]
