@@ -68,7 +68,8 @@ const NAMES: [&str; 2] = ["default", "ROOTCA"];
 const USAGE: &str = "\
 sds_streams: memory per SDS stream and fan-out latency of a trust-bundle change.
 
-  --socket PATH            trustmesh's local socket (required unless --in-process)
+  --socket PATH[,PATH…]    trustmesh's local socket (required unless --in-process); several (node
+                           agents' sockets): connection j goes to socket j mod their number
   --server-pid PID         the trustmesh serve process (required unless --in-process)
   --in-process DIR         start trustmesh in this process on data dir DIR (must not exist or be empty)
   --call revoke|deny       with --in-process: the change is Issuer::revoke or Issuer::deny (revoke)
@@ -99,7 +100,7 @@ sds_streams: memory per SDS stream and fan-out latency of a trust-bundle change.
 Every flag also reads BENCH_<FLAG> (e.g. BENCH_STREAMS=10000).";
 
 struct Args {
-    socket: PathBuf,
+    sockets: Vec<PathBuf>,
     server_pid: u32,
     in_process: Option<PathBuf>,
     call: Call,
@@ -154,21 +155,21 @@ fn parse_args() -> Result<Args, String> {
         Some("deny") => Call::Deny,
         Some(other) => return Err(format!("--call: revoke or deny, not {other}")),
     };
-    let (socket, server_pid) = match &in_process {
-        Some(dir) => (dir.join("api.sock"), std::process::id()),
+    let (sockets, server_pid) = match &in_process {
+        Some(dir) => (vec![dir.join("api.sock")], std::process::id()),
         None => {
-            let socket = get("socket").ok_or("--socket is required")?.into();
+            let sockets = get("socket").ok_or("--socket is required")?.split(',').map(PathBuf::from).collect();
             let server_pid = num(get("server-pid"), 0u32, "server-pid")?;
             if server_pid == 0 {
                 return Err("--server-pid is required".into());
             }
-            (socket, server_pid)
+            (sockets, server_pid)
         }
     };
     let flavor = get("flavor").unwrap_or_else(|| "delta".into());
     let api = get("api").unwrap_or_else(|| "sds".into());
     let args = Args {
-        socket,
+        sockets,
         server_pid,
         in_process,
         call,
@@ -772,7 +773,7 @@ async fn run(args: Args, server: Option<&InProcess>) -> i32 {
     // One warm-up stream on its own connection, kept open: the server mints
     // the entry's SVID, hashes this executable for attestation and encodes
     // both secrets once. The baseline RSS is read after it.
-    let warm_channel = match unix_channel(args.socket.clone()).await {
+    let warm_channel = match unix_channel(args.sockets[0].clone()).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sds_streams: {e}");
@@ -809,8 +810,8 @@ async fn run(args: Args, server: Option<&InProcess>) -> i32 {
     // Connections first (cheap), then streams at a bounded rate.
     let conns = n.div_ceil(args.per_conn);
     let mut channels = Vec::with_capacity(conns);
-    for _ in 0..conns {
-        match unix_channel(args.socket.clone()).await {
+    for j in 0..conns {
+        match unix_channel(args.sockets[j % args.sockets.len()].clone()).await {
             Ok(c) => channels.push(c),
             Err(e) => {
                 eprintln!("sds_streams: {e}");

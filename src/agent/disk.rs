@@ -94,7 +94,13 @@ pub fn check_modes(dir: &Path) -> Result<(), DiskError> {
 }
 
 impl Disk {
+    /// The data directory `dir` (made 0700 if missing) with its `svids/`.
     pub fn new(dir: &Path, kek: Kek) -> Result<Self, DiskError> {
+        if !dir.exists() {
+            fs::create_dir_all(dir).map_err(|e| DiskError(format!("cannot create {}: {e}", dir.display())))?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .map_err(|e| DiskError(format!("cannot set mode 0700 on {}: {e}", dir.display())))?;
+        }
         let svids = dir.join(SVIDS);
         if !svids.exists() {
             fs::create_dir(&svids).map_err(|e| DiskError(format!("cannot create {}: {e}", svids.display())))?;

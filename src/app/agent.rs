@@ -82,10 +82,7 @@ async fn run(cfg: &AgentConfig, started: Started) -> anyhow::Result<()> {
         tokio::spawn(task);
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let identities: Arc<dyn IdentitySource> = cache.clone();
-    let sds = SdsServer::new(identities.clone(), Arc::new(LocalAttestor), acks);
-    let workload = WorkloadApi::new(identities, Arc::new(LocalAttestor), jwt);
-    let local_router = workload.add_to(sds.add_to(tonic::service::Routes::default())).prepare().into_axum_router();
+    let local_router = socket_router(cache.clone(), acks, jwt);
     let metrics = AgentMetrics::register(cache.clone(), status.clone(), link.clone());
     let ready = {
         let (trust, link) = (trust.clone(), link.clone());
@@ -119,6 +116,19 @@ async fn run(cfg: &AgentConfig, started: Started) -> anyhow::Result<()> {
     telemetry.shutdown();
     let _ = std::fs::remove_file(&cfg.socket);
     Ok(())
+}
+
+/// The agent's local socket: SDS/ADS and the Workload API over its cache,
+/// callers attested by their peer credentials (as on `serve`'s socket).
+pub fn socket_router(
+    cache: Arc<crate::cache::IdentityCache>,
+    acks: Arc<crate::trust::Acknowledgements>,
+    jwt: Arc<crate::agent::AgentJwt>,
+) -> Router {
+    let identities: Arc<dyn IdentitySource> = cache;
+    let sds = SdsServer::new(identities.clone(), Arc::new(LocalAttestor), acks);
+    let workload = WorkloadApi::new(identities, Arc::new(LocalAttestor), jwt);
+    workload.add_to(sds.add_to(tonic::service::Routes::default())).prepare().into_axum_router()
 }
 
 type Ready = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;

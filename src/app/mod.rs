@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 
-pub use agent::agent;
+pub use agent::{agent, socket_router as agent_socket_router};
 pub use data_dir::{ADMIN_TOKEN_FILE, BUNDLE_FILE, DataDirLock, create_kek, load_kek, lock_data_dir};
 use data_dir::{Found, Places, Plan};
 pub use wiring::IssuerSide;
