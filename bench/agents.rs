@@ -165,7 +165,12 @@ async fn enrol(client: &mut AdminClient<Channel>, token: &str, node: &str, entri
         client.create_entry(authorized(token, entry)).await.unwrap_or_else(|e| fatal(&format!("entry: {e}")));
     }
     let mint = pb::MintTokenRequest { kind: "join".into(), subject: node.into(), ..Default::default() };
-    client.mint_token(authorized(token, mint)).await.unwrap_or_else(|e| fatal(&format!("join token: {e}"))).into_inner().token
+    client
+        .mint_token(authorized(token, mint))
+        .await
+        .unwrap_or_else(|e| fatal(&format!("join token: {e}")))
+        .into_inner()
+        .token
 }
 
 // ------------------------------------------------------------- agents in this process
@@ -192,7 +197,8 @@ async fn host(url: &str, data: &Path, dir: &Path, n: usize, entries: usize) -> V
         std::fs::create_dir_all(&home).unwrap_or_else(|e| fatal(&e.to_string()));
         let token_file = home.join("join");
         std::fs::write(&token_file, join).unwrap_or_else(|e| fatal(&e.to_string()));
-        let (kek, _) = trustmesh::ca::Kek::generate(&ring::rand::SystemRandom::new()).unwrap_or_else(|e| fatal(&e.to_string()));
+        let (kek, _) =
+            trustmesh::ca::Kek::generate(&ring::rand::SystemRandom::new()).unwrap_or_else(|e| fatal(&e.to_string()));
         let agent = Agent::start(AgentParts {
             servers: vec![url.to_string()],
             node: NodeId::parse(&node).unwrap_or_else(|e| fatal(&e.to_string())),
@@ -384,6 +390,10 @@ async fn first_response(args: &[String]) {
     times.sort();
     let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
     let (p50, p99, max) = (ms(percentile(&times, 50.0)), ms(percentile(&times, 99.0)), ms(times.last().copied()));
-    eprintln!("server down: {samples} new Workload API callers, first X509SVIDResponse p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms");
-    println!("RESULT first_response samples={samples} p50_ms={p50:.3} p99_ms={p99:.3} max_ms={max:.3} agent_cpu_ms={cpu}");
+    eprintln!(
+        "server down: {samples} new Workload API callers, first X509SVIDResponse p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms"
+    );
+    println!(
+        "RESULT first_response samples={samples} p50_ms={p50:.3} p99_ms={p99:.3} max_ms={max:.3} agent_cpu_ms={cpu}"
+    );
 }

@@ -42,12 +42,15 @@ async fn a_nack_is_logged_and_never_answered_with_a_resend() {
     assert_eq!(names(&second), vec!["ROOTCA".to_string(), ALICE.to_string()]);
     s.send(req(&[ALICE, "ROOTCA"], &second.version_info, &second.nonce)).await;
     // A new state goes out.
-    h.source.update(&caller("alice"), |set| set.svids[0] = fake_svid(ALICE, "a2"));
+    let a2 = fake_svid(ALICE, "a2");
+    h.source.update(&caller("alice"), |set| set.svids[0] = a2.clone());
     let third = s.recv().await;
     assert_eq!((third.version_info.as_str(), third.nonce.as_str()), ("3", "3"));
     let alice = third.resources.iter().map(secret).find(|s| s.name == ALICE).unwrap();
     let secret::Type::TlsCertificate(cert) = alice.r#type.unwrap() else { panic!() };
-    assert!(format!("{:?}", cert.certificate_chain).contains("a2"));
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    let chain = cert.certificate_chain.and_then(|d| d.specifier);
+    assert_eq!(chain, Some(Specifier::InlineString(a2.chain_pem())));
 }
 
 #[tokio::test]

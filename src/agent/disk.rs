@@ -194,23 +194,32 @@ impl Disk {
             if name.contains(".tmp") {
                 continue;
             }
-            let Some(bytes) = self.read(&name)? else { continue };
-            let file: SvidFile = match serde_json::from_slice(&bytes) {
-                Ok(f) => f,
-                Err(e) => return self.corrupt(&name, e),
-            };
-            let sealed = match hex::decode(&file.sealed_key) {
-                Ok(s) => s,
-                Err(e) => return self.corrupt(&name, e),
-            };
-            let key = match self.kek.open(&sealed, file.entry_id.as_bytes()).map(|p| PrivateKey::from_pkcs8_der(&p)) {
-                Ok(Ok(k)) => k,
-                Ok(Err(e)) => return self.corrupt(&name, e),
-                Err(e) => return self.corrupt(&name, e),
-            };
-            out.push(StoredSvid { entry_id: file.entry_id, chain_pem: file.chain_pem, key });
+            out.extend(self.svid_file(&name)?);
         }
         Ok(out)
+    }
+
+    /// The SVID cached for `entry_id`, if there is one.
+    pub fn svid(&self, entry_id: &str) -> Result<Option<StoredSvid>, DiskError> {
+        self.svid_file(&svid_file(entry_id))
+    }
+
+    fn svid_file(&self, name: &str) -> Result<Option<StoredSvid>, DiskError> {
+        let Some(bytes) = self.read(name)? else { return Ok(None) };
+        let file: SvidFile = match serde_json::from_slice(&bytes) {
+            Ok(f) => f,
+            Err(e) => return self.corrupt(name, e),
+        };
+        let sealed = match hex::decode(&file.sealed_key) {
+            Ok(s) => s,
+            Err(e) => return self.corrupt(name, e),
+        };
+        let key = match self.kek.open(&sealed, file.entry_id.as_bytes()).map(|p| PrivateKey::from_pkcs8_der(&p)) {
+            Ok(Ok(k)) => k,
+            Ok(Err(e)) => return self.corrupt(name, e),
+            Err(e) => return self.corrupt(name, e),
+        };
+        Ok(Some(StoredSvid { entry_id: file.entry_id, chain_pem: file.chain_pem, key }))
     }
 
     pub fn put_svid(&self, entry_id: &str, chain_pem: &str, key: &PrivateKey) -> Result<(), DiskError> {

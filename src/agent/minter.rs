@@ -22,13 +22,33 @@ use crate::trust::TrustSnapshot;
 /// Most CSRs sent in one call.
 const BATCH: usize = 128;
 
-/// An SVID kept for an entry: the chain and the key, as on disk.
+/// What is known in memory of the SVID kept on disk for an entry: enough to
+/// tell whether it may be served; its chain and key are read from disk when
+/// it is (after a restart, or while no server answers).
 struct Kept {
-    chain_pem: String,
-    key: PrivateKey,
-    cert: IssuedCertificate,
+    spiffe_id: Option<crate::domain::SpiffeId>,
+    serial: String,
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+    /// Fingerprint of the CA that signed it.
+    issuer: String,
     /// Handed to the cache already (then a mint asks the server for a new one).
     served: AtomicBool,
+}
+
+impl Kept {
+    fn of(chain_pem: &str, served: bool) -> Option<Self> {
+        let ders = ca::certs_from_pem(chain_pem).ok()?;
+        let cert = IssuedCertificate::from_der(ders.first()?).ok()?;
+        Some(Self {
+            spiffe_id: cert.spiffe_id,
+            serial: cert.serial.to_string(),
+            not_before: cert.not_before,
+            not_after: cert.not_after,
+            issuer: ders.get(1).map(|d| ca::fingerprint(d)).unwrap_or_default(),
+            served: AtomicBool::new(served),
+        })
+    }
 }
 
 struct Job {
@@ -57,13 +77,11 @@ impl AgentMinter {
     ) -> Arc<Self> {
         let mut kept = HashMap::new();
         for s in stored {
-            let leaf = ca::certs_from_pem(&s.chain_pem).ok().and_then(|d| d.into_iter().next());
-            match leaf.map(|d| IssuedCertificate::from_der(&d)) {
-                Some(Ok(cert)) => {
-                    let served = AtomicBool::new(false);
-                    kept.insert(s.entry_id, Arc::new(Kept { chain_pem: s.chain_pem, key: s.key, cert, served }));
+            match Kept::of(&s.chain_pem, false) {
+                Some(k) => {
+                    kept.insert(s.entry_id, Arc::new(k));
                 }
-                _ => disk.remove_svid(&s.entry_id),
+                None => disk.remove_svid(&s.entry_id),
             }
         }
         let (jobs, rx) = mpsc::channel(1024);
@@ -76,18 +94,23 @@ impl AgentMinter {
     fn usable(&self, entry: &Entry) -> Option<Arc<Kept>> {
         let kept = self.kept.lock().get(&entry.id).cloned()?;
         let trust = self.trust.borrow();
-        let issuer = ca::certs_from_pem(&kept.chain_pem).ok()?.get(1).map(|d| ca::fingerprint(d)).unwrap_or_default();
-        let good = kept.cert.spiffe_id.as_ref() == Some(&entry.spiffe_id)
-            && kept.cert.not_after > self.clock.now()
-            && !trust.deny.is_revoked(&kept.cert.serial.to_string())
+        let good = kept.spiffe_id.as_ref() == Some(&entry.spiffe_id)
+            && kept.not_after > self.clock.now()
+            && !trust.deny.is_revoked(&kept.serial)
             && trust.deny.denial(&entry.spiffe_id.to_string()).is_none()
-            && !trust.retired(&issuer);
+            && !trust.retired(&kept.issuer);
         good.then_some(kept)
     }
 
-    fn minted(kept: &Kept) -> Result<MintedSvid, MintError> {
-        let key = PrivateKey::from_pkcs8_der(kept.key.pkcs8_der()).map_err(|e| MintError::Failed(e.to_string()))?;
-        Ok(MintedSvid { certificate: kept.cert.clone(), key, chain_pem: kept.chain_pem.clone() })
+    /// The kept SVID of `entry`, read from disk.
+    fn minted(&self, entry: &Entry) -> Result<MintedSvid, MintError> {
+        let failed = |why: String| MintError::Failed(why);
+        let stored = self.disk.svid(&entry.id).map_err(|e| failed(e.to_string()))?;
+        let stored = stored.ok_or_else(|| failed(format!("no SVID kept for entry {}", entry.id)))?;
+        let leaf = ca::certs_from_pem(&stored.chain_pem).map_err(|e| failed(e.to_string()))?;
+        let der = leaf.first().ok_or_else(|| failed("an empty chain kept".into()))?;
+        let certificate = IssuedCertificate::from_der(der).map_err(|e| failed(e.to_string()))?;
+        Ok(MintedSvid { certificate, key: stored.key, chain_pem: stored.chain_pem })
     }
 
     async fn remote(&self, entry: &Entry) -> Result<MintedSvid, MintError> {
@@ -123,10 +146,9 @@ impl AgentMinter {
         if let Err(e) = self.disk.put_svid(&entry.id, &signed.chain_pem, &key) {
             tracing::error!(entry_id = %entry.id, error = %e, "cannot keep an SVID on disk");
         }
-        let copy = PrivateKey::from_pkcs8_der(key.pkcs8_der()).map_err(|e| failed(e.to_string()))?;
-        let served = AtomicBool::new(true);
-        let kept = Arc::new(Kept { chain_pem: signed.chain_pem.clone(), key: copy, cert: cert.clone(), served });
-        self.kept.lock().insert(entry.id.clone(), kept);
+        if let Some(kept) = Kept::of(&signed.chain_pem, true) {
+            self.kept.lock().insert(entry.id.clone(), Arc::new(kept));
+        }
         Ok(MintedSvid { certificate: cert, key, chain_pem: signed.chain_pem })
     }
 
@@ -148,16 +170,16 @@ impl SvidMinter for AgentMinter {
         // before its rotation point, is served as it is: no round trip,
         // server or not (a restarted agent answers at once).
         if let Some(kept) = self.usable(entry) {
-            let rotate_at = crate::cache::rotation_at(kept.cert.not_before, kept.cert.not_after, 0.5);
+            let rotate_at = crate::cache::rotation_at(kept.not_before, kept.not_after, 0.5);
             if self.clock.now() < rotate_at && !kept.served.swap(true, Ordering::AcqRel) {
-                return Self::minted(&kept);
+                return self.minted(entry);
             }
         }
         self.remote(entry).await
     }
 
     fn kept(&self, entry: &Entry) -> Option<MintedSvid> {
-        self.usable(entry).and_then(|k| Self::minted(&k).ok())
+        self.usable(entry).and_then(|_| self.minted(entry).ok())
     }
 }
 

@@ -112,7 +112,6 @@ impl Inner {
             spiffe_id: entry.spiffe_id.clone(),
             hint: entry.hint.clone(),
             chain_der,
-            chain_pem,
             key,
             serial: cert.serial.to_string(),
             issuer,

@@ -50,10 +50,9 @@ pub struct Svid {
     pub entry_id: String,
     pub spiffe_id: SpiffeId,
     pub hint: Option<String>,
-    /// Leaf followed by its issuing intermediate, DER.
+    /// Leaf followed by its issuing intermediate, DER (its PEM is
+    /// [`Svid::chain_pem`], written when a server encodes it).
     pub chain_der: Vec<Vec<u8>>,
-    /// The same chain, PEM.
-    pub chain_pem: String,
     /// Never logged; leaves the process only inside SDS / Workload API responses.
     pub key: PrivateKey,
     pub serial: String,
@@ -63,6 +62,13 @@ pub struct Svid {
     pub not_after: OffsetDateTime,
     /// JWT-SVID lifetime set by the entry (`None`: the server's default).
     pub jwt_ttl: Option<time::Duration>,
+}
+
+impl Svid {
+    /// The chain, PEM (leaf, then the issuing intermediate).
+    pub fn chain_pem(&self) -> String {
+        self.chain_der.iter().map(|der| crate::ca::cert_to_pem(der)).collect()
+    }
 }
 
 /// Everything one caller holds at one moment.

@@ -62,7 +62,7 @@ pub fn tls_certificate(name: &str, svid: &Svid) -> Secret {
     Secret {
         name: name.to_string(),
         r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
-            certificate_chain: Some(inline(svid.chain_pem.clone())),
+            certificate_chain: Some(inline(svid.chain_pem())),
             private_key: Some(inline(key.as_str().to_string())),
             ..Default::default()
         })),
