@@ -559,6 +559,7 @@ fn entries_are_bound_to_a_node_by_name_or_by_spires_parent_id_and_bad_ones_are_r
     fails(&["--parent-id", "not a spiffe id"], "invalid node name");
     fails(&["--node", "a", "--parent-id", "spiffe://example.org/trustmesh/agent/a"], "cannot be used with");
     let listed = tm.json(&["entry", "list"]);
-    let nodes: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|e| e["node"].as_str()).collect();
+    let mut nodes: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|e| e["node"].as_str()).collect();
+    nodes.sort();
     assert_eq!(nodes, ["node-a", "node-b"], "only the good ones were created");
 }

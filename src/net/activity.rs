@@ -87,6 +87,18 @@ impl Drop for InFlight {
 pub(super) struct Tracked<S> {
     pub(super) inner: S,
     pub(super) activity: Arc<Activity>,
+    /// What the transport proved about the peer, put into every request's
+    /// extensions (one per connection, rather than a router rebuilt with an
+    /// extension layer for each).
+    pub(super) peer: PeerFacts,
+}
+
+/// The peer facts of a connection.
+#[derive(Debug, Clone)]
+pub(super) enum PeerFacts {
+    None,
+    Tls(crate::attest::TlsPeer),
+    Unix(crate::attest::UnixPeer),
 }
 
 impl<S, B, ReqBody> hyper::service::Service<Request<ReqBody>> for Tracked<S>
@@ -99,7 +111,16 @@ where
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
-    fn call(&self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&self, mut request: Request<ReqBody>) -> Self::Future {
+        match &self.peer {
+            PeerFacts::None => {}
+            PeerFacts::Tls(peer) => {
+                request.extensions_mut().insert(peer.clone());
+            }
+            PeerFacts::Unix(peer) => {
+                request.extensions_mut().insert(*peer);
+            }
+        }
         let in_flight = self.activity.begin();
         let response = self.inner.call(request);
         Box::pin(async move { Ok(response.await?.map(|inner| TrackedBody { inner, _in_flight: in_flight })) })

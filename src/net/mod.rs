@@ -25,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::attest::{TlsPeer, UnixPeer};
 
-use activity::{Activity, Tracked};
+use activity::{Activity, PeerFacts, Tracked};
 pub use authority::{AuthorityFilter, FilterError, FilteredStream, MAX_HEADER_BLOCK};
 pub use limits::{Gate, Limits, ListenerLimits};
 pub use metrics::{Listener, ShedReason};
@@ -81,8 +81,8 @@ pub async fn serve_tls(
             };
             let certificate =
                 stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
-            let service = router.layer(axum::Extension(TlsPeer { certificate }));
-            serve_connection(TokioIo::new(stream), service, &gate, None).await;
+            let peer = PeerFacts::Tls(TlsPeer { certificate });
+            serve_connection(TokioIo::new(stream), router, &gate, None, peer).await;
             drop(admission);
         });
     }
@@ -107,7 +107,7 @@ pub async fn serve_tcp(listener: TcpListener, router: Router, gate: Arc<Gate>, m
         let router = router.clone();
         let gate = gate.clone();
         tokio::spawn(async move {
-            serve_connection(TokioIo::new(tcp), router, &gate, None).await;
+            serve_connection(TokioIo::new(tcp), router, &gate, None, PeerFacts::None).await;
             drop(admission);
         });
     }
@@ -138,10 +138,11 @@ pub async fn serve_unix(listener: UnixListener, router: Router, gate: Arc<Gate>,
             }
         };
         let Some(admission) = gate.admit(Some(peer.uid)) else { continue };
-        let service = router.clone().layer(axum::Extension(peer));
+        let router = router.clone();
         let gate = gate.clone();
         tokio::spawn(async move {
-            serve_connection(TokioIo::new(FilteredStream::new(stream)), service, &gate, Some(peer.uid)).await;
+            let io = TokioIo::new(FilteredStream::new(stream));
+            serve_connection(io, router, &gate, Some(peer.uid), PeerFacts::Unix(peer)).await;
             drop(admission);
         });
     }
@@ -149,13 +150,13 @@ pub async fn serve_unix(listener: UnixListener, router: Router, gate: Arc<Gate>,
 
 /// Serves one connection until it ends, or until it has had no request in
 /// flight for the gate's bounds (then it is shut down gracefully).
-async fn serve_connection<I>(io: I, router: Router, gate: &Gate, peer: Option<u32>)
+async fn serve_connection<I>(io: I, router: Router, gate: &Gate, peer: Option<u32>, facts: PeerFacts)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let limits = *gate.limits();
     let activity = Activity::new();
-    let service = Tracked { inner: TowerToHyperService::new(router), activity: activity.clone() };
+    let service = Tracked { inner: TowerToHyperService::new(router), activity: activity.clone(), peer: facts };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.first_request);
     // Envoy keeps one long-lived HTTP/2 connection with one stream per SDS

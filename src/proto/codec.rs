@@ -1,6 +1,10 @@
-//! The protobuf codec of trustmesh's own gRPC services (admin API, Workload
-//! API): prost's, except that a request body that is not a valid message is
-//! the caller's error (`INVALID_ARGUMENT`), not the server's (`INTERNAL`).
+//! The protobuf codec of trustmesh's own gRPC services (admin API, agent
+//! protocol, Workload API): prost's, except that a request body that is not a
+//! valid message is the caller's error (`INVALID_ARGUMENT`), not the server's
+//! (`INTERNAL`), and that a stream's buffers start small: a long-lived stream
+//! (an agent's `Sync`, a workload's `FetchX509SVID`) keeps its buffers for
+//! its whole life, and most of its messages are far smaller than prost's
+//! 8 KiB default (a buffer grows when a message needs it).
 
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic::{Code, Status};
@@ -22,15 +26,36 @@ where
 {
     type Encode = T;
     type Decode = U;
-    type Encoder = ProstEncoder<T>;
+    type Encoder = InputEncoder<T>;
     type Decoder = InputDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        self.0.encoder()
+        InputEncoder(self.0.encoder())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
         InputDecoder(self.0.decoder())
+    }
+}
+
+/// A stream's encode and decode buffers: 1 KiB to start; tonic's yield
+/// threshold (32 KiB).
+fn buffer_settings() -> BufferSettings {
+    BufferSettings::new(1024, 32 * 1024)
+}
+
+pub struct InputEncoder<T>(ProstEncoder<T>);
+
+impl<T: Message> tonic::codec::Encoder for InputEncoder<T> {
+    type Item = T;
+    type Error = Status;
+
+    fn encode(&mut self, item: T, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
+        self.0.encode(item, buf)
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        buffer_settings()
     }
 }
 
@@ -48,6 +73,6 @@ impl<U: Message + Default> Decoder for InputDecoder<U> {
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        self.0.buffer_settings()
+        buffer_settings()
     }
 }
