@@ -168,6 +168,69 @@ mod protocol {
         pb::SignSvidsRequest { csrs: vec![pb::SvidCsr { entry_id: entry_id.into(), csr }] }
     }
 
+    /// What a broken agent might send on `Sync` instead of a report: field 1
+    /// (`acked_revision`, a varint) as a string.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct NotAReport {
+        #[prost(string, tag = "1")]
+        garbage: String,
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_malformed_report_ends_that_agents_stream_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let tm = Server::start(&dir.path().join("data"), &[]);
+        let mut svids = Vec::new();
+        for node in ["node-a", "node-b"] {
+            entry(&tm, &format!("spiffe://example.org/protocol/{node}"), node);
+            let token = tm.json(&["token", "mint", "join", node])["token"].as_str().unwrap().to_string();
+            let k = key();
+            let request = pb::AttestRequest { node_id: node.into(), join_token: token, csr: csr(&k, &node_id(node)) };
+            let svid = client(&tm, None).await.attest(request).await.unwrap().into_inner();
+            svids.push((svid, k));
+        }
+        let mut good = client(&tm, Some(identity(&svids[1].0.chain_pem, &svids[1].1))).await;
+        let (_keep, rx) = tokio::sync::mpsc::channel::<pb::SyncReport>(1);
+        let outbound = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+        let mut good_stream = good.sync(outbound).await.unwrap().into_inner();
+        assert!(good_stream.message().await.unwrap().is_some());
+
+        // The broken agent: a well-framed gRPC message that is not a report.
+        let bad_trust = ServerTrust::from_bundle_pem(&std::fs::read_to_string(tm.bundle_path()).unwrap()).unwrap();
+        let bad_channel =
+            channel(&format!("https://{}", tm.api), bad_trust, Some(identity(&svids[0].0.chain_pem, &svids[0].1)))
+                .await
+                .unwrap();
+        let mut grpc = tonic::client::Grpc::new(bad_channel);
+        grpc.ready().await.unwrap();
+        let (send, rx) = tokio::sync::mpsc::channel::<NotAReport>(1);
+        let outbound = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+        let codec = tonic_prost::ProstCodec::<NotAReport, pb::SyncState>::default();
+        let path = http::uri::PathAndQuery::from_static("/trustmesh.agent.v1.Agent/Sync");
+        let mut bad_stream = grpc.streaming(tonic::Request::new(outbound), path, codec).await.unwrap().into_inner();
+        assert!(bad_stream.message().await.unwrap().is_some(), "its state came first");
+        send.send(NotAReport { garbage: "x".repeat(100) }).await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match bad_stream.message().await {
+                    Ok(Some(_)) => continue,
+                    other => return other.map(drop),
+                }
+            }
+        })
+        .await
+        .expect("the malformed report ended the stream");
+        let err = ended.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("not a valid message"), "{err:?}");
+        assert!(tm.log().contains("Agent stream ended"), "{}", tm.log_tail(20));
+
+        // The other agent's stream goes on: a change still reaches it.
+        entry(&tm, "spiffe://example.org/protocol/node-b-2", "node-b");
+        let next = tokio::time::timeout(Duration::from_secs(5), good_stream.message()).await.unwrap().unwrap().unwrap();
+        assert_eq!(next.entries.len(), 2, "the good agent's stream delivered the change");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn another_nodes_entries_foreign_certificates_and_an_evicted_node_are_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -278,7 +341,8 @@ mod protocol {
 
 mod garbage {
     //! A server that sends garbage (a forged CRL, another trust domain, an
-    //! entry that does not parse, a bundle that is not one): the agent
+    //! entry that does not parse, a bundle that is not one, a message over
+    //! the size limit): the agent
     //! refuses each state whole and keeps serving what it had.
 
     use std::collections::BTreeSet;
@@ -422,6 +486,8 @@ mod garbage {
             with_trust(&|t| t.bundle_pem = "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n".into()),
             with_trust(&|t| t.jwks_json = "[1, 2".into()),
             with_trust(&|t| t.revoked_serials = (0..3_000_000).map(|i| format!("{i:x}")).collect()),
+            // Over the agent's 64 MiB message limit: refused before it is decoded.
+            with_trust(&|t| t.jwks_json = format!("{{\"keys\": [], \"pad\": \"{}\"}}", "x".repeat(65 << 20))),
             pb::SyncState { entries: good.entries.clone(), trust: None },
             bad_entry,
         ]

@@ -180,6 +180,10 @@ async fn follow(
                 Ok(None) => break,
                 Err(e) => {
                     tracing::info!(node = %node, error = %e, "Agent stream ended");
+                    // A report that is not one is the agent's to hear about.
+                    if e.code() == tonic::Code::InvalidArgument {
+                        let _ = tx.send(Err(e)).await;
+                    }
                     break;
                 }
             },
