@@ -63,6 +63,7 @@ async fn drive(inner: Arc<Inner>, entry_id: String, generation: u64) {
         let budget = inner.state.lock().budgets.take(&entry_id, inner.clock.now());
         if let Err(available_at) = budget {
             inner.throttled(&entry, available_at);
+            drop(entry);
             tokio::select! {
                 () = inner.timer.sleep_until(available_at) => {}
                 () = wake.notified() => {}
@@ -86,6 +87,8 @@ async fn drive(inner: Arc<Inner>, entry_id: String, generation: u64) {
                 None => inner.failed(&entry, generation, &err, &mut backoff),
             },
         };
+        // The slot has the entry: a driver waiting out its rotation holds no copy.
+        drop(entry);
         match next {
             Next::Until(deadline) => {
                 tokio::select! {
